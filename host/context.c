@@ -1,0 +1,265 @@
+/* skv_context: one OpenCL device, its compute and transfer queues, and its programs.
+ * Created on a selected device, or on the caller's own OpenCL objects (interop). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+
+#include "host_internal.h"
+
+void skv_context_desc_init(skv_context_desc *desc)
+{
+    if (!desc)
+        return;
+    memset(desc, 0, sizeof *desc);
+    desc->struct_size = sizeof *desc;
+}
+
+static skv_status check_desc(const skv_context_desc *desc, const char *fn)
+{
+    if (desc && desc->struct_size != sizeof *desc)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG,
+                         "%s: desc->struct_size is %zu, expected %zu (call skv_context_desc_init)",
+                         fn, desc->struct_size, sizeof *desc);
+    if (desc && desc->allocator && (!desc->allocator->alloc || !desc->allocator->free))
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "%s: allocator has a NULL alloc or free", fn);
+    return SKV_OK;
+}
+
+/* Allocates the context and sets what does not depend on OpenCL. */
+static skv_status context_new(const skv_context_desc *desc, skv_context **out)
+{
+    const skv_allocator *a = desc ? desc->allocator : NULL;
+    skv_context *ctx = skvi_calloc(a, 1, sizeof *ctx);
+    if (!ctx)
+        return skvi_fail(NULL, SKV_ERR_OUT_OF_MEMORY, "skv_context_create: out of memory");
+    if (a) {
+        ctx->allocator_copy = *a;
+        ctx->alloc = &ctx->allocator_copy;
+    }
+    ctx->stats.struct_size = sizeof ctx->stats;
+    ctx->profiling = desc ? desc->enable_profiling != 0 : 0;
+    const char *no_cache = getenv("SKV_NO_CACHE");
+    int disabled = (desc && desc->disable_program_cache) || (no_cache && strcmp(no_cache, "1") == 0);
+    if (!disabled) {
+        /* No resolvable folder (no HOME) just means no cache; only OOM is an error. */
+        ctx->cache_dir = skvi_cache_dir_resolve(ctx->alloc, desc ? desc->program_cache_dir : NULL);
+        if (!ctx->cache_dir && (desc && desc->program_cache_dir && desc->program_cache_dir[0])) {
+            skv_context_destroy(ctx);
+            return skvi_fail(NULL, SKV_ERR_OUT_OF_MEMORY, "skv_context_create: out of memory");
+        }
+    }
+    *out = ctx;
+    return SKV_OK;
+}
+
+static skv_status make_queue(skv_context *ctx, cl_command_queue *q)
+{
+    cl_int e;
+    cl_command_queue_properties props = ctx->profiling ? CL_QUEUE_PROFILING_ENABLE : 0;
+    *q = clCreateCommandQueue(ctx->cl, ctx->device, props, &e);
+    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(NULL, e, "clCreateCommandQueue");
+}
+
+skv_status skv_context_create(const skv_context_desc *desc, skv_context **out)
+{
+    skvi_clear_error();
+    if (!out)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create: out is NULL");
+    *out = NULL;
+    skv_status st = check_desc(desc, "skv_context_create");
+    skv_context *ctx = NULL;
+    if (st == SKV_OK)
+        st = context_new(desc, &ctx);
+    if (st == SKV_OK)
+        st = skvi_device_resolve(ctx->alloc, desc ? desc->device : NULL, &ctx->profile,
+                                 &ctx->platform, &ctx->device, NULL);
+    if (st == SKV_OK) {
+        cl_int e;
+        cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)ctx->platform, 0};
+        ctx->cl = clCreateContext(props, 1, &ctx->device, NULL, NULL, &e);
+        if (e != CL_SUCCESS)
+            st = skvi_cl_fail(NULL, e, "clCreateContext");
+    }
+    if (st == SKV_OK)
+        st = make_queue(ctx, &ctx->queue);
+    if (st == SKV_OK)
+        st = make_queue(ctx, &ctx->transfer);
+    if (st != SKV_OK) {
+        skv_context_destroy(ctx);
+        return st;
+    }
+    *out = ctx;
+    return SKV_OK;
+}
+
+/* Platform and device indices of `device` in listing order (for the profile). */
+static void locate(cl_platform_id platform, cl_device_id device, unsigned *pi, unsigned *di)
+{
+    cl_platform_id ps[16];
+    cl_uint np = 0;
+    *pi = *di = ~0u;
+    if (clGetPlatformIDs(16, ps, &np) != CL_SUCCESS)
+        return;
+    for (cl_uint p = 0; p < np && p < 16; p++) {
+        cl_device_id ds[32];
+        cl_uint nd = 0;
+        if (ps[p] != platform || clGetDeviceIDs(ps[p], CL_DEVICE_TYPE_ALL, 32, ds, &nd) != CL_SUCCESS)
+            continue;
+        *pi = p;
+        for (cl_uint d = 0; d < nd && d < 32; d++)
+            if (ds[d] == device)
+                *di = d;
+    }
+}
+
+skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx,
+                                 cl_device_id device, cl_command_queue queue, skv_context **out)
+{
+    skvi_clear_error();
+    if (!out)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: out is NULL");
+    *out = NULL;
+    if (!cl_ctx || !device)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: cl_ctx and device are required");
+    skv_status st = check_desc(desc, "skv_context_create_cl");
+    if (st != SKV_OK)
+        return st;
+    /* Check the objects belong together before taking references. */
+    cl_platform_id platform;
+    cl_int e = clGetDeviceInfo(device, CL_DEVICE_PLATFORM, sizeof platform, &platform, NULL);
+    if (e != CL_SUCCESS)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: device is not a valid cl_device_id (%s)",
+                         skvi_cl_error_name(e));
+    cl_uint ndev = 0;
+    e = clGetContextInfo(cl_ctx, CL_CONTEXT_NUM_DEVICES, sizeof ndev, &ndev, NULL);
+    if (e != CL_SUCCESS)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: cl_ctx is not a valid cl_context (%s)",
+                         skvi_cl_error_name(e));
+    if (queue) {
+        cl_context qc;
+        cl_device_id qd;
+        e = clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof qc, &qc, NULL);
+        if (e == CL_SUCCESS)
+            e = clGetCommandQueueInfo(queue, CL_QUEUE_DEVICE, sizeof qd, &qd, NULL);
+        if (e != CL_SUCCESS)
+            return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: queue is not a valid cl_command_queue (%s)",
+                             skvi_cl_error_name(e));
+        if (qc != cl_ctx || qd != device)
+            return skvi_fail(NULL, SKV_ERR_INVALID_ARG,
+                             "skv_context_create_cl: queue belongs to another context or device");
+    }
+
+    skv_context *ctx = NULL;
+    st = context_new(desc, &ctx);
+    if (st != SKV_OK)
+        return st;
+    clRetainContext(cl_ctx);
+    ctx->cl = cl_ctx;
+    ctx->device = device;
+    ctx->platform = platform;
+    unsigned pi, di;
+    locate(platform, device, &pi, &di);
+    st = skvi_device_profile_query(ctx->alloc, platform, device, pi, di, &ctx->profile, NULL);
+    if (st == SKV_OK && queue) {
+        cl_command_queue_properties qp = 0;
+        clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+        ctx->profiling = (qp & CL_QUEUE_PROFILING_ENABLE) != 0;
+        clRetainCommandQueue(queue);
+        ctx->queue = queue;
+    } else if (st == SKV_OK) {
+        st = make_queue(ctx, &ctx->queue);
+    }
+    if (st == SKV_OK)
+        st = make_queue(ctx, &ctx->transfer);
+    if (st != SKV_OK) {
+        skv_context_destroy(ctx);
+        return st;
+    }
+    *out = ctx;
+    return SKV_OK;
+}
+
+void skv_context_destroy(skv_context *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->queue)
+        clFinish(ctx->queue);
+    if (ctx->transfer)
+        clFinish(ctx->transfer);
+    skvi_programs_release(ctx);
+    if (ctx->transfer)
+        clReleaseCommandQueue(ctx->transfer);
+    if (ctx->queue)
+        clReleaseCommandQueue(ctx->queue);
+    if (ctx->cl)
+        clReleaseContext(ctx->cl);
+    const skv_allocator *a = ctx->alloc;
+    skv_allocator copy = ctx->allocator_copy; /* the hook lives inside ctx */
+    if (a)
+        a = &copy;
+    skvi_free(a, ctx->cache_dir);
+    skvi_free(a, ctx);
+}
+
+const char *skv_context_last_error(const skv_context *ctx)
+{
+    return ctx ? ctx->error : "skv_context_last_error: ctx is NULL";
+}
+
+skv_status skv_context_device(const skv_context *ctx, skv_device_profile *out)
+{
+    skvi_clear_error();
+    if (!ctx || !out)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_device: ctx or out is NULL");
+    *out = ctx->profile;
+    return SKV_OK;
+}
+
+skv_status skv_context_get_stats(const skv_context *ctx, skv_context_stats *out)
+{
+    skvi_clear_error();
+    if (!ctx || !out)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_get_stats: ctx or out is NULL");
+    if (out->struct_size != sizeof *out)
+        return skvi_fail((char *)ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_context_get_stats: out->struct_size is %zu, expected %zu",
+                         out->struct_size, sizeof *out);
+    *out = ctx->stats;
+    return SKV_OK;
+}
+
+skv_status skv_context_cl_objects(const skv_context *ctx, cl_context *cl_ctx, cl_device_id *device,
+                                  cl_command_queue *compute_queue, cl_command_queue *transfer_queue)
+{
+    skvi_clear_error();
+    if (!ctx)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_cl_objects: ctx is NULL");
+    if (cl_ctx)
+        *cl_ctx = ctx->cl;
+    if (device)
+        *device = ctx->device;
+    if (compute_queue)
+        *compute_queue = ctx->queue;
+    if (transfer_queue)
+        *transfer_queue = ctx->transfer;
+    return SKV_OK;
+}
+
+skv_status skv_context_prepare(skv_context *ctx)
+{
+    skvi_clear_error();
+    if (!ctx)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_prepare: ctx is NULL");
+    for (size_t i = 0; i < skvi_kernel_source_count; i++) {
+        const char *name = skvi_kernel_sources[i].name;
+        size_t n = strlen(name);
+        if (n < 3 || strcmp(name + n - 3, ".cl") != 0)
+            continue; /* headers are prepended to programs, not built alone */
+        cl_program p;
+        skv_status st = skvi_program_get(ctx, name, NULL, &p);
+        if (st != SKV_OK)
+            return st;
+    }
+    return SKV_OK;
+}

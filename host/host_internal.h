@@ -1,0 +1,62 @@
+/* Internal declarations of the OpenCL host layer: the context object and helpers
+ * around cl_* calls. Only host/ includes this file. */
+#ifndef SKV_HOST_INTERNAL_H
+#define SKV_HOST_INTERNAL_H
+
+#include "skv/skv_cl.h"
+#include "skv_internal.h"
+
+typedef struct skvi_program {
+    char *name;    /* embedded source name, e.g. "stream_read.cl" */
+    char *defines; /* extra build options (tuning #defines), "" for none */
+    cl_program program;
+} skvi_program;
+
+struct skv_context {
+    skv_allocator allocator_copy;
+    const skv_allocator *alloc; /* &allocator_copy, or NULL for malloc/free */
+    char error[SKVI_ERROR_MAX];
+
+    skv_device_profile profile;
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context cl;
+    cl_command_queue queue;    /* compute: the caller's, or ours */
+    cl_command_queue transfer; /* page moves; always ours */
+    int profiling;
+
+    char *cache_dir; /* NULL: program cache disabled */
+    skvi_program *programs;
+    size_t program_count, program_capacity;
+    skv_context_stats stats;
+};
+
+/* The OpenCL name of an error code ("CL_OUT_OF_RESOURCES"). */
+const char *skvi_cl_error_name(cl_int err);
+/* Records a failed OpenCL call and maps its code to a status
+ * (allocation failures -> SKV_ERR_DEVICE_OUT_OF_MEMORY, else SKV_ERR_OPENCL). */
+skv_status skvi_cl_fail(char *ctx_error, cl_int err, const char *what);
+
+/* Fills the profile of one device. */
+skv_status skvi_device_profile_query(const skv_allocator *a, cl_platform_id platform,
+                                     cl_device_id device, unsigned pi, unsigned di,
+                                     skv_device_profile *out, char *err);
+/* Resolves a selector (see skv_device_select) to a device and its profile. */
+skv_status skvi_device_resolve(const skv_allocator *a, const char *selector,
+                               skv_device_profile *prof, cl_platform_id *platform,
+                               cl_device_id *device, char *err);
+
+/* The program built from embedded source `name` with extra build options `defines`
+ * (NULL = none): from the context's table, else the disk cache, else the compiler. */
+skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines,
+                            cl_program *out);
+/* A kernel object from a program (the caller releases it). */
+skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
+                              const char *kernel, cl_kernel *out);
+void skvi_programs_release(skv_context *ctx);
+
+/* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items. */
+skv_status skvi_stream_read_enqueue(skv_context *ctx, cl_command_queue q, cl_mem in, uint64_t n_words,
+                                    size_t n_items, cl_mem out, cl_event *ev);
+
+#endif /* SKV_HOST_INTERNAL_H */

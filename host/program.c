@@ -1,0 +1,217 @@
+/* Program build with device-profile options and tuning #defines, served from the
+ * context's table, then the on-disk binary cache, then the compiler. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <string.h>
+
+#include "host_internal.h"
+
+#define COMMON_HEADER "common.h"
+
+/* Options every program of this device is built with. */
+static void base_options(const skv_device_profile *p, const char *defines, char *out, size_t n)
+{
+    int major = p->opencl_c_major, minor = p->opencl_c_minor;
+    if (major >= 3) {
+        major = 3;
+        minor = 0;
+    } else if (major == 2) {
+        minor = 0;
+    }
+    char vendor[32];
+    snprintf(vendor, sizeof vendor, "%s", skv_vendor_class_str(p->vendor_class));
+    for (char *c = vendor; *c; c++)
+        if (*c >= 'a' && *c <= 'z')
+            *c = (char)(*c - 'a' + 'A');
+    snprintf(out, n,
+             "-cl-std=CL%d.%d -DSKV_VENDOR_%s=1 -DSKV_HAS_FP16=%d -DSKV_SUBGROUPS=%d "
+             "-DSKV_WG_MULTIPLE=%zu %s",
+             major, minor, vendor, p->fp16, (int)p->subgroups, p->preferred_wg_multiple,
+             defines ? defines : "");
+}
+
+static skv_status build_log_fail(skv_context *ctx, cl_program prog, const char *name,
+                                 const char *options, cl_int e)
+{
+    char log[SKVI_ERROR_MAX - 256] = "";
+    size_t n = 0;
+    if (clGetProgramBuildInfo(prog, ctx->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &n) == CL_SUCCESS) {
+        if (n <= sizeof log) {
+            clGetProgramBuildInfo(prog, ctx->device, CL_PROGRAM_BUILD_LOG, sizeof log, log, NULL);
+        } else {
+            char *big = skvi_alloc(ctx->alloc, n);
+            if (big && clGetProgramBuildInfo(prog, ctx->device, CL_PROGRAM_BUILD_LOG, n, big, NULL) ==
+                           CL_SUCCESS)
+                snprintf(log, sizeof log, "%s", big);
+            skvi_free(ctx->alloc, big);
+        }
+    }
+    return skvi_fail(ctx->error, SKV_ERR_BUILD, "building %s (%s) failed: %s\n%s", name, options,
+                     skvi_cl_error_name(e), log);
+}
+
+/* Cache key: everything that changes the binary. */
+static void cache_key(const skv_context *ctx, const skvi_kernel_source *common,
+                      const skvi_kernel_source *src, const char *options, char key[33])
+{
+    char material[4 * SKV_NAME_MAX + 1024];
+    int n = snprintf(material, sizeof material, "%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s",
+                     common ? common->sha256 : "", src->sha256, options, ctx->profile.name,
+                     ctx->profile.driver_version, ctx->profile.platform,
+                     ctx->profile.platform_version, skv_version_string());
+    skvi_hash128_hex(material, n > 0 ? (size_t)n : 0, key);
+}
+
+static skv_status from_source(skv_context *ctx, const skvi_kernel_source *common,
+                              const skvi_kernel_source *src, const char *options, cl_program *out)
+{
+    char line[300];
+    snprintf(line, sizeof line, "\n#line 1 \"%s\"\n", src->name);
+    const char *parts[3] = {common ? common->text : "", line, src->text};
+    cl_int e;
+    cl_program prog = clCreateProgramWithSource(ctx->cl, 3, parts, NULL, &e);
+    if (e != CL_SUCCESS)
+        return skvi_cl_fail(ctx->error, e, "clCreateProgramWithSource");
+    e = clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL);
+    if (e != CL_SUCCESS) {
+        skv_status st = build_log_fail(ctx, prog, src->name, options, e);
+        clReleaseProgram(prog);
+        return st;
+    }
+    ctx->stats.programs_built++;
+    *out = prog;
+    return SKV_OK;
+}
+
+/* Loads a cached binary; 0 when absent or unusable (counted as rejected). */
+static int from_cache(skv_context *ctx, const char *key, const char *options, cl_program *out)
+{
+    unsigned char *bin = NULL;
+    size_t size = 0;
+    skvi_cache_result r = skvi_cache_read(ctx->alloc, ctx->cache_dir, key, &bin, &size);
+    if (r == SKVI_CACHE_CORRUPT)
+        ctx->stats.cache_rejected++;
+    if (r != SKVI_CACHE_HIT)
+        return 0;
+    cl_int status = CL_SUCCESS, e;
+    const unsigned char *bins[1] = {bin};
+    cl_program prog = clCreateProgramWithBinary(ctx->cl, 1, &ctx->device, &size, bins, &status, &e);
+    skvi_free(ctx->alloc, bin);
+    if (e == CL_SUCCESS && status == CL_SUCCESS)
+        e = clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL);
+    if (e != CL_SUCCESS || status != CL_SUCCESS) {
+        if (prog)
+            clReleaseProgram(prog);
+        ctx->stats.cache_rejected++; /* e.g. a driver update the key did not catch */
+        return 0;
+    }
+    ctx->stats.programs_from_cache++;
+    *out = prog;
+    return 1;
+}
+
+static void to_cache(skv_context *ctx, const char *key, cl_program prog)
+{
+    size_t size = 0;
+    int ok = 0;
+    if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL) == CL_SUCCESS &&
+        size > 0) {
+        unsigned char *bin = skvi_alloc(ctx->alloc, size);
+        unsigned char *bins[1] = {bin};
+        ok = bin && clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) == CL_SUCCESS &&
+             skvi_cache_write(ctx->alloc, ctx->cache_dir, key, bin, size) == 0;
+        skvi_free(ctx->alloc, bin);
+    }
+    if (ok)
+        ctx->stats.cache_written++;
+    else
+        ctx->stats.cache_write_failed++; /* the cache is an optimisation: not an error */
+}
+
+static skv_status table_add(skv_context *ctx, const char *name, const char *defines, cl_program prog)
+{
+    if (ctx->program_count == ctx->program_capacity) {
+        size_t cap = ctx->program_capacity ? 2 * ctx->program_capacity : 8;
+        skvi_program *grown = skvi_calloc(ctx->alloc, cap, sizeof *grown);
+        if (!grown)
+            return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "program table: out of memory");
+        if (ctx->program_count)
+            memcpy(grown, ctx->programs, ctx->program_count * sizeof *grown);
+        skvi_free(ctx->alloc, ctx->programs);
+        ctx->programs = grown;
+        ctx->program_capacity = cap;
+    }
+    skvi_program *p = &ctx->programs[ctx->program_count];
+    p->name = skvi_strdup(ctx->alloc, name);
+    p->defines = skvi_strdup(ctx->alloc, defines);
+    if (!p->name || !p->defines) {
+        skvi_free(ctx->alloc, p->name);
+        skvi_free(ctx->alloc, p->defines);
+        p->name = p->defines = NULL;
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "program table: out of memory");
+    }
+    p->program = prog;
+    ctx->program_count++;
+    return SKV_OK;
+}
+
+skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines, cl_program *out)
+{
+    if (!defines)
+        defines = "";
+    for (size_t i = 0; i < ctx->program_count; i++)
+        if (strcmp(ctx->programs[i].name, name) == 0 && strcmp(ctx->programs[i].defines, defines) == 0) {
+            *out = ctx->programs[i].program;
+            return SKV_OK;
+        }
+    const skvi_kernel_source *src = skvi_kernel_source_find(name);
+    if (!src)
+        return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "no embedded kernel source named %s", name);
+    const skvi_kernel_source *common = skvi_kernel_source_find(COMMON_HEADER);
+    char options[1024];
+    base_options(&ctx->profile, defines, options, sizeof options);
+    char key[33];
+    cache_key(ctx, common, src, options, key);
+
+    cl_program prog = NULL;
+    if (!ctx->cache_dir || !from_cache(ctx, key, options, &prog)) {
+        skv_status st = from_source(ctx, common, src, options, &prog);
+        if (st != SKV_OK)
+            return st;
+        if (ctx->cache_dir)
+            to_cache(ctx, key, prog);
+    }
+    skv_status st = table_add(ctx, name, defines, prog);
+    if (st != SKV_OK) {
+        clReleaseProgram(prog);
+        return st;
+    }
+    *out = prog;
+    return SKV_OK;
+}
+
+skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
+                              const char *kernel, cl_kernel *out)
+{
+    cl_program prog;
+    skv_status st = skvi_program_get(ctx, source, defines, &prog);
+    if (st != SKV_OK)
+        return st;
+    cl_int e;
+    *out = clCreateKernel(prog, kernel, &e);
+    if (e != CL_SUCCESS)
+        return skvi_cl_fail(ctx->error, e, "clCreateKernel");
+    return SKV_OK;
+}
+
+void skvi_programs_release(skv_context *ctx)
+{
+    for (size_t i = 0; i < ctx->program_count; i++) {
+        clReleaseProgram(ctx->programs[i].program);
+        skvi_free(ctx->alloc, ctx->programs[i].name);
+        skvi_free(ctx->alloc, ctx->programs[i].defines);
+    }
+    skvi_free(ctx->alloc, ctx->programs);
+    ctx->programs = NULL;
+    ctx->program_count = ctx->program_capacity = 0;
+}

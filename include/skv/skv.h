@@ -1,0 +1,191 @@
+/* skv — compressed, paged KV cache with decode attention on OpenCL devices.
+ *
+ * The public C API. Conventions, used everywhere:
+ *  - Every function returns skv_status; results come back through out-parameters.
+ *  - Objects are opaque handles with create/destroy pairs; destroy accepts NULL.
+ *  - Descriptor structs start with `struct_size`; fill them with the matching
+ *    *_init() function, then change the fields you need. This keeps the ABI stable
+ *    when fields are added at the end.
+ *  - On error, a message saying what was wrong is kept per context
+ *    (skv_context_last_error) and per calling thread (skv_last_error).
+ *  - The library never prints, aborts or exits.
+ *  - A context and everything created from it is used by one thread at a time.
+ *
+ * OpenCL interop (taking the caller's cl_context / queue, events) is in <skv/skv_cl.h>,
+ * so this header needs no OpenCL headers. */
+#ifndef SKV_H
+#define SKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(SKV_SHARED_BUILD)
+#define SKV_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define SKV_API __attribute__((visibility("default")))
+#else
+#define SKV_API
+#endif
+
+/* ---- version ------------------------------------------------------------------ */
+#define SKV_VERSION_MAJOR 0
+#define SKV_VERSION_MINOR 1
+#define SKV_VERSION_PATCH 0
+#define SKV_VERSION_NUMBER (SKV_VERSION_MAJOR * 10000 + SKV_VERSION_MINOR * 100 + SKV_VERSION_PATCH)
+
+/* SKV_VERSION_NUMBER of the library actually linked; compare with the header's. */
+SKV_API unsigned skv_version(void);
+/* "MAJOR.MINOR.PATCH" of the linked library. */
+SKV_API const char *skv_version_string(void);
+
+/* ---- status ------------------------------------------------------------------- */
+/* Values are stable: they never change meaning between versions. */
+typedef enum skv_status {
+    SKV_OK = 0,
+    SKV_ERR_INVALID_ARG = 1,          /* NULL, out-of-range or inconsistent argument */
+    SKV_ERR_OUT_OF_MEMORY = 2,        /* host allocation failed, or a pool budget is exhausted */
+    SKV_ERR_DEVICE_OUT_OF_MEMORY = 3, /* the OpenCL device could not allocate */
+    SKV_ERR_NO_DEVICE = 4,            /* no OpenCL device, or none matches the selector */
+    SKV_ERR_OPENCL = 5,               /* an OpenCL call failed (the message names it) */
+    SKV_ERR_BUILD = 6,                /* a kernel failed to build (the message has the log) */
+    SKV_ERR_UNSUPPORTED = 7,          /* valid request the device or build cannot serve */
+    SKV_ERR_IO = 8,                   /* a file could not be read or written */
+    SKV_ERR_INTERNAL = 9              /* a broken invariant inside skv: please report */
+} skv_status;
+
+/* A short constant English description of a status ("invalid argument", ...). */
+SKV_API const char *skv_status_str(skv_status status);
+
+/* The message of the last error raised on the calling thread ("" if none). The
+ * pointer stays valid until the next skv call on this thread. */
+SKV_API const char *skv_last_error(void);
+
+/* ---- allocator hook ------------------------------------------------------------ */
+/* Host memory skv allocates for a context goes through this hook. alloc returns memory
+ * aligned as malloc's, or NULL on failure (skv then fails with SKV_ERR_OUT_OF_MEMORY
+ * and releases what it took). free accepts any pointer alloc returned. */
+typedef struct skv_allocator {
+    void *(*alloc)(void *user, size_t size);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} skv_allocator;
+
+/* ---- devices -------------------------------------------------------------------- */
+typedef enum skv_vendor_class {
+    SKV_VENDOR_OTHER = 0,
+    SKV_VENDOR_NVIDIA = 1,
+    SKV_VENDOR_AMD = 2,
+    SKV_VENDOR_INTEL = 3,
+    SKV_VENDOR_QUALCOMM = 4,
+    SKV_VENDOR_ARM = 5,
+    SKV_VENDOR_APPLE = 6,
+    SKV_VENDOR_CPU = 7 /* any CPU device (PoCL, Intel CPU runtime, ...) */
+} skv_vendor_class;
+
+typedef enum skv_subgroups {
+    SKV_SUBGROUPS_NONE = 0,
+    SKV_SUBGROUPS_KHR = 1,   /* cl_khr_subgroups */
+    SKV_SUBGROUPS_INTEL = 2, /* cl_intel_subgroups (shuffles) */
+    SKV_SUBGROUPS_NV_PTX = 3 /* NVIDIA: warp shuffles through inline PTX */
+} skv_subgroups;
+
+#define SKV_NAME_MAX 256
+
+/* What skv knows about one OpenCL device; kernels are specialised from it. */
+typedef struct skv_device_profile {
+    unsigned platform_index; /* position in clGetPlatformIDs order */
+    unsigned device_index;   /* position within the platform */
+    char platform[SKV_NAME_MAX];
+    char platform_version[SKV_NAME_MAX];
+    char name[SKV_NAME_MAX];
+    char vendor[SKV_NAME_MAX];
+    char driver_version[SKV_NAME_MAX];
+    skv_vendor_class vendor_class;
+    int is_gpu;              /* CL_DEVICE_TYPE_GPU */
+    int opencl_c_major;      /* from CL_DEVICE_OPENCL_C_VERSION; kernels build with */
+    int opencl_c_minor;      /* the matching -cl-std */
+    int fp16;                /* cl_khr_fp16: half arithmetic (storage works everywhere) */
+    int fp64;                /* cl_khr_fp64 */
+    skv_subgroups subgroups;
+    unsigned compute_units;
+    uint64_t local_mem_bytes;
+    uint64_t global_mem_bytes;
+    uint64_t max_alloc_bytes;
+    size_t max_work_group_size;
+    size_t preferred_wg_multiple; /* warp / wavefront / SIMD width */
+} skv_device_profile;
+
+/* Every OpenCL device on the machine. Writes min(count, capacity) profiles to `out`
+ * (which may be NULL when capacity is 0) and the total in *count. No OpenCL platform at
+ * all is not an error: *count is 0. */
+SKV_API skv_status skv_devices_list(skv_device_profile *out, size_t capacity, size_t *count);
+
+/* The device a selector picks:
+ *   NULL or ""  -> the SKV_DEVICE environment variable if set, else the default
+ *   "default"   -> the first GPU, else the first CPU device, else the first device
+ *   "cpu", "gpu"                      -> the first device of that type
+ *   "nvidia", "amd", "intel", ...     -> the first device of that vendor class
+ *   "P:D"                             -> platform P, device D (indices as listed)
+ * A selector matching nothing gives SKV_ERR_NO_DEVICE with a message listing devices. */
+SKV_API skv_status skv_device_select(const char *selector, skv_device_profile *out);
+
+SKV_API const char *skv_vendor_class_str(skv_vendor_class v);
+SKV_API const char *skv_subgroups_str(skv_subgroups s);
+
+/* ---- context ---------------------------------------------------------------------- */
+typedef struct skv_context skv_context;
+
+typedef struct skv_context_desc {
+    size_t struct_size;               /* sizeof(skv_context_desc): set by skv_context_desc_init */
+    const char *device;               /* selector, see skv_device_select; NULL = default rules */
+    const skv_allocator *allocator;   /* NULL = malloc/free; copied, must outlive the context */
+    const char *program_cache_dir;    /* NULL = $SKV_CACHE_DIR, $XDG_CACHE_HOME/skv, ~/.cache/skv */
+    int disable_program_cache;        /* 1 = never read or write cached binaries
+                                       * ($SKV_NO_CACHE=1 does the same) */
+    int enable_profiling;             /* 1 = queues created with profiling (benchmarks) */
+} skv_context_desc;
+
+/* Fills defaults: the selector rules, malloc, the default cache location. */
+SKV_API void skv_context_desc_init(skv_context_desc *desc);
+
+/* Creates a context on the selected device with its own compute and transfer queues.
+ * desc may be NULL (all defaults). */
+SKV_API skv_status skv_context_create(const skv_context_desc *desc, skv_context **out);
+SKV_API void skv_context_destroy(skv_context *ctx);
+
+/* The message of the last error raised on this context ("" if none). */
+SKV_API const char *skv_context_last_error(const skv_context *ctx);
+
+SKV_API skv_status skv_context_device(const skv_context *ctx, skv_device_profile *out);
+
+/* Builds (or loads from the program cache) every kernel program now, instead of on
+ * first use. A runtime calls it at start-up to keep compile time out of the first
+ * decode step. */
+SKV_API skv_status skv_context_prepare(skv_context *ctx);
+
+typedef struct skv_context_stats {
+    size_t struct_size;
+    uint64_t programs_built;      /* compiled from source */
+    uint64_t programs_from_cache; /* loaded from an on-disk binary */
+    uint64_t cache_rejected;      /* cache entries found corrupt, stale or unloadable */
+    uint64_t cache_written;       /* binaries written to the cache */
+    uint64_t cache_write_failed;  /* writes that failed (the build itself still succeeded) */
+} skv_context_stats;
+
+/* Set out->struct_size = sizeof(skv_context_stats) before the call. */
+SKV_API skv_status skv_context_get_stats(const skv_context *ctx, skv_context_stats *out);
+
+/* The device's streaming-read bandwidth in GB/s (1e9 bytes/s): the median of `runs`
+ * timed passes of a read kernel over `bytes` (capped at the device's max allocation),
+ * after one warm-up pass. The ceiling decode attention is measured against. */
+SKV_API skv_status skv_measure_read_bandwidth(skv_context *ctx, uint64_t bytes, unsigned runs,
+                                              double *gbps);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SKV_H */
