@@ -44,8 +44,11 @@ skv_status skv_measure_read_bandwidth(skv_context *ctx, uint64_t bytes, unsigned
     size_t items = (size_t)ctx->profile.compute_units * (ctx->profile.is_gpu ? 2048 : 64);
     if (items > n_words)
         items = (size_t)n_words;
-    cl_int e;
-    cl_command_queue q = clCreateCommandQueue(ctx->cl, ctx->device, CL_QUEUE_PROFILING_ENABLE, &e);
+    /* The compute queue when it can time kernels, else a profiling queue of our own. */
+    cl_int e = CL_SUCCESS;
+    cl_command_queue q = ctx->queue;
+    if (!ctx->profiling)
+        q = clCreateCommandQueue(ctx->cl, ctx->device, CL_QUEUE_PROFILING_ENABLE, &e);
     if (e != CL_SUCCESS)
         return skvi_cl_fail(ctx->error, e, "clCreateCommandQueue(profiling)");
     cl_mem in = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY, n_words * 16, NULL, &e);
@@ -87,6 +90,7 @@ skv_status skv_measure_read_bandwidth(skv_context *ctx, uint64_t bytes, unsigned
         clReleaseMemObject(out);
     if (in)
         clReleaseMemObject(in);
-    clReleaseCommandQueue(q);
+    if (q != ctx->queue)
+        clReleaseCommandQueue(q);
     return st;
 }

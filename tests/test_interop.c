@@ -1,0 +1,117 @@
+/* A context on the caller's own cl_context / device / queue: skv uses them, holds its
+ * own references, and rejects objects that do not belong together. */
+#include "test_util.h"
+#include "skv/skv_cl.h"
+
+static void cpu_device(cl_platform_id *p, cl_device_id *d)
+{
+    skv_device_profile prof;
+    assert_ok(skv_device_select("cpu", &prof));
+    cl_platform_id ps[16];
+    cl_uint np = 0;
+    assert_int_equal(clGetPlatformIDs(16, ps, &np), CL_SUCCESS);
+    *p = ps[prof.platform_index];
+    cl_device_id ds[32];
+    cl_uint nd = 0;
+    assert_int_equal(clGetDeviceIDs(*p, CL_DEVICE_TYPE_ALL, 32, ds, &nd), CL_SUCCESS);
+    *d = ds[prof.device_index];
+}
+
+static cl_uint refcount_ctx(cl_context c)
+{
+    cl_uint r = 0;
+    clGetContextInfo(c, CL_CONTEXT_REFERENCE_COUNT, sizeof r, &r, NULL);
+    return r;
+}
+
+static cl_uint refcount_queue(cl_command_queue q)
+{
+    cl_uint r = 0;
+    clGetCommandQueueInfo(q, CL_QUEUE_REFERENCE_COUNT, sizeof r, &r, NULL);
+    return r;
+}
+
+static void test_caller_objects(void **state)
+{
+    (void)state;
+    cl_platform_id p;
+    cl_device_id d;
+    cpu_device(&p, &d);
+    cl_int e;
+    cl_context c = clCreateContext(NULL, 1, &d, NULL, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_command_queue q = clCreateCommandQueue(c, d, CL_QUEUE_PROFILING_ENABLE, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_uint rc0 = refcount_ctx(c), rq0 = refcount_queue(q);
+
+    skv_context *ctx = NULL;
+    assert_ok(skv_context_create_cl(NULL, c, d, q, &ctx));
+    cl_context gc;
+    cl_device_id gd;
+    cl_command_queue gq, gt;
+    assert_ok(skv_context_cl_objects(ctx, &gc, &gd, &gq, &gt));
+    assert_ptr_equal(gc, c);
+    assert_ptr_equal(gd, d);
+    assert_ptr_equal(gq, q);
+    assert_non_null(gt);
+    assert_ptr_not_equal(gt, q); /* transfers get a queue of their own */
+    assert_true(refcount_queue(q) > rq0);
+    skv_device_profile prof;
+    assert_ok(skv_context_device(ctx, &prof));
+    assert_int_equal(prof.vendor_class, SKV_VENDOR_CPU);
+    /* skv work runs on the caller's queue. */
+    double gbps = 0;
+    assert_ok(skv_context_prepare(ctx));
+    assert_ok(skv_measure_read_bandwidth(ctx, 1 << 20, 3, &gbps));
+    assert_true(gbps > 0);
+    skv_context_destroy(ctx);
+    /* Every reference skv took is returned. */
+    assert_int_equal(refcount_queue(q), rq0);
+    assert_int_equal(refcount_ctx(c), rc0);
+
+    /* Without a queue skv makes its own on the caller's context. */
+    assert_ok(skv_context_create_cl(NULL, c, d, NULL, &ctx));
+    assert_ok(skv_context_cl_objects(ctx, &gc, NULL, &gq, NULL));
+    assert_ptr_equal(gc, c);
+    assert_ptr_not_equal(gq, q);
+    skv_context_destroy(ctx);
+    assert_int_equal(refcount_ctx(c), rc0);
+
+    clReleaseCommandQueue(q);
+    clReleaseContext(c);
+}
+
+static void test_mismatched_objects(void **state)
+{
+    (void)state;
+    cl_platform_id p;
+    cl_device_id d;
+    cpu_device(&p, &d);
+    cl_int e;
+    cl_context c1 = clCreateContext(NULL, 1, &d, NULL, NULL, &e);
+    cl_context c2 = clCreateContext(NULL, 1, &d, NULL, NULL, &e);
+    cl_command_queue q2 = clCreateCommandQueue(c2, d, 0, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    skv_context *ctx = (skv_context *)0x1;
+    assert_int_equal(skv_context_create_cl(NULL, c1, d, q2, &ctx), SKV_ERR_INVALID_ARG);
+    assert_null(ctx);
+    assert_non_null(strstr(skv_last_error(), "another context"));
+    assert_int_equal(skv_context_create_cl(NULL, c1, NULL, NULL, &ctx), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_context_create_cl(NULL, NULL, d, NULL, &ctx), SKV_ERR_INVALID_ARG);
+    skv_context_desc desc;
+    skv_context_desc_init(&desc);
+    desc.struct_size = 3;
+    assert_int_equal(skv_context_create_cl(&desc, c1, d, NULL, &ctx), SKV_ERR_INVALID_ARG);
+    clReleaseCommandQueue(q2);
+    clReleaseContext(c2);
+    clReleaseContext(c1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_caller_objects),
+        cmocka_unit_test(test_mismatched_objects),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

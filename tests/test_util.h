@@ -1,0 +1,108 @@
+/* Helpers shared by the cmocka suites. */
+#ifndef SKV_TEST_UTIL_H
+#define SKV_TEST_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "skv/skv.h"
+
+#define SKV_TEST_SKIP 77 /* CTest's SKIP_RETURN_CODE */
+
+/* Asserts a status, printing skv's message when it differs. */
+#define assert_status(expr, expected)                                                        \
+    do {                                                                                     \
+        skv_status st_ = (expr);                                                             \
+        if (st_ != (expected))                                                               \
+            fail_msg("%s = %s (%s), expected %s", #expr, skv_status_str(st_), skv_last_error(), \
+                     skv_status_str(expected));                                              \
+    } while (0)
+#define assert_ok(expr) assert_status(expr, SKV_OK)
+
+/* Deterministic random numbers (xorshift64*), independent of libc. */
+typedef struct test_rng {
+    uint64_t s;
+} test_rng;
+
+static inline uint64_t rng_u64(test_rng *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1DULL;
+}
+static inline uint32_t rng_u32(test_rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
+static inline double rng_uniform(test_rng *r) { return (double)(rng_u64(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+/* An allocator that counts live blocks and fails the allocation numbered fail_at
+ * (1-based; 0 = never). */
+typedef struct counting_allocator {
+    long live;
+    long calls;
+    long fail_at;
+} counting_allocator;
+
+static inline void *counting_alloc(void *user, size_t size)
+{
+    counting_allocator *c = user;
+    c->calls++;
+    if (c->fail_at && c->calls == c->fail_at)
+        return NULL;
+    void *p = malloc(size);
+    if (p)
+        c->live++;
+    return p;
+}
+
+static inline void counting_free(void *user, void *ptr)
+{
+    counting_allocator *c = user;
+    if (ptr)
+        c->live--;
+    free(ptr);
+}
+
+/* A fresh empty folder under the build tree (or /tmp), as a malloc'ed path. */
+static inline char *test_tmpdir(const char *tag)
+{
+    char *path = malloc(512);
+    const char *base = getenv("SKV_TEST_TMP");
+    snprintf(path, 512, "%s/skv-%s-XXXXXX", base && base[0] ? base : "/tmp", tag);
+    extern char *mkdtemp(char *);
+    return mkdtemp(path) ? path : NULL;
+}
+
+#endif
+
+/* The device a kernel suite runs on: $SKV_TEST_DEVICE (default "cpu"). When no such
+ * device exists the whole suite is skipped (exit 77), e.g. the GPU run on a CPU-only
+ * machine. Returns a context with profiling on. */
+static inline skv_context *test_context_or_skip(void)
+{
+    const char *sel = getenv("SKV_TEST_DEVICE");
+    if (!sel || !sel[0])
+        sel = "cpu";
+    skv_device_profile p;
+    if (skv_device_select(sel, &p) == SKV_ERR_NO_DEVICE) {
+        printf("skipped: no '%s' device (%s)\n", sel, skv_last_error());
+        exit(SKV_TEST_SKIP);
+    }
+    skv_context_desc d;
+    skv_context_desc_init(&d);
+    d.device = sel;
+    d.enable_profiling = 1;
+    skv_context *ctx = NULL;
+    if (skv_context_create(&d, &ctx) != SKV_OK) {
+        fprintf(stderr, "context on '%s' failed: %s\n", sel, skv_last_error());
+        exit(1);
+    }
+    printf("device: %s\n", p.name);
+    return ctx;
+}
