@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Bootstrap skv on a fresh Debian 12 machine: install build dependencies, then
+#   test  configure, build and run the test suites twice (RelWithDebInfo, then ASan/UBSan)
+#   demo  build a release and run `skv demo` (or `skv info` until the demo command exists)
+# Usage: tools/bootstrap.sh MODE [args passed to `skv demo`...]
+set -euo pipefail
+
+usage() {
+    cat >&2 <<'EOF'
+usage: tools/bootstrap.sh MODE [args...]
+
+modes:
+  test   install dependencies, build build/ci and build/asan, run ctest in both
+  demo   install dependencies, build build/release, run `skv demo [args...]`
+EOF
+}
+
+mode="${1:-}"
+case "$mode" in
+    test | demo) ;;
+    *)
+        [ -n "$mode" ] && echo "bootstrap: unknown mode '$mode'" >&2
+        usage
+        exit 2
+        ;;
+esac
+
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+root="$(pwd)"
+
+banner() {
+    printf '\n==== bootstrap %s: %s ====\n' "$mode" "$*"
+}
+
+packages=(
+    cmake gcc make libc6-dev pkg-config
+    ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd
+    libclblast-dev libcmocka-dev libcjson-dev libxxhash-dev
+)
+
+# Prints the packages from "$@" that are not installed, one per line.
+missing_packages() {
+    local p status
+    for p in "$@"; do
+        status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
+        [ "$status" = "install ok installed" ] || printf '%s\n' "$p"
+    done
+}
+
+install_packages() {
+    local missing sudo=()
+    mapfile -t missing < <(missing_packages "${packages[@]}")
+    if [ "${#missing[@]}" -eq 0 ]; then
+        echo "all ${#packages[@]} packages already installed"
+        return 0
+    fi
+    echo "missing packages: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "bootstrap: not root and sudo is not available; install these packages first:" >&2
+            echo "  ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+jobs="$(nproc 2>/dev/null || echo 2)"
+
+# configure_build NAME cmake-args...: configure and build build/NAME.
+configure_build() {
+    local name="$1"
+    shift
+    banner "configure build/$name ($*)"
+    cmake -S . -B "build/$name" "$@"
+    banner "build build/$name"
+    cmake --build "build/$name" -j"$jobs"
+}
+
+# run_ctest NAME: run the suites of build/NAME serially, with a kernel cache of its own.
+run_ctest() {
+    local name="$1"
+    banner "ctest build/$name"
+    export SKV_CACHE_DIR="$root/build/$name/kernel-cache"
+    mkdir -p "$SKV_CACHE_DIR"
+    ctest --test-dir "build/$name" --output-on-failure
+}
+
+banner "dependencies"
+install_packages
+
+case "$mode" in
+    test)
+        configure_build ci -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSKV_WERROR=ON
+        run_ctest ci
+
+        configure_build asan -DCMAKE_BUILD_TYPE=Debug -DSKV_SANITIZE=ON -DSKV_WERROR=ON
+        export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+        export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp:print_suppressions=0"
+        export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+        run_ctest asan
+
+        banner "all test phases passed"
+        ;;
+    demo)
+        configure_build release -DCMAKE_BUILD_TYPE=Release -DSKV_BUILD_TESTS=OFF
+        skv="build/release/tools/skv"
+        if "$skv" --help | grep -Eq '^[[:space:]]+demo([[:space:]]|$)'; then
+            banner "skv demo"
+            exec "$skv" demo "${@:2}"
+        fi
+        echo "note: \`skv demo\` is not implemented yet (it lands in a later issue); running \`skv info\` instead"
+        banner "skv info"
+        exec "$skv" info
+        ;;
+esac
