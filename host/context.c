@@ -6,6 +6,11 @@
 
 #include "host_internal.h"
 
+/* Programs that depend only on the device; a cache builds its geometry-specific ones
+ * (append, decode) when it is created. */
+const char *const skvi_context_programs[] = {"stream_read.cl"};
+const size_t skvi_context_program_count = sizeof skvi_context_programs / sizeof skvi_context_programs[0];
+
 void skv_context_desc_init(skv_context_desc *desc)
 {
     if (!desc)
@@ -251,13 +256,9 @@ skv_status skv_context_prepare(skv_context *ctx)
     skvi_clear_error();
     if (!ctx)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_prepare: ctx is NULL");
-    for (size_t i = 0; i < skvi_kernel_source_count; i++) {
-        const char *name = skvi_kernel_sources[i].name;
-        size_t n = strlen(name);
-        if (n < 3 || strcmp(name + n - 3, ".cl") != 0)
-            continue; /* headers are prepended to programs, not built alone */
+    for (size_t i = 0; i < skvi_context_program_count; i++) {
         cl_program p;
-        skv_status st = skvi_program_get(ctx, name, NULL, &p);
+        skv_status st = skvi_program_get(ctx, skvi_context_programs[i], NULL, &p);
         if (st != SKV_OK)
             return st;
     }

@@ -54,6 +54,9 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
 skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
                               const char *kernel, cl_kernel *out);
 void skvi_programs_release(skv_context *ctx);
+/* Programs skv_context_prepare builds (those that need no cache geometry). */
+extern const char *const skvi_context_programs[];
+extern const size_t skvi_context_program_count;
 
 /* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items. */
 skv_status skvi_stream_read_enqueue(skv_context *ctx, cl_command_queue q, cl_mem in, uint64_t n_words,

@@ -71,4 +71,21 @@ extern const skvi_kernel_source skvi_kernel_sources[];
 extern const size_t skvi_kernel_source_count;
 const skvi_kernel_source *skvi_kernel_source_find(const char *name);
 
+/* A row of the tier table (src/tiers.c). */
+typedef struct skvi_tier_desc {
+    const char *name;
+    int dense_keys;        /* 1: fp16 keys; 0: ADA codes */
+    unsigned radius_bits;  /* ADA: bits per group for the radius code */
+    unsigned angle_bits;   /* ADA: bits per group for the angle code */
+    unsigned group;        /* ADA: coordinates per group (2 = pairs) */
+    unsigned value_bits;   /* 16 = fp16 values; 8/4/2 = quantised */
+    unsigned value_group;  /* values per quantisation group (fp16 scale + min); 0 = none */
+} skvi_tier_desc;
+
+extern const skvi_tier_desc skvi_tiers[SKV_TIER_COUNT];
+/* Bytes of keys and values per token and kv-head. */
+uint64_t skvi_tier_token_bytes(skv_tier tier, uint32_t head_dim);
+/* Bytes of one page: page_tokens slots of keys, values and positions. */
+uint64_t skvi_tier_page_bytes(skv_tier tier, uint32_t head_dim, uint32_t page_tokens);
+
 #endif /* SKV_INTERNAL_H */

@@ -185,6 +185,125 @@ SKV_API skv_status skv_context_get_stats(const skv_context *ctx, skv_context_sta
 SKV_API skv_status skv_measure_read_bandwidth(skv_context *ctx, uint64_t bytes, unsigned runs,
                                               double *gbps);
 
+
+/* ---- cache ---------------------------------------------------------------------------- */
+/* A model's KV cache on one context: pages of `page_tokens` token slots, each page
+ * holding one (sequence, layer, kv-head, tier), in pools in device memory and in pinned
+ * host memory. */
+typedef struct skv_cache skv_cache;
+typedef uint32_t skv_seq_id;
+
+typedef enum skv_dtype {
+    SKV_F32 = 0,
+    SKV_F16 = 1,
+    SKV_BF16 = 2
+} skv_dtype;
+
+/* Storage tiers (DESIGN.md §4). The tier table is data (src/tiers.c); F16 is the dense
+ * tier every cache has. */
+typedef enum skv_tier {
+    SKV_TIER_F16 = 0,
+    SKV_TIER_A4V8 = 1,
+    SKV_TIER_A3V4 = 2,
+    SKV_TIER_A2V2 = 3,
+    SKV_TIER_COUNT = 4
+} skv_tier;
+
+typedef enum skv_memory {
+    SKV_MEM_DEVICE = 0,
+    SKV_MEM_HOST = 1,
+    SKV_MEM_COUNT = 2
+} skv_memory;
+
+typedef enum skv_retention {
+    SKV_RETENTION_NONE = 0 /* keep every token at F16 */
+} skv_retention;
+
+typedef struct skv_cache_desc {
+    size_t struct_size;           /* set by skv_cache_desc_init */
+    uint32_t layers;              /* >= 1 */
+    uint32_t q_heads;             /* a multiple of kv_heads (GQA) */
+    uint32_t kv_heads;            /* >= 1 */
+    uint32_t head_dim;            /* 64, 128 or 256 */
+    uint32_t page_tokens;         /* power of two in 16..256; default 64 */
+    uint64_t device_budget_bytes; /* cap on device page memory; 0 = half the device memory */
+    uint64_t host_budget_bytes;   /* cap on pinned host page memory; 0 = no host tier */
+    uint32_t tiers;               /* bit mask of (1u << skv_tier); must include F16 */
+    skv_retention retention;
+} skv_cache_desc;
+
+/* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
+ * default budgets, no retention. */
+SKV_API void skv_cache_desc_init(skv_cache_desc *desc);
+/* Invalid geometry or budgets give SKV_ERR_INVALID_ARG with a message naming the field. */
+SKV_API skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_cache **out);
+/* Waits for the cache's pending work, then frees every page and the cache. */
+SKV_API void skv_cache_destroy(skv_cache *cache);
+
+/* Bytes one page of `tier` occupies (keys, values and the per-slot positions). */
+SKV_API skv_status skv_cache_page_bytes(const skv_cache *cache, skv_tier tier, uint64_t *bytes);
+
+/* Sequences. Ids are small integers reused after skv_seq_free. */
+SKV_API skv_status skv_seq_create(skv_cache *cache, skv_seq_id *out);
+/* Frees the sequence and releases its references on pages. */
+SKV_API skv_status skv_seq_free(skv_cache *cache, skv_seq_id seq);
+/* A new sequence sharing every page of `parent` (copy-on-write: a shared page that is
+ * only partly filled is copied before either sequence appends into it). */
+SKV_API skv_status skv_seq_fork(skv_cache *cache, skv_seq_id parent, skv_seq_id *child);
+/* Tokens held for `layer`. */
+SKV_API skv_status skv_seq_length(const skv_cache *cache, skv_seq_id seq, uint32_t layer, uint64_t *tokens);
+/* The original positions of the tokens of (layer, kv_head), in cache order. Writes
+ * min(capacity, length) values and the length in *count. Waits for pending work. */
+SKV_API skv_status skv_seq_positions(skv_cache *cache, skv_seq_id seq, uint32_t layer,
+                                     uint32_t kv_head, int32_t *out, size_t capacity, size_t *count);
+
+/* Appends n_tokens tokens of one layer. k and v are [n_tokens][kv_heads][head_dim] in
+ * `dtype`; positions[n_tokens] are the tokens' positions. All or nothing: on any error
+ * (SKV_ERR_OUT_OF_MEMORY when the budget has no room) the sequence is unchanged. The
+ * host arrays may be reused as soon as the call returns. */
+SKV_API skv_status skv_append(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t n_tokens,
+                              skv_dtype dtype, const void *k, const void *v, const int32_t *positions);
+
+/* Moves the full pages of tokens [token_begin, token_end) of every layer and kv-head to
+ * host memory (offload) or back to device memory (fetch), asynchronously on the
+ * transfer queue. Pages only partly inside the range, and the page being appended to,
+ * stay where they are. Later skv work waits for the moves through events; the host
+ * never blocks. Decode attention needs every page of its sequences on the device. */
+SKV_API skv_status skv_seq_offload(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end);
+SKV_API skv_status skv_seq_fetch(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end);
+/* Pages of the sequence (all layers and heads) currently in host memory. */
+SKV_API skv_status skv_seq_host_pages(const skv_cache *cache, skv_seq_id seq, uint64_t *pages);
+
+/* Decode attention for one layer: for each of the n_seqs sequences, one query
+ * q[n_seqs][q_heads][head_dim] (SKV_F32 or SKV_F16) attends over every token the
+ * sequence holds for `layer`; out[n_seqs][q_heads][head_dim] (SKV_F32 or SKV_F16)
+ * receives softmax(scale * q.K^T) V. Q head i reads kv head i / (q_heads / kv_heads).
+ * Blocks until `out` is written; see skv_attention_decode_cl for the asynchronous form. */
+SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const skv_seq_id *seqs,
+                                        uint32_t n_seqs, skv_dtype q_dtype, const void *q, float scale,
+                                        skv_dtype out_dtype, void *out);
+
+typedef struct skv_pool_stats {
+    uint64_t page_bytes;      /* bytes per page */
+    uint64_t pages_used;      /* pages referenced by some sequence */
+    uint64_t pages_allocated; /* pages the pool has memory for */
+    uint64_t bytes_used;      /* pages_used * page_bytes */
+    uint64_t bytes_allocated; /* memory the pool holds */
+} skv_pool_stats;
+
+typedef struct skv_cache_stats {
+    size_t struct_size; /* set to sizeof(skv_cache_stats) before the call */
+    skv_pool_stats pools[SKV_TIER_COUNT][SKV_MEM_COUNT];
+    uint64_t device_budget_bytes;
+    uint64_t host_budget_bytes;
+    uint32_t sequences; /* live sequences */
+} skv_cache_stats;
+
+SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);
+
+/* Blocks until all work skv enqueued on this context has completed. */
+SKV_API skv_status skv_context_finish(skv_context *ctx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,7 +24,7 @@ extern "C" {
 
 /* desc may be NULL; its `device` selector is ignored (the device is given). queue may be
  * NULL: skv then creates an in-order compute queue on (cl_ctx, device). The queue, when
- * given, must belong to cl_ctx and device. */
+ * given, must be in-order and belong to cl_ctx and device. */
 SKV_API skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx,
                                          cl_device_id device, cl_command_queue queue,
                                          skv_context **out);
@@ -33,6 +33,25 @@ SKV_API skv_status skv_context_create_cl(const skv_context_desc *desc, cl_contex
 SKV_API skv_status skv_context_cl_objects(const skv_context *ctx, cl_context *cl_ctx,
                                           cl_device_id *device, cl_command_queue *compute_queue,
                                           cl_command_queue *transfer_queue);
+
+
+/* skv_append with K and V in the caller's buffers (at byte offsets k_offset, v_offset,
+ * same layout and dtype rules); positions stay a host array. The append runs after the
+ * wait list; *event (if not NULL) completes when the pages are written. */
+SKV_API skv_status skv_append_cl(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t n_tokens,
+                                 skv_dtype dtype, cl_mem k, size_t k_offset, cl_mem v, size_t v_offset,
+                                 const int32_t *positions, cl_uint num_wait, const cl_event *wait_list,
+                                 cl_event *event);
+
+/* skv_attention_decode on the caller's buffers, without a host wait. */
+SKV_API skv_status skv_attention_decode_cl(skv_cache *cache, uint32_t layer, const skv_seq_id *seqs,
+                                           uint32_t n_seqs, skv_dtype q_dtype, cl_mem q, size_t q_offset,
+                                           float scale, skv_dtype out_dtype, cl_mem out, size_t out_offset,
+                                           cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+
+/* The event of the last page move (offload or fetch) enqueued for the cache, or NULL
+ * when none is in flight (retained for the caller). */
+SKV_API skv_status skv_cache_transfer_event(skv_cache *cache, cl_event *event);
 
 #ifdef __cplusplus
 }

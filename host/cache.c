@@ -1,0 +1,429 @@
+/* skv_cache: geometry, budgets, pools, sequences (create, free, fork with copy-on-write
+ * page sharing), positions and statistics. Appends, page moves and attention are in
+ * append.c, transfer.c and attention.c. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cache_internal.h"
+
+void skv_cache_desc_init(skv_cache_desc *desc)
+{
+    if (!desc)
+        return;
+    memset(desc, 0, sizeof *desc);
+    desc->struct_size = sizeof *desc;
+    desc->page_tokens = 64;
+    desc->tiers = 1u << SKV_TIER_F16;
+    desc->retention = SKV_RETENTION_NONE;
+}
+
+static int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
+
+static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
+{
+    char *err = ctx->error;
+    const char *fn = "skv_cache_create";
+    if (d->struct_size != sizeof *d)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: desc->struct_size is %zu, expected %zu (call skv_cache_desc_init)",
+                         fn, d->struct_size, sizeof *d);
+    if (d->layers == 0 || d->layers > 4096)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: layers is %u, must be in 1..4096", fn, d->layers);
+    if (d->kv_heads == 0 || d->kv_heads > 1024)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: kv_heads is %u, must be in 1..1024", fn, d->kv_heads);
+    if (d->q_heads == 0 || d->q_heads % d->kv_heads != 0 || d->q_heads / d->kv_heads > 64)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG,
+                         "%s: q_heads is %u, must be a multiple of kv_heads (%u) with at most 64 q-heads per kv-head",
+                         fn, d->q_heads, d->kv_heads);
+    if (d->head_dim != 64 && d->head_dim != 128 && d->head_dim != 256)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: head_dim is %u, must be 64, 128 or 256", fn, d->head_dim);
+    if (!is_pow2(d->page_tokens) || d->page_tokens < 16 || d->page_tokens > 256)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: page_tokens is %u, must be a power of two in 16..256",
+                         fn, d->page_tokens);
+    if (!(d->tiers & (1u << SKV_TIER_F16)) || (d->tiers >> SKV_TIER_COUNT))
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: tiers is 0x%x, must include F16 (bit 0) and only bits 0..%d",
+                         fn, d->tiers, SKV_TIER_COUNT - 1);
+    if (d->tiers != (1u << SKV_TIER_F16))
+        return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: tiers 0x%x: only the F16 tier is implemented so far",
+                         fn, d->tiers);
+    if (d->retention != SKV_RETENTION_NONE)
+        return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: retention %d is not implemented", fn, (int)d->retention);
+    if (d->device_budget_bytes > ctx->profile.global_mem_bytes)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG,
+                         "%s: device_budget_bytes %llu exceeds the device's %llu bytes of memory", fn,
+                         (unsigned long long)d->device_budget_bytes, (unsigned long long)ctx->profile.global_mem_bytes);
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psize > 0 && d->host_budget_bytes > (uint64_t)pages * (uint64_t)psize)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: host_budget_bytes %llu exceeds the machine's %llu bytes of memory",
+                         fn, (unsigned long long)d->host_budget_bytes, (unsigned long long)pages * (uint64_t)psize);
+    return SKV_OK;
+}
+
+/* Decode work-group size: 256 where the device and local memory allow, else the largest
+ * power of two that fits and still covers D/2 value pairs and the G q-heads. */
+static skv_status choose_tile(skv_context *ctx, const skv_cache_desc *d, uint32_t group, uint32_t *tile)
+{
+    uint32_t min_tile = d->head_dim / 2 > group ? d->head_dim / 2 : group;
+    for (uint32_t t = 256; t >= min_tile && t >= 1; t /= 2) {
+        uint64_t local = 4ull * ((uint64_t)group * d->head_dim + (uint64_t)group * t + t + 3 * group);
+        if (t <= ctx->profile.max_work_group_size && local + 1024 <= ctx->profile.local_mem_bytes) {
+            *tile = t;
+            return SKV_OK;
+        }
+    }
+    return skvi_fail(ctx->error, SKV_ERR_UNSUPPORTED,
+                     "skv_cache_create: %u q-heads per kv-head at head_dim %u do not fit the device's "
+                     "%llu bytes of local memory",
+                     group, d->head_dim, (unsigned long long)ctx->profile.local_mem_bytes);
+}
+
+static skv_status build_kernels(skv_cache *c)
+{
+    const skv_cache_desc *d = &c->desc;
+    char defs[256];
+    snprintf(defs, sizeof defs, "-DD=%u -DP=%u", d->head_dim, d->page_tokens);
+    skv_status st = skvi_kernel_create(c->ctx, "append_f16.cl", defs, "append_f16", &c->k_append);
+    uint32_t seg = c->tile / c->group, seg_pow2 = 1;
+    while (seg_pow2 < seg)
+        seg_pow2 *= 2;
+    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u", d->head_dim, d->page_tokens,
+             c->group, c->tile, seg_pow2);
+    if (st == SKV_OK)
+        st = skvi_kernel_create(c->ctx, "decode_f16.cl", defs, "decode_f16", &c->k_decode);
+    snprintf(defs, sizeof defs, "-DD=%u -DG=%u", d->head_dim, c->group);
+    if (st == SKV_OK)
+        st = skvi_kernel_create(c->ctx, "decode_merge.cl", defs, "decode_merge", &c->k_merge);
+    return st;
+}
+
+skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_cache **out)
+{
+    skvi_clear_error();
+    if (!ctx || !desc || !out)
+        return skvi_fail(ctx ? ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_cache_create: ctx, desc or out is NULL");
+    *out = NULL;
+    skv_status st = validate(ctx, desc);
+    if (st != SKV_OK)
+        return st;
+    skv_cache *c = skvi_calloc(ctx->alloc, 1, sizeof *c);
+    if (!c)
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_cache_create: out of memory");
+    c->ctx = ctx;
+    c->desc = *desc;
+    c->group = desc->q_heads / desc->kv_heads;
+    c->budget[SKV_MEM_DEVICE] = desc->device_budget_bytes ? desc->device_budget_bytes : ctx->profile.global_mem_bytes / 2;
+    c->budget[SKV_MEM_HOST] = desc->host_budget_bytes;
+    c->desc.device_budget_bytes = c->budget[SKV_MEM_DEVICE];
+    uint64_t page_bytes = skvi_tier_page_bytes(SKV_TIER_F16, desc->head_dim, desc->page_tokens);
+    if (c->budget[SKV_MEM_DEVICE] < page_bytes) {
+        skvi_free(ctx->alloc, c);
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_cache_create: device_budget_bytes %llu is smaller than one page (%llu bytes)",
+                         (unsigned long long)c->budget[SKV_MEM_DEVICE], (unsigned long long)page_bytes);
+    }
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int m = 0; m < SKV_MEM_COUNT; m++)
+            if (desc->tiers & (1u << t))
+                skvi_pool_init(c, &c->pools[t][m], (skv_memory)m,
+                               skvi_tier_page_bytes((skv_tier)t, desc->head_dim, desc->page_tokens));
+    st = choose_tile(ctx, desc, c->group, &c->tile);
+    if (st == SKV_OK)
+        st = build_kernels(c);
+    if (st != SKV_OK) {
+        skv_cache_destroy(c);
+        return st;
+    }
+    *out = c;
+    return SKV_OK;
+}
+
+static void seq_release(skv_cache *c, skvi_seq *s)
+{
+    size_t n_lists = (size_t)c->desc.layers * c->desc.kv_heads;
+    for (size_t i = 0; s->lists && i < n_lists; i++) {
+        skvi_page_list *l = &s->lists[i];
+        for (uint32_t j = 0; j < l->n; j++) {
+            uint32_t id = l->ids[j];
+            skvi_pool_unref(&c->pools[SKV_TIER_F16][id & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE],
+                            id & ~SKVI_HOST_BIT);
+        }
+        skvi_free(c->ctx->alloc, l->ids);
+    }
+    skvi_free(c->ctx->alloc, s->lists);
+    skvi_free(c->ctx->alloc, s->len);
+    memset(s, 0, sizeof *s);
+}
+
+void skv_cache_destroy(skv_cache *c)
+{
+    if (!c)
+        return;
+    skv_context_finish(c->ctx);
+    for (uint32_t i = 0; i < c->seq_cap; i++)
+        if (c->seqs[i].live)
+            seq_release(c, &c->seqs[i]);
+    skvi_free(c->ctx->alloc, c->seqs);
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int m = 0; m < SKV_MEM_COUNT; m++)
+            skvi_pool_release(c, &c->pools[t][m]);
+    if (c->k_append)
+        clReleaseKernel(c->k_append);
+    if (c->k_decode)
+        clReleaseKernel(c->k_decode);
+    if (c->k_merge)
+        clReleaseKernel(c->k_merge);
+    if (c->transfer_pending)
+        clReleaseEvent(c->transfer_pending);
+    skvi_free(c->ctx->alloc, c);
+}
+
+skv_status skv_cache_page_bytes(const skv_cache *c, skv_tier tier, uint64_t *bytes)
+{
+    skvi_clear_error();
+    if (!c || !bytes || (unsigned)tier >= SKV_TIER_COUNT)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
+                         "skv_cache_page_bytes: cache or bytes is NULL, or tier %d is not a tier", (int)tier);
+    *bytes = skvi_tier_page_bytes(tier, c->desc.head_dim, c->desc.page_tokens);
+    return SKV_OK;
+}
+
+skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out)
+{
+    if (id >= c->seq_cap || !c->seqs[id].live)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: sequence %u does not exist", fn, id);
+    *out = &c->seqs[id];
+    return SKV_OK;
+}
+
+skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head)
+{
+    return &s->lists[(size_t)layer * c->desc.kv_heads + head];
+}
+
+skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra)
+{
+    if (l->n + extra <= l->cap)
+        return SKV_OK;
+    uint32_t cap = l->cap ? l->cap : 4;
+    while (cap < l->n + extra)
+        cap *= 2;
+    uint32_t *ids = skvi_calloc(c->ctx->alloc, cap, sizeof *ids);
+    if (!ids)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "page list: out of memory");
+    if (l->n)
+        memcpy(ids, l->ids, l->n * sizeof *ids);
+    skvi_free(c->ctx->alloc, l->ids);
+    l->ids = ids;
+    l->cap = cap;
+    return SKV_OK;
+}
+
+/* A free slot in the sequence table with its arrays allocated (not yet live). */
+static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
+{
+    uint32_t id = 0;
+    while (id < c->seq_cap && c->seqs[id].live)
+        id++;
+    if (id == c->seq_cap) {
+        uint32_t cap = c->seq_cap ? 2 * c->seq_cap : 16;
+        skvi_seq *grown = skvi_calloc(c->ctx->alloc, cap, sizeof *grown);
+        if (!grown)
+            return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+        if (c->seq_cap)
+            memcpy(grown, c->seqs, c->seq_cap * sizeof *grown);
+        skvi_free(c->ctx->alloc, c->seqs);
+        c->seqs = grown;
+        c->seq_cap = cap;
+    }
+    skvi_seq *s = &c->seqs[id];
+    s->len = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->len);
+    s->lists = skvi_calloc(c->ctx->alloc, (size_t)c->desc.layers * c->desc.kv_heads, sizeof *s->lists);
+    if (!s->len || !s->lists) {
+        seq_release(c, s);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+    }
+    *id_out = id;
+    return SKV_OK;
+}
+
+skv_status skv_seq_create(skv_cache *c, skv_seq_id *out)
+{
+    skvi_clear_error();
+    if (!c || !out)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_seq_create: cache or out is NULL");
+    skv_seq_id id;
+    skv_status st = seq_new(c, "skv_seq_create", &id);
+    if (st != SKV_OK)
+        return st;
+    c->seqs[id].live = 1;
+    *out = id;
+    return SKV_OK;
+}
+
+skv_status skv_seq_free(skv_cache *c, skv_seq_id seq)
+{
+    skvi_clear_error();
+    if (!c)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_seq_free: cache is NULL");
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_seq_free", &s);
+    if (st == SKV_OK)
+        seq_release(c, s); /* pages still read by enqueued kernels are only reused by later,
+                              in-order work on the same queues */
+    return st;
+}
+
+skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
+{
+    skvi_clear_error();
+    if (!c || !child)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_seq_fork: cache or child is NULL");
+    skvi_seq *p = NULL;
+    skv_status st = skvi_seq_get(c, parent, "skv_seq_fork", &p);
+    skv_seq_id id;
+    if (st == SKV_OK)
+        st = seq_new(c, "skv_seq_fork", &id);
+    if (st != SKV_OK)
+        return st;
+    p = &c->seqs[parent]; /* seq_new may have moved the table */
+    skvi_seq *s = &c->seqs[id];
+    size_t n_lists = (size_t)c->desc.layers * c->desc.kv_heads;
+    for (size_t i = 0; i < n_lists; i++) {
+        if (skvi_list_reserve(c, &s->lists[i], p->lists[i].n) != SKV_OK) {
+            seq_release(c, s); /* nothing referenced yet */
+            return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_fork: out of memory");
+        }
+    }
+    for (size_t i = 0; i < n_lists; i++) {
+        const skvi_page_list *from = &p->lists[i];
+        for (uint32_t j = 0; j < from->n; j++) {
+            uint32_t e = from->ids[j];
+            skvi_pool_ref(&c->pools[SKV_TIER_F16][e & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE], e & ~SKVI_HOST_BIT);
+            s->lists[i].ids[j] = e;
+        }
+        s->lists[i].n = from->n;
+    }
+    memcpy(s->len, p->len, c->desc.layers * sizeof *s->len);
+    s->live = 1;
+    *child = id;
+    return SKV_OK;
+}
+
+skv_status skv_seq_length(const skv_cache *c, skv_seq_id seq, uint32_t layer, uint64_t *tokens)
+{
+    skvi_clear_error();
+    if (!c || !tokens)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_seq_length: cache or tokens is NULL");
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_seq_length", &s);
+    if (st != SKV_OK)
+        return st;
+    if (layer >= c->desc.layers)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_length: layer %u of %u", layer, c->desc.layers);
+    *tokens = s->len[layer];
+    return SKV_OK;
+}
+
+skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, int32_t *out,
+                             size_t capacity, size_t *count)
+{
+    skvi_clear_error();
+    if (!c || !count || (capacity && !out))
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
+                         "skv_seq_positions: cache or count is NULL, or out is NULL with capacity > 0");
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_seq_positions", &s);
+    if (st != SKV_OK)
+        return st;
+    if (layer >= c->desc.layers || kv_head >= c->desc.kv_heads)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_positions: layer %u / kv_head %u out of range",
+                         layer, kv_head);
+    const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head);
+    uint64_t len = s->len[layer];
+    *count = (size_t)len;
+    uint32_t P = c->desc.page_tokens;
+    size_t pos_offset = (size_t)P * 4 * c->desc.head_dim;
+    st = skv_context_finish(c->ctx); /* appends and moves complete */
+    for (uint64_t t = 0; st == SKV_OK && t < len && t < capacity; t += P) {
+        uint32_t e = l->ids[t / P];
+        const skvi_pool *pool = &c->pools[SKV_TIER_F16][e & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE];
+        size_t off;
+        cl_mem buf = skvi_pool_locate(pool, e & ~SKVI_HOST_BIT, &off);
+        size_t n = len - t < P ? (size_t)(len - t) : P;
+        if (n > capacity - t)
+            n = capacity - t;
+        cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_TRUE, off + pos_offset, n * 4, out + t, 0, NULL, NULL);
+        if (e2 != CL_SUCCESS)
+            st = skvi_cl_fail(c->ctx->error, e2, "skv_seq_positions: clEnqueueReadBuffer");
+    }
+    return st;
+}
+
+skv_status skv_cache_get_stats(const skv_cache *c, skv_cache_stats *out)
+{
+    skvi_clear_error();
+    if (!c || !out)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_cache_get_stats: cache or out is NULL");
+    if (out->struct_size != sizeof *out)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_cache_get_stats: out->struct_size is %zu, expected %zu",
+                         out->struct_size, sizeof *out);
+    memset(out, 0, sizeof *out);
+    out->struct_size = sizeof *out;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int m = 0; m < SKV_MEM_COUNT; m++) {
+            const skvi_pool *p = &c->pools[t][m];
+            skv_pool_stats *ps = &out->pools[t][m];
+            ps->page_bytes = skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, c->desc.page_tokens);
+            ps->pages_used = p->used;
+            ps->bytes_used = p->used * ps->page_bytes;
+            for (uint32_t i = 0; i < p->n_chunks; i++)
+                ps->pages_allocated += p->chunk_pages[i];
+            ps->bytes_allocated = ps->pages_allocated * ps->page_bytes;
+        }
+    out->device_budget_bytes = c->budget[SKV_MEM_DEVICE];
+    out->host_budget_bytes = c->budget[SKV_MEM_HOST];
+    for (uint32_t i = 0; i < c->seq_cap; i++)
+        out->sequences += c->seqs[i].live != 0;
+    return SKV_OK;
+}
+
+skv_status skvi_compute_waits(skv_cache *c, cl_uint n_user, const cl_event *user, cl_uint *n_out,
+                              const cl_event **out, cl_event **owned)
+{
+    *owned = NULL;
+    if (c->transfer_pending) { /* drop it once complete: nothing left to wait for */
+        cl_int status = CL_QUEUED;
+        clGetEventInfo(c->transfer_pending, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL);
+        if (status == CL_COMPLETE) {
+            clReleaseEvent(c->transfer_pending);
+            c->transfer_pending = NULL;
+        }
+    }
+    if (!c->transfer_pending) {
+        *n_out = n_user;
+        *out = n_user ? user : NULL;
+        return SKV_OK;
+    }
+    cl_event *all = skvi_calloc(c->ctx->alloc, n_user + 1, sizeof *all);
+    if (!all)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "wait list: out of memory");
+    if (n_user)
+        memcpy(all, user, n_user * sizeof *all);
+    all[n_user] = c->transfer_pending;
+    *n_out = n_user + 1;
+    *out = all;
+    *owned = all;
+    return SKV_OK;
+}
+
+skv_status skv_context_finish(skv_context *ctx)
+{
+    skvi_clear_error();
+    if (!ctx)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_finish: ctx is NULL");
+    cl_int e = clFinish(ctx->transfer);
+    if (e == CL_SUCCESS)
+        e = clFinish(ctx->queue);
+    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "clFinish");
+}

@@ -1,0 +1,79 @@
+/* Internal structure of skv_cache: page pools, sequences and their page lists, and the
+ * kernels and scratch buffers of one cache. Only host/ includes this file. */
+#ifndef SKV_CACHE_INTERNAL_H
+#define SKV_CACHE_INTERNAL_H
+
+#include "host_internal.h"
+
+#define SKVI_POOL_MAX_CHUNKS 8 /* must match SKV_POOL_PARAMS in cl/common.h */
+#define SKVI_HOST_BIT 0x80000000u /* page-list entries: set for a page in host memory */
+
+/* One arena of same-size pages in one memory kind: up to 8 chunk buffers, a free stack
+ * and a reference count per page. */
+typedef struct skvi_pool {
+    skv_memory mem;
+    uint64_t page_bytes;
+    uint32_t pages_per_chunk; /* page id = chunk * pages_per_chunk + index */
+    uint32_t n_chunks;
+    cl_mem chunk[SKVI_POOL_MAX_CHUNKS];
+    uint32_t chunk_pages[SKVI_POOL_MAX_CHUNKS]; /* the last chunk may be smaller */
+    uint32_t *free_ids;                         /* stack; top = free_ids[n_free - 1] */
+    uint32_t n_free;
+    uint32_t *refs; /* per page id; 0 = free */
+    uint64_t used;
+} skvi_pool;
+
+typedef struct skvi_page_list {
+    uint32_t *ids; /* page ids, SKVI_HOST_BIT marking host pages */
+    uint32_t n, cap;
+} skvi_page_list;
+
+typedef struct skvi_seq {
+    int live;
+    uint64_t *len;         /* tokens per layer */
+    skvi_page_list *lists; /* [layer][kv_head] (F16 tier) */
+} skvi_seq;
+
+struct skv_cache {
+    skv_context *ctx;
+    skv_cache_desc desc;
+    uint32_t group; /* q_heads / kv_heads */
+    skvi_pool pools[SKV_TIER_COUNT][SKV_MEM_COUNT];
+    uint64_t budget[SKV_MEM_COUNT];
+    uint64_t allocated[SKV_MEM_COUNT];
+
+    skvi_seq *seqs;
+    uint32_t seq_cap;
+
+    cl_kernel k_append;
+    cl_kernel k_decode;
+    cl_kernel k_merge;
+    uint32_t tile; /* decode work-group size */
+
+    cl_event transfer_pending; /* last page move; compute work waits for it */
+};
+
+/* pool.c */
+skv_status skvi_pool_init(skv_cache *c, skvi_pool *p, skv_memory mem, uint64_t page_bytes);
+void skvi_pool_release(skv_cache *c, skvi_pool *p);
+/* Makes n pages available (growing by whole chunks within the budget) without taking
+ * them: after SKV_OK, n calls of skvi_pool_take succeed. */
+skv_status skvi_pool_reserve(skv_cache *c, skvi_pool *p, uint32_t n);
+uint32_t skvi_pool_take(skvi_pool *p);
+void skvi_pool_ref(skvi_pool *p, uint32_t id);
+void skvi_pool_unref(skvi_pool *p, uint32_t id);
+/* The chunk buffer holding page `id` and the page's byte offset in it. */
+cl_mem skvi_pool_locate(const skvi_pool *p, uint32_t id, size_t *offset);
+/* Sets the SKV_POOL_PARAMS arguments (8 buffers + pages_per_chunk) from index `first`. */
+cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
+
+/* cache.c */
+skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
+skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head);
+skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);
+/* Merges the pending page-move event into a wait list for compute work. Returns the
+ * list to pass (caller frees *owned when not NULL). */
+skv_status skvi_compute_waits(skv_cache *c, cl_uint n_user, const cl_event *user, cl_uint *n_out,
+                              const cl_event **out, cl_event **owned);
+
+#endif /* SKV_CACHE_INTERNAL_H */

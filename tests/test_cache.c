@@ -1,0 +1,599 @@
+/* The paged cache and dense decode attention: geometry checks, the append kernel against
+ * the C page layout, decode attention against exact fp64 attention over awkward shapes,
+ * forks with copy-on-write, all-or-nothing appends, page moves, and the cl_mem paths. */
+#include <math.h>
+
+#include "test_util.h"
+#include "cache_internal.h"
+#include "skv_ref.h"
+
+static skv_context *ctx;
+
+static int setup(void **state)
+{
+    (void)state;
+    ctx = test_context_or_skip();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    skv_context_destroy(ctx);
+    return 0;
+}
+
+static skv_cache_desc geometry(uint32_t layers, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
+                               uint32_t page_tokens)
+{
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = layers;
+    d.q_heads = q_heads;
+    d.kv_heads = kv_heads;
+    d.head_dim = head_dim;
+    d.page_tokens = page_tokens;
+    d.device_budget_bytes = 256u << 20;
+    d.host_budget_bytes = 64u << 20;
+    return d;
+}
+
+/* Host mirror of what a sequence holds for one layer: K and V [n][H][D] as float. */
+typedef struct mirror {
+    float *k, *v;
+    int32_t *pos;
+    uint64_t n, cap;
+    uint32_t H, D;
+} mirror;
+
+static void mirror_push(mirror *m, const float *k, const float *v, const int32_t *pos, uint32_t n)
+{
+    size_t row = (size_t)m->H * m->D;
+    if (m->n + n > m->cap) {
+        m->cap = (m->n + n) * 2;
+        m->k = realloc(m->k, m->cap * row * 4);
+        m->v = realloc(m->v, m->cap * row * 4);
+        m->pos = realloc(m->pos, m->cap * 4);
+    }
+    memcpy(m->k + m->n * row, k, n * row * 4);
+    memcpy(m->v + m->n * row, v, n * row * 4);
+    memcpy(m->pos + m->n, pos, n * 4);
+    m->n += n;
+}
+
+static void mirror_free(mirror *m)
+{
+    free(m->k);
+    free(m->v);
+    free(m->pos);
+}
+
+static float gauss(test_rng *r)
+{
+    double u = rng_uniform(r) + 1e-12, v = rng_uniform(r);
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+/* Appends n random tokens (values rounded to what `dtype` can hold, so the mirror is
+ * exact) to seq/layer and to the mirror. */
+static skv_status append_random(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t n, skv_dtype dtype,
+                                test_rng *r, mirror *m)
+{
+    size_t count = (size_t)n * c->desc.kv_heads * c->desc.head_dim;
+    float *k = malloc(count * 4), *v = malloc(count * 4);
+    void *kin = malloc(count * 4), *vin = malloc(count * 4);
+    int32_t *pos = malloc(n * 4);
+    for (size_t i = 0; i < count; i++) {
+        k[i] = gauss(r) + (i % 7 == 0 ? 1.0f : 0.0f); /* a few offset channels */
+        v[i] = gauss(r);
+        if (dtype == SKV_F16) {
+            ((uint16_t *)kin)[i] = skv_ref_f32_to_f16(k[i]);
+            ((uint16_t *)vin)[i] = skv_ref_f32_to_f16(v[i]);
+        } else if (dtype == SKV_BF16) {
+            ((uint16_t *)kin)[i] = skv_ref_f32_to_bf16(k[i]);
+            ((uint16_t *)vin)[i] = skv_ref_f32_to_bf16(v[i]);
+        } else {
+            ((float *)kin)[i] = k[i];
+            ((float *)vin)[i] = v[i];
+        }
+        k[i] = skv_ref_load(dtype, kin, i);
+        v[i] = skv_ref_load(dtype, vin, i);
+    }
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = (int32_t)(m ? m->n + t : t) * 3 + 1; /* not the slot index */
+    skv_status st = skv_append(c, seq, layer, n, dtype, kin, vin, pos);
+    if (st == SKV_OK && m)
+        mirror_push(m, k, v, pos, n);
+    free(k);
+    free(v);
+    free(kin);
+    free(vin);
+    free(pos);
+    return st;
+}
+
+static void test_geometry_checks(void **state)
+{
+    (void)state;
+    skv_cache *c = (skv_cache *)0x1;
+    struct {
+        skv_cache_desc d;
+        const char *field;
+        skv_status st;
+    } bad[12];
+    int n = 0;
+    bad[n].d = geometry(0, 8, 8, 128, 64), bad[n++].field = "layers";
+    bad[n].d = geometry(2, 8, 0, 128, 64), bad[n++].field = "kv_heads";
+    bad[n].d = geometry(2, 12, 8, 128, 64), bad[n++].field = "q_heads";
+    bad[n].d = geometry(2, 8, 8, 96, 64), bad[n++].field = "head_dim";
+    bad[n].d = geometry(2, 8, 8, 128, 48), bad[n++].field = "page_tokens";
+    bad[n].d = geometry(2, 8, 8, 128, 8), bad[n++].field = "page_tokens";
+    bad[n].d = geometry(2, 8, 8, 128, 512), bad[n++].field = "page_tokens";
+    bad[n].d = geometry(2, 8, 8, 128, 64), bad[n].d.tiers = 0, bad[n++].field = "tiers";
+    bad[n].d = geometry(2, 8, 8, 128, 64), bad[n].d.device_budget_bytes = 1000, bad[n++].field = "device_budget_bytes";
+    bad[n].d = geometry(2, 8, 8, 128, 64), bad[n].d.device_budget_bytes = ~0ull >> 1, bad[n++].field = "device_budget_bytes";
+    bad[n].d = geometry(2, 8, 8, 128, 64), bad[n].d.struct_size = 8, bad[n++].field = "struct_size";
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(skv_cache_create(ctx, &bad[i].d, &c), SKV_ERR_INVALID_ARG);
+        assert_null(c);
+        if (!strstr(skv_last_error(), bad[i].field))
+            fail_msg("case %d: message '%s' does not name %s", i, skv_last_error(), bad[i].field);
+    }
+    skv_cache_desc d = geometry(2, 8, 8, 128, 64);
+    d.tiers |= 1u << SKV_TIER_A3V4;
+    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_UNSUPPORTED);
+    assert_int_equal(skv_cache_create(NULL, &d, &c), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_cache_create(ctx, NULL, &c), SKV_ERR_INVALID_ARG);
+    skv_cache_destroy(NULL);
+}
+
+/* Pages written by the append kernel equal the C reference layout, byte for byte. */
+static void test_append_matches_reference_layout(void **state)
+{
+    (void)state;
+    const skv_dtype dtypes[] = {SKV_F32, SKV_F16, SKV_BF16};
+    for (int di = 0; di < 3; di++) {
+        skv_cache_desc d = geometry(2, 6, 3, 64, 16);
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &d, &c));
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        test_rng r = {77 + di};
+        mirror m = {.H = 3, .D = 64};
+        const uint32_t pieces[] = {1, 37, 5, 16, 20}; /* crosses page boundaries mid-append */
+        for (int i = 0; i < 5; i++)
+            assert_ok(append_random(c, s, 1, pieces[i], dtypes[di], &r, &m));
+        assert_ok(skv_context_finish(ctx));
+        uint64_t page_bytes;
+        assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &page_bytes));
+        assert_int_equal(page_bytes, 16 * (4 * 64 + 4));
+        unsigned char *got = malloc(page_bytes), *want = malloc(page_bytes);
+        skvi_seq *sq = &c->seqs[s];
+        for (uint32_t h = 0; h < 3; h++) {
+            skvi_page_list *l = skvi_seq_list(c, sq, 1, h);
+            assert_int_equal(l->n, (m.n + 15) / 16);
+            for (uint32_t j = 0; j < l->n; j++) {
+                size_t off;
+                cl_mem buf = skvi_pool_locate(&c->pools[SKV_TIER_F16][SKV_MEM_DEVICE], l->ids[j], &off);
+                assert_int_equal(clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, off, page_bytes, got, 0, NULL, NULL),
+                                 CL_SUCCESS);
+                memcpy(want, got, page_bytes); /* slots past the end are unspecified */
+                for (uint32_t slot = 0; slot < 16 && j * 16 + slot < m.n; slot++) {
+                    size_t t = j * 16 + slot;
+                    skv_ref_f16_page_write(want, 16, 64, slot, m.k + (t * 3 + h) * 64, m.v + (t * 3 + h) * 64, m.pos[t]);
+                }
+                if (memcmp(got, want, page_bytes) != 0)
+                    fail_msg("dtype %d head %u page %u differs from the reference layout", di, h, j);
+            }
+        }
+        /* positions come back in order; other layers are untouched */
+        int32_t *pos = malloc(m.n * 4);
+        size_t count;
+        assert_ok(skv_seq_positions(c, s, 1, 2, pos, m.n, &count));
+        assert_int_equal(count, m.n);
+        assert_memory_equal(pos, m.pos, m.n * 4);
+        uint64_t len;
+        assert_ok(skv_seq_length(c, s, 0, &len));
+        assert_int_equal(len, 0);
+        free(pos);
+        free(got);
+        free(want);
+        mirror_free(&m);
+        skv_cache_destroy(c);
+    }
+}
+
+static double rel_l2(const double *ref, const float *got, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (got[i] - ref[i]) * (got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static float *rounded_f16(const float *x, size_t n)
+{
+    float *y = malloc(n * sizeof *y);
+    for (size_t i = 0; i < n; i++)
+        y[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(x[i]));
+    return y;
+}
+
+/* Decode for a batch of sequences against fp64 attention over each mirror: within 1e-3
+ * of attention over the original K and V (the issue's bound for fp16 storage), and
+ * within 2e-5 of attention over the fp16-rounded K and V the pages hold (the kernels'
+ * own float error, with nothing of the storage in it). */
+static double check_decode(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, const mirror *const *ms, uint32_t B,
+                           skv_dtype q_dtype, skv_dtype out_dtype, test_rng *r)
+{
+    const skv_cache_desc *d = &c->desc;
+    size_t per = (size_t)d->q_heads * d->head_dim;
+    float *q = malloc(B * per * 4), *outf = malloc(B * per * 4);
+    uint16_t *qh = malloc(B * per * 2), *outh = malloc(B * per * 2);
+    double *ref = malloc(per * sizeof *ref);
+    for (size_t i = 0; i < B * per; i++) {
+        q[i] = gauss(r);
+        qh[i] = skv_ref_f32_to_f16(q[i]);
+        if (q_dtype == SKV_F16)
+            q[i] = skv_ref_f16_to_f32(qh[i]);
+    }
+    /* poison the outputs */
+    memset(outf, 0xFF, B * per * 4);
+    memset(outh, 0xFF, B * per * 2);
+    float scale = 1.0f / sqrtf((float)d->head_dim);
+    void *out = out_dtype == SKV_F16 ? (void *)outh : (void *)outf;
+    assert_ok(skv_attention_decode(c, layer, seqs, B, q_dtype, q_dtype == SKV_F16 ? (void *)qh : (void *)q, scale,
+                                   out_dtype, out));
+    if (out_dtype == SKV_F16)
+        for (size_t i = 0; i < B * per; i++)
+            outf[i] = skv_ref_f16_to_f32(outh[i]);
+    double worst = 0;
+    for (uint32_t b = 0; b < B; b++) {
+        size_t n = ms[b]->n * d->kv_heads * d->head_dim;
+        float *kr = rounded_f16(ms[b]->k, n), *vr = rounded_f16(ms[b]->v, n);
+        assert_int_equal(skv_ref_attention_decode(q + b * per, kr, vr, ms[b]->n, d->q_heads, d->kv_heads,
+                                                  d->head_dim, scale, ref),
+                         0);
+        double e_impl = rel_l2(ref, outf + b * per, per);
+        double bound = out_dtype == SKV_F16 ? 1e-3 : 2e-5; /* fp16 output rounds to 2^-11 */
+        if (!(e_impl <= bound))
+            fail_msg("sequence %u (%llu tokens, D=%u G=%u P=%u): relative L2 error %.3g vs attention over the "
+                     "stored fp16 K/V", b, (unsigned long long)ms[b]->n, d->head_dim, d->q_heads / d->kv_heads,
+                     d->page_tokens, e_impl);
+        assert_int_equal(skv_ref_attention_decode(q + b * per, ms[b]->k, ms[b]->v, ms[b]->n, d->q_heads, d->kv_heads,
+                                                  d->head_dim, scale, ref),
+                         0);
+        double e = rel_l2(ref, outf + b * per, per);
+        if (!(e <= 1e-3))
+            fail_msg("sequence %u (%llu tokens, D=%u G=%u P=%u): relative L2 error %.3g", b,
+                     (unsigned long long)ms[b]->n, d->head_dim, d->q_heads / d->kv_heads, d->page_tokens, e);
+        if (e > worst)
+            worst = e;
+        free(kr);
+        free(vr);
+    }
+    free(q);
+    free(outf);
+    free(qh);
+    free(outh);
+    free(ref);
+    return worst;
+}
+
+static void test_decode_shapes(void **state)
+{
+    (void)state;
+    struct {
+        uint32_t D, G, H, P;
+    } shapes[] = {{64, 1, 3, 16}, {128, 4, 2, 64}, {256, 8, 1, 32}, {128, 8, 2, 256}};
+    const uint32_t lens[] = {1, 63, 64, 65, 1000, 5000};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        skv_cache_desc d = geometry(1, shapes[si].G * shapes[si].H, shapes[si].H, shapes[si].D, shapes[si].P);
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &d, &c));
+        test_rng r = {1000 + si};
+        skv_seq_id seqs[6];
+        mirror ms[6];
+        const mirror *mp[6];
+        for (int i = 0; i < 6; i++) {
+            ms[i] = (mirror){.H = d.kv_heads, .D = d.head_dim};
+            mp[i] = &ms[i];
+            assert_ok(skv_seq_create(c, &seqs[i]));
+            /* two appends: prefill-like then a few decode-like tokens */
+            uint32_t first = lens[i] > 3 ? lens[i] - 3 : lens[i];
+            assert_ok(append_random(c, seqs[i], 0, first, SKV_F32, &r, &ms[i]));
+            for (uint32_t t = first; t < lens[i]; t++)
+                assert_ok(append_random(c, seqs[i], 0, 1, SKV_F16, &r, &ms[i]));
+        }
+        double e = check_decode(c, 0, seqs, mp, 6, SKV_F32, SKV_F32, &r); /* mixed-length batch */
+        printf("D=%u G=%u H=%u P=%u: batch of lengths 1..5000, rel L2 %.2e\n", d.head_dim, shapes[si].G, d.kv_heads,
+               d.page_tokens, e);
+        for (int i = 0; i < 6; i += 2) /* single sequences, fp16 in and out */
+            check_decode(c, 0, &seqs[i], &mp[i], 1, SKV_F16, SKV_F16, &r);
+        for (int i = 0; i < 6; i++)
+            mirror_free(&ms[i]);
+        skv_cache_destroy(c);
+    }
+}
+
+static void test_fork_copy_on_write(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(2, 8, 2, 128, 32);
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {4242};
+    skv_seq_id parent, child, grandchild;
+    mirror mp = {.H = 2, .D = 128}, mc, mg;
+    assert_ok(skv_seq_create(c, &parent));
+    assert_ok(append_random(c, parent, 1, 100, SKV_F32, &r, &mp)); /* 3 full pages + 4 tokens */
+    assert_ok(append_random(c, parent, 0, 10, SKV_F32, &r, NULL));
+    skv_cache_stats st0 = {.struct_size = sizeof st0};
+    assert_ok(skv_cache_get_stats(c, &st0));
+    assert_ok(skv_seq_fork(c, parent, &child));
+    skv_cache_stats st1 = {.struct_size = sizeof st1};
+    assert_ok(skv_cache_get_stats(c, &st1));
+    assert_int_equal(st1.pools[SKV_TIER_F16][SKV_MEM_DEVICE].pages_used,
+                     st0.pools[SKV_TIER_F16][SKV_MEM_DEVICE].pages_used); /* shared, not copied */
+    assert_int_equal(st1.sequences, 2);
+
+    /* the child appends into the shared tail page: it gets a copy */
+    mc = mp;
+    mc.k = malloc(mp.cap * 2 * 128 * 4);
+    mc.v = malloc(mp.cap * 2 * 128 * 4);
+    mc.pos = malloc(mp.cap * 4);
+    memcpy(mc.k, mp.k, mp.n * 2 * 128 * 4);
+    memcpy(mc.v, mp.v, mp.n * 2 * 128 * 4);
+    memcpy(mc.pos, mp.pos, mp.n * 4);
+    assert_ok(append_random(c, child, 1, 50, SKV_F32, &r, &mc));
+    assert_ok(skv_seq_fork(c, child, &grandchild));
+    mg = mc;
+    mg.k = malloc(mc.cap * 2 * 128 * 4);
+    mg.v = malloc(mc.cap * 2 * 128 * 4);
+    mg.pos = malloc(mc.cap * 4);
+    memcpy(mg.k, mc.k, mc.n * 2 * 128 * 4);
+    memcpy(mg.v, mc.v, mc.n * 2 * 128 * 4);
+    memcpy(mg.pos, mc.pos, mc.n * 4);
+    /* the parent writes into its own tail too: still shared with nobody after the copy? it
+       is shared with nobody now (the child took a copy), so it writes in place */
+    assert_ok(append_random(c, parent, 1, 7, SKV_F32, &r, &mp));
+    assert_ok(append_random(c, grandchild, 1, 1, SKV_F32, &r, &mg));
+
+    skv_seq_id all[3] = {parent, child, grandchild};
+    const mirror *ms[3] = {&mp, &mc, &mg};
+    check_decode(c, 1, all, ms, 3, SKV_F32, SKV_F32, &r);
+    uint64_t len;
+    assert_ok(skv_seq_length(c, parent, 1, &len));
+    assert_int_equal(len, 107);
+    assert_ok(skv_seq_length(c, child, 1, &len));
+    assert_int_equal(len, 150);
+    assert_ok(skv_seq_length(c, grandchild, 0, &len));
+    assert_int_equal(len, 10);
+
+    /* freeing returns every page */
+    assert_ok(skv_seq_free(c, child));
+    assert_ok(skv_seq_free(c, parent));
+    check_decode(c, 1, &grandchild, &ms[2], 1, SKV_F32, SKV_F32, &r); /* its shared pages survive */
+    assert_ok(skv_seq_free(c, grandchild));
+    skv_cache_stats st2 = {.struct_size = sizeof st2};
+    assert_ok(skv_cache_get_stats(c, &st2));
+    assert_int_equal(st2.pools[SKV_TIER_F16][SKV_MEM_DEVICE].pages_used, 0);
+    assert_int_equal(st2.sequences, 0);
+    assert_int_equal(skv_seq_free(c, parent), SKV_ERR_INVALID_ARG);
+    mirror_free(&mp);
+    mirror_free(&mc);
+    mirror_free(&mg);
+    skv_cache_destroy(c);
+}
+
+static void test_out_of_memory_append_changes_nothing(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(1, 4, 2, 64, 16);
+    uint64_t page_bytes = 16 * (4 * 64 + 4);
+    d.device_budget_bytes = 10 * page_bytes; /* room for 10 pages: 5 per head */
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {9};
+    mirror m = {.H = 2, .D = 64};
+    skv_seq_id s, f;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(append_random(c, s, 0, 40, SKV_F32, &r, &m)); /* 3 pages per head, tail of 8 */
+    assert_ok(skv_seq_fork(c, s, &f));                      /* the tail page is now shared */
+    skv_cache_stats before = {.struct_size = sizeof before};
+    assert_ok(skv_cache_get_stats(c, &before));
+
+    /* 41 more tokens need 2 copies + 2 x 3 pages = 8 > 4 free: refused, nothing changes */
+    assert_int_equal(append_random(c, s, 0, 41, SKV_F32, &r, NULL), SKV_ERR_OUT_OF_MEMORY);
+    assert_non_null(strstr(skv_last_error(), "budget"));
+    skv_cache_stats after = {.struct_size = sizeof after};
+    assert_ok(skv_cache_get_stats(c, &after));
+    assert_int_equal(after.pools[0][0].pages_used, before.pools[0][0].pages_used);
+    uint64_t len;
+    assert_ok(skv_seq_length(c, s, 0, &len));
+    assert_int_equal(len, 40);
+    skv_seq_id both[2] = {s, f};
+    const mirror *ms[2] = {&m, &m};
+    check_decode(c, 0, both, ms, 2, SKV_F32, SKV_F32, &r);
+
+    /* bad arguments change nothing either */
+    float x[64 * 2] = {0};
+    int32_t p = 0;
+    assert_int_equal(skv_append(c, s, 1, 1, SKV_F32, x, x, &p), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_append(c, s, 0, 0, SKV_F32, x, x, &p), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_append(c, s, 0, 1, (skv_dtype)7, x, x, &p), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_append(c, s, 0, 1, SKV_F32, NULL, x, &p), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_append(c, 99, 0, 1, SKV_F32, x, x, &p), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_seq_length(c, s, 0, &len));
+    assert_int_equal(len, 40);
+
+    /* a smaller append that fits still works, and freeing gives everything back */
+    assert_ok(append_random(c, s, 0, 9, SKV_F32, &r, &m));
+    check_decode(c, 0, &s, ms, 1, SKV_F32, SKV_F32, &r);
+    assert_ok(skv_seq_free(c, s));
+    assert_ok(skv_seq_free(c, f));
+    assert_ok(skv_cache_get_stats(c, &after));
+    assert_int_equal(after.pools[0][0].pages_used, 0);
+    assert_true(after.pools[0][0].bytes_allocated <= d.device_budget_bytes);
+    mirror_free(&m);
+    skv_cache_destroy(c);
+}
+
+static void read_pages(skv_cache *c, skv_seq_id s, unsigned char *out)
+{
+    skvi_seq *sq = &c->seqs[s];
+    uint64_t pb = c->pools[0][0].page_bytes;
+    assert_ok(skv_context_finish(ctx));
+    for (size_t i = 0; i < (size_t)c->desc.layers * c->desc.kv_heads; i++)
+        for (uint32_t j = 0; j < sq->lists[i].n; j++) {
+            uint32_t e = sq->lists[i].ids[j];
+            size_t off;
+            cl_mem buf = skvi_pool_locate(&c->pools[0][e & SKVI_HOST_BIT ? 1 : 0], e & ~SKVI_HOST_BIT, &off);
+            assert_int_equal(clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, off, pb, out, 0, NULL, NULL), CL_SUCCESS);
+            out += pb;
+        }
+}
+
+static void test_offload_fetch(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(2, 8, 2, 64, 16);
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {31337};
+    mirror m = {.H = 2, .D = 64};
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(append_random(c, s, 0, 1000, SKV_F32, &r, &m));
+    assert_ok(append_random(c, s, 1, 77, SKV_F32, &r, NULL));
+    size_t pages = 2 * ((1000 + 15) / 16 + (77 + 15) / 16);
+    size_t bytes = pages * c->pools[0][0].page_bytes;
+    unsigned char *before = malloc(bytes), *after = malloc(bytes);
+    read_pages(c, s, before);
+
+    assert_ok(skv_seq_offload(c, s, 0, 1000));
+    uint64_t host;
+    assert_ok(skv_seq_host_pages(c, s, &host));
+    /* full pages inside [0, 1000): 62 of layer 0 (the 63rd holds 8 tokens), 4 of layer 1 */
+    assert_int_equal(host, 2 * (62 + 4));
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(c, &st));
+    assert_int_equal(st.pools[0][SKV_MEM_HOST].pages_used, host);
+    assert_int_equal(st.pools[0][SKV_MEM_DEVICE].pages_used, pages - host);
+    /* attention refuses host pages, with a message that says what to do */
+    float q[8 * 64] = {0}, o[8 * 64];
+    assert_int_equal(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 1.0f, SKV_F32, o), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "skv_seq_fetch"));
+    /* appending still works while pages are away (the tail stays on the device) */
+    assert_ok(append_random(c, s, 1, 3, SKV_F32, &r, NULL));
+
+    assert_ok(skv_seq_fetch(c, s, 0, 2000));
+    /* no host wait: decode right away must see the fetched pages */
+    const mirror *mp = &m;
+    check_decode(c, 0, &s, &mp, 1, SKV_F32, SKV_F32, &r);
+    assert_ok(skv_seq_host_pages(c, s, &host));
+    assert_int_equal(host, 0);
+    read_pages(c, s, after);
+    /* bit-identical, but for the two layer-1 tail pages the 3-token append wrote into */
+    size_t pb = c->pools[0][0].page_bytes;
+    assert_memory_equal(before, after, 130 * pb);
+    assert_memory_equal(before + 131 * pb, after + 131 * pb, 4 * pb);
+
+    /* a host budget too small: the offload is refused and nothing moves */
+    skv_cache_desc d2 = geometry(1, 2, 1, 64, 16);
+    d2.host_budget_bytes = 0;
+    skv_cache *c2;
+    assert_ok(skv_cache_create(ctx, &d2, &c2));
+    skv_seq_id s2;
+    mirror m2 = {.H = 1, .D = 64};
+    assert_ok(skv_seq_create(c2, &s2));
+    assert_ok(append_random(c2, s2, 0, 64, SKV_F32, &r, &m2));
+    assert_int_equal(skv_seq_offload(c2, s2, 0, 64), SKV_ERR_OUT_OF_MEMORY);
+    assert_ok(skv_seq_host_pages(c2, s2, &host));
+    assert_int_equal(host, 0);
+    assert_int_equal(skv_seq_offload(c2, s2, 10, 5), SKV_ERR_INVALID_ARG);
+    mirror_free(&m2);
+    skv_cache_destroy(c2);
+    free(before);
+    free(after);
+    mirror_free(&m);
+    skv_cache_destroy(c);
+}
+
+/* Appends from the caller's cl_mem with events, decode into the caller's cl_mem. */
+static void test_cl_buffers_and_events(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(1, 4, 1, 128, 64);
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    cl_context clc;
+    cl_command_queue q;
+    assert_ok(skv_context_cl_objects(ctx, &clc, NULL, &q, NULL));
+    test_rng r = {5};
+    uint32_t n = 130;
+    size_t count = (size_t)n * 128;
+    float *k = malloc(count * 4), *v = malloc(count * 4);
+    int32_t *pos = malloc(n * 4);
+    for (size_t i = 0; i < count; i++) {
+        k[i] = gauss(&r);
+        v[i] = gauss(&r);
+    }
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = (int32_t)t;
+    cl_int e;
+    size_t pad = 256; /* the data sits at an offset in the caller's buffers */
+    cl_mem kb = clCreateBuffer(clc, CL_MEM_READ_ONLY, pad + count * 4, NULL, &e);
+    cl_mem vb = clCreateBuffer(clc, CL_MEM_READ_ONLY, pad + count * 4, NULL, &e);
+    cl_event wk, wv, appended, decoded;
+    assert_int_equal(clEnqueueWriteBuffer(q, kb, CL_FALSE, pad, count * 4, k, 0, NULL, &wk), CL_SUCCESS);
+    assert_int_equal(clEnqueueWriteBuffer(q, vb, CL_FALSE, pad, count * 4, v, 0, NULL, &wv), CL_SUCCESS);
+    cl_event waits[2] = {wk, wv};
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_append_cl(c, s, 0, n, SKV_F32, kb, pad, vb, pad, pos, 2, waits, &appended));
+    /* a buffer too small for the append is refused */
+    assert_int_equal(skv_append_cl(c, s, 0, n + 1, SKV_F32, kb, pad, vb, pad, pos, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_append_cl(c, s, 0, n, SKV_F32, kb, pad, vb, pad, pos, 1, NULL, NULL), SKV_ERR_INVALID_ARG);
+
+    float qv[4 * 128], out[4 * 128];
+    for (int i = 0; i < 4 * 128; i++)
+        qv[i] = gauss(&r);
+    cl_mem qb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof qv, qv, &e);
+    cl_mem ob = clCreateBuffer(clc, CL_MEM_WRITE_ONLY, 64 + sizeof out, NULL, &e);
+    assert_ok(skv_attention_decode_cl(c, 0, &s, 1, SKV_F32, qb, 0, 0.08f, SKV_F32, ob, 64, 1, &appended, &decoded));
+    assert_int_equal(clEnqueueReadBuffer(q, ob, CL_TRUE, 64, sizeof out, out, 1, &decoded, NULL), CL_SUCCESS);
+    double ref[4 * 128];
+    assert_int_equal(skv_ref_attention_decode(qv, k, v, n, 4, 1, 128, 0.08f, ref), 0);
+    assert_true(rel_l2(ref, out, 4 * 128) <= 1e-3);
+    assert_int_equal(skv_attention_decode_cl(c, 0, &s, 1, SKV_F32, qb, 8, 0.08f, SKV_F32, ob, 64, 0, NULL, NULL),
+                     SKV_ERR_INVALID_ARG); /* q too short past its offset */
+    clReleaseEvent(wk);
+    clReleaseEvent(wv);
+    clReleaseEvent(appended);
+    clReleaseEvent(decoded);
+    clReleaseMemObject(kb);
+    clReleaseMemObject(vb);
+    clReleaseMemObject(qb);
+    clReleaseMemObject(ob);
+    free(k);
+    free(v);
+    free(pos);
+    skv_cache_destroy(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_geometry_checks),
+        cmocka_unit_test(test_append_matches_reference_layout),
+        cmocka_unit_test(test_decode_shapes),
+        cmocka_unit_test(test_fork_copy_on_write),
+        cmocka_unit_test(test_out_of_memory_append_changes_nothing),
+        cmocka_unit_test(test_offload_fetch),
+        cmocka_unit_test(test_cl_buffers_and_events),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
