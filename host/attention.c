@@ -179,8 +179,10 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         e |= clSetKernelArg(k, a++, sizeof nc, &nc);
         e |= clSetKernelArg(k, a++, sizeof partials, &partials);
         size_t global[2] = {(size_t)p.n_chunks * c->tile, (size_t)B * H}, local[2] = {c->tile, 1};
+        cl_event first = NULL;
         if (e == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits, NULL);
+            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits,
+                                       c->ctx->profiling ? &first : NULL);
         cl_kernel m = c->k_merge;
         cl_uint od = (cl_uint)out_dtype;
         cl_ulong oo = out_off;
@@ -201,6 +203,16 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
             e = clEnqueueReadBuffer(c->ctx->queue, obuf, CL_TRUE, 0, out_bytes, out_host, 0, NULL, NULL);
         if (e != CL_SUCCESS)
             st = skvi_cl_fail(err, e, "decode attention: enqueue");
+        if (st == SKV_OK && first && done) { /* kept for skv_cache_last_decode_ms */
+            for (int i = 0; i < 2; i++)
+                if (c->last_decode[i])
+                    clReleaseEvent(c->last_decode[i]);
+            c->last_decode[0] = first;
+            c->last_decode[1] = done;
+            clRetainEvent(done);
+        } else if (first) {
+            clReleaseEvent(first);
+        }
         if (done && event && st == SKV_OK)
             *event = done;
         else if (done)
@@ -233,4 +245,26 @@ skv_status skv_attention_decode_cl(skv_cache *c, uint32_t layer, const skv_seq_i
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_attention_decode_cl: q or out is NULL");
     return decode_impl(c, layer, seqs, n_seqs, q_dtype, NULL, q, q_offset, scale, out_dtype, NULL, out, out_offset,
                        num_wait, wait_list, event, "skv_attention_decode_cl");
+}
+
+skv_status skv_cache_last_decode_ms(skv_cache *c, double *ms)
+{
+    skvi_clear_error();
+    if (!c || !ms)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_cache_last_decode_ms: cache or ms is NULL");
+    if (!c->ctx->profiling)
+        return skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED,
+                         "skv_cache_last_decode_ms: the context's queue has no profiling (enable_profiling)");
+    if (!c->last_decode[0])
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_cache_last_decode_ms: no decode call yet");
+    cl_ulong t0 = 0, t1 = 0;
+    cl_int e = clWaitForEvents(2, c->last_decode);
+    if (e == CL_SUCCESS)
+        e = clGetEventProfilingInfo(c->last_decode[0], CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL);
+    if (e == CL_SUCCESS)
+        e = clGetEventProfilingInfo(c->last_decode[1], CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL);
+    if (e != CL_SUCCESS)
+        return skvi_cl_fail(c->ctx->error, e, "skv_cache_last_decode_ms");
+    *ms = (double)(t1 - t0) * 1e-6;
+    return SKV_OK;
 }

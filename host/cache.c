@@ -117,10 +117,11 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
     c->desc.device_budget_bytes = c->budget[SKV_MEM_DEVICE];
     uint64_t page_bytes = skvi_tier_page_bytes(SKV_TIER_F16, desc->head_dim, desc->page_tokens);
     if (c->budget[SKV_MEM_DEVICE] < page_bytes) {
+        st = skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                       "skv_cache_create: device_budget_bytes %llu is smaller than one page (%llu bytes)",
+                       (unsigned long long)c->budget[SKV_MEM_DEVICE], (unsigned long long)page_bytes);
         skvi_free(ctx->alloc, c);
-        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
-                         "skv_cache_create: device_budget_bytes %llu is smaller than one page (%llu bytes)",
-                         (unsigned long long)c->budget[SKV_MEM_DEVICE], (unsigned long long)page_bytes);
+        return st;
     }
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         for (int m = 0; m < SKV_MEM_COUNT; m++)
@@ -175,6 +176,9 @@ void skv_cache_destroy(skv_cache *c)
         clReleaseKernel(c->k_merge);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
+    for (int i = 0; i < 2; i++)
+        if (c->last_decode[i])
+            clReleaseEvent(c->last_decode[i]);
     skvi_free(c->ctx->alloc, c);
 }
 

@@ -51,6 +51,7 @@ struct skv_cache {
     uint32_t tile; /* decode work-group size */
 
     cl_event transfer_pending; /* last page move; compute work waits for it */
+    cl_event last_decode[2];   /* first and last kernel of the last decode (profiling only) */
 };
 
 /* pool.c */

@@ -9,6 +9,7 @@
 
 static const skv_command commands[] = {
     {"info", "list OpenCL devices, their profiles, and which one skv selects", cmd_info, usage_info},
+    {"bench", "measure decode attention against the device's read bandwidth", cmd_bench, usage_bench},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -2,6 +2,7 @@
 #ifndef SKV_TOOL_H
 #define SKV_TOOL_H
 
+#include <stdarg.h>
 #include <stdio.h>
 
 #include <cjson/cJSON.h>
@@ -19,6 +20,8 @@ typedef struct skv_command {
 
 int cmd_info(int argc, char **argv);
 void usage_info(FILE *out);
+int cmd_bench(int argc, char **argv);
+void usage_bench(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */
 int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);

@@ -283,6 +283,12 @@ SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const 
                                         uint32_t n_seqs, skv_dtype q_dtype, const void *q, float scale,
                                         skv_dtype out_dtype, void *out);
 
+/* Device time of the last decode-attention call on this cache (both of its kernels),
+ * in milliseconds, from OpenCL profiling events; waits for that call to finish.
+ * SKV_ERR_UNSUPPORTED unless the context was created with enable_profiling (or on a
+ * caller's queue with profiling), SKV_ERR_INVALID_ARG before the first call. */
+SKV_API skv_status skv_cache_last_decode_ms(skv_cache *cache, double *ms);
+
 typedef struct skv_pool_stats {
     uint64_t page_bytes;      /* bytes per page */
     uint64_t pages_used;      /* pages referenced by some sequence */

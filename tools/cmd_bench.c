@@ -1,0 +1,318 @@
+/* `skv bench`: performance measurements, never pass/fail. `decode` times decode
+ * attention per tier and context length against the device's measured read bandwidth. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "skv_tool.h"
+
+void usage_bench(FILE *out)
+{
+    fprintf(out,
+            "usage: skv bench decode [options]\n"
+            "  Times decode attention (OpenCL profiling events, 1 warm-up, median of --runs)\n"
+            "  after measuring the device's streaming-read bandwidth with skv's own kernel\n"
+            "  (on CPU devices also with a host read loop; the higher is the ceiling).\n"
+            "  --tokens N[,N...]  context lengths (default 4096,16384,65536)\n"
+            "  --kv-heads N       default 8\n"
+            "  --q-heads N        default 32\n"
+            "  --head-dim N       64, 128 or 256 (default 128)\n"
+            "  --batch N          sequences per decode call, each of --tokens (default 1)\n"
+            "  --page-tokens N    default 64\n"
+            "  --tiers LIST       tiers to time (default f16; the only tier so far)\n"
+            "  --runs N           timed runs per point, >= 20 (default 20)\n"
+            "  --device SEL       device selector (default: SKV_DEVICE, else GPU, else CPU)\n"
+            "  --json FILE        write the results as JSON ('-' for stdout)\n");
+}
+
+typedef struct bench_opts {
+    uint64_t tokens[32];
+    int n_tokens;
+    uint32_t kv_heads, q_heads, head_dim, batch, page_tokens, runs;
+    const char *device, *json;
+} bench_opts;
+
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_tokens(const char *s, bench_opts *o)
+{
+    o->n_tokens = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || end == s || v == 0 || v > (1ull << 30) || o->n_tokens == 32)
+            return -1;
+        o->tokens[o->n_tokens++] = v;
+        if (*end == ',')
+            end++;
+        else if (*end)
+            return -1;
+        s = end;
+    }
+    return o->n_tokens ? 0 : -1;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Plain host read loop over `bytes`: median GB/s of 5 passes. */
+static double host_read_gbps(size_t bytes)
+{
+    size_t n = bytes / 8;
+    uint64_t *buf = malloc(n * 8);
+    if (!buf)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = i * 0x9E3779B97F4A7C15ull;
+    double t[5];
+    volatile uint64_t sink = 0;
+    for (int r = 0; r < 5; r++) {
+        double t0 = now_s();
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= n; i += 4) {
+            a ^= buf[i];
+            b ^= buf[i + 1];
+            c ^= buf[i + 2];
+            d ^= buf[i + 3];
+        }
+        sink ^= a ^ b ^ c ^ d;
+        t[r] = now_s() - t0;
+    }
+    (void)sink;
+    free(buf);
+    qsort(t, 5, sizeof t[0], cmp_double);
+    return (double)(n * 8) / t[2] * 1e-9;
+}
+
+/* A progress line on a terminal (rewritten in place); nothing in logs. */
+static void progress(const char *fmt, ...)
+{
+    if (!isatty(2))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "\r\033[K");
+    vfprintf(stderr, fmt, ap);
+    fflush(stderr);
+    va_end(ap);
+}
+
+#define CHECK(call)                                                                                \
+    do {                                                                                           \
+        skv_status st_ = (call);                                                                   \
+        if (st_ != SKV_OK) {                                                                       \
+            fprintf(stderr, "\nskv bench: %s: %s\n", skv_status_str(st_), skv_last_error());      \
+            goto fail;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+/* One point: a cache with `batch` sequences of `tokens` tokens; median decode time. */
+static int bench_decode_point(skv_context *ctx, const bench_opts *o, uint64_t tokens, cJSON *results, double read_gbps)
+{
+    int rc = 1;
+    skv_cache *cache = NULL;
+    skv_seq_id *seqs = calloc(o->batch, sizeof *seqs);
+    const uint32_t chunk = 2048;
+    size_t row = (size_t)o->kv_heads * o->head_dim;
+    uint16_t *kv = malloc((size_t)chunk * row * 2);
+    int32_t *pos = malloc(chunk * sizeof *pos);
+    size_t qn = (size_t)o->batch * o->q_heads * o->head_dim;
+    float *q = malloc(qn * 4), *out = malloc(qn * 4);
+    double *times = calloc(o->runs, sizeof *times);
+    if (!seqs || !kv || !pos || !q || !out || !times) {
+        fprintf(stderr, "\nskv bench: out of memory\n");
+        goto fail;
+    }
+    uint64_t state = 88172645463325252ull;
+    for (size_t i = 0; i < (size_t)chunk * row; i++) { /* fp16 values of either sign in [0.125, 0.25) */
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        kv[i] = (uint16_t)(0x3000u | (state & 0x83FFu));
+    }
+    for (size_t i = 0; i < qn; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1;
+    d.q_heads = o->q_heads;
+    d.kv_heads = o->kv_heads;
+    d.head_dim = o->head_dim;
+    d.page_tokens = o->page_tokens;
+    uint64_t pages = (tokens + o->page_tokens - 1) / o->page_tokens * o->kv_heads * o->batch;
+    d.device_budget_bytes = (pages + 8 * 8) * ((uint64_t)o->page_tokens * (4 * o->head_dim + 4));
+    CHECK(skv_cache_create(ctx, &d, &cache));
+    for (uint32_t b = 0; b < o->batch; b++) {
+        CHECK(skv_seq_create(cache, &seqs[b]));
+        for (uint64_t t = 0; t < tokens; t += chunk) {
+            uint32_t n = tokens - t < chunk ? (uint32_t)(tokens - t) : chunk;
+            for (uint32_t i = 0; i < n; i++)
+                pos[i] = (int32_t)(t + i);
+            CHECK(skv_append(cache, seqs[b], 0, n, SKV_F16, kv, kv, pos));
+            if ((t / chunk) % 16 == 0)
+                progress("bench decode f16 %llu tokens: filling %3.0f%%", (unsigned long long)tokens,
+                         100.0 * (double)(b * tokens + t) / (double)(o->batch * tokens));
+        }
+    }
+    float scale = 1.0f / sqrtf((float)o->head_dim);
+    for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 is the warm-up */
+        CHECK(skv_attention_decode(cache, 0, seqs, o->batch, SKV_F32, q, scale, SKV_F32, out));
+        double ms;
+        CHECK(skv_cache_last_decode_ms(cache, &ms));
+        if (r > 0)
+            times[r - 1] = ms;
+        progress("bench decode f16 %llu tokens: run %u/%u", (unsigned long long)tokens, r, o->runs);
+    }
+    qsort(times, o->runs, sizeof *times, cmp_double);
+    double ms = times[o->runs / 2];
+    /* Bytes decode must read: every token's key and value, per kv-head and sequence. */
+    double bytes = (double)o->batch * o->kv_heads * (double)tokens * 4.0 * o->head_dim;
+    double gbps = bytes / (ms * 1e-3) * 1e-9;
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "tier", "f16");
+    cJSON_AddNumberToObject(r, "tokens", (double)tokens);
+    cJSON_AddNumberToObject(r, "time_ms", ms);
+    cJSON_AddNumberToObject(r, "bytes_read", bytes);
+    cJSON_AddNumberToObject(r, "gbps", gbps);
+    cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
+    cJSON_AddItemToArray(results, r);
+    progress("");
+    printf("f16   %9llu  %10.3f  %12.0f  %8.1f  %6.2f\n", (unsigned long long)tokens, ms, bytes, gbps, gbps / read_gbps);
+    rc = 0;
+fail:
+    skv_cache_destroy(cache);
+    free(seqs);
+    free(kv);
+    free(pos);
+    free(q);
+    free(out);
+    free(times);
+    return rc;
+}
+
+static int bench_decode(int argc, char **argv)
+{
+    bench_opts o = {.n_tokens = 3, .tokens = {4096, 16384, 65536}, .kv_heads = 8, .q_heads = 32, .head_dim = 128,
+                    .batch = 1, .page_tokens = 64, .runs = 20};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!v)
+            return tool_usage_error(usage_bench, "bench decode: '%s' needs a value or is unknown", a);
+        if (strcmp(a, "--tokens") == 0)
+            bad = parse_tokens(v, &o);
+        else if (strcmp(a, "--kv-heads") == 0)
+            bad = parse_u32(v, 1, 1024, &o.kv_heads);
+        else if (strcmp(a, "--q-heads") == 0)
+            bad = parse_u32(v, 1, 65536, &o.q_heads);
+        else if (strcmp(a, "--head-dim") == 0)
+            bad = parse_u32(v, 1, 1024, &o.head_dim);
+        else if (strcmp(a, "--batch") == 0)
+            bad = parse_u32(v, 1, 4096, &o.batch);
+        else if (strcmp(a, "--page-tokens") == 0)
+            bad = parse_u32(v, 1, 4096, &o.page_tokens);
+        else if (strcmp(a, "--runs") == 0)
+            bad = parse_u32(v, 20, 100000, &o.runs);
+        else if (strcmp(a, "--tiers") == 0)
+            bad = strcmp(v, "f16") != 0;
+        else if (strcmp(a, "--device") == 0)
+            o.device = v;
+        else if (strcmp(a, "--json") == 0)
+            o.json = v;
+        else
+            return tool_usage_error(usage_bench, "bench decode: unknown option '%s'", a);
+        if (bad)
+            return tool_usage_error(usage_bench, "bench decode: bad value '%s' for %s", v, a);
+        i++;
+    }
+
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = o.device;
+    cd.enable_profiling = 1;
+    skv_context *ctx = NULL;
+    skv_status st = skv_context_create(&cd, &ctx);
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv bench: %s: %s\n", skv_status_str(st), skv_last_error());
+        return 1;
+    }
+    skv_device_profile prof;
+    skv_context_device(ctx, &prof);
+    progress("bench: measuring read bandwidth");
+    uint64_t probe = prof.is_gpu ? (1ull << 30) : (256ull << 20);
+    double kernel_gbps = 0, host_gbps = 0;
+    st = skv_measure_read_bandwidth(ctx, probe, 20, &kernel_gbps);
+    if (st != SKV_OK) {
+        fprintf(stderr, "\nskv bench: %s: %s\n", skv_status_str(st), skv_last_error());
+        skv_context_destroy(ctx);
+        return 1;
+    }
+    if (prof.vendor_class == SKV_VENDOR_CPU)
+        host_gbps = host_read_gbps((size_t)probe);
+    double read_gbps = kernel_gbps > host_gbps ? kernel_gbps : host_gbps;
+    progress("");
+    printf("device: %s (%s)\nread bandwidth: %.1f GB/s (kernel %.1f", prof.name, prof.platform, read_gbps, kernel_gbps);
+    if (host_gbps > 0)
+        printf(", host loop %.1f", host_gbps);
+    printf(")\ndecode: batch %u, %u q-heads, %u kv-heads, head_dim %u, page %u tokens, median of %u runs\n\n", o.batch,
+           o.q_heads, o.kv_heads, o.head_dim, o.page_tokens, o.runs);
+    printf("tier     tokens     time_ms    bytes_read      GB/s  bw_frac\n");
+
+    cJSON *root = cJSON_CreateObject();
+    char dev[2 * SKV_NAME_MAX + 8];
+    snprintf(dev, sizeof dev, "%s (%s)", prof.name, prof.platform);
+    cJSON_AddStringToObject(root, "device", dev);
+    cJSON_AddStringToObject(root, "version", skv_version_string());
+    cJSON_AddNumberToObject(root, "read_gbps", read_gbps);
+    cJSON_AddNumberToObject(root, "read_gbps_kernel", kernel_gbps);
+    if (host_gbps > 0)
+        cJSON_AddNumberToObject(root, "read_gbps_host_loop", host_gbps);
+    cJSON *results = cJSON_AddArrayToObject(root, "results");
+    int rc = 0;
+    for (int i = 0; i < o.n_tokens && rc == 0; i++)
+        rc = bench_decode_point(ctx, &o, o.tokens[i], results, read_gbps);
+    if (rc == 0 && o.json) {
+        char *text = cJSON_Print(root);
+        if (!text || tool_write_file(o.json, text) != 0) {
+            fprintf(stderr, "skv bench: cannot write %s\n", o.json);
+            rc = 1;
+        }
+        free(text);
+    }
+    cJSON_Delete(root);
+    skv_context_destroy(ctx);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    if (argc < 2)
+        return tool_usage_error(usage_bench, "bench: missing benchmark (decode)");
+    if (strcmp(argv[1], "decode") == 0)
+        return bench_decode(argc - 1, argv + 1);
+    return tool_usage_error(usage_bench, "bench: unknown benchmark '%s'", argv[1]);
+}
