@@ -13,11 +13,9 @@
 #define SKV_LOAD_HALF(p, i) vload_half((i), (p))
 #define SKV_STORE_HALF(v, p, i) vstore_half_rte((v), (i), (p))
 
-#ifdef SKV_VENDOR_NVIDIA
+/* Full unrolling of short constant loops (clang-based compilers: PoCL, NVIDIA, AMD,
+ * Intel all accept it). */
 #define SKV_UNROLL _Pragma("unroll")
-#else
-#define SKV_UNROLL
-#endif
 
 /* Page pools. A pool is up to 8 chunk buffers (pools grow by whole chunks without
  * moving pages); page id p lives in chunk p / pages_per_chunk at slot p % pages_per_chunk.

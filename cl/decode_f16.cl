@@ -142,3 +142,116 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
     for (uint i = lid; i < G * D; i += TILE)
         out[2 * G + i] = tok_begin < tok_end ? qs[i] : 0.0f;
 }
+
+/* The CPU variant (PoCL and other CPU runtimes): one work-item per work-group owns a
+ * (sequence, kv-head, chunk) and walks it in blocks of TB slots with private vector
+ * accumulators, no local memory and no barriers (which a CPU runtime turns into loops
+ * over spilled work-item state). The 8 slots of a block share each key line of the
+ * [D/8][P][8] layout, so every 64-byte line read is used whole; the softmax max is taken
+ * per block, so the accumulators are rescaled at most once per block. Same partials. */
+#define TB 8
+#define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const uint *indices,
+                    __global const uint *lens, uint H, __global const uchar *q, ulong q_offset,
+                    uint q_dtype, float scale, uint tiles_per_chunk, uint n_chunks,
+                    __global float *partials)
+{
+    const uint chunk = get_group_id(0);
+    const uint bh = get_group_id(1);
+    const uint b = bh / H, h = bh % H;
+    const uint len = lens[bh];
+    const uint first_page = indptr[bh];
+    const uint tok_begin = chunk * tiles_per_chunk * TILE;
+    const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
+
+    float8 q8[G][D / 8], acc[G][D / 8];
+    float m[G], l[G];
+    SKV_UNROLL for (uint g = 0; g < G; g++) {
+        for (uint i = 0; i < D / 8; i++) {
+            const size_t base = ((size_t)b * H * G + h * G + g) * D + i * 8;
+            float8 x;
+            x.s0 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 0);
+            x.s1 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 1);
+            x.s2 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 2);
+            x.s3 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 3);
+            x.s4 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 4);
+            x.s5 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 5);
+            x.s6 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 6);
+            x.s7 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 7);
+            q8[g][i] = x * scale; /* fold the softmax scale into the query */
+            acc[g][i] = (float8)(0.0f);
+        }
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+
+    for (uint t0 = tok_begin; t0 < tok_end; t0 += TB) { /* t0 % TB == 0: a block stays in one page */
+        __global const half *page = (__global const half *)SKV_PAGE(indices[first_page + t0 / P], PAGE_BYTES);
+        const uint slot0 = t0 % P;
+        const uint n = min((uint)TB, tok_end - t0);
+        /* logits, KB slots at a time: those slots' 16-byte pieces of a key row are one
+         * contiguous run, read in order, and KB * G vector accumulators fit in registers */
+        float s[TB][G];
+        for (uint j0 = 0; j0 < n; j0 += KB) {
+            float8 a[KB][G];
+            SKV_UNROLL for (uint j = 0; j < KB; j++)
+                SKV_UNROLL for (uint g = 0; g < G; g++)
+                    a[j][g] = (float8)(0.0f);
+            __global const half *kp = page + (slot0 + j0) * 8;
+            for (uint i = 0; i < D / 8; i++) {
+                SKV_UNROLL for (uint j = 0; j < KB; j++) { /* slots past the fill are allocated: read, then ignored */
+                    float8 k8 = vload_half8(j, kp + i * P * 8);
+                    SKV_UNROLL for (uint g = 0; g < G; g++)
+                        a[j][g] = fma(k8, q8[g][i], a[j][g]);
+                }
+            }
+            SKV_UNROLL for (uint j = 0; j < KB; j++)
+                SKV_UNROLL for (uint g = 0; g < G; g++) {
+                    float4 y = a[j][g].lo + a[j][g].hi;
+                    s[j0 + j][g] = (y.x + y.y) + (y.z + y.w);
+                }
+        }
+        /* online softmax once per block: at most one rescale of the accumulators */
+        float p[TB][G];
+        SKV_UNROLL for (uint g = 0; g < G; g++) {
+            float mb = s[0][g];
+            for (uint j = 1; j < n; j++)
+                mb = fmax(mb, s[j][g]);
+            if (mb > m[g]) {
+                float alpha = exp(m[g] - mb);
+                l[g] *= alpha;
+                for (uint i = 0; i < D / 8; i++)
+                    acc[g][i] *= alpha;
+                m[g] = mb;
+            }
+            for (uint j = 0; j < n; j++) {
+                p[j][g] = exp(s[j][g] - m[g]);
+                l[g] += p[j][g];
+            }
+        }
+        /* values: each accumulator vector is loaded and stored once per block */
+        __global const half *vp = page + P * D + slot0 * D;
+        for (uint i = 0; i < D / 8; i++) {
+            float8 a[G];
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                a[g] = acc[g][i];
+            for (uint j = 0; j < n; j++) {
+                float8 v8 = vload_half8(i, vp + j * D);
+                SKV_UNROLL for (uint g = 0; g < G; g++)
+                    a[g] = fma((float8)(p[j][g]), v8, a[g]);
+            }
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                acc[g][i] = a[g];
+        }
+    }
+
+    __global float *out = partials + ((size_t)bh * n_chunks + chunk) * PARTIAL_FLOATS;
+    SKV_UNROLL for (uint g = 0; g < G; g++) {
+        out[g] = m[g];
+        out[G + g] = l[g];
+        for (uint i = 0; i < D / 8; i++)
+            vstore8(acc[g][i], i, out + 2 * G + g * D);
+    }
+}

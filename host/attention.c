@@ -178,7 +178,8 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         e |= clSetKernelArg(k, a++, sizeof tpc, &tpc);
         e |= clSetKernelArg(k, a++, sizeof nc, &nc);
         e |= clSetKernelArg(k, a++, sizeof partials, &partials);
-        size_t global[2] = {(size_t)p.n_chunks * c->tile, (size_t)B * H}, local[2] = {c->tile, 1};
+        size_t wg = c->cpu_variant ? 1 : c->tile;
+        size_t global[2] = {(size_t)p.n_chunks * wg, (size_t)B * H}, local[2] = {wg, 1};
         cl_event first = NULL;
         if (e == CL_SUCCESS)
             e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits,

@@ -90,7 +90,8 @@ static skv_status build_kernels(skv_cache *c)
     snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u", d->head_dim, d->page_tokens,
              c->group, c->tile, seg_pow2);
     if (st == SKV_OK)
-        st = skvi_kernel_create(c->ctx, "decode_f16.cl", defs, "decode_f16", &c->k_decode);
+        st = skvi_kernel_create(c->ctx, "decode_f16.cl", defs, c->cpu_variant ? "decode_f16_cpu" : "decode_f16",
+                                &c->k_decode);
     snprintf(defs, sizeof defs, "-DD=%u -DG=%u", d->head_dim, c->group);
     if (st == SKV_OK)
         st = skvi_kernel_create(c->ctx, "decode_merge.cl", defs, "decode_merge", &c->k_merge);
@@ -112,6 +113,7 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
     c->ctx = ctx;
     c->desc = *desc;
     c->group = desc->q_heads / desc->kv_heads;
+    c->cpu_variant = ctx->profile.vendor_class == SKV_VENDOR_CPU;
     c->budget[SKV_MEM_DEVICE] = desc->device_budget_bytes ? desc->device_budget_bytes : ctx->profile.global_mem_bytes / 2;
     c->budget[SKV_MEM_HOST] = desc->host_budget_bytes;
     c->desc.device_budget_bytes = c->budget[SKV_MEM_DEVICE];
@@ -160,7 +162,7 @@ void skv_cache_destroy(skv_cache *c)
 {
     if (!c)
         return;
-    skv_context_finish(c->ctx);
+    skvi_finish(c->ctx); /* not the public call: it would clear the caller's last error */
     for (uint32_t i = 0; i < c->seq_cap; i++)
         if (c->seqs[i].live)
             seq_release(c, &c->seqs[i]);
@@ -348,7 +350,7 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
     *count = (size_t)len;
     uint32_t P = c->desc.page_tokens;
     size_t pos_offset = (size_t)P * 4 * c->desc.head_dim;
-    st = skv_context_finish(c->ctx); /* appends and moves complete */
+    st = skvi_finish(c->ctx); /* appends and moves complete */
     for (uint64_t t = 0; st == SKV_OK && t < len && t < capacity; t += P) {
         uint32_t e = l->ids[t / P];
         const skvi_pool *pool = &c->pools[SKV_TIER_F16][e & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE];
@@ -421,13 +423,18 @@ skv_status skvi_compute_waits(skv_cache *c, cl_uint n_user, const cl_event *user
     return SKV_OK;
 }
 
+skv_status skvi_finish(skv_context *ctx)
+{
+    cl_int e = clFinish(ctx->transfer);
+    if (e == CL_SUCCESS)
+        e = clFinish(ctx->queue);
+    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "clFinish");
+}
+
 skv_status skv_context_finish(skv_context *ctx)
 {
     skvi_clear_error();
     if (!ctx)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_finish: ctx is NULL");
-    cl_int e = clFinish(ctx->transfer);
-    if (e == CL_SUCCESS)
-        e = clFinish(ctx->queue);
-    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "clFinish");
+    return skvi_finish(ctx);
 }

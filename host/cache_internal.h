@@ -48,7 +48,8 @@ struct skv_cache {
     cl_kernel k_append;
     cl_kernel k_decode;
     cl_kernel k_merge;
-    uint32_t tile; /* decode work-group size */
+    uint32_t tile;   /* decode tokens per tile (= work-group size of the GPU kernel) */
+    int cpu_variant; /* decode_f16_cpu: one work-item per work-group, no local memory */
 
     cl_event transfer_pending; /* last page move; compute work waits for it */
     cl_event last_decode[2];   /* first and last kernel of the last decode (profiling only) */

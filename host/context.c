@@ -8,7 +8,7 @@
 
 /* Programs that depend only on the device; a cache builds its geometry-specific ones
  * (append, decode) when it is created. */
-const char *const skvi_context_programs[] = {"stream_read.cl"};
+const skvi_context_program skvi_context_programs[] = {{"stream_read.cl", skvi_stream_read_defines}};
 const size_t skvi_context_program_count = sizeof skvi_context_programs / sizeof skvi_context_programs[0];
 
 void skv_context_desc_init(skv_context_desc *desc)
@@ -258,7 +258,8 @@ skv_status skv_context_prepare(skv_context *ctx)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_prepare: ctx is NULL");
     for (size_t i = 0; i < skvi_context_program_count; i++) {
         cl_program p;
-        skv_status st = skvi_program_get(ctx, skvi_context_programs[i], NULL, &p);
+        skv_status st = skvi_program_get(ctx, skvi_context_programs[i].name,
+                                         skvi_context_programs[i].defines(ctx), &p);
         if (st != SKV_OK)
             return st;
     }

@@ -31,6 +31,9 @@ struct skv_context {
     skv_context_stats stats;
 };
 
+/* clFinish on both queues; unlike skv_context_finish it keeps the thread's last error. */
+skv_status skvi_finish(skv_context *ctx);
+
 /* The OpenCL name of an error code ("CL_OUT_OF_RESOURCES"). */
 const char *skvi_cl_error_name(cl_int err);
 /* Records a failed OpenCL call and maps its code to a status
@@ -54,11 +57,19 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
 skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
                               const char *kernel, cl_kernel *out);
 void skvi_programs_release(skv_context *ctx);
-/* Programs skv_context_prepare builds (those that need no cache geometry). */
-extern const char *const skvi_context_programs[];
+/* Programs skv_context_prepare builds (those that need no cache geometry): source
+ * name and the device-dependent defines it is built with. */
+typedef struct skvi_context_program {
+    const char *name;
+    const char *(*defines)(const skv_context *ctx);
+} skvi_context_program;
+extern const skvi_context_program skvi_context_programs[];
 extern const size_t skvi_context_program_count;
 
-/* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items. */
+/* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items, in the
+ * blocked partition when skvi_stream_read_blocked(ctx) (CPU devices), else strided. */
+int skvi_stream_read_blocked(const skv_context *ctx);
+const char *skvi_stream_read_defines(const skv_context *ctx);
 skv_status skvi_stream_read_enqueue(skv_context *ctx, cl_command_queue q, cl_mem in, uint64_t n_words,
                                     size_t n_items, cl_mem out, cl_event *ev);
 

@@ -6,11 +6,18 @@
 #include "host_internal.h"
 #include "skv_ref.h"
 
+int skvi_stream_read_blocked(const skv_context *ctx) { return ctx->profile.vendor_class == SKV_VENDOR_CPU; }
+
+const char *skvi_stream_read_defines(const skv_context *ctx)
+{
+    return skvi_stream_read_blocked(ctx) ? "-DSKV_STREAM_BLOCKED" : NULL;
+}
+
 skv_status skvi_stream_read_enqueue(skv_context *ctx, cl_command_queue q, cl_mem in, uint64_t n_words,
                                     size_t n_items, cl_mem out, cl_event *ev)
 {
     cl_kernel k;
-    skv_status st = skvi_kernel_create(ctx, "stream_read.cl", NULL, "stream_read", &k);
+    skv_status st = skvi_kernel_create(ctx, "stream_read.cl", skvi_stream_read_defines(ctx), "stream_read", &k);
     if (st != SKV_OK)
         return st;
     cl_ulong nw = n_words;
@@ -41,7 +48,7 @@ skv_status skv_measure_read_bandwidth(skv_context *ctx, uint64_t bytes, unsigned
         bytes = ctx->profile.max_alloc_bytes;
     uint64_t n_words = bytes / 16;
     /* Enough work-items to fill the device several times over, each reading many words. */
-    size_t items = (size_t)ctx->profile.compute_units * (ctx->profile.is_gpu ? 2048 : 64);
+    size_t items = (size_t)ctx->profile.compute_units * (ctx->profile.is_gpu ? 2048 : 4);
     if (items > n_words)
         items = (size_t)n_words;
     /* The compute queue when it can time kernels, else a profiling queue of our own. */

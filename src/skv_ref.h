@@ -9,9 +9,11 @@
 
 #include "skv/skv.h"
 
-/* cl/stream_read.cl: out[g] = XOR of the 16-byte words g, g + n_items, ... folded to
- * 32 bits. `words` holds 4 * n_words uint32. */
-SKV_API void skv_ref_stream_read(const uint32_t *words, uint64_t n_words, size_t n_items, uint32_t *out);
+/* cl/stream_read.cl: out[g] = XOR of work-item g's 16-byte words folded to 32 bits;
+ * item g reads words g, g + n_items, ... (strided) or the g-th run of
+ * ceil(n_words / n_items) words (blocked). `words` holds 4 * n_words uint32. */
+SKV_API void skv_ref_stream_read(const uint32_t *words, uint64_t n_words, size_t n_items, int blocked,
+                                 uint32_t *out);
 
 /* Conversions with the kernels' rounding (round to nearest even). */
 SKV_API uint16_t skv_ref_f32_to_f16(float f);

@@ -27,7 +27,7 @@ static void check_size(uint64_t n_words, size_t n_items, uint64_t seed)
     uint32_t *ref = malloc(n_items * 4), *got = malloc(n_items * 4);
     for (uint64_t i = 0; i < 4 * n_words; i++)
         words[i] = rng_u32(&rng);
-    skv_ref_stream_read(words, n_words, n_items, ref);
+    skv_ref_stream_read(words, n_words, n_items, skvi_stream_read_blocked(ctx), ref);
 
     cl_int e;
     cl_mem in = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n_words * 16, words, &e);
