@@ -78,24 +78,42 @@ static skv_status choose_tile(skv_context *ctx, const skv_cache_desc *d, uint32_
                      group, d->head_dim, (unsigned long long)ctx->profile.local_mem_bytes);
 }
 
+static skv_status build_decode_kernel(skv_cache *c, int cpu_variant, cl_kernel *out)
+{
+    const skv_cache_desc *d = &c->desc;
+    char defs[256];
+    uint32_t seg = c->tile / c->group, seg_pow2 = 1;
+    while (seg_pow2 < seg)
+        seg_pow2 *= 2;
+    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u", d->head_dim, d->page_tokens,
+             c->group, c->tile, seg_pow2);
+    return skvi_kernel_create(c->ctx, "decode_f16.cl", defs, cpu_variant ? "decode_f16_cpu" : "decode_f16", out);
+}
+
 static skv_status build_kernels(skv_cache *c)
 {
     const skv_cache_desc *d = &c->desc;
     char defs[256];
     snprintf(defs, sizeof defs, "-DD=%u -DP=%u", d->head_dim, d->page_tokens);
     skv_status st = skvi_kernel_create(c->ctx, "append_f16.cl", defs, "append_f16", &c->k_append);
-    uint32_t seg = c->tile / c->group, seg_pow2 = 1;
-    while (seg_pow2 < seg)
-        seg_pow2 *= 2;
-    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u", d->head_dim, d->page_tokens,
-             c->group, c->tile, seg_pow2);
     if (st == SKV_OK)
-        st = skvi_kernel_create(c->ctx, "decode_f16.cl", defs, c->cpu_variant ? "decode_f16_cpu" : "decode_f16",
-                                &c->k_decode);
+        st = build_decode_kernel(c, c->cpu_variant, &c->k_decode);
     snprintf(defs, sizeof defs, "-DD=%u -DG=%u", d->head_dim, c->group);
     if (st == SKV_OK)
         st = skvi_kernel_create(c->ctx, "decode_merge.cl", defs, "decode_merge", &c->k_merge);
     return st;
+}
+
+skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant)
+{
+    cl_kernel k;
+    skv_status st = build_decode_kernel(c, cpu_variant, &k);
+    if (st != SKV_OK)
+        return st;
+    clReleaseKernel(c->k_decode);
+    c->k_decode = k;
+    c->cpu_variant = cpu_variant;
+    return SKV_OK;
 }
 
 skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_cache **out)

@@ -70,6 +70,9 @@ cl_mem skvi_pool_locate(const skvi_pool *p, uint32_t id, size_t *offset);
 cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
 
 /* cache.c */
+/* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the
+ * reference on any device. */
+skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant);
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head);
 skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);

@@ -287,7 +287,7 @@ static void test_decode_shapes(void **state)
     (void)state;
     struct {
         uint32_t D, G, H, P;
-    } shapes[] = {{64, 1, 3, 16}, {128, 4, 2, 64}, {256, 8, 1, 32}, {128, 8, 2, 256}};
+    } shapes[] = {{64, 1, 3, 16}, {128, 4, 2, 64}, {256, 8, 1, 32}, {128, 8, 2, 256}, {64, 3, 2, 32}};
     const uint32_t lens[] = {1, 63, 64, 65, 1000, 5000};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         skv_cache_desc d = geometry(1, shapes[si].G * shapes[si].H, shapes[si].H, shapes[si].D, shapes[si].P);
@@ -307,11 +307,14 @@ static void test_decode_shapes(void **state)
             for (uint32_t t = first; t < lens[i]; t++)
                 assert_ok(append_random(c, seqs[i], 0, 1, SKV_F16, &r, &ms[i]));
         }
-        double e = check_decode(c, 0, seqs, mp, 6, SKV_F32, SKV_F32, &r); /* mixed-length batch */
-        printf("D=%u G=%u H=%u P=%u: batch of lengths 1..5000, rel L2 %.2e\n", d.head_dim, shapes[si].G, d.kv_heads,
-               d.page_tokens, e);
-        for (int i = 0; i < 6; i += 2) /* single sequences, fp16 in and out */
-            check_decode(c, 0, &seqs[i], &mp[i], 1, SKV_F16, SKV_F16, &r);
+        for (int variant = 0; variant < 2; variant++) { /* both kernels, whatever the device */
+            assert_ok(skvi_cache_use_variant(c, variant));
+            double e = check_decode(c, 0, seqs, mp, 6, SKV_F32, SKV_F32, &r); /* mixed-length batch */
+            printf("%s kernel, D=%u G=%u H=%u P=%u: batch of lengths 1..5000, rel L2 %.2e\n",
+                   variant ? "cpu" : "gpu", d.head_dim, shapes[si].G, d.kv_heads, d.page_tokens, e);
+            for (int i = 0; i < 6; i += 2) /* single sequences, fp16 in and out */
+                check_decode(c, 0, &seqs[i], &mp[i], 1, SKV_F16, SKV_F16, &r);
+        }
         for (int i = 0; i < 6; i++)
             mirror_free(&ms[i]);
         skv_cache_destroy(c);
