@@ -37,4 +37,41 @@ SKV_API int skv_ref_attention_decode(const float *q, const float *k, const float
                                      uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim, float scale,
                                      double *out);
 
+/* ---- ADA key codes (src/ada.c, DESIGN.md §5) ---- */
+typedef struct skv_ref_ada_params {
+    uint32_t head_dim;
+    unsigned radius_bits, angle_bits, pair_bits;
+    uint32_t key_words;          /* 32-bit words of pair codes per key */
+    float radius[16];            /* Lloyd–Max centroids of u = rho sqrt(d/2) / |k| */
+    float radius_bound_sq[15];   /* squared decision boundaries between them */
+    float bound_cos[16], bound_sin[16];   /* sector boundaries k 2pi/S, k < S/2 */
+    float centre_cos[32], centre_sin[32]; /* sector centres -pi + (c + 1/2) 2pi/S */
+    float transform_scale;       /* 1 / sqrt(d) */
+} skv_ref_ada_params;
+
+/* Lloyd–Max codebook (2^radius_bits centroids, boundaries between them) for the radius
+ * of a coordinate pair of a direction uniform on the sphere in head_dim dimensions. */
+SKV_API void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds);
+SKV_API void skv_ref_ada_params_init(skv_ref_ada_params *p, uint32_t head_dim, unsigned radius_bits,
+                                     unsigned angle_bits);
+/* The +-1 signs of the randomized Hadamard transform for (layer, kv_head). */
+SKV_API void skv_ref_ada_signs(uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs);
+/* y = H diag(signs) x / sqrt(d), butterflies in the kernels' order. */
+SKV_API void skv_ref_ada_transform(const skv_ref_ada_params *p, const int8_t *signs, const float *x, float *y);
+SKV_API uint16_t skv_ref_ada_norm_code(float norm_squared);
+SKV_API unsigned skv_ref_ada_angle_code(const skv_ref_ada_params *p, float x, float y);
+SKV_API unsigned skv_ref_ada_radius_code(const skv_ref_ada_params *p, float x, float y, float norm2);
+/* One key: key_words words of packed pair codes (radius in the low bits) and the norm. */
+SKV_API void skv_ref_ada_encode_key(const skv_ref_ada_params *p, const int8_t *signs, const float *k,
+                                    uint32_t *words, uint16_t *norm_code);
+SKV_API unsigned skv_ref_ada_pair_code(const skv_ref_ada_params *p, const uint32_t *words, uint32_t j);
+SKV_API void skv_ref_ada_decode_key(const skv_ref_ada_params *p, const int8_t *signs, const uint32_t *words,
+                                    uint16_t norm_code, float *k);
+/* table[j][c] = q'_2j cos(phi_c) + q'_2j+1 sin(phi_c), q' the transformed query. */
+SKV_API void skv_ref_ada_query_table(const skv_ref_ada_params *p, const int8_t *signs, const float *q,
+                                     float *table);
+/* q . decode(k) from the codes alone: n sqrt(2/d) sum_j R[r_j] table[j][c_j]. */
+SKV_API float skv_ref_ada_logit(const skv_ref_ada_params *p, const float *table, const uint32_t *words,
+                                uint16_t norm_code);
+
 #endif /* SKV_REF_H */

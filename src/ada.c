@@ -1,0 +1,251 @@
+/* ADA key codes (DESIGN.md §5), the C reference: randomized Walsh–Hadamard
+ * preconditioning, an fp16 norm, and per pair of coordinates a Lloyd–Max radius code and
+ * a uniform angle code, plus the per-query lookup tables that give logits from codes.
+ *
+ * Bit-exactness with the kernels: after the transform (adds and subtracts in a fixed
+ * order, then one multiply), every coding decision is a comparison of exactly rounded
+ * products and sums against constant tables computed here and passed to the kernels
+ * (no atan2, sqrt or division): the angle sector by signs of cross products with the
+ * sector boundaries, the radius by rho^2 * d/2 against t_k^2 * n^2, the fp16 norm by
+ * the exact squares of fp16 midpoints. Both sides build with contraction off
+ * (-ffp-contract=off here, #pragma OPENCL FP_CONTRACT OFF in the kernels). */
+#include <math.h>
+#include <string.h>
+
+#include "skv_ref.h"
+
+
+/* Density of u = rho * sqrt(d/2) / |k| for a direction uniform on the sphere:
+ * rho^2 / |k|^2 ~ Beta(1, m - 1) with m = d/2, so f(u) = 2u (m-1)/m (1 - u^2/m)^(m-2). */
+static double radius_pdf(double u, double m)
+{
+    double x = 1.0 - u * u / m;
+    return x <= 0 ? 0.0 : 2.0 * u * (m - 1.0) / m * pow(x, m - 2.0);
+}
+
+void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds)
+{
+    enum { GRID = 40000 };
+    const double m = head_dim / 2.0, top = sqrt(m) < 8.0 ? sqrt(m) : 8.0, du = top / GRID;
+    const unsigned L = 1u << radius_bits;
+    double c[16], b[16];
+    /* start at the levels' conditional means between quantiles */
+    double mass = 0, total = 0;
+    for (int i = 0; i < GRID; i++)
+        total += radius_pdf((i + 0.5) * du, m) * du;
+    unsigned level = 0;
+    double acc = 0, accu = 0;
+    for (int i = 0; i < GRID && level < L; i++) {
+        double u = (i + 0.5) * du, p = radius_pdf(u, m) * du / total;
+        mass += p;
+        acc += p;
+        accu += p * u;
+        if (mass >= (level + 1.0) / L || i == GRID - 1) {
+            c[level++] = accu / acc;
+            acc = accu = 0;
+        }
+    }
+    for (; level < L; level++)
+        c[level] = c[level - 1];
+    for (int it = 0; it < 300; it++) { /* Lloyd: boundaries at midpoints, centroids at conditional means */
+        for (unsigned k = 0; k + 1 < L; k++)
+            b[k] = 0.5 * (c[k] + c[k + 1]);
+        double s[16] = {0}, w[16] = {0};
+        unsigned k = 0;
+        for (int i = 0; i < GRID; i++) {
+            double u = (i + 0.5) * du, p = radius_pdf(u, m);
+            while (k + 1 < L && u >= b[k])
+                k++;
+            s[k] += p * u;
+            w[k] += p;
+        }
+        for (k = 0; k < L; k++)
+            if (w[k] > 0)
+                c[k] = s[k] / w[k];
+    }
+    for (unsigned k = 0; k < L; k++)
+        centroids[k] = (float)c[k];
+    for (unsigned k = 0; k + 1 < L; k++)
+        bounds[k] = (float)(0.5 * (c[k] + c[k + 1]));
+}
+
+void skv_ref_ada_params_init(skv_ref_ada_params *p, uint32_t head_dim, unsigned radius_bits, unsigned angle_bits)
+{
+    memset(p, 0, sizeof *p);
+    p->head_dim = head_dim;
+    p->radius_bits = radius_bits;
+    p->angle_bits = angle_bits;
+    p->pair_bits = radius_bits + angle_bits;
+    p->key_words = (head_dim / 2 * p->pair_bits + 31) / 32;
+    float bounds[15];
+    skv_ref_ada_codebook(head_dim, radius_bits, p->radius, bounds);
+    for (unsigned k = 0; k + 1 < (1u << radius_bits); k++)
+        p->radius_bound_sq[k] = bounds[k] * bounds[k];
+    const unsigned S = 1u << angle_bits;
+    const double two_pi = 6.283185307179586476925286766559;
+    for (unsigned k = 0; k < S / 2; k++) { /* boundary directions k * 2pi/S in [0, pi) */
+        p->bound_cos[k] = (float)cos(k * two_pi / S);
+        p->bound_sin[k] = (float)sin(k * two_pi / S);
+    }
+    for (unsigned c = 0; c < S; c++) { /* decoded at sector centres -pi + (c + 1/2) 2pi/S */
+        p->centre_cos[c] = (float)cos(-two_pi / 2 + (c + 0.5) * two_pi / S);
+        p->centre_sin[c] = (float)sin(-two_pi / 2 + (c + 0.5) * two_pi / S);
+    }
+    p->transform_scale = (float)(1.0 / sqrt((double)head_dim));
+}
+
+void skv_ref_ada_signs(uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs)
+{
+    uint64_t x = 0x5EED5EED12345678ull ^ ((uint64_t)layer << 32) ^ ((uint64_t)kv_head * 0x9E3779B97F4A7C15ull);
+    for (uint32_t i = 0; i < head_dim; i += 64) {
+        x += 0x9E3779B97F4A7C15ull; /* splitmix64 */
+        uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        for (uint32_t b = 0; b < 64 && i + b < head_dim; b++)
+            signs[i + b] = (z >> b) & 1 ? -1 : 1;
+    }
+}
+
+void skv_ref_ada_transform(const skv_ref_ada_params *p, const int8_t *signs, const float *x, float *y)
+{
+    const uint32_t d = p->head_dim;
+    for (uint32_t i = 0; i < d; i++)
+        y[i] = signs[i] < 0 ? -x[i] : x[i];
+    for (uint32_t h = 1; h < d; h *= 2) /* in-place butterflies, the kernels' order */
+        for (uint32_t i = 0; i < d; i += 2 * h)
+            for (uint32_t j = i; j < i + h; j++) {
+                float a = y[j], b = y[j + h];
+                y[j] = a + b;
+                y[j + h] = a - b;
+            }
+    for (uint32_t i = 0; i < d; i++)
+        y[i] = y[i] * p->transform_scale;
+}
+
+/* fp16 code of sqrt(n2), rounded to nearest (ties to even) by exact comparisons. */
+uint16_t skv_ref_ada_norm_code(float n2)
+{
+    uint16_t h = skv_ref_f32_to_f16(sqrtf(n2));
+    if (h >= 0x7BFF)
+        return 0x7BFF; /* clamp to the largest finite half */
+    for (;;) { /* up while n2 is past the midpoint with the next half */
+        float lo = skv_ref_f16_to_f32(h), hi = skv_ref_f16_to_f32((uint16_t)(h + 1));
+        float mid = 0.5f * (lo + hi), mid2 = mid * mid; /* both exact */
+        if (n2 > mid2 || (n2 == mid2 && (h & 1)))
+            h++;
+        else
+            break;
+    }
+    while (h > 0) { /* down while n2 is before the midpoint with the previous half */
+        float lo = skv_ref_f16_to_f32((uint16_t)(h - 1)), hi = skv_ref_f16_to_f32(h);
+        float mid = 0.5f * (lo + hi), mid2 = mid * mid;
+        if (n2 < mid2 || (n2 == mid2 && (h & 1)))
+            h--;
+        else
+            break;
+    }
+    return h;
+}
+
+unsigned skv_ref_ada_angle_code(const skv_ref_ada_params *p, float x, float y)
+{
+    /* theta + pi is the angle of (-x, -y); the upper half-plane [0, pi) counts boundaries
+     * directly, the lower one after another half turn, offset by S/2 sectors */
+    const unsigned half = 1u << (p->angle_bits - 1);
+    float u = -x, v = -y;
+    unsigned base = 0;
+    if (!(v > 0.0f || (v == 0.0f && u >= 0.0f))) {
+        u = x;
+        v = y;
+        base = half;
+    }
+    unsigned count = 0;
+    for (unsigned k = 1; k < half; k++) {
+        float cross = p->bound_cos[k] * v - p->bound_sin[k] * u;
+        count += cross >= 0.0f;
+    }
+    return base + count;
+}
+
+unsigned skv_ref_ada_radius_code(const skv_ref_ada_params *p, float x, float y, float norm2)
+{
+    float lhs = (x * x + y * y) * (float)(p->head_dim / 2); /* d/2 is a power of two: exact */
+    unsigned r = 0;
+    for (unsigned k = 0; k + 1 < (1u << p->radius_bits); k++)
+        r += lhs >= p->radius_bound_sq[k] * norm2;
+    return r;
+}
+
+void skv_ref_ada_encode_key(const skv_ref_ada_params *p, const int8_t *signs, const float *k, uint32_t *words,
+                            uint16_t *norm_code)
+{
+    float y[256];
+    skv_ref_ada_transform(p, signs, k, y);
+    float n2 = 0.0f;
+    for (uint32_t i = 0; i < p->head_dim; i++)
+        n2 = n2 + y[i] * y[i];
+    uint16_t nh = skv_ref_ada_norm_code(n2);
+    float nf = skv_ref_f16_to_f32(nh), nf2 = nf * nf; /* exact */
+    memset(words, 0, p->key_words * sizeof *words);
+    for (uint32_t j = 0; j < p->head_dim / 2; j++) {
+        unsigned code = skv_ref_ada_radius_code(p, y[2 * j], y[2 * j + 1], nf2) |
+                        skv_ref_ada_angle_code(p, y[2 * j], y[2 * j + 1]) << p->radius_bits;
+        uint32_t bit = j * p->pair_bits, w = bit / 32, sh = bit % 32;
+        words[w] |= code << sh;
+        if (sh + p->pair_bits > 32)
+            words[w + 1] |= code >> (32 - sh);
+    }
+    *norm_code = nh;
+}
+
+unsigned skv_ref_ada_pair_code(const skv_ref_ada_params *p, const uint32_t *words, uint32_t j)
+{
+    uint32_t bit = j * p->pair_bits, w = bit / 32, sh = bit % 32;
+    uint64_t two = words[w] | (sh + p->pair_bits > 32 ? (uint64_t)words[w + 1] << 32 : 0);
+    return (unsigned)(two >> sh) & ((1u << p->pair_bits) - 1);
+}
+
+void skv_ref_ada_decode_key(const skv_ref_ada_params *p, const int8_t *signs, const uint32_t *words,
+                            uint16_t norm_code, float *k)
+{
+    const uint32_t d = p->head_dim;
+    float y[256];
+    float n = skv_ref_f16_to_f32(norm_code), rho_scale = n * sqrtf(2.0f / (float)d);
+    for (uint32_t j = 0; j < d / 2; j++) {
+        unsigned code = skv_ref_ada_pair_code(p, words, j);
+        unsigned r = code & ((1u << p->radius_bits) - 1), c = code >> p->radius_bits;
+        float rho = p->radius[r] * rho_scale;
+        y[2 * j] = rho * p->centre_cos[c];
+        y[2 * j + 1] = rho * p->centre_sin[c];
+    }
+    /* the transform is its own inverse up to the signs: x = diag(s) H y / sqrt(d) */
+    int8_t ones[256];
+    memset(ones, 1, sizeof ones);
+    float x[256];
+    skv_ref_ada_transform(p, ones, y, x);
+    for (uint32_t i = 0; i < d; i++)
+        k[i] = signs[i] < 0 ? -x[i] : x[i];
+}
+
+void skv_ref_ada_query_table(const skv_ref_ada_params *p, const int8_t *signs, const float *q, float *table)
+{
+    float y[256];
+    skv_ref_ada_transform(p, signs, q, y);
+    const unsigned S = 1u << p->angle_bits;
+    for (uint32_t j = 0; j < p->head_dim / 2; j++)
+        for (unsigned c = 0; c < S; c++)
+            table[j * S + c] = y[2 * j] * p->centre_cos[c] + y[2 * j + 1] * p->centre_sin[c];
+}
+
+float skv_ref_ada_logit(const skv_ref_ada_params *p, const float *table, const uint32_t *words, uint16_t norm_code)
+{
+    const unsigned S = 1u << p->angle_bits;
+    float sum = 0.0f;
+    for (uint32_t j = 0; j < p->head_dim / 2; j++) {
+        unsigned code = skv_ref_ada_pair_code(p, words, j);
+        sum += p->radius[code & ((1u << p->radius_bits) - 1)] * table[j * S + (code >> p->radius_bits)];
+    }
+    return skv_ref_f16_to_f32(norm_code) * sqrtf(2.0f / (float)p->head_dim) * sum;
+}
