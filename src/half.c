@@ -48,6 +48,27 @@ uint16_t skv_ref_f32_to_f16(float f)
     return (uint16_t)h;
 }
 
+/* Directed rounding: the half nearest to f on the side of `up` (1: toward +inf, 0:
+ * toward -inf), from the round-to-nearest result and an exact comparison. */
+static uint16_t f16_directed(float f, int up)
+{
+    uint16_t h = skv_ref_f32_to_f16(f);
+    float back = skv_ref_f16_to_f32(h);
+    if (back != back || back == f)
+        return h;
+    int away = (back < f) == up; /* step in the wanted direction */
+    if (!away)
+        return h;
+    if ((h & 0x7FFFu) == 0) /* +-0 -> smallest subnormal of f's sign */
+        return (uint16_t)(f > 0 ? 0x0001u : 0x8001u);
+    /* one step away from zero when moving with the sign, toward zero otherwise */
+    int with_sign = (f > 0) == up;
+    return (uint16_t)(with_sign ? h + 1 : h - 1);
+}
+
+uint16_t skv_ref_f32_to_f16_rtn(float f) { return f16_directed(f, 0); }
+uint16_t skv_ref_f32_to_f16_rtp(float f) { return f16_directed(f, 1); }
+
 float skv_ref_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

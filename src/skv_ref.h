@@ -17,6 +17,8 @@ SKV_API void skv_ref_stream_read(const uint32_t *words, uint64_t n_words, size_t
 
 /* Conversions with the kernels' rounding (round to nearest even). */
 SKV_API uint16_t skv_ref_f32_to_f16(float f);
+SKV_API uint16_t skv_ref_f32_to_f16_rtn(float f); /* toward -inf, as vstore_half_rtn */
+SKV_API uint16_t skv_ref_f32_to_f16_rtp(float f); /* toward +inf, as vstore_half_rtp */
 SKV_API float skv_ref_f16_to_f32(uint16_t h);
 SKV_API uint16_t skv_ref_f32_to_bf16(float f);
 SKV_API float skv_ref_bf16_to_f32(uint16_t b);
@@ -73,5 +75,12 @@ SKV_API void skv_ref_ada_query_table(const skv_ref_ada_params *p, const int8_t *
 /* q . decode(k) from the codes alone: n sqrt(2/d) sum_j R[r_j] table[j][c_j]. */
 SKV_API float skv_ref_ada_logit(const skv_ref_ada_params *p, const float *table, const uint32_t *words,
                                 uint16_t norm_code);
+
+/* ---- quantised values (src/value_quant.c) ---- */
+/* One token's values in groups of `group`: codes of `bits` (8, 4, 2) packed LSB first,
+ * then per group an fp16 scale and an fp16 min. Bytes per token: */
+SKV_API uint32_t skv_ref_value_bytes(uint32_t head_dim, unsigned bits, unsigned group);
+SKV_API void skv_ref_value_encode(const float *v, uint32_t head_dim, unsigned bits, unsigned group, uint8_t *out);
+SKV_API void skv_ref_value_decode(const uint8_t *in, uint32_t head_dim, unsigned bits, unsigned group, float *v);
 
 #endif /* SKV_REF_H */

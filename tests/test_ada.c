@@ -138,6 +138,44 @@ static void test_norm_code_rounding(void **state)
     }
 }
 
+static void test_value_quantisation(void **state)
+{
+    (void)state;
+    const unsigned bits[3] = {8, 4, 2};
+    /* relative MSE of uniform quantisation of a Gaussian group over its range */
+    test_rng r = {12};
+    for (int b = 0; b < 3; b++) {
+        double err = 0, ref = 0;
+        uint8_t buf[512];
+        for (int n = 0; n < 2000; n++) {
+            float v[128], vh[128];
+            for (int i = 0; i < 128; i++)
+                v[i] = gauss(&r) * 0.5f + 0.1f;
+            skv_ref_value_encode(v, 128, bits[b], 32, buf);
+            skv_ref_value_decode(buf, 128, bits[b], 32, vh);
+            for (int i = 0; i < 128; i++) {
+                float step = 0; /* every value within half a step of its level */
+                const uint16_t *params = (const uint16_t *)(buf + 128 * bits[b] / 8);
+                step = skv_ref_f16_to_f32(params[2 * (i / 32)]);
+                assert_true(fabsf(v[i] - vh[i]) <= 0.5f * step * 1.0001f + 1e-7f);
+                err += (v[i] - vh[i]) * (double)(v[i] - vh[i]);
+                ref += v[i] * (double)v[i];
+            }
+        }
+        printf("values int%u: relative MSE %.2e\n", bits[b], err / ref);
+    }
+    assert_int_equal(skv_ref_value_bytes(128, 8, 32), 144); /* DESIGN.md §4 */
+    assert_int_equal(skv_ref_value_bytes(128, 4, 32), 80);
+    assert_int_equal(skv_ref_value_bytes(128, 2, 32), 48);
+    /* directed fp16 rounding brackets the value */
+    for (int n = 0; n < 100000; n++) {
+        float f = (float)((rng_uniform(&r) - 0.5) * 100.0);
+        float lo = skv_ref_f16_to_f32(skv_ref_f32_to_f16_rtn(f)), hi = skv_ref_f16_to_f32(skv_ref_f32_to_f16_rtp(f));
+        assert_true(lo <= f && f <= hi);
+        assert_true(hi - lo <= fabsf(f) * 1.0e-3f + 1e-7f);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -146,6 +184,7 @@ int main(void)
         cmocka_unit_test(test_outliers_and_mean),
         cmocka_unit_test(test_logit_from_codes),
         cmocka_unit_test(test_norm_code_rounding),
+        cmocka_unit_test(test_value_quantisation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
