@@ -4,7 +4,7 @@
 #define PAGE_BYTES (P * (4 * D + 4))
 
 __kernel void append_f16(SKV_POOL_PARAMS, __global const uint *dest, uint pages_per_head,
-                         uint first_slot, __global const uchar *k, ulong k_offset,
+                         __global const uint *first_slot, __global const uchar *k, ulong k_offset,
                          __global const uchar *v, ulong v_offset, uint in_dtype,
                          __global const int *positions)
 {
@@ -12,7 +12,7 @@ __kernel void append_f16(SKV_POOL_PARAMS, __global const uint *dest, uint pages_
     const uint t = get_global_id(1);
     const uint h = get_global_id(2);
     const uint heads = get_global_size(2);
-    const uint s = first_slot + t;
+    const uint s = first_slot[h] + t;
     const uint page_id = dest[h * pages_per_head + s / P];
     const uint slot = s % P;
     __global uchar *page = SKV_PAGE(page_id, PAGE_BYTES);

@@ -8,10 +8,9 @@
 static size_t dtype_size(skv_dtype t) { return t == SKV_F32 ? 4 : 2; }
 
 typedef struct append_plan {
-    uint32_t first_slot;     /* slot of the first new token in its page */
-    uint32_t pages_per_head; /* dest pages per head, the partly filled tail included */
-    uint32_t fresh_per_head; /* pages to take per head, COW copies not counted */
-    int tail;                /* the last page is partly filled and receives tokens */
+    uint32_t pages_per_head; /* dest table row length: the most pages any head writes */
+    uint32_t *first_slot;    /* per head: slot of the first new token in its tail page */
+    uint32_t *fresh;         /* per head: pages taken for it, COW copies not counted */
     uint32_t *dest;          /* [kv_heads][pages_per_head] */
     uint32_t *taken;         /* pages taken from the pool, in order */
     uint32_t n_taken;
@@ -20,6 +19,8 @@ typedef struct append_plan {
 
 static void plan_free(skv_cache *c, append_plan *p)
 {
+    skvi_free(c->ctx->alloc, p->first_slot);
+    skvi_free(c->ctx->alloc, p->fresh);
     skvi_free(c->ctx->alloc, p->dest);
     skvi_free(c->ctx->alloc, p->taken);
     skvi_free(c->ctx->alloc, p->cow_old);
@@ -47,35 +48,49 @@ static skv_status check_buffer(skv_cache *c, cl_mem m, size_t offset, size_t byt
 }
 
 /* Takes every page the append needs and fills the destination table; on failure the
- * pool is exactly as before. */
+ * pool is exactly as before. Heads may hold different numbers of F16 tokens (retention
+ * drops per head), so each has its own first slot. */
 static skv_status plan(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n, append_plan *p)
 {
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads;
     skvi_pool *pool = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE];
+    const skv_allocator *a = c->ctx->alloc;
     memset(p, 0, sizeof *p);
-    uint64_t len = s->len[layer];
-    p->first_slot = (uint32_t)(len % P);
-    p->tail = p->first_slot != 0;
-    p->pages_per_head = (p->first_slot + n + P - 1) / P;
-    p->fresh_per_head = p->pages_per_head - (p->tail ? 1 : 0);
-    uint32_t cows = 0;
-    for (uint32_t h = 0; p->tail && h < H; h++) {
-        const skvi_page_list *l = skvi_seq_list(c, s, layer, h);
-        uint32_t e = l->ids[l->n - 1];
-        if (e & SKVI_HOST_BIT)
-            return skvi_fail(c->ctx->error, SKV_ERR_INTERNAL, "skv_append: the tail page is in host memory");
-        cows += pool->refs[e] > 1;
+    p->first_slot = skvi_calloc(a, H, sizeof *p->first_slot);
+    p->fresh = skvi_calloc(a, H, sizeof *p->fresh);
+    p->cow_old = skvi_calloc(a, H, sizeof *p->cow_old);
+    if (!p->first_slot || !p->fresh || !p->cow_old) {
+        plan_free(c, p);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_append: out of memory");
     }
-    uint32_t need = H * p->fresh_per_head + cows;
-    p->dest = skvi_calloc(c->ctx->alloc, (size_t)H * p->pages_per_head, sizeof *p->dest);
-    p->taken = skvi_calloc(c->ctx->alloc, need ? need : 1, sizeof *p->taken);
-    p->cow_old = skvi_calloc(c->ctx->alloc, H, sizeof *p->cow_old);
-    if (!p->dest || !p->taken || !p->cow_old) {
+    uint32_t need = 0;
+    for (uint32_t h = 0; h < H; h++) {
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
+        uint32_t fs = l->tokens % P, pages = (fs + n + P - 1) / P;
+        p->first_slot[h] = fs;
+        p->fresh[h] = pages - (fs ? 1 : 0);
+        p->cow_old[h] = ~0u;
+        if (fs) {
+            uint32_t e = l->ids[l->n - 1];
+            if (e & SKVI_HOST_BIT) {
+                plan_free(c, p);
+                return skvi_fail(c->ctx->error, SKV_ERR_INTERNAL, "skv_append: the tail page is in host memory");
+            }
+            if (pool->refs[e] > 1)
+                p->cow_old[h] = e, need++;
+        }
+        need += p->fresh[h];
+        if (pages > p->pages_per_head)
+            p->pages_per_head = pages;
+    }
+    p->dest = skvi_calloc(a, (size_t)H * p->pages_per_head, sizeof *p->dest);
+    p->taken = skvi_calloc(a, need ? need : 1, sizeof *p->taken);
+    if (!p->dest || !p->taken) {
         plan_free(c, p);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_append: out of memory");
     }
     for (uint32_t h = 0; h < H; h++) { /* list capacity first: it changes no content */
-        skv_status st = skvi_list_reserve(c, skvi_seq_list(c, s, layer, h), p->fresh_per_head);
+        skv_status st = skvi_list_reserve(c, skvi_seq_list(c, s, layer, h, SKV_TIER_F16), p->fresh[h]);
         if (st != SKV_OK) {
             plan_free(c, p);
             return st;
@@ -88,20 +103,17 @@ static skv_status plan(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n, ap
                          skv_context_last_error(c->ctx));
     }
     for (uint32_t h = 0; h < H; h++) {
-        const skvi_page_list *l = skvi_seq_list(c, s, layer, h);
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
         uint32_t *d = p->dest + (size_t)h * p->pages_per_head;
         uint32_t j = 0;
-        p->cow_old[h] = ~0u;
-        if (p->tail) {
+        if (p->first_slot[h]) {
             uint32_t e = l->ids[l->n - 1];
-            if (pool->refs[e] > 1) {
-                p->cow_old[h] = e;
+            if (p->cow_old[h] != ~0u)
                 e = p->taken[p->n_taken++] = skvi_pool_take(pool);
-            }
             d[j++] = e;
         }
-        for (; j < p->pages_per_head; j++)
-            d[j] = p->taken[p->n_taken++] = skvi_pool_take(pool);
+        for (uint32_t k = 0; k < p->fresh[h]; k++)
+            d[j++] = p->taken[p->n_taken++] = skvi_pool_take(pool);
     }
     return SKV_OK;
 }
@@ -159,8 +171,11 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         if (st == SKV_OK)
             st = buffer_from_host(c, v_host, bytes, &vbuf);
     }
+    cl_mem first = NULL;
     if (st == SKV_OK)
         st = buffer_from_host(c, p.dest, (size_t)H * p.pages_per_head * sizeof *p.dest, &dest);
+    if (st == SKV_OK)
+        st = buffer_from_host(c, p.first_slot, (size_t)H * sizeof *p.first_slot, &first);
     if (st == SKV_OK)
         st = buffer_from_host(c, positions, (size_t)n * sizeof *positions, &pos);
     cl_uint n_waits = 0;
@@ -174,7 +189,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     cl_int e = CL_SUCCESS;
     uint32_t committed = 0;
     for (uint32_t h = 0; st == SKV_OK && h < H; h++, committed++) {
-        skvi_page_list *l = skvi_seq_list(c, s, layer, h);
+        skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
         const uint32_t *d = p.dest + (size_t)h * p.pages_per_head;
         if (p.cow_old[h] != ~0u) { /* copy the shared tail page before writing into it */
             size_t so, dof;
@@ -187,18 +202,20 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                 break;
             l->ids[l->n - 1] = d[0];
         }
-        for (uint32_t j = p.tail ? 1 : 0; j < p.pages_per_head; j++)
+        uint32_t j0 = p.first_slot[h] ? 1 : 0; /* d[0] is the tail page when there is one */
+        for (uint32_t j = j0; j < j0 + p.fresh[h]; j++)
             l->ids[l->n++] = d[j];
+        l->tokens += n;
     }
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_append;
-        cl_uint pph = p.pages_per_head, fs = p.first_slot, dt = (cl_uint)dtype;
+        cl_uint pph = p.pages_per_head, dt = (cl_uint)dtype;
         cl_ulong ko = k_off, vo = v_off;
         e = skvi_pool_set_args(pool, k, 0);
         cl_uint a = SKVI_POOL_MAX_CHUNKS + 1;
         e |= clSetKernelArg(k, a++, sizeof dest, &dest);
         e |= clSetKernelArg(k, a++, sizeof pph, &pph);
-        e |= clSetKernelArg(k, a++, sizeof fs, &fs);
+        e |= clSetKernelArg(k, a++, sizeof first, &first);
         e |= clSetKernelArg(k, a++, sizeof kbuf, &kbuf);
         e |= clSetKernelArg(k, a++, sizeof ko, &ko);
         e |= clSetKernelArg(k, a++, sizeof vbuf, &vbuf);
@@ -211,8 +228,9 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     }
     if (st == SKV_OK && e != CL_SUCCESS) { /* roll back what was committed */
         for (uint32_t h = 0; h < committed; h++) {
-            skvi_page_list *l = skvi_seq_list(c, s, layer, h);
-            l->n -= p.fresh_per_head;
+            skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
+            l->n -= p.fresh[h];
+            l->tokens -= n;
             if (p.cow_old[h] != ~0u)
                 l->ids[l->n - 1] = p.cow_old[h];
         }
@@ -233,6 +251,8 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         clReleaseMemObject(vbuf);
     if (dest)
         clReleaseMemObject(dest);
+    if (first)
+        clReleaseMemObject(first);
     if (pos)
         clReleaseMemObject(pos);
     plan_free(c, &p);

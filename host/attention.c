@@ -51,7 +51,7 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
             return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: sequence %u holds no tokens for layer %u", fn,
                              seqs[b], layer);
         for (uint32_t h = 0; h < H; h++) {
-            const skvi_page_list *l = skvi_seq_list(c, s, layer, h);
+            const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
             for (uint32_t j = 0; j < l->n; j++)
                 if (l->ids[j] & SKVI_HOST_BIT)
                     return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
@@ -75,9 +75,9 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
     for (uint32_t b = 0; b < B; b++) {
         skvi_seq *s = &c->seqs[seqs[b]];
         for (uint32_t h = 0; h < H; h++) {
-            const skvi_page_list *l = skvi_seq_list(c, s, layer, h);
+            const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
             p->indptr[b * H + h] = k;
-            p->lens[b * H + h] = (uint32_t)s->len[layer];
+            p->lens[b * H + h] = l->tokens;
             memcpy(p->indices + k, l->ids, l->n * sizeof *l->ids);
             k += l->n;
         }

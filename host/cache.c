@@ -159,16 +159,19 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
     return SKV_OK;
 }
 
+size_t skvi_list_count(const skv_cache *c) { return (size_t)c->desc.layers * c->desc.kv_heads * SKV_TIER_COUNT; }
+
+skvi_pool *skvi_entry_pool(skv_cache *c, skv_tier tier, uint32_t entry)
+{
+    return &c->pools[tier][entry & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE];
+}
+
 static void seq_release(skv_cache *c, skvi_seq *s)
 {
-    size_t n_lists = (size_t)c->desc.layers * c->desc.kv_heads;
-    for (size_t i = 0; s->lists && i < n_lists; i++) {
+    for (size_t i = 0; s->lists && i < skvi_list_count(c); i++) {
         skvi_page_list *l = &s->lists[i];
-        for (uint32_t j = 0; j < l->n; j++) {
-            uint32_t id = l->ids[j];
-            skvi_pool_unref(&c->pools[SKV_TIER_F16][id & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE],
-                            id & ~SKVI_HOST_BIT);
-        }
+        for (uint32_t j = 0; j < l->n; j++)
+            skvi_pool_unref(skvi_entry_pool(c, SKVI_LIST_TIER(i), l->ids[j]), l->ids[j] & ~SKVI_HOST_BIT);
         skvi_free(c->ctx->alloc, l->ids);
     }
     skvi_free(c->ctx->alloc, s->lists);
@@ -220,9 +223,9 @@ skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_
     return SKV_OK;
 }
 
-skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head)
+skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier)
 {
-    return &s->lists[(size_t)layer * c->desc.kv_heads + head];
+    return &s->lists[((size_t)layer * c->desc.kv_heads + head) * SKV_TIER_COUNT + tier];
 }
 
 skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra)
@@ -262,7 +265,7 @@ static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
     }
     skvi_seq *s = &c->seqs[id];
     s->len = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->len);
-    s->lists = skvi_calloc(c->ctx->alloc, (size_t)c->desc.layers * c->desc.kv_heads, sizeof *s->lists);
+    s->lists = skvi_calloc(c->ctx->alloc, skvi_list_count(c), sizeof *s->lists);
     if (!s->len || !s->lists) {
         seq_release(c, s);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
@@ -312,7 +315,7 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
         return st;
     p = &c->seqs[parent]; /* seq_new may have moved the table */
     skvi_seq *s = &c->seqs[id];
-    size_t n_lists = (size_t)c->desc.layers * c->desc.kv_heads;
+    size_t n_lists = skvi_list_count(c);
     for (size_t i = 0; i < n_lists; i++) {
         if (skvi_list_reserve(c, &s->lists[i], p->lists[i].n) != SKV_OK) {
             seq_release(c, s); /* nothing referenced yet */
@@ -323,10 +326,11 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
         const skvi_page_list *from = &p->lists[i];
         for (uint32_t j = 0; j < from->n; j++) {
             uint32_t e = from->ids[j];
-            skvi_pool_ref(&c->pools[SKV_TIER_F16][e & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE], e & ~SKVI_HOST_BIT);
+            skvi_pool_ref(skvi_entry_pool(c, SKVI_LIST_TIER(i), e), e & ~SKVI_HOST_BIT);
             s->lists[i].ids[j] = e;
         }
         s->lists[i].n = from->n;
+        s->lists[i].tokens = from->tokens;
     }
     memcpy(s->len, p->len, c->desc.layers * sizeof *s->len);
     s->live = 1;
@@ -363,24 +367,28 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
     if (layer >= c->desc.layers || kv_head >= c->desc.kv_heads)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_positions: layer %u / kv_head %u out of range",
                          layer, kv_head);
-    const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head);
-    uint64_t len = s->len[layer];
-    *count = (size_t)len;
-    uint32_t P = c->desc.page_tokens;
-    size_t pos_offset = (size_t)P * 4 * c->desc.head_dim;
+    const uint32_t P = c->desc.page_tokens;
+    size_t held = 0, written = 0;
     st = skvi_finish(c->ctx); /* appends and moves complete */
-    for (uint64_t t = 0; st == SKV_OK && t < len && t < capacity; t += P) {
-        uint32_t e = l->ids[t / P];
-        const skvi_pool *pool = &c->pools[SKV_TIER_F16][e & SKVI_HOST_BIT ? SKV_MEM_HOST : SKV_MEM_DEVICE];
-        size_t off;
-        cl_mem buf = skvi_pool_locate(pool, e & ~SKVI_HOST_BIT, &off);
-        size_t n = len - t < P ? (size_t)(len - t) : P;
-        if (n > capacity - t)
-            n = capacity - t;
-        cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_TRUE, off + pos_offset, n * 4, out + t, 0, NULL, NULL);
-        if (e2 != CL_SUCCESS)
-            st = skvi_cl_fail(c->ctx->error, e2, "skv_seq_positions: clEnqueueReadBuffer");
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) { /* cache order: tier by tier */
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
+        size_t pos_offset = (size_t)(skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P) - 4ull * P);
+        for (uint32_t t0 = 0; st == SKV_OK && t0 < l->tokens && written < capacity; t0 += P) {
+            uint32_t e = l->ids[t0 / P];
+            size_t off;
+            cl_mem buf = skvi_pool_locate(skvi_entry_pool(c, (skv_tier)t, e), e & ~SKVI_HOST_BIT, &off);
+            size_t n = l->tokens - t0 < P ? (size_t)(l->tokens - t0) : P;
+            if (n > capacity - written)
+                n = capacity - written;
+            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_TRUE, off + pos_offset, n * 4, out + written, 0,
+                                            NULL, NULL);
+            if (e2 != CL_SUCCESS)
+                st = skvi_cl_fail(c->ctx->error, e2, "skv_seq_positions: clEnqueueReadBuffer");
+            written += n;
+        }
+        held += l->tokens;
     }
+    *count = held;
     return st;
 }
 

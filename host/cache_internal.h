@@ -23,15 +23,18 @@ typedef struct skvi_pool {
     uint64_t used;
 } skvi_pool;
 
+/* The pages of one (sequence, layer, kv-head, tier), in cache order. Every page is full
+ * but the last, which holds tokens % page_tokens slots when that is not 0. */
 typedef struct skvi_page_list {
     uint32_t *ids; /* page ids, SKVI_HOST_BIT marking host pages */
     uint32_t n, cap;
+    uint32_t tokens;
 } skvi_page_list;
 
 typedef struct skvi_seq {
     int live;
-    uint64_t *len;         /* tokens per layer */
-    skvi_page_list *lists; /* [layer][kv_head] (F16 tier) */
+    uint64_t *len;         /* tokens appended per layer */
+    skvi_page_list *lists; /* [layer][kv_head][tier] */
 } skvi_seq;
 
 struct skv_cache {
@@ -74,7 +77,12 @@ cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
  * reference on any device. */
 skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant);
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
-skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head);
+skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);
+/* Lists per sequence, and the tier of list i. */
+size_t skvi_list_count(const skv_cache *c);
+#define SKVI_LIST_TIER(i) ((skv_tier)((i) % SKV_TIER_COUNT))
+/* The pool holding a page-list entry of `tier`. */
+skvi_pool *skvi_entry_pool(skv_cache *c, skv_tier tier, uint32_t entry);
 skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);
 /* Merges the pending page-move event into a wait list for compute work. Returns the
  * list to pass (caller frees *owned when not NULL). */

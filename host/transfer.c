@@ -25,20 +25,21 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint64_t begin, uint6
     if (begin > end)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: token_begin %llu > token_end %llu", fn,
                          (unsigned long long)begin, (unsigned long long)end);
-    const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads;
+    const uint32_t P = c->desc.page_tokens;
     const skv_memory from = to == SKV_MEM_HOST ? SKV_MEM_DEVICE : SKV_MEM_HOST;
-    skvi_pool *src_pool = &c->pools[SKV_TIER_F16][from], *dst_pool = &c->pools[SKV_TIER_F16][to];
 
-    /* Which entries move: full pages inside [begin, end) still in `from`. */
+    /* Which entries move: full pages inside [begin, end) of each list, still in `from`. */
     uint64_t first_page = (begin + P - 1) / P;
-    size_t n_lists = (size_t)c->desc.layers * H;
-    uint32_t n = 0;
+    size_t n_lists = skvi_list_count(c);
+    uint32_t n_tier[SKV_TIER_COUNT] = {0}, n = 0;
     for (size_t i = 0; i < n_lists; i++) {
-        uint64_t len = s->len[i / H];
+        uint64_t len = s->lists[i].tokens;
         uint64_t last = (end < len ? end : len) / P; /* pages [first_page, last) are full and inside */
         for (uint64_t j = first_page; j < last; j++)
-            n += ((s->lists[i].ids[j] & SKVI_HOST_BIT) != 0) == (from == SKV_MEM_HOST);
+            n_tier[SKVI_LIST_TIER(i)] += ((s->lists[i].ids[j] & SKVI_HOST_BIT) != 0) == (from == SKV_MEM_HOST);
     }
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        n += n_tier[t];
     if (n == 0)
         return SKV_OK;
     move m = {skvi_calloc(c->ctx->alloc, n, sizeof(uint32_t)), skvi_calloc(c->ctx->alloc, n, sizeof(uint32_t)), 0};
@@ -48,7 +49,7 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint64_t begin, uint6
         goto done;
     }
     for (size_t i = 0; i < n_lists; i++) {
-        uint64_t len = s->len[i / H];
+        uint64_t len = s->lists[i].tokens;
         uint64_t last = (end < len ? end : len) / P;
         for (uint64_t j = first_page; j < last; j++)
             if (((s->lists[i].ids[j] & SKVI_HOST_BIT) != 0) == (from == SKV_MEM_HOST)) {
@@ -56,18 +57,21 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint64_t begin, uint6
                 m.entry[m.n++] = (uint32_t)j;
             }
     }
-    st = skvi_pool_reserve(c, dst_pool, n);
+    for (int t = 0; t < SKV_TIER_COUNT && st == SKV_OK; t++) /* every tier's room first */
+        st = skvi_pool_reserve(c, &c->pools[t][to], n_tier[t]);
     if (st != SKV_OK) {
         st = skvi_fail(c->ctx->error, st, "%s: moving %u pages: %s", fn, n, skv_context_last_error(c->ctx));
         goto done;
     }
     for (uint32_t k = 0; k < n; k++)
-        dst_ids[k] = skvi_pool_take(dst_pool);
+        dst_ids[k] = skvi_pool_take(&c->pools[SKVI_LIST_TIER(m.list_index[k])][to]);
 
     cl_event marker = NULL, last = NULL;
     cl_int e = clEnqueueMarkerWithWaitList(c->ctx->queue, 0, NULL, &marker);
     uint32_t k = 0;
     for (; e == CL_SUCCESS && k < n; k++) {
+        skv_tier tier = SKVI_LIST_TIER(m.list_index[k]);
+        skvi_pool *src_pool = &c->pools[tier][from], *dst_pool = &c->pools[tier][to];
         uint32_t src_id = s->lists[m.list_index[k]].ids[m.entry[k]] & ~SKVI_HOST_BIT;
         size_t so, dof;
         cl_mem src = skvi_pool_locate(src_pool, src_id, &so);
@@ -91,13 +95,13 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint64_t begin, uint6
     }
     if (e != CL_SUCCESS) {
         for (uint32_t i = 0; i < n; i++)
-            skvi_pool_unref(dst_pool, dst_ids[i]);
+            skvi_pool_unref(&c->pools[SKVI_LIST_TIER(m.list_index[i])][to], dst_ids[i]);
         st = skvi_cl_fail(c->ctx->error, e, "clEnqueueCopyBuffer(page move)");
         goto done;
     }
     for (uint32_t i = 0; i < n; i++) {
         uint32_t *entry = &s->lists[m.list_index[i]].ids[m.entry[i]];
-        skvi_pool_unref(src_pool, *entry & ~SKVI_HOST_BIT);
+        skvi_pool_unref(&c->pools[SKVI_LIST_TIER(m.list_index[i])][from], *entry & ~SKVI_HOST_BIT);
         *entry = dst_ids[i] | (to == SKV_MEM_HOST ? SKVI_HOST_BIT : 0);
     }
 done:
@@ -127,7 +131,7 @@ skv_status skv_seq_host_pages(const skv_cache *c, skv_seq_id seq, uint64_t *page
     if (st != SKV_OK)
         return st;
     uint64_t n = 0;
-    for (size_t i = 0; i < (size_t)c->desc.layers * c->desc.kv_heads; i++)
+    for (size_t i = 0; i < skvi_list_count(c); i++)
         for (uint32_t j = 0; j < s->lists[i].n; j++)
             n += (s->lists[i].ids[j] & SKVI_HOST_BIT) != 0;
     *pages = n;

@@ -170,7 +170,7 @@ static void test_append_matches_reference_layout(void **state)
         unsigned char *got = malloc(page_bytes), *want = malloc(page_bytes);
         skvi_seq *sq = &c->seqs[s];
         for (uint32_t h = 0; h < 3; h++) {
-            skvi_page_list *l = skvi_seq_list(c, sq, 1, h);
+            skvi_page_list *l = skvi_seq_list(c, sq, 1, h, SKV_TIER_F16);
             assert_int_equal(l->n, (m.n + 15) / 16);
             for (uint32_t j = 0; j < l->n; j++) {
                 size_t off;
@@ -449,7 +449,7 @@ static void read_pages(skv_cache *c, skv_seq_id s, unsigned char *out)
     skvi_seq *sq = &c->seqs[s];
     uint64_t pb = c->pools[0][0].page_bytes;
     assert_ok(skv_context_finish(ctx));
-    for (size_t i = 0; i < (size_t)c->desc.layers * c->desc.kv_heads; i++)
+    for (size_t i = 0; i < skvi_list_count(c); i++)
         for (uint32_t j = 0; j < sq->lists[i].n; j++) {
             uint32_t e = sq->lists[i].ids[j];
             size_t off;
