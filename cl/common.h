@@ -18,13 +18,14 @@
 #define SKV_UNROLL _Pragma("unroll")
 
 /* Page pools. A pool is up to 8 chunk buffers (pools grow by whole chunks without
- * moving pages); page id p lives in chunk p / pages_per_chunk at slot p % pages_per_chunk.
- * Kernels that touch pages take SKV_POOL_PARAMS and address a page with SKV_PAGE(id,
- * bytes_per_page). Unused chunk arguments alias chunk 0. */
-#define SKV_POOL_PARAMS                                                                    \
-    __global uchar *pool0, __global uchar *pool1, __global uchar *pool2, __global uchar *pool3, \
-        __global uchar *pool4, __global uchar *pool5, __global uchar *pool6,               \
-        __global uchar *pool7, uint pages_per_chunk
+ * moving pages); page id p lives in chunk p / per_chunk at index p % per_chunk. Kernels
+ * that touch pages take SKV_POOL_PARAMS_P(name) (8 buffers + name_per_chunk) and address
+ * a page with SKV_PAGE_P(name, id, bytes_per_page); SKV_POOL_PARAMS and SKV_PAGE are the
+ * one-pool spelling. Unused chunk arguments alias chunk 0. */
+#define SKV_POOL_PARAMS_P(x)                                                               \
+    __global uchar *x##0, __global uchar *x##1, __global uchar *x##2, __global uchar *x##3, \
+        __global uchar *x##4, __global uchar *x##5, __global uchar *x##6, __global uchar *x##7, \
+        uint x##_per_chunk
 
 inline __global uchar *skv_pool_chunk(__global uchar *p0, __global uchar *p1, __global uchar *p2,
                                       __global uchar *p3, __global uchar *p4, __global uchar *p5,
@@ -42,10 +43,68 @@ inline __global uchar *skv_pool_chunk(__global uchar *p0, __global uchar *p1, __
     }
 }
 
-#define SKV_PAGE(id, page_bytes)                                                           \
-    (skv_pool_chunk(pool0, pool1, pool2, pool3, pool4, pool5, pool6, pool7,                \
-                    (id) / pages_per_chunk) +                                              \
-     (size_t)((id) % pages_per_chunk) * (size_t)(page_bytes))
+#define SKV_PAGE_P(x, id, page_bytes)                                                      \
+    (skv_pool_chunk(x##0, x##1, x##2, x##3, x##4, x##5, x##6, x##7, (id) / x##_per_chunk) + \
+     (size_t)((id) % x##_per_chunk) * (size_t)(page_bytes))
+#define SKV_POOL_PARAMS SKV_POOL_PARAMS_P(pool)
+#define SKV_PAGE(id, page_bytes) SKV_PAGE_P(pool, id, page_bytes)
+
+/* fp16 bit patterns from float with integer math, identical to src/half.c (the C
+ * references round exactly like this, on every device). */
+inline ushort skv_f32_to_f16_rte(float f)
+{
+    uint x = as_uint(f);
+    uint sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xFFu, man = x & 0x7FFFFFu;
+    if (exp == 0xFFu)
+        return (ushort)(sign | 0x7C00u | (man ? 0x200u | (man >> 13) : 0u));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31)
+        return (ushort)(sign | 0x7C00u);
+    if (e <= 0) {
+        if (e < -10)
+            return (ushort)sign;
+        man |= 0x800000u;
+        uint shift = (uint)(14 - e);
+        uint hm = man >> shift, rem = man & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (hm & 1u)))
+            hm++;
+        return (ushort)(sign | hm);
+    }
+    uint h = sign | ((uint)e << 10) | (man >> 13), rem = man & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u)))
+        h++;
+    return (ushort)h;
+}
+
+inline float skv_f16_to_f32(ushort h)
+{
+    uint sign = (uint)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+    if (exp == 0) {
+        if (man == 0)
+            return as_float(sign);
+        int e = -1;
+        do {
+            man <<= 1;
+            e++;
+        } while (!(man & 0x400u));
+        return as_float(sign | ((uint)(127 - 15 - e) << 23) | ((man & 0x3FFu) << 13));
+    }
+    if (exp == 31)
+        return as_float(sign | 0x7F800000u | (man << 13));
+    return as_float(sign | ((exp - 15 + 127) << 23) | (man << 13));
+}
+
+/* Directed rounding (up: toward +inf, else toward -inf), as src/half.c. */
+inline ushort skv_f32_to_f16_dir(float f, int up)
+{
+    ushort h = skv_f32_to_f16_rte(f);
+    float back = skv_f16_to_f32(h);
+    if (back != back || back == f || ((back < f) != up))
+        return h;
+    if ((h & 0x7FFFu) == 0)
+        return (ushort)(f > 0.0f ? 0x0001u : 0x8001u);
+    return (ushort)(((f > 0.0f) == up) ? h + 1 : h - 1);
+}
 
 /* Inputs in any of skv_dtype (SKV_DTYPE_F32 0, F16 1, BF16 2) read as float. */
 #define SKV_DTYPE_F32 0

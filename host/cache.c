@@ -44,9 +44,6 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
     if (!(d->tiers & (1u << SKV_TIER_F16)) || (d->tiers >> SKV_TIER_COUNT))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: tiers is 0x%x, must include F16 (bit 0) and only bits 0..%d",
                          fn, d->tiers, SKV_TIER_COUNT - 1);
-    if (d->tiers != (1u << SKV_TIER_F16))
-        return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: tiers 0x%x: only the F16 tier is implemented so far",
-                         fn, d->tiers);
     if (d->retention != SKV_RETENTION_NONE)
         return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: retention %d is not implemented", fn, (int)d->retention);
     if (d->device_budget_bytes > ctx->profile.global_mem_bytes)
@@ -151,6 +148,8 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
     st = choose_tile(ctx, desc, c->group, &c->tile);
     if (st == SKV_OK)
         st = build_kernels(c);
+    if (st == SKV_OK)
+        st = skvi_ada_init(c);
     if (st != SKV_OK) {
         skv_cache_destroy(c);
         return st;
@@ -197,6 +196,7 @@ void skv_cache_destroy(skv_cache *c)
         clReleaseKernel(c->k_decode);
     if (c->k_merge)
         clReleaseKernel(c->k_merge);
+    skvi_ada_release(c);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
     for (int i = 0; i < 2; i++)

@@ -4,6 +4,7 @@
 #define SKV_CACHE_INTERNAL_H
 
 #include "host_internal.h"
+#include "skv_ref.h"
 
 #define SKVI_POOL_MAX_CHUNKS 8 /* must match SKV_POOL_PARAMS in cl/common.h */
 #define SKVI_HOST_BIT 0x80000000u /* page-list entries: set for a page in host memory */
@@ -49,8 +50,14 @@ struct skv_cache {
     uint32_t seq_cap;
 
     cl_kernel k_append;
-    cl_kernel k_decode;
+    cl_kernel k_decode; /* F16 tier */
     cl_kernel k_merge;
+
+    /* ADA tiers (enabled ones only) */
+    skv_ref_ada_params ada[SKV_TIER_COUNT];
+    cl_mem ada_params[SKV_TIER_COUNT]; /* the tables the kernels read (skvi_ada_pack_params) */
+    cl_mem signs;                      /* [layer][kv_head][D] Hadamard signs */
+    cl_kernel k_encode[SKV_TIER_COUNT];
     uint32_t tile;   /* decode tokens per tile (= work-group size of the GPU kernel) */
     int cpu_variant; /* decode_f16_cpu: one work-item per work-group, no local memory */
 
@@ -71,6 +78,10 @@ void skvi_pool_unref(skvi_pool *p, uint32_t id);
 cl_mem skvi_pool_locate(const skvi_pool *p, uint32_t id, size_t *offset);
 /* Sets the SKV_POOL_PARAMS arguments (8 buffers + pages_per_chunk) from index `first`. */
 cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
+
+/* ada.c */
+skv_status skvi_ada_init(skv_cache *c);
+void skvi_ada_release(skv_cache *c);
 
 /* cache.c */
 /* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the

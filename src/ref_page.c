@@ -36,3 +36,20 @@ void skv_ref_f16_page_read(const void *page, uint32_t page_tokens, uint32_t head
     const int32_t *positions = (const int32_t *)(values + (size_t)page_tokens * head_dim);
     memcpy(position, &positions[slot], sizeof *position);
 }
+
+/* ADA page (cl/ada_encode.cl writes it, cl/decode.cl reads it): key words
+ * [key_words][P] uint32 (structure of arrays), norms [P] fp16, values [P][value bytes],
+ * positions int32[P]. */
+void skv_ref_ada_page_write(void *page, uint32_t page_tokens, uint32_t key_words, uint32_t value_bytes,
+                            uint32_t slot, const uint32_t *words, uint16_t norm, const uint8_t *values,
+                            int32_t position)
+{
+    unsigned char *base = page;
+    uint32_t *kw = page;
+    for (uint32_t w = 0; w < key_words; w++)
+        kw[(size_t)w * page_tokens + slot] = words[w];
+    memcpy(base + (size_t)key_words * page_tokens * 4 + slot * 2, &norm, 2);
+    size_t vo = (size_t)key_words * page_tokens * 4 + (size_t)page_tokens * 2;
+    memcpy(base + vo + (size_t)slot * value_bytes, values, value_bytes);
+    memcpy(base + vo + (size_t)page_tokens * value_bytes + slot * 4, &position, 4);
+}

@@ -33,6 +33,12 @@ SKV_API void skv_ref_f16_page_write(void *page, uint32_t page_tokens, uint32_t h
 SKV_API void skv_ref_f16_page_read(const void *page, uint32_t page_tokens, uint32_t head_dim, uint32_t slot,
                                    float *k, float *v, int32_t *position);
 
+/* The ADA page: key words [key_words][P] uint32, norms [P] fp16, values
+ * [P][value_bytes], positions int32[P]. */
+SKV_API void skv_ref_ada_page_write(void *page, uint32_t page_tokens, uint32_t key_words, uint32_t value_bytes,
+                                    uint32_t slot, const uint32_t *words, uint16_t norm, const uint8_t *values,
+                                    int32_t position);
+
 /* Exact decode attention for one query: q[q_heads][D], k and v [n_tokens][kv_heads][D],
  * out[q_heads][D] in double. Returns 0, or -1 on bad sizes or out of memory. */
 SKV_API int skv_ref_attention_decode(const float *q, const float *k, const float *v, uint64_t n_tokens,

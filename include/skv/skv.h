@@ -271,6 +271,14 @@ SKV_API skv_status skv_append(skv_cache *cache, skv_seq_id seq, uint32_t layer, 
  * never blocks. Decode attention needs every page of its sequences on the device. */
 SKV_API skv_status skv_seq_offload(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end);
 SKV_API skv_status skv_seq_fetch(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end);
+/* Re-encodes the full F16 pages of tokens [token_begin, token_end) of every layer and
+ * kv-head (counted in each list's own token order) into ADA `tier` (one of the cache's
+ * tiers): keys as angle codes, values quantised (DESIGN.md §4-5). The F16 pages are
+ * freed; the recent partly filled page stays F16. All or nothing, like append. RDR
+ * (retention) decides this per token and head; this call is the explicit form. */
+SKV_API skv_status skv_seq_quantize(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end,
+                                    skv_tier tier);
+
 /* Pages of the sequence (all layers and heads) currently in host memory. */
 SKV_API skv_status skv_seq_host_pages(const skv_cache *cache, skv_seq_id seq, uint64_t *pages);
 

@@ -1,0 +1,148 @@
+/* Encodes tokens from F16 pages into an ADA tier's pages (DESIGN.md §4-5): keys as
+ * packed pair codes (radius in the low bits) + an fp16 norm, values as quantised groups,
+ * and the slot's position. One work-item per (token, kv-head) job. Every decision is
+ * the C reference's (src/ada.c, src/value_quant.c) in the same order and rounding, so the
+ * codes are bit-identical; the reference page layout is skv_ref_ada_page_write.
+ * Build defines: D, P, RB, AB (radius/angle bits), KW (key words), VB, VG (value bits
+ * and group). `params` is the tier's table (host/ada.c: skvi_ada_pack_params). */
+#pragma OPENCL FP_CONTRACT OFF
+
+#define SRC_PAGE_BYTES (P * (4 * D + 4))
+#define VBYTES (D * VB / 8 + D / VG * 4)
+#define DST_PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
+#define NR (1 << RB)
+#define NS (1 << AB)
+/* params layout (floats): radius[NR] | radius_bound_sq[NR-1] | bound_cos[NS/2] |
+ * bound_sin[NS/2] | centre_cos[NS] | centre_sin[NS] | transform_scale */
+#define PRM_BOUND_SQ NR
+#define PRM_BCOS (PRM_BOUND_SQ + NR - 1)
+#define PRM_BSIN (PRM_BCOS + NS / 2)
+#define PRM_SCALE (PRM_BSIN + NS / 2 + 2 * NS)
+
+inline ushort norm_code(float n2)
+{
+    ushort h = skv_f32_to_f16_rte(sqrt(n2));
+    if (h >= 0x7BFF)
+        return 0x7BFF;
+    for (;;) {
+        float lo = skv_f16_to_f32(h), hi = skv_f16_to_f32((ushort)(h + 1));
+        float mid = 0.5f * (lo + hi), mid2 = mid * mid;
+        if (n2 > mid2 || (n2 == mid2 && (h & 1)))
+            h++;
+        else
+            break;
+    }
+    while (h > 0) {
+        float lo = skv_f16_to_f32((ushort)(h - 1)), hi = skv_f16_to_f32(h);
+        float mid = 0.5f * (lo + hi), mid2 = mid * mid;
+        if (n2 < mid2 || (n2 == mid2 && (h & 1)))
+            h--;
+        else
+            break;
+    }
+    return h;
+}
+
+__kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __global const uint4 *jobs,
+                         __global const char *signs, __constant float *params)
+{
+    const uint4 job = jobs[get_global_id(0)]; /* src page, src slot | dst slot << 16, dst page, layer * H + head */
+    const uint ss = job.y & 0xFFFFu, ds = job.y >> 16;
+    __global const half *src = (__global const half *)SKV_PAGE_P(src, job.x, SRC_PAGE_BYTES);
+    __global uchar *dst = SKV_PAGE_P(dst, job.z, DST_PAGE_BYTES);
+    __global const char *sg = signs + (size_t)job.w * D;
+
+    /* y = H diag(s) k / sqrt(d): the reference's butterflies, in its order */
+    float y[D];
+    for (uint i = 0; i < D; i++) {
+        float k = vload_half(((i / 8) * P + ss) * 8 + i % 8, src);
+        y[i] = sg[i] < 0 ? -k : k;
+    }
+    for (uint h = 1; h < D; h *= 2)
+        for (uint i = 0; i < D; i += 2 * h)
+            for (uint j = i; j < i + h; j++) {
+                float a = y[j], b = y[j + h];
+                y[j] = a + b;
+                y[j + h] = a - b;
+            }
+    float n2 = 0.0f;
+    for (uint i = 0; i < D; i++) {
+        y[i] = y[i] * params[PRM_SCALE];
+        n2 = n2 + y[i] * y[i];
+    }
+    const ushort nh = norm_code(n2);
+    const float nf = skv_f16_to_f32(nh), nf2 = nf * nf;
+
+    uint words[KW];
+    for (uint w = 0; w < KW; w++)
+        words[w] = 0;
+    for (uint j = 0; j < D / 2; j++) {
+        const float x0 = y[2 * j], x1 = y[2 * j + 1];
+        const float lhs = (x0 * x0 + x1 * x1) * (float)(D / 2);
+        uint r = 0;
+        for (uint k = 0; k + 1 < NR; k++)
+            r += lhs >= params[PRM_BOUND_SQ + k] * nf2;
+        float u = -x0, v = -x1;
+        uint base = 0;
+        if (!(v > 0.0f || (v == 0.0f && u >= 0.0f))) {
+            u = x0;
+            v = x1;
+            base = NS / 2;
+        }
+        uint c = base;
+        for (uint k = 1; k < NS / 2; k++) {
+            float cross = params[PRM_BCOS + k] * v - params[PRM_BSIN + k] * u;
+            c += cross >= 0.0f;
+        }
+        const uint code = r | (c << RB), bit = j * (RB + AB), w = bit / 32, sh = bit % 32;
+        words[w] |= code << sh;
+        if (sh + RB + AB > 32)
+            words[w + 1] |= code >> (32 - sh);
+    }
+    __global uint *kw = (__global uint *)dst;
+    for (uint w = 0; w < KW; w++)
+        kw[w * P + ds] = words[w]; /* structure of arrays: word w of every slot together */
+    ((__global ushort *)(dst + KW * P * 4))[ds] = nh;
+
+    /* values: groups of VG, codes of VB bits, then (scale, min) per group */
+    __global uchar *vo = dst + KW * P * 4 + P * 2 + ds * VBYTES;
+    __global ushort *prm = (__global ushort *)(vo + D * VB / 8);
+    const uint levels = (1u << VB) - 1u;
+    __global const half *vs = src + P * D + ss * D;
+    for (uint g0 = 0; g0 < D; g0 += VG) {
+        float mn = vload_half(g0, vs), mx = mn;
+        for (uint i = g0 + 1; i < g0 + VG; i++) {
+            float x = vload_half(i, vs);
+            mn = x < mn ? x : mn;
+            mx = x > mx ? x : mx;
+        }
+        const ushort mn_h = skv_f32_to_f16_dir(mn, 0);
+        const float mnf = skv_f16_to_f32(mn_h);
+        const ushort sc_h = skv_f32_to_f16_dir((mx - mnf) * (1.0f / (float)levels), 1);
+        const float scf = skv_f16_to_f32(sc_h), inv = scf > 0.0f ? 1.0f / scf : 0.0f;
+        uint acc = 0, nbits = 0;
+        for (uint i = g0; i < g0 + VG; i++) {
+            const float x = vload_half(i, vs);
+            int q = 0;
+            if (scf != 0.0f) {
+                float e = (x - mnf) * inv; /* an estimate; the comparisons decide */
+                q = e <= 0.0f ? 0 : e >= (float)levels ? (int)levels : (int)(e + 0.5f);
+                while (q < (int)levels && x >= mnf + ((float)(q + 1) - 0.5f) * scf)
+                    q++;
+                while (q > 0 && x < mnf + ((float)q - 0.5f) * scf)
+                    q--;
+            }
+            acc |= (uint)q << nbits;
+            nbits += VB;
+            if (nbits == 8) {
+                vo[i * VB / 8] = (uchar)acc;
+                acc = 0;
+                nbits = 0;
+            }
+        }
+        prm[2 * (g0 / VG)] = sc_h;
+        prm[2 * (g0 / VG) + 1] = mn_h;
+    }
+    ((__global int *)(dst + KW * P * 4 + P * 2 + P * VBYTES))[ds] =
+        ((__global const int *)((__global const uchar *)src + P * D * 4))[ss];
+}

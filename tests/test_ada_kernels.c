@@ -1,0 +1,193 @@
+/* ADA on the device: cl/ada_encode.cl writes pages bit-identical to the C reference
+ * (codes, norms, quantised values, positions), for every tier and several head_dims
+ * and page sizes; quantisation is all-or-nothing and keeps every token's position. */
+#include <math.h>
+
+#include "test_util.h"
+#include "cache_internal.h"
+#include "skv_ref.h"
+
+static skv_context *ctx;
+
+static int setup(void **state)
+{
+    (void)state;
+    ctx = test_context_or_skip();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    skv_context_destroy(ctx);
+    return 0;
+}
+
+static float gauss(test_rng *r)
+{
+    double u = rng_uniform(r) + 1e-12, v = rng_uniform(r);
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+static skv_cache *make_cache(uint32_t layers, uint32_t kv_heads, uint32_t d, uint32_t P)
+{
+    skv_cache_desc desc;
+    skv_cache_desc_init(&desc);
+    desc.layers = layers;
+    desc.q_heads = kv_heads * 2;
+    desc.kv_heads = kv_heads;
+    desc.head_dim = d;
+    desc.page_tokens = P;
+    desc.device_budget_bytes = 128u << 20;
+    desc.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A4V8) | (1u << SKV_TIER_A3V4) | (1u << SKV_TIER_A2V2);
+    skv_cache *c = NULL;
+    assert_ok(skv_cache_create(ctx, &desc, &c));
+    return c;
+}
+
+/* Appends n tokens to every layer; keeps the fp16-rounded K, V [layer][t][h][d]. */
+static void fill(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *k, float *v)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
+    size_t row = (size_t)H * D;
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = 1000 + 7 * (int32_t)t;
+    for (uint32_t l = 0; l < c->desc.layers; l++) {
+        float *kl = k + (size_t)l * n * row, *vl = v + (size_t)l * n * row;
+        for (size_t i = 0; i < n * row; i++) {
+            kl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(gauss(r) * 2.0f + ((i % D) % 13 == 0 ? 4.0f : 0.0f)));
+            vl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(gauss(r) * 0.7f));
+        }
+        assert_ok(skv_append(c, s, l, n, SKV_F32, kl, vl, pos));
+    }
+    free(pos);
+}
+
+/* Every tier page of (layer, head) against pages built by the C reference from the
+ * tokens [t0, t0 + count) that were moved there, in order. */
+static void check_tier_pages(skv_cache *c, skv_seq_id s, skv_tier tier, uint32_t n, const float *k, const float *v,
+                             uint32_t t0, uint32_t count)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim, P = c->desc.page_tokens;
+    const skv_ref_ada_params *p = &c->ada[tier];
+    const skvi_tier_desc *td = &skvi_tiers[tier];
+    uint32_t vbytes = skv_ref_value_bytes(D, td->value_bits, td->value_group);
+    uint64_t page_bytes;
+    assert_ok(skv_cache_page_bytes(c, tier, &page_bytes));
+    assert_int_equal(page_bytes, (uint64_t)P * (p->key_words * 4 + 2 + vbytes + 4));
+    unsigned char *got = malloc(page_bytes), *want = malloc(page_bytes);
+    assert_ok(skv_context_finish(ctx));
+    for (uint32_t l = 0; l < c->desc.layers; l++)
+        for (uint32_t h = 0; h < H; h++) {
+            skvi_page_list *tl = skvi_seq_list(c, &c->seqs[s], l, h, tier);
+            assert_int_equal(tl->tokens, count);
+            int8_t signs[256];
+            skv_ref_ada_signs(l, h, D, signs);
+            for (uint32_t j = 0; j < tl->n; j++) {
+                size_t off;
+                cl_mem buf = skvi_pool_locate(&c->pools[tier][SKV_MEM_DEVICE], tl->ids[j], &off);
+                assert_int_equal(clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, off, page_bytes, got, 0, NULL, NULL),
+                                 CL_SUCCESS);
+                memcpy(want, got, page_bytes); /* slots past the fill are unspecified */
+                for (uint32_t slot = 0; slot < P && j * P + slot < count; slot++) {
+                    uint32_t t = t0 + j * P + slot;
+                    const float *kt = k + (((size_t)l * n + t) * H + h) * D, *vt = v + (((size_t)l * n + t) * H + h) * D;
+                    uint32_t words[64];
+                    uint16_t norm;
+                    uint8_t vq[512];
+                    skv_ref_ada_encode_key(p, signs, kt, words, &norm);
+                    skv_ref_value_encode(vt, D, td->value_bits, td->value_group, vq);
+                    skv_ref_ada_page_write(want, P, p->key_words, vbytes, slot, words, norm, vq, 1000 + 7 * (int32_t)t);
+                }
+                if (memcmp(got, want, page_bytes) != 0) {
+                    size_t at = 0;
+                    while (got[at] == want[at])
+                        at++;
+                    fail_msg("%s D=%u P=%u layer %u head %u page %u: byte %zu is %02x, reference %02x", td->name, D, P,
+                             l, h, j, at, got[at], want[at]);
+                }
+            }
+        }
+    free(got);
+    free(want);
+}
+
+static void test_encode_matches_reference(void **state)
+{
+    (void)state;
+    const struct {
+        uint32_t D, P;
+    } shapes[] = {{64, 16}, {128, 32}, {256, 16}};
+    for (size_t si = 0; si < 3; si++)
+        for (int tier = SKV_TIER_A4V8; tier <= SKV_TIER_A2V2; tier++) {
+            skv_cache *c = make_cache(2, 2, shapes[si].D, shapes[si].P);
+            const uint32_t P = shapes[si].P, n = 5 * P + 3; /* 5 full pages and a partial one */
+            size_t total = (size_t)2 * n * 2 * shapes[si].D;
+            float *k = malloc(total * 4), *v = malloc(total * 4);
+            test_rng r = {100 + si * 7 + tier};
+            skv_seq_id s;
+            assert_ok(skv_seq_create(c, &s));
+            fill(c, s, n, &r, k, v);
+            /* two calls: the second continues the tier's pages */
+            assert_ok(skv_seq_quantize(c, s, 0, 2 * P, (skv_tier)tier));
+            assert_ok(skv_seq_quantize(c, s, 0, 2 * P + 5, (skv_tier)tier)); /* the F16 list now starts at token 2P */
+            check_tier_pages(c, s, (skv_tier)tier, n, k, v, 0, 4 * P);
+            /* positions: the F16 rest first, then the tier's tokens, each in order */
+            int32_t *pos = malloc(n * 4);
+            size_t count;
+            assert_ok(skv_seq_positions(c, s, 1, 1, pos, n, &count));
+            assert_int_equal(count, n);
+            for (uint32_t i = 0; i < n; i++) {
+                uint32_t t = i < n - 4 * P ? 4 * P + i : i - (n - 4 * P);
+                assert_int_equal(pos[i], 1000 + 7 * (int32_t)t);
+            }
+            skv_cache_stats st = {.struct_size = sizeof st};
+            assert_ok(skv_cache_get_stats(c, &st));
+            assert_int_equal(st.pools[SKV_TIER_F16][SKV_MEM_DEVICE].pages_used, 2 * 2 * 2); /* 1 full + tail per list */
+            assert_int_equal(st.pools[tier][SKV_MEM_DEVICE].pages_used, 2 * 2 * 4);
+            free(pos);
+            free(k);
+            free(v);
+            skv_cache_destroy(c);
+        }
+}
+
+static void test_quantize_errors_change_nothing(void **state)
+{
+    (void)state;
+    skv_cache *c = make_cache(1, 1, 64, 16);
+    test_rng r = {3};
+    float k[40 * 64], v[40 * 64];
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    fill(c, s, 40, &r, k, v);
+    assert_int_equal(skv_seq_quantize(c, s, 0, 40, SKV_TIER_F16), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_quantize(c, s, 0, 40, (skv_tier)9), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_quantize(c, s, 30, 10, SKV_TIER_A3V4), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_quantize(c, 7, 0, 40, SKV_TIER_A3V4), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_seq_quantize(c, s, 3, 15, SKV_TIER_A3V4)); /* no full page inside: nothing to do */
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(c, &st));
+    assert_int_equal(st.pools[SKV_TIER_A3V4][SKV_MEM_DEVICE].pages_used, 0);
+    /* a tier the cache was not made with */
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1, d.q_heads = 1, d.kv_heads = 1, d.head_dim = 64, d.device_budget_bytes = 1 << 20;
+    skv_cache *plain;
+    assert_ok(skv_cache_create(ctx, &d, &plain));
+    skv_seq_id s2;
+    assert_ok(skv_seq_create(plain, &s2));
+    assert_int_equal(skv_seq_quantize(plain, s2, 0, 64, SKV_TIER_A4V8), SKV_ERR_INVALID_ARG);
+    skv_cache_destroy(plain);
+    skv_cache_destroy(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_encode_matches_reference),
+        cmocka_unit_test(test_quantize_errors_change_nothing),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
