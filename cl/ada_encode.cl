@@ -17,7 +17,9 @@
 #define PRM_BOUND_SQ NR
 #define PRM_BCOS (PRM_BOUND_SQ + NR - 1)
 #define PRM_BSIN (PRM_BCOS + NS / 2)
-#define PRM_SCALE (PRM_BSIN + NS / 2 + 2 * NS)
+#define PRM_CCOS (PRM_BSIN + NS / 2)
+#define PRM_CSIN (PRM_CCOS + NS)
+#define PRM_SCALE (PRM_CSIN + NS)
 
 inline ushort norm_code(float n2)
 {
@@ -145,4 +147,35 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
     }
     ((__global int *)(dst + KW * P * 4 + P * 2 + P * VBYTES))[ds] =
         ((__global const int *)((__global const uchar *)src + P * D * 4))[ss];
+}
+
+/* Per-query lookup tables for decode (the C reference is skv_ref_ada_query_table): for
+ * q-head g of kv-head h of sequence b, q' = H diag(s) q / sqrt(d) and
+ * tables[b*H + h][g][j][c] = q'_2j cos(phi_c) + q'_2j+1 sin(phi_c).
+ * One work-item per (sequence, q-head); G q-heads per kv-head. */
+__kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, __global const char *signs,
+                        __constant float *params, uint layer, uint H, uint G, __global float *tables)
+{
+    const uint bq = get_global_id(0); /* sequence * H * G + q-head */
+    const uint qh = bq % (H * G), b = bq / (H * G), h = qh / G, g = qh % G;
+    __global const char *sg = signs + ((size_t)layer * H + h) * D;
+    float y[D];
+    for (uint i = 0; i < D; i++) {
+        float x = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, (size_t)bq * D + i);
+        y[i] = sg[i] < 0 ? -x : x;
+    }
+    for (uint hh = 1; hh < D; hh *= 2)
+        for (uint i = 0; i < D; i += 2 * hh)
+            for (uint j = i; j < i + hh; j++) {
+                float a = y[j], c = y[j + hh];
+                y[j] = a + c;
+                y[j + hh] = a - c;
+            }
+    __global float *t = tables + (((size_t)b * H + h) * G + g) * (D / 2) * NS;
+    const float sc = params[PRM_SCALE];
+    for (uint j = 0; j < D / 2; j++) {
+        const float y0 = y[2 * j] * sc, y1 = y[2 * j + 1] * sc;
+        for (uint c = 0; c < NS; c++)
+            t[j * NS + c] = y0 * params[PRM_CCOS + c] + y1 * params[PRM_CSIN + c];
+    }
 }

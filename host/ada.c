@@ -38,6 +38,8 @@ skv_status skvi_ada_init(skv_cache *c)
 {
     skv_context *ctx = c->ctx;
     const uint32_t D = c->desc.head_dim;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        c->ada_logit_correction[t] = 1.0f;
     if (!(c->desc.tiers & ~(1u << SKV_TIER_F16)))
         return SKV_OK;
     size_t n_signs = (size_t)c->desc.layers * c->desc.kv_heads * D;
@@ -65,6 +67,8 @@ skv_status skvi_ada_init(skv_cache *c)
         char defs[256];
         skvi_ada_defines(c, (skv_tier)t, defs, sizeof defs);
         skv_status st = skvi_kernel_create(ctx, "ada_encode.cl", defs, "ada_encode", &c->k_encode[t]);
+        if (st == SKV_OK)
+            st = skvi_kernel_create(ctx, "ada_encode.cl", defs, "ada_query", &c->k_query[t]);
         if (st != SKV_OK)
             return st;
     }
@@ -76,6 +80,8 @@ void skvi_ada_release(skv_cache *c)
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
         if (c->k_encode[t])
             clReleaseKernel(c->k_encode[t]);
+        if (c->k_query[t])
+            clReleaseKernel(c->k_query[t]);
         if (c->ada_params[t])
             clReleaseMemObject(c->ada_params[t]);
     }

@@ -1,29 +1,43 @@
-/* Decode attention over the paged cache: block tables in CSR form, the split-K plan,
- * and the two kernels (cl/decode_f16.cl per chunk, cl/decode_merge.cl across chunks). */
+/* Decode attention over the paged cache: per tier, block tables in CSR form and a
+ * split-K plan; the tier kernels (cl/decode.cl; ADA tiers after their query tables,
+ * cl/ada_encode.cl: ada_query) write their chunks' partials into one array, and
+ * cl/decode_merge.cl combines every chunk of every tier by log-sum-exp. */
 #include <math.h>
 #include <string.h>
 
 #include "cache_internal.h"
 
-typedef struct decode_plan {
+typedef struct tier_plan {
     uint32_t *indptr;  /* [B*H + 1] */
     uint32_t *indices; /* page ids */
-    uint32_t *lens;    /* [B*H] tokens */
-    uint32_t tiles_per_chunk, n_chunks;
+    uint32_t *lens;    /* [B*H] tokens in this tier */
+    uint64_t max_len;
+    uint32_t tiles_per_chunk, n_chunks, chunk_offset;
+    cl_mem bufs[3];    /* indptr, indices, lens on the device */
+} tier_plan;
+
+typedef struct decode_plan {
+    tier_plan t[SKV_TIER_COUNT];
+    uint32_t total_chunks;
 } decode_plan;
 
 static void plan_free(skv_cache *c, decode_plan *p)
 {
-    skvi_free(c->ctx->alloc, p->indptr);
-    skvi_free(c->ctx->alloc, p->indices);
-    skvi_free(c->ctx->alloc, p->lens);
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        skvi_free(c->ctx->alloc, p->t[t].indptr);
+        skvi_free(c->ctx->alloc, p->t[t].indices);
+        skvi_free(c->ctx->alloc, p->t[t].lens);
+        for (int i = 0; i < 3; i++)
+            if (p->t[t].bufs[i])
+                clReleaseMemObject(p->t[t].bufs[i]);
+    }
 }
 
 /* Chunks per (sequence, kv-head): enough work-groups to fill the device about four
  * times over, never more than one per tile. */
-static void split(const skv_cache *c, uint32_t B, uint64_t max_len, decode_plan *p)
+static void split(const skv_cache *c, uint32_t B, tier_plan *p)
 {
-    uint64_t tiles = (max_len + c->tile - 1) / c->tile;
+    uint64_t tiles = (p->max_len + c->tile - 1) / c->tile;
     uint64_t groups = (uint64_t)B * c->desc.kv_heads;
     uint64_t want = 4ull * c->ctx->profile.compute_units;
     uint64_t chunks = (want + groups - 1) / groups;
@@ -35,61 +49,73 @@ static void split(const skv_cache *c, uint32_t B, uint64_t max_len, decode_plan 
     p->n_chunks = (uint32_t)((tiles + p->tiles_per_chunk - 1) / p->tiles_per_chunk);
 }
 
+static cl_mem upload(skv_cache *c, const void *src, size_t bytes, cl_int *e)
+{
+    return clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)src, e);
+}
+
 static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, const char *fn,
                             decode_plan *p)
 {
     const uint32_t H = c->desc.kv_heads;
     memset(p, 0, sizeof *p);
-    uint64_t total_pages = 0, max_len = 0;
+    uint64_t pages[SKV_TIER_COUNT] = {0};
     for (uint32_t b = 0; b < B; b++) {
         skvi_seq *s = NULL;
         skv_status st = skvi_seq_get(c, seqs[b], fn, &s);
         if (st != SKV_OK)
             return st;
-        uint64_t len = s->len[layer];
-        if (len == 0)
+        if (s->len[layer] == 0)
             return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: sequence %u holds no tokens for layer %u", fn,
                              seqs[b], layer);
-        for (uint32_t h = 0; h < H; h++) {
-            const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
-            for (uint32_t j = 0; j < l->n; j++)
-                if (l->ids[j] & SKVI_HOST_BIT)
-                    return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
-                                     "%s: sequence %u has pages of layer %u in host memory: skv_seq_fetch them first",
-                                     fn, seqs[b], layer);
-            total_pages += l->n;
-        }
-        if (len > max_len)
-            max_len = len;
+        for (uint32_t h = 0; h < H; h++)
+            for (int t = 0; t < SKV_TIER_COUNT; t++) {
+                const skvi_page_list *l = skvi_seq_list(c, s, layer, h, (skv_tier)t);
+                for (uint32_t j = 0; j < l->n; j++)
+                    if (l->ids[j] & SKVI_HOST_BIT)
+                        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                                         "%s: sequence %u has pages of layer %u in host memory: skv_seq_fetch them "
+                                         "first",
+                                         fn, seqs[b], layer);
+                pages[t] += l->n;
+                if (l->tokens > p->t[t].max_len)
+                    p->t[t].max_len = l->tokens;
+            }
     }
-    if (total_pages >= 0xFFFFFFFFull)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: batch too large", fn);
-    p->indptr = skvi_calloc(c->ctx->alloc, (size_t)B * H + 1, sizeof *p->indptr);
-    p->indices = skvi_calloc(c->ctx->alloc, total_pages ? total_pages : 1, sizeof *p->indices);
-    p->lens = skvi_calloc(c->ctx->alloc, (size_t)B * H, sizeof *p->lens);
-    if (!p->indptr || !p->indices || !p->lens) {
-        plan_free(c, p);
-        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+    cl_int e = CL_SUCCESS;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        tier_plan *tp = &p->t[t];
+        if (tp->max_len == 0)
+            continue; /* no token of the batch is in this tier */
+        if (pages[t] >= 0xFFFFFFFFull)
+            return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: batch too large", fn);
+        tp->indptr = skvi_calloc(c->ctx->alloc, (size_t)B * H + 1, sizeof *tp->indptr);
+        tp->indices = skvi_calloc(c->ctx->alloc, pages[t], sizeof *tp->indices);
+        tp->lens = skvi_calloc(c->ctx->alloc, (size_t)B * H, sizeof *tp->lens);
+        if (!tp->indptr || !tp->indices || !tp->lens)
+            return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+        uint32_t k = 0;
+        for (uint32_t b = 0; b < B; b++)
+            for (uint32_t h = 0; h < H; h++) {
+                const skvi_page_list *l = skvi_seq_list(c, &c->seqs[seqs[b]], layer, h, (skv_tier)t);
+                tp->indptr[b * H + h] = k;
+                tp->lens[b * H + h] = l->tokens;
+                memcpy(tp->indices + k, l->ids, l->n * sizeof *l->ids);
+                k += l->n;
+            }
+        tp->indptr[(size_t)B * H] = k;
+        split(c, B, tp);
+        tp->chunk_offset = p->total_chunks;
+        p->total_chunks += tp->n_chunks;
+        tp->bufs[0] = upload(c, tp->indptr, ((size_t)B * H + 1) * 4, &e);
+        if (e == CL_SUCCESS)
+            tp->bufs[1] = upload(c, tp->indices, (size_t)k * 4, &e);
+        if (e == CL_SUCCESS)
+            tp->bufs[2] = upload(c, tp->lens, (size_t)B * H * 4, &e);
+        if (e != CL_SUCCESS)
+            return skvi_cl_fail(c->ctx->error, e, "decode attention: clCreateBuffer");
     }
-    uint32_t k = 0;
-    for (uint32_t b = 0; b < B; b++) {
-        skvi_seq *s = &c->seqs[seqs[b]];
-        for (uint32_t h = 0; h < H; h++) {
-            const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
-            p->indptr[b * H + h] = k;
-            p->lens[b * H + h] = l->tokens;
-            memcpy(p->indices + k, l->ids, l->n * sizeof *l->ids);
-            k += l->n;
-        }
-    }
-    p->indptr[(size_t)B * H] = k;
-    split(c, B, max_len, p);
     return SKV_OK;
-}
-
-static cl_mem upload(skv_cache *c, const void *src, size_t bytes, cl_int *e)
-{
-    return clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)src, e);
 }
 
 static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes, const char *what)
@@ -101,6 +127,61 @@ static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes,
                          "skv_attention_decode_cl: %s is not a cl_mem of at least %zu bytes past offset %zu", what,
                          bytes, offset);
     return SKV_OK;
+}
+
+/* Enqueues one tier's kernels (ADA: the query tables first). */
+static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32_t layer, uint32_t B, cl_mem q,
+                           cl_ulong q_off, cl_uint q_dtype, float scale, cl_uint total_chunks, cl_mem partials,
+                           cl_mem tables, cl_uint n_waits, const cl_event *waits, cl_event *first)
+{
+    const uint32_t H = c->desc.kv_heads, G = c->group;
+    cl_int e = CL_SUCCESS;
+    cl_mem params = c->ada_params[t] ? c->ada_params[t] : tp->bufs[2]; /* F16: any buffer, unread */
+    if (t != SKV_TIER_F16) {
+        cl_kernel k = c->k_query[t];
+        cl_uint a = 0, lay = layer, hh = H, gg = G;
+        e |= clSetKernelArg(k, a++, sizeof q, &q);
+        e |= clSetKernelArg(k, a++, sizeof q_off, &q_off);
+        e |= clSetKernelArg(k, a++, sizeof q_dtype, &q_dtype);
+        e |= clSetKernelArg(k, a++, sizeof c->signs, &c->signs);
+        e |= clSetKernelArg(k, a++, sizeof params, &params);
+        e |= clSetKernelArg(k, a++, sizeof lay, &lay);
+        e |= clSetKernelArg(k, a++, sizeof hh, &hh);
+        e |= clSetKernelArg(k, a++, sizeof gg, &gg);
+        e |= clSetKernelArg(k, a++, sizeof tables, &tables);
+        size_t global = (size_t)B * c->desc.q_heads;
+        if (e == CL_SUCCESS)
+            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 1, NULL, &global, NULL, n_waits, waits, first);
+        n_waits = 0;
+        waits = NULL;
+        first = NULL;
+        /* logits from codes: n sqrt(2/d) sum R T, times the softmax scale */
+        scale *= sqrtf(2.0f / (float)c->desc.head_dim) * c->ada_logit_correction[t];
+    }
+    cl_kernel k = c->k_decode[t];
+    cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, h_arg = H, tpc = tp->tiles_per_chunk, nc = tp->n_chunks,
+            off = tp->chunk_offset;
+    if (e == CL_SUCCESS)
+        e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+    for (int i = 0; i < 3; i++)
+        e |= clSetKernelArg(k, a++, sizeof tp->bufs[i], &tp->bufs[i]);
+    e |= clSetKernelArg(k, a++, sizeof h_arg, &h_arg);
+    e |= clSetKernelArg(k, a++, sizeof q, &q);
+    e |= clSetKernelArg(k, a++, sizeof q_off, &q_off);
+    e |= clSetKernelArg(k, a++, sizeof q_dtype, &q_dtype);
+    e |= clSetKernelArg(k, a++, sizeof scale, &scale);
+    e |= clSetKernelArg(k, a++, sizeof tpc, &tpc);
+    e |= clSetKernelArg(k, a++, sizeof nc, &nc);
+    e |= clSetKernelArg(k, a++, sizeof off, &off);
+    e |= clSetKernelArg(k, a++, sizeof total_chunks, &total_chunks);
+    e |= clSetKernelArg(k, a++, sizeof partials, &partials);
+    e |= clSetKernelArg(k, a++, sizeof tables, &tables);
+    e |= clSetKernelArg(k, a++, sizeof params, &params);
+    size_t wg = c->cpu_variant ? 1 : c->tile;
+    size_t global[2] = {(size_t)tp->n_chunks * wg, (size_t)B * H}, local[2] = {wg, 1};
+    if (e == CL_SUCCESS)
+        e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits, first);
+    return e;
 }
 
 static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, skv_dtype q_dtype,
@@ -137,14 +218,22 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
 
     decode_plan p;
     st = make_plan(c, layer, seqs, B, fn, &p);
-    if (st != SKV_OK)
+    if (st != SKV_OK) {
+        plan_free(c, &p);
         return st;
+    }
     cl_int e = CL_SUCCESS;
-    cl_mem indptr = upload(c, p.indptr, ((size_t)B * H + 1) * 4, &e);
-    cl_mem indices = e == CL_SUCCESS ? upload(c, p.indices, (size_t)(p.indptr[(size_t)B * H] ? p.indptr[(size_t)B * H] : 1) * 4, &e) : NULL;
-    cl_mem lens = e == CL_SUCCESS ? upload(c, p.lens, (size_t)B * H * 4, &e) : NULL;
-    size_t part_bytes = (size_t)B * H * p.n_chunks * G * (D + 2) * sizeof(float);
-    cl_mem partials = e == CL_SUCCESS ? clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, part_bytes, NULL, &e) : NULL;
+    size_t part_bytes = (size_t)B * H * p.total_chunks * G * (D + 2) * sizeof(float);
+    cl_mem partials = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, part_bytes, NULL, &e);
+    size_t table_bytes = 0;
+    for (int t = SKV_TIER_F16 + 1; t < SKV_TIER_COUNT; t++)
+        if (p.t[t].max_len) {
+            size_t bytes = (size_t)B * H * G * (D / 2) * (1u << skvi_tiers[t].angle_bits) * sizeof(float);
+            table_bytes = bytes > table_bytes ? bytes : table_bytes;
+        }
+    cl_mem tables = NULL;
+    if (e == CL_SUCCESS)
+        tables = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, table_bytes ? table_bytes : 4, NULL, &e);
     cl_mem qbuf = q_mem, obuf = out_mem;
     if (e == CL_SUCCESS && !q_mem) {
         qbuf = upload(c, q_host, q_bytes, &e);
@@ -161,66 +250,49 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     cl_event *owned = NULL;
     if (st == SKV_OK)
         st = skvi_compute_waits(c, num_wait, wait_list, &n_waits, &waits, &owned);
-    if (st == SKV_OK) {
-        cl_kernel k = c->k_decode;
-        cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, h_arg = H, qd = (cl_uint)q_dtype, tpc = p.tiles_per_chunk,
-                nc = p.n_chunks;
-        cl_ulong qo = q_off;
-        e = skvi_pool_set_args(&c->pools[SKV_TIER_F16][SKV_MEM_DEVICE], k, 0);
-        e |= clSetKernelArg(k, a++, sizeof indptr, &indptr);
-        e |= clSetKernelArg(k, a++, sizeof indices, &indices);
-        e |= clSetKernelArg(k, a++, sizeof lens, &lens);
-        e |= clSetKernelArg(k, a++, sizeof h_arg, &h_arg);
-        e |= clSetKernelArg(k, a++, sizeof qbuf, &qbuf);
-        e |= clSetKernelArg(k, a++, sizeof qo, &qo);
-        e |= clSetKernelArg(k, a++, sizeof qd, &qd);
-        e |= clSetKernelArg(k, a++, sizeof scale, &scale);
-        e |= clSetKernelArg(k, a++, sizeof tpc, &tpc);
-        e |= clSetKernelArg(k, a++, sizeof nc, &nc);
-        e |= clSetKernelArg(k, a++, sizeof partials, &partials);
-        size_t wg = c->cpu_variant ? 1 : c->tile;
-        size_t global[2] = {(size_t)p.n_chunks * wg, (size_t)B * H}, local[2] = {wg, 1};
-        cl_event first = NULL;
-        if (e == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits,
-                                       c->ctx->profiling ? &first : NULL);
+    cl_event first = NULL, done = NULL;
+    for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) {
+        if (!p.t[t].max_len)
+            continue;
+        e = enqueue_tier(c, (skv_tier)t, &p.t[t], layer, B, qbuf, q_off, (cl_uint)q_dtype, scale, p.total_chunks,
+                         partials, tables, n_waits, waits, c->ctx->profiling && !first ? &first : NULL);
+        n_waits = 0; /* the first launch carries the waits; the rest follow in queue order */
+        waits = NULL;
+    }
+    if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel m = c->k_merge;
-        cl_uint od = (cl_uint)out_dtype;
+        cl_uint od = (cl_uint)out_dtype, nc = p.total_chunks, h_arg = H, a = 0;
         cl_ulong oo = out_off;
-        a = 0;
-        if (e == CL_SUCCESS) {
-            e |= clSetKernelArg(m, a++, sizeof partials, &partials);
-            e |= clSetKernelArg(m, a++, sizeof nc, &nc);
-            e |= clSetKernelArg(m, a++, sizeof h_arg, &h_arg);
-            e |= clSetKernelArg(m, a++, sizeof obuf, &obuf);
-            e |= clSetKernelArg(m, a++, sizeof oo, &oo);
-            e |= clSetKernelArg(m, a++, sizeof od, &od);
-        }
+        e |= clSetKernelArg(m, a++, sizeof partials, &partials);
+        e |= clSetKernelArg(m, a++, sizeof nc, &nc);
+        e |= clSetKernelArg(m, a++, sizeof h_arg, &h_arg);
+        e |= clSetKernelArg(m, a++, sizeof obuf, &obuf);
+        e |= clSetKernelArg(m, a++, sizeof oo, &oo);
+        e |= clSetKernelArg(m, a++, sizeof od, &od);
         size_t mglobal[2] = {D, (size_t)B * c->desc.q_heads};
-        cl_event done = NULL;
         if (e == CL_SUCCESS)
             e = clEnqueueNDRangeKernel(c->ctx->queue, m, 2, NULL, mglobal, NULL, 0, NULL, &done);
         if (e == CL_SUCCESS && out_host)
             e = clEnqueueReadBuffer(c->ctx->queue, obuf, CL_TRUE, 0, out_bytes, out_host, 0, NULL, NULL);
-        if (e != CL_SUCCESS)
-            st = skvi_cl_fail(err, e, "decode attention: enqueue");
-        if (st == SKV_OK && first && done) { /* kept for skv_cache_last_decode_ms */
-            for (int i = 0; i < 2; i++)
-                if (c->last_decode[i])
-                    clReleaseEvent(c->last_decode[i]);
-            c->last_decode[0] = first;
-            c->last_decode[1] = done;
-            clRetainEvent(done);
-        } else if (first) {
-            clReleaseEvent(first);
-        }
-        if (done && event && st == SKV_OK)
-            *event = done;
-        else if (done)
-            clReleaseEvent(done);
     }
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(err, e, "decode attention: enqueue");
+    if (st == SKV_OK && first && done) { /* kept for skv_cache_last_decode_ms */
+        for (int i = 0; i < 2; i++)
+            if (c->last_decode[i])
+                clReleaseEvent(c->last_decode[i]);
+        c->last_decode[0] = first;
+        c->last_decode[1] = done;
+        clRetainEvent(done);
+    } else if (first) {
+        clReleaseEvent(first);
+    }
+    if (done && event && st == SKV_OK)
+        *event = done;
+    else if (done)
+        clReleaseEvent(done);
     skvi_free(c->ctx->alloc, owned);
-    cl_mem bufs[] = {indptr, indices, lens, partials, qbuf != q_mem ? qbuf : NULL, obuf != out_mem ? obuf : NULL};
+    cl_mem bufs[] = {partials, tables, qbuf != q_mem ? qbuf : NULL, obuf != out_mem ? obuf : NULL};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             clReleaseMemObject(bufs[i]);

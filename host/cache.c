@@ -75,16 +75,18 @@ static skv_status choose_tile(skv_context *ctx, const skv_cache_desc *d, uint32_
                      group, d->head_dim, (unsigned long long)ctx->profile.local_mem_bytes);
 }
 
-static skv_status build_decode_kernel(skv_cache *c, int cpu_variant, cl_kernel *out)
+static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_variant, cl_kernel *out)
 {
     const skv_cache_desc *d = &c->desc;
-    char defs[256];
+    char defs[512], ada[256] = "";
     uint32_t seg = c->tile / c->group, seg_pow2 = 1;
     while (seg_pow2 < seg)
         seg_pow2 *= 2;
-    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u", d->head_dim, d->page_tokens,
-             c->group, c->tile, seg_pow2);
-    return skvi_kernel_create(c->ctx, "decode_f16.cl", defs, cpu_variant ? "decode_f16_cpu" : "decode_f16", out);
+    if (tier != SKV_TIER_F16)
+        skvi_ada_defines(c, tier, ada, sizeof ada);
+    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s", d->head_dim, d->page_tokens,
+             c->group, c->tile, seg_pow2, tier != SKV_TIER_F16 ? " -DADA " : "", ada);
+    return skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
 }
 
 static skv_status build_kernels(skv_cache *c)
@@ -93,8 +95,9 @@ static skv_status build_kernels(skv_cache *c)
     char defs[256];
     snprintf(defs, sizeof defs, "-DD=%u -DP=%u", d->head_dim, d->page_tokens);
     skv_status st = skvi_kernel_create(c->ctx, "append_f16.cl", defs, "append_f16", &c->k_append);
-    if (st == SKV_OK)
-        st = build_decode_kernel(c, c->cpu_variant, &c->k_decode);
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
+        if (d->tiers & (1u << t))
+            st = build_decode_kernel(c, (skv_tier)t, c->cpu_variant, &c->k_decode[t]);
     snprintf(defs, sizeof defs, "-DD=%u -DG=%u", d->head_dim, c->group);
     if (st == SKV_OK)
         st = skvi_kernel_create(c->ctx, "decode_merge.cl", defs, "decode_merge", &c->k_merge);
@@ -103,14 +106,21 @@ static skv_status build_kernels(skv_cache *c)
 
 skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant)
 {
-    cl_kernel k;
-    skv_status st = build_decode_kernel(c, cpu_variant, &k);
-    if (st != SKV_OK)
-        return st;
-    clReleaseKernel(c->k_decode);
-    c->k_decode = k;
-    c->cpu_variant = cpu_variant;
-    return SKV_OK;
+    cl_kernel k[SKV_TIER_COUNT] = {0};
+    skv_status st = SKV_OK;
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
+        if (c->desc.tiers & (1u << t))
+            st = build_decode_kernel(c, (skv_tier)t, cpu_variant, &k[t]);
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        cl_kernel *keep = st == SKV_OK ? &c->k_decode[t] : &k[t]; /* release the old set, or the new one */
+        if (*keep)
+            clReleaseKernel(*keep);
+        if (st == SKV_OK)
+            c->k_decode[t] = k[t];
+    }
+    if (st == SKV_OK)
+        c->cpu_variant = cpu_variant;
+    return st;
 }
 
 skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_cache **out)
@@ -147,9 +157,9 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
                                skvi_tier_page_bytes((skv_tier)t, desc->head_dim, desc->page_tokens));
     st = choose_tile(ctx, desc, c->group, &c->tile);
     if (st == SKV_OK)
-        st = build_kernels(c);
+        st = skvi_ada_init(c); /* the ADA tables come before the kernels built from them */
     if (st == SKV_OK)
-        st = skvi_ada_init(c);
+        st = build_kernels(c);
     if (st != SKV_OK) {
         skv_cache_destroy(c);
         return st;
@@ -192,8 +202,9 @@ void skv_cache_destroy(skv_cache *c)
             skvi_pool_release(c, &c->pools[t][m]);
     if (c->k_append)
         clReleaseKernel(c->k_append);
-    if (c->k_decode)
-        clReleaseKernel(c->k_decode);
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        if (c->k_decode[t])
+            clReleaseKernel(c->k_decode[t]);
     if (c->k_merge)
         clReleaseKernel(c->k_merge);
     skvi_ada_release(c);

@@ -50,7 +50,7 @@ struct skv_cache {
     uint32_t seq_cap;
 
     cl_kernel k_append;
-    cl_kernel k_decode; /* F16 tier */
+    cl_kernel k_decode[SKV_TIER_COUNT]; /* per enabled tier, the variant below */
     cl_kernel k_merge;
 
     /* ADA tiers (enabled ones only) */
@@ -58,6 +58,8 @@ struct skv_cache {
     cl_mem ada_params[SKV_TIER_COUNT]; /* the tables the kernels read (skvi_ada_pack_params) */
     cl_mem signs;                      /* [layer][kv_head][D] Hadamard signs */
     cl_kernel k_encode[SKV_TIER_COUNT];
+    cl_kernel k_query[SKV_TIER_COUNT];
+    float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
     uint32_t tile;   /* decode tokens per tile (= work-group size of the GPU kernel) */
     int cpu_variant; /* decode_f16_cpu: one work-item per work-group, no local memory */
 
@@ -81,6 +83,8 @@ cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
 
 /* ada.c */
 skv_status skvi_ada_init(skv_cache *c);
+/* Build defines of an ADA tier's kernels. */
+void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n);
 void skvi_ada_release(skv_cache *c);
 
 /* cache.c */

@@ -140,8 +140,11 @@ static void test_geometry_checks(void **state)
             fail_msg("case %d: message '%s' does not name %s", i, skv_last_error(), bad[i].field);
     }
     skv_cache_desc d = geometry(2, 8, 8, 128, 64);
-    d.tiers |= 1u << SKV_TIER_A3V4;
-    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_UNSUPPORTED);
+    d.tiers = 1u << SKV_TIER_A3V4; /* F16 is required: sinks and the recent window */
+    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_INVALID_ARG);
+    d.tiers = 1u << 7;
+    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_INVALID_ARG);
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
     assert_int_equal(skv_cache_create(NULL, &d, &c), SKV_ERR_INVALID_ARG);
     assert_int_equal(skv_cache_create(ctx, NULL, &c), SKV_ERR_INVALID_ARG);
     skv_cache_destroy(NULL);

@@ -1,34 +1,124 @@
-/* Decode attention over F16 pages, split-K (flash-decoding). A work-group takes one
- * (sequence, kv-head) and one chunk of its tokens, and serves all G q-heads of the GQA
- * group, so each page is read once per step. Per tile of TILE tokens:
- *   1. logits: one slot per work-item, keys read 16 bytes at a time from the
- *      [D/8][P][8] layout (neighbouring work-items read neighbouring slots);
- *   2. the tile's max per q-head (segmented tree in local memory), online-softmax
- *      rescale, probabilities;
- *   3. values: work-items over pairs of dims (and PARTS groups of tokens) accumulate
- *      p * v for all G q-heads.
- * The chunk's partial (max, sum, acc[D]) per q-head goes to `partials`; decode_merge.cl
- * combines chunks by log-sum-exp. C reference: src/ref_attention.c.
- * Build defines: D, P, G, TILE (= work-group size, a power of two >= D/2
- * and >= G), SEG_POW2 (the power of two >= TILE / G). */
-#define PAGE_BYTES (P * (4 * D + 4))
+/* Decode attention over one tier's pages, split-K (flash-decoding). A work-group takes
+ * one (sequence, kv-head) and one chunk of its tokens in this tier, and serves all G
+ * q-heads of the GQA group, so each page is read once per step. Every tier writes its
+ * chunks' partials (max, sum, acc[D] per q-head) into one array (chunk_offset of
+ * total_chunks), and decode_merge.cl combines them all by log-sum-exp: one decode call
+ * covers the F16 pages (sinks, recent window) and every compressed tier together.
+ *
+ * Tiers (build define ADA or not):
+ *   F16: keys [D/8][P][8] halves, logits q.k with the query in local/private memory;
+ *   ADA: keys as packed pair codes [KW][P] + fp16 norms, logits from the codes alone:
+ *        n * kscale * sum_j R[r_j] T[g][j][c_j] with T the per-query table
+ *        (ada_query.cl); values dequantised on the fly. No dense key is ever formed.
+ * Two variants: decode_gpu (a slot per work-item, TILE work-items, local memory) and
+ * decode_cpu (one work-item per chunk, private accumulators, no barriers).
+ * C references: src/ref_attention.c, src/ada.c, src/value_quant.c.
+ * Build defines: D, P, G, TILE (a power of two >= D/2 and >= G), SEG_POW2 (the power of
+ * two >= TILE / G); ADA tiers also RB, AB, KW, VB, VG. */
+
 #define PAIRS (D / 2)
 #define PARTS (TILE / PAIRS)
 #define SEG (TILE / G)             /* work-items per q-head in the max reduction */
 #define PARTIAL_FLOATS (G * (D + 2))
 
-__kernel __attribute__((reqd_work_group_size(TILE, 1, 1)))
-void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uint *indices,
-                __global const uint *lens, uint H, __global const uchar *q, ulong q_offset,
-                uint q_dtype, float scale,
-                uint tiles_per_chunk, uint n_chunks, __global float *partials)
+#ifdef ADA
+#define VBYTES (D * VB / 8 + D / VG * 4)
+#define PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
+#define NR (1 << RB)
+#define NS (1 << AB)
+#define VMASK ((1u << VB) - 1u)
+
+/* Pair code j (radius in the low RB bits) from a slot's key words. */
+#define PAIR_CODE(words, j)                                                                \
+    ((((words)[((j) * (RB + AB)) / 32] >> (((j) * (RB + AB)) % 32)) |                      \
+      ((((j) * (RB + AB)) % 32 + RB + AB > 32) ? (words)[((j) * (RB + AB)) / 32 + 1]       \
+                                                      << (32 - ((j) * (RB + AB)) % 32)     \
+                                                : 0u)) &                                   \
+     ((1u << (RB + AB)) - 1u))
+
+inline __global const uchar *value_row(__global const uchar *page, uint slot)
+{
+    return page + KW * P * 4 + P * 2 + slot * VBYTES;
+}
+
+inline float value_at(__global const uchar *vo, uint i)
+{
+    __global const half *prm = (__global const half *)(vo + D * VB / 8);
+    const uint q = (vo[i * VB / 8] >> (i * VB % 8)) & VMASK;
+    return vload_half(2 * (i / VG) + 1, prm) + (float)q * vload_half(2 * (i / VG), prm);
+}
+
+inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
+{
+    __global const uchar *vo = value_row(page, slot);
+    return (float2)(value_at(vo, 2 * pair), value_at(vo, 2 * pair + 1));
+}
+
+inline float8 load_v8(__global const uchar *page, uint slot, uint i8)
+{
+    __global const uchar *vo = value_row(page, slot);
+    __global const half *prm = (__global const half *)(vo + D * VB / 8);
+    const uint g = 8 * i8 / VG; /* VG is a multiple of 8: one group */
+    const float sc = vload_half(2 * g, prm), mn = vload_half(2 * g + 1, prm);
+    float8 q;
+    q.s0 = (float)((vo[(8 * i8 + 0) * VB / 8] >> ((8 * i8 + 0) * VB % 8)) & VMASK);
+    q.s1 = (float)((vo[(8 * i8 + 1) * VB / 8] >> ((8 * i8 + 1) * VB % 8)) & VMASK);
+    q.s2 = (float)((vo[(8 * i8 + 2) * VB / 8] >> ((8 * i8 + 2) * VB % 8)) & VMASK);
+    q.s3 = (float)((vo[(8 * i8 + 3) * VB / 8] >> ((8 * i8 + 3) * VB % 8)) & VMASK);
+    q.s4 = (float)((vo[(8 * i8 + 4) * VB / 8] >> ((8 * i8 + 4) * VB % 8)) & VMASK);
+    q.s5 = (float)((vo[(8 * i8 + 5) * VB / 8] >> ((8 * i8 + 5) * VB % 8)) & VMASK);
+    q.s6 = (float)((vo[(8 * i8 + 6) * VB / 8] >> ((8 * i8 + 6) * VB % 8)) & VMASK);
+    q.s7 = (float)((vo[(8 * i8 + 7) * VB / 8] >> ((8 * i8 + 7) * VB % 8)) & VMASK);
+    return (float8)(mn) + q * sc;
+}
+
+/* logits of one slot for the G q-heads: dot_g[g] = n * sum_j R[r_j] T[g][j][c_j] */
+#define ADA_SLOT_LOGITS(page, slot, tab, params, dot_g)                                    \
+    do {                                                                                   \
+        __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
+        uint words_[KW];                                                                   \
+        SKV_UNROLL for (uint w_ = 0; w_ < KW; w_++) words_[w_] = kw_[w_ * P];              \
+        SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] = 0.0f;                       \
+        SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
+            const uint code_ = PAIR_CODE(words_, j_);                                      \
+            const float r_ = (params)[code_ & (NR - 1)];                                   \
+            __global const float *t_ = (tab) + j_ * NS + (code_ >> RB);                    \
+            SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] += r_ * t_[g_ * (D / 2) * NS]; \
+        }                                                                                  \
+        const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
+        SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
+    } while (0)
+#else
+#define PAGE_BYTES (P * (4 * D + 4))
+
+inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
+{
+    return vload_half2(pair, (__global const half *)page + P * D + slot * D);
+}
+
+inline float8 load_v8(__global const uchar *page, uint slot, uint i8)
+{
+    return vload_half8(i8, (__global const half *)page + P * D + slot * D);
+}
+#endif
+
+#define DECODE_PARAMS                                                                      \
+    SKV_POOL_PARAMS, __global const uint *indptr, __global const uint *indices,                \
+        __global const uint *lens, uint H, __global const uchar *q, ulong q_offset, uint q_dtype, \
+        float scale, uint tiles_per_chunk, uint n_chunks, uint chunk_offset, uint total_chunks, \
+        __global float *partials, __global const float *tables, __constant float *params
+
+/* `scale` multiplies the logits: the softmax scale (ADA: times sqrt(2/D) and the tier's
+ * logit correction). `tables` (ADA): [B*H][G][D/2][NS] per-query tables. */
+
+__kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECODE_PARAMS)
 {
     const uint lid = get_local_id(0);
     const uint chunk = get_group_id(0);
     const uint bh = get_group_id(1); /* sequence * H + kv-head */
     const uint b = bh / H, h = bh % H;
 
-    __local float qs[G * D];   /* the group's queries; reused for the final reduction */
+    __local float qs[G * D];   /* the group's queries (F16); the final reduction */
     __local float s[G * TILE]; /* logits, then probabilities */
     __local float red[TILE];
     __local float m_run[G], alpha[G], l_red[G];
@@ -37,9 +127,12 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
     const uint first_page = indptr[bh];
     const uint tok_begin = chunk * tiles_per_chunk * TILE;
     const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
-
+#ifdef ADA
+    __global const float *tab = tables + (size_t)bh * G * (D / 2) * NS;
+#else
     for (uint i = lid; i < G * D; i += TILE)
         qs[i] = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, ((size_t)b * H * G + h * G) * D + i);
+#endif
     if (lid < G)
         m_run[lid] = -INFINITY;
 
@@ -56,9 +149,12 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
         /* 1. logits */
         const uint t = t0 + lid;
         if (t < tok_end) {
-            __global const half *kp =
-                (__global const half *)SKV_PAGE(indices[first_page + t / P], PAGE_BYTES) + (t % P) * 8;
+            __global const uchar *page = SKV_PAGE(indices[first_page + t / P], PAGE_BYTES);
             float dot_g[G];
+#ifdef ADA
+            ADA_SLOT_LOGITS(page, t % P, tab, params, dot_g);
+#else
+            __global const half *kp = (__global const half *)page + (t % P) * 8;
             for (uint g = 0; g < G; g++)
                 dot_g[g] = 0.0f;
             for (uint i = 0; i < D / 8; i++) {
@@ -68,6 +164,7 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
                     dot_g[g] += dot(k8.lo, vload4(0, qg)) + dot(k8.hi, vload4(1, qg));
                 }
             }
+#endif
             for (uint g = 0; g < G; g++)
                 s[g * TILE + lid] = dot_g[g] * scale;
         } else {
@@ -108,9 +205,7 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
         const uint n = min((uint)TILE, tok_end - t0);
         for (uint i = part; i < n; i += PARTS) {
             const uint tt = t0 + i;
-            __global const half *vp = (__global const half *)SKV_PAGE(indices[first_page + tt / P], PAGE_BYTES) +
-                                      P * D + (tt % P) * D;
-            float2 v2 = vload_half2(pair, vp);
+            float2 v2 = load_v2(SKV_PAGE(indices[first_page + tt / P], PAGE_BYTES), tt % P, pair);
             for (uint g = 0; g < G; g++) {
                 float p = s[g * TILE + i];
                 acc[g] += p * v2;
@@ -134,7 +229,7 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 
-    __global float *out = partials + ((size_t)bh * n_chunks + chunk) * PARTIAL_FLOATS;
+    __global float *out = partials + ((size_t)bh * total_chunks + chunk_offset + chunk) * PARTIAL_FLOATS;
     if (lid < G) {
         out[lid] = tok_begin < tok_end ? m_run[lid] : -INFINITY;
         out[G + lid] = tok_begin < tok_end ? l_red[lid] : 0.0f;
@@ -146,17 +241,13 @@ void decode_f16(SKV_POOL_PARAMS, __global const uint *indptr, __global const uin
 /* The CPU variant (PoCL and other CPU runtimes): one work-item per work-group owns a
  * (sequence, kv-head, chunk) and walks it in blocks of TB slots with private vector
  * accumulators, no local memory and no barriers (which a CPU runtime turns into loops
- * over spilled work-item state). The 8 slots of a block share each key line of the
- * [D/8][P][8] layout, so every 64-byte line read is used whole; the softmax max is taken
- * per block, so the accumulators are rescaled at most once per block. Same partials. */
+ * over spilled work-item state). F16 keys are read KB slots at a time, so each run of
+ * a key row is read in order; the softmax max is taken per block, so the accumulators
+ * are rescaled at most once per block. Same partials. */
 #define TB 8
 #define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
 
-__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const uint *indices,
-                    __global const uint *lens, uint H, __global const uchar *q, ulong q_offset,
-                    uint q_dtype, float scale, uint tiles_per_chunk, uint n_chunks,
-                    __global float *partials)
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_PARAMS)
 {
     const uint chunk = get_group_id(0);
     const uint bh = get_group_id(1);
@@ -166,10 +257,16 @@ void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const
     const uint tok_begin = chunk * tiles_per_chunk * TILE;
     const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
 
-    float8 q8[G][D / 8], acc[G][D / 8];
+    float8 acc[G][D / 8];
     float m[G], l[G];
-    SKV_UNROLL for (uint g = 0; g < G; g++) {
+#ifdef ADA
+    __global const float *tab = tables + (size_t)bh * G * (D / 2) * NS;
+#else
+    float8 q8[G][D / 8];
+#endif
+    for (uint g = 0; g < G; g++) {
         for (uint i = 0; i < D / 8; i++) {
+#ifndef ADA
             const size_t base = ((size_t)b * H * G + h * G + g) * D + i * 8;
             float8 x;
             x.s0 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 0);
@@ -180,7 +277,8 @@ void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const
             x.s5 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 5);
             x.s6 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 6);
             x.s7 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 7);
-            q8[g][i] = x * scale; /* fold the softmax scale into the query */
+            q8[g][i] = x * scale; /* fold the logit scale into the query */
+#endif
             acc[g][i] = (float8)(0.0f);
         }
         m[g] = -INFINITY;
@@ -188,18 +286,26 @@ void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const
     }
 
     for (uint t0 = tok_begin; t0 < tok_end; t0 += TB) { /* t0 % TB == 0: a block stays in one page */
-        __global const half *page = (__global const half *)SKV_PAGE(indices[first_page + t0 / P], PAGE_BYTES);
+        __global const uchar *page = SKV_PAGE(indices[first_page + t0 / P], PAGE_BYTES);
         const uint slot0 = t0 % P;
         const uint n = min((uint)TB, tok_end - t0);
+        float s[TB][G];
+#ifdef ADA
+        for (uint j = 0; j < n; j++) {
+            float dot_g[G];
+            ADA_SLOT_LOGITS(page, slot0 + j, tab, params, dot_g);
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                s[j][g] = dot_g[g] * scale;
+        }
+#else
         /* logits, KB slots at a time: those slots' 16-byte pieces of a key row are one
          * contiguous run, read in order, and KB * G vector accumulators fit in registers */
-        float s[TB][G];
         for (uint j0 = 0; j0 < n; j0 += KB) {
             float8 a[KB][G];
             SKV_UNROLL for (uint j = 0; j < KB; j++)
                 SKV_UNROLL for (uint g = 0; g < G; g++)
                     a[j][g] = (float8)(0.0f);
-            __global const half *kp = page + (slot0 + j0) * 8;
+            __global const half *kp = (__global const half *)page + (slot0 + j0) * 8;
             for (uint i = 0; i < D / 8; i++) {
                 SKV_UNROLL for (uint j = 0; j < KB; j++) { /* slots past the fill are allocated: read, then ignored */
                     float8 k8 = vload_half8(j, kp + i * P * 8);
@@ -213,6 +319,7 @@ void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const
                     s[j0 + j][g] = (y.x + y.y) + (y.z + y.w);
                 }
         }
+#endif
         /* online softmax once per block: at most one rescale of the accumulators */
         float p[TB][G];
         SKV_UNROLL for (uint g = 0; g < G; g++) {
@@ -232,13 +339,12 @@ void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const
             }
         }
         /* values: each accumulator vector is loaded and stored once per block */
-        __global const half *vp = page + P * D + slot0 * D;
         for (uint i = 0; i < D / 8; i++) {
             float8 a[G];
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 a[g] = acc[g][i];
             for (uint j = 0; j < n; j++) {
-                float8 v8 = vload_half8(i, vp + j * D);
+                float8 v8 = load_v8(page, slot0 + j, i);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
                     a[g] = fma((float8)(p[j][g]), v8, a[g]);
             }
@@ -247,8 +353,8 @@ void decode_f16_cpu(SKV_POOL_PARAMS, __global const uint *indptr, __global const
         }
     }
 
-    __global float *out = partials + ((size_t)bh * n_chunks + chunk) * PARTIAL_FLOATS;
-    SKV_UNROLL for (uint g = 0; g < G; g++) {
+    __global float *out = partials + ((size_t)bh * total_chunks + chunk_offset + chunk) * PARTIAL_FLOATS;
+    for (uint g = 0; g < G; g++) {
         out[g] = m[g];
         out[G + g] = l[g];
         for (uint i = 0; i < D / 8; i++)
