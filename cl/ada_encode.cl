@@ -149,10 +149,11 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
         ((__global const int *)((__global const uchar *)src + P * D * 4))[ss];
 }
 
-/* Per-query lookup tables for decode (the C reference is skv_ref_ada_query_table): for
- * q-head g of kv-head h of sequence b, q' = H diag(s) q / sqrt(d) and
- * tables[b*H + h][g][j][c] = q'_2j cos(phi_c) + q'_2j+1 sin(phi_c).
- * One work-item per (sequence, q-head); G q-heads per kv-head. */
+/* Per-query lookup tables for decode: for q-head g of kv-head h of sequence b,
+ * q' = H diag(s) q / sqrt(d), T[j][c] = q'_2j cos(phi_c) + q'_2j+1 sin(phi_c) (the C
+ * reference skv_ref_ada_query_table), joined with the radius codebook over the whole
+ * pair code: tables[b*H + h][j][r | c << RB][g] = R[r] * T[j][c], the G q-heads side by
+ * side, so a pair costs one lookup of G floats. One work-item per (sequence, q-head). */
 __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, __global const char *signs,
                         __constant float *params, uint layer, uint H, uint G, __global float *tables)
 {
@@ -171,11 +172,14 @@ __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, _
                 y[j] = a + c;
                 y[j + hh] = a - c;
             }
-    __global float *t = tables + (((size_t)b * H + h) * G + g) * (D / 2) * NS;
+    __global float *t = tables + ((size_t)b * H + h) * (D / 2) * NR * NS * G + g;
     const float sc = params[PRM_SCALE];
     for (uint j = 0; j < D / 2; j++) {
         const float y0 = y[2 * j] * sc, y1 = y[2 * j + 1] * sc;
-        for (uint c = 0; c < NS; c++)
-            t[j * NS + c] = y0 * params[PRM_CCOS + c] + y1 * params[PRM_CSIN + c];
+        for (uint c = 0; c < NS; c++) {
+            const float tc = y0 * params[PRM_CCOS + c] + y1 * params[PRM_CSIN + c];
+            for (uint r = 0; r < NR; r++)
+                t[((j * NS + c) * NR + r) * G] = params[r] * tc; /* code r | c << RB */
+        }
     }
 }

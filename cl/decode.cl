@@ -8,8 +8,9 @@
  * Tiers (build define ADA or not):
  *   F16: keys [D/8][P][8] halves, logits q.k with the query in local/private memory;
  *   ADA: keys as packed pair codes [KW][P] + fp16 norms, logits from the codes alone:
- *        n * kscale * sum_j R[r_j] T[g][j][c_j] with T the per-query table
- *        (ada_query.cl); values dequantised on the fly. No dense key is ever formed.
+ *        n * kscale * sum_j J[j][code_j][g], J the per-query joint table R[r] T[j][c]
+ *        (ada_encode.cl: ada_query); values dequantised on the fly. No dense key is
+ *        ever formed.
  * Two variants: decode_gpu (a slot per work-item, TILE work-items, local memory) and
  * decode_cpu (one work-item per chunk, private accumulators, no barriers).
  * C references: src/ref_attention.c, src/ada.c, src/value_quant.c.
@@ -54,37 +55,46 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
     return (float2)(value_at(vo, 2 * pair), value_at(vo, 2 * pair + 1));
 }
 
+/* Dims 8 i8 .. 8 i8 + 7 of a slot's values: their codes are VB whole bytes. */
 inline float8 load_v8(__global const uchar *page, uint slot, uint i8)
 {
     __global const uchar *vo = value_row(page, slot);
     __global const half *prm = (__global const half *)(vo + D * VB / 8);
     const uint g = 8 * i8 / VG; /* VG is a multiple of 8: one group */
     const float sc = vload_half(2 * g, prm), mn = vload_half(2 * g + 1, prm);
-    float8 q;
-    q.s0 = (float)((vo[(8 * i8 + 0) * VB / 8] >> ((8 * i8 + 0) * VB % 8)) & VMASK);
-    q.s1 = (float)((vo[(8 * i8 + 1) * VB / 8] >> ((8 * i8 + 1) * VB % 8)) & VMASK);
-    q.s2 = (float)((vo[(8 * i8 + 2) * VB / 8] >> ((8 * i8 + 2) * VB % 8)) & VMASK);
-    q.s3 = (float)((vo[(8 * i8 + 3) * VB / 8] >> ((8 * i8 + 3) * VB % 8)) & VMASK);
-    q.s4 = (float)((vo[(8 * i8 + 4) * VB / 8] >> ((8 * i8 + 4) * VB % 8)) & VMASK);
-    q.s5 = (float)((vo[(8 * i8 + 5) * VB / 8] >> ((8 * i8 + 5) * VB % 8)) & VMASK);
-    q.s6 = (float)((vo[(8 * i8 + 6) * VB / 8] >> ((8 * i8 + 6) * VB % 8)) & VMASK);
-    q.s7 = (float)((vo[(8 * i8 + 7) * VB / 8] >> ((8 * i8 + 7) * VB % 8)) & VMASK);
+#if VB == 8
+    const float8 q = convert_float8(vload8(i8, vo));
+#elif VB == 4
+    const uint x = vload4(i8, vo).x | (uint)vload4(i8, vo).y << 8 | (uint)vload4(i8, vo).z << 16 |
+                   (uint)vload4(i8, vo).w << 24;
+    const float8 q = convert_float8(((uint8)(x) >> (uint8)(0, 4, 8, 12, 16, 20, 24, 28)) & (uint8)(VMASK));
+#else
+    const uint x = vload2(i8, vo).x | (uint)vload2(i8, vo).y << 8;
+    const float8 q = convert_float8(((uint8)(x) >> (uint8)(0, 2, 4, 6, 8, 10, 12, 14)) & (uint8)(VMASK));
+#endif
     return (float8)(mn) + q * sc;
 }
 
-/* logits of one slot for the G q-heads: dot_g[g] = n * sum_j R[r_j] T[g][j][c_j] */
-#define ADA_SLOT_LOGITS(page, slot, tab, params, dot_g)                                    \
+#define NC (NR * NS) /* pair codes */
+#define TABLE_FLOATS ((D / 2) * NC * G)
+
+/* logits of one slot for the G q-heads: dot_g[g] = n * sum_j J[j][code_j][g]; the G
+ * entries of a code are adjacent, summed 4 at a time where G allows */
+#define G4 (G / 4)
+#define ADA_SLOT_LOGITS(page, slot, tab, dot_g)                                            \
     do {                                                                                   \
         __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
         uint words_[KW];                                                                   \
         SKV_UNROLL for (uint w_ = 0; w_ < KW; w_++) words_[w_] = kw_[w_ * P];              \
-        SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] = 0.0f;                       \
+        float4 a4_[G4 > 0 ? G4 : 1];                                                       \
+        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] = (float4)(0.0f);              \
+        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = 0.0f;                  \
         SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
-            const uint code_ = PAIR_CODE(words_, j_);                                      \
-            const float r_ = (params)[code_ & (NR - 1)];                                   \
-            __global const float *t_ = (tab) + j_ * NS + (code_ >> RB);                    \
-            SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] += r_ * t_[g_ * (D / 2) * NS]; \
+            __global const float *t_ = (tab) + (j_ * NC + PAIR_CODE(words_, j_)) * G;      \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] += vload4(g_, t_);         \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] += t_[g_];           \
         }                                                                                  \
+        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[g_], g_, dot_g);           \
         const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
         SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
     } while (0)
@@ -128,7 +138,7 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
     const uint tok_begin = chunk * tiles_per_chunk * TILE;
     const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
 #ifdef ADA
-    __global const float *tab = tables + (size_t)bh * G * (D / 2) * NS;
+    __global const float *tab = tables + (size_t)bh * TABLE_FLOATS;
 #else
     for (uint i = lid; i < G * D; i += TILE)
         qs[i] = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, ((size_t)b * H * G + h * G) * D + i);
@@ -152,7 +162,7 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
             __global const uchar *page = SKV_PAGE(indices[first_page + t / P], PAGE_BYTES);
             float dot_g[G];
 #ifdef ADA
-            ADA_SLOT_LOGITS(page, t % P, tab, params, dot_g);
+            ADA_SLOT_LOGITS(page, t % P, tab, dot_g);
 #else
             __global const half *kp = (__global const half *)page + (t % P) * 8;
             for (uint g = 0; g < G; g++)
@@ -260,7 +270,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
     float8 acc[G][D / 8];
     float m[G], l[G];
 #ifdef ADA
-    __global const float *tab = tables + (size_t)bh * G * (D / 2) * NS;
+    __global const float *tab = tables + (size_t)bh * TABLE_FLOATS;
 #else
     float8 q8[G][D / 8];
 #endif
@@ -293,7 +303,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
 #ifdef ADA
         for (uint j = 0; j < n; j++) {
             float dot_g[G];
-            ADA_SLOT_LOGITS(page, slot0 + j, tab, params, dot_g);
+            ADA_SLOT_LOGITS(page, slot0 + j, tab, dot_g);
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 s[j][g] = dot_g[g] * scale;
         }

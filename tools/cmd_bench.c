@@ -24,15 +24,20 @@ void usage_bench(FILE *out)
             "  --head-dim N       64, 128 or 256 (default 128)\n"
             "  --batch N          sequences per decode call, each of --tokens (default 1)\n"
             "  --page-tokens N    default 64\n"
-            "  --tiers LIST       tiers to time (default f16; the only tier so far)\n"
+            "  --tiers LIST       tiers to time, e.g. f16,a4v8,a3v4,a2v2 (default f16); an\n"
+            "                     ADA tier holds every full page, the partial last page stays f16\n"
             "  --runs N           timed runs per point, >= 20 (default 20)\n"
             "  --device SEL       device selector (default: SKV_DEVICE, else GPU, else CPU)\n"
             "  --json FILE        write the results as JSON ('-' for stdout)\n");
 }
 
+static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
+
 typedef struct bench_opts {
     uint64_t tokens[32];
     int n_tokens;
+    int tiers[SKV_TIER_COUNT];
+    int n_tiers;
     uint32_t kv_heads, q_heads, head_dim, batch, page_tokens, runs;
     const char *device, *json;
 } bench_opts;
@@ -65,6 +70,23 @@ static int parse_tokens(const char *s, bench_opts *o)
         s = end;
     }
     return o->n_tokens ? 0 : -1;
+}
+
+static int parse_tiers(const char *s, bench_opts *o)
+{
+    o->n_tiers = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        int found = -1;
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            if (strlen(tier_names[t]) == len && strncmp(s, tier_names[t], len) == 0)
+                found = t;
+        if (found < 0 || o->n_tiers == SKV_TIER_COUNT)
+            return -1;
+        o->tiers[o->n_tiers++] = found;
+        s += len + (s[len] == ',');
+    }
+    return o->n_tiers ? 0 : -1;
 }
 
 static double now_s(void)
@@ -132,7 +154,8 @@ static void progress(const char *fmt, ...)
     } while (0)
 
 /* One point: a cache with `batch` sequences of `tokens` tokens; median decode time. */
-static int bench_decode_point(skv_context *ctx, const bench_opts *o, uint64_t tokens, cJSON *results, double read_gbps)
+static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, uint64_t tokens, cJSON *results,
+                              double read_gbps)
 {
     int rc = 1;
     skv_cache *cache = NULL;
@@ -163,9 +186,14 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, uint64_t to
     d.kv_heads = o->kv_heads;
     d.head_dim = o->head_dim;
     d.page_tokens = o->page_tokens;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << tier);
     uint64_t pages = (tokens + o->page_tokens - 1) / o->page_tokens * o->kv_heads * o->batch;
-    d.device_budget_bytes = (pages + 8 * 8) * ((uint64_t)o->page_tokens * (4 * o->head_dim + 4));
+    /* room for every page in F16 (filled first) plus the tier's copy made from it */
+    d.device_budget_bytes = (2 * pages + 8 * 8) * ((uint64_t)o->page_tokens * (4 * o->head_dim + 4));
     CHECK(skv_cache_create(ctx, &d, &cache));
+    uint64_t f16_page, tier_page;
+    CHECK(skv_cache_page_bytes(cache, SKV_TIER_F16, &f16_page));
+    CHECK(skv_cache_page_bytes(cache, (skv_tier)tier, &tier_page));
     for (uint32_t b = 0; b < o->batch; b++) {
         CHECK(skv_seq_create(cache, &seqs[b]));
         for (uint64_t t = 0; t < tokens; t += chunk) {
@@ -174,9 +202,11 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, uint64_t to
                 pos[i] = (int32_t)(t + i);
             CHECK(skv_append(cache, seqs[b], 0, n, SKV_F16, kv, kv, pos));
             if ((t / chunk) % 16 == 0)
-                progress("bench decode f16 %llu tokens: filling %3.0f%%", (unsigned long long)tokens,
+                progress("bench decode %s %llu tokens: filling %3.0f%%", tier_names[tier], (unsigned long long)tokens,
                          100.0 * (double)(b * tokens + t) / (double)(o->batch * tokens));
         }
+        if (tier != SKV_TIER_F16)
+            CHECK(skv_seq_quantize(cache, seqs[b], 0, tokens, (skv_tier)tier));
     }
     float scale = 1.0f / sqrtf((float)o->head_dim);
     for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 is the warm-up */
@@ -185,15 +215,19 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, uint64_t to
         CHECK(skv_cache_last_decode_ms(cache, &ms));
         if (r > 0)
             times[r - 1] = ms;
-        progress("bench decode f16 %llu tokens: run %u/%u", (unsigned long long)tokens, r, o->runs);
+        progress("bench decode %s %llu tokens: run %u/%u", tier_names[tier], (unsigned long long)tokens, r, o->runs);
     }
     qsort(times, o->runs, sizeof *times, cmp_double);
     double ms = times[o->runs / 2];
-    /* Bytes decode must read: every token's key and value, per kv-head and sequence. */
-    double bytes = (double)o->batch * o->kv_heads * (double)tokens * 4.0 * o->head_dim;
+    /* Bytes decode must read: every token's key and value codes, per kv-head and sequence
+     * (full pages in the tier, the partial last page in F16; positions are not read). */
+    uint64_t in_tier = tier == SKV_TIER_F16 ? tokens : tokens / o->page_tokens * o->page_tokens;
+    double per_token_tier = (double)tier_page / o->page_tokens - 4, per_token_f16 = (double)f16_page / o->page_tokens - 4;
+    double bytes = (double)o->batch * o->kv_heads *
+                   ((double)in_tier * per_token_tier + (double)(tokens - in_tier) * per_token_f16);
     double gbps = bytes / (ms * 1e-3) * 1e-9;
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "tier", "f16");
+    cJSON_AddStringToObject(r, "tier", tier_names[tier]);
     cJSON_AddNumberToObject(r, "tokens", (double)tokens);
     cJSON_AddNumberToObject(r, "time_ms", ms);
     cJSON_AddNumberToObject(r, "bytes_read", bytes);
@@ -201,7 +235,8 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, uint64_t to
     cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
     cJSON_AddItemToArray(results, r);
     progress("");
-    printf("f16   %9llu  %10.3f  %12.0f  %8.1f  %6.2f\n", (unsigned long long)tokens, ms, bytes, gbps, gbps / read_gbps);
+    printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f\n", tier_names[tier], (unsigned long long)tokens, ms, bytes, gbps,
+           gbps / read_gbps);
     rc = 0;
 fail:
     skv_cache_destroy(cache);
@@ -216,8 +251,8 @@ fail:
 
 static int bench_decode(int argc, char **argv)
 {
-    bench_opts o = {.n_tokens = 3, .tokens = {4096, 16384, 65536}, .kv_heads = 8, .q_heads = 32, .head_dim = 128,
-                    .batch = 1, .page_tokens = 64, .runs = 20};
+    bench_opts o = {.n_tokens = 3, .tokens = {4096, 16384, 65536}, .n_tiers = 1, .tiers = {SKV_TIER_F16},
+                    .kv_heads = 8, .q_heads = 32, .head_dim = 128, .batch = 1, .page_tokens = 64, .runs = 20};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -238,7 +273,7 @@ static int bench_decode(int argc, char **argv)
         else if (strcmp(a, "--runs") == 0)
             bad = parse_u32(v, 20, 100000, &o.runs);
         else if (strcmp(a, "--tiers") == 0)
-            bad = strcmp(v, "f16") != 0;
+            bad = parse_tiers(v, &o);
         else if (strcmp(a, "--device") == 0)
             o.device = v;
         else if (strcmp(a, "--json") == 0)
@@ -293,8 +328,9 @@ static int bench_decode(int argc, char **argv)
         cJSON_AddNumberToObject(root, "read_gbps_host_loop", host_gbps);
     cJSON *results = cJSON_AddArrayToObject(root, "results");
     int rc = 0;
-    for (int i = 0; i < o.n_tokens && rc == 0; i++)
-        rc = bench_decode_point(ctx, &o, o.tokens[i], results, read_gbps);
+    for (int t = 0; t < o.n_tiers && rc == 0; t++)
+        for (int i = 0; i < o.n_tokens && rc == 0; i++)
+            rc = bench_decode_point(ctx, &o, o.tiers[t], o.tokens[i], results, read_gbps);
     if (rc == 0 && o.json) {
         char *text = cJSON_Print(root);
         if (!text || tool_write_file(o.json, text) != 0) {
