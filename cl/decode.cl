@@ -55,24 +55,20 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
     return (float2)(value_at(vo, 2 * pair), value_at(vo, 2 * pair + 1));
 }
 
-/* Dims 8 i8 .. 8 i8 + 7 of a slot's values: their codes are VB whole bytes. */
-inline float8 load_v8(__global const uchar *page, uint slot, uint i8)
+/* The codes of dims 8 i8 .. 8 i8 + 7 of a value row (VB whole bytes), as floats. */
+inline float8 codes8(__global const uchar *vo, uint i8)
 {
-    __global const uchar *vo = value_row(page, slot);
-    __global const half *prm = (__global const half *)(vo + D * VB / 8);
-    const uint g = 8 * i8 / VG; /* VG is a multiple of 8: one group */
-    const float sc = vload_half(2 * g, prm), mn = vload_half(2 * g + 1, prm);
 #if VB == 8
-    const float8 q = convert_float8(vload8(i8, vo));
+    return convert_float8(vload8(i8, vo));
 #elif VB == 4
-    const uint x = vload4(i8, vo).x | (uint)vload4(i8, vo).y << 8 | (uint)vload4(i8, vo).z << 16 |
-                   (uint)vload4(i8, vo).w << 24;
-    const float8 q = convert_float8(((uint8)(x) >> (uint8)(0, 4, 8, 12, 16, 20, 24, 28)) & (uint8)(VMASK));
+    const uchar4 b = vload4(i8, vo);
+    const uint x = b.x | (uint)b.y << 8 | (uint)b.z << 16 | (uint)b.w << 24;
+    return convert_float8(((uint8)(x) >> (uint8)(0, 4, 8, 12, 16, 20, 24, 28)) & (uint8)(VMASK));
 #else
-    const uint x = vload2(i8, vo).x | (uint)vload2(i8, vo).y << 8;
-    const float8 q = convert_float8(((uint8)(x) >> (uint8)(0, 2, 4, 6, 8, 10, 12, 14)) & (uint8)(VMASK));
+    const uchar2 b = vload2(i8, vo);
+    const uint x = b.x | (uint)b.y << 8;
+    return convert_float8(((uint8)(x) >> (uint8)(0, 2, 4, 6, 8, 10, 12, 14)) & (uint8)(VMASK));
 #endif
-    return (float8)(mn) + q * sc;
 }
 
 #define NC (NR * NS) /* pair codes */
@@ -106,10 +102,6 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
     return vload_half2(pair, (__global const half *)page + P * D + slot * D);
 }
 
-inline float8 load_v8(__global const uchar *page, uint slot, uint i8)
-{
-    return vload_half8(i8, (__global const half *)page + P * D + slot * D);
-}
 #endif
 
 #define DECODE_PARAMS                                                                      \
@@ -271,6 +263,11 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
     float m[G], l[G];
 #ifdef ADA
     __global const float *tab = tables + (size_t)bh * TABLE_FLOATS;
+    /* values: acc holds sum p sc q in the code domain, bias sum p mn per group */
+    float bias[G][D / VG];
+    for (uint g = 0; g < G; g++)
+        for (uint k = 0; k < D / VG; k++)
+            bias[g][k] = 0.0f;
 #else
     float8 q8[G][D / 8];
 #endif
@@ -341,6 +338,10 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                 l[g] *= alpha;
                 for (uint i = 0; i < D / 8; i++)
                     acc[g][i] *= alpha;
+#ifdef ADA
+                for (uint k = 0; k < D / VG; k++)
+                    bias[g][k] *= alpha;
+#endif
                 m[g] = mb;
             }
             for (uint j = 0; j < n; j++) {
@@ -348,19 +349,47 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                 l[g] += p[j][g];
             }
         }
+#ifdef ADA
+        /* values in the code domain: per (token, group) fold the scale into p and add p mn
+         * to the group's bias, so a dim costs one code unpack and G FMAs */
+        float ps[TB][D / VG][G];
+        for (uint j = 0; j < n; j++) {
+            __global const half *prm = (__global const half *)(value_row(page, slot0 + j) + D * VB / 8);
+            for (uint k = 0; k < D / VG; k++) {
+                const float sc = vload_half(2 * k, prm), mn = vload_half(2 * k + 1, prm);
+                SKV_UNROLL for (uint g = 0; g < G; g++) {
+                    ps[j][k][g] = p[j][g] * sc;
+                    bias[g][k] = fma(p[j][g], mn, bias[g][k]);
+                }
+            }
+        }
+        for (uint i = 0; i < D / 8; i++) {
+            float8 a[G];
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                a[g] = acc[g][i];
+            for (uint j = 0; j < n; j++) {
+                const float8 q8 = codes8(value_row(page, slot0 + j), i);
+                SKV_UNROLL for (uint g = 0; g < G; g++)
+                    a[g] = fma((float8)(ps[j][8 * i / VG][g]), q8, a[g]);
+            }
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                acc[g][i] = a[g];
+        }
+#else
         /* values: each accumulator vector is loaded and stored once per block */
         for (uint i = 0; i < D / 8; i++) {
             float8 a[G];
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 a[g] = acc[g][i];
             for (uint j = 0; j < n; j++) {
-                float8 v8 = load_v8(page, slot0 + j, i);
+                float8 v8 = vload_half8(i, (__global const half *)page + P * D + (slot0 + j) * D);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
                     a[g] = fma((float8)(p[j][g]), v8, a[g]);
             }
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 acc[g][i] = a[g];
         }
+#endif
     }
 
     __global float *out = partials + ((size_t)bh * total_chunks + chunk_offset + chunk) * PARTIAL_FLOATS;
@@ -368,6 +397,10 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         out[g] = m[g];
         out[G + g] = l[g];
         for (uint i = 0; i < D / 8; i++)
+#ifdef ADA
+            vstore8(acc[g][i] + (float8)(bias[g][8 * i / VG]), i, out + 2 * G + g * D);
+#else
             vstore8(acc[g][i], i, out + 2 * G + g * D);
+#endif
     }
 }
