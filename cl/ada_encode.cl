@@ -20,6 +20,9 @@
 #define PRM_CCOS (PRM_BSIN + NS / 2)
 #define PRM_CSIN (PRM_CCOS + NS)
 #define PRM_SCALE (PRM_CSIN + NS)
+/* Query tables join the radius codebook in when that keeps them small (<= 64 codes per
+ * pair); A4V8's 256 codes would make 256 KB per kv-head, so it keeps R apart. */
+#define ADA_JOINT (NR * NS <= 64)
 
 inline ushort norm_code(float n2)
 {
@@ -153,7 +156,8 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
  * q' = H diag(s) q / sqrt(d), T[j][c] = q'_2j cos(phi_c) + q'_2j+1 sin(phi_c) (the C
  * reference skv_ref_ada_query_table), joined with the radius codebook over the whole
  * pair code: tables[b*H + h][j][r | c << RB][g] = R[r] * T[j][c], the G q-heads side by
- * side, so a pair costs one lookup of G floats. One work-item per (sequence, q-head). */
+ * side, so a pair costs one lookup of G floats (ADA_JOINT; else tables[b*H + h][j][c][g]
+ * = T[j][c] and decode multiplies by R[r]). One work-item per (sequence, q-head). */
 __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, __global const char *signs,
                         __constant float *params, uint layer, uint H, uint G, __global float *tables)
 {
@@ -172,14 +176,18 @@ __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, _
                 y[j] = a + c;
                 y[j + hh] = a - c;
             }
-    __global float *t = tables + ((size_t)b * H + h) * (D / 2) * NR * NS * G + g;
+    const uint codes = ADA_JOINT ? NR * NS : NS;
+    __global float *t = tables + ((size_t)b * H + h) * (D / 2) * codes * G + g;
     const float sc = params[PRM_SCALE];
     for (uint j = 0; j < D / 2; j++) {
         const float y0 = y[2 * j] * sc, y1 = y[2 * j + 1] * sc;
         for (uint c = 0; c < NS; c++) {
             const float tc = y0 * params[PRM_CCOS + c] + y1 * params[PRM_CSIN + c];
-            for (uint r = 0; r < NR; r++)
-                t[((j * NS + c) * NR + r) * G] = params[r] * tc; /* code r | c << RB */
+            if (ADA_JOINT)
+                for (uint r = 0; r < NR; r++)
+                    t[((j * NS + c) * NR + r) * G] = params[r] * tc; /* code r | c << RB */
+            else
+                t[(j * NS + c) * G] = tc;
         }
     }
 }

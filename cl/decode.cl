@@ -9,8 +9,8 @@
  *   F16: keys [D/8][P][8] halves, logits q.k with the query in local/private memory;
  *   ADA: keys as packed pair codes [KW][P] + fp16 norms, logits from the codes alone:
  *        n * kscale * sum_j J[j][code_j][g], J the per-query joint table R[r] T[j][c]
- *        (ada_encode.cl: ada_query); values dequantised on the fly. No dense key is
- *        ever formed.
+ *        (ada_encode.cl: ada_query; A4V8 keeps R apart: R[r_j] T[j][c_j][g]); values
+ *        dequantised on the fly. No dense key is ever formed.
  * Two variants: decode_gpu (a slot per work-item, TILE work-items, local memory) and
  * decode_cpu (one work-item per chunk, private accumulators, no barriers).
  * C references: src/ref_attention.c, src/ada.c, src/value_quant.c.
@@ -72,12 +72,13 @@ inline float8 codes8(__global const uchar *vo, uint i8)
 }
 
 #define NC (NR * NS) /* pair codes */
-#define TABLE_FLOATS ((D / 2) * NC * G)
+#define ADA_JOINT (NC <= 64) /* as in ada_encode.cl */
+#define TABLE_FLOATS ((D / 2) * (ADA_JOINT ? NC : NS) * G)
 
 /* logits of one slot for the G q-heads: dot_g[g] = n * sum_j J[j][code_j][g]; the G
  * entries of a code are adjacent, summed 4 at a time where G allows */
 #define G4 (G / 4)
-#define ADA_SLOT_LOGITS(page, slot, tab, dot_g)                                            \
+#define ADA_SLOT_LOGITS(page, slot, tab, params, dot_g)                                    \
     do {                                                                                   \
         __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
         uint words_[KW];                                                                   \
@@ -86,9 +87,12 @@ inline float8 codes8(__global const uchar *vo, uint i8)
         SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] = (float4)(0.0f);              \
         SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = 0.0f;                  \
         SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
-            __global const float *t_ = (tab) + (j_ * NC + PAIR_CODE(words_, j_)) * G;      \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] += vload4(g_, t_);         \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] += t_[g_];           \
+            const uint code_ = PAIR_CODE(words_, j_);                                      \
+            const float r_ = ADA_JOINT ? 1.0f : (params)[code_ & (NR - 1)];                \
+            __global const float *t_ =                                                     \
+                (tab) + (ADA_JOINT ? j_ * NC + code_ : j_ * NS + (code_ >> RB)) * G;       \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] += r_ * vload4(g_, t_);    \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] += r_ * t_[g_];      \
         }                                                                                  \
         SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[g_], g_, dot_g);           \
         const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
@@ -154,7 +158,7 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
             __global const uchar *page = SKV_PAGE(indices[first_page + t / P], PAGE_BYTES);
             float dot_g[G];
 #ifdef ADA
-            ADA_SLOT_LOGITS(page, t % P, tab, dot_g);
+            ADA_SLOT_LOGITS(page, t % P, tab, params, dot_g);
 #else
             __global const half *kp = (__global const half *)page + (t % P) * 8;
             for (uint g = 0; g < G; g++)
@@ -300,7 +304,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
 #ifdef ADA
         for (uint j = 0; j < n; j++) {
             float dot_g[G];
-            ADA_SLOT_LOGITS(page, slot0 + j, tab, dot_g);
+            ADA_SLOT_LOGITS(page, slot0 + j, tab, params, dot_g);
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 s[j][g] = dot_g[g] * scale;
         }

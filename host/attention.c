@@ -228,8 +228,10 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     size_t table_bytes = 0;
     for (int t = SKV_TIER_F16 + 1; t < SKV_TIER_COUNT; t++)
         if (p.t[t].max_len) {
-            size_t bytes = (size_t)B * H * G * (D / 2) *
-                           (1u << (skvi_tiers[t].angle_bits + skvi_tiers[t].radius_bits)) * sizeof(float);
+            unsigned codes = 1u << (skvi_tiers[t].angle_bits + skvi_tiers[t].radius_bits);
+            if (codes > 64) /* not joined with R (ADA_JOINT in the kernels) */
+                codes = 1u << skvi_tiers[t].angle_bits;
+            size_t bytes = (size_t)B * H * G * (D / 2) * codes * sizeof(float);
             table_bytes = bytes > table_bytes ? bytes : table_bytes;
         }
     cl_mem tables = NULL;
