@@ -21,6 +21,8 @@ typedef struct skv_command {
 int cmd_info(int argc, char **argv);
 void usage_info(FILE *out);
 int cmd_bench(int argc, char **argv);
+void usage_demo(FILE *out);
+int cmd_demo(int argc, char **argv);
 void usage_bench(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */
