@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bootstrap skv on a fresh Debian 12 machine: install build dependencies, then
 #   test  configure, build and run the test suites twice (RelWithDebInfo, then ASan/UBSan)
-#   demo  build a release and run `skv demo` (or `skv info` until the demo command exists)
+#   demo  build a release and run `skv demo`
 # Usage: tools/bootstrap.sh MODE [args passed to `skv demo`...]
 set -euo pipefail
 
@@ -108,13 +108,7 @@ case "$mode" in
         ;;
     demo)
         configure_build release -DCMAKE_BUILD_TYPE=Release -DSKV_BUILD_TESTS=OFF
-        skv="build/release/tools/skv"
-        if "$skv" --help | grep -Eq '^[[:space:]]+demo([[:space:]]|$)'; then
-            banner "skv demo"
-            exec "$skv" demo "${@:2}"
-        fi
-        echo "note: \`skv demo\` is not implemented yet (it lands in a later issue); running \`skv info\` instead"
-        banner "skv info"
-        exec "$skv" info
+        banner "skv demo"
+        exec build/release/tools/skv demo "${@:2}"
         ;;
 esac
