@@ -5,6 +5,16 @@
 
 #include "skv_ref.h"
 
+double skv_ref_rel_l2(const double *ref, const float *got, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (got[i] - ref[i]) * (got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
 int skv_ref_attention_decode(const float *q, const float *k, const float *v, uint64_t n_tokens,
                              uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim, float scale,
                              double *out)

@@ -39,6 +39,9 @@ SKV_API void skv_ref_ada_page_write(void *page, uint32_t page_tokens, uint32_t k
                                     uint32_t slot, const uint32_t *words, uint16_t norm, const uint8_t *values,
                                     int32_t position);
 
+/* |got - ref| / |ref| (L2), the error measure of tests, demo and eval. */
+SKV_API double skv_ref_rel_l2(const double *ref, const float *got, size_t n);
+
 /* Exact decode attention for one query: q[q_heads][D], k and v [n_tokens][kv_heads][D],
  * out[q_heads][D] in double. Returns 0, or -1 on bad sizes or out of memory. */
 SKV_API int skv_ref_attention_decode(const float *q, const float *k, const float *v, uint64_t n_tokens,

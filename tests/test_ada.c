@@ -6,11 +6,6 @@
 #include "skv_internal.h"
 #include "skv_ref.h"
 
-static float gauss(test_rng *r)
-{
-    double u = rng_uniform(r) + 1e-12, v = rng_uniform(r);
-    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
-}
 
 static void test_codebook(void **state)
 {
@@ -42,7 +37,7 @@ static double key_mse(skv_tier tier, uint32_t d, float outlier, float mean, uint
         uint32_t words[64];
         uint16_t nc;
         for (uint32_t i = 0; i < d; i++)
-            k[i] = gauss(&r) + mean + (i % 37 == 5 ? outlier * gauss(&r) : 0.0f);
+            k[i] = test_gauss(&r) + mean + (i % 37 == 5 ? outlier * test_gauss(&r) : 0.0f);
         skv_ref_ada_encode_key(&p, signs, k, words, &nc);
         skv_ref_ada_decode_key(&p, signs, words, nc, kh);
         double e = 0, s = 0;
@@ -104,8 +99,8 @@ static void test_logit_from_codes(void **state)
             uint16_t nc;
             for (int n = 0; n < 200; n++) {
                 for (uint32_t i = 0; i < d; i++) {
-                    q[i] = gauss(&r);
-                    k[i] = gauss(&r) * 3.0f;
+                    q[i] = test_gauss(&r);
+                    k[i] = test_gauss(&r) * 3.0f;
                 }
                 skv_ref_ada_encode_key(&p, signs, k, words, &nc);
                 skv_ref_ada_decode_key(&p, signs, words, nc, kh);
@@ -150,7 +145,7 @@ static void test_value_quantisation(void **state)
         for (int n = 0; n < 2000; n++) {
             float v[128], vh[128];
             for (int i = 0; i < 128; i++)
-                v[i] = gauss(&r) * 0.5f + 0.1f;
+                v[i] = test_gauss(&r) * 0.5f + 0.1f;
             skv_ref_value_encode(v, 128, bits[b], 32, buf);
             skv_ref_value_decode(buf, 128, bits[b], 32, vh);
             for (int i = 0; i < 128; i++) {

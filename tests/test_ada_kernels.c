@@ -8,26 +8,8 @@
 #include "skv_ref.h"
 
 static skv_context *ctx;
+TEST_KERNEL_SUITE_SETUP(ctx)
 
-static int setup(void **state)
-{
-    (void)state;
-    ctx = test_context_or_skip();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    skv_context_destroy(ctx);
-    return 0;
-}
-
-static float gauss(test_rng *r)
-{
-    double u = rng_uniform(r) + 1e-12, v = rng_uniform(r);
-    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
-}
 
 static skv_cache *make_cache(uint32_t layers, uint32_t kv_heads, uint32_t d, uint32_t P)
 {
@@ -56,8 +38,8 @@ static void fill(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *k, 
     for (uint32_t l = 0; l < c->desc.layers; l++) {
         float *kl = k + (size_t)l * n * row, *vl = v + (size_t)l * n * row;
         for (size_t i = 0; i < n * row; i++) {
-            kl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(gauss(r) * 2.0f + ((i % D) % 13 == 0 ? 4.0f : 0.0f)));
-            vl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(gauss(r) * 0.7f));
+            kl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(r) * 2.0f + ((i % D) % 13 == 0 ? 4.0f : 0.0f)));
+            vl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(r) * 0.7f));
         }
         assert_ok(skv_append(c, s, l, n, SKV_F32, kl, vl, pos));
     }
@@ -183,16 +165,6 @@ static void test_quantize_errors_change_nothing(void **state)
     skv_cache_destroy(c);
 }
 
-static double rel_l2(const double *ref, const float *got, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += (got[i] - ref[i]) * (got[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
-
 static double rel_l2d(const double *ref, const double *got, size_t n)
 {
     double num = 0, den = 0;
@@ -258,7 +230,7 @@ static void test_mixed_tier_decode(void **state)
         float q[8 * 256], out[8 * 256];
         double ref_dec[8 * 256], ref_orig[8 * 256];
         for (uint32_t i = 0; i < G * H * D; i++)
-            q[i] = gauss(&r);
+            q[i] = test_gauss(&r);
         const float scale = 1.0f / sqrtf((float)D);
         assert_int_equal(skv_ref_attention_decode(q, kd, vd, n, G * H, H, D, scale, ref_dec), 0);
         assert_int_equal(skv_ref_attention_decode(q, k, v, n, G * H, H, D, scale, ref_orig), 0);
@@ -267,7 +239,7 @@ static void test_mixed_tier_decode(void **state)
             assert_ok(skvi_cache_use_variant(c, variant));
             memset(out, 0xFF, sizeof out); /* poison */
             assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
-            double e_impl = rel_l2(ref_dec, out, G * H * D), e = rel_l2(ref_orig, out, G * H * D);
+            double e_impl = skv_ref_rel_l2(ref_dec, out, G * H * D), e = skv_ref_rel_l2(ref_orig, out, G * H * D);
             printf("%s kernel D=%u G=%u H=%u P=%u: vs decoded reference %.2e, vs original %.2e (reference predicts "
                    "%.2e)\n",
                    variant ? "cpu" : "gpu", D, G, H, P, e_impl, e, predicted);
@@ -280,7 +252,7 @@ static void test_mixed_tier_decode(void **state)
         for (int t = SKV_TIER_A4V8; t <= SKV_TIER_A2V2; t++)
             c->ada_logit_correction[t] = (float)(1.0 / (1.0 - mse[t]));
         assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
-        printf("  with logit correction 1/(1 - MSE): vs original %.2e\n", rel_l2(ref_orig, out, G * H * D));
+        printf("  with logit correction 1/(1 - MSE): vs original %.2e\n", skv_ref_rel_l2(ref_orig, out, G * H * D));
         free(k);
         free(v);
         free(kd);

@@ -8,20 +8,7 @@
 #include "skv_ref.h"
 
 static skv_context *ctx;
-
-static int setup(void **state)
-{
-    (void)state;
-    ctx = test_context_or_skip();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    skv_context_destroy(ctx);
-    return 0;
-}
+TEST_KERNEL_SUITE_SETUP(ctx)
 
 static skv_cache_desc geometry(uint32_t layers, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
                                uint32_t page_tokens)
@@ -68,11 +55,6 @@ static void mirror_free(mirror *m)
     free(m->pos);
 }
 
-static float gauss(test_rng *r)
-{
-    double u = rng_uniform(r) + 1e-12, v = rng_uniform(r);
-    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
-}
 
 /* Appends n random tokens (values rounded to what `dtype` can hold, so the mirror is
  * exact) to seq/layer and to the mirror. */
@@ -84,8 +66,8 @@ static skv_status append_random(skv_cache *c, skv_seq_id seq, uint32_t layer, ui
     void *kin = malloc(count * 4), *vin = malloc(count * 4);
     int32_t *pos = malloc(n * 4);
     for (size_t i = 0; i < count; i++) {
-        k[i] = gauss(r) + (i % 7 == 0 ? 1.0f : 0.0f); /* a few offset channels */
-        v[i] = gauss(r);
+        k[i] = test_gauss(r) + (i % 7 == 0 ? 1.0f : 0.0f); /* a few offset channels */
+        v[i] = test_gauss(r);
         if (dtype == SKV_F16) {
             ((uint16_t *)kin)[i] = skv_ref_f32_to_f16(k[i]);
             ((uint16_t *)vin)[i] = skv_ref_f32_to_f16(v[i]);
@@ -206,16 +188,6 @@ static void test_append_matches_reference_layout(void **state)
     }
 }
 
-static double rel_l2(const double *ref, const float *got, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += (got[i] - ref[i]) * (got[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 static float *rounded_f16(const float *x, size_t n)
 {
     float *y = malloc(n * sizeof *y);
@@ -237,7 +209,7 @@ static double check_decode(skv_cache *c, uint32_t layer, const skv_seq_id *seqs,
     uint16_t *qh = malloc(B * per * 2), *outh = malloc(B * per * 2);
     double *ref = malloc(per * sizeof *ref);
     for (size_t i = 0; i < B * per; i++) {
-        q[i] = gauss(r);
+        q[i] = test_gauss(r);
         qh[i] = skv_ref_f32_to_f16(q[i]);
         if (q_dtype == SKV_F16)
             q[i] = skv_ref_f16_to_f32(qh[i]);
@@ -259,7 +231,7 @@ static double check_decode(skv_cache *c, uint32_t layer, const skv_seq_id *seqs,
         assert_int_equal(skv_ref_attention_decode(q + b * per, kr, vr, ms[b]->n, d->q_heads, d->kv_heads,
                                                   d->head_dim, scale, ref),
                          0);
-        double e_impl = rel_l2(ref, outf + b * per, per);
+        double e_impl = skv_ref_rel_l2(ref, outf + b * per, per);
         double bound = out_dtype == SKV_F16 ? 1e-3 : 2e-5; /* fp16 output rounds to 2^-11 */
         if (!(e_impl <= bound))
             fail_msg("sequence %u (%llu tokens, D=%u G=%u P=%u): relative L2 error %.3g vs attention over the "
@@ -268,7 +240,7 @@ static double check_decode(skv_cache *c, uint32_t layer, const skv_seq_id *seqs,
         assert_int_equal(skv_ref_attention_decode(q + b * per, ms[b]->k, ms[b]->v, ms[b]->n, d->q_heads, d->kv_heads,
                                                   d->head_dim, scale, ref),
                          0);
-        double e = rel_l2(ref, outf + b * per, per);
+        double e = skv_ref_rel_l2(ref, outf + b * per, per);
         if (!(e <= 1e-3))
             fail_msg("sequence %u (%llu tokens, D=%u G=%u P=%u): relative L2 error %.3g", b,
                      (unsigned long long)ms[b]->n, d->head_dim, d->q_heads / d->kv_heads, d->page_tokens, e);
@@ -544,8 +516,8 @@ static void test_cl_buffers_and_events(void **state)
     float *k = malloc(count * 4), *v = malloc(count * 4);
     int32_t *pos = malloc(n * 4);
     for (size_t i = 0; i < count; i++) {
-        k[i] = gauss(&r);
-        v[i] = gauss(&r);
+        k[i] = test_gauss(&r);
+        v[i] = test_gauss(&r);
     }
     for (uint32_t t = 0; t < n; t++)
         pos[t] = (int32_t)t;
@@ -566,14 +538,14 @@ static void test_cl_buffers_and_events(void **state)
 
     float qv[4 * 128], out[4 * 128];
     for (int i = 0; i < 4 * 128; i++)
-        qv[i] = gauss(&r);
+        qv[i] = test_gauss(&r);
     cl_mem qb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof qv, qv, &e);
     cl_mem ob = clCreateBuffer(clc, CL_MEM_WRITE_ONLY, 64 + sizeof out, NULL, &e);
     assert_ok(skv_attention_decode_cl(c, 0, &s, 1, SKV_F32, qb, 0, 0.08f, SKV_F32, ob, 64, 1, &appended, &decoded));
     assert_int_equal(clEnqueueReadBuffer(q, ob, CL_TRUE, 64, sizeof out, out, 1, &decoded, NULL), CL_SUCCESS);
     double ref[4 * 128];
     assert_int_equal(skv_ref_attention_decode(qv, k, v, n, 4, 1, 128, 0.08f, ref), 0);
-    assert_true(rel_l2(ref, out, 4 * 128) <= 1e-3);
+    assert_true(skv_ref_rel_l2(ref, out, 4 * 128) <= 1e-3);
     assert_int_equal(skv_attention_decode_cl(c, 0, &s, 1, SKV_F32, qb, 8, 0.08f, SKV_F32, ob, 64, 0, NULL, NULL),
                      SKV_ERR_INVALID_ARG); /* q too short past its offset */
     clReleaseEvent(wk);

@@ -5,20 +5,7 @@
 #include "skv_ref.h"
 
 static skv_context *ctx;
-
-static int setup(void **state)
-{
-    (void)state;
-    ctx = test_context_or_skip();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    skv_context_destroy(ctx);
-    return 0;
-}
+TEST_KERNEL_SUITE_SETUP(ctx)
 
 static void check_size(uint64_t n_words, size_t n_items, uint64_t seed)
 {

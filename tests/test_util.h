@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <math.h>
 
 #include "skv/skv.h"
 
@@ -40,6 +41,13 @@ static inline uint64_t rng_u64(test_rng *r)
 }
 static inline uint32_t rng_u32(test_rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
 static inline double rng_uniform(test_rng *r) { return (double)(rng_u64(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+/* A standard normal number (Box-Muller). */
+static inline float test_gauss(test_rng *r)
+{
+    double u = rng_uniform(r) + 1e-12, v = rng_uniform(r);
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
 
 /* An allocator that counts live blocks and fails the allocation numbered fail_at
  * (1-based; 0 = never). */
@@ -78,6 +86,22 @@ static inline char *test_tmpdir(const char *tag)
     extern char *mkdtemp(char *);
     return mkdtemp(path) ? path : NULL;
 }
+
+
+/* setup/teardown of a kernel suite: `var` is a context on $SKV_TEST_DEVICE. */
+#define TEST_KERNEL_SUITE_SETUP(var)                                                          \
+    static int setup(void **state)                                                         \
+    {                                                                                      \
+        (void)state;                                                                       \
+        var = test_context_or_skip();                                                      \
+        return 0;                                                                          \
+    }                                                                                      \
+    static int teardown(void **state)                                                      \
+    {                                                                                      \
+        (void)state;                                                                       \
+        skv_context_destroy(var);                                                          \
+        return 0;                                                                          \
+    }
 
 #endif
 

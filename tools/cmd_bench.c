@@ -131,18 +131,6 @@ static double host_read_gbps(size_t bytes)
     return (double)(n * 8) / t[2] * 1e-9;
 }
 
-/* A progress line on a terminal (rewritten in place); nothing in logs. */
-static void progress(const char *fmt, ...)
-{
-    if (!isatty(2))
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "\r\033[K");
-    vfprintf(stderr, fmt, ap);
-    fflush(stderr);
-    va_end(ap);
-}
 
 #define CHECK(call)                                                                                \
     do {                                                                                           \
@@ -202,7 +190,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
                 pos[i] = (int32_t)(t + i);
             CHECK(skv_append(cache, seqs[b], 0, n, SKV_F16, kv, kv, pos));
             if ((t / chunk) % 16 == 0)
-                progress("bench decode %s %llu tokens: filling %3.0f%%", tier_names[tier], (unsigned long long)tokens,
+                tool_progress("bench decode %s %llu tokens: filling %3.0f%%", tier_names[tier], (unsigned long long)tokens,
                          100.0 * (double)(b * tokens + t) / (double)(o->batch * tokens));
         }
         if (tier != SKV_TIER_F16)
@@ -215,7 +203,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
         CHECK(skv_cache_last_decode_ms(cache, &ms));
         if (r > 0)
             times[r - 1] = ms;
-        progress("bench decode %s %llu tokens: run %u/%u", tier_names[tier], (unsigned long long)tokens, r, o->runs);
+        tool_progress("bench decode %s %llu tokens: run %u/%u", tier_names[tier], (unsigned long long)tokens, r, o->runs);
     }
     qsort(times, o->runs, sizeof *times, cmp_double);
     double ms = times[o->runs / 2];
@@ -234,7 +222,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
     cJSON_AddNumberToObject(r, "gbps", gbps);
     cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
     cJSON_AddItemToArray(results, r);
-    progress("");
+    tool_progress("");
     printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f\n", tier_names[tier], (unsigned long long)tokens, ms, bytes, gbps,
            gbps / read_gbps);
     rc = 0;
@@ -297,7 +285,7 @@ static int bench_decode(int argc, char **argv)
     }
     skv_device_profile prof;
     skv_context_device(ctx, &prof);
-    progress("bench: measuring read bandwidth");
+    tool_progress("bench: measuring read bandwidth");
     uint64_t probe = prof.is_gpu ? (1ull << 30) : (256ull << 20);
     double kernel_gbps = 0, host_gbps = 0;
     st = skv_measure_read_bandwidth(ctx, probe, 20, &kernel_gbps);
@@ -309,7 +297,7 @@ static int bench_decode(int argc, char **argv)
     if (prof.vendor_class == SKV_VENDOR_CPU)
         host_gbps = host_read_gbps((size_t)probe);
     double read_gbps = kernel_gbps > host_gbps ? kernel_gbps : host_gbps;
-    progress("");
+    tool_progress("");
     printf("device: %s (%s)\nread bandwidth: %.1f GB/s (kernel %.1f", prof.name, prof.platform, read_gbps, kernel_gbps);
     if (host_gbps > 0)
         printf(", host loop %.1f", host_gbps);

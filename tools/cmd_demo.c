@@ -28,27 +28,6 @@ void usage_demo(FILE *out)
 
 static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
 
-static void progress(const char *fmt, ...)
-{
-    if (!isatty(2))
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "\r\033[K");
-    vfprintf(stderr, fmt, ap);
-    fflush(stderr);
-    va_end(ap);
-}
-
-static double rel_err(const double *ref, const float *got, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += (got[i] - ref[i]) * (got[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / den);
-}
 
 /* Mean over q-heads of cos(out_head, needle value of its kv-head). */
 static double needle_cos(const synth_model *m, uint32_t layer, int n, const float *out)
@@ -195,7 +174,7 @@ int cmd_demo(int argc, char **argv)
                 memcpy(ev + t0 * row, v, n * row * 4);
             }
         }
-        progress("streaming %llu / %llu tokens", (unsigned long long)(t0 + n), (unsigned long long)tokens);
+        tool_progress("streaming %llu / %llu tokens", (unsigned long long)(t0 + n), (unsigned long long)tokens);
     }
     /* Compress all but the sinks' page and the recent window. */
     if (tier != SKV_TIER_F16)
@@ -216,7 +195,7 @@ int cmd_demo(int argc, char **argv)
     }
     for (int s = 0; s < n_plain + (int)m.n_needles; s++) {
         int needle = s < n_plain ? -1 : s - n_plain;
-        progress("decoding %d / %d", s + 1, n_plain + (int)m.n_needles);
+        tool_progress("decoding %d / %d", s + 1, n_plain + (int)m.n_needles);
         for (uint32_t l = 0; l < L; l++) { /* a full decode step: every layer, both caches */
             synth_query(&m, l, tokens, needle, (uint64_t)s, q);
             double t_d, t_c;
@@ -238,8 +217,8 @@ int cmd_demo(int argc, char **argv)
                 continue;
             skv_ref_attention_decode(q, ek, ev, tokens, QH, H, D, scale, ref);
             if (needle < 0) {
-                err_d += rel_err(ref, od, QH * D) / n_plain;
-                err_c += rel_err(ref, oc, QH * D) / n_plain;
+                err_d += skv_ref_rel_l2(ref, od, QH * D) / n_plain;
+                err_c += skv_ref_rel_l2(ref, oc, QH * D) / n_plain;
             } else {
                 float rf[16 * 128];
                 for (uint32_t i = 0; i < QH * D; i++)
@@ -251,7 +230,7 @@ int cmd_demo(int argc, char **argv)
         }
     }
     free(q), free(od), free(oc), free(ref);
-    progress("");
+    tool_progress("");
 
     skv_cache_stats s_d = {.struct_size = sizeof s_d}, s_c = {.struct_size = sizeof s_c};
     CHECK(skv_cache_get_stats(dense, &s_d));

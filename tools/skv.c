@@ -34,6 +34,18 @@ int tool_usage_error(void (*usage_fn)(FILE *), const char *fmt, ...)
     return SKV_EXIT_USAGE;
 }
 
+void tool_progress(const char *fmt, ...)
+{
+    if (!isatty(2))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "\r\033[K");
+    vfprintf(stderr, fmt, ap);
+    fflush(stderr);
+    va_end(ap);
+}
+
 int tool_write_file(const char *path, const char *text)
 {
     if (strcmp(path, "-") == 0)

@@ -27,6 +27,9 @@ void usage_bench(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */
 int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);
+/* A progress line on stderr when it is a terminal (rewritten in place; "" clears it);
+ * nothing in logs. */
+void tool_progress(const char *fmt, ...);
 /* Writes text to `path` through a temporary file and a rename (nothing half-written);
  * "-" means stdout. 0 on success. */
 int tool_write_file(const char *path, const char *text);
