@@ -118,6 +118,23 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
     return SKV_OK;
 }
 
+/* Scratch buffer i of at least `bytes`, grown (never shrunk) on demand. Replacing one
+ * that enqueued kernels still use is safe: OpenCL keeps it until they complete. */
+static cl_mem scratch(skv_cache *c, int i, size_t bytes, cl_int *e)
+{
+    if (c->scratch[i] && c->scratch_bytes[i] >= bytes)
+        return c->scratch[i];
+    size_t grown = c->scratch_bytes[i] * 2 > bytes ? c->scratch_bytes[i] * 2 : bytes;
+    cl_mem m = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, grown, NULL, e);
+    if (*e != CL_SUCCESS)
+        return NULL;
+    if (c->scratch[i])
+        clReleaseMemObject(c->scratch[i]);
+    c->scratch[i] = m;
+    c->scratch_bytes[i] = grown;
+    return m;
+}
+
 static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes, const char *what)
 {
     size_t size = 0;
@@ -224,7 +241,7 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     }
     cl_int e = CL_SUCCESS;
     size_t part_bytes = (size_t)B * H * p.total_chunks * G * (D + 2) * sizeof(float);
-    cl_mem partials = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, part_bytes, NULL, &e);
+    cl_mem partials = scratch(c, 0, part_bytes, &e);
     size_t table_bytes = 0;
     for (int t = SKV_TIER_F16 + 1; t < SKV_TIER_COUNT; t++)
         if (p.t[t].max_len) {
@@ -236,7 +253,7 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         }
     cl_mem tables = NULL;
     if (e == CL_SUCCESS)
-        tables = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, table_bytes ? table_bytes : 4, NULL, &e);
+        tables = scratch(c, 1, table_bytes ? table_bytes : 4, &e);
     cl_mem qbuf = q_mem, obuf = out_mem;
     if (e == CL_SUCCESS && !q_mem) {
         qbuf = upload(c, q_host, q_bytes, &e);
@@ -295,7 +312,7 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     else if (done)
         clReleaseEvent(done);
     skvi_free(c->ctx->alloc, owned);
-    cl_mem bufs[] = {partials, tables, qbuf != q_mem ? qbuf : NULL, obuf != out_mem ? obuf : NULL};
+    cl_mem bufs[] = {qbuf != q_mem ? qbuf : NULL, obuf != out_mem ? obuf : NULL};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             clReleaseMemObject(bufs[i]);

@@ -210,9 +210,12 @@ void skv_cache_destroy(skv_cache *c)
     skvi_ada_release(c);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (c->last_decode[i])
             clReleaseEvent(c->last_decode[i]);
+        if (c->scratch[i])
+            clReleaseMemObject(c->scratch[i]);
+    }
     skvi_free(c->ctx->alloc, c);
 }
 

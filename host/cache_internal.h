@@ -65,6 +65,9 @@ struct skv_cache {
 
     cl_event transfer_pending; /* last page move; compute work waits for it */
     cl_event last_decode[2];   /* first and last kernel of the last decode (profiling only) */
+    /* decode scratch, grown on demand and kept: no device allocation per decode step */
+    cl_mem scratch[2]; /* partials, query tables */
+    size_t scratch_bytes[2];
 };
 
 /* pool.c */
