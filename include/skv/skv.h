@@ -315,6 +315,24 @@ typedef struct skv_cache_stats {
 
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);
 
+/* ---- budgets across layers and heads (DESIGN.md §7) ---------------------------------- */
+typedef enum skv_budget_rule {
+    SKV_BUDGET_UNIFORM = 0, /* every layer and head the mean */
+    SKV_BUDGET_PYRAMID = 1, /* PyramidKV: layers linear from 2B - B/20 (first) to B/20 (last) */
+    SKV_BUDGET_ADAKV = 2    /* AdaKV: uniform across layers, per head by skv_budget_adakv */
+} skv_budget_rule;
+
+/* Per-layer token budgets (per kv-head) for a mean of mean_tokens; they add up to
+ * exactly layers * mean_tokens. */
+SKV_API skv_status skv_budget_layers(skv_budget_rule rule, uint32_t layers, uint64_t mean_tokens,
+                                     uint64_t *per_layer);
+/* AdaKV's per-head split of one layer's budget (layer_budget tokens over all heads):
+ * every head keeps its top safeguard * layer_budget / heads tokens (AdaKV uses 0.2), the
+ * rest go to the highest scores across heads (ties: lower head, then lower index).
+ * scores is [heads][tokens], higher = keep. */
+SKV_API skv_status skv_budget_adakv(const float *scores, uint32_t heads, uint64_t tokens, uint64_t layer_budget,
+                                    float safeguard, uint64_t *per_head);
+
 /* Blocks until all work skv enqueued on this context has completed. */
 SKV_API skv_status skv_context_finish(skv_context *ctx);
 
