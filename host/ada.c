@@ -117,6 +117,9 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads;
     const size_t n_lh = (size_t)c->desc.layers * H;
     skvi_pool *f16 = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE], *tp = &c->pools[tier][SKV_MEM_DEVICE];
+    st = skvi_stats_flush(c, s); /* pending tokens are read from F16 pages: before they move */
+    if (st != SKV_OK)
+        return st;
 
     q_list *ql = skvi_calloc(a, n_lh, sizeof *ql);
     if (!ql)

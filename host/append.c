@@ -160,6 +160,9 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             return st;
     }
 
+    st = skvi_stats_reserve(c, s, layer, n); /* room for the positions the statistics will need */
+    if (st != SKV_OK)
+        return st;
     append_plan p;
     st = plan(c, s, layer, n, &p);
     if (st != SKV_OK)
@@ -241,6 +244,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             if (p.cow_old[h] != ~0u)
                 skvi_pool_unref(pool, p.cow_old[h]); /* the sequence's reference moved to the copy */
         s->len[layer] += n;
+        skvi_stats_note(c, s, layer, positions, n);
     } else {
         plan_return_pages(c, &p);
     }

@@ -17,6 +17,9 @@ void skv_cache_desc_init(skv_cache_desc *desc)
     desc->page_tokens = 64;
     desc->tiers = 1u << SKV_TIER_F16;
     desc->retention = SKV_RETENTION_NONE;
+    desc->scorer = SKV_SCORER_NONE;
+    desc->score_window = 4096;
+    desc->n_sink = 4;
 }
 
 static int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
@@ -44,6 +47,10 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
     if (!(d->tiers & (1u << SKV_TIER_F16)) || (d->tiers >> SKV_TIER_COUNT))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: tiers is 0x%x, must include F16 (bit 0) and only bits 0..%d",
                          fn, d->tiers, SKV_TIER_COUNT - 1);
+    if ((unsigned)d->scorer > SKV_SCORER_STREAMING)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: scorer %d is not an skv_scorer", fn, (int)d->scorer);
+    if (d->scorer == SKV_SCORER_MANIFOLD_WINDOWED && d->score_window == 0)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: score_window is 0", fn);
     if (d->retention != SKV_RETENTION_NONE)
         return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: retention %d is not implemented", fn, (int)d->retention);
     if (d->device_budget_bytes > ctx->profile.global_mem_bytes)
@@ -160,6 +167,8 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
         st = skvi_ada_init(c); /* the ADA tables come before the kernels built from them */
     if (st == SKV_OK)
         st = build_kernels(c);
+    if (st == SKV_OK)
+        st = skvi_score_init(c);
     if (st != SKV_OK) {
         skv_cache_destroy(c);
         return st;
@@ -185,6 +194,7 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     }
     skvi_free(c->ctx->alloc, s->lists);
     skvi_free(c->ctx->alloc, s->len);
+    skvi_stats_release(c, s);
     memset(s, 0, sizeof *s);
 }
 
@@ -208,6 +218,7 @@ void skv_cache_destroy(skv_cache *c)
     if (c->k_merge)
         clReleaseKernel(c->k_merge);
     skvi_ada_release(c);
+    skvi_score_release(c);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
     for (int i = 0; i < 2; i++) {
@@ -280,7 +291,7 @@ static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
     skvi_seq *s = &c->seqs[id];
     s->len = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->len);
     s->lists = skvi_calloc(c->ctx->alloc, skvi_list_count(c), sizeof *s->lists);
-    if (!s->len || !s->lists) {
+    if (!s->len || !s->lists || skvi_stats_alloc(c, s) != SKV_OK) {
         seq_release(c, s);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
@@ -330,6 +341,10 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
     p = &c->seqs[parent]; /* seq_new may have moved the table */
     skvi_seq *s = &c->seqs[id];
     size_t n_lists = skvi_list_count(c);
+    if (skvi_stats_copy(c, s, p) != SKV_OK) {
+        seq_release(c, s);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_fork: out of memory");
+    }
     for (size_t i = 0; i < n_lists; i++) {
         if (skvi_list_reserve(c, &s->lists[i], p->lists[i].n) != SKV_OK) {
             seq_release(c, s); /* nothing referenced yet */

@@ -32,10 +32,25 @@ typedef struct skvi_page_list {
     uint32_t tokens;
 } skvi_page_list;
 
+/* Running key statistics of one (layer, kv-head), by position window (one window when
+ * the scorer is not windowed), in double on the host. */
+typedef struct skvi_key_stats {
+    double *sum;      /* [n_windows][D] sum of k */
+    double *sum_unit; /* [n_windows][D] sum of k / |k| */
+    uint64_t *count;  /* [n_windows] */
+    uint32_t n_windows;
+} skvi_key_stats;
+
 typedef struct skvi_seq {
     int live;
     uint64_t *len;         /* tokens appended per layer */
     skvi_page_list *lists; /* [layer][kv_head][tier] */
+    /* scorers with key statistics: stats [layer][kv_head]; tokens appended but not yet
+     * in the statistics are the last pending_n[layer] of each F16 list, with these
+     * positions (added before anything can move them: skvi_stats_flush) */
+    skvi_key_stats *stats;
+    int32_t **pending_pos;
+    uint32_t *pending_n, *pending_cap;
 } skvi_seq;
 
 struct skv_cache {
@@ -58,6 +73,8 @@ struct skv_cache {
     cl_mem ada_params[SKV_TIER_COUNT]; /* the tables the kernels read (skvi_ada_pack_params) */
     cl_mem signs;                      /* [layer][kv_head][D] Hadamard signs */
     cl_kernel k_encode[SKV_TIER_COUNT];
+    cl_kernel k_inv_norms, k_key_stats;  /* score.cl */
+    cl_kernel k_score[SKV_TIER_COUNT];
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
     uint32_t tile;   /* decode tokens per tile (= work-group size of the GPU kernel) */
@@ -89,6 +106,19 @@ skv_status skvi_ada_init(skv_cache *c);
 /* Build defines of an ADA tier's kernels. */
 void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n);
 void skvi_ada_release(skv_cache *c);
+
+/* score.c */
+int skvi_scorer_has_stats(const skv_cache *c);
+skv_status skvi_stats_alloc(skv_cache *c, skvi_seq *s);
+void skvi_stats_release(skv_cache *c, skvi_seq *s);
+skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+/* Room for n more pending positions of `layer` (before an append commits). */
+skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);
+void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);
+/* Adds every pending token of the sequence to its statistics (reads keys back: waits). */
+skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s);
+skv_status skvi_score_init(skv_cache *c);
+void skvi_score_release(skv_cache *c);
 
 /* cache.c */
 /* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the

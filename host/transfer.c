@@ -27,6 +27,11 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint64_t begin, uint6
                          (unsigned long long)begin, (unsigned long long)end);
     const uint32_t P = c->desc.page_tokens;
     const skv_memory from = to == SKV_MEM_HOST ? SKV_MEM_DEVICE : SKV_MEM_HOST;
+    if (to == SKV_MEM_HOST) { /* pending statistics read device pages: before they move */
+        st = skvi_stats_flush(c, s);
+        if (st != SKV_OK)
+            return st;
+    }
 
     /* Which entries move: full pages inside [begin, end) of each list, still in `from`. */
     uint64_t first_page = (begin + P - 1) / P;

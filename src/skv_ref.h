@@ -39,6 +39,12 @@ SKV_API void skv_ref_ada_page_write(void *page, uint32_t page_tokens, uint32_t k
                                     uint32_t slot, const uint32_t *words, uint16_t norm, const uint8_t *values,
                                     int32_t position);
 
+/* The score of key k (d floats) by `scorer`: mean is the mean key (of k's window for
+ * the windowed scorer), unit_mean the mean of k/|k|; either may be NULL when the scorer
+ * does not use it. */
+SKV_API float skv_ref_score_key(skv_scorer scorer, const float *k, uint32_t d, const float *mean,
+                                const float *unit_mean, int32_t position, uint32_t n_sink);
+
 /* |got - ref| / |ref| (L2), the error measure of tests, demo and eval. */
 SKV_API double skv_ref_rel_l2(const double *ref, const float *got, size_t n);
 

@@ -219,6 +219,16 @@ typedef enum skv_retention {
     SKV_RETENTION_NONE = 0 /* keep every token at F16 */
 } skv_retention;
 
+/* Retention scorers (DESIGN.md §7): per (token, kv-head), higher = keep. */
+typedef enum skv_scorer {
+    SKV_SCORER_NONE = 0,
+    SKV_SCORER_KNORM = 1,             /* -|k| */
+    SKV_SCORER_KEYDIFF = 2,           /* -cos(k, a), a = mean of k/|k| over the sequence */
+    SKV_SCORER_MANIFOLD = 3,          /* |k - mu|, mu = mean key of the sequence */
+    SKV_SCORER_MANIFOLD_WINDOWED = 4, /* |k - mu_w|, mu_w = mean key of k's position window */
+    SKV_SCORER_STREAMING = 5          /* +inf for the first n_sink positions, else the position */
+} skv_scorer;
+
 typedef struct skv_cache_desc {
     size_t struct_size;           /* set by skv_cache_desc_init */
     uint32_t layers;              /* >= 1 */
@@ -230,6 +240,9 @@ typedef struct skv_cache_desc {
     uint64_t host_budget_bytes;   /* cap on pinned host page memory; 0 = no host tier */
     uint32_t tiers;               /* bit mask of (1u << skv_tier); must include F16 */
     skv_retention retention;
+    skv_scorer scorer;            /* what skv_seq_scores computes; NONE = no key statistics kept */
+    uint32_t score_window;        /* manifold_windowed: positions per window (default 4096) */
+    uint32_t n_sink;              /* streaming: protected first positions (default 4) */
 } skv_cache_desc;
 
 /* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
@@ -296,6 +309,14 @@ SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const 
  * SKV_ERR_UNSUPPORTED unless the context was created with enable_profiling (or on a
  * caller's queue with profiling), SKV_ERR_INVALID_ARG before the first call. */
 SKV_API skv_status skv_cache_last_decode_ms(skv_cache *cache, double *ms);
+
+/* Scores of the tokens (layer, kv_head) holds, in cache order (as skv_seq_positions),
+ * by the cache's scorer. Key statistics (means per sequence, per window) are running sums
+ * over every key appended to (layer, kv-head), updated incrementally; every held token is
+ * rescored against them (F16 keys directly, ADA keys from their codes). Writes
+ * min(capacity, held) scores and the held count in *count. Waits for pending work. */
+SKV_API skv_status skv_seq_scores(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out,
+                                  size_t capacity, size_t *count);
 
 typedef struct skv_pool_stats {
     uint64_t page_bytes;      /* bytes per page */

@@ -1,0 +1,142 @@
+/* Retention scores on the device (C reference: src/score.c) and the running key
+ * statistics they use. Kernels:
+ *   key_inv_norms: 1/|k| of tokens [base, base + m) of each head's F16 list;
+ *   key_stats:     per (head, dim) the sums of k and k/|k| of those tokens by window;
+ *   score_f16:     scores of one head's F16 tokens;
+ *   score_ada:     scores of one head's tokens in an ADA tier, from the codes: the key
+ *                  enters only through dot products with the statistics vectors, read
+ *                  from per-vector tables as in decode, and its decoded norm.
+ * Build defines: D, P; score_ada also RB, AB, KW, VB, VG (the tier). */
+#define F16_PAGE_BYTES (P * (4 * D + 4))
+
+inline __global const uchar *list_page(SKV_POOL_PARAMS_P(pool), __global const uint *pages, uint i, uint page_bytes)
+{
+    return SKV_PAGE_P(pool, pages[i / P], page_bytes);
+}
+
+inline float f16_key(__global const uchar *page, uint slot, uint d)
+{
+    return vload_half(((d / 8) * P + slot) * 8 + d % 8, (__global const half *)page);
+}
+
+/* pages: [heads][pages_per_head] F16 list page ids; lists hold `tokens[h]` tokens, of
+ * which the last m are new. */
+__kernel void key_inv_norms(SKV_POOL_PARAMS, __global const uint *pages, uint pages_per_head,
+                            __global const uint *tokens, uint m, __global float *inv)
+{
+    const uint t = get_global_id(0), h = get_global_id(1);
+    const uint i = tokens[h] - m + t;
+    __global const uchar *page = SKV_PAGE(pages[h * pages_per_head + i / P], F16_PAGE_BYTES);
+    float n2 = 0.0f;
+    for (uint d = 0; d < D; d++) {
+        float k = f16_key(page, i % P, d);
+        n2 += k * k;
+    }
+    inv[h * m + t] = n2 > 0.0f ? 1.0f / sqrt(n2) : 0.0f;
+}
+
+/* out: [heads][n_windows][2][D] = sums of k and of k/|k| per window (win[t]: the compact
+ * window index of new token t). */
+__kernel void key_stats(SKV_POOL_PARAMS, __global const uint *pages, uint pages_per_head,
+                        __global const uint *tokens, uint m, __global const float *inv,
+                        __global const uint *win, uint n_windows, __global float *out)
+{
+    const uint d = get_global_id(0), h = get_global_id(1);
+    for (uint w = 0; w < n_windows; w++) {
+        out[((h * n_windows + w) * 2) * D + d] = 0.0f;
+        out[((h * n_windows + w) * 2 + 1) * D + d] = 0.0f;
+    }
+    for (uint t = 0; t < m; t++) {
+        const uint i = tokens[h] - m + t;
+        __global const uchar *page = SKV_PAGE(pages[h * pages_per_head + i / P], F16_PAGE_BYTES);
+        const float k = f16_key(page, i % P, d);
+        __global float *o = out + ((h * n_windows + win[t]) * 2) * D + d;
+        o[0] += k;
+        o[D] += k * inv[h * m + t];
+    }
+}
+
+inline float score_of(uint scorer, float kk, float km, float mm, float ka, float aa, int position, uint n_sink)
+{
+    switch (scorer) {
+    case 1: /* knorm */
+        return -sqrt(kk);
+    case 2: /* keydiff */
+        return kk > 0.0f && aa > 0.0f ? -ka / sqrt(kk * aa) : 0.0f;
+    case 3: /* manifold */
+    case 4: /* manifold_windowed */
+        return sqrt(fmax(kk - 2.0f * km + mm, 0.0f));
+    case 5: /* streaming */
+        return position >= 0 && (uint)position < n_sink ? INFINITY : (float)position;
+    }
+    return 0.0f;
+}
+
+/* vecs: [n_windows + 1][D]: the window means, then the unit mean. */
+__kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint scorer,
+                        __global const float *vecs, uint n_windows, uint window, uint n_sink,
+                        __global float *scores)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
+    const int position = ((__global const int *)(page + P * D * 4))[t % P];
+    uint w = position < 0 ? 0 : (uint)position / window;
+    w = scorer == 4 ? min(w, n_windows - 1) : n_windows - 1; /* global mean: the last row */
+    __global const float *mu = vecs + (size_t)w * D, *a = vecs + (size_t)n_windows * D;
+    float kk = 0.0f, km = 0.0f, mm = 0.0f, ka = 0.0f, aa = 0.0f;
+    for (uint d = 0; d < D; d++) {
+        float k = f16_key(page, t % P, d);
+        kk += k * k;
+        km += k * mu[d];
+        mm += mu[d] * mu[d];
+        ka += k * a[d];
+        aa += a[d] * a[d];
+    }
+    scores[t] = score_of(scorer, kk, km, mm, ka, aa, position, n_sink);
+}
+
+#ifdef ADA
+#define VBYTES (D * VB / 8 + D / VG * 4)
+#define ADA_PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
+#define NR (1 << RB)
+#define NS (1 << AB)
+
+/* tables: [n_windows + 1][D/2][NS], T_v[j][c] of each statistics vector v (host-built,
+ * skv_ref_ada_query_table); norms2: |v|^2 per row; radius: the tier's codebook. */
+__kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint scorer,
+                        __global const float *tables, __global const float *norms2, uint n_windows, uint window,
+                        uint n_sink, __constant float *radius, __global float *scores)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
+    const uint slot = t % P;
+    const int position = ((__global const int *)(page + KW * P * 4 + P * 2 + P * VBYTES))[slot];
+    uint w = position < 0 ? 0 : (uint)position / window;
+    w = scorer == 4 ? min(w, n_windows - 1) : n_windows - 1;
+    __global const float *tm = tables + (size_t)w * (D / 2) * NS, *ta = tables + (size_t)n_windows * (D / 2) * NS;
+    __global const uint *kw = (__global const uint *)page + slot;
+    uint words[KW];
+    for (uint i = 0; i < KW; i++)
+        words[i] = kw[i * P];
+    float r2 = 0.0f, dm = 0.0f, da = 0.0f;
+    for (uint j = 0; j < D / 2; j++) {
+        const uint bit = j * (RB + AB), wi = bit / 32, sh = bit % 32;
+        uint code = words[wi] >> sh;
+        if (sh + RB + AB > 32)
+            code |= words[wi + 1] << (32 - sh);
+        code &= (1u << (RB + AB)) - 1u;
+        const float r = radius[code & (NR - 1)];
+        const uint c = code >> RB;
+        r2 += r * r;
+        dm += r * tm[j * NS + c];
+        da += r * ta[j * NS + c];
+    }
+    const float n = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
+    /* the decoded key k^: |k^|^2 = n^2 sum R^2, k^.v = n sum R T_v */
+    scores[t] = score_of(scorer, n * n * r2, n * dm, norms2[w], n * da, norms2[n_windows], position, n_sink);
+}
+#endif

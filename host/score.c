@@ -1,0 +1,445 @@
+/* Retention scores (DESIGN.md §7): the running key statistics of each (sequence, layer,
+ * kv-head) and skv_seq_scores. Statistics are sums over every key appended, kept in
+ * double on the host; new tokens are added lazily (their keys are still the tail of the
+ * F16 lists until something moves them, and everything that moves pages flushes first),
+ * so an append never waits for the device. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cache_internal.h"
+
+int skvi_scorer_has_stats(const skv_cache *c)
+{
+    return c->desc.scorer == SKV_SCORER_KEYDIFF || c->desc.scorer == SKV_SCORER_MANIFOLD ||
+           c->desc.scorer == SKV_SCORER_MANIFOLD_WINDOWED;
+}
+
+static size_t n_lh(const skv_cache *c) { return (size_t)c->desc.layers * c->desc.kv_heads; }
+
+skv_status skvi_stats_alloc(skv_cache *c, skvi_seq *s)
+{
+    if (!skvi_scorer_has_stats(c))
+        return SKV_OK;
+    const skv_allocator *a = c->ctx->alloc;
+    s->stats = skvi_calloc(a, n_lh(c), sizeof *s->stats);
+    s->pending_pos = skvi_calloc(a, c->desc.layers, sizeof *s->pending_pos);
+    s->pending_n = skvi_calloc(a, c->desc.layers, sizeof *s->pending_n);
+    s->pending_cap = skvi_calloc(a, c->desc.layers, sizeof *s->pending_cap);
+    if (!s->stats || !s->pending_pos || !s->pending_n || !s->pending_cap)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "sequence statistics: out of memory");
+    return SKV_OK;
+}
+
+void skvi_stats_release(skv_cache *c, skvi_seq *s)
+{
+    const skv_allocator *a = c->ctx->alloc;
+    for (size_t i = 0; s->stats && i < n_lh(c); i++) {
+        skvi_free(a, s->stats[i].sum);
+        skvi_free(a, s->stats[i].sum_unit);
+        skvi_free(a, s->stats[i].count);
+    }
+    for (uint32_t l = 0; s->pending_pos && l < c->desc.layers; l++)
+        skvi_free(a, s->pending_pos[l]);
+    skvi_free(a, s->stats);
+    skvi_free(a, s->pending_pos);
+    skvi_free(a, s->pending_n);
+    skvi_free(a, s->pending_cap);
+    s->stats = NULL;
+    s->pending_pos = NULL;
+    s->pending_n = s->pending_cap = NULL;
+}
+
+/* Grows one (layer, head)'s window arrays to n windows. */
+static skv_status stats_grow(skv_cache *c, skvi_key_stats *k, uint32_t n)
+{
+    if (n <= k->n_windows)
+        return SKV_OK;
+    const skv_allocator *a = c->ctx->alloc;
+    const uint32_t D = c->desc.head_dim;
+    double *sum = skvi_calloc(a, (size_t)n * D, sizeof *sum), *unit = skvi_calloc(a, (size_t)n * D, sizeof *unit);
+    uint64_t *count = skvi_calloc(a, n, sizeof *count);
+    if (!sum || !unit || !count) {
+        skvi_free(a, sum);
+        skvi_free(a, unit);
+        skvi_free(a, count);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    }
+    if (k->n_windows) {
+        memcpy(sum, k->sum, (size_t)k->n_windows * D * sizeof *sum);
+        memcpy(unit, k->sum_unit, (size_t)k->n_windows * D * sizeof *unit);
+        memcpy(count, k->count, k->n_windows * sizeof *count);
+    }
+    skvi_free(a, k->sum);
+    skvi_free(a, k->sum_unit);
+    skvi_free(a, k->count);
+    k->sum = sum;
+    k->sum_unit = unit;
+    k->count = count;
+    k->n_windows = n;
+    return SKV_OK;
+}
+
+skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src)
+{
+    if (!src->stats)
+        return SKV_OK;
+    const uint32_t D = c->desc.head_dim;
+    for (size_t i = 0; i < n_lh(c); i++) {
+        skv_status st = stats_grow(c, &dst->stats[i], src->stats[i].n_windows);
+        if (st != SKV_OK)
+            return st;
+        if (src->stats[i].n_windows) {
+            memcpy(dst->stats[i].sum, src->stats[i].sum, (size_t)src->stats[i].n_windows * D * sizeof(double));
+            memcpy(dst->stats[i].sum_unit, src->stats[i].sum_unit, (size_t)src->stats[i].n_windows * D * sizeof(double));
+            memcpy(dst->stats[i].count, src->stats[i].count, src->stats[i].n_windows * sizeof(uint64_t));
+        }
+    }
+    for (uint32_t l = 0; l < c->desc.layers; l++) {
+        skv_status st = skvi_stats_reserve(c, dst, l, src->pending_n[l]);
+        if (st != SKV_OK)
+            return st;
+        if (src->pending_n[l])
+            memcpy(dst->pending_pos[l], src->pending_pos[l], src->pending_n[l] * sizeof(int32_t));
+        dst->pending_n[l] = src->pending_n[l];
+    }
+    return SKV_OK;
+}
+
+skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n)
+{
+    if (!s->stats || s->pending_n[layer] + n <= s->pending_cap[layer])
+        return SKV_OK;
+    uint32_t cap = s->pending_cap[layer] ? s->pending_cap[layer] : 256;
+    while (cap < s->pending_n[layer] + n)
+        cap *= 2;
+    int32_t *p = skvi_calloc(c->ctx->alloc, cap, sizeof *p);
+    if (!p)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    if (s->pending_n[layer])
+        memcpy(p, s->pending_pos[layer], s->pending_n[layer] * sizeof *p);
+    skvi_free(c->ctx->alloc, s->pending_pos[layer]);
+    s->pending_pos[layer] = p;
+    s->pending_cap[layer] = cap;
+    return SKV_OK;
+}
+
+void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n)
+{
+    (void)c;
+    if (!s->stats)
+        return;
+    memcpy(s->pending_pos[layer] + s->pending_n[layer], positions, n * sizeof *positions);
+    s->pending_n[layer] += n;
+}
+
+static uint32_t window_of(const skv_cache *c, int32_t position)
+{
+    if (c->desc.scorer != SKV_SCORER_MANIFOLD_WINDOWED || position < 0)
+        return 0;
+    return (uint32_t)position / c->desc.score_window;
+}
+
+/* One layer's pending tokens into the statistics. */
+static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim, P = c->desc.page_tokens, m = s->pending_n[layer];
+    const skv_allocator *a = c->ctx->alloc;
+    skv_context *ctx = c->ctx;
+    /* compact window indices of the new tokens */
+    uint32_t w_lo = UINT32_MAX, w_hi = 0;
+    for (uint32_t t = 0; t < m; t++) {
+        uint32_t w = window_of(c, s->pending_pos[layer][t]);
+        w_lo = w < w_lo ? w : w_lo;
+        w_hi = w > w_hi ? w : w_hi;
+    }
+    const uint32_t nw = w_hi - w_lo + 1;
+    for (uint32_t h = 0; h < H; h++) {
+        skv_status st = stats_grow(c, &s->stats[(size_t)layer * H + h], w_hi + 1);
+        if (st != SKV_OK)
+            return st;
+    }
+    uint32_t pph = 0;
+    for (uint32_t h = 0; h < H; h++) {
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
+        if (l->tokens < m)
+            return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "key statistics: pending tokens left the F16 list");
+        pph = l->n > pph ? l->n : pph;
+    }
+    uint32_t *pages = skvi_calloc(a, (size_t)H * pph, sizeof *pages), *tokens = skvi_calloc(a, H, sizeof *tokens);
+    uint32_t *win = skvi_calloc(a, m, sizeof *win);
+    float *out = skvi_calloc(a, (size_t)H * nw * 2 * D, sizeof *out);
+    skv_status st = SKV_OK;
+    cl_mem bufs[5] = {0};
+    if (!pages || !tokens || !win || !out)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    cl_int e = CL_SUCCESS;
+    if (st == SKV_OK) {
+        for (uint32_t h = 0; h < H; h++) {
+            const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
+            for (uint32_t j = 0; j < l->n; j++)
+                pages[(size_t)h * pph + j] = l->ids[j]; /* device pages: offload and quantize flush first */
+            tokens[h] = l->tokens;
+        }
+        for (uint32_t t = 0; t < m; t++)
+            win[t] = window_of(c, s->pending_pos[layer][t]) - w_lo;
+        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        bufs[0] = clCreateBuffer(ctx->cl, ro, (size_t)H * pph * 4, pages, &e);
+        if (e == CL_SUCCESS)
+            bufs[1] = clCreateBuffer(ctx->cl, ro, (size_t)H * 4, tokens, &e);
+        if (e == CL_SUCCESS)
+            bufs[2] = clCreateBuffer(ctx->cl, ro, (size_t)m * 4, win, &e);
+        if (e == CL_SUCCESS)
+            bufs[3] = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)H * m * 4, NULL, &e);
+        if (e == CL_SUCCESS)
+            bufs[4] = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)H * nw * 2 * D * 4, NULL, &e);
+        skvi_pool *pool = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE];
+        cl_uint pp = pph, mm = m, nwin = nw, arg = SKVI_POOL_MAX_CHUNKS + 1;
+        if (e == CL_SUCCESS) {
+            cl_kernel k = c->k_inv_norms;
+            e = skvi_pool_set_args(pool, k, 0);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[0], &bufs[0]);
+            e |= clSetKernelArg(k, arg++, sizeof pp, &pp);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[1], &bufs[1]);
+            e |= clSetKernelArg(k, arg++, sizeof mm, &mm);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[3], &bufs[3]);
+            size_t g[2] = {m, H};
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+        }
+        if (e == CL_SUCCESS) {
+            cl_kernel k = c->k_key_stats;
+            arg = SKVI_POOL_MAX_CHUNKS + 1;
+            e = skvi_pool_set_args(pool, k, 0);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[0], &bufs[0]);
+            e |= clSetKernelArg(k, arg++, sizeof pp, &pp);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[1], &bufs[1]);
+            e |= clSetKernelArg(k, arg++, sizeof mm, &mm);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[3], &bufs[3]);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[2], &bufs[2]);
+            e |= clSetKernelArg(k, arg++, sizeof nwin, &nwin);
+            e |= clSetKernelArg(k, arg++, sizeof bufs[4], &bufs[4]);
+            size_t g[2] = {D, H};
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+        }
+        if (e == CL_SUCCESS)
+            e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_TRUE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
+        if (e != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, e, "key statistics");
+    }
+    if (st == SKV_OK) { /* commit */
+        for (uint32_t h = 0; h < H; h++) {
+            skvi_key_stats *k = &s->stats[(size_t)layer * H + h];
+            for (uint32_t w = 0; w < nw; w++) {
+                const float *o = out + ((size_t)h * nw + w) * 2 * D;
+                for (uint32_t d = 0; d < D; d++) {
+                    k->sum[(size_t)(w_lo + w) * D + d] += o[d];
+                    k->sum_unit[(size_t)(w_lo + w) * D + d] += o[D + d];
+                }
+            }
+            for (uint32_t t = 0; t < m; t++)
+                k->count[w_lo + win[t]]++;
+        }
+        s->pending_n[layer] = 0;
+    }
+    for (int i = 0; i < 5; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    skvi_free(a, pages);
+    skvi_free(a, tokens);
+    skvi_free(a, win);
+    skvi_free(a, out);
+    (void)P;
+    return st;
+}
+
+skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s)
+{
+    for (uint32_t l = 0; s->stats && l < c->desc.layers; l++)
+        if (s->pending_n[l]) {
+            skv_status st = flush_layer(c, s, l);
+            if (st != SKV_OK)
+                return st;
+        }
+    return SKV_OK;
+}
+
+skv_status skvi_score_init(skv_cache *c)
+{
+    if (c->desc.scorer == SKV_SCORER_NONE)
+        return SKV_OK;
+    char defs[256];
+    snprintf(defs, sizeof defs, "-DD=%u -DP=%u", c->desc.head_dim, c->desc.page_tokens);
+    skv_status st = skvi_kernel_create(c->ctx, "score.cl", defs, "score_f16", &c->k_score[SKV_TIER_F16]);
+    if (st == SKV_OK && skvi_scorer_has_stats(c))
+        st = skvi_kernel_create(c->ctx, "score.cl", defs, "key_inv_norms", &c->k_inv_norms);
+    if (st == SKV_OK && skvi_scorer_has_stats(c))
+        st = skvi_kernel_create(c->ctx, "score.cl", defs, "key_stats", &c->k_key_stats);
+    for (int t = SKV_TIER_F16 + 1; st == SKV_OK && t < SKV_TIER_COUNT; t++)
+        if (c->desc.tiers & (1u << t)) {
+            char ada[256], all[512];
+            skvi_ada_defines(c, (skv_tier)t, ada, sizeof ada);
+            snprintf(all, sizeof all, "%s -DADA", ada);
+            st = skvi_kernel_create(c->ctx, "score.cl", all, "score_ada", &c->k_score[t]);
+        }
+    return st;
+}
+
+void skvi_score_release(skv_cache *c)
+{
+    cl_kernel ks[2] = {c->k_inv_norms, c->k_key_stats};
+    for (int i = 0; i < 2; i++)
+        if (ks[i])
+            clReleaseKernel(ks[i]);
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        if (c->k_score[t])
+            clReleaseKernel(c->k_score[t]);
+}
+
+/* The statistics vectors of (layer, head) as floats: rows 0..nw-1 the means (one row,
+ * the global mean, unless windowed), row nw the unit mean. */
+static float *stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out)
+{
+    const uint32_t D = c->desc.head_dim;
+    const skvi_key_stats *k = s->stats ? &s->stats[(size_t)layer * c->desc.kv_heads + head] : NULL;
+    int windowed = c->desc.scorer == SKV_SCORER_MANIFOLD_WINDOWED;
+    uint32_t nw = windowed && k && k->n_windows ? k->n_windows : 1;
+    float *v = skvi_calloc(c->ctx->alloc, (size_t)(nw + 1) * D, sizeof *v);
+    if (!v)
+        return NULL;
+    if (k && k->n_windows) {
+        uint64_t total = 0;
+        for (uint32_t w = 0; w < k->n_windows; w++)
+            total += k->count[w];
+        for (uint32_t d = 0; d < D; d++) {
+            double all = 0, unit = 0;
+            for (uint32_t w = 0; w < k->n_windows; w++) {
+                all += k->sum[(size_t)w * D + d];
+                unit += k->sum_unit[(size_t)w * D + d];
+                if (windowed)
+                    v[(size_t)w * D + d] = k->count[w] ? (float)(k->sum[(size_t)w * D + d] / k->count[w]) : 0.0f;
+            }
+            if (!windowed)
+                v[d] = total ? (float)(all / total) : 0.0f;
+            v[(size_t)nw * D + d] = total ? (float)(unit / total) : 0.0f;
+        }
+    }
+    *nw_out = nw;
+    return v;
+}
+
+skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, size_t capacity,
+                          size_t *count)
+{
+    skvi_clear_error();
+    if (!c || !count || (capacity && !out))
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
+                         "skv_seq_scores: cache or count is NULL, or out is NULL with capacity > 0");
+    skv_context *ctx = c->ctx;
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_seq_scores", &s);
+    if (st != SKV_OK)
+        return st;
+    if (layer >= c->desc.layers || kv_head >= c->desc.kv_heads)
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_scores: layer %u / kv_head %u out of range", layer,
+                         kv_head);
+    if (c->desc.scorer == SKV_SCORER_NONE)
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_scores: the cache was created without a scorer");
+    size_t held = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
+        held += l->tokens;
+        for (uint32_t j = 0; j < l->n; j++)
+            if (l->ids[j] & SKVI_HOST_BIT)
+                return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                                 "skv_seq_scores: pages in host memory: skv_seq_fetch them first");
+    }
+    *count = held;
+    st = skvi_stats_flush(c, s);
+    if (st != SKV_OK)
+        return st;
+    const uint32_t D = c->desc.head_dim;
+    uint32_t nw = 1;
+    float *vecs = stats_vectors(c, s, layer, kv_head, &nw);
+    float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
+    float *tables = NULL, *norms2 = NULL;
+    if (!vecs || !scores) {
+        skvi_free(ctx->alloc, vecs);
+        skvi_free(ctx->alloc, scores);
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+    }
+    size_t done = 0;
+    cl_uint sc = (cl_uint)c->desc.scorer, nwin = nw, win = c->desc.score_window, ns = c->desc.n_sink;
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
+        if (!l->tokens)
+            continue;
+        cl_int e;
+        cl_mem bufs[4] = {0};
+        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        bufs[0] = clCreateBuffer(ctx->cl, ro, l->n * sizeof *l->ids, l->ids, &e);
+        if (e == CL_SUCCESS)
+            bufs[1] = clCreateBuffer(ctx->cl, CL_MEM_WRITE_ONLY, l->tokens * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS && t == SKV_TIER_F16) {
+            bufs[2] = clCreateBuffer(ctx->cl, ro, (size_t)(nw + 1) * D * sizeof(float), vecs, &e);
+        } else if (e == CL_SUCCESS) { /* ADA: the vectors enter as query tables, as in decode */
+            const unsigned S = 1u << c->ada[t].angle_bits;
+            tables = skvi_calloc(ctx->alloc, (size_t)(nw + 1) * (D / 2) * S, sizeof *tables);
+            norms2 = skvi_calloc(ctx->alloc, nw + 1, sizeof *norms2);
+            if (!tables || !norms2) {
+                st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+            } else {
+                int8_t signs[256];
+                skv_ref_ada_signs(layer, kv_head, D, signs);
+                for (uint32_t r = 0; r <= nw; r++) {
+                    skv_ref_ada_query_table(&c->ada[t], signs, vecs + (size_t)r * D, tables + (size_t)r * (D / 2) * S);
+                    double n2 = 0;
+                    for (uint32_t d = 0; d < D; d++)
+                        n2 += (double)vecs[(size_t)r * D + d] * vecs[(size_t)r * D + d];
+                    norms2[r] = (float)n2;
+                }
+                bufs[2] = clCreateBuffer(ctx->cl, ro, (size_t)(nw + 1) * (D / 2) * S * sizeof(float), tables, &e);
+                if (e == CL_SUCCESS)
+                    bufs[3] = clCreateBuffer(ctx->cl, ro, (nw + 1) * sizeof(float), norms2, &e);
+            }
+        }
+        if (st == SKV_OK && e == CL_SUCCESS) {
+            cl_kernel k = c->k_score[t];
+            cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, n = l->tokens;
+            e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+            e |= clSetKernelArg(k, a++, sizeof bufs[0], &bufs[0]);
+            e |= clSetKernelArg(k, a++, sizeof n, &n);
+            e |= clSetKernelArg(k, a++, sizeof sc, &sc);
+            e |= clSetKernelArg(k, a++, sizeof bufs[2], &bufs[2]);
+            if (t != SKV_TIER_F16)
+                e |= clSetKernelArg(k, a++, sizeof bufs[3], &bufs[3]);
+            e |= clSetKernelArg(k, a++, sizeof nwin, &nwin);
+            e |= clSetKernelArg(k, a++, sizeof win, &win);
+            e |= clSetKernelArg(k, a++, sizeof ns, &ns);
+            if (t != SKV_TIER_F16)
+                e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
+            e |= clSetKernelArg(k, a++, sizeof bufs[1], &bufs[1]);
+            size_t g = n;
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+            if (e == CL_SUCCESS)
+                e = clEnqueueReadBuffer(ctx->queue, bufs[1], CL_TRUE, 0, n * sizeof(float), scores + done, 0, NULL,
+                                        NULL);
+        }
+        if (st == SKV_OK && e != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, e, "skv_seq_scores");
+        done += l->tokens;
+        for (int i = 0; i < 4; i++)
+            if (bufs[i])
+                clReleaseMemObject(bufs[i]);
+        skvi_free(ctx->alloc, tables);
+        skvi_free(ctx->alloc, norms2);
+        tables = norms2 = NULL;
+    }
+    if (st == SKV_OK && capacity)
+        memcpy(out, scores, (held < capacity ? held : capacity) * sizeof *out);
+    skvi_free(ctx->alloc, vecs);
+    skvi_free(ctx->alloc, scores);
+    return st;
+}

@@ -1,0 +1,241 @@
+/* Retention scorers on the device against the C reference (src/score.c), for F16 and ADA
+ * tokens, with statistics built incrementally over many appends; hand-computed cases; and
+ * a synthetic retrieval check of which scorers keep planted needles. */
+#include "test_util.h"
+#include "cache_internal.h"
+#include "skv_ref.h"
+
+static skv_context *ctx;
+TEST_KERNEL_SUITE_SETUP(ctx)
+
+static skv_cache *make(skv_scorer scorer, uint32_t H, uint32_t D, uint32_t P, uint32_t window)
+{
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 2, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+    d.device_budget_bytes = 32u << 20;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.scorer = scorer;
+    d.score_window = window;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    return c;
+}
+
+/* Appends k (fp16-exact values) [n][H][D] at positions first.. to layer 1, in pieces
+ * of the given sizes. */
+static void append_pieces(skv_cache *c, skv_seq_id s, const float *k, uint32_t first, uint32_t n,
+                          const uint32_t *pieces, int np)
+{
+    const uint32_t row = c->desc.kv_heads * c->desc.head_dim;
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = (int32_t)(first + t);
+    uint32_t t0 = 0;
+    for (int i = 0; t0 < n; i = (i + 1) % np) {
+        uint32_t m = pieces[i] < n - t0 ? pieces[i] : n - t0;
+        assert_ok(skv_append(c, s, 1, m, SKV_F32, k + (size_t)t0 * row, k + (size_t)t0 * row, pos + t0));
+        t0 += m;
+    }
+    free(pos);
+}
+
+/* Scores of head h against the reference from scratch over all n appended keys. */
+static void check_scores(skv_cache *c, skv_seq_id s, uint32_t h, const float *k, uint32_t n)
+{
+    const uint32_t D = c->desc.head_dim, H = c->desc.kv_heads, W = c->desc.score_window;
+    const skv_scorer sc = c->desc.scorer;
+    const uint32_t nw = sc == SKV_SCORER_MANIFOLD_WINDOWED ? (n + W - 1) / W : 1;
+    double *mean = calloc((size_t)(nw + 1) * D, sizeof *mean), *unit = calloc(D, sizeof *unit);
+    uint64_t *cnt = calloc(nw + 1, sizeof *cnt);
+    for (uint32_t t = 0; t < n; t++) {
+        const float *kt = k + ((size_t)t * H + h) * D;
+        double n2 = 0;
+        for (uint32_t d = 0; d < D; d++)
+            n2 += (double)kt[d] * kt[d];
+        uint32_t w = nw > 1 ? t / W : 0;
+        cnt[w]++;
+        for (uint32_t d = 0; d < D; d++) {
+            mean[(size_t)w * D + d] += kt[d];
+            unit[d] += n2 > 0 ? kt[d] / sqrt(n2) : 0;
+        }
+    }
+    float *mf = malloc((size_t)nw * D * 4), *uf = malloc(D * 4);
+    for (uint32_t w = 0; w < nw; w++)
+        for (uint32_t d = 0; d < D; d++)
+            mf[(size_t)w * D + d] = (float)(mean[(size_t)w * D + d] / cnt[w]);
+    for (uint32_t d = 0; d < D; d++)
+        uf[d] = (float)(unit[d] / n);
+
+    float *got = malloc(n * 4);
+    int32_t *pos = malloc(n * 4);
+    size_t count, pc;
+    assert_ok(skv_seq_scores(c, s, 1, h, got, n, &count));
+    assert_int_equal(count, n);
+    assert_ok(skv_seq_positions(c, s, 1, h, pos, n, &pc));
+    const skvi_page_list *f16 = skvi_seq_list(c, &c->seqs[s], 1, h, SKV_TIER_F16);
+    int8_t signs[256];
+    skv_ref_ada_signs(1, h, D, signs);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t t = (uint32_t)pos[i];
+        float key[256];
+        memcpy(key, k + ((size_t)t * H + h) * D, D * 4);
+        if (i >= f16->tokens) { /* an A3V4 token: the reference scores its decoded key */
+            uint32_t words[64];
+            uint16_t norm;
+            skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
+            skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
+        }
+        const float *mu = mf + (size_t)(nw > 1 ? t / W : 0) * D;
+        float want = skv_ref_score_key(sc, key, D, mu, uf, pos[i], c->desc.n_sink);
+        if (!(fabsf(got[i] - want) <= 2e-4f * fmaxf(1.0f, fabsf(want))) && !(isinf(want) && got[i] == want))
+            fail_msg("scorer %d head %u token %u (%s): %.7g, reference %.7g", (int)sc, h, t,
+                     i >= f16->tokens ? "a3v4" : "f16", got[i], want);
+    }
+    free(mean), free(unit), free(cnt), free(mf), free(uf), free(got), free(pos);
+}
+
+static void test_scorers_match_reference(void **state)
+{
+    (void)state;
+    const skv_scorer scorers[5] = {SKV_SCORER_KNORM, SKV_SCORER_KEYDIFF, SKV_SCORER_MANIFOLD,
+                                   SKV_SCORER_MANIFOLD_WINDOWED, SKV_SCORER_STREAMING};
+    const uint32_t H = 2, D = 64, P = 16, n = 333;
+    test_rng r = {21};
+    float *k = malloc((size_t)n * H * D * 4);
+    for (size_t i = 0; i < (size_t)n * H * D; i++) /* fp16-exact, a mean and an outlier channel */
+        k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(&r) + (i % D == 3 ? 5.0f : 0.4f)));
+    const uint32_t pieces[4] = {1, 37, 64, 5};
+    for (int si = 0; si < 5; si++) {
+        skv_cache *c = make(scorers[si], H, D, P, 50);
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        append_pieces(c, s, k, 0, 200, pieces, 4);
+        assert_ok(skv_seq_quantize(c, s, 16, 128, SKV_TIER_A3V4)); /* flushes the pending statistics first */
+        append_pieces(c, s, k + 200 * H * D, 200, n - 200, pieces, 4); /* pending again at scoring time */
+        for (uint32_t h = 0; h < H; h++)
+            check_scores(c, s, h, k, n);
+        /* a fork carries the statistics */
+        skv_seq_id f;
+        assert_ok(skv_seq_fork(c, s, &f));
+        check_scores(c, f, 1, k, n);
+        skv_cache_destroy(c);
+    }
+    free(k);
+}
+
+static void test_hand_computed(void **state)
+{
+    (void)state;
+    /* 4 keys in the first two dims: (2,0) (1,0) (0,3) (3,0): mean (1.5, 0.75), unit mean
+     * (0.75, 0.25) */
+    const uint32_t D = 64;
+    float k[4 * 64] = {0};
+    k[0] = 2, k[D] = 1, k[2 * D + 1] = 3, k[3 * D] = 3;
+    const float manifold[4] = {0.9013878f, 0.9013878f, 2.7041635f, 1.6770510f}; /* |k - mean| */
+    const float keydiff[4] = {-0.9486833f, -0.9486833f, -0.3162278f, -0.9486833f};
+    const float knorm[4] = {-2, -1, -3, -3};
+    const skv_scorer sc[3] = {SKV_SCORER_MANIFOLD, SKV_SCORER_KEYDIFF, SKV_SCORER_KNORM};
+    const float *want[3] = {manifold, keydiff, knorm};
+    for (int i = 0; i < 3; i++) {
+        skv_cache *c = make(sc[i], 1, D, 16, 4096);
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        int32_t pos[4] = {0, 1, 2, 3};
+        assert_ok(skv_append(c, s, 1, 4, SKV_F32, k, k, pos));
+        float got[4];
+        size_t n;
+        assert_ok(skv_seq_scores(c, s, 1, 0, got, 4, &n));
+        assert_int_equal(n, 4);
+        for (int t = 0; t < 4; t++)
+            assert_float_equal(got[t], want[i][t], 1e-5);
+        skv_cache_destroy(c);
+    }
+    /* streaming: +inf for the sinks, then the position */
+    skv_cache *c = make(SKV_SCORER_STREAMING, 1, D, 16, 4096);
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    float kk[6 * 64] = {0};
+    int32_t pos[6] = {0, 1, 2, 3, 4, 5};
+    assert_ok(skv_append(c, s, 1, 6, SKV_F32, kk, kk, pos));
+    float got[6];
+    size_t n;
+    assert_ok(skv_seq_scores(c, s, 1, 0, got, 6, &n));
+    for (int t = 0; t < 4; t++)
+        assert_true(isinf(got[t]) && got[t] > 0);
+    assert_float_equal(got[4], 4.0f, 0);
+    assert_float_equal(got[5], 5.0f, 0);
+    /* bad input */
+    assert_int_equal(skv_seq_scores(c, s, 2, 0, got, 6, &n), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_scores(c, s, 1, 1, got, 6, &n), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_scores(c, s, 1, 0, NULL, 6, &n), SKV_ERR_INVALID_ARG);
+    skv_cache_destroy(c);
+    skv_cache *none = make(SKV_SCORER_NONE, 1, D, 16, 4096);
+    assert_ok(skv_seq_create(none, &s));
+    assert_int_equal(skv_seq_scores(none, s, 1, 0, got, 6, &n), SKV_ERR_INVALID_ARG);
+    skv_cache_destroy(none);
+}
+
+/* Keys around a mean with an outlier channel; needles point elsewhere with a larger norm.
+ * Keeping the top 50% / 20% by score: manifold and keydiff keep every needle; knorm
+ * (which keeps small norms) may not. Each scorer's rate is printed. */
+static void test_needle_retention(void **state)
+{
+    (void)state;
+    const uint32_t H = 1, D = 128, n = 2000, needles = 10;
+    test_rng r = {5};
+    float *k = malloc((size_t)n * D * 4), dir[128];
+    for (uint32_t d = 0; d < D; d++)
+        dir[d] = test_gauss(&r);
+    int is_needle[2000] = {0};
+    for (uint32_t i = 0; i < needles; i++)
+        is_needle[100 + i * 180] = 1;
+    for (uint32_t t = 0; t < n; t++)
+        for (uint32_t d = 0; d < D; d++) {
+            float x = is_needle[t] ? 2.5f * dir[d] : test_gauss(&r) + 1.0f + (d == 7 ? 4.0f : 0.0f);
+            k[(size_t)t * D + d] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(x));
+        }
+    const skv_scorer sc[3] = {SKV_SCORER_MANIFOLD, SKV_SCORER_KEYDIFF, SKV_SCORER_KNORM};
+    const char *names[3] = {"manifold", "keydiff", "knorm"};
+    const double keep[2] = {0.5, 0.2};
+    for (int i = 0; i < 3; i++) {
+        skv_cache *c = make(sc[i], H, D, 64, 4096);
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        const uint32_t pieces[1] = {256};
+        append_pieces(c, s, k, 0, n, pieces, 1);
+        float *score = malloc(n * 4), *sorted = malloc(n * 4);
+        size_t cnt;
+        assert_ok(skv_seq_scores(c, s, 1, 0, score, n, &cnt));
+        memcpy(sorted, score, n * 4);
+        for (uint32_t a = 1; a < n; a++) /* descending */
+            for (uint32_t b = a; b > 0 && sorted[b] > sorted[b - 1]; b--) {
+                float x = sorted[b];
+                sorted[b] = sorted[b - 1];
+                sorted[b - 1] = x;
+            }
+        for (int j = 0; j < 2; j++) {
+            float cut = sorted[(uint32_t)(keep[j] * n) - 1];
+            uint32_t kept = 0;
+            for (uint32_t t = 0; t < n; t++)
+                kept += is_needle[t] && score[t] >= cut;
+            printf("%-8s keeping %2.0f%%: %u / %u needles kept\n", names[i], keep[j] * 100, kept, needles);
+            if (sc[i] != SKV_SCORER_KNORM)
+                assert_int_equal(kept, needles);
+        }
+        free(score);
+        free(sorted);
+        skv_cache_destroy(c);
+    }
+    free(k);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scorers_match_reference),
+        cmocka_unit_test(test_hand_computed),
+        cmocka_unit_test(test_needle_retention),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
