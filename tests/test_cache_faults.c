@@ -1,6 +1,6 @@
 /* Fault injection in the cache: an allocation failure at each host allocation of an
  * append, a fork, a quantisation, an offload and a fetch leaves the sequence exactly as
- * it was (length, pages, decode output), leaks nothing, and a retry succeeds. */
+ * it was (length, pages, decode output, scores), leaks nothing, and a retry succeeds. */
 #include "test_util.h"
 #include "skv/skv_cl.h"
 
@@ -53,6 +53,8 @@ typedef struct snapshot {
     uint64_t len, host;
     uint64_t used[SKV_TIER_COUNT][SKV_MEM_COUNT];
     float out[8 * 64];
+    float scores[512];
+    size_t n_scores;
 } snapshot;
 
 static void take(world *w, snapshot *s)
@@ -64,8 +66,10 @@ static void take(world *w, snapshot *s)
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         for (int m = 0; m < SKV_MEM_COUNT; m++)
             s->used[t][m] = st.pools[t][m].pages_used;
-    if (s->host == 0)
+    if (s->host == 0) {
         assert_ok(skv_attention_decode(w->c, 0, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, s->out));
+        assert_ok(skv_seq_scores(w->c, w->s, 0, 1, s->scores, 512, &s->n_scores));
+    }
 }
 
 static void same(const snapshot *a, const snapshot *b)
@@ -73,8 +77,11 @@ static void same(const snapshot *a, const snapshot *b)
     assert_int_equal(a->len, b->len);
     assert_int_equal(a->host, b->host);
     assert_memory_equal(a->used, b->used, sizeof a->used);
-    if (a->host == 0)
+    if (a->host == 0) {
         assert_memory_equal(a->out, b->out, sizeof a->out);
+        assert_int_equal(a->n_scores, b->n_scores);
+        assert_memory_equal(a->scores, b->scores, a->n_scores * sizeof(float));
+    }
 }
 
 typedef skv_status (*op_fn)(world *w, void *arg);
@@ -143,6 +150,8 @@ static void test_failures_change_nothing(void **state)
     d.device_budget_bytes = 8u << 20;
     d.host_budget_bytes = 8u << 20;
     d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.scorer = SKV_SCORER_MANIFOLD_WINDOWED; /* key statistics too: pending positions, flushes */
+    d.score_window = 32;
     assert_ok(skv_cache_create(ctx, &d, &w.c));
     assert_ok(skv_seq_create(w.c, &w.s));
     test_rng r = {1};
