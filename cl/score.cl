@@ -97,6 +97,35 @@ __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
     scores[t] = score_of(scorer, kk, km, mm, ka, aa, position, n_sink);
 }
 
+/* TriAttention, raw per q-head (the host z-scores and takes the group max): eff is
+ * [G][D/2][3] = (Re Q_f, Im Q_f, a_f - |qbar_f|), src/rope.c: skv_ref_triattention. */
+inline void tri_scores(const float *k, __global const float *eff, uint G, uint interleaved, uint t, uint n,
+                       __global float *raw)
+{
+    for (uint g = 0; g < G; g++) {
+        float s = 0.0f;
+        for (uint f = 0; f < D / 2; f++) {
+            const float kr = interleaved ? k[2 * f] : k[f], ki = interleaved ? k[2 * f + 1] : k[f + D / 2];
+            __global const float *e = eff + (g * (D / 2) + f) * 3;
+            s += e[0] * kr + e[1] * ki + e[2] * sqrt(kr * kr + ki * ki);
+        }
+        raw[g * n + t] = s;
+    }
+}
+
+__kernel void tri_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, __global const float *eff, uint G,
+                      uint interleaved, __global float *raw)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
+    float k[D];
+    for (uint d = 0; d < D; d++)
+        k[d] = f16_key(page, t % P, d);
+    tri_scores(k, eff, G, interleaved, t, n_tokens, raw);
+}
+
 #ifdef ADA
 #define VBYTES (D * VB / 8 + D / VG * 4)
 #define ADA_PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
@@ -138,5 +167,49 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
     const float n = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
     /* the decoded key k^: |k^|^2 = n^2 sum R^2, k^.v = n sum R T_v */
     scores[t] = score_of(scorer, n * n * r2, n * dm, norms2[w], n * da, norms2[n_windows], position, n_sink);
+}
+
+/* params layout as in ada_encode.cl */
+#define PRM_CCOS (NR + NR - 1 + NS)
+#define PRM_CSIN (PRM_CCOS + NS)
+#define PRM_SCALE (PRM_CSIN + NS)
+
+/* TriAttention needs each pair's magnitude in the RoPE layout, which the angle codes do
+ * not give directly: the key is decoded here (scoring, not the decode path), exactly as
+ * skv_ref_ada_decode_key does. */
+__kernel void tri_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, __global const float *eff, uint G,
+                      uint interleaved, __global const char *signs, uint sign_row, __constant float *params,
+                      __global float *raw)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
+    const uint slot = t % P;
+    __global const uint *kw = (__global const uint *)page + slot;
+    const float rho = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
+    float y[D];
+    for (uint j = 0; j < D / 2; j++) {
+        const uint bit = j * (RB + AB), wi = bit / 32, sh = bit % 32;
+        uint code = kw[wi * P] >> sh;
+        if (sh + RB + AB > 32)
+            code |= kw[(wi + 1) * P] << (32 - sh);
+        code &= (1u << (RB + AB)) - 1u;
+        const float r = params[code & (NR - 1)] * rho;
+        y[2 * j] = r * params[PRM_CCOS + (code >> RB)];
+        y[2 * j + 1] = r * params[PRM_CSIN + (code >> RB)];
+    }
+    for (uint h = 1; h < D; h *= 2)
+        for (uint i = 0; i < D; i += 2 * h)
+            for (uint j = i; j < i + h; j++) {
+                float a = y[j], b = y[j + h];
+                y[j] = a + b;
+                y[j + h] = a - b;
+            }
+    for (uint i = 0; i < D; i++) {
+        float x = y[i] * params[PRM_SCALE];
+        y[i] = signs[(size_t)sign_row * D + i] < 0 ? -x : x;
+    }
+    tri_scores(y, eff, G, interleaved, t, n_tokens, raw);
 }
 #endif

@@ -20,6 +20,7 @@ void skv_cache_desc_init(skv_cache_desc *desc)
     desc->scorer = SKV_SCORER_NONE;
     desc->score_window = 4096;
     desc->n_sink = 4;
+    desc->rope.scaling = 1.0f;
 }
 
 static int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
@@ -47,10 +48,22 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
     if (!(d->tiers & (1u << SKV_TIER_F16)) || (d->tiers >> SKV_TIER_COUNT))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: tiers is 0x%x, must include F16 (bit 0) and only bits 0..%d",
                          fn, d->tiers, SKV_TIER_COUNT - 1);
-    if ((unsigned)d->scorer > SKV_SCORER_STREAMING)
+    if ((unsigned)d->scorer > SKV_SCORER_TRIATTENTION)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: scorer %d is not an skv_scorer", fn, (int)d->scorer);
     if (d->scorer == SKV_SCORER_MANIFOLD_WINDOWED && d->score_window == 0)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: score_window is 0", fn);
+    if (d->scorer == SKV_SCORER_TRIATTENTION) { /* its inputs are checked here, never at decode */
+        if (!(d->rope.theta > 1.0f) || !(d->rope.scaling > 0.0f))
+            return skvi_fail(err, SKV_ERR_INVALID_ARG,
+                             "%s: the triattention scorer needs rope.theta (> 1) and rope.scaling (> 0)", fn);
+        if (d->rope.rotary_dims != d->head_dim)
+            return skvi_fail(err, SKV_ERR_UNSUPPORTED,
+                             "%s: the triattention scorer needs rope.rotary_dims = head_dim (%u), got %u", fn,
+                             d->head_dim, d->rope.rotary_dims);
+        if (!d->query_mean || !d->query_abs)
+            return skvi_fail(err, SKV_ERR_INVALID_ARG,
+                             "%s: the triattention scorer needs query statistics (query_mean and query_abs)", fn);
+    }
     if (d->retention != SKV_RETENTION_NONE)
         return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: retention %d is not implemented", fn, (int)d->retention);
     if (d->device_budget_bytes > ctx->profile.global_mem_bytes)
@@ -163,6 +176,18 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
                 skvi_pool_init(c, &c->pools[t][m], (skv_memory)m,
                                skvi_tier_page_bytes((skv_tier)t, desc->head_dim, desc->page_tokens));
     st = choose_tile(ctx, desc, c->group, &c->tile);
+    if (st == SKV_OK && desc->scorer == SKV_SCORER_TRIATTENTION) {
+        size_t n = (size_t)desc->layers * desc->q_heads * desc->head_dim;
+        c->query_mean = skvi_alloc(ctx->alloc, n * sizeof(float));
+        c->query_abs = skvi_alloc(ctx->alloc, n / 2 * sizeof(float));
+        if (!c->query_mean || !c->query_abs) {
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_cache_create: out of memory");
+        } else {
+            memcpy(c->query_mean, desc->query_mean, n * sizeof(float));
+            memcpy(c->query_abs, desc->query_abs, n / 2 * sizeof(float));
+        }
+    }
+    c->desc.query_mean = c->desc.query_abs = NULL; /* the caller's arrays are not kept */
     if (st == SKV_OK)
         st = skvi_ada_init(c); /* the ADA tables come before the kernels built from them */
     if (st == SKV_OK)
@@ -194,6 +219,7 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     }
     skvi_free(c->ctx->alloc, s->lists);
     skvi_free(c->ctx->alloc, s->len);
+    skvi_free(c->ctx->alloc, s->next_pos);
     skvi_stats_release(c, s);
     memset(s, 0, sizeof *s);
 }
@@ -219,6 +245,8 @@ void skv_cache_destroy(skv_cache *c)
         clReleaseKernel(c->k_merge);
     skvi_ada_release(c);
     skvi_score_release(c);
+    skvi_free(c->ctx->alloc, c->query_mean);
+    skvi_free(c->ctx->alloc, c->query_abs);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
     for (int i = 0; i < 2; i++) {
@@ -290,8 +318,9 @@ static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
     }
     skvi_seq *s = &c->seqs[id];
     s->len = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->len);
+    s->next_pos = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->next_pos);
     s->lists = skvi_calloc(c->ctx->alloc, skvi_list_count(c), sizeof *s->lists);
-    if (!s->len || !s->lists || skvi_stats_alloc(c, s) != SKV_OK) {
+    if (!s->len || !s->next_pos || !s->lists || skvi_stats_alloc(c, s) != SKV_OK) {
         seq_release(c, s);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
@@ -362,6 +391,7 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
         s->lists[i].tokens = from->tokens;
     }
     memcpy(s->len, p->len, c->desc.layers * sizeof *s->len);
+    memcpy(s->next_pos, p->next_pos, c->desc.layers * sizeof *s->next_pos);
     s->live = 1;
     *child = id;
     return SKV_OK;

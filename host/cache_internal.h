@@ -51,6 +51,7 @@ typedef struct skvi_seq {
     skvi_key_stats *stats;
     int32_t **pending_pos;
     uint32_t *pending_n, *pending_cap;
+    int64_t *next_pos; /* per layer: the last appended position + 1 (TriAttention's t0) */
 } skvi_seq;
 
 struct skv_cache {
@@ -75,6 +76,8 @@ struct skv_cache {
     cl_kernel k_encode[SKV_TIER_COUNT];
     cl_kernel k_inv_norms, k_key_stats;  /* score.cl */
     cl_kernel k_score[SKV_TIER_COUNT];
+    cl_kernel k_tri[SKV_TIER_COUNT];
+    float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
     uint32_t tile;   /* decode tokens per tile (= work-group size of the GPU kernel) */

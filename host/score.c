@@ -272,6 +272,8 @@ skv_status skvi_score_init(skv_cache *c)
     char defs[256];
     snprintf(defs, sizeof defs, "-DD=%u -DP=%u", c->desc.head_dim, c->desc.page_tokens);
     skv_status st = skvi_kernel_create(c->ctx, "score.cl", defs, "score_f16", &c->k_score[SKV_TIER_F16]);
+    if (st == SKV_OK && c->desc.scorer == SKV_SCORER_TRIATTENTION)
+        st = skvi_kernel_create(c->ctx, "score.cl", defs, "tri_f16", &c->k_tri[SKV_TIER_F16]);
     if (st == SKV_OK && skvi_scorer_has_stats(c))
         st = skvi_kernel_create(c->ctx, "score.cl", defs, "key_inv_norms", &c->k_inv_norms);
     if (st == SKV_OK && skvi_scorer_has_stats(c))
@@ -282,6 +284,8 @@ skv_status skvi_score_init(skv_cache *c)
             skvi_ada_defines(c, (skv_tier)t, ada, sizeof ada);
             snprintf(all, sizeof all, "%s -DADA", ada);
             st = skvi_kernel_create(c->ctx, "score.cl", all, "score_ada", &c->k_score[t]);
+            if (st == SKV_OK && c->desc.scorer == SKV_SCORER_TRIATTENTION)
+                st = skvi_kernel_create(c->ctx, "score.cl", all, "tri_ada", &c->k_tri[t]);
         }
     return st;
 }
@@ -292,9 +296,12 @@ void skvi_score_release(skv_cache *c)
     for (int i = 0; i < 2; i++)
         if (ks[i])
             clReleaseKernel(ks[i]);
-    for (int t = 0; t < SKV_TIER_COUNT; t++)
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
         if (c->k_score[t])
             clReleaseKernel(c->k_score[t]);
+        if (c->k_tri[t])
+            clReleaseKernel(c->k_tri[t]);
+    }
 }
 
 /* The statistics vectors of (layer, head) as floats: rows 0..nw-1 the means (one row,
@@ -329,6 +336,90 @@ static float *stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uin
     return v;
 }
 
+/* TriAttention: raw scores per q-head of the group from the kernels (tier by tier), then
+ * z-scored per q-head over the held tokens and the maximum over the group taken. */
+static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, size_t held, float *scores)
+{
+    skv_context *ctx = c->ctx;
+    const uint32_t D = c->desc.head_dim, G = c->group, QH = c->desc.q_heads;
+    float *eff = skvi_calloc(ctx->alloc, (size_t)G * (D / 2) * 3, sizeof *eff);
+    float *raw = skvi_calloc(ctx->alloc, (size_t)G * (held ? held : 1), sizeof *raw);
+    skv_status st = SKV_OK;
+    if (!eff || !raw)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+    for (uint32_t g = 0; st == SKV_OK && g < G; g++) {
+        size_t row = (size_t)layer * QH + head * G + g;
+        skv_ref_triattention_query(&c->desc.rope, D, c->query_mean + row * D, c->query_abs + row * (D / 2),
+                                   s->next_pos[layer], eff + (size_t)g * (D / 2) * 3);
+    }
+    size_t done = 0;
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, head, (skv_tier)t);
+        if (!l->tokens)
+            continue;
+        cl_int e;
+        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        cl_mem pages = clCreateBuffer(ctx->cl, ro, l->n * sizeof *l->ids, l->ids, &e);
+        cl_mem effb = e == CL_SUCCESS ? clCreateBuffer(ctx->cl, ro, (size_t)G * (D / 2) * 3 * 4, eff, &e) : NULL;
+        cl_mem out = e == CL_SUCCESS ? clCreateBuffer(ctx->cl, CL_MEM_WRITE_ONLY, (size_t)G * l->tokens * 4, NULL, &e)
+                                     : NULL;
+        float *part = skvi_alloc(ctx->alloc, (size_t)G * l->tokens * sizeof *part);
+        if (e == CL_SUCCESS && !part)
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+        if (st == SKV_OK && e == CL_SUCCESS) {
+            cl_kernel k = c->k_tri[t];
+            cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, n = l->tokens, gg = G, il = c->desc.rope.interleaved != 0;
+            cl_uint row = layer * c->desc.kv_heads + head;
+            e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+            e |= clSetKernelArg(k, a++, sizeof pages, &pages);
+            e |= clSetKernelArg(k, a++, sizeof n, &n);
+            e |= clSetKernelArg(k, a++, sizeof effb, &effb);
+            e |= clSetKernelArg(k, a++, sizeof gg, &gg);
+            e |= clSetKernelArg(k, a++, sizeof il, &il);
+            if (t != SKV_TIER_F16) {
+                e |= clSetKernelArg(k, a++, sizeof c->signs, &c->signs);
+                e |= clSetKernelArg(k, a++, sizeof row, &row);
+                e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
+            }
+            e |= clSetKernelArg(k, a++, sizeof out, &out);
+            size_t gsz = n;
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &gsz, NULL, 0, NULL, NULL);
+            if (e == CL_SUCCESS)
+                e = clEnqueueReadBuffer(ctx->queue, out, CL_TRUE, 0, (size_t)G * n * 4, part, 0, NULL, NULL);
+            for (uint32_t g = 0; e == CL_SUCCESS && g < G; g++)
+                memcpy(raw + (size_t)g * held + done, part + (size_t)g * n, n * sizeof *part);
+        }
+        if (st == SKV_OK && e != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, e, "skv_seq_scores (triattention)");
+        done += l->tokens;
+        skvi_free(ctx->alloc, part);
+        cl_mem bufs[3] = {pages, effb, out};
+        for (int i = 0; i < 3; i++)
+            if (bufs[i])
+                clReleaseMemObject(bufs[i]);
+    }
+    for (size_t i = 0; st == SKV_OK && i < held; i++)
+        scores[i] = -INFINITY;
+    for (uint32_t g = 0; st == SKV_OK && g < G; g++) {
+        const float *x = raw + (size_t)g * held;
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < held; i++)
+            mean += x[i];
+        mean /= (double)held;
+        for (size_t i = 0; i < held; i++)
+            var += (x[i] - mean) * (x[i] - mean);
+        double sd = sqrt(var / (double)held);
+        for (size_t i = 0; i < held; i++) {
+            float z = sd > 0 ? (float)((x[i] - mean) / sd) : 0.0f;
+            scores[i] = z > scores[i] ? z : scores[i];
+        }
+    }
+    skvi_free(ctx->alloc, eff);
+    skvi_free(ctx->alloc, raw);
+    return st;
+}
+
 skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, size_t capacity,
                           size_t *count)
 {
@@ -356,6 +447,16 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
                                  "skv_seq_scores: pages in host memory: skv_seq_fetch them first");
     }
     *count = held;
+    if (c->desc.scorer == SKV_SCORER_TRIATTENTION) {
+        float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
+        if (!scores)
+            return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+        st = held ? tri_scores(c, s, layer, kv_head, held, scores) : SKV_OK;
+        if (st == SKV_OK && capacity)
+            memcpy(out, scores, (held < capacity ? held : capacity) * sizeof *out);
+        skvi_free(ctx->alloc, scores);
+        return st;
+    }
     st = skvi_stats_flush(c, s);
     if (st != SKV_OK)
         return st;

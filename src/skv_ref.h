@@ -45,6 +45,24 @@ SKV_API void skv_ref_ada_page_write(void *page, uint32_t page_tokens, uint32_t k
 SKV_API float skv_ref_score_key(skv_scorer scorer, const float *k, uint32_t d, const float *mean,
                                 const float *unit_mean, int32_t position, uint32_t n_sink);
 
+/* ---- RoPE and TriAttention (src/rope.c) ---- */
+/* omega_f of pair f (position scaling folded in). */
+SKV_API double skv_ref_rope_omega(const skv_rope_desc *r, uint32_t d, uint32_t f);
+/* Rotates x (d floats) by `position` (negative: inverts RoPE). */
+SKV_API void skv_ref_rope_rotate(const skv_rope_desc *r, uint32_t d, double position, float *x);
+/* TriAttention score of a post-RoPE key at `position` for one q-head's statistics, as
+ * defined: RoPE inverted, the mean over offsets {1, 2, 4, ..., 65536} of
+ * sum_f |qbar_f||k_f| cos(w_f (t0 + o - p) + arg qbar_f - arg k_f), plus
+ * sum_f (a_f - |qbar_f|) |k_f|. */
+SKV_API double skv_ref_triattention_explicit(const skv_rope_desc *r, uint32_t d, const float *q_mean,
+                                             const float *q_abs, const float *k_post, int32_t position, int64_t t0);
+/* The collapsed form: effective[f] = (Re Q_f, Im Q_f, a_f - |qbar_f|) with
+ * Q_f = qbar_f e^{i w_f t0} mean_o e^{i w_f o}; the score is then
+ * sum_f Re(Q_f conj(k_f)) + effective[f].z |k_f| on the post-RoPE key, no inversion. */
+SKV_API void skv_ref_triattention_query(const skv_rope_desc *r, uint32_t d, const float *q_mean, const float *q_abs,
+                                        int64_t t0, float *effective);
+SKV_API double skv_ref_triattention(const skv_rope_desc *r, uint32_t d, const float *effective, const float *k_post);
+
 /* |got - ref| / |ref| (L2), the error measure of tests, demo and eval. */
 SKV_API double skv_ref_rel_l2(const double *ref, const float *got, size_t n);
 

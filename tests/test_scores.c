@@ -230,12 +230,150 @@ static void test_needle_retention(void **state)
     free(k);
 }
 
+static skv_rope_desc rope_of(uint32_t d, int interleaved, float scaling)
+{
+    skv_rope_desc r = {10000.0f, d, (uint32_t)interleaved, scaling};
+    return r;
+}
+
+static void test_rope_and_triattention_reference(void **state)
+{
+    (void)state;
+    test_rng r = {8};
+    for (int il = 0; il < 2; il++)
+        for (int sc = 1; sc <= 2; sc++) {
+            const uint32_t d = 128;
+            skv_rope_desc rope = rope_of(d, il, (float)sc);
+            float q[128], a[64], k[128], k0[128], eff[64 * 3];
+            for (int n = 0; n < 50; n++) {
+                for (uint32_t i = 0; i < d; i++) {
+                    q[i] = test_gauss(&r);
+                    k0[i] = k[i] = test_gauss(&r) * 2.0f;
+                }
+                for (uint32_t f = 0; f < d / 2; f++)
+                    a[f] = 1.0f + (float)rng_uniform(&r);
+                int32_t p = (int32_t)(rng_u32(&r) % 100000);
+                int64_t t0 = p + 1 + rng_u32(&r) % 5000;
+                skv_ref_rope_rotate(&rope, d, p, k); /* post-RoPE key */
+                float back[128];
+                memcpy(back, k, sizeof back);
+                skv_ref_rope_rotate(&rope, d, -(double)p, back);
+                for (uint32_t i = 0; i < d; i++) /* RoPE inversion recovers the pre-RoPE key */
+                    assert_true(fabsf(back[i] - k0[i]) <= 1e-5f * fmaxf(1.0f, fabsf(k0[i])) * 10);
+                double explicit_ = skv_ref_triattention_explicit(&rope, d, q, a, k, p, t0);
+                skv_ref_triattention_query(&rope, d, q, a, t0, eff);
+                double collapsed = skv_ref_triattention(&rope, d, eff, k);
+                double mag = 0;
+                for (uint32_t f = 0; f < d / 2; f++)
+                    mag += fabs(eff[3 * f + 2]) * 4 + 4 * 2; /* |q||k| scale of the terms */
+                if (fabs(collapsed - explicit_) > 1e-6 * mag)
+                    fail_msg("layout %d scaling %d: collapsed %.6f vs explicit mean over 17 offsets %.6f", il, sc,
+                             collapsed, explicit_);
+            }
+        }
+}
+
+static void test_triattention_kernel(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, G = 2, D = 64, P = 16, n = 300, L = 2;
+    test_rng r = {9};
+    float *qm = malloc((size_t)L * H * G * D * 4), *qa = malloc((size_t)L * H * G * D / 2 * 4);
+    for (size_t i = 0; i < (size_t)L * H * G * D; i++)
+        qm[i] = test_gauss(&r);
+    for (size_t i = 0; i < (size_t)L * H * G * D / 2; i++)
+        qa[i] = 1.5f + (float)rng_uniform(&r);
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = L, d.q_heads = H * G, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+    d.device_budget_bytes = 16u << 20;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.scorer = SKV_SCORER_TRIATTENTION;
+    /* its inputs are checked at creation */
+    skv_cache *c = NULL;
+    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "rope"));
+    d.rope = rope_of(D, 1, 1.0f);
+    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "query statistics"));
+    d.query_mean = qm, d.query_abs = qa;
+    d.rope.rotary_dims = D / 2;
+    assert_int_equal(skv_cache_create(ctx, &d, &c), SKV_ERR_UNSUPPORTED);
+    d.rope.rotary_dims = D;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+
+    float *k = malloc((size_t)n * H * D * 4);
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t t = 0; t < n; t++) {
+        pos[t] = (int32_t)(3 * t + 7);
+        for (uint32_t h = 0; h < H; h++) {
+            float *kt = k + ((size_t)t * H + h) * D;
+            for (uint32_t i = 0; i < D; i++)
+                kt[i] = test_gauss(&r) * 1.5f + 0.5f;
+            skv_ref_rope_rotate(&d.rope, D, pos[t], kt);
+            for (uint32_t i = 0; i < D; i++)
+                kt[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(kt[i]));
+        }
+    }
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_append(c, s, 1, n, SKV_F32, k, k, pos));
+    assert_ok(skv_seq_quantize(c, s, 32, 160, SKV_TIER_A3V4));
+    const int64_t t0 = 3 * (n - 1) + 7 + 1;
+    for (uint32_t h = 0; h < H; h++) {
+        float got[300];
+        int32_t order[300];
+        size_t cnt, pc;
+        assert_ok(skv_seq_scores(c, s, 1, h, got, n, &cnt));
+        assert_ok(skv_seq_positions(c, s, 1, h, order, n, &pc));
+        const skvi_page_list *f16 = skvi_seq_list(c, &c->seqs[s], 1, h, SKV_TIER_F16);
+        int8_t signs[256];
+        skv_ref_ada_signs(1, h, D, signs);
+        double raw[2][300], want[300];
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t t = ((uint32_t)order[i] - 7) / 3;
+            float key[64];
+            memcpy(key, k + ((size_t)t * H + h) * D, sizeof key);
+            if (i >= f16->tokens) {
+                uint32_t words[64];
+                uint16_t norm;
+                skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
+                skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
+            }
+            for (uint32_t g = 0; g < G; g++) {
+                size_t row = (size_t)1 * H * G + h * G + g;
+                float eff[32 * 3];
+                skv_ref_triattention_query(&d.rope, D, qm + row * D, qa + row * D / 2, t0, eff);
+                raw[g][i] = skv_ref_triattention(&d.rope, D, eff, key);
+            }
+        }
+        for (uint32_t i = 0; i < n; i++)
+            want[i] = -INFINITY;
+        for (uint32_t g = 0; g < G; g++) {
+            double mean = 0, var = 0;
+            for (uint32_t i = 0; i < n; i++)
+                mean += raw[g][i] / n;
+            for (uint32_t i = 0; i < n; i++)
+                var += (raw[g][i] - mean) * (raw[g][i] - mean) / n;
+            for (uint32_t i = 0; i < n; i++)
+                want[i] = fmax(want[i], (raw[g][i] - mean) / sqrt(var));
+        }
+        for (uint32_t i = 0; i < n; i++)
+            if (fabs(got[i] - want[i]) > 2e-3)
+                fail_msg("head %u token %u: %.5f, reference %.5f", h, i, got[i], want[i]);
+    }
+    free(k), free(pos), free(qm), free(qa);
+    skv_cache_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scorers_match_reference),
         cmocka_unit_test(test_hand_computed),
         cmocka_unit_test(test_needle_retention),
+        cmocka_unit_test(test_rope_and_triattention_reference),
+        cmocka_unit_test(test_triattention_kernel),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -226,8 +226,17 @@ typedef enum skv_scorer {
     SKV_SCORER_KEYDIFF = 2,           /* -cos(k, a), a = mean of k/|k| over the sequence */
     SKV_SCORER_MANIFOLD = 3,          /* |k - mu|, mu = mean key of the sequence */
     SKV_SCORER_MANIFOLD_WINDOWED = 4, /* |k - mu_w|, mu_w = mean key of k's position window */
-    SKV_SCORER_STREAMING = 5          /* +inf for the first n_sink positions, else the position */
+    SKV_SCORER_STREAMING = 5,         /* +inf for the first n_sink positions, else the position */
+    SKV_SCORER_TRIATTENTION = 6       /* TriAttention: needs desc.rope and the query statistics */
 } skv_scorer;
+
+/* How the model applied RoPE to the keys it appends (TriAttention inverts it). */
+typedef struct skv_rope_desc {
+    float theta;          /* base, e.g. 10000; 0 = no RoPE described */
+    uint32_t rotary_dims; /* rotated dims (TriAttention needs all: = head_dim) */
+    uint32_t interleaved; /* 0: pairs (i, i + rotary_dims/2) (NeoX/Llama); 1: (2i, 2i+1) */
+    float scaling;        /* linear position scaling: angles use position / scaling (1 = none) */
+} skv_rope_desc;
 
 typedef struct skv_cache_desc {
     size_t struct_size;           /* set by skv_cache_desc_init */
@@ -243,6 +252,12 @@ typedef struct skv_cache_desc {
     skv_scorer scorer;            /* what skv_seq_scores computes; NONE = no key statistics kept */
     uint32_t score_window;        /* manifold_windowed: positions per window (default 4096) */
     uint32_t n_sink;              /* streaming: protected first positions (default 4) */
+    skv_rope_desc rope;           /* the model's RoPE (TriAttention) */
+    /* TriAttention's query statistics (from calibration), copied at creation: the mean
+     * pre-RoPE query [layers][q_heads][head_dim] in the RoPE layout above, and E|q_f|, the
+     * mean magnitude of each rotary pair, [layers][q_heads][head_dim / 2] */
+    const float *query_mean;
+    const float *query_abs;
 } skv_cache_desc;
 
 /* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
@@ -310,6 +325,9 @@ SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const 
  * caller's queue with profiling), SKV_ERR_INVALID_ARG before the first call. */
 SKV_API skv_status skv_cache_last_decode_ms(skv_cache *cache, double *ms);
 
+/* TriAttention: scores are z-scored per q-head over the tokens (layer, kv_head) holds,
+ * then the maximum over the kv-head's GQA group is taken; t0 is the sequence's last
+ * appended position + 1. */
 /* Scores of the tokens (layer, kv_head) holds, in cache order (as skv_seq_positions),
  * by the cache's scorer. Key statistics (means per sequence, per window) are running sums
  * over every key appended to (layer, kv-head), updated incrementally; every held token is
