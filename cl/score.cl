@@ -126,6 +126,52 @@ __kernel void tri_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens
     tri_scores(k, eff, G, interleaved, t, n_tokens, raw);
 }
 
+/* Dense keys (and positions) of one list, at rows out_offset.. of keys[][D] (SnapKV's GEMM). */
+__kernel void keys_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint out_offset,
+                       __global float *keys, __global int *pos)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
+    for (uint d = 0; d < D; d++)
+        keys[(size_t)(out_offset + t) * D + d] = f16_key(page, t % P, d);
+    pos[out_offset + t] = ((__global const int *)(page + P * D * 4))[t % P];
+}
+
+/* SnapKV over S[rows][n] = scaled q.k (rows: window query i, q-head g = row % G): per row
+ * the max and the sum of exp over the keys at or before the query's position ... */
+__kernel void snap_rows(__global const float *S, uint n, __global const int *kpos, __global const int *qpos, uint G,
+                        __global float *row_m, __global float *row_l)
+{
+    const uint r = get_global_id(0);
+    const int qp = qpos[r / G];
+    __global const float *s = S + (size_t)r * n;
+    float m = -INFINITY, l = 0.0f;
+    for (uint t = 0; t < n; t++)
+        if (kpos[t] <= qp)
+            m = fmax(m, s[t]);
+    for (uint t = 0; t < n; t++)
+        if (kpos[t] <= qp)
+            l += exp(s[t] - m);
+    row_m[r] = m;
+    row_l[r] = l;
+}
+
+/* ... and per key the attention it gets, averaged over every row (window x group). */
+__kernel void snap_vote(__global const float *S, uint n, uint rows, __global const int *kpos, __global const int *qpos,
+                        uint G, __global const float *row_m, __global const float *row_l, __global float *vote)
+{
+    const uint t = get_global_id(0);
+    if (t >= n)
+        return;
+    float v = 0.0f;
+    for (uint r = 0; r < rows; r++)
+        if (kpos[t] <= qpos[r / G])
+            v += exp(S[(size_t)r * n + t] - row_m[r]) / row_l[r];
+    vote[t] = v / (float)rows;
+}
+
 #ifdef ADA
 #define VBYTES (D * VB / 8 + D / VG * 4)
 #define ADA_PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
@@ -174,21 +220,14 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
 #define PRM_CSIN (PRM_CCOS + NS)
 #define PRM_SCALE (PRM_CSIN + NS)
 
-/* TriAttention needs each pair's magnitude in the RoPE layout, which the angle codes do
- * not give directly: the key is decoded here (scoring, not the decode path), exactly as
- * skv_ref_ada_decode_key does. */
-__kernel void tri_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, __global const float *eff, uint G,
-                      uint interleaved, __global const char *signs, uint sign_row, __constant float *params,
-                      __global float *raw)
+/* A key decoded from its codes, exactly as skv_ref_ada_decode_key does: for scorers that
+ * need more than dot products (TriAttention's per-pair magnitudes, SnapKV's GEMM). This
+ * is scoring, not the decode path, which never forms a dense key. */
+inline void ada_decode_key(__global const uchar *page, uint slot, __global const char *signs, uint sign_row,
+                           __constant float *params, float *y)
 {
-    const uint t = get_global_id(0);
-    if (t >= n_tokens)
-        return;
-    __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
-    const uint slot = t % P;
     __global const uint *kw = (__global const uint *)page + slot;
     const float rho = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
-    float y[D];
     for (uint j = 0; j < D / 2; j++) {
         const uint bit = j * (RB + AB), wi = bit / 32, sh = bit % 32;
         uint code = kw[wi * P] >> sh;
@@ -210,6 +249,32 @@ __kernel void tri_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens
         float x = y[i] * params[PRM_SCALE];
         y[i] = signs[(size_t)sign_row * D + i] < 0 ? -x : x;
     }
+}
+
+__kernel void tri_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, __global const float *eff, uint G,
+                      uint interleaved, __global const char *signs, uint sign_row, __constant float *params,
+                      __global float *raw)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    float y[D];
+    ada_decode_key(SKV_PAGE(pages[t / P], ADA_PAGE_BYTES), t % P, signs, sign_row, params, y);
     tri_scores(y, eff, G, interleaved, t, n_tokens, raw);
+}
+
+__kernel void keys_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint out_offset,
+                       __global const char *signs, uint sign_row, __constant float *params, __global float *keys,
+                       __global int *pos)
+{
+    const uint t = get_global_id(0);
+    if (t >= n_tokens)
+        return;
+    __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
+    float y[D];
+    ada_decode_key(page, t % P, signs, sign_row, params, y);
+    for (uint d = 0; d < D; d++)
+        keys[(size_t)(out_offset + t) * D + d] = y[d];
+    pos[out_offset + t] = ((__global const int *)(page + KW * P * 4 + P * 2 + P * VBYTES))[t % P];
 }
 #endif

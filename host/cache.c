@@ -48,7 +48,7 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
     if (!(d->tiers & (1u << SKV_TIER_F16)) || (d->tiers >> SKV_TIER_COUNT))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: tiers is 0x%x, must include F16 (bit 0) and only bits 0..%d",
                          fn, d->tiers, SKV_TIER_COUNT - 1);
-    if ((unsigned)d->scorer > SKV_SCORER_TRIATTENTION)
+    if ((unsigned)d->scorer > SKV_SCORER_SNAPKV)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: scorer %d is not an skv_scorer", fn, (int)d->scorer);
     if (d->scorer == SKV_SCORER_MANIFOLD_WINDOWED && d->score_window == 0)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: score_window is 0", fn);
@@ -220,6 +220,7 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     skvi_free(c->ctx->alloc, s->lists);
     skvi_free(c->ctx->alloc, s->len);
     skvi_free(c->ctx->alloc, s->next_pos);
+    skvi_snap_release(c, s);
     skvi_stats_release(c, s);
     memset(s, 0, sizeof *s);
 }
@@ -370,7 +371,7 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
     p = &c->seqs[parent]; /* seq_new may have moved the table */
     skvi_seq *s = &c->seqs[id];
     size_t n_lists = skvi_list_count(c);
-    if (skvi_stats_copy(c, s, p) != SKV_OK) {
+    if (skvi_stats_copy(c, s, p) != SKV_OK || skvi_snap_copy(c, s, p) != SKV_OK) {
         seq_release(c, s);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_fork: out of memory");
     }

@@ -52,6 +52,10 @@ typedef struct skvi_seq {
     int32_t **pending_pos;
     uint32_t *pending_n, *pending_cap;
     int64_t *next_pos; /* per layer: the last appended position + 1 (TriAttention's t0) */
+    /* SnapKV's observation windows per layer (NULL until skv_seq_observe_window) */
+    float **snap_q;      /* [n][q_heads][D] */
+    int32_t **snap_pos;  /* [n] */
+    uint32_t *snap_n;
 } skvi_seq;
 
 struct skv_cache {
@@ -77,6 +81,8 @@ struct skv_cache {
     cl_kernel k_inv_norms, k_key_stats;  /* score.cl */
     cl_kernel k_score[SKV_TIER_COUNT];
     cl_kernel k_tri[SKV_TIER_COUNT];
+    cl_kernel k_keys[SKV_TIER_COUNT]; /* dense keys for SnapKV's GEMM */
+    cl_kernel k_snap_rows, k_snap_vote;
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
@@ -115,6 +121,8 @@ int skvi_scorer_has_stats(const skv_cache *c);
 skv_status skvi_stats_alloc(skv_cache *c, skvi_seq *s);
 void skvi_stats_release(skv_cache *c, skvi_seq *s);
 skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+skv_status skvi_snap_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+void skvi_snap_release(skv_cache *c, skvi_seq *s);
 /* Room for n more pending positions of `layer` (before an append commits). */
 skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);
 void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <clblast_c.h>
+
 #include "cache_internal.h"
 
 int skvi_scorer_has_stats(const skv_cache *c)
@@ -265,6 +267,212 @@ skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s)
     return SKV_OK;
 }
 
+void skvi_snap_release(skv_cache *c, skvi_seq *s)
+{
+    for (uint32_t l = 0; s->snap_n && l < c->desc.layers; l++) {
+        skvi_free(c->ctx->alloc, s->snap_q[l]);
+        skvi_free(c->ctx->alloc, s->snap_pos[l]);
+    }
+    skvi_free(c->ctx->alloc, s->snap_q);
+    skvi_free(c->ctx->alloc, s->snap_pos);
+    skvi_free(c->ctx->alloc, s->snap_n);
+    s->snap_q = NULL;
+    s->snap_pos = NULL;
+    s->snap_n = NULL;
+}
+
+/* Stores a window (q as floats) for `layer`; the old one stays on failure. */
+static skv_status snap_store(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n, skv_dtype dtype, const void *q,
+                             const int32_t *positions)
+{
+    const skv_allocator *a = c->ctx->alloc;
+    if (!s->snap_n) {
+        s->snap_q = skvi_calloc(a, c->desc.layers, sizeof *s->snap_q);
+        s->snap_pos = skvi_calloc(a, c->desc.layers, sizeof *s->snap_pos);
+        s->snap_n = skvi_calloc(a, c->desc.layers, sizeof *s->snap_n);
+        if (!s->snap_q || !s->snap_pos || !s->snap_n) {
+            skvi_snap_release(c, s);
+            return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "observation window: out of memory");
+        }
+    }
+    size_t count = (size_t)n * c->desc.q_heads * c->desc.head_dim;
+    float *qf = skvi_alloc(a, count * sizeof *qf);
+    int32_t *pf = skvi_alloc(a, n * sizeof *pf);
+    if (!qf || !pf) {
+        skvi_free(a, qf);
+        skvi_free(a, pf);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "observation window: out of memory");
+    }
+    for (size_t i = 0; i < count; i++)
+        qf[i] = skv_ref_load(dtype, q, i);
+    memcpy(pf, positions, n * sizeof *pf);
+    skvi_free(a, s->snap_q[layer]);
+    skvi_free(a, s->snap_pos[layer]);
+    s->snap_q[layer] = qf;
+    s->snap_pos[layer] = pf;
+    s->snap_n[layer] = n;
+    return SKV_OK;
+}
+
+skv_status skvi_snap_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src)
+{
+    for (uint32_t l = 0; src->snap_n && l < c->desc.layers; l++)
+        if (src->snap_n[l]) {
+            skv_status st = snap_store(c, dst, l, src->snap_n[l], SKV_F32, src->snap_q[l], src->snap_pos[l]);
+            if (st != SKV_OK)
+                return st;
+        }
+    return SKV_OK;
+}
+
+skv_status skv_seq_observe_window(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t n_queries, skv_dtype dtype,
+                                  const void *q, const int32_t *positions)
+{
+    skvi_clear_error();
+    if (!c || !q || !positions)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
+                         "skv_seq_observe_window: cache, q or positions is NULL");
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_seq_observe_window", &s);
+    if (st != SKV_OK)
+        return st;
+    if (layer >= c->desc.layers || n_queries == 0 || n_queries > 4096 || (unsigned)dtype > SKV_BF16)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_seq_observe_window: layer %u, n_queries %u (1..4096) or dtype %d out of range", layer,
+                         n_queries, (int)dtype);
+    if (c->desc.scorer != SKV_SCORER_SNAPKV)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_seq_observe_window: the cache's scorer is not snapkv");
+    return snap_store(c, s, layer, n_queries, dtype, q, positions);
+}
+
+/* SnapKV for (layer, head): dense keys of every held token, S = q K^T / sqrt(d) by
+ * CLBlast, masked softmax rows and votes on the device, pooling on the host. */
+static skv_status snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, size_t held, float *scores)
+{
+    skv_context *ctx = c->ctx;
+    const skv_allocator *al = ctx->alloc;
+    const uint32_t D = c->desc.head_dim, G = c->group, QH = c->desc.q_heads;
+    if (!s->snap_n || !s->snap_n[layer])
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_seq_scores: snapkv needs an observation window for layer %u (skv_seq_observe_window)",
+                         layer);
+    const uint32_t w = s->snap_n[layer], rows = w * G;
+    float *qg = skvi_alloc(al, (size_t)rows * D * sizeof *qg), *votes = skvi_alloc(al, held * sizeof *votes);
+    int32_t *kpos = skvi_alloc(al, held * sizeof *kpos);
+    skv_status st = SKV_OK;
+    cl_int e = CL_SUCCESS;
+    cl_mem keys = NULL, pos = NULL, qb = NULL, qp = NULL, S = NULL, rm = NULL, rl = NULL, vote = NULL;
+    if (!qg || !votes || !kpos)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+    if (st == SKV_OK) {
+        for (uint32_t i = 0; i < w; i++) /* rows: (window query i, q-head g of this kv-head) */
+            for (uint32_t g = 0; g < G; g++)
+                memcpy(qg + ((size_t)i * G + g) * D, s->snap_q[layer] + ((size_t)i * QH + head * G + g) * D,
+                       D * sizeof *qg);
+        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        keys = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, held * D * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS)
+            pos = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, held * sizeof(int32_t), NULL, &e);
+        if (e == CL_SUCCESS)
+            qb = clCreateBuffer(ctx->cl, ro, (size_t)rows * D * sizeof(float), qg, &e);
+        if (e == CL_SUCCESS)
+            qp = clCreateBuffer(ctx->cl, ro, w * sizeof(int32_t), s->snap_pos[layer], &e);
+        if (e == CL_SUCCESS)
+            S = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)rows * held * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS)
+            rm = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, rows * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS)
+            rl = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, rows * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS)
+            vote = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, held * sizeof(float), NULL, &e);
+    }
+    cl_uint off = 0, row = layer * c->desc.kv_heads + head;
+    for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) { /* dense keys, tier by tier */
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, head, (skv_tier)t);
+        if (!l->tokens)
+            continue;
+        cl_mem pages = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, l->n * sizeof *l->ids, l->ids, &e);
+        if (e != CL_SUCCESS)
+            break;
+        cl_kernel k = c->k_keys[t];
+        cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, n = l->tokens;
+        e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+        e |= clSetKernelArg(k, a++, sizeof pages, &pages);
+        e |= clSetKernelArg(k, a++, sizeof n, &n);
+        e |= clSetKernelArg(k, a++, sizeof off, &off);
+        if (t != SKV_TIER_F16) {
+            e |= clSetKernelArg(k, a++, sizeof c->signs, &c->signs);
+            e |= clSetKernelArg(k, a++, sizeof row, &row);
+            e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
+        }
+        e |= clSetKernelArg(k, a++, sizeof keys, &keys);
+        e |= clSetKernelArg(k, a++, sizeof pos, &pos);
+        size_t g = n;
+        if (e == CL_SUCCESS)
+            e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+        clReleaseMemObject(pages);
+        off += n;
+    }
+    if (st == SKV_OK && e == CL_SUCCESS) {
+        CLBlastStatusCode b = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, rows, held, D,
+                                           1.0f / sqrtf((float)D), qb, 0, D, keys, 0, D, 0.0f, S, 0, held, &ctx->queue,
+                                           NULL);
+        if (b != CLBlastSuccess)
+            st = skvi_fail(ctx->error, SKV_ERR_OPENCL, "skv_seq_scores: CLBlastSgemm failed (%d)", (int)b);
+    }
+    cl_uint n = (cl_uint)held, gg = G, rr = rows;
+    if (st == SKV_OK && e == CL_SUCCESS) {
+        cl_kernel k = c->k_snap_rows;
+        e = clSetKernelArg(k, 0, sizeof S, &S);
+        e |= clSetKernelArg(k, 1, sizeof n, &n);
+        e |= clSetKernelArg(k, 2, sizeof pos, &pos);
+        e |= clSetKernelArg(k, 3, sizeof qp, &qp);
+        e |= clSetKernelArg(k, 4, sizeof gg, &gg);
+        e |= clSetKernelArg(k, 5, sizeof rm, &rm);
+        e |= clSetKernelArg(k, 6, sizeof rl, &rl);
+        size_t g = rows;
+        if (e == CL_SUCCESS)
+            e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+    }
+    if (st == SKV_OK && e == CL_SUCCESS) {
+        cl_kernel k = c->k_snap_vote;
+        e = clSetKernelArg(k, 0, sizeof S, &S);
+        e |= clSetKernelArg(k, 1, sizeof n, &n);
+        e |= clSetKernelArg(k, 2, sizeof rr, &rr);
+        e |= clSetKernelArg(k, 3, sizeof pos, &pos);
+        e |= clSetKernelArg(k, 4, sizeof qp, &qp);
+        e |= clSetKernelArg(k, 5, sizeof gg, &gg);
+        e |= clSetKernelArg(k, 6, sizeof rm, &rm);
+        e |= clSetKernelArg(k, 7, sizeof rl, &rl);
+        e |= clSetKernelArg(k, 8, sizeof vote, &vote);
+        size_t g = held;
+        if (e == CL_SUCCESS)
+            e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+        if (e == CL_SUCCESS)
+            e = clEnqueueReadBuffer(ctx->queue, vote, CL_TRUE, 0, held * sizeof(float), votes, 0, NULL, NULL);
+        if (e == CL_SUCCESS)
+            e = clEnqueueReadBuffer(ctx->queue, pos, CL_TRUE, 0, held * sizeof(int32_t), kpos, 0, NULL, NULL);
+    }
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(ctx->error, e, "skv_seq_scores (snapkv)");
+    if (st == SKV_OK) {
+        int32_t window_start = s->snap_pos[layer][0];
+        for (uint32_t i = 1; i < w; i++)
+            window_start = s->snap_pos[layer][i] < window_start ? s->snap_pos[layer][i] : window_start;
+        if (skv_ref_snapkv_pool(votes, kpos, held, window_start, scores) != 0)
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
+    }
+    cl_mem bufs[8] = {keys, pos, qb, qp, S, rm, rl, vote};
+    for (int i = 0; i < 8; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    skvi_free(al, qg);
+    skvi_free(al, votes);
+    skvi_free(al, kpos);
+    return st;
+}
+
 skv_status skvi_score_init(skv_cache *c)
 {
     if (c->desc.scorer == SKV_SCORER_NONE)
@@ -274,6 +482,12 @@ skv_status skvi_score_init(skv_cache *c)
     skv_status st = skvi_kernel_create(c->ctx, "score.cl", defs, "score_f16", &c->k_score[SKV_TIER_F16]);
     if (st == SKV_OK && c->desc.scorer == SKV_SCORER_TRIATTENTION)
         st = skvi_kernel_create(c->ctx, "score.cl", defs, "tri_f16", &c->k_tri[SKV_TIER_F16]);
+    if (st == SKV_OK && c->desc.scorer == SKV_SCORER_SNAPKV)
+        st = skvi_kernel_create(c->ctx, "score.cl", defs, "keys_f16", &c->k_keys[SKV_TIER_F16]);
+    if (st == SKV_OK && c->desc.scorer == SKV_SCORER_SNAPKV)
+        st = skvi_kernel_create(c->ctx, "score.cl", defs, "snap_rows", &c->k_snap_rows);
+    if (st == SKV_OK && c->desc.scorer == SKV_SCORER_SNAPKV)
+        st = skvi_kernel_create(c->ctx, "score.cl", defs, "snap_vote", &c->k_snap_vote);
     if (st == SKV_OK && skvi_scorer_has_stats(c))
         st = skvi_kernel_create(c->ctx, "score.cl", defs, "key_inv_norms", &c->k_inv_norms);
     if (st == SKV_OK && skvi_scorer_has_stats(c))
@@ -286,14 +500,16 @@ skv_status skvi_score_init(skv_cache *c)
             st = skvi_kernel_create(c->ctx, "score.cl", all, "score_ada", &c->k_score[t]);
             if (st == SKV_OK && c->desc.scorer == SKV_SCORER_TRIATTENTION)
                 st = skvi_kernel_create(c->ctx, "score.cl", all, "tri_ada", &c->k_tri[t]);
+            if (st == SKV_OK && c->desc.scorer == SKV_SCORER_SNAPKV)
+                st = skvi_kernel_create(c->ctx, "score.cl", all, "keys_ada", &c->k_keys[t]);
         }
     return st;
 }
 
 void skvi_score_release(skv_cache *c)
 {
-    cl_kernel ks[2] = {c->k_inv_norms, c->k_key_stats};
-    for (int i = 0; i < 2; i++)
+    cl_kernel ks[4] = {c->k_inv_norms, c->k_key_stats, c->k_snap_rows, c->k_snap_vote};
+    for (int i = 0; i < 4; i++)
         if (ks[i])
             clReleaseKernel(ks[i]);
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
@@ -301,6 +517,8 @@ void skvi_score_release(skv_cache *c)
             clReleaseKernel(c->k_score[t]);
         if (c->k_tri[t])
             clReleaseKernel(c->k_tri[t]);
+        if (c->k_keys[t])
+            clReleaseKernel(c->k_keys[t]);
     }
 }
 
@@ -447,11 +665,13 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
                                  "skv_seq_scores: pages in host memory: skv_seq_fetch them first");
     }
     *count = held;
-    if (c->desc.scorer == SKV_SCORER_TRIATTENTION) {
+    if (c->desc.scorer == SKV_SCORER_TRIATTENTION || c->desc.scorer == SKV_SCORER_SNAPKV) {
         float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
         if (!scores)
             return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
-        st = held ? tri_scores(c, s, layer, kv_head, held, scores) : SKV_OK;
+        if (held)
+            st = c->desc.scorer == SKV_SCORER_SNAPKV ? snap_scores(c, s, layer, kv_head, held, scores)
+                                                     : tri_scores(c, s, layer, kv_head, held, scores);
         if (st == SKV_OK && capacity)
             memcpy(out, scores, (held < capacity ? held : capacity) * sizeof *out);
         skvi_free(ctx->alloc, scores);

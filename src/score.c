@@ -33,6 +33,7 @@ float skv_ref_score_key(skv_scorer scorer, const float *k, uint32_t d, const flo
     case SKV_SCORER_STREAMING:
         return position >= 0 && (uint32_t)position < n_sink ? INFINITY : (float)position;
     case SKV_SCORER_TRIATTENTION: /* needs the query statistics: skv_ref_triattention */
+    case SKV_SCORER_SNAPKV:       /* needs the window: skv_ref_snapkv */
     case SKV_SCORER_NONE:
         break;
     }

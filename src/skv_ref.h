@@ -63,6 +63,15 @@ SKV_API void skv_ref_triattention_query(const skv_rope_desc *r, uint32_t d, cons
                                         int64_t t0, float *effective);
 SKV_API double skv_ref_triattention(const skv_rope_desc *r, uint32_t d, const float *effective, const float *k_post);
 
+/* SnapKV for one kv-head: window queries q[w][G][d] at qpos[w], keys k[n][d] at kpos[n];
+ * out[n] = pooled mean attention (src/snapkv.c). Returns 0, -1 on out of memory. */
+SKV_API int skv_ref_snapkv(const float *q, const int32_t *qpos, uint32_t w, uint32_t group, const float *k,
+                           const int32_t *kpos, uint64_t n, uint32_t d, float *out);
+/* The pooling step alone: votes[n] of tokens at kpos[n] averaged over 5 neighbours in
+ * position order (zero padding, divided by 5); tokens at or after window_start: +inf. */
+SKV_API int skv_ref_snapkv_pool(const float *votes, const int32_t *kpos, uint64_t n, int32_t window_start,
+                                float *out);
+
 /* |got - ref| / |ref| (L2), the error measure of tests, demo and eval. */
 SKV_API double skv_ref_rel_l2(const double *ref, const float *got, size_t n);
 

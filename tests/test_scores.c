@@ -366,6 +366,78 @@ static void test_triattention_kernel(void **state)
     skv_cache_destroy(c);
 }
 
+static void test_snapkv(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, G = 2, D = 64, n = 300, w = 16;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 2, d.q_heads = H * G, d.kv_heads = H, d.head_dim = D, d.page_tokens = 16;
+    d.device_budget_bytes = 16u << 20;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.scorer = SKV_SCORER_SNAPKV;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {17};
+    float *k = malloc((size_t)n * H * D * 4), *q = malloc((size_t)w * H * G * D * 4);
+    int32_t pos[300], qpos[16];
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = (int32_t)t;
+    for (size_t i = 0; i < (size_t)n * H * D; i++)
+        k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(&r)));
+    for (size_t i = 0; i < (size_t)w * H * G * D; i++)
+        q[i] = test_gauss(&r) * 1.5f;
+    for (uint32_t i = 0; i < w; i++)
+        qpos[i] = (int32_t)(n - w + i);
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_append(c, s, 1, n, SKV_F32, k, k, pos));
+    assert_ok(skv_seq_quantize(c, s, 32, 160, SKV_TIER_A3V4));
+    float got[300];
+    size_t cnt;
+    assert_int_equal(skv_seq_scores(c, s, 1, 0, got, n, &cnt), SKV_ERR_INVALID_ARG); /* no window yet */
+    assert_non_null(strstr(skv_last_error(), "observation window"));
+    assert_int_equal(skv_seq_observe_window(c, s, 1, 0, SKV_F32, q, qpos), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_seq_observe_window(c, s, 1, w, SKV_F32, q, qpos));
+    for (uint32_t h = 0; h < H; h++) {
+        int32_t order[300];
+        size_t pc;
+        assert_ok(skv_seq_scores(c, s, 1, h, got, n, &cnt));
+        assert_ok(skv_seq_positions(c, s, 1, h, order, n, &pc));
+        const skvi_page_list *f16 = skvi_seq_list(c, &c->seqs[s], 1, h, SKV_TIER_F16);
+        int8_t signs[256];
+        skv_ref_ada_signs(1, h, D, signs);
+        float *keys = malloc((size_t)n * D * 4), qh[16 * 2 * 64], want[300];
+        for (uint32_t i = 0; i < n; i++) {
+            memcpy(keys + (size_t)i * D, k + ((size_t)order[i] * H + h) * D, D * 4);
+            if (i >= f16->tokens) {
+                uint32_t words[64];
+                uint16_t norm;
+                skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, keys + (size_t)i * D, words, &norm);
+                skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, keys + (size_t)i * D);
+            }
+        }
+        for (uint32_t i = 0; i < w; i++)
+            for (uint32_t g = 0; g < G; g++)
+                memcpy(qh + ((size_t)i * G + g) * D, q + ((size_t)i * H * G + h * G + g) * D, D * 4);
+        assert_int_equal(skv_ref_snapkv(qh, qpos, w, G, keys, order, n, D, want), 0);
+        uint32_t inf = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (isinf(want[i])) {
+                assert_true(isinf(got[i]));
+                inf++;
+                continue;
+            }
+            if (!(fabsf(got[i] - want[i]) <= 1e-4f * want[i] + 1e-7f))
+                fail_msg("head %u token %u: %.7g, reference %.7g", h, i, got[i], want[i]);
+        }
+        assert_int_equal(inf, w); /* the window's own tokens are kept */
+        free(keys);
+    }
+    free(k), free(q);
+    skv_cache_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +446,7 @@ int main(void)
         cmocka_unit_test(test_needle_retention),
         cmocka_unit_test(test_rope_and_triattention_reference),
         cmocka_unit_test(test_triattention_kernel),
+        cmocka_unit_test(test_snapkv),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -227,7 +227,8 @@ typedef enum skv_scorer {
     SKV_SCORER_MANIFOLD = 3,          /* |k - mu|, mu = mean key of the sequence */
     SKV_SCORER_MANIFOLD_WINDOWED = 4, /* |k - mu_w|, mu_w = mean key of k's position window */
     SKV_SCORER_STREAMING = 5,         /* +inf for the first n_sink positions, else the position */
-    SKV_SCORER_TRIATTENTION = 6       /* TriAttention: needs desc.rope and the query statistics */
+    SKV_SCORER_TRIATTENTION = 6,      /* TriAttention: needs desc.rope and the query statistics */
+    SKV_SCORER_SNAPKV = 7             /* SnapKV: attention of an observation window of queries */
 } skv_scorer;
 
 /* How the model applied RoPE to the keys it appends (TriAttention inverts it). */
@@ -324,6 +325,15 @@ SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const 
  * SKV_ERR_UNSUPPORTED unless the context was created with enable_profiling (or on a
  * caller's queue with profiling), SKV_ERR_INVALID_ARG before the first call. */
 SKV_API skv_status skv_cache_last_decode_ms(skv_cache *cache, double *ms);
+
+/* SnapKV's observation window for `layer`: the last n_queries queries of the prefill,
+ * q[n_queries][q_heads][head_dim] (post-RoPE, as decode takes them) at `positions`.
+ * Replaces the layer's previous window; kept (host memory) until the sequence is freed.
+ * Scores: softmax(q K^T / sqrt(d)) of each window query over the keys at or before its
+ * position (a CLBlast GEMM), the mean over the window and the GQA group, average-pooled
+ * over 5 neighbours in position order; keys inside the window score +inf. */
+SKV_API skv_status skv_seq_observe_window(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t n_queries,
+                                          skv_dtype dtype, const void *q, const int32_t *positions);
 
 /* TriAttention: scores are z-scored per q-head over the tokens (layer, kv_head) holds,
  * then the maximum over the kv-head's GQA group is taken; t0 is the sequence's last
