@@ -112,7 +112,16 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
     SKV_POOL_PARAMS, __global const uint *indptr, __global const uint *indices,                \
         __global const uint *lens, uint H, __global const uchar *q, ulong q_offset, uint q_dtype, \
         float scale, uint tiles_per_chunk, uint n_chunks, uint chunk_offset, uint total_chunks, \
-        __global float *partials, __global const float *tables, __constant float *params
+        __global float *partials, __global const float *tables, __constant float *params,          \
+        __global float *logits, uint logit_stride
+
+/* OBSERVE (the observed-attention scorer): the scaled logit of every token for every
+ * q-head also goes to logits[(bh * G + g) * logit_stride + token], for observe() below. */
+#ifdef OBSERVE
+#define KEEP_LOGIT(bh, g, t, v) (logits[((size_t)(bh) * G + (g)) * logit_stride + (t)] = (v))
+#else
+#define KEEP_LOGIT(bh, g, t, v) ((void)0)
+#endif
 
 /* `scale` multiplies the logits: the softmax scale (ADA: times sqrt(2/D) and the tier's
  * logit correction). `tables` (ADA): [B*H][G][D/2][NS] per-query tables. */
@@ -171,8 +180,10 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
                 }
             }
 #endif
-            for (uint g = 0; g < G; g++)
+            for (uint g = 0; g < G; g++) {
                 s[g * TILE + lid] = dot_g[g] * scale;
+                KEEP_LOGIT(bh, g, t, s[g * TILE + lid]);
+            }
         } else {
             for (uint g = 0; g < G; g++)
                 s[g * TILE + lid] = -INFINITY;
@@ -331,6 +342,9 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                 }
         }
 #endif
+        for (uint j = 0; j < n; j++)
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                KEEP_LOGIT(bh, g, t0 + j, s[j][g]);
         /* online softmax once per block: at most one rescale of the accumulators */
         float p[TB][G];
         SKV_UNROLL for (uint g = 0; g < G; g++) {
@@ -407,4 +421,25 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             vstore8(acc[g][i], i, out + 2 * G + g * D);
 #endif
     }
+}
+
+/* Observed attention (H2O): adds each token's attention probability, averaged over the
+ * GQA group, to acc[h][position] of sequence b, from the kept logits and the merged
+ * (max, sum) per q-head (decode_merge's ml). One work-item per (token, kv-head). */
+__kernel void observe(SKV_POOL_PARAMS, __global const uint *indptr, __global const uint *indices,
+                      __global const uint *lens, uint H, uint b, __global const float *logits, uint logit_stride,
+                      __global const float *ml, __global float *acc, uint acc_cap)
+{
+    const uint t = get_global_id(0), h = get_global_id(1), bh = b * H + h;
+    if (t >= lens[bh])
+        return;
+    __global const uchar *page = SKV_PAGE(indices[indptr[bh] + t / P], PAGE_BYTES);
+    const int position = ((__global const int *)(page + PAGE_BYTES - 4 * P))[t % P];
+    float p = 0.0f;
+    for (uint g = 0; g < G; g++) {
+        const uint bq = bh * G + g;
+        p += exp(logits[((size_t)bh * G + g) * logit_stride + t] - ml[2 * bq]) / ml[2 * bq + 1];
+    }
+    if (position >= 0 && (uint)position < acc_cap)
+        acc[(size_t)h * acc_cap + position] += p / (float)G;
 }

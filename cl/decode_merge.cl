@@ -1,10 +1,11 @@
 /* Merges the split-K partials of decode attention by log-sum-exp: for q-head (g of
  * kv-head h) of sequence b, out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c.
- * One work-item per (dim, sequence * q-head). Build defines: D, G. */
+ * One work-item per (dim, sequence * q-head); ml[2 bq..] receives (M, L) per q-head.
+ * Build defines: D, G. */
 #define PARTIAL_FLOATS (G * (D + 2))
 
 __kernel void decode_merge(__global const float *partials, uint n_chunks, uint H,
-                           __global uchar *out, ulong out_offset, uint out_dtype)
+                           __global uchar *out, ulong out_offset, uint out_dtype, __global float *ml)
 {
     const uint d = get_global_id(0);
     const uint bq = get_global_id(1); /* sequence * (H * G) + q-head */
@@ -22,6 +23,10 @@ __kernel void decode_merge(__global const float *partials, uint n_chunks, uint H
         o += w * pc[2 * G + g * D + d];
     }
     float r = l > 0.0f ? o / l : 0.0f;
+    if (d == 0) { /* the softmax's max and sum per q-head (observed attention reads them) */
+        ml[2 * bq] = m;
+        ml[2 * bq + 1] = l;
+    }
     const size_t i = (size_t)bq * D + d;
     if (out_dtype == SKV_DTYPE_F16)
         vstore_half_rte(r, i, (__global half *)(out + out_offset));

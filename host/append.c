@@ -161,6 +161,11 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     }
 
     st = skvi_stats_reserve(c, s, layer, n); /* room for the positions the statistics will need */
+    int64_t top = 0;
+    for (uint32_t t = 0; t < n; t++)
+        top = positions[t] + 1 > top ? positions[t] + 1 : top;
+    if (st == SKV_OK)
+        st = skvi_obs_reserve(c, s, layer, top);
     if (st != SKV_OK)
         return st;
     append_plan p;

@@ -149,7 +149,7 @@ static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes,
 /* Enqueues one tier's kernels (ADA: the query tables first). */
 static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32_t layer, uint32_t B, cl_mem q,
                            cl_ulong q_off, cl_uint q_dtype, float scale, cl_uint total_chunks, cl_mem partials,
-                           cl_mem tables, cl_uint n_waits, const cl_event *waits, cl_event *first)
+                           cl_mem tables, cl_mem logits, cl_uint n_waits, const cl_event *waits, cl_event *first)
 {
     const uint32_t H = c->desc.kv_heads, G = c->group;
     cl_int e = CL_SUCCESS;
@@ -194,6 +194,10 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     e |= clSetKernelArg(k, a++, sizeof partials, &partials);
     e |= clSetKernelArg(k, a++, sizeof tables, &tables);
     e |= clSetKernelArg(k, a++, sizeof params, &params);
+    cl_uint stride = (cl_uint)tp->max_len;
+    cl_mem lg = logits ? logits : partials; /* read only with OBSERVE */
+    e |= clSetKernelArg(k, a++, sizeof lg, &lg);
+    e |= clSetKernelArg(k, a++, sizeof stride, &stride);
     size_t wg = c->cpu_variant ? 1 : c->tile;
     size_t global[2] = {(size_t)tp->n_chunks * wg, (size_t)B * H}, local[2] = {wg, 1};
     if (e == CL_SUCCESS)
@@ -270,12 +274,22 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     cl_event *owned = NULL;
     if (st == SKV_OK)
         st = skvi_compute_waits(c, num_wait, wait_list, &n_waits, &waits, &owned);
+    /* observed attention: every tier's logits are kept until the merge has (max, sum) */
+    const int observe = c->desc.scorer == SKV_SCORER_OBSERVED;
+    cl_mem logits[SKV_TIER_COUNT] = {0};
+    cl_mem ml = e == CL_SUCCESS ? scratch(c, 2, (size_t)B * c->desc.q_heads * 2 * sizeof(float), &e) : NULL;
+    for (int t = 0; observe && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
+        if (p.t[t].max_len)
+            logits[t] = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, (size_t)B * H * G * p.t[t].max_len * sizeof(float),
+                                       NULL, &e);
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(err, e, "decode attention: clCreateBuffer");
     cl_event first = NULL, done = NULL;
     for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) {
         if (!p.t[t].max_len)
             continue;
         e = enqueue_tier(c, (skv_tier)t, &p.t[t], layer, B, qbuf, q_off, (cl_uint)q_dtype, scale, p.total_chunks,
-                         partials, tables, n_waits, waits, c->ctx->profiling && !first ? &first : NULL);
+                         partials, tables, logits[t], n_waits, waits, c->ctx->profiling && !first ? &first : NULL);
         n_waits = 0; /* the first launch carries the waits; the rest follow in queue order */
         waits = NULL;
     }
@@ -289,9 +303,30 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         e |= clSetKernelArg(m, a++, sizeof obuf, &obuf);
         e |= clSetKernelArg(m, a++, sizeof oo, &oo);
         e |= clSetKernelArg(m, a++, sizeof od, &od);
+        e |= clSetKernelArg(m, a++, sizeof ml, &ml);
         size_t mglobal[2] = {D, (size_t)B * c->desc.q_heads};
         if (e == CL_SUCCESS)
             e = clEnqueueNDRangeKernel(c->ctx->queue, m, 2, NULL, mglobal, NULL, 0, NULL, &done);
+        for (int t = 0; observe && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) /* after the merge, in queue order */
+            for (uint32_t b = 0; p.t[t].max_len && e == CL_SUCCESS && b < B; b++) {
+                skvi_seq *s = &c->seqs[seqs[b]];
+                cl_kernel k = c->k_observe[t];
+                cl_uint ka = SKVI_POOL_MAX_CHUNKS + 1, hh = H, bb = b, stride = (cl_uint)p.t[t].max_len,
+                        cap = s->obs_cap[layer];
+                e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+                for (int i = 0; i < 3; i++)
+                    e |= clSetKernelArg(k, ka++, sizeof p.t[t].bufs[i], &p.t[t].bufs[i]);
+                e |= clSetKernelArg(k, ka++, sizeof hh, &hh);
+                e |= clSetKernelArg(k, ka++, sizeof bb, &bb);
+                e |= clSetKernelArg(k, ka++, sizeof logits[t], &logits[t]);
+                e |= clSetKernelArg(k, ka++, sizeof stride, &stride);
+                e |= clSetKernelArg(k, ka++, sizeof ml, &ml);
+                e |= clSetKernelArg(k, ka++, sizeof s->obs_acc[layer], &s->obs_acc[layer]);
+                e |= clSetKernelArg(k, ka++, sizeof cap, &cap);
+                size_t g[2] = {p.t[t].max_len, H};
+                if (e == CL_SUCCESS)
+                    e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+            }
         if (e == CL_SUCCESS && out_host)
             e = clEnqueueReadBuffer(c->ctx->queue, obuf, CL_TRUE, 0, out_bytes, out_host, 0, NULL, NULL);
     }
@@ -312,6 +347,9 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     else if (done)
         clReleaseEvent(done);
     skvi_free(c->ctx->alloc, owned);
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        if (logits[t])
+            clReleaseMemObject(logits[t]);
     cl_mem bufs[] = {qbuf != q_mem ? qbuf : NULL, obuf != out_mem ? obuf : NULL};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])

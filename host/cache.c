@@ -48,7 +48,7 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
     if (!(d->tiers & (1u << SKV_TIER_F16)) || (d->tiers >> SKV_TIER_COUNT))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: tiers is 0x%x, must include F16 (bit 0) and only bits 0..%d",
                          fn, d->tiers, SKV_TIER_COUNT - 1);
-    if ((unsigned)d->scorer > SKV_SCORER_SNAPKV)
+    if ((unsigned)d->scorer > SKV_SCORER_OBSERVED)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: scorer %d is not an skv_scorer", fn, (int)d->scorer);
     if (d->scorer == SKV_SCORER_MANIFOLD_WINDOWED && d->score_window == 0)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: score_window is 0", fn);
@@ -104,9 +104,13 @@ static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_varia
         seg_pow2 *= 2;
     if (tier != SKV_TIER_F16)
         skvi_ada_defines(c, tier, ada, sizeof ada);
-    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s", d->head_dim, d->page_tokens,
-             c->group, c->tile, seg_pow2, tier != SKV_TIER_F16 ? " -DADA " : "", ada);
-    return skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
+    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s", d->head_dim, d->page_tokens,
+             c->group, c->tile, seg_pow2, d->scorer == SKV_SCORER_OBSERVED ? " -DOBSERVE" : "",
+             tier != SKV_TIER_F16 ? " -DADA " : "", ada);
+    skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
+    if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED && !c->k_observe[tier])
+        st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &c->k_observe[tier]);
+    return st;
 }
 
 static skv_status build_kernels(skv_cache *c)
@@ -221,6 +225,7 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     skvi_free(c->ctx->alloc, s->len);
     skvi_free(c->ctx->alloc, s->next_pos);
     skvi_snap_release(c, s);
+    skvi_obs_release(c, s);
     skvi_stats_release(c, s);
     memset(s, 0, sizeof *s);
 }
@@ -239,9 +244,12 @@ void skv_cache_destroy(skv_cache *c)
             skvi_pool_release(c, &c->pools[t][m]);
     if (c->k_append)
         clReleaseKernel(c->k_append);
-    for (int t = 0; t < SKV_TIER_COUNT; t++)
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
         if (c->k_decode[t])
             clReleaseKernel(c->k_decode[t]);
+        if (c->k_observe[t])
+            clReleaseKernel(c->k_observe[t]);
+    }
     if (c->k_merge)
         clReleaseKernel(c->k_merge);
     skvi_ada_release(c);
@@ -250,12 +258,12 @@ void skv_cache_destroy(skv_cache *c)
     skvi_free(c->ctx->alloc, c->query_abs);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2; i++)
         if (c->last_decode[i])
             clReleaseEvent(c->last_decode[i]);
+    for (int i = 0; i < 3; i++)
         if (c->scratch[i])
             clReleaseMemObject(c->scratch[i]);
-    }
     skvi_free(c->ctx->alloc, c);
 }
 
@@ -371,7 +379,7 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
     p = &c->seqs[parent]; /* seq_new may have moved the table */
     skvi_seq *s = &c->seqs[id];
     size_t n_lists = skvi_list_count(c);
-    if (skvi_stats_copy(c, s, p) != SKV_OK || skvi_snap_copy(c, s, p) != SKV_OK) {
+    if (skvi_stats_copy(c, s, p) != SKV_OK || skvi_snap_copy(c, s, p) != SKV_OK || skvi_obs_copy(c, s, p) != SKV_OK) {
         seq_release(c, s);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_fork: out of memory");
     }

@@ -56,6 +56,9 @@ typedef struct skvi_seq {
     float **snap_q;      /* [n][q_heads][D] */
     int32_t **snap_pos;  /* [n] */
     uint32_t *snap_n;
+    /* observed attention: per layer [kv_heads][cap] accumulated probability by position */
+    cl_mem *obs_acc;
+    uint32_t *obs_cap;
 } skvi_seq;
 
 struct skv_cache {
@@ -83,6 +86,7 @@ struct skv_cache {
     cl_kernel k_tri[SKV_TIER_COUNT];
     cl_kernel k_keys[SKV_TIER_COUNT]; /* dense keys for SnapKV's GEMM */
     cl_kernel k_snap_rows, k_snap_vote;
+    cl_kernel k_observe[SKV_TIER_COUNT];
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
@@ -92,8 +96,8 @@ struct skv_cache {
     cl_event transfer_pending; /* last page move; compute work waits for it */
     cl_event last_decode[2];   /* first and last kernel of the last decode (profiling only) */
     /* decode scratch, grown on demand and kept: no device allocation per decode step */
-    cl_mem scratch[2]; /* partials, query tables */
-    size_t scratch_bytes[2];
+    cl_mem scratch[3]; /* partials, query tables, per-q-head (max, sum) */
+    size_t scratch_bytes[3];
 };
 
 /* pool.c */
@@ -122,6 +126,11 @@ skv_status skvi_stats_alloc(skv_cache *c, skvi_seq *s);
 void skvi_stats_release(skv_cache *c, skvi_seq *s);
 skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
 skv_status skvi_snap_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+/* Observed attention: accumulators covering positions < need (grown before an append
+ * commits), fork copies, release. */
+skv_status skvi_obs_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, int64_t need);
+skv_status skvi_obs_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+void skvi_obs_release(skv_cache *c, skvi_seq *s);
 void skvi_snap_release(skv_cache *c, skvi_seq *s);
 /* Room for n more pending positions of `layer` (before an append commits). */
 skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);

@@ -34,6 +34,7 @@ float skv_ref_score_key(skv_scorer scorer, const float *k, uint32_t d, const flo
         return position >= 0 && (uint32_t)position < n_sink ? INFINITY : (float)position;
     case SKV_SCORER_TRIATTENTION: /* needs the query statistics: skv_ref_triattention */
     case SKV_SCORER_SNAPKV:       /* needs the window: skv_ref_snapkv */
+    case SKV_SCORER_OBSERVED:     /* accumulated by decode */
     case SKV_SCORER_NONE:
         break;
     }

@@ -438,6 +438,98 @@ static void test_snapkv(void **state)
     skv_cache_destroy(c);
 }
 
+/* H2O: decode accumulates every token's attention probability (mean over the group); the
+ * score is that sum over the steps / the steps since the token arrived. Both decode
+ * kernel variants, F16 and A3V4 tokens, against fp64 probabilities over the stored keys. */
+static void test_observed(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, G = 2, D = 64, n0 = 200, steps = 5;
+    for (int variant = 0; variant < 2; variant++) {
+        skv_cache_desc d;
+        skv_cache_desc_init(&d);
+        d.layers = 1, d.q_heads = H * G, d.kv_heads = H, d.head_dim = D, d.page_tokens = 16;
+        d.device_budget_bytes = 16u << 20;
+        d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+        d.scorer = SKV_SCORER_OBSERVED;
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &d, &c));
+        assert_ok(skvi_cache_use_variant(c, variant));
+        const uint32_t n = n0 + steps;
+        test_rng r = {31 + variant};
+        float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4);
+        int32_t pos[205];
+        for (uint32_t t = 0; t < n; t++)
+            pos[t] = (int32_t)t;
+        for (size_t i = 0; i < (size_t)n * H * D; i++) {
+            k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(&r) * 1.5f));
+            v[i] = test_gauss(&r);
+        }
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        assert_ok(skv_append(c, s, 0, n0, SKV_F32, k, v, pos));
+        assert_ok(skv_seq_quantize(c, s, 32, 96, SKV_TIER_A3V4));
+        /* the keys decode sees: A3V4 tokens decoded */
+        float *kd = malloc((size_t)n * H * D * 4);
+        memcpy(kd, k, (size_t)n * H * D * 4);
+        for (uint32_t t = 32; t < 96; t++)
+            for (uint32_t h = 0; h < H; h++) {
+                int8_t signs[256];
+                skv_ref_ada_signs(0, h, D, signs);
+                uint32_t words[64];
+                uint16_t norm;
+                float *kt = kd + ((size_t)t * H + h) * D;
+                skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, kt, words, &norm);
+                skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, kt);
+            }
+        double acc[2][205] = {{0}};
+        const float scale = 0.125f;
+        for (uint32_t st = 0; st < steps; st++) {
+            uint32_t len = n0 + st + 1;
+            assert_ok(skv_append(c, s, 0, 1, SKV_F32, k + (size_t)(len - 1) * H * D, v + (size_t)(len - 1) * H * D,
+                                 pos + len - 1));
+            float q[4 * 64], out[4 * 64];
+            for (uint32_t i = 0; i < H * G * D; i++)
+                q[i] = test_gauss(&r);
+            assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
+            for (uint32_t qh = 0; qh < H * G; qh++) {
+                uint32_t h = qh / G;
+                double m = -INFINITY, l = 0, *lg = malloc(len * sizeof *lg);
+                for (uint32_t t = 0; t < len; t++) {
+                    double x = 0;
+                    for (uint32_t j = 0; j < D; j++)
+                        x += (double)q[qh * D + j] * kd[((size_t)t * H + h) * D + j];
+                    lg[t] = x * scale;
+                    m = lg[t] > m ? lg[t] : m;
+                }
+                for (uint32_t t = 0; t < len; t++)
+                    l += exp(lg[t] - m);
+                for (uint32_t t = 0; t < len; t++)
+                    acc[h][t] += exp(lg[t] - m) / l / G;
+                free(lg);
+            }
+        }
+        for (uint32_t h = 0; h < H; h++) {
+            float got[205];
+            int32_t order[205];
+            size_t cnt, pc;
+            assert_ok(skv_seq_scores(c, s, 0, h, got, n, &cnt));
+            assert_int_equal(cnt, n);
+            assert_ok(skv_seq_positions(c, s, 0, h, order, n, &pc));
+            for (uint32_t i = 0; i < n; i++) {
+                int32_t p = order[i];
+                int64_t age = (int64_t)n - p;
+                double want = acc[h][p] / (double)(age > 1 ? age : 1);
+                if (fabs(got[i] - want) > 1e-4 * want + 1e-7)
+                    fail_msg("%s kernel head %u position %d: %.7g, reference %.7g", variant ? "cpu" : "gpu", h, p,
+                             got[i], want);
+            }
+        }
+        free(k), free(v), free(kd);
+        skv_cache_destroy(c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -447,6 +539,7 @@ int main(void)
         cmocka_unit_test(test_rope_and_triattention_reference),
         cmocka_unit_test(test_triattention_kernel),
         cmocka_unit_test(test_snapkv),
+        cmocka_unit_test(test_observed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

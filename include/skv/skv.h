@@ -228,7 +228,8 @@ typedef enum skv_scorer {
     SKV_SCORER_MANIFOLD_WINDOWED = 4, /* |k - mu_w|, mu_w = mean key of k's position window */
     SKV_SCORER_STREAMING = 5,         /* +inf for the first n_sink positions, else the position */
     SKV_SCORER_TRIATTENTION = 6,      /* TriAttention: needs desc.rope and the query statistics */
-    SKV_SCORER_SNAPKV = 7             /* SnapKV: attention of an observation window of queries */
+    SKV_SCORER_SNAPKV = 7,            /* SnapKV: attention of an observation window of queries */
+    SKV_SCORER_OBSERVED = 8           /* H2O: attention accumulated by decode / steps since arrival */
 } skv_scorer;
 
 /* How the model applied RoPE to the keys it appends (TriAttention inverts it). */
