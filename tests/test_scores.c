@@ -178,7 +178,8 @@ static void test_hand_computed(void **state)
 
 /* Keys around a mean with an outlier channel; needles point elsewhere with a larger norm.
  * Keeping the top 50% / 20% by score: manifold and keydiff keep every needle; knorm
- * (which keeps small norms) may not. Each scorer's rate is printed. */
+ * (which keeps small norms) and streaming (which keeps the most recent) may not. Each
+ * scorer's rate is printed. */
 static void test_needle_retention(void **state)
 {
     (void)state;
@@ -195,10 +196,10 @@ static void test_needle_retention(void **state)
             float x = is_needle[t] ? 2.5f * dir[d] : test_gauss(&r) + 1.0f + (d == 7 ? 4.0f : 0.0f);
             k[(size_t)t * D + d] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(x));
         }
-    const skv_scorer sc[3] = {SKV_SCORER_MANIFOLD, SKV_SCORER_KEYDIFF, SKV_SCORER_KNORM};
-    const char *names[3] = {"manifold", "keydiff", "knorm"};
+    const skv_scorer sc[4] = {SKV_SCORER_MANIFOLD, SKV_SCORER_KEYDIFF, SKV_SCORER_KNORM, SKV_SCORER_STREAMING};
+    const char *names[4] = {"manifold", "keydiff", "knorm", "streaming"};
     const double keep[2] = {0.5, 0.2};
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         skv_cache *c = make(sc[i], H, D, 64, 4096);
         skv_seq_id s;
         assert_ok(skv_seq_create(c, &s));
@@ -220,7 +221,7 @@ static void test_needle_retention(void **state)
             for (uint32_t t = 0; t < n; t++)
                 kept += is_needle[t] && score[t] >= cut;
             printf("%-8s keeping %2.0f%%: %u / %u needles kept\n", names[i], keep[j] * 100, kept, needles);
-            if (sc[i] != SKV_SCORER_KNORM)
+            if (sc[i] == SKV_SCORER_MANIFOLD || sc[i] == SKV_SCORER_KEYDIFF)
                 assert_int_equal(kept, needles);
         }
         free(score);
