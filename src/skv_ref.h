@@ -72,6 +72,37 @@ SKV_API int skv_ref_snapkv(const float *q, const int32_t *qpos, uint32_t w, uint
 SKV_API int skv_ref_snapkv_pool(const float *votes, const int32_t *kpos, uint64_t n, int32_t window_start,
                                 float *out);
 
+/* ---- RDR (src/rdr.c) ---- */
+#define SKV_RDR_DROP SKV_TIER_COUNT /* the option "drop" */
+
+typedef struct skv_rdr_item {
+    float u;          /* utility: the token's estimated share of future attention */
+    float key_energy; /* |k|^2 / mean |k|^2 over the candidates */
+    uint8_t current;  /* the tier it is in now */
+} skv_rdr_item;
+
+typedef struct skv_rdr_problem {
+    const skv_rdr_item *items;
+    uint64_t n;
+    uint32_t tiers;                        /* allowed tiers (bit mask) */
+    double mse_k[SKV_TIER_COUNT];          /* normalised key MSE per tier (F16: 0) */
+    double mse_v[SKV_TIER_COUNT];          /* relative value MSE per tier */
+    double token_bytes[SKV_TIER_COUNT];    /* rate per token (keys, values, position) */
+    uint64_t page_bytes[SKV_TIER_COUNT];
+    uint32_t page_tokens;
+    uint64_t fixed[SKV_TIER_COUNT];        /* protected tokens already in each tier */
+    uint64_t budget;                       /* bytes after packing, page rounding included */
+} skv_rdr_problem;
+
+/* Bytes after packing a choice (one option per item, SKV_RDR_DROP for drop). */
+SKV_API uint64_t skv_rdr_bytes(const skv_rdr_problem *p, const uint8_t *choice);
+SKV_API double skv_rdr_distortion(const skv_rdr_problem *p, const uint8_t *choice);
+/* The Lagrangian solver (bisection on lambda, then the page-rounding slack spent on the
+ * best upgrades): 0, -1 when even dropping every candidate does not fit, -2 on OOM. */
+SKV_API int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice);
+/* The greedy reference: 0, -1 (does not fit), -2 (out of memory). */
+SKV_API int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice);
+
 /* |got - ref| / |ref| (L2), the error measure of tests, demo and eval. */
 SKV_API double skv_ref_rel_l2(const double *ref, const float *got, size_t n);
 

@@ -1,0 +1,269 @@
+/* Rate-Distortion Retention (DESIGN.md §7): for the candidates of one (layer, kv-head),
+ * choose per token F16, an ADA tier or drop, minimising sum u D subject to the bytes
+ * after packing (page rounding included) staying within a budget.
+ *   skv_rdr_solve:      Lagrangian — for a multiplier lambda every candidate picks
+ *                       argmin u D_t + lambda R_t; lambda is bisected to the budget.
+ *   skv_ref_rdr_greedy: the reference (the Spherical KV code's form): start every token
+ *                       at its best option and downgrade the cheapest distortion per byte
+ *                       first until the budget holds.
+ * A token already in a lossy tier may stay or be dropped, never move up. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "skv_ref.h"
+
+#define DROP SKV_RDR_DROP
+
+static double distortion(const skv_rdr_problem *p, const skv_rdr_item *it, unsigned opt)
+{
+    if (opt == DROP)
+        return it->u; /* the token's share of attention is lost */
+    return it->u * (p->mse_k[opt] * it->key_energy + p->mse_v[opt]);
+}
+
+/* May `it` end in option opt? */
+static int allowed(const skv_rdr_problem *p, const skv_rdr_item *it, unsigned opt)
+{
+    if (opt == DROP)
+        return 1;
+    if (!(p->tiers & (1u << opt)))
+        return 0;
+    return it->current == SKV_TIER_F16 || opt == it->current; /* never up from a lossy code */
+}
+
+uint64_t skv_rdr_bytes(const skv_rdr_problem *p, const uint8_t *choice)
+{
+    uint64_t count[SKV_TIER_COUNT] = {0}, bytes = 0;
+    for (uint64_t i = 0; i < p->n; i++)
+        if (choice[i] != DROP)
+            count[choice[i]]++;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        uint64_t c = count[t] + p->fixed[t]; /* protected tokens share the tier's pages */
+        bytes += (c + p->page_tokens - 1) / p->page_tokens * p->page_bytes[t];
+    }
+    return bytes;
+}
+
+double skv_rdr_distortion(const skv_rdr_problem *p, const uint8_t *choice)
+{
+    double d = 0;
+    for (uint64_t i = 0; i < p->n; i++)
+        d += distortion(p, &p->items[i], choice[i]);
+    return d;
+}
+
+static void choose(const skv_rdr_problem *p, double lambda, uint8_t *choice)
+{
+    for (uint64_t i = 0; i < p->n; i++) {
+        const skv_rdr_item *it = &p->items[i];
+        unsigned best = DROP;
+        double best_cost = INFINITY;
+        for (unsigned t = 0; t <= DROP; t++) { /* in order of quality: ties keep the better */
+            if (t != DROP && !allowed(p, it, t))
+                continue;
+            double cost = distortion(p, it, t) + lambda * (t == DROP ? 0.0 : p->token_bytes[t]);
+            if (cost < best_cost) {
+                best_cost = cost;
+                best = t;
+            }
+        }
+        choice[i] = (uint8_t)best;
+    }
+}
+
+/* ---- downgrades by distortion per byte: the greedy reference, and the solver's finish ---- */
+typedef struct step {
+    double cost; /* delta D / delta bytes of the next downgrade */
+    uint64_t item;
+    unsigned to;
+} step;
+
+static void heap_push(step *h, size_t *n, step s)
+{
+    size_t i = (*n)++;
+    h[i] = s;
+    while (i > 0 && h[(i - 1) / 2].cost > h[i].cost) {
+        step t = h[i];
+        h[i] = h[(i - 1) / 2];
+        h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+static step heap_pop(step *h, size_t *n)
+{
+    step top = h[0];
+    h[0] = h[--(*n)];
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < *n && h[l].cost < h[m].cost)
+            m = l;
+        if (r < *n && h[r].cost < h[m].cost)
+            m = r;
+        if (m == i)
+            break;
+        step t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+    return top;
+}
+
+/* The next cheaper allowed option after `from`, on the lower convex hull of the item's
+ * (rate, distortion) options (so each step has the best distortion per byte). */
+static int next_step(const skv_rdr_problem *p, uint64_t i, unsigned from, step *out)
+{
+    const skv_rdr_item *it = &p->items[i];
+    double r0 = from == DROP ? 0 : p->token_bytes[from], d0 = distortion(p, it, from);
+    int found = 0;
+    for (unsigned t = from + 1; t <= DROP; t++) {
+        if (t < SKV_TIER_COUNT && !allowed(p, it, t))
+            continue;
+        double r = t == DROP ? 0 : p->token_bytes[t], dr = r0 - r;
+        if (dr <= 0)
+            continue;
+        double c = (distortion(p, it, t) - d0) / dr;
+        if (!found || c < out->cost) {
+            *out = (step){c, i, t};
+            found = 1;
+        }
+    }
+    return found;
+}
+
+/* From `choice`, downgrades the step with the least distortion per byte first until the
+ * packed bytes fit. 0, -1 (cannot fit), -2 (out of memory). */
+static int downgrade_until_fits(const skv_rdr_problem *p, uint8_t *choice)
+{
+    step *heap = malloc((p->n ? p->n : 1) * sizeof *heap);
+    if (!heap)
+        return -2;
+    size_t n = 0;
+    for (uint64_t i = 0; i < p->n; i++) {
+        step s;
+        if (choice[i] != DROP && next_step(p, i, choice[i], &s))
+            heap_push(heap, &n, s);
+    }
+    while (skv_rdr_bytes(p, choice) > p->budget && n > 0) {
+        step s = heap_pop(heap, &n);
+        choice[s.item] = (uint8_t)s.to;
+        step next;
+        if (s.to != DROP && next_step(p, s.item, s.to, &next))
+            heap_push(heap, &n, next);
+    }
+    free(heap);
+    return skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
+}
+
+int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice)
+{
+    for (uint64_t i = 0; i < p->n; i++) { /* every token at its best option */
+        unsigned best = DROP;
+        for (unsigned t = 0; t < SKV_TIER_COUNT && best == DROP; t++)
+            if (allowed(p, &p->items[i], t))
+                best = t;
+        choice[i] = (uint8_t)best;
+    }
+    return downgrade_until_fits(p, choice);
+}
+
+/* Bytes without page rounding: non-increasing in lambda, so it can be bisected. */
+static double token_bytes(const skv_rdr_problem *p, const uint8_t *choice)
+{
+    double b = 0;
+    for (uint64_t i = 0; i < p->n; i++)
+        b += choice[i] == DROP ? 0.0 : p->token_bytes[choice[i]];
+    return b;
+}
+
+typedef struct upgrade {
+    double gain; /* distortion removed per byte added */
+    uint64_t item;
+    unsigned to;
+} upgrade;
+
+static int by_gain(const void *a, const void *b)
+{
+    const upgrade *x = a, *y = b;
+    if (x->gain != y->gain)
+        return x->gain > y->gain ? -1 : 1;
+    return x->item < y->item ? -1 : x->item > y->item;
+}
+
+/* Spends what page rounding left of the budget: one-step upgrades, the most distortion
+ * removed per byte first, each kept only if the packed bytes still fit. */
+static int fill(const skv_rdr_problem *p, uint8_t *choice)
+{
+    upgrade *u = malloc((p->n ? p->n : 1) * SKV_TIER_COUNT * sizeof *u); /* up to 4 per item */
+    if (!u)
+        return -2;
+    size_t n = 0;
+    for (uint64_t i = 0; i < p->n; i++) {
+        const skv_rdr_item *it = &p->items[i];
+        unsigned from = choice[i];
+        double r0 = from == DROP ? 0.0 : p->token_bytes[from], d0 = distortion(p, it, from);
+        for (unsigned t = 0; t < from && t < SKV_TIER_COUNT; t++) /* every better option */
+            if (allowed(p, it, t) && p->token_bytes[t] > r0) {
+                u[n++] = (upgrade){(d0 - distortion(p, it, t)) / (p->token_bytes[t] - r0), i, t};
+            }
+    }
+    qsort(u, n, sizeof *u, by_gain);
+    uint64_t bytes = skv_rdr_bytes(p, choice);
+    for (size_t k = 0; k < n && bytes < p->budget; k++) {
+        uint8_t was = choice[u[k].item];
+        if (u[k].to >= was) /* already upgraded further */
+            continue;
+        choice[u[k].item] = (uint8_t)u[k].to;
+        uint64_t b = skv_rdr_bytes(p, choice);
+        if (b <= p->budget)
+            bytes = b;
+        else
+            choice[u[k].item] = was;
+    }
+    free(u);
+    return 0;
+}
+
+int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)
+{
+    choose(p, 0.0, choice);
+    if (skv_rdr_bytes(p, choice) <= p->budget)
+        return 0;
+    memset(choice, DROP, p->n); /* everything dropped must fit, or nothing does */
+    if (skv_rdr_bytes(p, choice) > p->budget)
+        return -1;
+    /* Bisect lambda on the unrounded bytes (non-increasing in lambda) against the budget;
+     * page rounding is settled afterwards. */
+    const double target = (double)p->budget;
+    double lo = 0.0, hi = 1.0;
+    for (int i = 0; i < 200; i++) {
+        choose(p, hi, choice);
+        if (token_bytes(p, choice) <= target)
+            break;
+        lo = hi;
+        hi *= 4.0;
+    }
+    for (int i = 0; i < 100; i++) {
+        double mid = 0.5 * (lo + hi);
+        if (mid <= lo || mid >= hi)
+            break;
+        choose(p, mid, choice);
+        if (token_bytes(p, choice) <= target)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    /* lambda_lo's choice is the best that did not fit: finish it by the cheapest
+     * downgrades (page rounding makes the last steps a knapsack over whole pages), then
+     * spend any slack on the best upgrades */
+    choose(p, lo, choice);
+    int rc = downgrade_until_fits(p, choice);
+    if (rc == 0)
+        rc = fill(p, choice);
+    if (rc != 0)
+        return rc;
+    return skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
+}
+
