@@ -268,6 +268,17 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     if (pos)
         clReleaseMemObject(pos);
     plan_free(c, &p);
+    /* RDR runs once recent_window + slack tokens have come since it last ran. A failure
+     * there leaves the sequence as this append made it (compression is all or nothing)
+     * and is retried on the next append; skv_compress reports it. */
+    if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR &&
+        s->len[layer] - s->rdr_mark[layer] >= (uint64_t)c->desc.recent_window + c->desc.slack) {
+        char saved[SKVI_ERROR_MAX];
+        memcpy(saved, c->ctx->error, sizeof saved);
+        skvi_compress(c, seq, s, layer);
+        memcpy(c->ctx->error, saved, sizeof saved);
+        skvi_clear_error();
+    }
     return st;
 }
 

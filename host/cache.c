@@ -21,6 +21,10 @@ void skv_cache_desc_init(skv_cache_desc *desc)
     desc->score_window = 4096;
     desc->n_sink = 4;
     desc->rope.scaling = 1.0f;
+    desc->budget_ratio = 1.0f;
+    desc->recent_window = 128;
+    desc->slack = 128;
+    desc->budget_rule = SKV_BUDGET_UNIFORM;
 }
 
 static int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
@@ -64,8 +68,16 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
             return skvi_fail(err, SKV_ERR_INVALID_ARG,
                              "%s: the triattention scorer needs query statistics (query_mean and query_abs)", fn);
     }
-    if (d->retention != SKV_RETENTION_NONE)
-        return skvi_fail(err, SKV_ERR_UNSUPPORTED, "%s: retention %d is not implemented", fn, (int)d->retention);
+    if ((unsigned)d->retention > SKV_RETENTION_RDR)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: retention %d is not an skv_retention", fn, (int)d->retention);
+    if (d->retention == SKV_RETENTION_RDR) {
+        if (d->scorer == SKV_SCORER_NONE)
+            return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: RDR retention needs a scorer", fn);
+        if (!(d->budget_ratio > 0.0f && d->budget_ratio <= 1.0f))
+            return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: budget_ratio %g is not in (0, 1]", fn, d->budget_ratio);
+        if ((unsigned)d->budget_rule > SKV_BUDGET_ADAKV)
+            return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: budget_rule %d is not a budget rule", fn, (int)d->budget_rule);
+    }
     if (d->device_budget_bytes > ctx->profile.global_mem_bytes)
         return skvi_fail(err, SKV_ERR_INVALID_ARG,
                          "%s: device_budget_bytes %llu exceeds the device's %llu bytes of memory", fn,
@@ -108,6 +120,13 @@ static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_varia
              c->group, c->tile, seg_pow2, d->scorer == SKV_SCORER_OBSERVED ? " -DOBSERVE" : "",
              tier != SKV_TIER_F16 ? " -DADA " : "", ada);
     skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
+    if (st == SKV_OK && d->retention == SKV_RETENTION_RDR && !c->k_slot_copy[tier]) {
+        char sd[256], ad[256] = "";
+        if (tier != SKV_TIER_F16)
+            skvi_ada_defines(c, tier, ad, sizeof ad);
+        snprintf(sd, sizeof sd, "-DD=%u -DP=%u %s%s", d->head_dim, d->page_tokens, ad, tier != SKV_TIER_F16 ? " -DADA" : "");
+        st = skvi_kernel_create(c->ctx, "slot_copy.cl", sd, "slot_copy", &c->k_slot_copy[tier]);
+    }
     if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED && !c->k_observe[tier])
         st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &c->k_observe[tier]);
     return st;
@@ -224,6 +243,7 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     skvi_free(c->ctx->alloc, s->lists);
     skvi_free(c->ctx->alloc, s->len);
     skvi_free(c->ctx->alloc, s->next_pos);
+    skvi_free(c->ctx->alloc, s->rdr_mark);
     skvi_snap_release(c, s);
     skvi_obs_release(c, s);
     skvi_stats_release(c, s);
@@ -249,6 +269,8 @@ void skv_cache_destroy(skv_cache *c)
             clReleaseKernel(c->k_decode[t]);
         if (c->k_observe[t])
             clReleaseKernel(c->k_observe[t]);
+        if (c->k_slot_copy[t])
+            clReleaseKernel(c->k_slot_copy[t]);
     }
     if (c->k_merge)
         clReleaseKernel(c->k_merge);
@@ -328,8 +350,9 @@ static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
     skvi_seq *s = &c->seqs[id];
     s->len = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->len);
     s->next_pos = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->next_pos);
+    s->rdr_mark = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->rdr_mark);
     s->lists = skvi_calloc(c->ctx->alloc, skvi_list_count(c), sizeof *s->lists);
-    if (!s->len || !s->next_pos || !s->lists || skvi_stats_alloc(c, s) != SKV_OK) {
+    if (!s->len || !s->next_pos || !s->rdr_mark || !s->lists || skvi_stats_alloc(c, s) != SKV_OK) {
         seq_release(c, s);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
@@ -401,6 +424,7 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
     }
     memcpy(s->len, p->len, c->desc.layers * sizeof *s->len);
     memcpy(s->next_pos, p->next_pos, c->desc.layers * sizeof *s->next_pos);
+    memcpy(s->rdr_mark, p->rdr_mark, c->desc.layers * sizeof *s->rdr_mark);
     s->live = 1;
     *child = id;
     return SKV_OK;

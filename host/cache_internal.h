@@ -59,6 +59,7 @@ typedef struct skvi_seq {
     /* observed attention: per layer [kv_heads][cap] accumulated probability by position */
     cl_mem *obs_acc;
     uint32_t *obs_cap;
+    uint64_t *rdr_mark; /* per layer: tokens appended when RDR last ran */
 } skvi_seq;
 
 struct skv_cache {
@@ -87,6 +88,7 @@ struct skv_cache {
     cl_kernel k_keys[SKV_TIER_COUNT]; /* dense keys for SnapKV's GEMM */
     cl_kernel k_snap_rows, k_snap_vote;
     cl_kernel k_observe[SKV_TIER_COUNT];
+    cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
@@ -138,7 +140,13 @@ void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *p
 /* Adds every pending token of the sequence to its statistics (reads keys back: waits). */
 skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s);
 skv_status skvi_score_init(skv_cache *c);
+/* skv_seq_scores with another scorer (one the cache's kernels serve: knorm always). */
+skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
+                       size_t capacity, size_t *count);
 void skvi_score_release(skv_cache *c);
+
+/* rdr.c: RDR on one layer (or all: ~0u) of a sequence; all or nothing */
+skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer);
 
 /* cache.c */
 /* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the

@@ -736,10 +736,9 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
     return st;
 }
 
-skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, size_t capacity,
-                          size_t *count)
+static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer,
+                              float *out, size_t capacity, size_t *count)
 {
-    skvi_clear_error();
     if (!c || !count || (capacity && !out))
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
                          "skv_seq_scores: cache or count is NULL, or out is NULL with capacity > 0");
@@ -751,7 +750,7 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
     if (layer >= c->desc.layers || kv_head >= c->desc.kv_heads)
         return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_scores: layer %u / kv_head %u out of range", layer,
                          kv_head);
-    if (c->desc.scorer == SKV_SCORER_NONE)
+    if (scorer == SKV_SCORER_NONE)
         return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_scores: the cache was created without a scorer");
     size_t held = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
@@ -763,7 +762,7 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
                                  "skv_seq_scores: pages in host memory: skv_seq_fetch them first");
     }
     *count = held;
-    if (c->desc.scorer == SKV_SCORER_OBSERVED) {
+    if (scorer == SKV_SCORER_OBSERVED) {
         float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
         int32_t *pos = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *pos);
         size_t n = 0;
@@ -778,12 +777,12 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
         skvi_free(ctx->alloc, pos);
         return st;
     }
-    if (c->desc.scorer == SKV_SCORER_TRIATTENTION || c->desc.scorer == SKV_SCORER_SNAPKV) {
+    if (scorer == SKV_SCORER_TRIATTENTION || scorer == SKV_SCORER_SNAPKV) {
         float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
         if (!scores)
             return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
         if (held)
-            st = c->desc.scorer == SKV_SCORER_SNAPKV ? snap_scores(c, s, layer, kv_head, held, scores)
+            st = scorer == SKV_SCORER_SNAPKV ? snap_scores(c, s, layer, kv_head, held, scores)
                                                      : tri_scores(c, s, layer, kv_head, held, scores);
         if (st == SKV_OK && capacity)
             memcpy(out, scores, (held < capacity ? held : capacity) * sizeof *out);
@@ -804,7 +803,7 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
     }
     size_t done = 0;
-    cl_uint sc = (cl_uint)c->desc.scorer, nwin = nw, win = c->desc.score_window, ns = c->desc.n_sink;
+    cl_uint sc = (cl_uint)scorer, nwin = nw, win = c->desc.score_window, ns = c->desc.n_sink;
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
         if (!l->tokens)
@@ -876,4 +875,19 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
     skvi_free(ctx->alloc, vecs);
     skvi_free(ctx->alloc, scores);
     return st;
+}
+
+skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, size_t capacity,
+                          size_t *count)
+{
+    skvi_clear_error();
+    if (!c)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_seq_scores: cache is NULL");
+    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count);
+}
+
+skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
+                       size_t capacity, size_t *count)
+{
+    return scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count);
 }

@@ -215,8 +215,15 @@ typedef enum skv_memory {
     SKV_MEM_COUNT = 2
 } skv_memory;
 
+typedef enum skv_budget_rule {
+    SKV_BUDGET_UNIFORM = 0, /* every layer and head the mean */
+    SKV_BUDGET_PYRAMID = 1, /* PyramidKV: layers linear from 2B - B/20 (first) to B/20 (last) */
+    SKV_BUDGET_ADAKV = 2    /* AdaKV: uniform across layers, per head by skv_budget_adakv */
+} skv_budget_rule;
+
 typedef enum skv_retention {
-    SKV_RETENTION_NONE = 0 /* keep every token at F16 */
+    SKV_RETENTION_NONE = 0, /* keep every token at F16 */
+    SKV_RETENTION_RDR = 1   /* Rate-Distortion Retention under desc.budget_ratio */
 } skv_retention;
 
 /* Retention scorers (DESIGN.md §7): per (token, kv-head), higher = keep. */
@@ -260,6 +267,15 @@ typedef struct skv_cache_desc {
      * mean magnitude of each rotary pair, [layers][q_heads][head_dim / 2] */
     const float *query_mean;
     const float *query_abs;
+    /* RDR (retention = SKV_RETENTION_RDR; needs a scorer): every (layer, kv-head) keeps
+     * its held tokens within budget_ratio of their F16 bytes (page rounding included),
+     * choosing per token F16, one of `tiers` or drop; the first n_sink positions and the
+     * recent_window newest stay F16. It runs on append once recent_window + slack F16
+     * tokens have accumulated past the last compression, and on skv_compress. */
+    float budget_ratio;           /* in (0, 1] */
+    uint32_t recent_window;       /* default 128 */
+    uint32_t slack;               /* default 128 */
+    skv_budget_rule budget_rule;  /* how the budget spreads over layers (uniform, pyramid) */
 } skv_cache_desc;
 
 /* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
@@ -366,11 +382,7 @@ typedef struct skv_cache_stats {
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);
 
 /* ---- budgets across layers and heads (DESIGN.md §7) ---------------------------------- */
-typedef enum skv_budget_rule {
-    SKV_BUDGET_UNIFORM = 0, /* every layer and head the mean */
-    SKV_BUDGET_PYRAMID = 1, /* PyramidKV: layers linear from 2B - B/20 (first) to B/20 (last) */
-    SKV_BUDGET_ADAKV = 2    /* AdaKV: uniform across layers, per head by skv_budget_adakv */
-} skv_budget_rule;
+
 
 /* Per-layer token budgets (per kv-head) for a mean of mean_tokens; they add up to
  * exactly layers * mean_tokens. */
@@ -382,6 +394,10 @@ SKV_API skv_status skv_budget_layers(skv_budget_rule rule, uint32_t layers, uint
  * scores is [heads][tokens], higher = keep. */
 SKV_API skv_status skv_budget_adakv(const float *scores, uint32_t heads, uint64_t tokens, uint64_t layer_budget,
                                     float safeguard, uint64_t *per_head);
+
+/* Runs RDR now on every layer of the sequence (DESIGN.md §7): scores, utilities, the
+ * solver, packing. All or nothing: on any error the sequence is exactly as it was. */
+SKV_API skv_status skv_compress(skv_cache *cache, skv_seq_id seq);
 
 /* Blocks until all work skv enqueued on this context has completed. */
 SKV_API skv_status skv_context_finish(skv_context *ctx);

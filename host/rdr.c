@@ -1,0 +1,331 @@
+/* RDR in the cache (DESIGN.md §7): for each (layer, kv-head) of a sequence, scores ->
+ * utilities -> the solver (src/rdr.c) -> packing into tier-homogeneous pages. Every list
+ * whose tokens change is rebuilt into fresh pages (kept tokens copied slot by slot,
+ * tokens entering an ADA tier encoded from their F16 slots), and nothing of the sequence
+ * changes until every page is taken and every kernel enqueued: all or nothing.
+ * Utility mapping: scores are z-scored over the candidates and u = softmax(z), an
+ * estimate of each token's share of future attention (monotone in the score, so with
+ * tiers {F16, drop} RDR keeps exactly the top tokens by score). Distortion of tier t:
+ * u (MSE_K,t |k|^2 / mean |k|^2 + MSE_V,t) with the measured codec errors below; drop
+ * costs u. */
+#include <math.h>
+#include <string.h>
+
+#include "cache_internal.h"
+
+/* Normalised key MSE (DESIGN.md §5, matched by tests/test_ada.c) and relative value MSE
+ * of int8/int4/int2 groups of 32 (measured in tests/test_ada.c) per tier. */
+static const double mse_k[SKV_TIER_COUNT] = {0.0, 0.0093, 0.034, 0.119};
+static const double mse_v[SKV_TIER_COUNT] = {0.0, 2.0e-5, 5.9e-3, 0.149};
+
+typedef struct src_token {
+    uint8_t tier;  /* where it is */
+    uint32_t page; /* device page id */
+    uint32_t slot;
+    int32_t pos;
+} src_token;
+
+/* What one (layer, kv-head) turns into. */
+typedef struct lh_plan {
+    uint32_t n;        /* held tokens */
+    src_token *src;    /* [n] in cache order */
+    uint8_t *final;    /* [n] tier, or SKV_RDR_DROP */
+    int rebuild[SKV_TIER_COUNT];
+    uint32_t count[SKV_TIER_COUNT];
+    uint32_t first_page[SKV_TIER_COUNT]; /* into taken[tier] */
+} lh_plan;
+
+static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t layer, uint32_t head,
+                                  uint64_t budget, lh_plan *lp)
+{
+    skv_context *ctx = c->ctx;
+    const skv_allocator *a = ctx->alloc;
+    const uint32_t P = c->desc.page_tokens;
+    size_t held = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        held += skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens;
+    lp->n = (uint32_t)held;
+    lp->src = skvi_calloc(a, held ? held : 1, sizeof *lp->src);
+    lp->final = skvi_calloc(a, held ? held : 1, sizeof *lp->final);
+    float *score = skvi_calloc(a, held ? held : 1, sizeof *score), *norm = skvi_calloc(a, held ? held : 1, sizeof *norm);
+    int32_t *pos = skvi_calloc(a, held ? held : 1, sizeof *pos);
+    skv_rdr_item *items = skvi_calloc(a, held ? held : 1, sizeof *items);
+    uint32_t *item_of = skvi_calloc(a, held ? held : 1, sizeof *item_of);
+    uint8_t *choice = skvi_calloc(a, held ? held : 1, sizeof *choice);
+    skv_status st = SKV_OK;
+    if (!lp->src || !lp->final || !score || !norm || !pos || !items || !item_of || !choice)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    size_t cnt;
+    if (st == SKV_OK && held)
+        st = skvi_scores(c, seq, layer, head, c->desc.scorer, score, held, &cnt);
+    if (st == SKV_OK && held)
+        st = skvi_scores(c, seq, layer, head, SKV_SCORER_KNORM, norm, held, &cnt);
+    if (st == SKV_OK && held)
+        st = skv_seq_positions(c, seq, layer, head, pos, held, &cnt);
+    if (st == SKV_OK) {
+        size_t i = 0;
+        for (int t = 0; t < SKV_TIER_COUNT; t++) {
+            const skvi_page_list *l = skvi_seq_list(c, s, layer, head, (skv_tier)t);
+            for (uint32_t k = 0; k < l->tokens; k++, i++)
+                lp->src[i] = (src_token){(uint8_t)t, l->ids[k / P], k % P, pos[i]};
+        }
+        /* candidates: all but the sinks, the recent window and +inf scores */
+        skv_rdr_problem pr;
+        memset(&pr, 0, sizeof pr);
+        double mean = 0, var = 0, energy = 0;
+        uint32_t n = 0;
+        for (size_t k = 0; k < held; k++) {
+            int64_t p = lp->src[k].pos;
+            int prot = p < (int64_t)c->desc.n_sink || p >= s->next_pos[layer] - (int64_t)c->desc.recent_window ||
+                       isinf(score[k]);
+            lp->final[k] = lp->src[k].tier; /* by default a token stays where it is */
+            if (prot) {
+                pr.fixed[lp->src[k].tier]++;
+                continue;
+            }
+            item_of[n] = (uint32_t)k;
+            items[n].current = lp->src[k].tier;
+            mean += score[k];
+            energy += (double)norm[k] * norm[k];
+            n++;
+        }
+        mean = n ? mean / n : 0;
+        energy = n ? energy / n : 1;
+        for (uint32_t k = 0; k < n; k++)
+            var += (score[item_of[k]] - mean) * (score[item_of[k]] - mean);
+        double sd = n ? sqrt(var / n) : 1, zmax = -INFINITY, zsum = 0;
+        for (uint32_t k = 0; k < n; k++) {
+            double z = sd > 0 ? (score[item_of[k]] - mean) / sd : 0;
+            items[k].u = (float)z;
+            zmax = z > zmax ? z : zmax;
+        }
+        for (uint32_t k = 0; k < n; k++)
+            zsum += exp(items[k].u - zmax);
+        for (uint32_t k = 0; k < n; k++) {
+            items[k].u = (float)(exp(items[k].u - zmax) / zsum);
+            double e = (double)norm[item_of[k]] * norm[item_of[k]];
+            items[k].key_energy = (float)(energy > 0 ? e / energy : 1);
+        }
+        pr.items = items;
+        pr.n = n;
+        pr.tiers = c->desc.tiers;
+        pr.page_tokens = P;
+        for (int t = 0; t < SKV_TIER_COUNT; t++) {
+            pr.mse_k[t] = mse_k[t];
+            pr.mse_v[t] = mse_v[t];
+            pr.page_bytes[t] = skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P);
+            pr.token_bytes[t] = (double)pr.page_bytes[t] / P;
+        }
+        pr.budget = budget;
+        int rc = n ? skv_rdr_solve(&pr, choice) : 0;
+        if (rc == -2)
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+        else if (rc != 0)
+            st = skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                           "skv_compress: layer %u head %u: %llu bytes cannot hold the protected tokens", layer, head,
+                           (unsigned long long)budget);
+        for (uint32_t k = 0; st == SKV_OK && k < n; k++)
+            lp->final[item_of[k]] = choice[k];
+    }
+    if (st == SKV_OK) { /* which lists change */
+        for (size_t k = 0; k < held; k++) {
+            if (lp->final[k] != SKV_RDR_DROP)
+                lp->count[lp->final[k]]++;
+            if (lp->final[k] != lp->src[k].tier) {
+                lp->rebuild[lp->src[k].tier] = 1; /* loses a token */
+                if (lp->final[k] != SKV_RDR_DROP)
+                    lp->rebuild[lp->final[k]] = 1; /* gains one */
+            }
+        }
+    }
+    skvi_free(a, score);
+    skvi_free(a, norm);
+    skvi_free(a, pos);
+    skvi_free(a, items);
+    skvi_free(a, item_of);
+    skvi_free(a, choice);
+    return st;
+}
+
+/* Compresses `layer` (or every layer when layer == ~0u) of a sequence. */
+skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer)
+{
+    skv_context *ctx = c->ctx;
+    const skv_allocator *a = ctx->alloc;
+    const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads, L = c->desc.layers;
+    skv_status st = skvi_stats_flush(c, s); /* pending statistics read F16 pages that may move */
+    if (st != SKV_OK)
+        return st;
+    lh_plan *plans = skvi_calloc(a, (size_t)L * H, sizeof *plans);
+    uint64_t *per_layer = skvi_calloc(a, L, sizeof *per_layer);
+    if (!plans || !per_layer) {
+        skvi_free(a, plans);
+        skvi_free(a, per_layer);
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    }
+    const double f16_token = (double)skvi_tier_page_bytes(SKV_TIER_F16, c->desc.head_dim, P) / P;
+    uint64_t held0 = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        held0 += skvi_seq_list(c, s, only_layer == ~0u ? 0 : only_layer, 0, (skv_tier)t)->tokens;
+    st = skv_budget_layers(c->desc.budget_rule == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L,
+                           (uint64_t)(c->desc.budget_ratio * (double)held0), per_layer);
+    for (uint32_t l = 0; st == SKV_OK && l < L; l++) {
+        if (only_layer != ~0u && l != only_layer)
+            continue;
+        for (uint32_t h = 0; st == SKV_OK && h < H; h++)
+            st = plan_layer_head(c, seq, s, l, h, (uint64_t)(per_layer[l] * f16_token), &plans[(size_t)l * H + h]);
+    }
+    /* pages for every rebuilt list, per tier, before anything changes */
+    uint32_t need[SKV_TIER_COUNT] = {0}, n_taken[SKV_TIER_COUNT] = {0};
+    uint32_t *taken[SKV_TIER_COUNT] = {0};
+    for (size_t i = 0; st == SKV_OK && i < (size_t)L * H; i++)
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            if (plans[i].rebuild[t]) {
+                plans[i].first_page[t] = need[t];
+                need[t] += (plans[i].count[t] + P - 1) / P;
+            }
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        if (!need[t])
+            continue;
+        taken[t] = skvi_calloc(a, need[t], sizeof *taken[t]);
+        if (!taken[t])
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+        if (st == SKV_OK)
+            st = skvi_pool_reserve(c, &c->pools[t][SKV_MEM_DEVICE], need[t]);
+        for (size_t i = 0; st == SKV_OK && i < (size_t)L * H; i++)
+            if (plans[i].rebuild[t]) /* list capacity too: it changes no content */
+                st = skvi_list_reserve(c, skvi_seq_list(c, s, (uint32_t)(i / H), (uint32_t)(i % H), (skv_tier)t),
+                                       (plans[i].count[t] + P - 1) / P);
+    }
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
+        for (uint32_t k = 0; k < need[t]; k++)
+            taken[t][n_taken[t]++] = skvi_pool_take(&c->pools[t][SKV_MEM_DEVICE]);
+    /* jobs: copies within a tier, encodes from F16 into an ADA tier */
+    uint32_t *copy[SKV_TIER_COUNT] = {0}, *enc[SKV_TIER_COUNT] = {0}, n_copy[SKV_TIER_COUNT] = {0},
+             n_enc[SKV_TIER_COUNT] = {0};
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        uint64_t total = 0;
+        for (size_t i = 0; i < (size_t)L * H; i++)
+            total += plans[i].rebuild[t] ? plans[i].count[t] : 0;
+        if (!total)
+            continue;
+        copy[t] = skvi_calloc(a, total * 4, sizeof(uint32_t));
+        enc[t] = skvi_calloc(a, total * 4, sizeof(uint32_t));
+        if (!copy[t] || !enc[t])
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+        for (size_t i = 0; st == SKV_OK && i < (size_t)L * H; i++) {
+            if (!plans[i].rebuild[t])
+                continue;
+            uint32_t d = 0;
+            for (uint32_t k = 0; k < plans[i].n; k++) {
+                if (plans[i].final[k] != t)
+                    continue;
+                const src_token *sr = &plans[i].src[k];
+                uint32_t dst_page = taken[t][plans[i].first_page[t] + d / P], dst_slot = d % P;
+                uint32_t *j = sr->tier == t ? &copy[t][4 * n_copy[t]++] : &enc[t][4 * n_enc[t]++];
+                if (sr->tier == t) {
+                    j[0] = sr->page, j[1] = sr->slot, j[2] = dst_page, j[3] = dst_slot;
+                } else { /* ada_encode's job: src page, src slot | dst slot << 16, dst page, layer*H + head */
+                    j[0] = sr->page, j[1] = sr->slot | dst_slot << 16, j[2] = dst_page, j[3] = (uint32_t)i;
+                }
+                d++;
+            }
+        }
+    }
+    cl_uint n_waits = 0;
+    const cl_event *waits = NULL;
+    cl_event *owned = NULL;
+    if (st == SKV_OK)
+        st = skvi_compute_waits(c, 0, NULL, &n_waits, &waits, &owned);
+    cl_int e = CL_SUCCESS;
+    for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) {
+        for (int kind = 0; kind < 2 && e == CL_SUCCESS; kind++) {
+            uint32_t n = kind ? n_enc[t] : n_copy[t];
+            if (!n)
+                continue;
+            cl_mem jobs = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * 16,
+                                         kind ? enc[t] : copy[t], &e);
+            if (e != CL_SUCCESS)
+                break;
+            cl_kernel k = kind ? c->k_encode[t] : c->k_slot_copy[t];
+            cl_uint arg = 0;
+            if (kind) { /* ada_encode(src F16 pool, dst pool, jobs, signs, params) */
+                e = skvi_pool_set_args(&c->pools[SKV_TIER_F16][SKV_MEM_DEVICE], k, 0);
+                e |= skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, SKVI_POOL_MAX_CHUNKS + 1);
+                arg = 2 * (SKVI_POOL_MAX_CHUNKS + 1);
+                e |= clSetKernelArg(k, arg++, sizeof jobs, &jobs);
+                e |= clSetKernelArg(k, arg++, sizeof c->signs, &c->signs);
+                e |= clSetKernelArg(k, arg++, sizeof c->ada_params[t], &c->ada_params[t]);
+            } else {
+                e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+                arg = SKVI_POOL_MAX_CHUNKS + 1;
+                e |= clSetKernelArg(k, arg++, sizeof jobs, &jobs);
+            }
+            size_t g = n;
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, n_waits, waits, NULL);
+            n_waits = 0;
+            waits = NULL;
+            clReleaseMemObject(jobs);
+        }
+    }
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(ctx->error, e, "skv_compress: enqueue");
+    if (st == SKV_OK) { /* commit */
+        for (size_t i = 0; i < (size_t)L * H; i++)
+            for (int t = 0; t < SKV_TIER_COUNT; t++) {
+                if (!plans[i].rebuild[t])
+                    continue;
+                skvi_page_list *l = skvi_seq_list(c, s, (uint32_t)(i / H), (uint32_t)(i % H), (skv_tier)t);
+                for (uint32_t k = 0; k < l->n; k++)
+                    skvi_pool_unref(skvi_entry_pool(c, (skv_tier)t, l->ids[k]), l->ids[k] & ~SKVI_HOST_BIT);
+                l->n = (plans[i].count[t] + P - 1) / P;
+                for (uint32_t k = 0; k < l->n; k++)
+                    l->ids[k] = taken[t][plans[i].first_page[t] + k];
+                l->tokens = plans[i].count[t];
+            }
+        for (uint32_t l = 0; l < L; l++)
+            if (only_layer == ~0u || l == only_layer)
+                s->rdr_mark[l] = s->len[l];
+    } else {
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            for (uint32_t k = 0; k < n_taken[t]; k++)
+                skvi_pool_unref(&c->pools[t][SKV_MEM_DEVICE], taken[t][k]);
+    }
+    skvi_free(a, owned);
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        skvi_free(a, taken[t]);
+        skvi_free(a, copy[t]);
+        skvi_free(a, enc[t]);
+    }
+    for (size_t i = 0; i < (size_t)L * H; i++) {
+        skvi_free(a, plans[i].src);
+        skvi_free(a, plans[i].final);
+    }
+    skvi_free(a, plans);
+    skvi_free(a, per_layer);
+    return st;
+}
+
+skv_status skv_compress(skv_cache *c, skv_seq_id seq)
+{
+    skvi_clear_error();
+    if (!c)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_compress: cache is NULL");
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_compress", &s);
+    if (st != SKV_OK)
+        return st;
+    if (c->desc.retention != SKV_RETENTION_RDR)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_compress: the cache has no retention policy");
+    for (uint32_t l = 0; l < c->desc.layers; l++)
+        for (uint32_t h = 0; h < c->desc.kv_heads; h++)
+            for (int t = 0; t < SKV_TIER_COUNT; t++) {
+                const skvi_page_list *pl = skvi_seq_list(c, s, l, h, (skv_tier)t);
+                for (uint32_t k = 0; k < pl->n; k++)
+                    if (pl->ids[k] & SKVI_HOST_BIT)
+                        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                                         "skv_compress: pages in host memory: skv_seq_fetch them first");
+            }
+    return skvi_compress(c, seq, s, ~0u);
+}

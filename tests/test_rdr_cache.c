@@ -1,0 +1,321 @@
+/* RDR in the cache: the budget holds after packing, {F16, drop} keeps exactly the top
+ * tokens by score, compression runs on append, it is all or nothing under allocation
+ * failure, and compressing 20K tokens to 1/8 keeps planted needles retrievable. */
+#include "test_util.h"
+#include "cache_internal.h"
+#include "skv_ref.h"
+
+static skv_context *ctx;
+static counting_allocator counter;
+
+static int setup(void **state)
+{
+    (void)state;
+    static skv_allocator a = {counting_alloc, counting_free, &counter};
+    const char *sel = getenv("SKV_TEST_DEVICE");
+    skv_device_profile p;
+    if (skv_device_select(sel && sel[0] ? sel : "cpu", &p) == SKV_ERR_NO_DEVICE)
+        exit(SKV_TEST_SKIP);
+    skv_context_desc d;
+    skv_context_desc_init(&d);
+    d.device = sel && sel[0] ? sel : "cpu";
+    d.allocator = &a;
+    return skv_context_create(&d, &ctx) == SKV_OK ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    skv_context_destroy(ctx);
+    return counter.live == 0 ? 0 : -1;
+}
+
+static skv_cache *make(uint32_t tiers, float ratio, uint32_t layers, uint32_t H, uint32_t D, uint32_t P)
+{
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = layers, d.q_heads = 2 * H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+    d.device_budget_bytes = 64u << 20;
+    d.tiers = tiers;
+    d.scorer = SKV_SCORER_KEYDIFF;
+    d.retention = SKV_RETENTION_RDR;
+    d.budget_ratio = ratio;
+    d.recent_window = 32;
+    d.slack = 1u << 30; /* explicit skv_compress only, unless a test says otherwise */
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    return c;
+}
+
+static void fill(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *keep_k, float *keep_v)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
+    float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4);
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = (int32_t)t;
+    for (uint32_t l = 0; l < c->desc.layers; l++) {
+        for (size_t i = 0; i < (size_t)n * H * D; i++) {
+            k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(r) + (i % D == 1 ? 3.0f : 0.5f)));
+            v[i] = test_gauss(r);
+        }
+        assert_ok(skv_append(c, s, l, n, SKV_F32, k, v, pos));
+        if (keep_k && l == 0) {
+            memcpy(keep_k, k, (size_t)n * H * D * 4);
+            memcpy(keep_v, v, (size_t)n * H * D * 4);
+        }
+    }
+    free(k), free(v), free(pos);
+}
+
+static uint64_t list_bytes(skv_cache *c, skv_seq_id s, uint32_t l, uint32_t h)
+{
+    uint64_t b = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        uint64_t pb;
+        assert_ok(skv_cache_page_bytes(c, (skv_tier)t, &pb));
+        b += skvi_seq_list(c, &c->seqs[s], l, h, (skv_tier)t)->n * pb;
+    }
+    return b;
+}
+
+static void test_budget_holds(void **state)
+{
+    (void)state;
+    const uint32_t tiers[3] = {0x1, 0xB, 0xF};
+    const float ratios[3] = {0.5f, 0.25f, 0.125f};
+    const uint32_t Ps[2] = {16, 32}, Ds[2] = {64, 128};
+    test_rng r = {1};
+    for (int ti = 0; ti < 3; ti++)
+        for (int ri = 0; ri < 3; ri++) {
+            uint32_t P = Ps[(ti + ri) % 2], D = Ds[ri % 2], n = 700;
+            skv_cache *c = make(tiers[ti], ratios[ri], 2, 2, D, P);
+            skv_seq_id s;
+            assert_ok(skv_seq_create(c, &s));
+            fill(c, s, n, &r, NULL, NULL);
+            assert_ok(skv_compress(c, s));
+            uint64_t f16_page;
+            assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &f16_page));
+            for (uint32_t l = 0; l < 2; l++)
+                for (uint32_t h = 0; h < 2; h++) {
+                    uint64_t budget = (uint64_t)((uint64_t)(ratios[ri] * n) * ((double)f16_page / P));
+                    uint64_t used = list_bytes(c, s, l, h);
+                    if (used > budget)
+                        fail_msg("tiers 0x%x ratio %.3f P %u D %u: layer %u head %u uses %llu > %llu bytes", tiers[ti],
+                                 ratios[ri], P, D, l, h, (unsigned long long)used, (unsigned long long)budget);
+                }
+            /* what is kept still decodes */
+            float q[4 * 128], o[4 * 128];
+            for (uint32_t i = 0; i < 4 * D; i++)
+                q[i] = test_gauss(&r);
+            assert_ok(skv_attention_decode(c, 1, &s, 1, SKV_F32, q, 0.1f, SKV_F32, o));
+            skv_cache_destroy(c);
+        }
+}
+
+static void test_topk_f16_drop(void **state)
+{
+    (void)state;
+    /* With tiers {F16, drop} RDR keeps the sinks, the recent window and, in the rest of
+     * the whole pages the budget holds, exactly the top tokens by score. */
+    const uint32_t P = 16, D = 64, n = 500, H = 2;
+    skv_cache *c = make(0x1, 0.4f, 1, H, D, P);
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {2};
+    fill(c, s, n, &r, NULL, NULL);
+    uint64_t pb;
+    assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
+    const uint64_t budget = (uint64_t)((uint64_t)(0.4f * n) * ((double)pb / P));
+    const uint32_t keep = (uint32_t)(budget / pb * P), prot = 4 + 32;
+    int expect[2][500] = {{0}};
+    for (uint32_t h = 0; h < H; h++) {
+        float score[500];
+        size_t cnt;
+        assert_ok(skv_seq_scores(c, s, 0, h, score, n, &cnt)); /* cache order = position order here */
+        for (uint32_t t = 0; t < n; t++)
+            expect[h][t] = t < 4 || t >= n - 32;
+        for (uint32_t k = 0; k < keep - prot; k++) {
+            int best = -1;
+            for (uint32_t t = 0; t < n; t++)
+                if (!expect[h][t] && (best < 0 || score[t] > score[best]))
+                    best = (int)t;
+            expect[h][best] = 1;
+        }
+    }
+    assert_ok(skv_compress(c, s));
+    for (uint32_t h = 0; h < H; h++) {
+        int32_t pos[500];
+        size_t cnt;
+        assert_ok(skv_seq_positions(c, s, 0, h, pos, n, &cnt));
+        assert_int_equal(cnt, keep);
+        int got[500] = {0};
+        for (size_t i = 0; i < cnt; i++) {
+            if (i)
+                assert_true(pos[i] > pos[i - 1]); /* F16 order kept */
+            got[pos[i]] = 1;
+        }
+        assert_memory_equal(got, expect[h], sizeof got);
+    }
+    skv_cache_destroy(c);
+}
+
+/* Compression runs on append once recent_window + slack tokens have come. */
+static void test_runs_on_append(void **state)
+{
+    (void)state;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1, d.q_heads = 2, d.kv_heads = 1, d.head_dim = 64, d.page_tokens = 16;
+    d.device_budget_bytes = 16u << 20;
+    d.tiers = 0xF;
+    d.scorer = SKV_SCORER_MANIFOLD;
+    d.retention = SKV_RETENTION_RDR;
+    d.budget_ratio = 0.25f;
+    d.recent_window = 32;
+    d.slack = 64;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {3};
+    uint64_t pb, before = 0;
+    assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
+    for (int step = 0; step < 40; step++) { /* 40 x 10 tokens */
+        float k[10 * 64], v[10 * 64];
+        int32_t pos[10];
+        for (int i = 0; i < 10 * 64; i++)
+            k[i] = test_gauss(&r), v[i] = test_gauss(&r);
+        for (int i = 0; i < 10; i++)
+            pos[i] = step * 10 + i;
+        assert_ok(skv_append(c, s, 0, 10, SKV_F32, k, v, pos));
+        uint64_t b = list_bytes(c, s, 0, 0);
+        if (step == 8) /* 90 < 96 tokens: nothing yet, all F16 */
+            assert_int_equal(b, (uint64_t)(90 + 15) / 16 * pb);
+        before = b;
+    }
+    /* 400 tokens appended: compressed on the way (F16 alone would be 25 pages) */
+    assert_true(before < 25 * pb);
+    assert_true(skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens < 400);
+    skv_cache_destroy(c);
+}
+
+/* An allocation failure at any step of skv_compress leaves the sequence as it was. */
+static void test_all_or_nothing(void **state)
+{
+    (void)state;
+    skv_cache *c = make(0xF, 0.25f, 1, 2, 64, 16);
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {4};
+    fill(c, s, 300, &r, NULL, NULL);
+    float q[4 * 64];
+    for (int i = 0; i < 4 * 64; i++)
+        q[i] = test_gauss(&r);
+    float before[4 * 64], after[4 * 64];
+    assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.1f, SKV_F32, before));
+    uint64_t bytes0 = list_bytes(c, s, 0, 0) + list_bytes(c, s, 0, 1);
+    int failures = 0;
+    for (long k = 1;; k++) {
+        counter.calls = 0;
+        counter.fail_at = k;
+        skv_status st = skv_compress(c, s);
+        counter.fail_at = 0;
+        if (st == SKV_OK)
+            break;
+        assert_int_equal(st, SKV_ERR_OUT_OF_MEMORY);
+        failures++;
+        assert_int_equal(list_bytes(c, s, 0, 0) + list_bytes(c, s, 0, 1), bytes0);
+        assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.1f, SKV_F32, after));
+        assert_memory_equal(before, after, sizeof before);
+    }
+    printf("skv_compress: %d injected failures, then success\n", failures);
+    assert_true(failures > 5);
+    assert_true(list_bytes(c, s, 0, 0) + list_bytes(c, s, 0, 1) < bytes0);
+    skv_cache_destroy(c);
+}
+
+/* 20K tokens with planted needles, compressed to 1/8 of F16 with RDR + keydiff: the
+ * needles are kept and a query aimed at one still returns its value. */
+static void test_needles_at_one_eighth(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, G = 2, D = 64, n = 20000, needles = 8;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1, d.q_heads = H * G, d.kv_heads = H, d.head_dim = D, d.page_tokens = 64;
+    d.device_budget_bytes = 128u << 20;
+    d.tiers = 0xF;
+    d.scorer = SKV_SCORER_KEYDIFF;
+    d.retention = SKV_RETENTION_RDR;
+    d.budget_ratio = 0.125f;
+    d.slack = 1u << 30;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {5};
+    float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4), dir[2][64], val[2][64];
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t i = 0; i < D; i++)
+            dir[h][i] = test_gauss(&r), val[h][i] = 3.0f * test_gauss(&r);
+    int is_needle[20000] = {0};
+    for (uint32_t i = 0; i < needles; i++)
+        is_needle[1000 + i * 2300] = 1;
+    for (uint32_t t = 0; t < n; t++) {
+        pos[t] = (int32_t)t;
+        for (uint32_t h = 0; h < H; h++)
+            for (uint32_t i = 0; i < D; i++) {
+                size_t o = ((size_t)t * H + h) * D + i;
+                k[o] = is_needle[t] ? 2.0f * dir[h][i] : test_gauss(&r) + (i == 5 ? 4.0f : 0.6f);
+                v[o] = is_needle[t] ? val[h][i] : test_gauss(&r);
+            }
+    }
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_append(c, s, 0, n, SKV_F32, k, v, pos));
+    assert_ok(skv_compress(c, s));
+    uint64_t pb;
+    assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
+    for (uint32_t h = 0; h < H; h++) {
+        assert_true(list_bytes(c, s, 0, h) <= (uint64_t)(n / 8 * ((double)pb / 64)));
+        int32_t *held = malloc(n * 4);
+        size_t cnt;
+        assert_ok(skv_seq_positions(c, s, 0, h, held, n, &cnt));
+        uint32_t found = 0;
+        for (size_t i = 0; i < cnt; i++)
+            found += is_needle[held[i]];
+        printf("head %u: %zu of %u tokens held, %u / %u needles kept\n", h, cnt, n, found, needles);
+        assert_int_equal(found, needles);
+        free(held);
+    }
+    /* a query aimed at the needles: the output is their value (cosine > 0.9 per head) */
+    float q[4 * 64], out[4 * 64];
+    for (uint32_t qh = 0; qh < H * G; qh++)
+        for (uint32_t i = 0; i < D; i++)
+            q[qh * D + i] = 4.0f * dir[qh / G][i];
+    assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 1.0f / 8, SKV_F32, out));
+    for (uint32_t qh = 0; qh < H * G; qh++) {
+        double dot = 0, no = 0, nv = 0;
+        for (uint32_t i = 0; i < D; i++) {
+            dot += (double)out[qh * D + i] * val[qh / G][i];
+            no += (double)out[qh * D + i] * out[qh * D + i];
+            nv += (double)val[qh / G][i] * val[qh / G][i];
+        }
+        printf("q-head %u: cos(out, needle value) = %.3f\n", qh, dot / sqrt(no * nv));
+        assert_true(dot / sqrt(no * nv) > 0.9);
+    }
+    free(k), free(v), free(pos);
+    skv_cache_destroy(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_budget_holds),
+        cmocka_unit_test(test_topk_f16_drop),
+        cmocka_unit_test(test_runs_on_append),
+        cmocka_unit_test(test_all_or_nothing),
+        cmocka_unit_test(test_needles_at_one_eighth),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
