@@ -116,7 +116,12 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
             pr.page_bytes[t] = skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P);
             pr.token_bytes[t] = (double)pr.page_bytes[t] / P;
         }
-        pr.budget = budget;
+        /* the sinks and the recent window stay whatever the budget: a budget below them
+         * (PyramidKV's last layers on a short sequence) means keeping only them */
+        uint64_t floor_bytes = 0;
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            floor_bytes += (pr.fixed[t] + P - 1) / P * pr.page_bytes[t];
+        pr.budget = budget > floor_bytes ? budget : floor_bytes;
         int rc = n ? skv_rdr_solve(&pr, choice) : 0;
         if (rc == -2)
             st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
@@ -147,6 +152,36 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
     return st;
 }
 
+/* AdaKV: the layer's budget (tokens over all heads) split by skv_budget_adakv on the
+ * heads' scores (shorter heads padded with -inf). */
+static skv_status adakv_budgets(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t layer, uint64_t layer_tokens,
+                                uint64_t *per_head)
+{
+    const uint32_t H = c->desc.kv_heads;
+    const skv_allocator *a = c->ctx->alloc;
+    size_t most = 0;
+    for (uint32_t h = 0; h < H; h++) {
+        size_t held = 0;
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            held += skvi_seq_list(c, s, layer, h, (skv_tier)t)->tokens;
+        most = held > most ? held : most;
+    }
+    float *m = skvi_alloc(a, (size_t)H * (most ? most : 1) * sizeof *m);
+    if (!m)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    skv_status st = SKV_OK;
+    for (uint32_t h = 0; st == SKV_OK && h < H; h++) {
+        size_t cnt = 0;
+        st = skvi_scores(c, seq, layer, h, c->desc.scorer, m + (size_t)h * most, most, &cnt);
+        for (size_t i = cnt; i < most; i++)
+            m[(size_t)h * most + i] = -INFINITY;
+    }
+    if (st == SKV_OK)
+        st = skv_budget_adakv(m, H, most, layer_tokens, 0.2f, per_head);
+    skvi_free(a, m);
+    return st;
+}
+
 /* Compresses `layer` (or every layer when layer == ~0u) of a sequence. */
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer)
 {
@@ -169,12 +204,20 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         held0 += skvi_seq_list(c, s, only_layer == ~0u ? 0 : only_layer, 0, (skv_tier)t)->tokens;
     st = skv_budget_layers(c->desc.budget_rule == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L,
                            (uint64_t)(c->desc.budget_ratio * (double)held0), per_layer);
+    uint64_t *per_head = skvi_calloc(a, H, sizeof *per_head);
+    if (st == SKV_OK && !per_head)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     for (uint32_t l = 0; st == SKV_OK && l < L; l++) {
         if (only_layer != ~0u && l != only_layer)
             continue;
+        for (uint32_t h = 0; h < H; h++)
+            per_head[h] = per_layer[l];
+        if (c->desc.budget_rule == SKV_BUDGET_ADAKV)
+            st = adakv_budgets(c, seq, s, l, per_layer[l] * H, per_head);
         for (uint32_t h = 0; st == SKV_OK && h < H; h++)
-            st = plan_layer_head(c, seq, s, l, h, (uint64_t)(per_layer[l] * f16_token), &plans[(size_t)l * H + h]);
+            st = plan_layer_head(c, seq, s, l, h, (uint64_t)(per_head[h] * f16_token), &plans[(size_t)l * H + h]);
     }
+    skvi_free(a, per_head);
     /* pages for every rebuilt list, per tier, before anything changes */
     uint32_t need[SKV_TIER_COUNT] = {0}, n_taken[SKV_TIER_COUNT] = {0};
     uint32_t *taken[SKV_TIER_COUNT] = {0};

@@ -308,6 +308,51 @@ static void test_needles_at_one_eighth(void **state)
     skv_cache_destroy(c);
 }
 
+/* PyramidKV spreads the budget over layers (more to the first), AdaKV over heads; the
+ * totals hold. */
+static void test_budget_rules(void **state)
+{
+    (void)state;
+    const skv_budget_rule rules[2] = {SKV_BUDGET_PYRAMID, SKV_BUDGET_ADAKV};
+    for (int ri = 0; ri < 2; ri++) {
+        skv_cache_desc d;
+        skv_cache_desc_init(&d);
+        d.layers = 3, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
+        d.device_budget_bytes = 32u << 20;
+        d.tiers = 0xF;
+        d.scorer = SKV_SCORER_KEYDIFF;
+        d.retention = SKV_RETENTION_RDR;
+        d.budget_ratio = 0.25f;
+        d.recent_window = 32;
+        d.slack = 1u << 30;
+        d.budget_rule = rules[ri];
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &d, &c));
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        test_rng r = {6};
+        const uint32_t n = 800;
+        fill(c, s, n, &r, NULL, NULL);
+        assert_ok(skv_compress(c, s));
+        uint64_t pb, per_layer[3];
+        assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
+        assert_ok(skv_budget_layers(rules[ri] == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, 3,
+                                    (uint64_t)(0.25f * n), per_layer));
+        uint64_t layer_bytes[3];
+        const uint64_t floor_bytes = 2 * (uint64_t)((4 + 15) / 16 + (32 + 15) / 16) * pb; /* sinks + window, 2 heads */
+        for (uint32_t l = 0; l < 3; l++) {
+            layer_bytes[l] = list_bytes(c, s, l, 0) + list_bytes(c, s, l, 1);
+            uint64_t budget = (uint64_t)(2 * per_layer[l] * ((double)pb / 16));
+            assert_true(layer_bytes[l] <= (budget > floor_bytes ? budget : floor_bytes));
+        }
+        if (rules[ri] == SKV_BUDGET_PYRAMID)
+            assert_true(layer_bytes[0] > layer_bytes[2]);
+        printf("%s: bytes per layer %llu %llu %llu\n", ri ? "adakv" : "pyramid", (unsigned long long)layer_bytes[0],
+               (unsigned long long)layer_bytes[1], (unsigned long long)layer_bytes[2]);
+        skv_cache_destroy(c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -316,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_runs_on_append),
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_needles_at_one_eighth),
+        cmocka_unit_test(test_budget_rules),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
