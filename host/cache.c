@@ -507,8 +507,21 @@ skv_status skv_cache_get_stats(const skv_cache *c, skv_cache_stats *out)
         }
     out->device_budget_bytes = c->budget[SKV_MEM_DEVICE];
     out->host_budget_bytes = c->budget[SKV_MEM_HOST];
-    for (uint32_t i = 0; i < c->seq_cap; i++)
-        out->sequences += c->seqs[i].live != 0;
+    uint64_t used = 0, f16_pages = 0;
+    for (uint32_t i = 0; i < c->seq_cap; i++) {
+        if (!c->seqs[i].live)
+            continue;
+        out->sequences++;
+        for (size_t k = 0; k < skvi_list_count(c); k++)
+            out->tokens[SKVI_LIST_TIER(k)] += c->seqs[i].lists[k].tokens;
+        for (uint32_t l = 0; l < c->desc.layers; l++) /* every token appended, at F16 */
+            f16_pages += (c->seqs[i].len[l] + c->desc.page_tokens - 1) / c->desc.page_tokens * c->desc.kv_heads;
+    }
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int m = 0; m < SKV_MEM_COUNT; m++)
+            used += out->pools[t][m].bytes_used;
+    uint64_t f16 = f16_pages * out->pools[SKV_TIER_F16][SKV_MEM_DEVICE].page_bytes;
+    out->bytes_ratio = f16 ? (double)used / (double)f16 : 1.0;
     return SKV_OK;
 }
 

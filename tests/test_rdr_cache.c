@@ -230,6 +230,16 @@ static void test_all_or_nothing(void **state)
         assert_memory_equal(before, after, sizeof before);
     }
     printf("skv_compress: %d injected failures, then success\n", failures);
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(c, &st));
+    uint64_t held = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        held += st.tokens[t];
+    printf("after RDR at 1/4: tokens f16 %llu a4v8 %llu a3v4 %llu a2v2 %llu, bytes ratio %.3f\n",
+           (unsigned long long)st.tokens[0], (unsigned long long)st.tokens[1], (unsigned long long)st.tokens[2],
+           (unsigned long long)st.tokens[3], st.bytes_ratio);
+    assert_true(held <= 2 * 300);
+    assert_true(st.bytes_ratio <= 0.25 + 1e-9); /* the budget, against every token at F16 */
     assert_true(failures > 5);
     assert_true(list_bytes(c, s, 0, 0) + list_bytes(c, s, 0, 1) < bytes0);
     skv_cache_destroy(c);

@@ -377,6 +377,8 @@ typedef struct skv_cache_stats {
     uint64_t device_budget_bytes;
     uint64_t host_budget_bytes;
     uint32_t sequences; /* live sequences */
+    uint64_t tokens[SKV_TIER_COUNT]; /* tokens held per tier, over the live sequences */
+    double bytes_ratio;              /* pages in use / the F16 pages of every token appended */
 } skv_cache_stats;
 
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);
