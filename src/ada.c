@@ -10,6 +10,7 @@
  * the exact squares of fp16 midpoints. Both sides build with contraction off
  * (-ffp-contract=off here, #pragma OPENCL FP_CONTRACT OFF in the kernels). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "skv_ref.h"
@@ -29,14 +30,19 @@ void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centro
     const double m = head_dim / 2.0, top = sqrt(m) < 8.0 ? sqrt(m) : 8.0, du = top / GRID;
     const unsigned L = 1u << radius_bits;
     double c[16], b[16];
+    /* the density on the grid, once (pow is the cost); without memory, on the fly */
+    double *pdf = malloc(GRID * sizeof *pdf);
+    for (int i = 0; pdf && i < GRID; i++)
+        pdf[i] = radius_pdf((i + 0.5) * du, m);
+#define PDF(i) (pdf ? pdf[i] : radius_pdf(((i) + 0.5) * du, m))
     /* start at the levels' conditional means between quantiles */
     double mass = 0, total = 0;
     for (int i = 0; i < GRID; i++)
-        total += radius_pdf((i + 0.5) * du, m) * du;
+        total += PDF(i) * du;
     unsigned level = 0;
     double acc = 0, accu = 0;
     for (int i = 0; i < GRID && level < L; i++) {
-        double u = (i + 0.5) * du, p = radius_pdf(u, m) * du / total;
+        double u = (i + 0.5) * du, p = PDF(i) * du / total;
         mass += p;
         acc += p;
         accu += p * u;
@@ -53,7 +59,7 @@ void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centro
         double s[16] = {0}, w[16] = {0};
         unsigned k = 0;
         for (int i = 0; i < GRID; i++) {
-            double u = (i + 0.5) * du, p = radius_pdf(u, m);
+            double u = (i + 0.5) * du, p = PDF(i);
             while (k + 1 < L && u >= b[k])
                 k++;
             s[k] += p * u;
@@ -63,6 +69,8 @@ void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centro
             if (w[k] > 0)
                 c[k] = s[k] / w[k];
     }
+#undef PDF
+    free(pdf);
     for (unsigned k = 0; k < L; k++)
         centroids[k] = (float)c[k];
     for (unsigned k = 0; k + 1 < L; k++)

@@ -32,17 +32,29 @@ static int allowed(const skv_rdr_problem *p, const skv_rdr_item *it, unsigned op
     return it->current == SKV_TIER_F16 || opt == it->current; /* never up from a lossy code */
 }
 
-uint64_t skv_rdr_bytes(const skv_rdr_problem *p, const uint8_t *choice)
+/* Packed bytes from the tokens per option (count[DROP] unused). */
+static uint64_t bytes_of(const skv_rdr_problem *p, const uint64_t *count)
 {
-    uint64_t count[SKV_TIER_COUNT] = {0}, bytes = 0;
-    for (uint64_t i = 0; i < p->n; i++)
-        if (choice[i] != DROP)
-            count[choice[i]]++;
+    uint64_t bytes = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
         uint64_t c = count[t] + p->fixed[t]; /* protected tokens share the tier's pages */
         bytes += (c + p->page_tokens - 1) / p->page_tokens * p->page_bytes[t];
     }
     return bytes;
+}
+
+static void count_options(const skv_rdr_problem *p, const uint8_t *choice, uint64_t *count)
+{
+    memset(count, 0, (SKV_TIER_COUNT + 1) * sizeof *count);
+    for (uint64_t i = 0; i < p->n; i++)
+        count[choice[i]]++;
+}
+
+uint64_t skv_rdr_bytes(const skv_rdr_problem *p, const uint8_t *choice)
+{
+    uint64_t count[SKV_TIER_COUNT + 1];
+    count_options(p, choice, count);
+    return bytes_of(p, count);
 }
 
 double skv_rdr_distortion(const skv_rdr_problem *p, const uint8_t *choice)
@@ -146,8 +158,12 @@ static int downgrade_until_fits(const skv_rdr_problem *p, uint8_t *choice)
         if (choice[i] != DROP && next_step(p, i, choice[i], &s))
             heap_push(heap, &n, s);
     }
-    while (skv_rdr_bytes(p, choice) > p->budget && n > 0) {
+    uint64_t count[SKV_TIER_COUNT + 1];
+    count_options(p, choice, count);
+    while (bytes_of(p, count) > p->budget && n > 0) {
         step s = heap_pop(heap, &n);
+        count[choice[s.item]]--;
+        count[s.to]++;
         choice[s.item] = (uint8_t)s.to;
         step next;
         if (s.to != DROP && next_step(p, s.item, s.to, &next))
@@ -210,17 +226,20 @@ static int fill(const skv_rdr_problem *p, uint8_t *choice)
             }
     }
     qsort(u, n, sizeof *u, by_gain);
-    uint64_t bytes = skv_rdr_bytes(p, choice);
-    for (size_t k = 0; k < n && bytes < p->budget; k++) {
+    uint64_t count[SKV_TIER_COUNT + 1];
+    count_options(p, choice, count);
+    for (size_t k = 0; k < n; k++) {
         uint8_t was = choice[u[k].item];
         if (u[k].to >= was) /* already upgraded further */
             continue;
-        choice[u[k].item] = (uint8_t)u[k].to;
-        uint64_t b = skv_rdr_bytes(p, choice);
-        if (b <= p->budget)
-            bytes = b;
-        else
-            choice[u[k].item] = was;
+        count[was]--;
+        count[u[k].to]++;
+        if (bytes_of(p, count) <= p->budget) {
+            choice[u[k].item] = (uint8_t)u[k].to;
+        } else {
+            count[u[k].to]--;
+            count[was]++;
+        }
     }
     free(u);
     return 0;

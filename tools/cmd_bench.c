@@ -28,7 +28,15 @@ void usage_bench(FILE *out)
             "                     ADA tier holds every full page, the partial last page stays f16\n"
             "  --runs N           timed runs per point, >= 20 (default 20)\n"
             "  --device SEL       device selector (default: SKV_DEVICE, else GPU, else CPU)\n"
-            "  --json FILE        write the results as JSON ('-' for stdout)\n");
+            "  --json FILE        write the results as JSON ('-' for stdout)\n"
+            "\n"
+            "usage: skv bench compress [--tokens N] [--kv-heads N] [--head-dim N] [--budget F]\n"
+            "                          [--runs N] [--device SEL] [--json FILE]\n"
+            "  Times skv_compress (score + solve + pack, RDR with keydiff over F16 and all ADA\n"
+            "  tiers, budget F of F16, default 0.125) on a fork of one filled sequence (default\n"
+            "  65536 tokens, 8 kv-heads, head_dim 128), median of --runs (default 5), and the\n"
+            "  decode step it serves: compressing every 128 tokens costs compress_ms / 128 per\n"
+            "  step, reported as a fraction of the decode step.\n");
 }
 
 static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
@@ -332,11 +340,156 @@ static int bench_decode(int argc, char **argv)
     return rc;
 }
 
+static double wall_ms(void) { return now_s() * 1e3; }
+
+static int bench_compress(int argc, char **argv)
+{
+    uint64_t tokens = 65536;
+    uint32_t kv = 8, d = 128, runs = 5;
+    double budget = 0.125;
+    const char *device = NULL, *json = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!v)
+            return tool_usage_error(usage_bench, "bench compress: '%s' needs a value or is unknown", a);
+        uint32_t t32 = 0;
+        if (strcmp(a, "--tokens") == 0)
+            bad = parse_u32(v, 1024, 1u << 24, &t32), tokens = t32;
+        else if (strcmp(a, "--kv-heads") == 0)
+            bad = parse_u32(v, 1, 1024, &kv);
+        else if (strcmp(a, "--head-dim") == 0)
+            bad = parse_u32(v, 64, 256, &d);
+        else if (strcmp(a, "--runs") == 0)
+            bad = parse_u32(v, 1, 1000, &runs);
+        else if (strcmp(a, "--budget") == 0) {
+            char *end;
+            budget = strtod(v, &end);
+            bad = *end || !(budget > 0 && budget <= 1);
+        } else if (strcmp(a, "--device") == 0)
+            device = v;
+        else if (strcmp(a, "--json") == 0)
+            json = v;
+        else
+            return tool_usage_error(usage_bench, "bench compress: unknown option '%s'", a);
+        if (bad)
+            return tool_usage_error(usage_bench, "bench compress: bad value '%s' for %s", v, a);
+        i++;
+    }
+    int rc = 1;
+    skv_context *ctx = NULL;
+    skv_cache *cache = NULL;
+    uint16_t *kvbuf = NULL;
+    int32_t *pos = NULL;
+    float *q = NULL, *out = NULL;
+    double *times = calloc(runs, sizeof *times), *dec = calloc(runs, sizeof *dec);
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = device;
+    cd.enable_profiling = 1;
+    CHECK(skv_context_create(&cd, &ctx));
+    skv_device_profile prof;
+    CHECK(skv_context_device(ctx, &prof));
+    skv_cache_desc desc;
+    skv_cache_desc_init(&desc);
+    desc.layers = 1, desc.q_heads = 4 * kv, desc.kv_heads = kv, desc.head_dim = d, desc.page_tokens = 64;
+    desc.tiers = 0xF;
+    desc.scorer = SKV_SCORER_KEYDIFF;
+    desc.retention = SKV_RETENTION_RDR;
+    desc.budget_ratio = (float)budget;
+    desc.slack = 1u << 30;
+    desc.device_budget_bytes = 3 * ((tokens + 63) / 64 + 2) * kv * 64 * (4ull * d + 4);
+    CHECK(skv_cache_create(ctx, &desc, &cache));
+    const uint32_t chunk = 2048;
+    kvbuf = malloc((size_t)chunk * kv * d * 2);
+    pos = malloc(chunk * 4);
+    q = malloc((size_t)4 * kv * d * 4), out = malloc((size_t)4 * kv * d * 4);
+    if (!kvbuf || !pos || !q || !out || !times || !dec) {
+        fprintf(stderr, "skv bench: out of memory\n");
+        goto fail;
+    }
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < (size_t)chunk * kv * d; i++) {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        kvbuf[i] = (uint16_t)(0x3400u | (state & 0x83FFu)); /* fp16 in [0.25, 0.5) of either sign */
+    }
+    for (size_t i = 0; i < (size_t)4 * kv * d; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    skv_seq_id base;
+    CHECK(skv_seq_create(cache, &base));
+    for (uint64_t t = 0; t < tokens; t += chunk) {
+        uint32_t n = tokens - t < chunk ? (uint32_t)(tokens - t) : chunk;
+        for (uint32_t i = 0; i < n; i++)
+            pos[i] = (int32_t)(t + i);
+        CHECK(skv_append(cache, base, 0, n, SKV_F16, kvbuf, kvbuf, pos));
+        tool_progress("bench compress: filling %3.0f%%", 100.0 * (double)(t + n) / (double)tokens);
+    }
+    for (uint32_t r = 0; r <= runs; r++) { /* run 0 warms up (kernel builds, CLBlast, pools) */
+        skv_seq_id s;
+        CHECK(skv_seq_fork(cache, base, &s));
+        CHECK(skv_context_finish(ctx));
+        double t0 = wall_ms();
+        CHECK(skv_compress(cache, s));
+        CHECK(skv_context_finish(ctx));
+        double t1 = wall_ms();
+        CHECK(skv_attention_decode(cache, 0, &s, 1, SKV_F32, q, 0.088f, SKV_F32, out));
+        double ms;
+        CHECK(skv_cache_last_decode_ms(cache, &ms));
+        if (r > 0) {
+            times[r - 1] = t1 - t0;
+            dec[r - 1] = ms;
+        }
+        CHECK(skv_seq_free(cache, s));
+        tool_progress("bench compress: run %u/%u", r, runs);
+    }
+    qsort(times, runs, sizeof *times, cmp_double);
+    qsort(dec, runs, sizeof *dec, cmp_double);
+    double ms = times[runs / 2], dms = dec[runs / 2], cand = (double)tokens * kv;
+    tool_progress("");
+    printf("device: %s (%s)\ncompress: %llu tokens x %u kv-heads (head_dim %u) to %.3g of F16, keydiff, median of %u\n\n",
+           prof.name, prof.platform, (unsigned long long)tokens, kv, d, budget, runs);
+    printf("compress        %10.2f ms  (%.2f ms per 1M (token, head) candidates)\n", ms, ms / cand * 1e6);
+    printf("decode step     %10.3f ms  (the compressed sequence)\n", dms);
+    printf("amortised       %10.2f%%    of the decode steps it serves (compress every 128 tokens)\n",
+           100.0 * ms / 128.0 / dms);
+    if (json) {
+        cJSON *root = cJSON_CreateObject();
+        char dev[2 * SKV_NAME_MAX + 8];
+        snprintf(dev, sizeof dev, "%s (%s)", prof.name, prof.platform);
+        cJSON_AddStringToObject(root, "device", dev);
+        cJSON_AddStringToObject(root, "version", skv_version_string());
+        cJSON_AddNumberToObject(root, "tokens", (double)tokens);
+        cJSON_AddNumberToObject(root, "kv_heads", kv);
+        cJSON_AddNumberToObject(root, "budget", budget);
+        cJSON_AddNumberToObject(root, "compress_ms", ms);
+        cJSON_AddNumberToObject(root, "ms_per_million_candidates", ms / cand * 1e6);
+        cJSON_AddNumberToObject(root, "decode_ms", dms);
+        cJSON_AddNumberToObject(root, "amortised_fraction", ms / 128.0 / dms);
+        char *text = cJSON_Print(root);
+        if (!text || tool_write_file(json, text) != 0) {
+            fprintf(stderr, "skv bench: cannot write %s\n", json);
+            free(text);
+            cJSON_Delete(root);
+            goto fail;
+        }
+        free(text);
+        cJSON_Delete(root);
+    }
+    rc = 0;
+fail:
+    free(kvbuf), free(pos), free(q), free(out), free(times), free(dec);
+    skv_cache_destroy(cache);
+    skv_context_destroy(ctx);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     if (argc < 2)
-        return tool_usage_error(usage_bench, "bench: missing benchmark (decode)");
+        return tool_usage_error(usage_bench, "bench: missing benchmark (decode or compress)");
     if (strcmp(argv[1], "decode") == 0)
         return bench_decode(argc - 1, argv + 1);
+    if (strcmp(argv[1], "compress") == 0)
+        return bench_compress(argc - 1, argv + 1);
     return tool_usage_error(usage_bench, "bench: unknown benchmark '%s'", argv[1]);
 }
