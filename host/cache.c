@@ -121,7 +121,7 @@ static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_varia
              tier != SKV_TIER_F16 ? " -DADA " : "", ada);
     skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
     if (st == SKV_OK && d->retention == SKV_RETENTION_RDR && !c->k_slot_copy[tier]) {
-        char sd[256], ad[256] = "";
+        char sd[600], ad[256] = "";
         if (tier != SKV_TIER_F16)
             skvi_ada_defines(c, tier, ad, sizeof ad);
         snprintf(sd, sizeof sd, "-DD=%u -DP=%u %s%s", d->head_dim, d->page_tokens, ad, tier != SKV_TIER_F16 ? " -DADA" : "");
