@@ -100,7 +100,8 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
                 const skvi_page_list *l = skvi_seq_list(c, &c->seqs[seqs[b]], layer, h, (skv_tier)t);
                 tp->indptr[b * H + h] = k;
                 tp->lens[b * H + h] = l->tokens;
-                memcpy(tp->indices + k, l->ids, l->n * sizeof *l->ids);
+                if (l->n) /* a head may hold nothing in this tier */
+                    memcpy(tp->indices + k, l->ids, l->n * sizeof *l->ids);
                 k += l->n;
             }
         tp->indptr[(size_t)B * H] = k;
