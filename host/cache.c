@@ -217,6 +217,8 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
         st = build_kernels(c);
     if (st == SKV_OK)
         st = skvi_score_init(c);
+    if (st == SKV_OK && desc->retention == SKV_RETENTION_RDR)
+        st = skvi_kernel_create(ctx, "rdr.cl", NULL, "rdr_choose", &c->k_rdr_choose);
     if (st != SKV_OK) {
         skv_cache_destroy(c);
         return st;
@@ -274,6 +276,8 @@ void skv_cache_destroy(skv_cache *c)
     }
     if (c->k_merge)
         clReleaseKernel(c->k_merge);
+    if (c->k_rdr_choose)
+        clReleaseKernel(c->k_rdr_choose);
     skvi_ada_release(c);
     skvi_score_release(c);
     skvi_free(c->ctx->alloc, c->query_mean);

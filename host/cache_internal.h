@@ -89,6 +89,7 @@ struct skv_cache {
     cl_kernel k_snap_rows, k_snap_vote;
     cl_kernel k_observe[SKV_TIER_COUNT];
     cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
+    cl_kernel k_rdr_choose;                /* RDR's solver step on the device */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
@@ -147,6 +148,8 @@ void skvi_score_release(skv_cache *c);
 
 /* rdr.c: RDR on one layer (or all: ~0u) of a sequence; all or nothing */
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer);
+/* skv_rdr_solve_with on the device (cl/rdr.cl); the choices equal the host solver's. */
+skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
 
 /* cache.c */
 /* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the

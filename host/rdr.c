@@ -25,6 +25,110 @@ typedef struct src_token {
     int32_t pos;
 } src_token;
 
+/* The device backend of the solver: the candidates stay on the device, each lambda is
+ * one rdr_choose launch and a read of the per-group counts. */
+typedef struct device_solver {
+    skv_cache *c;
+    cl_mem u, energy, current, prm, choice, counts;
+    uint32_t n, groups, tiers;
+    size_t wg;
+    uint32_t *host_counts;
+    cl_int err;
+} device_solver;
+
+static int device_choose(void *user, float lambda, uint8_t *choice, uint64_t *count)
+{
+    device_solver *d = user;
+    skv_context *ctx = d->c->ctx;
+    cl_kernel k = d->c->k_rdr_choose;
+    cl_uint tiers = d->tiers, n = d->n;
+    cl_int e = clSetKernelArg(k, 0, sizeof d->u, &d->u);
+    e |= clSetKernelArg(k, 1, sizeof d->energy, &d->energy);
+    e |= clSetKernelArg(k, 2, sizeof d->current, &d->current);
+    e |= clSetKernelArg(k, 3, sizeof n, &n);
+    e |= clSetKernelArg(k, 4, sizeof lambda, &lambda);
+    e |= clSetKernelArg(k, 5, sizeof d->prm, &d->prm);
+    e |= clSetKernelArg(k, 6, sizeof tiers, &tiers);
+    e |= clSetKernelArg(k, 7, sizeof d->choice, &d->choice);
+    e |= clSetKernelArg(k, 8, sizeof d->counts, &d->counts);
+    size_t global = (size_t)d->groups * d->wg;
+    if (e == CL_SUCCESS)
+        e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &d->wg, 0, NULL, NULL);
+    if (e == CL_SUCCESS)
+        e = clEnqueueReadBuffer(ctx->queue, d->counts, CL_TRUE, 0, (size_t)d->groups * 5 * 4, d->host_counts, 0,
+                                NULL, NULL);
+    if (e == CL_SUCCESS && choice)
+        e = clEnqueueReadBuffer(ctx->queue, d->choice, CL_TRUE, 0, d->n, choice, 0, NULL, NULL);
+    memset(count, 0, (SKV_TIER_COUNT + 1) * sizeof *count);
+    for (uint32_t g = 0; e == CL_SUCCESS && g < d->groups; g++)
+        for (int o = 0; o < 5; o++)
+            count[o] += d->host_counts[g * 5 + o];
+    d->err = e;
+    return e == CL_SUCCESS ? 0 : -1;
+}
+
+skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc)
+{
+    skv_context *ctx = c->ctx;
+    const skv_allocator *a = ctx->alloc;
+    device_solver d = {.c = c, .n = (uint32_t)p->n, .tiers = p->tiers, .wg = 64};
+    d.groups = (uint32_t)((p->n + d.wg - 1) / d.wg);
+    if (d.groups == 0)
+        d.groups = 1;
+    float *u = skvi_calloc(a, p->n ? p->n : 1, sizeof *u), *en = skvi_calloc(a, p->n ? p->n : 1, sizeof *en);
+    uint8_t *cur = skvi_calloc(a, p->n ? p->n : 1, 1);
+    d.host_counts = skvi_calloc(a, (size_t)d.groups * 5, sizeof *d.host_counts);
+    skv_status st = SKV_OK;
+    cl_int e = CL_SUCCESS;
+    if (!u || !en || !cur || !d.host_counts)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
+    if (st == SKV_OK) {
+        for (uint64_t i = 0; i < p->n; i++) {
+            u[i] = p->items[i].u;
+            en[i] = p->items[i].key_energy;
+            cur[i] = p->items[i].current;
+        }
+        float prm[12];
+        for (int t = 0; t < 4; t++) {
+            prm[t] = (float)p->mse_k[t];
+            prm[4 + t] = (float)p->mse_v[t];
+            prm[8 + t] = (float)p->token_bytes[t];
+        }
+        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        size_t n = p->n ? p->n : 1;
+        d.u = clCreateBuffer(ctx->cl, ro, n * 4, u, &e);
+        if (e == CL_SUCCESS)
+            d.energy = clCreateBuffer(ctx->cl, ro, n * 4, en, &e);
+        if (e == CL_SUCCESS)
+            d.current = clCreateBuffer(ctx->cl, ro, n, cur, &e);
+        if (e == CL_SUCCESS)
+            d.prm = clCreateBuffer(ctx->cl, ro, sizeof prm, prm, &e);
+        if (e == CL_SUCCESS)
+            d.choice = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, n, NULL, &e);
+        if (e == CL_SUCCESS)
+            d.counts = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)d.groups * 5 * 4, NULL, &e);
+        if (e != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, e, "RDR solver: clCreateBuffer");
+    }
+    if (st == SKV_OK) {
+        skv_rdr_backend be = {device_choose, &d};
+        *rc = skv_rdr_solve_with(p, &be, choice);
+        if (*rc == -2 && d.err != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, d.err, "RDR solver: rdr_choose");
+        else if (*rc == -2)
+            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
+    }
+    cl_mem bufs[6] = {d.u, d.energy, d.current, d.prm, d.choice, d.counts};
+    for (int i = 0; i < 6; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    skvi_free(a, u);
+    skvi_free(a, en);
+    skvi_free(a, cur);
+    skvi_free(a, d.host_counts);
+    return st;
+}
+
 /* What one (layer, kv-head) turns into. */
 typedef struct lh_plan {
     uint32_t n;        /* held tokens */
@@ -122,10 +226,10 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
         for (int t = 0; t < SKV_TIER_COUNT; t++)
             floor_bytes += (pr.fixed[t] + P - 1) / P * pr.page_bytes[t];
         pr.budget = budget > floor_bytes ? budget : floor_bytes;
-        int rc = n ? skv_rdr_solve(&pr, choice) : 0;
-        if (rc == -2)
-            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
-        else if (rc != 0)
+        int rc = 0;
+        if (n)
+            st = skvi_rdr_solve_device(c, &pr, choice, &rc); /* the parallel solver */
+        if (st == SKV_OK && rc != 0)
             st = skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
                            "skv_compress: layer %u head %u: %llu bytes cannot hold the protected tokens", layer, head,
                            (unsigned long long)budget);

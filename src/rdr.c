@@ -65,23 +65,37 @@ double skv_rdr_distortion(const skv_rdr_problem *p, const uint8_t *choice)
     return d;
 }
 
-static void choose(const skv_rdr_problem *p, double lambda, uint8_t *choice)
+/* The option of one item for lambda, in float with a fixed order of operations (and no
+ * contraction) so that cl/rdr.cl's rdr_choose computes exactly the same: the device
+ * solver's choices equal these. */
+unsigned skv_rdr_option(const skv_rdr_problem *p, const skv_rdr_item *it, float lambda)
 {
-    for (uint64_t i = 0; i < p->n; i++) {
-        const skv_rdr_item *it = &p->items[i];
-        unsigned best = DROP;
-        double best_cost = INFINITY;
-        for (unsigned t = 0; t <= DROP; t++) { /* in order of quality: ties keep the better */
-            if (t != DROP && !allowed(p, it, t))
-                continue;
-            double cost = distortion(p, it, t) + lambda * (t == DROP ? 0.0 : p->token_bytes[t]);
-            if (cost < best_cost) {
-                best_cost = cost;
-                best = t;
-            }
+    unsigned best = DROP;
+    float best_cost = it->u; /* drop */
+    for (unsigned t = 0; t < SKV_TIER_COUNT; t++) { /* in order of quality: ties keep the better */
+        if (!allowed(p, it, t))
+            continue;
+        float d = ((float)p->mse_k[t] * it->key_energy + (float)p->mse_v[t]) * it->u;
+        float cost = d + lambda * (float)p->token_bytes[t];
+        if (best == DROP ? cost <= best_cost : cost < best_cost) {
+            best_cost = cost;
+            best = t;
         }
-        choice[i] = (uint8_t)best;
     }
+    return best;
+}
+
+static int host_choose(void *user, float lambda, uint8_t *choice, uint64_t *count)
+{
+    const skv_rdr_problem *p = user;
+    memset(count, 0, (SKV_TIER_COUNT + 1) * sizeof *count);
+    for (uint64_t i = 0; i < p->n; i++) {
+        unsigned o = skv_rdr_option(p, &p->items[i], lambda);
+        count[o]++;
+        if (choice)
+            choice[i] = (uint8_t)o;
+    }
+    return 0;
 }
 
 /* ---- downgrades by distortion per byte: the greedy reference, and the solver's finish ---- */
@@ -186,11 +200,11 @@ int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice)
 }
 
 /* Bytes without page rounding: non-increasing in lambda, so it can be bisected. */
-static double token_bytes(const skv_rdr_problem *p, const uint8_t *choice)
+static double unrounded(const skv_rdr_problem *p, const uint64_t *count)
 {
     double b = 0;
-    for (uint64_t i = 0; i < p->n; i++)
-        b += choice[i] == DROP ? 0.0 : p->token_bytes[choice[i]];
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        b += (double)count[t] * p->token_bytes[t];
     return b;
 }
 
@@ -245,31 +259,35 @@ static int fill(const skv_rdr_problem *p, uint8_t *choice)
     return 0;
 }
 
-int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)
+int skv_rdr_solve_with(const skv_rdr_problem *p, const skv_rdr_backend *be, uint8_t *choice)
 {
-    choose(p, 0.0, choice);
-    if (skv_rdr_bytes(p, choice) <= p->budget)
+    uint64_t count[SKV_TIER_COUNT + 1];
+    if (be->choose(be->user, 0.0f, choice, count) != 0)
+        return -2;
+    if (bytes_of(p, count) <= p->budget)
         return 0;
     memset(choice, DROP, p->n); /* everything dropped must fit, or nothing does */
     if (skv_rdr_bytes(p, choice) > p->budget)
         return -1;
-    /* Bisect lambda on the unrounded bytes (non-increasing in lambda) against the budget;
-     * page rounding is settled afterwards. */
+    /* Bisect lambda (in float, the backends' arithmetic) on the unrounded bytes against
+     * the budget; page rounding is settled afterwards. */
     const double target = (double)p->budget;
-    double lo = 0.0, hi = 1.0;
-    for (int i = 0; i < 200; i++) {
-        choose(p, hi, choice);
-        if (token_bytes(p, choice) <= target)
+    float lo = 0.0f, hi = 1.0f;
+    for (int i = 0; i < 120; i++) {
+        if (be->choose(be->user, hi, NULL, count) != 0)
+            return -2;
+        if (unrounded(p, count) <= target)
             break;
         lo = hi;
-        hi *= 4.0;
+        hi *= 4.0f;
     }
-    for (int i = 0; i < 100; i++) {
-        double mid = 0.5 * (lo + hi);
+    for (int i = 0; i < 64; i++) {
+        float mid = 0.5f * (lo + hi);
         if (mid <= lo || mid >= hi)
             break;
-        choose(p, mid, choice);
-        if (token_bytes(p, choice) <= target)
+        if (be->choose(be->user, mid, NULL, count) != 0)
+            return -2;
+        if (unrounded(p, count) <= target)
             hi = mid;
         else
             lo = mid;
@@ -277,7 +295,8 @@ int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)
     /* lambda_lo's choice is the best that did not fit: finish it by the cheapest
      * downgrades (page rounding makes the last steps a knapsack over whole pages), then
      * spend any slack on the best upgrades */
-    choose(p, lo, choice);
+    if (be->choose(be->user, lo, choice, count) != 0)
+        return -2;
     int rc = downgrade_until_fits(p, choice);
     if (rc == 0)
         rc = fill(p, choice);
@@ -286,3 +305,8 @@ int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)
     return skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
 }
 
+int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)
+{
+    skv_rdr_backend be = {host_choose, (void *)p};
+    return skv_rdr_solve_with(p, &be, choice);
+}

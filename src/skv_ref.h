@@ -97,8 +97,20 @@ typedef struct skv_rdr_problem {
 /* Bytes after packing a choice (one option per item, SKV_RDR_DROP for drop). */
 SKV_API uint64_t skv_rdr_bytes(const skv_rdr_problem *p, const uint8_t *choice);
 SKV_API double skv_rdr_distortion(const skv_rdr_problem *p, const uint8_t *choice);
-/* The Lagrangian solver (bisection on lambda, then the page-rounding slack spent on the
- * best upgrades): 0, -1 when even dropping every candidate does not fit, -2 on OOM. */
+/* One item's option for multiplier lambda: argmin u D_t + lambda R_t (float, a fixed
+ * order of operations: the device computes the same). */
+SKV_API unsigned skv_rdr_option(const skv_rdr_problem *p, const skv_rdr_item *it, float lambda);
+/* Where the per-item choices for a lambda are computed: count[option] always, the
+ * choices themselves when `choice` is not NULL. 0, or non-zero on failure. */
+typedef struct skv_rdr_backend {
+    int (*choose)(void *user, float lambda, uint8_t *choice, uint64_t *count);
+    void *user;
+} skv_rdr_backend;
+/* The Lagrangian solver (bisection on lambda, then a greedy finish over page rounding and
+ * the slack spent on the best upgrades): 0, -1 when even dropping every candidate does
+ * not fit, -2 on failure (out of memory, or the backend's). */
+SKV_API int skv_rdr_solve_with(const skv_rdr_problem *p, const skv_rdr_backend *be, uint8_t *choice);
+/* The same on the host. */
 SKV_API int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice);
 /* The greedy reference: 0, -1 (does not fit), -2 (out of memory). */
 SKV_API int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice);

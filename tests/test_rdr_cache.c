@@ -363,6 +363,53 @@ static void test_budget_rules(void **state)
     }
 }
 
+/* The device solver (cl/rdr.cl) makes exactly the host solver's choices: same input,
+ * same choices, for several tier mixes, budgets and sizes, ties included. */
+static void test_device_solver_equals_reference(void **state)
+{
+    (void)state;
+    skv_cache *c = make(0xF, 0.5f, 1, 1, 64, 16);
+    test_rng r = {7};
+    const uint32_t sizes[3] = {1, 777, 5000};
+    const uint32_t tiers[3] = {0x1, 0x5, 0xF};
+    skv_rdr_item *items = malloc(5000 * sizeof *items);
+    uint8_t *a = malloc(5000), *b = malloc(5000);
+    for (int si = 0; si < 3; si++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int bi = 1; bi <= 4; bi++) {
+                skv_rdr_problem p;
+                memset(&p, 0, sizeof p);
+                uint32_t n = sizes[si];
+                for (uint32_t i = 0; i < n; i++) {
+                    double x = rng_uniform(&r);
+                    items[i].u = (float)(i % 5 == 0 ? 0.25 : x * x); /* some ties */
+                    items[i].key_energy = (float)(0.5 + rng_uniform(&r));
+                    items[i].current = (uint8_t)(i % 7 == 0 ? (tiers[ti] & 0x4 ? 2 : 0) : 0);
+                }
+                p.items = items, p.n = n, p.tiers = tiers[ti], p.page_tokens = 16;
+                const double mk[4] = {0, 0.0093, 0.034, 0.119}, mv[4] = {0, 2e-5, 5.9e-3, 0.149};
+                for (int t = 0; t < 4; t++) {
+                    p.mse_k[t] = mk[t], p.mse_v[t] = mv[t];
+                    p.page_bytes[t] = skvi_tier_page_bytes((skv_tier)t, 64, 16);
+                    p.token_bytes[t] = (double)p.page_bytes[t] / 16;
+                }
+                p.budget = (uint64_t)(n * p.token_bytes[0] * bi / 5.0);
+                int rc_dev = 0;
+                assert_ok(skvi_rdr_solve_device(c, &p, a, &rc_dev));
+                int rc_host = skv_rdr_solve(&p, b);
+                assert_int_equal(rc_dev, rc_host);
+                if (rc_host == 0 && memcmp(a, b, n) != 0) {
+                    uint32_t i = 0;
+                    while (a[i] == b[i])
+                        i++;
+                    fail_msg("n %u tiers 0x%x budget %d/5: item %u (u %.9g, energy %.9g): device %u, host %u", n,
+                             tiers[ti], bi, i, items[i].u, items[i].key_energy, a[i], b[i]);
+                }
+            }
+    free(items), free(a), free(b);
+    skv_cache_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -372,6 +419,7 @@ int main(void)
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),
+        cmocka_unit_test(test_device_solver_equals_reference),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
