@@ -13,7 +13,7 @@
 #define NR (1 << RB)
 #define NS (1 << AB)
 /* params layout (floats): radius[NR] | radius_bound_sq[NR-1] | bound_cos[NS/2] |
- * bound_sin[NS/2] | centre_cos[NS] | centre_sin[NS] | transform_scale */
+ * bound_sin[NS/2] | centre_cos[NS] | centre_sin[NS] | transform_scale | rho_scale */
 #define PRM_BOUND_SQ NR
 #define PRM_BCOS (PRM_BOUND_SQ + NR - 1)
 #define PRM_BSIN (PRM_BCOS + NS / 2)
@@ -48,21 +48,14 @@ inline ushort norm_code(float n2)
     return h;
 }
 
-__kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __global const uint4 *jobs,
-                         __global const char *signs, __constant float *params)
+/* Encodes one token (key k[D], values v[D] as floats) into slot ds of an ADA page. */
+inline void encode_slot(const float *k, const float *v, int position, __global const char *sg,
+                        __constant float *params, __global uchar *dst, uint ds)
 {
-    const uint4 job = jobs[get_global_id(0)]; /* src page, src slot | dst slot << 16, dst page, layer * H + head */
-    const uint ss = job.y & 0xFFFFu, ds = job.y >> 16;
-    __global const half *src = (__global const half *)SKV_PAGE_P(src, job.x, SRC_PAGE_BYTES);
-    __global uchar *dst = SKV_PAGE_P(dst, job.z, DST_PAGE_BYTES);
-    __global const char *sg = signs + (size_t)job.w * D;
-
     /* y = H diag(s) k / sqrt(d): the reference's butterflies, in its order */
     float y[D];
-    for (uint i = 0; i < D; i++) {
-        float k = vload_half(((i / 8) * P + ss) * 8 + i % 8, src);
-        y[i] = sg[i] < 0 ? -k : k;
-    }
+    for (uint i = 0; i < D; i++)
+        y[i] = sg[i] < 0 ? -k[i] : k[i];
     for (uint h = 1; h < D; h *= 2)
         for (uint i = 0; i < D; i += 2 * h)
             for (uint j = i; j < i + h; j++) {
@@ -85,18 +78,18 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
         const float x0 = y[2 * j], x1 = y[2 * j + 1];
         const float lhs = (x0 * x0 + x1 * x1) * (float)(D / 2);
         uint r = 0;
-        for (uint k = 0; k + 1 < NR; k++)
-            r += lhs >= params[PRM_BOUND_SQ + k] * nf2;
-        float u = -x0, v = -x1;
+        for (uint kk = 0; kk + 1 < NR; kk++)
+            r += lhs >= params[PRM_BOUND_SQ + kk] * nf2;
+        float u = -x0, vv = -x1;
         uint base = 0;
-        if (!(v > 0.0f || (v == 0.0f && u >= 0.0f))) {
+        if (!(vv > 0.0f || (vv == 0.0f && u >= 0.0f))) {
             u = x0;
-            v = x1;
+            vv = x1;
             base = NS / 2;
         }
         uint c = base;
-        for (uint k = 1; k < NS / 2; k++) {
-            float cross = params[PRM_BCOS + k] * v - params[PRM_BSIN + k] * u;
+        for (uint kk = 1; kk < NS / 2; kk++) {
+            float cross = params[PRM_BCOS + kk] * vv - params[PRM_BSIN + kk] * u;
             c += cross >= 0.0f;
         }
         const uint code = r | (c << RB), bit = j * (RB + AB), w = bit / 32, sh = bit % 32;
@@ -113,13 +106,11 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
     __global uchar *vo = dst + KW * P * 4 + P * 2 + ds * VBYTES;
     __global ushort *prm = (__global ushort *)(vo + D * VB / 8);
     const uint levels = (1u << VB) - 1u;
-    __global const half *vs = src + P * D + ss * D;
     for (uint g0 = 0; g0 < D; g0 += VG) {
-        float mn = vload_half(g0, vs), mx = mn;
+        float mn = v[g0], mx = mn;
         for (uint i = g0 + 1; i < g0 + VG; i++) {
-            float x = vload_half(i, vs);
-            mn = x < mn ? x : mn;
-            mx = x > mx ? x : mx;
+            mn = v[i] < mn ? v[i] : mn;
+            mx = v[i] > mx ? v[i] : mx;
         }
         const ushort mn_h = skv_f32_to_f16_dir(mn, 0);
         const float mnf = skv_f16_to_f32(mn_h);
@@ -127,7 +118,7 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
         const float scf = skv_f16_to_f32(sc_h), inv = scf > 0.0f ? 1.0f / scf : 0.0f;
         uint acc = 0, nbits = 0;
         for (uint i = g0; i < g0 + VG; i++) {
-            const float x = vload_half(i, vs);
+            const float x = v[i];
             int q = 0;
             if (scf != 0.0f) {
                 float e = (x - mnf) * inv; /* an estimate; the comparisons decide */
@@ -148,9 +139,77 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
         prm[2 * (g0 / VG)] = sc_h;
         prm[2 * (g0 / VG) + 1] = mn_h;
     }
-    ((__global int *)(dst + KW * P * 4 + P * 2 + P * VBYTES))[ds] =
-        ((__global const int *)((__global const uchar *)src + P * D * 4))[ss];
+    ((__global int *)(dst + KW * P * 4 + P * 2 + P * VBYTES))[ds] = position;
 }
+
+__kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __global const uint4 *jobs,
+                         __global const char *signs, __constant float *params)
+{
+    const uint4 job = jobs[get_global_id(0)]; /* src page, src slot | dst slot << 16, dst page, layer * H + head */
+    const uint ss = job.y & 0xFFFFu, ds = job.y >> 16;
+    __global const half *src = (__global const half *)SKV_PAGE_P(src, job.x, SRC_PAGE_BYTES);
+    float k[D], v[D];
+    for (uint i = 0; i < D; i++) {
+        k[i] = vload_half(((i / 8) * P + ss) * 8 + i % 8, src);
+        v[i] = vload_half(P * D + ss * D + i, src);
+    }
+    encode_slot(k, v, ((__global const int *)((__global const uchar *)src + P * D * 4))[ss], signs + (size_t)job.w * D,
+                params, SKV_PAGE_P(dst, job.z, DST_PAGE_BYTES), ds);
+}
+
+#ifdef SRC_RB
+/* Moves a token from a higher ADA tier (SRC_*) to this lower one (RDR never moves up):
+ * the source key and values are decoded exactly as skv_ref_ada_decode_key and
+ * skv_ref_value_decode do, then encoded as ada_encode would. */
+#define SRC_NR (1 << SRC_RB)
+#define SRC_NS (1 << SRC_AB)
+#define SRC_VBYTES (D * SRC_VB / 8 + D / SRC_VG * 4)
+#define SRC_ADA_PAGE_BYTES (P * (SRC_KW * 4 + 2 + SRC_VBYTES + 4))
+#define SRC_PRM_CCOS (SRC_NR + SRC_NR - 1 + SRC_NS)
+#define SRC_PRM_CSIN (SRC_PRM_CCOS + SRC_NS)
+#define SRC_PRM_SCALE (SRC_PRM_CSIN + SRC_NS)
+
+__kernel void ada_transcode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __global const uint4 *jobs,
+                            __global const char *signs, __constant float *src_params, __constant float *params)
+{
+    const uint4 job = jobs[get_global_id(0)];
+    const uint ss = job.y & 0xFFFFu, ds = job.y >> 16;
+    __global const uchar *page = SKV_PAGE_P(src, job.x, SRC_ADA_PAGE_BYTES);
+    __global const char *sg = signs + (size_t)job.w * D;
+    __global const uint *kw = (__global const uint *)page + ss;
+    const float rho = skv_f16_to_f32(((__global const ushort *)(page + SRC_KW * P * 4))[ss]) * src_params[SRC_PRM_SCALE + 1];
+    float y[D], k[D], v[D];
+    for (uint j = 0; j < D / 2; j++) {
+        const uint bit = j * (SRC_RB + SRC_AB), wi = bit / 32, sh = bit % 32;
+        uint code = kw[wi * P] >> sh;
+        if (sh + SRC_RB + SRC_AB > 32)
+            code |= kw[(wi + 1) * P] << (32 - sh);
+        code &= (1u << (SRC_RB + SRC_AB)) - 1u;
+        const float r = src_params[code & (SRC_NR - 1)] * rho;
+        y[2 * j] = r * src_params[SRC_PRM_CCOS + (code >> SRC_RB)];
+        y[2 * j + 1] = r * src_params[SRC_PRM_CSIN + (code >> SRC_RB)];
+    }
+    for (uint h = 1; h < D; h *= 2) /* the inverse transform: butterflies, scale, then signs */
+        for (uint i = 0; i < D; i += 2 * h)
+            for (uint j = i; j < i + h; j++) {
+                float a = y[j], b = y[j + h];
+                y[j] = a + b;
+                y[j + h] = a - b;
+            }
+    for (uint i = 0; i < D; i++) {
+        float x = y[i] * src_params[SRC_PRM_SCALE];
+        k[i] = sg[i] < 0 ? -x : x;
+    }
+    __global const uchar *vo = page + SRC_KW * P * 4 + P * 2 + ss * SRC_VBYTES;
+    __global const ushort *vp = (__global const ushort *)(vo + D * SRC_VB / 8);
+    for (uint i = 0; i < D; i++) {
+        const uint q = (vo[i * SRC_VB / 8] >> (i * SRC_VB % 8)) & ((1u << SRC_VB) - 1u);
+        v[i] = skv_f16_to_f32(vp[2 * (i / SRC_VG) + 1]) + (float)q * skv_f16_to_f32(vp[2 * (i / SRC_VG)]);
+    }
+    const int position = ((__global const int *)(page + SRC_ADA_PAGE_BYTES - 4 * P))[ss];
+    encode_slot(k, v, position, sg, params, SKV_PAGE_P(dst, job.z, DST_PAGE_BYTES), ds);
+}
+#endif
 
 /* Per-query lookup tables for decode: for q-head g of kv-head h of sequence b,
  * q' = H diag(s) q / sqrt(d), T[j][c] = q'_2j cos(phi_c) + q'_2j+1 sin(phi_c) (the C

@@ -20,7 +20,7 @@ __kernel void rdr_choose(__global const float *u, __global const float *energy, 
         uint best = 4;
         float best_cost = ui; /* drop */
         for (uint t = 0; t < 4; t++) { /* in order of quality: ties keep the better */
-            if (!((tiers >> t) & 1u) || !(cur == 0 || t == cur))
+            if (!((tiers >> t) & 1u) || !(cur == 0 || t >= cur)) /* never up from a lossy code */
                 continue;
             const float d = (prm[t] * e + prm[4 + t]) * ui;
             const float cost = d + lambda * prm[8 + t];

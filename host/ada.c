@@ -23,6 +23,7 @@ static size_t pack_params(const skv_ref_ada_params *p, float *out)
     for (unsigned k = 0; k < NS; k++)
         out[n++] = p->centre_sin[k];
     out[n++] = p->transform_scale;
+    out[n++] = p->rho_scale;
     return n;
 }
 

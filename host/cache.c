@@ -219,6 +219,17 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
         st = skvi_score_init(c);
     if (st == SKV_OK && desc->retention == SKV_RETENTION_RDR)
         st = skvi_kernel_create(ctx, "rdr.cl", NULL, "rdr_choose", &c->k_rdr_choose);
+    for (int f = SKV_TIER_F16 + 1; st == SKV_OK && desc->retention == SKV_RETENTION_RDR && f < SKV_TIER_COUNT; f++)
+        for (int t = f + 1; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+            if (!(desc->tiers & (1u << f)) || !(desc->tiers & (1u << t)))
+                continue;
+            char to[256], all[512];
+            const skvi_tier_desc *fd = &skvi_tiers[f];
+            skvi_ada_defines(c, (skv_tier)t, to, sizeof to);
+            snprintf(all, sizeof all, "%s -DSRC_RB=%u -DSRC_AB=%u -DSRC_KW=%u -DSRC_VB=%u -DSRC_VG=%u", to,
+                     fd->radius_bits, fd->angle_bits, c->ada[f].key_words, fd->value_bits, fd->value_group);
+            st = skvi_kernel_create(ctx, "ada_encode.cl", all, "ada_transcode", &c->k_transcode[f][t]);
+        }
     if (st != SKV_OK) {
         skv_cache_destroy(c);
         return st;
@@ -278,6 +289,10 @@ void skv_cache_destroy(skv_cache *c)
         clReleaseKernel(c->k_merge);
     if (c->k_rdr_choose)
         clReleaseKernel(c->k_rdr_choose);
+    for (int f = 0; f < SKV_TIER_COUNT; f++)
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            if (c->k_transcode[f][t])
+                clReleaseKernel(c->k_transcode[f][t]);
     skvi_ada_release(c);
     skvi_score_release(c);
     skvi_free(c->ctx->alloc, c->query_mean);

@@ -90,6 +90,7 @@ struct skv_cache {
     cl_kernel k_observe[SKV_TIER_COUNT];
     cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
     cl_kernel k_rdr_choose;                /* RDR's solver step on the device */
+    cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */

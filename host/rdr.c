@@ -347,19 +347,21 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
         for (uint32_t k = 0; k < need[t]; k++)
             taken[t][n_taken[t]++] = skvi_pool_take(&c->pools[t][SKV_MEM_DEVICE]);
-    /* jobs: copies within a tier, encodes from F16 into an ADA tier */
-    uint32_t *copy[SKV_TIER_COUNT] = {0}, *enc[SKV_TIER_COUNT] = {0}, n_copy[SKV_TIER_COUNT] = {0},
-             n_enc[SKV_TIER_COUNT] = {0};
+    /* jobs per (destination tier, source tier): copies within a tier, encodes from F16,
+     * transcodes from a higher ADA tier; all in the same (src page, src slot [| dst slot
+     * << 16], dst page, dst slot or layer*H + head) form their kernels read */
+    uint32_t *jobs[SKV_TIER_COUNT][SKV_TIER_COUNT] = {{0}}, n_jobs[SKV_TIER_COUNT][SKV_TIER_COUNT] = {{0}};
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         uint64_t total = 0;
         for (size_t i = 0; i < (size_t)L * H; i++)
             total += plans[i].rebuild[t] ? plans[i].count[t] : 0;
         if (!total)
             continue;
-        copy[t] = skvi_calloc(a, total * 4, sizeof(uint32_t));
-        enc[t] = skvi_calloc(a, total * 4, sizeof(uint32_t));
-        if (!copy[t] || !enc[t])
-            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+        for (int f = 0; f < SKV_TIER_COUNT && st == SKV_OK; f++) {
+            jobs[t][f] = skvi_calloc(a, total * 4, sizeof(uint32_t));
+            if (!jobs[t][f])
+                st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+        }
         for (size_t i = 0; st == SKV_OK && i < (size_t)L * H; i++) {
             if (!plans[i].rebuild[t])
                 continue;
@@ -369,12 +371,11 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
                     continue;
                 const src_token *sr = &plans[i].src[k];
                 uint32_t dst_page = taken[t][plans[i].first_page[t] + d / P], dst_slot = d % P;
-                uint32_t *j = sr->tier == t ? &copy[t][4 * n_copy[t]++] : &enc[t][4 * n_enc[t]++];
-                if (sr->tier == t) {
+                uint32_t *j = &jobs[t][sr->tier][4 * n_jobs[t][sr->tier]++];
+                if (sr->tier == t) /* slot_copy */
                     j[0] = sr->page, j[1] = sr->slot, j[2] = dst_page, j[3] = dst_slot;
-                } else { /* ada_encode's job: src page, src slot | dst slot << 16, dst page, layer*H + head */
+                else /* ada_encode / ada_transcode */
                     j[0] = sr->page, j[1] = sr->slot | dst_slot << 16, j[2] = dst_page, j[3] = (uint32_t)i;
-                }
                 d++;
             }
         }
@@ -385,37 +386,37 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     if (st == SKV_OK)
         st = skvi_compute_waits(c, 0, NULL, &n_waits, &waits, &owned);
     cl_int e = CL_SUCCESS;
-    for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) {
-        for (int kind = 0; kind < 2 && e == CL_SUCCESS; kind++) {
-            uint32_t n = kind ? n_enc[t] : n_copy[t];
+    for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
+        for (int f = 0; f < SKV_TIER_COUNT && e == CL_SUCCESS; f++) {
+            uint32_t n = n_jobs[t][f];
             if (!n)
                 continue;
-            cl_mem jobs = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * 16,
-                                         kind ? enc[t] : copy[t], &e);
+            cl_mem jb = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * 16, jobs[t][f], &e);
             if (e != CL_SUCCESS)
                 break;
-            cl_kernel k = kind ? c->k_encode[t] : c->k_slot_copy[t];
-            cl_uint arg = 0;
-            if (kind) { /* ada_encode(src F16 pool, dst pool, jobs, signs, params) */
-                e = skvi_pool_set_args(&c->pools[SKV_TIER_F16][SKV_MEM_DEVICE], k, 0);
-                e |= skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, SKVI_POOL_MAX_CHUNKS + 1);
-                arg = 2 * (SKVI_POOL_MAX_CHUNKS + 1);
-                e |= clSetKernelArg(k, arg++, sizeof jobs, &jobs);
-                e |= clSetKernelArg(k, arg++, sizeof c->signs, &c->signs);
-                e |= clSetKernelArg(k, arg++, sizeof c->ada_params[t], &c->ada_params[t]);
-            } else {
+            cl_kernel k = f == t ? c->k_slot_copy[t] : f == SKV_TIER_F16 ? c->k_encode[t] : c->k_transcode[f][t];
+            cl_uint arg;
+            if (f == t) { /* slot_copy(pool, jobs) */
                 e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
                 arg = SKVI_POOL_MAX_CHUNKS + 1;
-                e |= clSetKernelArg(k, arg++, sizeof jobs, &jobs);
+                e |= clSetKernelArg(k, arg++, sizeof jb, &jb);
+            } else { /* ada_encode / ada_transcode(src pool, dst pool, jobs, signs, [src params,] params) */
+                e = skvi_pool_set_args(&c->pools[f][SKV_MEM_DEVICE], k, 0);
+                e |= skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, SKVI_POOL_MAX_CHUNKS + 1);
+                arg = 2 * (SKVI_POOL_MAX_CHUNKS + 1);
+                e |= clSetKernelArg(k, arg++, sizeof jb, &jb);
+                e |= clSetKernelArg(k, arg++, sizeof c->signs, &c->signs);
+                if (f != SKV_TIER_F16)
+                    e |= clSetKernelArg(k, arg++, sizeof c->ada_params[f], &c->ada_params[f]);
+                e |= clSetKernelArg(k, arg++, sizeof c->ada_params[t], &c->ada_params[t]);
             }
             size_t g = n;
             if (e == CL_SUCCESS)
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, n_waits, waits, NULL);
             n_waits = 0;
             waits = NULL;
-            clReleaseMemObject(jobs);
+            clReleaseMemObject(jb);
         }
-    }
     if (st == SKV_OK && e != CL_SUCCESS)
         st = skvi_cl_fail(ctx->error, e, "skv_compress: enqueue");
     if (st == SKV_OK) { /* commit */
@@ -442,8 +443,8 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     skvi_free(a, owned);
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
         skvi_free(a, taken[t]);
-        skvi_free(a, copy[t]);
-        skvi_free(a, enc[t]);
+        for (int f = 0; f < SKV_TIER_COUNT; f++)
+            skvi_free(a, jobs[t][f]);
     }
     for (size_t i = 0; i < (size_t)L * H; i++) {
         skvi_free(a, plans[i].src);

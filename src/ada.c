@@ -100,6 +100,7 @@ void skv_ref_ada_params_init(skv_ref_ada_params *p, uint32_t head_dim, unsigned 
         p->centre_sin[c] = (float)sin(-two_pi / 2 + (c + 0.5) * two_pi / S);
     }
     p->transform_scale = (float)(1.0 / sqrt((double)head_dim));
+    p->rho_scale = sqrtf(2.0f / (float)head_dim);
 }
 
 void skv_ref_ada_signs(uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs)
@@ -220,7 +221,7 @@ void skv_ref_ada_decode_key(const skv_ref_ada_params *p, const int8_t *signs, co
 {
     const uint32_t d = p->head_dim;
     float y[256];
-    float n = skv_ref_f16_to_f32(norm_code), rho_scale = n * sqrtf(2.0f / (float)d);
+    float n = skv_ref_f16_to_f32(norm_code), rho_scale = n * p->rho_scale;
     for (uint32_t j = 0; j < d / 2; j++) {
         unsigned code = skv_ref_ada_pair_code(p, words, j);
         unsigned r = code & ((1u << p->radius_bits) - 1), c = code >> p->radius_bits;

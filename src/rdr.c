@@ -6,7 +6,8 @@
  *   skv_ref_rdr_greedy: the reference (the Spherical KV code's form): start every token
  *                       at its best option and downgrade the cheapest distortion per byte
  *                       first until the budget holds.
- * A token already in a lossy tier may stay or be dropped, never move up. */
+ * A token already in a lossy tier may stay, move to a lower tier or be dropped, never
+ * move up. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,7 @@ static int allowed(const skv_rdr_problem *p, const skv_rdr_item *it, unsigned op
         return 1;
     if (!(p->tiers & (1u << opt)))
         return 0;
-    return it->current == SKV_TIER_F16 || opt == it->current; /* never up from a lossy code */
+    return it->current == SKV_TIER_F16 || opt >= it->current; /* never up from a lossy code */
 }
 
 /* Packed bytes from the tokens per option (count[DROP] unused). */

@@ -134,6 +134,7 @@ typedef struct skv_ref_ada_params {
     float bound_cos[16], bound_sin[16];   /* sector boundaries k 2pi/S, k < S/2 */
     float centre_cos[32], centre_sin[32]; /* sector centres -pi + (c + 1/2) 2pi/S */
     float transform_scale;       /* 1 / sqrt(d) */
+    float rho_scale;             /* sqrt(2 / d): radius unit (kernels read this, not sqrt) */
 } skv_ref_ada_params;
 
 /* Lloyd–Max codebook (2^radius_bits centroids, boundaries between them) for the radius

@@ -135,8 +135,8 @@ static void test_never_up(void **state)
     p.budget /= 10;
     assert_int_equal(skv_rdr_solve(&p, choice), 0);
     assert_int_equal(skv_ref_rdr_greedy(&p, choice), 0);
-    for (int i = 0; i < 500; i++)
-        assert_true(choice[i] == items[i].current || choice[i] == SKV_RDR_DROP || items[i].current == SKV_TIER_F16);
+    for (int i = 0; i < 500; i++) /* lossy tokens stay, go lower or go; never up */
+        assert_true(items[i].current == SKV_TIER_F16 || choice[i] >= items[i].current);
 }
 
 int main(void)

@@ -410,6 +410,78 @@ static void test_device_solver_equals_reference(void **state)
     skv_cache_destroy(c);
 }
 
+/* Tokens already in A4V8 moved to a lower tier by RDR are transcoded exactly as the C
+ * reference would: decode (key and values), then encode in the lower tier. Every slot of
+ * every ADA page is checked against the reference, byte for byte. */
+static void test_transcode_exact(void **state)
+{
+    (void)state;
+    const uint32_t H = 1, D = 64, P = 16, n = 400;
+    skv_cache *c = make(0xF, 0.35f, 1, H, D, P); /* A4V8 for all no longer fits, A3V4 does */
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {8};
+    float *k = malloc((size_t)n * D * 4), *v = malloc((size_t)n * D * 4);
+    fill(c, s, n, &r, k, v);
+    assert_ok(skv_seq_quantize(c, s, 16, 320, SKV_TIER_A4V8)); /* [16, 320) in A4V8 first */
+    assert_ok(skv_compress(c, s));
+    int32_t pos[400];
+    size_t cnt;
+    assert_ok(skv_seq_positions(c, s, 0, 0, pos, n, &cnt));
+    int8_t signs[256];
+    skv_ref_ada_signs(0, 0, D, signs);
+    uint32_t moved = 0, idx = skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens;
+    assert_ok(skv_context_finish(ctx));
+    for (int t = SKV_TIER_A4V8; t <= SKV_TIER_A2V2; t++) {
+        const skvi_page_list *l = skvi_seq_list(c, &c->seqs[s], 0, 0, (skv_tier)t);
+        const skvi_tier_desc *td = &skvi_tiers[t];
+        const skv_ref_ada_params *pt = &c->ada[t], *p4 = &c->ada[SKV_TIER_A4V8];
+        uint32_t vb = skv_ref_value_bytes(D, td->value_bits, td->value_group);
+        uint64_t pb;
+        assert_ok(skv_cache_page_bytes(c, (skv_tier)t, &pb));
+        unsigned char *got = malloc(pb), *want = malloc(pb);
+        for (uint32_t j = 0; j < l->n; j++) {
+            size_t off;
+            cl_mem buf = skvi_pool_locate(&c->pools[t][SKV_MEM_DEVICE], l->ids[j], &off);
+            assert_int_equal(clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, off, pb, got, 0, NULL, NULL), CL_SUCCESS);
+            memcpy(want, got, pb);
+            for (uint32_t slot = 0; slot < P && j * P + slot < l->tokens; slot++) {
+                int32_t p = pos[idx + j * P + slot];
+                float key[64], val[64];
+                memcpy(key, k + (size_t)p * D, sizeof key);
+                memcpy(val, v + (size_t)p * D, sizeof val);
+                for (uint32_t i = 0; i < D; i++)
+                    val[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(val[i])); /* as the F16 page held it */
+                if (p >= 16 && p < 320 && t != SKV_TIER_A4V8) { /* was A4V8: decode it first */
+                    uint32_t w4[64];
+                    uint16_t n4;
+                    uint8_t v4[512];
+                    skv_ref_ada_encode_key(p4, signs, key, w4, &n4);
+                    skv_ref_ada_decode_key(p4, signs, w4, n4, key);
+                    skv_ref_value_encode(val, D, 8, 32, v4);
+                    skv_ref_value_decode(v4, D, 8, 32, val);
+                    moved++;
+                }
+                uint32_t words[64];
+                uint16_t norm;
+                uint8_t vq[512];
+                skv_ref_ada_encode_key(pt, signs, key, words, &norm);
+                skv_ref_value_encode(val, D, td->value_bits, td->value_group, vq);
+                skv_ref_ada_page_write(want, P, pt->key_words, vb, slot, words, norm, vq, p);
+            }
+            if (memcmp(got, want, pb) != 0)
+                fail_msg("tier %s page %u differs from the reference", td->name, j);
+        }
+        idx += l->tokens;
+        free(got);
+        free(want);
+    }
+    printf("%u tokens moved down from a4v8 and checked\n", moved);
+    assert_true(moved > 0);
+    free(k), free(v);
+    skv_cache_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -420,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),
         cmocka_unit_test(test_device_solver_equals_reference),
+        cmocka_unit_test(test_transcode_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
