@@ -136,6 +136,7 @@ typedef struct lh_plan {
     uint8_t *final;    /* [n] tier, or SKV_RDR_DROP */
     int rebuild[SKV_TIER_COUNT];
     uint32_t count[SKV_TIER_COUNT];
+    uint32_t keep[SKV_TIER_COUNT];       /* leading full pages kept as they are (a list that only gains) */
     uint32_t first_page[SKV_TIER_COUNT]; /* into taken[tier] */
 } lh_plan;
 
@@ -236,16 +237,21 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
         for (uint32_t k = 0; st == SKV_OK && k < n; k++)
             lp->final[item_of[k]] = choice[k];
     }
-    if (st == SKV_OK) { /* which lists change */
+    if (st == SKV_OK) { /* which lists change; a list that only gains keeps its full pages */
+        int loses[SKV_TIER_COUNT] = {0};
         for (size_t k = 0; k < held; k++) {
             if (lp->final[k] != SKV_RDR_DROP)
                 lp->count[lp->final[k]]++;
             if (lp->final[k] != lp->src[k].tier) {
-                lp->rebuild[lp->src[k].tier] = 1; /* loses a token */
+                lp->rebuild[lp->src[k].tier] = 1;
+                loses[lp->src[k].tier] = 1;
                 if (lp->final[k] != SKV_RDR_DROP)
-                    lp->rebuild[lp->final[k]] = 1; /* gains one */
+                    lp->rebuild[lp->final[k]] = 1;
             }
         }
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            if (lp->rebuild[t] && !loses[t])
+                lp->keep[t] = skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens / P;
     }
     skvi_free(a, score);
     skvi_free(a, norm);
@@ -329,7 +335,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         for (int t = 0; t < SKV_TIER_COUNT; t++)
             if (plans[i].rebuild[t]) {
                 plans[i].first_page[t] = need[t];
-                need[t] += (plans[i].count[t] + P - 1) / P;
+                need[t] += (plans[i].count[t] + P - 1) / P - plans[i].keep[t];
             }
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         if (!need[t])
@@ -365,19 +371,26 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         for (size_t i = 0; st == SKV_OK && i < (size_t)L * H; i++) {
             if (!plans[i].rebuild[t])
                 continue;
-            uint32_t d = 0;
-            for (uint32_t k = 0; k < plans[i].n; k++) {
-                if (plans[i].final[k] != t)
-                    continue;
-                const src_token *sr = &plans[i].src[k];
-                uint32_t dst_page = taken[t][plans[i].first_page[t] + d / P], dst_slot = d % P;
-                uint32_t *j = &jobs[t][sr->tier][4 * n_jobs[t][sr->tier]++];
-                if (sr->tier == t) /* slot_copy */
-                    j[0] = sr->page, j[1] = sr->slot, j[2] = dst_page, j[3] = dst_slot;
-                else /* ada_encode / ada_transcode */
-                    j[0] = sr->page, j[1] = sr->slot | dst_slot << 16, j[2] = dst_page, j[3] = (uint32_t)i;
-                d++;
-            }
+            /* the new list: the tokens already in it (in order), then those coming in;
+             * the kept leading pages need no job */
+            uint32_t d = 0, skip = plans[i].keep[t] * P;
+            for (int pass = 0; pass < 2; pass++)
+                for (uint32_t k = 0; k < plans[i].n; k++) {
+                    const src_token *sr = &plans[i].src[k];
+                    if (plans[i].final[k] != t || (sr->tier == t) != (pass == 0))
+                        continue;
+                    if (d < skip) {
+                        d++;
+                        continue;
+                    }
+                    uint32_t dst_page = taken[t][plans[i].first_page[t] + d / P - plans[i].keep[t]], dst_slot = d % P;
+                    uint32_t *j = &jobs[t][sr->tier][4 * n_jobs[t][sr->tier]++];
+                    if (sr->tier == t) /* slot_copy */
+                        j[0] = sr->page, j[1] = sr->slot, j[2] = dst_page, j[3] = dst_slot;
+                    else /* ada_encode / ada_transcode */
+                        j[0] = sr->page, j[1] = sr->slot | dst_slot << 16, j[2] = dst_page, j[3] = (uint32_t)i;
+                    d++;
+                }
         }
     }
     cl_uint n_waits = 0;
@@ -425,11 +438,12 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
                 if (!plans[i].rebuild[t])
                     continue;
                 skvi_page_list *l = skvi_seq_list(c, s, (uint32_t)(i / H), (uint32_t)(i % H), (skv_tier)t);
-                for (uint32_t k = 0; k < l->n; k++)
+                const uint32_t keep = plans[i].keep[t];
+                for (uint32_t k = keep; k < l->n; k++)
                     skvi_pool_unref(skvi_entry_pool(c, (skv_tier)t, l->ids[k]), l->ids[k] & ~SKVI_HOST_BIT);
                 l->n = (plans[i].count[t] + P - 1) / P;
-                for (uint32_t k = 0; k < l->n; k++)
-                    l->ids[k] = taken[t][plans[i].first_page[t] + k];
+                for (uint32_t k = keep; k < l->n; k++)
+                    l->ids[k] = taken[t][plans[i].first_page[t] + k - keep];
                 l->tokens = plans[i].count[t];
             }
         for (uint32_t l = 0; l < L; l++)
