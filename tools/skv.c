@@ -9,6 +9,7 @@
 
 static const skv_command commands[] = {
     {"demo", "stream a long synthetic context, decode dense vs compressed side by side", cmd_demo, usage_demo},
+    {"eval", "the quality matrix: scorer x budget x tier set on the synthetic model", cmd_eval, usage_eval},
     {"info", "list OpenCL devices, their profiles, and which one skv selects", cmd_info, usage_info},
     {"bench", "measure decode attention against the device's read bandwidth", cmd_bench, usage_bench},
 };

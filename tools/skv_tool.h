@@ -22,6 +22,8 @@ int cmd_info(int argc, char **argv);
 void usage_info(FILE *out);
 int cmd_bench(int argc, char **argv);
 void usage_demo(FILE *out);
+void usage_eval(FILE *out);
+int cmd_eval(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 void usage_bench(FILE *out);
 

@@ -1,0 +1,284 @@
+/* `skv eval`: the quality matrix — scorer x budget x tier set on the synthetic model
+ * (tools/synth.c): for each cell a cache with RDR at that budget, the context streamed
+ * in and compressed, then decode against exact fp64 attention over the original keys
+ * and values. Every number is measured in the run. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "skv_ref.h"
+#include "skv_tool.h"
+#include "synth.h"
+
+void usage_eval(FILE *out)
+{
+    fprintf(out,
+            "usage: skv eval [--tokens N] [--json FILE] [--csv FILE] [--device SEL]\n"
+            "  The quality matrix on the synthetic model (2 layers, 4 kv-heads, 16 q-heads,\n"
+            "  head_dim 128; default 4096 tokens, 4 needles; ~2 minutes on 2 CPU cores):\n"
+            "  scorers knorm, keydiff,\n"
+            "  manifold, manifold_windowed, streaming x budgets 1/2, 1/4, 1/8, 1/16 of F16 x\n"
+            "  tier sets drop (F16 or drop), ada (F16 or A3V4 or drop), rdr (every tier).\n"
+            "  Per cell: bytes_ratio (achieved fraction of F16 bytes), out_rel_err (decode\n"
+            "  output vs exact attention, relative L2, mean over 8 queries and both layers),\n"
+            "  topk_recall (share of the exact top-32 attended tokens still held), and\n"
+            "  needle_recall (needle queries whose output has cosine >= 0.9 with the needle's\n"
+            "  value). logit_rel_err and multikey_recall are not measured yet (null).\n");
+}
+
+static const char *const scorer_names[] = {"none", "knorm", "keydiff", "manifold", "manifold_windowed", "streaming"};
+
+typedef struct cell {
+    int scorer;
+    const char *tiers_name;
+    uint32_t tiers;
+    double budget;
+    double bytes_ratio, out_err, topk, needles;
+} cell;
+
+#define CHECK(call)                                                                                \
+    do {                                                                                           \
+        skv_status st_ = (call);                                                                   \
+        if (st_ != SKV_OK) {                                                                       \
+            fprintf(stderr, "\nskv eval: %s: %s\n", skv_status_str(st_), skv_last_error());        \
+            goto done;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+/* One cell: a cache, the context, compression, measurements. */
+static int run_cell(skv_context *ctx, const synth_model *m, uint64_t tokens, const float *kall, const float *vall,
+                    cell *out)
+{
+    const uint32_t L = m->layers, H = m->kv_heads, QH = m->q_heads, D = m->head_dim, G = QH / H;
+    int rc = 1;
+    skv_cache *c = NULL;
+    float *q = malloc(QH * D * 4), *o = malloc(QH * D * 4);
+    double *ref = malloc(QH * D * sizeof *ref), *w = malloc(tokens * sizeof *w), *sorted = malloc(tokens * sizeof *sorted);
+    int32_t *held = malloc(tokens * 4), *pos = malloc(tokens * 4);
+    char *is_held = malloc(tokens);
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = L, d.q_heads = QH, d.kv_heads = H, d.head_dim = D, d.page_tokens = 64;
+    d.device_budget_bytes = 3 * ((tokens + 63) / 64 + 2) * L * H * 64 * (4ull * D + 4);
+    d.tiers = out->tiers;
+    d.scorer = (skv_scorer)out->scorer;
+    d.score_window = 1024;
+    d.retention = SKV_RETENTION_RDR;
+    d.budget_ratio = (float)out->budget;
+    d.slack = 1u << 30;
+    if (!q || !o || !ref || !w || !sorted || !held || !pos || !is_held) {
+        fprintf(stderr, "skv eval: out of memory\n");
+        goto done;
+    }
+    CHECK(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s;
+    CHECK(skv_seq_create(c, &s));
+    for (uint64_t t = 0; t < tokens; t++)
+        pos[t] = (int32_t)t;
+    for (uint32_t l = 0; l < L; l++)
+        CHECK(skv_append(c, s, l, (uint32_t)tokens, SKV_F32, kall + (size_t)l * tokens * H * D,
+                         vall + (size_t)l * tokens * H * D, pos));
+    CHECK(skv_compress(c, s));
+    skv_cache_stats st = {.struct_size = sizeof st};
+    CHECK(skv_cache_get_stats(c, &st));
+    out->bytes_ratio = st.bytes_ratio;
+    const float scale = 1.0f / sqrtf((float)D);
+    double err = 0, topk = 0;
+    int n_err = 0, n_topk = 0, found = 0;
+    for (uint32_t l = 0; l < L; l++) {
+        const float *kl = kall + (size_t)l * tokens * H * D, *vl = vall + (size_t)l * tokens * H * D;
+        for (int qi = 0; qi < 8 + (int)m->n_needles; qi++) {
+            int needle = qi < 8 ? -1 : qi - 8;
+            synth_query(m, l, tokens, needle, 100 + (uint64_t)qi, q);
+            CHECK(skv_attention_decode(c, l, &s, 1, SKV_F32, q, scale, SKV_F32, o));
+            skv_ref_attention_decode(q, kl, vl, tokens, QH, H, D, scale, ref);
+            if (needle >= 0) {
+                const size_t per = (size_t)m->layers * H * D;
+                double cs = 0;
+                for (uint32_t qh = 0; qh < QH; qh++) {
+                    const float *v = m->nvalue + needle * per + ((size_t)l * H + qh / G) * D;
+                    double dot = 0, no = 0, nv = 0;
+                    for (uint32_t i = 0; i < D; i++) {
+                        dot += (double)o[qh * D + i] * v[i];
+                        no += (double)o[qh * D + i] * o[qh * D + i];
+                        nv += (double)v[i] * v[i];
+                    }
+                    cs += dot / sqrt(no * nv + 1e-30) / QH;
+                }
+                found += cs >= 0.9;
+                continue;
+            }
+            err += skv_ref_rel_l2(ref, o, QH * D);
+            n_err++;
+            /* top-32 recall per kv-head, over its q-heads: exact attention weights */
+            for (uint32_t h = 0; h < H; h++) {
+                size_t cnt = 0;
+                CHECK(skv_seq_positions(c, s, l, h, held, tokens, &cnt));
+                memset(is_held, 0, tokens);
+                for (size_t i = 0; i < cnt; i++)
+                    if (held[i] >= 0 && (uint64_t)held[i] < tokens)
+                        is_held[held[i]] = 1;
+                for (uint32_t g = 0; g < G; g++) {
+                    const float *qv = q + (size_t)(h * G + g) * D;
+                    for (uint64_t t = 0; t < tokens; t++) {
+                        double x = 0;
+                        for (uint32_t i = 0; i < D; i++)
+                            x += (double)qv[i] * kl[(t * H + h) * D + i];
+                        w[t] = sorted[t] = x;
+                    }
+                    qsort(sorted, tokens, sizeof *sorted, cmp_desc);
+                    double cut = sorted[31];
+                    int kept = 0, total = 0;
+                    for (uint64_t t = 0; t < tokens; t++)
+                        if (w[t] >= cut) {
+                            total++;
+                            kept += is_held[t];
+                        }
+                    topk += (double)kept / total;
+                    n_topk++;
+                }
+            }
+        }
+    }
+    out->out_err = err / n_err;
+    out->topk = topk / n_topk;
+    out->needles = (double)found / (L * m->n_needles);
+    rc = 0;
+done:
+    skv_cache_destroy(c);
+    free(q), free(o), free(ref), free(w), free(sorted), free(held), free(pos), free(is_held);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    uint64_t tokens = 4096;
+    const char *json = NULL, *csv = NULL, *device = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            return tool_usage_error(usage_eval, "eval: '%s' needs a value or is unknown", a);
+        if (strcmp(a, "--tokens") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(v, &end, 10);
+            if (errno || *end || n < 1024 || n > (1u << 20))
+                return tool_usage_error(usage_eval, "eval: --tokens must be in 1024..1048576");
+            tokens = n;
+        } else if (strcmp(a, "--json") == 0) {
+            json = v;
+        } else if (strcmp(a, "--csv") == 0) {
+            csv = v;
+        } else if (strcmp(a, "--device") == 0) {
+            device = v;
+        } else {
+            return tool_usage_error(usage_eval, "eval: unknown option '%s'", a);
+        }
+        i++;
+    }
+    const uint32_t L = 2, H = 4, QH = 16, D = 128;
+    const double budgets[4] = {0.5, 0.25, 0.125, 0.0625};
+    const struct {
+        const char *name;
+        uint32_t tiers;
+    } sets[3] = {{"drop", 0x1}, {"ada", (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4)}, {"rdr", 0xF}};
+    int rc = 1;
+    synth_model m;
+    if (synth_init(&m, L, H, QH, D, tokens, 4, 7) != 0) {
+        fprintf(stderr, "skv eval: out of memory\n");
+        return 1;
+    }
+    skv_context *ctx = NULL;
+    float *k = malloc((size_t)L * tokens * H * D * 4), *v = malloc((size_t)L * tokens * H * D * 4);
+    cell *cells = calloc(5 * 4 * 3, sizeof *cells);
+    cJSON *root = cJSON_CreateObject();
+    if (!k || !v || !cells || !root) {
+        fprintf(stderr, "skv eval: out of memory\n");
+        goto done;
+    }
+    for (uint32_t l = 0; l < L; l++)
+        synth_kv(&m, l, 0, (uint32_t)tokens, k + (size_t)l * tokens * H * D, v + (size_t)l * tokens * H * D);
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = device;
+    CHECK(skv_context_create(&cd, &ctx));
+    skv_device_profile prof;
+    CHECK(skv_context_device(ctx, &prof));
+    printf("skv eval — %s (%s); synthetic model, %llu tokens\n\n", prof.name, prof.platform, (unsigned long long)tokens);
+    printf("%-18s %-5s %7s %8s %11s %8s %7s\n", "scorer", "tiers", "budget", "bytes", "out_rel_err", "top32", "needle");
+    int n = 0;
+    for (int sc = 1; sc <= 5; sc++)
+        for (int si = 0; si < 3; si++)
+            for (int bi = 0; bi < 4; bi++) {
+                cell *c = &cells[n++];
+                *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0};
+                tool_progress("eval %d/60: %s %s %.4g", n, scorer_names[sc], sets[si].name, budgets[bi]);
+                if (run_cell(ctx, &m, tokens, k, v, c) != 0)
+                    goto done;
+                tool_progress("");
+                printf("%-18s %-5s %7.4f %8.4f %11.3e %8.3f %7.2f\n", scorer_names[sc], c->tiers_name, c->budget,
+                       c->bytes_ratio, c->out_err, c->topk, c->needles);
+                fflush(stdout);
+            }
+    char dev[2 * SKV_NAME_MAX + 8];
+    snprintf(dev, sizeof dev, "%s (%s)", prof.name, prof.platform);
+    cJSON_AddStringToObject(root, "device", dev);
+    cJSON_AddStringToObject(root, "version", skv_version_string());
+    cJSON_AddNumberToObject(root, "tokens", (double)tokens);
+    cJSON *results = cJSON_AddArrayToObject(root, "results");
+    size_t csv_len = 4096 + (size_t)n * 160;
+    char *csv_text = malloc(csv_len);
+    size_t used = 0;
+    if (csv_text)
+        used = (size_t)snprintf(csv_text, csv_len,
+                                "scorer,tiers,budget,bytes_ratio,out_rel_err,logit_rel_err,topk_recall,needle_recall,"
+                                "multikey_recall\n");
+    for (int i = 0; i < n; i++) {
+        const cell *c = &cells[i];
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "scorer", scorer_names[c->scorer]);
+        cJSON_AddStringToObject(r, "tiers", c->tiers_name);
+        cJSON_AddNumberToObject(r, "budget", c->budget);
+        cJSON_AddNumberToObject(r, "bytes_ratio", c->bytes_ratio);
+        cJSON_AddNumberToObject(r, "out_rel_err", c->out_err);
+        cJSON_AddNullToObject(r, "logit_rel_err");
+        cJSON_AddNumberToObject(r, "topk_recall", c->topk);
+        cJSON_AddNumberToObject(r, "needle_recall", c->needles);
+        cJSON_AddNullToObject(r, "multikey_recall");
+        cJSON_AddItemToArray(results, r);
+        if (csv_text && used < csv_len)
+            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,,%.6g,%.6g,\n",
+                                     scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
+                                     c->topk, c->needles);
+    }
+    rc = 0;
+    if (json) {
+        char *text = cJSON_Print(root);
+        if (!text || tool_write_file(json, text) != 0) {
+            fprintf(stderr, "skv eval: cannot write %s\n", json);
+            rc = 1;
+        }
+        free(text);
+    }
+    if (csv && (!csv_text || tool_write_file(csv, csv_text) != 0)) {
+        fprintf(stderr, "skv eval: cannot write %s\n", csv);
+        rc = 1;
+    }
+    free(csv_text);
+done:
+    cJSON_Delete(root);
+    free(cells);
+    free(k);
+    free(v);
+    skv_context_destroy(ctx);
+    synth_free(&m);
+    return rc;
+}
