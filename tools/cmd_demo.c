@@ -22,7 +22,8 @@ void usage_demo(FILE *out)
             "  decodes against both: memory, decode time, error vs exact attention, needles.\n"
             "  --policy TIER  a4v8, a3v4 (default) or a2v2: every token but the 4 sinks' page\n"
             "                 and the last 128 tokens in that ADA tier; f16 compresses nothing\n"
-            "  --budget F     fraction of F16 bytes; picks the best tier that fits\n"
+            "  --budget F     RDR instead: every (layer, kv-head) within F of its F16 bytes,\n"
+            "                 per token F16, a4v8, a3v4, a2v2 or drop, by manifold scores\n"
             "  --device SEL   device selector (default: SKV_DEVICE, else GPU, else CPU)\n");
 }
 
@@ -120,35 +121,28 @@ int cmd_demo(int argc, char **argv)
     CHECK(skv_cache_create(ctx, &d, &dense));
     uint64_t f16_page, page;
     CHECK(skv_cache_page_bytes(dense, SKV_TIER_F16, &f16_page));
-    if (budget > 0) { /* the best tier whose bytes fit the budget */
-        skv_cache_desc probe = d;
-        probe.tiers = 0xF;
-        skv_cache *pc = NULL;
-        CHECK(skv_cache_create(ctx, &probe, &pc));
-        tier = -1;
-        for (int t = 0; t < SKV_TIER_COUNT && tier < 0; t++) {
-            skv_cache_page_bytes(pc, (skv_tier)t, &page);
-            if ((double)page / (double)f16_page <= budget)
-                tier = t;
-        }
-        skv_cache_page_bytes(pc, SKV_TIER_A2V2, &page);
-        skv_cache_destroy(pc);
-        if (tier < 0) {
-            fprintf(stderr,
-                    "skv demo: a budget of %.3g of F16 is below the smallest tier (a2v2, %.3g): that needs "
-                    "token dropping (RDR), which is not in skv yet\n",
-                    budget, (double)page / (double)f16_page);
-            rc = 2;
-            goto done;
-        }
+    (void)page;
+    if (budget > 0) { /* RDR: the solver picks each token's tier (or drop) under the budget */
+        d.tiers = 0xF;
+        d.scorer = SKV_SCORER_MANIFOLD;
+        d.retention = SKV_RETENTION_RDR;
+        d.budget_ratio = (float)budget;
+        d.recent_window = W;
+        d.slack = 1u << 30; /* compress once, after streaming, as the quantising policies do */
+    } else {
+        d.tiers = (1u << SKV_TIER_F16) | (1u << tier);
     }
-    d.tiers = (1u << SKV_TIER_F16) | (1u << tier);
-    d.device_budget_bytes *= 2; /* F16 pages and their compressed copies coexist while quantising */
+    d.device_budget_bytes *= 2; /* F16 pages and their compressed copies coexist while compressing */
     CHECK(skv_cache_create(ctx, &d, &comp));
+    char policy[64];
+    if (budget > 0)
+        snprintf(policy, sizeof policy, "rdr at %.3g of f16 (manifold)", budget);
+    else
+        snprintf(policy, sizeof policy, "%s", tier_names[tier]);
 
     printf("skv demo — %s (%s)\n", prof.name, prof.platform);
     printf("model: %u layers, %u kv-heads, %u q-heads, head_dim %u; %llu tokens, %u needles; policy %s\n\n", L, H, QH,
-           D, (unsigned long long)tokens, m.n_needles, tier_names[tier]);
+           D, (unsigned long long)tokens, m.n_needles, policy);
 
     /* Stream the context into both caches (the evaluated layer's K/V kept for the exact reference). */
     skv_seq_id sd, sc;
@@ -176,8 +170,10 @@ int cmd_demo(int argc, char **argv)
         }
         tool_progress("streaming %llu / %llu tokens", (unsigned long long)(t0 + n), (unsigned long long)tokens);
     }
-    /* Compress all but the sinks' page and the recent window. */
-    if (tier != SKV_TIER_F16)
+    /* Compress all but the sinks' page and the recent window (RDR: under the budget). */
+    if (budget > 0)
+        CHECK(skv_compress(comp, sc));
+    else if (tier != SKV_TIER_F16)
         CHECK(skv_seq_quantize(comp, sc, P, tokens - W, (skv_tier)tier));
     CHECK(skv_context_finish(ctx));
 
@@ -240,7 +236,7 @@ int cmd_demo(int argc, char **argv)
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         bytes_c += s_c.pools[t][SKV_MEM_DEVICE].bytes_used;
     int steps = n_plain + (int)m.n_needles;
-    printf("                        dense (f16)     compressed (%s)\n", tier_names[tier]);
+    printf("                        dense (f16)     compressed (%s)\n", budget > 0 ? "rdr" : tier_names[tier]);
     printf("KV bytes on device      %10.1f MiB   %10.1f MiB  (%.2fx smaller)\n", bytes_d / 1048576.0,
            bytes_c / 1048576.0, (double)bytes_d / (double)bytes_c);
     for (int t = 0; t < SKV_TIER_COUNT; t++)
