@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "skv_tool.h"
+#include "svg.h"
 
 void usage_bench(FILE *out)
 {
@@ -29,6 +30,7 @@ void usage_bench(FILE *out)
             "  --runs N           timed runs per point, >= 20 (default 20)\n"
             "  --device SEL       device selector (default: SKV_DEVICE, else GPU, else CPU)\n"
             "  --json FILE        write the results as JSON ('-' for stdout)\n"
+            "  --svg FILE         chart time and bandwidth fraction vs context length per tier\n"
             "\n"
             "usage: skv bench compress [--tokens N] [--kv-heads N] [--head-dim N] [--budget F]\n"
             "                          [--runs N] [--device SEL] [--json FILE]\n"
@@ -48,7 +50,7 @@ typedef struct bench_opts {
     int tiers[SKV_TIER_COUNT];
     int n_tiers;
     uint32_t kv_heads, q_heads, head_dim, batch, page_tokens, runs;
-    const char *device, *json;
+    const char *device, *json, *svg;
 } bench_opts;
 
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
@@ -275,6 +277,8 @@ static int bench_decode(int argc, char **argv)
             o.device = v;
         else if (strcmp(a, "--json") == 0)
             o.json = v;
+        else if (strcmp(a, "--svg") == 0)
+            o.svg = v;
         else
             return tool_usage_error(usage_bench, "bench decode: unknown option '%s'", a);
         if (bad)
@@ -332,6 +336,34 @@ static int bench_decode(int argc, char **argv)
         char *text = cJSON_Print(root);
         if (!text || tool_write_file(o.json, text) != 0) {
             fprintf(stderr, "skv bench: cannot write %s\n", o.json);
+            rc = 1;
+        }
+        free(text);
+    }
+    if (rc == 0 && o.svg) { /* a line per tier: time and bandwidth fraction vs tokens */
+        double x[SKV_TIER_COUNT][32], tm[SKV_TIER_COUNT][32], bw[SKV_TIER_COUNT][32];
+        svg_series ts[SKV_TIER_COUNT], bs[SKV_TIER_COUNT];
+        const cJSON *r;
+        int k = 0;
+        for (int t = 0; t < o.n_tiers; t++) {
+            for (int i = 0; i < o.n_tokens; i++, k++) {
+                r = cJSON_GetArrayItem(results, k);
+                x[t][i] = cJSON_GetObjectItem(r, "tokens")->valuedouble;
+                tm[t][i] = cJSON_GetObjectItem(r, "time_ms")->valuedouble;
+                bw[t][i] = cJSON_GetObjectItem(r, "bw_fraction")->valuedouble;
+            }
+            ts[t] = (svg_series){tier_names[o.tiers[t]], x[t], tm[t], (size_t)o.n_tokens, o.tiers[t], 0};
+            bs[t] = (svg_series){tier_names[o.tiers[t]], x[t], bw[t], (size_t)o.n_tokens, o.tiers[t], 0};
+        }
+        svg_panel panels[2] = {{"decode step time", "context tokens", "ms", 1, 1, ts, (size_t)o.n_tiers},
+                               {"fraction of read bandwidth", "context tokens", "GB/s / ceiling", 1, 0, bs,
+                                (size_t)o.n_tiers}};
+        char heading[2 * SKV_NAME_MAX + 64];
+        snprintf(heading, sizeof heading, "skv bench decode %s, %s, read ceiling %.1f GB/s", skv_version_string(), dev,
+                 read_gbps);
+        char *text = svg_chart(heading, panels, 2);
+        if (!text || tool_write_file(o.svg, text) != 0) {
+            fprintf(stderr, "skv bench: cannot write %s\n", o.svg);
             rc = 1;
         }
         free(text);

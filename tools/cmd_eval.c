@@ -10,12 +10,13 @@
 
 #include "skv_ref.h"
 #include "skv_tool.h"
+#include "svg.h"
 #include "synth.h"
 
 void usage_eval(FILE *out)
 {
     fprintf(out,
-            "usage: skv eval [--tokens N] [--json FILE] [--csv FILE] [--device SEL]\n"
+            "usage: skv eval [--tokens N] [--json FILE] [--csv FILE] [--svg FILE] [--device SEL]\n"
             "  The quality matrix on the synthetic model (2 layers, 4 kv-heads, 16 q-heads,\n"
             "  head_dim 128; default 4096 tokens, 4 needles; ~2 minutes on 2 CPU cores):\n"
             "  scorers knorm, keydiff,\n"
@@ -25,7 +26,8 @@ void usage_eval(FILE *out)
             "  output vs exact attention, relative L2, mean over 8 queries and both layers),\n"
             "  topk_recall (share of the exact top-32 attended tokens still held), and\n"
             "  needle_recall (needle queries whose output has cosine >= 0.9 with the needle's\n"
-            "  value). logit_rel_err and multikey_recall are not measured yet (null).\n");
+            "  value). logit_rel_err and multikey_recall are not measured yet (null).\n"
+            "  --svg FILE: output error and top-32 recall vs achieved bytes, a line per method.\n");
 }
 
 static const char *const scorer_names[] = {"none", "knorm", "keydiff", "manifold", "manifold_windowed", "streaming"};
@@ -161,7 +163,7 @@ done:
 int cmd_eval(int argc, char **argv)
 {
     uint64_t tokens = 4096;
-    const char *json = NULL, *csv = NULL, *device = NULL;
+    const char *json = NULL, *csv = NULL, *svg = NULL, *device = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
@@ -177,6 +179,8 @@ int cmd_eval(int argc, char **argv)
             json = v;
         } else if (strcmp(a, "--csv") == 0) {
             csv = v;
+        } else if (strcmp(a, "--svg") == 0) {
+            svg = v;
         } else if (strcmp(a, "--device") == 0) {
             device = v;
         } else {
@@ -273,6 +277,37 @@ int cmd_eval(int argc, char **argv)
         rc = 1;
     }
     free(csv_text);
+    if (svg) { /* a line per (scorer, tier set) over the budgets */
+        svg_series err_s[15], rec_s[15];
+        double xs[15][4], ye[15][4], yr[15][4];
+        char names[15][40];
+        for (int mth = 0; mth < 15; mth++) {
+            for (int bi = 0; bi < 4; bi++) {
+                const cell *c = &cells[mth * 4 + bi];
+                xs[mth][bi] = c->bytes_ratio;
+                ye[mth][bi] = c->out_err;
+                yr[mth][bi] = c->topk;
+            }
+            snprintf(names[mth], sizeof names[mth], "%s/%s", scorer_names[cells[mth * 4].scorer],
+                     cells[mth * 4].tiers_name);
+            /* colour by scorer, line style by tier set (rdr solid, ada dotted, drop dashed) */
+            int color = mth / 3, dash = mth % 3 == 0 ? 1 : mth % 3 == 1 ? 2 : 0;
+            err_s[mth] = (svg_series){names[mth], xs[mth], ye[mth], 4, color, dash};
+            rec_s[mth] = (svg_series){names[mth], xs[mth], yr[mth], 4, color, dash};
+        }
+        svg_panel panels[2] = {
+            {"decode output error vs bytes", "bytes / F16 bytes", "relative L2 error", 1, 1, err_s, 15},
+            {"top-32 recall vs bytes", "bytes / F16 bytes", "recall", 1, 0, rec_s, 15}};
+        char heading[2 * SKV_NAME_MAX + 64];
+        snprintf(heading, sizeof heading, "skv eval %s, %s, %llu tokens", skv_version_string(), dev,
+                 (unsigned long long)tokens);
+        char *text = svg_chart(heading, panels, 2);
+        if (!text || tool_write_file(svg, text) != 0) {
+            fprintf(stderr, "skv eval: cannot write %s\n", svg);
+            rc = 1;
+        }
+        free(text);
+    }
 done:
     cJSON_Delete(root);
     free(cells);
