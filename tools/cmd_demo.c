@@ -101,7 +101,7 @@ int cmd_demo(int argc, char **argv)
     skv_cache *dense = NULL, *comp = NULL;
     float *k = NULL, *v = NULL, *ek = NULL, *ev = NULL;
     int32_t *pos = NULL;
-    if (synth_init(&m, L, H, QH, D, tokens, 4, 2026) != 0) {
+    if (synth_init(&m, L, H, QH, D, tokens, 4, 0, 2026) != 0) {
         fprintf(stderr, "skv demo: out of memory\n");
         return 1;
     }

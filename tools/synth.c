@@ -38,12 +38,17 @@ static void rope(float *x, uint32_t d, uint64_t pos)
 }
 
 int synth_init(synth_model *m, uint32_t layers, uint32_t kv_heads, uint32_t q_heads, uint32_t head_dim,
-               uint64_t tokens, uint32_t n_needles, uint64_t seed)
+               uint64_t tokens, uint32_t n_needles, uint32_t n_multikey_groups, uint64_t seed)
 {
     memset(m, 0, sizeof *m);
     m->layers = layers, m->kv_heads = kv_heads, m->q_heads = q_heads, m->head_dim = head_dim, m->seed = seed;
     m->n_sinks = 4;
-    m->n_needles = n_needles > 16 ? 16 : n_needles;
+    if (n_needles > 16)
+        n_needles = 16;
+    if (n_multikey_groups > (16 - n_needles) / 3)
+        n_multikey_groups = (16 - n_needles) / 3;
+    m->n_multikey = 3 * n_multikey_groups;
+    m->n_needles = n_needles + m->n_multikey;
     size_t per = (size_t)layers * kv_heads * head_dim;
     m->mean = calloc(per, sizeof(float));
     m->scale = calloc(per, sizeof(float));
@@ -63,8 +68,12 @@ int synth_init(synth_model *m, uint32_t layers, uint32_t kv_heads, uint32_t q_he
     for (uint32_t n = 0; n < m->n_needles; n++) {
         /* needles spread over the middle of the context, away from sinks and the recent window */
         m->needle_pos[n] = tokens / 8 + (uint64_t)((tokens * 3 / 4) * (n + 0.5) / m->n_needles);
+        const uint32_t single = m->n_needles - m->n_multikey;
         for (size_t i = 0; i < per; i++) {
-            m->needle[n * per + i] = gauss(key_of(m, 3, n, i / head_dim), i % head_dim);
+            float own = gauss(key_of(m, 3, n, i / head_dim), i % head_dim);
+            if (n >= single) /* cosine ~0.81 with the other two keys of its group */
+                own = 0.9f * gauss(key_of(m, 8, (n - single) / 3, i / head_dim), i % head_dim) + 0.436f * own;
+            m->needle[n * per + i] = own;
             m->nvalue[n * per + i] = 3.0f * gauss(key_of(m, 4, n, i / head_dim), i % head_dim);
         }
     }

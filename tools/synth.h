@@ -12,7 +12,11 @@ typedef struct synth_model {
     uint32_t layers, kv_heads, q_heads, head_dim;
     uint64_t seed;
     uint32_t n_sinks;    /* tokens 0..n_sinks-1 are attention sinks */
-    uint32_t n_needles;
+    uint32_t n_needles;  /* needles in all: n_needles - n_multikey single ones first, then
+                          * n_multikey in groups of 3 whose keys share most of their
+                          * direction (RULER's multi-key needle-in-a-haystack: the query
+                          * for one must not retrieve its neighbours' values) */
+    uint32_t n_multikey;
     uint64_t needle_pos[16];
     float *mean;    /* [layer][head][d] key mean (pre-RoPE) */
     float *scale;   /* [layer][head][d] per-channel scale: a few outlier channels */
@@ -22,7 +26,7 @@ typedef struct synth_model {
 } synth_model;
 
 int synth_init(synth_model *m, uint32_t layers, uint32_t kv_heads, uint32_t q_heads, uint32_t head_dim,
-               uint64_t tokens, uint32_t n_needles, uint64_t seed);
+               uint64_t tokens, uint32_t n_needles, uint32_t n_multikey_groups, uint64_t seed);
 void synth_free(synth_model *m);
 /* Keys and values of tokens [t0, t0 + n) of one layer: [n][kv_heads][d], post-RoPE keys. */
 void synth_kv(const synth_model *m, uint32_t layer, uint64_t t0, uint32_t n, float *k, float *v);
