@@ -4,28 +4,56 @@
 # at 1/2 of F16 bytes with every tier, ManifoldKV keeps every needle, single and
 # multi-key, with output error under 0.1 (measured 0.06 at 1024 tokens); at 1/4, RDR's
 # tier mix has lower error than dropping alone at equal bytes (measured 0.47 vs 0.61).
+# Then the same data through a key/value file: float32 gives the same numbers, fp16 runs
+# and holds the same error bound, and bad files fail with a message and write nothing.
 set -eu
 skv=$1
-out=${2:-.}/cli_eval.csv
-rm -f "$out"
+dir=${2:-.}
+out=$dir/cli_eval.csv
+rm -f "$dir"/cli_eval*
 "$skv" eval --tokens 1024 --csv "$out" >/dev/null
 rows=$(awk 'NR > 1' "$out" | wc -l)
 [ "$rows" -eq 60 ] || { echo "expected 60 rows, got $rows"; exit 1; }
-awk -F, '
-  NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-  { key = $col["scorer"] "/" $col["tiers"] "/" $col["budget"] }
-  $col["multikey_recall"] == "" { print "empty multikey_recall: " key; bad = 1 }
-  key == "manifold/rdr/0.5" {
-    seen++
-    if ($col["needle_recall"] != 1 || $col["multikey_recall"] != 1 || $col["out_rel_err"] >= 0.1) {
-      print "manifold/rdr/0.5: " $0; bad = 1
+check() { # file, whether needles are measured
+  awk -F, -v needles="$2" '
+    NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    { key = $col["scorer"] "/" $col["tiers"] "/" $col["budget"] }
+    needles && $col["multikey_recall"] == "" { print "empty multikey_recall: " key; bad = 1 }
+    !needles && ($col["needle_recall"] != "" || $col["multikey_recall"] != "") { print "needles in file data: " key; bad = 1 }
+    key == "manifold/rdr/0.5" {
+      seen++
+      if ((needles && ($col["needle_recall"] != 1 || $col["multikey_recall"] != 1)) || $col["out_rel_err"] >= 0.1) {
+        print "manifold/rdr/0.5: " $0; bad = 1
+      }
     }
-  }
-  key == "manifold/rdr/0.25" { rdr = $col["out_rel_err"]; seen++ }
-  key == "manifold/drop/0.25" { drop = $col["out_rel_err"]; seen++ }
-  END {
-    if (seen != 3) { print "missing cells"; exit 1 }
-    if (!(rdr < drop)) { print "rdr error " rdr " not below drop error " drop; bad = 1 }
-    exit bad
-  }' "$out"
-echo "skv eval: 60 cells; checks hold"
+    key == "manifold/rdr/0.25" { rdr = $col["out_rel_err"]; seen++ }
+    key == "manifold/drop/0.25" { drop = $col["out_rel_err"]; seen++ }
+    END {
+      if (seen != 3) { print "missing cells"; exit 1 }
+      if (!(rdr < drop)) { print "rdr error " rdr " not below drop error " drop; bad = 1 }
+      exit bad
+    }' "$1"
+}
+check "$out" 1
+
+"$skv" eval --tokens 1024 --save-kv "$dir/cli_eval.kv" >/dev/null
+"$skv" eval --tokens 1024 --save-kv "$dir/cli_eval16.kv" --save-dtype f16 >/dev/null
+"$skv" eval --kv "$dir/cli_eval.kv" --csv "$dir/cli_eval_file.csv" >/dev/null
+cut -d, -f1-7 "$out" > "$dir/cli_eval_a.txt"
+cut -d, -f1-7 "$dir/cli_eval_file.csv" > "$dir/cli_eval_b.txt"
+cmp "$dir/cli_eval_a.txt" "$dir/cli_eval_b.txt" || { echo "float32 file results differ from the synthetic run"; exit 1; }
+check "$dir/cli_eval_file.csv" 0
+"$skv" eval --kv "$dir/cli_eval16.kv" --csv "$dir/cli_eval_f16.csv" >/dev/null
+check "$dir/cli_eval_f16.csv" 0
+
+# bad files: exit 1 with a message, no CSV
+head -c 1000 "$dir/cli_eval.kv" > "$dir/cli_eval_short.kv"
+printf 'not a kv file at all, not at all, no' > "$dir/cli_eval_magic.kv"
+for f in cli_eval_short.kv cli_eval_magic.kv cli_eval_missing.kv; do
+  rc=0
+  "$skv" eval --kv "$dir/$f" --csv "$dir/cli_eval_bad.csv" >/dev/null 2>"$dir/cli_eval_err.txt" || rc=$?
+  [ "$rc" -eq 1 ] || { echo "$f: exit $rc, expected 1"; exit 1; }
+  grep -q "$f" "$dir/cli_eval_err.txt" || { echo "$f: no message naming the file"; exit 1; }
+  [ ! -e "$dir/cli_eval_bad.csv" ] || { echo "$f: a CSV was written"; exit 1; }
+done
+echo "skv eval: 60 cells; checks hold; key/value files (f32 identical, f16) and bad files"

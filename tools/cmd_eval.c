@@ -16,7 +16,8 @@
 void usage_eval(FILE *out)
 {
     fprintf(out,
-            "usage: skv eval [--tokens N] [--json FILE] [--csv FILE] [--svg FILE] [--device SEL]\n"
+            "usage: skv eval [--tokens N | --kv FILE] [--json FILE] [--csv FILE] [--svg FILE] [--device SEL]\n"
+            "       skv eval [--tokens N] --save-kv FILE [--save-dtype f32|f16]\n"
             "  The quality matrix on the synthetic model (2 layers, 4 kv-heads, 16 q-heads,\n"
             "  head_dim 128; default 4096 tokens, 4 single needles and 2 groups of 3 similar\n"
             "  needles; ~2 minutes on 2 CPU cores):\n"
@@ -30,7 +31,14 @@ void usage_eval(FILE *out)
             "  value), multikey_recall (the same for the needles in groups of 3 whose keys\n"
             "  have cosine ~0.81, like RULER's multi-key NIAH: the query aimed at one must not\n"
             "  pull in its neighbours' values). logit_rel_err is not measured yet (null).\n"
-            "  --svg FILE: output error and top-32 recall vs achieved bytes, a line per method.\n");
+            "  --svg FILE: output error and top-32 recall vs achieved bytes, a line per method.\n"
+            "  --kv FILE: the same matrix on your model's keys, values and decode queries (no\n"
+            "  needles: needle_recall and multikey_recall are null). The file: nine\n"
+            "  little-endian uint32 (magic 0x564B4B53 \"SKKV\", version 1, dtype 0 = float32 or\n"
+            "  1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries), then per layer\n"
+            "  K[tokens][kv_heads][head_dim], V of the same shape (positions 0..tokens-1, keys\n"
+            "  after RoPE) and Q[n_queries][q_heads][head_dim] (decode queries after RoPE),\n"
+            "  little-endian. --save-kv FILE writes the synthetic model in this format.\n");
 }
 
 static const char *const scorer_names[] = {"none", "knorm", "keydiff", "manifold", "manifold_windowed", "streaming"};
@@ -43,6 +51,150 @@ typedef struct cell {
     double bytes_ratio, out_err, topk, needles, multikey;
 } cell;
 
+/* What a cell runs on: keys and values of every layer ([layer][token][kv_head][d], at
+ * positions 0..tokens-1), n_queries ordinary decode queries per layer
+ * ([layer][query][q_head][d], post-RoPE, at position `tokens`) and, for the synthetic
+ * model only, its needles. */
+typedef struct eval_data {
+    uint32_t layers, kv_heads, q_heads, head_dim, n_queries;
+    uint64_t tokens;
+    float *k, *v, *q;
+    const synth_model *m; /* NULL for data from a file */
+} eval_data;
+
+/* The key/value file: nine little-endian uint32 (magic "SKKV", version 1, dtype 0 = float32
+ * or 1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries), then per layer
+ * K[tokens][kv_heads][head_dim], V (the same shape), Q[n_queries][q_heads][head_dim]. */
+#define KV_MAGIC 0x564B4B53u
+#define KV_HEADER_WORDS 9
+
+static int read_array(FILE *f, uint32_t dtype, size_t n, float *dst)
+{
+    uint16_t buf[4096];
+    if (dtype == 0)
+        return fread(dst, 4, n, f) == n ? 0 : -1;
+    for (size_t i = 0; i < n;) {
+        size_t c = n - i < 4096 ? n - i : 4096;
+        if (fread(buf, 2, c, f) != c)
+            return -1;
+        for (size_t j = 0; j < c; j++)
+            dst[i + j] = skv_ref_f16_to_f32(buf[j]);
+        i += c;
+    }
+    return 0;
+}
+
+static void free_data(eval_data *e)
+{
+    free(e->k), free(e->v), free(e->q);
+    e->k = e->v = e->q = NULL;
+}
+
+static int alloc_data(eval_data *e)
+{
+    const size_t kv = (size_t)e->layers * e->tokens * e->kv_heads * e->head_dim;
+    e->k = malloc(kv * 4), e->v = malloc(kv * 4);
+    e->q = malloc((size_t)e->layers * e->n_queries * e->q_heads * e->head_dim * 4);
+    if (e->k && e->v && e->q)
+        return 0;
+    free_data(e);
+    return -1;
+}
+
+/* 0, or 1 with a message naming what is wrong with the file. */
+static int load_kv(const char *path, eval_data *e)
+{
+    memset(e, 0, sizeof *e);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "skv eval: cannot open %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    uint32_t h[KV_HEADER_WORDS];
+    const char *why = NULL;
+    if (fread(h, 4, KV_HEADER_WORDS, f) != KV_HEADER_WORDS)
+        why = "shorter than the 36-byte header";
+    else if (h[0] != KV_MAGIC || h[1] != 1)
+        why = "not an skv key/value file (magic SKKV, version 1)";
+    else if (h[2] > 1)
+        why = "dtype must be 0 (float32) or 1 (fp16)";
+    else if (!h[3] || h[3] > 1024 || !h[4] || h[4] > 1024 || h[5] < h[4] || h[5] % h[4] || h[5] > 4096 || !h[6] ||
+             h[6] > 1024 || !h[7] || h[7] > (1u << 24) || !h[8] || h[8] > 1024)
+        why = "a dimension is zero or out of range (q_heads a multiple of kv_heads)";
+    if (!why) {
+        e->layers = h[3], e->kv_heads = h[4], e->q_heads = h[5], e->head_dim = h[6], e->tokens = h[7];
+        e->n_queries = h[8];
+        const uint64_t per_layer = 2ull * h[7] * h[4] * h[6] + (uint64_t)h[8] * h[5] * h[6];
+        const uint64_t want = 4ull * KV_HEADER_WORDS + (uint64_t)h[3] * per_layer * (h[2] ? 2 : 4);
+        if (fseek(f, 0, SEEK_END) != 0 || (uint64_t)ftell(f) != want || fseek(f, 4L * KV_HEADER_WORDS, SEEK_SET) != 0)
+            why = "its size does not match the header";
+        else if (alloc_data(e) != 0)
+            why = "out of memory";
+    }
+    for (uint32_t l = 0; !why && l < e->layers; l++) {
+        const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim;
+        if (read_array(f, h[2], kv, e->k + l * kv) || read_array(f, h[2], kv, e->v + l * kv) ||
+            read_array(f, h[2], nq, e->q + l * nq))
+            why = "read error";
+    }
+    fclose(f);
+    if (!why)
+        return 0;
+    fprintf(stderr, "skv eval: %s: %s\n", path, why);
+    free_data(e);
+    return 1;
+}
+
+/* The synthetic model's keys, values and 8 ordinary queries per layer. */
+static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
+{
+    *e = (eval_data){m->layers, m->kv_heads, m->q_heads, m->head_dim, 8, tokens, NULL, NULL, NULL, m};
+    if (alloc_data(e) != 0)
+        return -1;
+    const size_t kv = (size_t)tokens * m->kv_heads * m->head_dim, nq = (size_t)e->n_queries * m->q_heads * m->head_dim;
+    for (uint32_t l = 0; l < m->layers; l++) {
+        synth_kv(m, l, 0, (uint32_t)tokens, e->k + l * kv, e->v + l * kv);
+        for (uint32_t qi = 0; qi < e->n_queries; qi++)
+            synth_query(m, l, tokens, -1, 100 + (uint64_t)qi, e->q + l * nq + (size_t)qi * m->q_heads * m->head_dim);
+    }
+    return 0;
+}
+
+static unsigned char *put_array(unsigned char *p, uint32_t dtype, const float *x, size_t n)
+{
+    if (dtype == 0) {
+        memcpy(p, x, n * 4);
+        return p + n * 4;
+    }
+    for (size_t i = 0; i < n; i++, p += 2) {
+        uint16_t h = skv_ref_f32_to_f16(x[i]);
+        memcpy(p, &h, 2);
+    }
+    return p;
+}
+
+/* Writes `e` as a key/value file of `dtype` (0 float32, 1 fp16). */
+static int save_kv(const char *path, const eval_data *e, uint32_t dtype)
+{
+    const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim;
+    const size_t n = 4 * KV_HEADER_WORDS + (size_t)e->layers * (2 * kv + nq) * (dtype ? 2 : 4);
+    unsigned char *buf = malloc(n);
+    if (!buf)
+        return -1;
+    const uint32_t h[KV_HEADER_WORDS] = {KV_MAGIC, 1, dtype, e->layers, e->kv_heads, e->q_heads, e->head_dim,
+                                         (uint32_t)e->tokens, e->n_queries};
+    memcpy(buf, h, sizeof h);
+    unsigned char *p = buf + sizeof h;
+    for (uint32_t l = 0; l < e->layers; l++) {
+        p = put_array(p, dtype, e->k + l * kv, kv);
+        p = put_array(p, dtype, e->v + l * kv, kv);
+        p = put_array(p, dtype, e->q + l * nq, nq);
+    }
+    int rc = tool_write_bytes(path, buf, n);
+    free(buf);
+    return rc;
+}
+
 #define CHECK(call)                                                                                \
     do {                                                                                           \
         skv_status st_ = (call);                                                                   \
@@ -52,6 +204,24 @@ typedef struct cell {
         }                                                                                          \
     } while (0)
 
+/* A metric that is not measured (NaN: no needles in file data) is null in JSON, empty
+ * in CSV and "-" in the table. */
+static void add_metric(cJSON *r, const char *name, double x)
+{
+    if (isnan(x))
+        cJSON_AddNullToObject(r, name);
+    else
+        cJSON_AddNumberToObject(r, name, x);
+}
+
+static const char *fmt_metric(char buf[32], const char *fmt, const char *none, double x)
+{
+    if (isnan(x))
+        return none;
+    snprintf(buf, 32, fmt, x);
+    return buf;
+}
+
 static int cmp_desc(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -59,10 +229,13 @@ static int cmp_desc(const void *a, const void *b)
 }
 
 /* One cell: a cache, the context, compression, measurements. */
-static int run_cell(skv_context *ctx, const synth_model *m, uint64_t tokens, const float *kall, const float *vall,
-                    cell *out)
+static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
 {
-    const uint32_t L = m->layers, H = m->kv_heads, QH = m->q_heads, D = m->head_dim, G = QH / H;
+    const synth_model *m = e->m;
+    const uint64_t tokens = e->tokens;
+    const float *kall = e->k, *vall = e->v;
+    const uint32_t L = e->layers, H = e->kv_heads, QH = e->q_heads, D = e->head_dim, G = QH / H, NQ = e->n_queries;
+    const uint32_t n_needles = m ? m->n_needles : 0;
     int rc = 1;
     skv_cache *c = NULL;
     float *q = malloc(QH * D * 4), *o = malloc(QH * D * 4);
@@ -100,9 +273,12 @@ static int run_cell(skv_context *ctx, const synth_model *m, uint64_t tokens, con
     int n_err = 0, n_topk = 0, found = 0, found_mk = 0;
     for (uint32_t l = 0; l < L; l++) {
         const float *kl = kall + (size_t)l * tokens * H * D, *vl = vall + (size_t)l * tokens * H * D;
-        for (int qi = 0; qi < 8 + (int)m->n_needles; qi++) {
-            int needle = qi < 8 ? -1 : qi - 8;
-            synth_query(m, l, tokens, needle, 100 + (uint64_t)qi, q);
+        for (uint32_t qi = 0; qi < NQ + n_needles; qi++) {
+            int needle = qi < NQ ? -1 : (int)(qi - NQ);
+            if (needle >= 0)
+                synth_query(m, l, tokens, needle, 100 + (uint64_t)qi, q);
+            else
+                memcpy(q, e->q + ((size_t)l * NQ + qi) * QH * D, (size_t)QH * D * 4);
             CHECK(skv_attention_decode(c, l, &s, 1, SKV_F32, q, scale, SKV_F32, o));
             skv_ref_attention_decode(q, kl, vl, tokens, QH, H, D, scale, ref);
             if (needle >= 0) {
@@ -143,7 +319,7 @@ static int run_cell(skv_context *ctx, const synth_model *m, uint64_t tokens, con
                         w[t] = sorted[t] = x;
                     }
                     qsort(sorted, tokens, sizeof *sorted, cmp_desc);
-                    double cut = sorted[31];
+                    double cut = sorted[tokens < 32 ? tokens - 1 : 31];
                     int kept = 0, total = 0;
                     for (uint64_t t = 0; t < tokens; t++)
                         if (w[t] >= cut) {
@@ -158,8 +334,8 @@ static int run_cell(skv_context *ctx, const synth_model *m, uint64_t tokens, con
     }
     out->out_err = err / n_err;
     out->topk = topk / n_topk;
-    out->needles = (double)found / (L * (m->n_needles - m->n_multikey));
-    out->multikey = m->n_multikey ? (double)found_mk / (L * m->n_multikey) : NAN;
+    out->needles = n_needles > (m ? m->n_multikey : 0) ? (double)found / (L * (n_needles - m->n_multikey)) : NAN;
+    out->multikey = m && m->n_multikey ? (double)found_mk / (L * m->n_multikey) : NAN;
     rc = 0;
 done:
     skv_cache_destroy(c);
@@ -170,7 +346,9 @@ done:
 int cmd_eval(int argc, char **argv)
 {
     uint64_t tokens = 4096;
-    const char *json = NULL, *csv = NULL, *svg = NULL, *device = NULL;
+    int tokens_set = 0;
+    uint32_t save_dtype = 0;
+    const char *json = NULL, *csv = NULL, *svg = NULL, *device = NULL, *kv_file = NULL, *save_file = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
@@ -182,6 +360,15 @@ int cmd_eval(int argc, char **argv)
             if (errno || *end || n < 1024 || n > (1u << 20))
                 return tool_usage_error(usage_eval, "eval: --tokens must be in 1024..1048576");
             tokens = n;
+            tokens_set = 1;
+        } else if (strcmp(a, "--kv") == 0) {
+            kv_file = v;
+        } else if (strcmp(a, "--save-kv") == 0) {
+            save_file = v;
+        } else if (strcmp(a, "--save-dtype") == 0) {
+            if (strcmp(v, "f32") != 0 && strcmp(v, "f16") != 0)
+                return tool_usage_error(usage_eval, "eval: --save-dtype must be f32 or f16");
+            save_dtype = strcmp(v, "f16") == 0;
         } else if (strcmp(a, "--json") == 0) {
             json = v;
         } else if (strcmp(a, "--csv") == 0) {
@@ -195,6 +382,8 @@ int cmd_eval(int argc, char **argv)
         }
         i++;
     }
+    if (kv_file && (tokens_set || save_file))
+        return tool_usage_error(usage_eval, "eval: --kv takes its sizes from the file (no --tokens, --save-kv)");
     const uint32_t L = 2, H = 4, QH = 16, D = 128;
     const double budgets[4] = {0.5, 0.25, 0.125, 0.0625};
     const struct {
@@ -203,27 +392,53 @@ int cmd_eval(int argc, char **argv)
     } sets[3] = {{"drop", 0x1}, {"ada", (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4)}, {"rdr", 0xF}};
     int rc = 1;
     synth_model m;
+    eval_data e = {0};
     if (synth_init(&m, L, H, QH, D, tokens, 4, 2, 7) != 0) {
         fprintf(stderr, "skv eval: out of memory\n");
         return 1;
     }
+    if (kv_file) {
+        if (load_kv(kv_file, &e) != 0) {
+            synth_free(&m);
+            return 1;
+        }
+        tokens = e.tokens;
+    } else if (synth_data(&m, tokens, &e) != 0) {
+        fprintf(stderr, "skv eval: out of memory\n");
+        synth_free(&m);
+        return 1;
+    }
+    if (save_file) {
+        rc = save_kv(save_file, &e, save_dtype) != 0;
+        if (rc)
+            fprintf(stderr, "skv eval: cannot write %s\n", save_file);
+        else
+            printf("skv eval: wrote the synthetic model's keys, values and queries (%llu tokens) to %s\n",
+                   (unsigned long long)tokens, save_file);
+        free_data(&e);
+        synth_free(&m);
+        return rc;
+    }
     skv_context *ctx = NULL;
-    float *k = malloc((size_t)L * tokens * H * D * 4), *v = malloc((size_t)L * tokens * H * D * 4);
     cell *cells = calloc(5 * 4 * 3, sizeof *cells);
     cJSON *root = cJSON_CreateObject();
-    if (!k || !v || !cells || !root) {
+    if (!cells || !root) {
         fprintf(stderr, "skv eval: out of memory\n");
         goto done;
     }
-    for (uint32_t l = 0; l < L; l++)
-        synth_kv(&m, l, 0, (uint32_t)tokens, k + (size_t)l * tokens * H * D, v + (size_t)l * tokens * H * D);
     skv_context_desc cd;
     skv_context_desc_init(&cd);
     cd.device = device;
     CHECK(skv_context_create(&cd, &ctx));
     skv_device_profile prof;
     CHECK(skv_context_device(ctx, &prof));
-    printf("skv eval — %s (%s); synthetic model, %llu tokens\n\n", prof.name, prof.platform, (unsigned long long)tokens);
+    if (kv_file)
+        printf("skv eval — %s (%s); %s: %u layers, %u kv-heads, %u q-heads, head_dim %u, %llu tokens, %u queries\n\n",
+               prof.name, prof.platform, kv_file, e.layers, e.kv_heads, e.q_heads, e.head_dim,
+               (unsigned long long)tokens, e.n_queries);
+    else
+        printf("skv eval — %s (%s); synthetic model, %llu tokens\n\n", prof.name, prof.platform,
+               (unsigned long long)tokens);
     printf("%-18s %-5s %7s %8s %11s %8s %7s %8s\n", "scorer", "tiers", "budget", "bytes", "out_rel_err", "top32", "needle",
            "multikey");
     int n = 0;
@@ -233,11 +448,13 @@ int cmd_eval(int argc, char **argv)
                 cell *c = &cells[n++];
                 *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0, 0};
                 tool_progress("eval %d/60: %s %s %.4g", n, scorer_names[sc], sets[si].name, budgets[bi]);
-                if (run_cell(ctx, &m, tokens, k, v, c) != 0)
+                if (run_cell(ctx, &e, c) != 0)
                     goto done;
                 tool_progress("");
-                printf("%-18s %-5s %7.4f %8.4f %11.3e %8.3f %7.2f %8.2f\n", scorer_names[sc], c->tiers_name, c->budget,
-                       c->bytes_ratio, c->out_err, c->topk, c->needles, c->multikey);
+                char nb[32], mb[32];
+                printf("%-18s %-5s %7.4f %8.4f %11.3e %8.3f %7s %8s\n", scorer_names[sc], c->tiers_name, c->budget,
+                       c->bytes_ratio, c->out_err, c->topk, fmt_metric(nb, "%.2f", "-", c->needles),
+                       fmt_metric(mb, "%.2f", "-", c->multikey));
                 fflush(stdout);
             }
     char dev[2 * SKV_NAME_MAX + 8];
@@ -255,6 +472,7 @@ int cmd_eval(int argc, char **argv)
                                 "multikey_recall\n");
     for (int i = 0; i < n; i++) {
         const cell *c = &cells[i];
+        char nb[32], mb[32];
         cJSON *r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "scorer", scorer_names[c->scorer]);
         cJSON_AddStringToObject(r, "tiers", c->tiers_name);
@@ -263,13 +481,13 @@ int cmd_eval(int argc, char **argv)
         cJSON_AddNumberToObject(r, "out_rel_err", c->out_err);
         cJSON_AddNullToObject(r, "logit_rel_err");
         cJSON_AddNumberToObject(r, "topk_recall", c->topk);
-        cJSON_AddNumberToObject(r, "needle_recall", c->needles);
-        cJSON_AddNumberToObject(r, "multikey_recall", c->multikey);
+        add_metric(r, "needle_recall", c->needles);
+        add_metric(r, "multikey_recall", c->multikey);
         cJSON_AddItemToArray(results, r);
         if (csv_text && used < csv_len)
-            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,,%.6g,%.6g,%.6g\n",
+            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,,%.6g,%s,%s\n",
                                      scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
-                                     c->topk, c->needles, c->multikey);
+                                     c->topk, fmt_metric(nb, "%.6g", "", c->needles), fmt_metric(mb, "%.6g", "", c->multikey));
     }
     rc = 0;
     if (json) {
@@ -319,8 +537,7 @@ int cmd_eval(int argc, char **argv)
 done:
     cJSON_Delete(root);
     free(cells);
-    free(k);
-    free(v);
+    free_data(&e);
     skv_context_destroy(ctx);
     synth_free(&m);
     return rc;

@@ -47,17 +47,17 @@ void tool_progress(const char *fmt, ...)
     va_end(ap);
 }
 
-int tool_write_file(const char *path, const char *text)
+int tool_write_bytes(const char *path, const void *data, size_t n)
 {
     if (strcmp(path, "-") == 0)
-        return fputs(text, stdout) < 0 ? -1 : 0;
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
+        return fwrite(data, 1, n, stdout) == n ? 0 : -1;
+    size_t len = strlen(path) + 32;
+    char *tmp = malloc(len);
     if (!tmp)
         return -1;
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    int ok = f && fputs(text, f) >= 0;
+    snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(data, 1, n, f) == n;
     if (f && fclose(f) != 0)
         ok = 0;
     if (ok && rename(tmp, path) != 0)
@@ -66,6 +66,11 @@ int tool_write_file(const char *path, const char *text)
         remove(tmp);
     free(tmp);
     return ok ? 0 : -1;
+}
+
+int tool_write_file(const char *path, const char *text)
+{
+    return tool_write_bytes(path, text, strlen(text));
 }
 
 int main(int argc, char **argv)

@@ -35,5 +35,6 @@ void tool_progress(const char *fmt, ...);
 /* Writes text to `path` through a temporary file and a rename (nothing half-written);
  * "-" means stdout. 0 on success. */
 int tool_write_file(const char *path, const char *text);
+int tool_write_bytes(const char *path, const void *data, size_t n);
 
 #endif
