@@ -143,14 +143,7 @@ static double host_read_gbps(size_t bytes)
 }
 
 
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        skv_status st_ = (call);                                                                   \
-        if (st_ != SKV_OK) {                                                                       \
-            fprintf(stderr, "\nskv bench: %s: %s\n", skv_status_str(st_), skv_last_error());      \
-            goto fail;                                                                             \
-        }                                                                                          \
-    } while (0)
+#define CHECK(call) TOOL_CHECK("bench", fail, call)
 
 /* One point: a cache with `batch` sequences of `tokens` tokens; median decode time. */
 static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, uint64_t tokens, cJSON *results,
@@ -286,18 +279,13 @@ static int bench_decode(int argc, char **argv)
         i++;
     }
 
-    skv_context_desc cd;
-    skv_context_desc_init(&cd);
-    cd.device = o.device;
-    cd.enable_profiling = 1;
     skv_context *ctx = NULL;
-    skv_status st = skv_context_create(&cd, &ctx);
+    skv_device_profile prof;
+    skv_status st = tool_open_context("bench", o.device, 1, &ctx, &prof);
     if (st != SKV_OK) {
-        fprintf(stderr, "skv bench: %s: %s\n", skv_status_str(st), skv_last_error());
+        skv_context_destroy(ctx);
         return 1;
     }
-    skv_device_profile prof;
-    skv_context_device(ctx, &prof);
     tool_progress("bench: measuring read bandwidth");
     uint64_t probe = prof.is_gpu ? (1ull << 30) : (256ull << 20);
     double kernel_gbps = 0, host_gbps = 0;
@@ -416,13 +404,9 @@ static int bench_compress(int argc, char **argv)
     int32_t *pos = NULL;
     float *q = NULL, *out = NULL;
     double *times = calloc(runs, sizeof *times), *dec = calloc(runs, sizeof *dec);
-    skv_context_desc cd;
-    skv_context_desc_init(&cd);
-    cd.device = device;
-    cd.enable_profiling = 1;
-    CHECK(skv_context_create(&cd, &ctx));
     skv_device_profile prof;
-    CHECK(skv_context_device(ctx, &prof));
+    if (tool_open_context("bench", device, 1, &ctx, &prof) != SKV_OK)
+        goto fail;
     skv_cache_desc desc;
     skv_cache_desc_init(&desc);
     desc.layers = 1, desc.q_heads = 4 * kv, desc.kv_heads = kv, desc.head_dim = d, desc.page_tokens = 64;

@@ -49,14 +49,7 @@ static double needle_cos(const synth_model *m, uint32_t layer, int n, const floa
     return sum / m->q_heads;
 }
 
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        skv_status st_ = (call);                                                                   \
-        if (st_ != SKV_OK) {                                                                       \
-            fprintf(stderr, "\nskv demo: %s: %s\n", skv_status_str(st_), skv_last_error());        \
-            goto done;                                                                             \
-        }                                                                                          \
-    } while (0)
+#define CHECK(call) TOOL_CHECK("demo", done, call)
 
 int cmd_demo(int argc, char **argv)
 {
@@ -105,13 +98,9 @@ int cmd_demo(int argc, char **argv)
         fprintf(stderr, "skv demo: out of memory\n");
         return 1;
     }
-    skv_context_desc cd;
-    skv_context_desc_init(&cd);
-    cd.device = device;
-    cd.enable_profiling = 1;
-    CHECK(skv_context_create(&cd, &ctx));
     skv_device_profile prof;
-    CHECK(skv_context_device(ctx, &prof));
+    if (tool_open_context("demo", device, 1, &ctx, &prof) != SKV_OK)
+        goto done;
 
     skv_cache_desc d;
     skv_cache_desc_init(&d);
@@ -119,9 +108,8 @@ int cmd_demo(int argc, char **argv)
     uint64_t pages = (tokens + W + P - 1) / P + 2;
     d.device_budget_bytes = pages * L * H * P * (4ull * D + 4) + (16u << 20);
     CHECK(skv_cache_create(ctx, &d, &dense));
-    uint64_t f16_page, page;
+    uint64_t f16_page;
     CHECK(skv_cache_page_bytes(dense, SKV_TIER_F16, &f16_page));
-    (void)page;
     if (budget > 0) { /* RDR: the solver picks each token's tier (or drop) under the budget */
         d.tiers = 0xF;
         d.scorer = SKV_SCORER_MANIFOLD;

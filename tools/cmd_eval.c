@@ -195,14 +195,7 @@ static int save_kv(const char *path, const eval_data *e, uint32_t dtype)
     return rc;
 }
 
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        skv_status st_ = (call);                                                                   \
-        if (st_ != SKV_OK) {                                                                       \
-            fprintf(stderr, "\nskv eval: %s: %s\n", skv_status_str(st_), skv_last_error());        \
-            goto done;                                                                             \
-        }                                                                                          \
-    } while (0)
+#define CHECK(call) TOOL_CHECK("eval", done, call)
 
 /* A metric that is not measured (NaN: no needles in file data) is null in JSON, empty
  * in CSV and "-" in the table. */
@@ -426,12 +419,9 @@ int cmd_eval(int argc, char **argv)
         fprintf(stderr, "skv eval: out of memory\n");
         goto done;
     }
-    skv_context_desc cd;
-    skv_context_desc_init(&cd);
-    cd.device = device;
-    CHECK(skv_context_create(&cd, &ctx));
     skv_device_profile prof;
-    CHECK(skv_context_device(ctx, &prof));
+    if (tool_open_context("eval", device, 0, &ctx, &prof) != SKV_OK)
+        goto done;
     if (kv_file)
         printf("skv eval — %s (%s); %s: %u layers, %u kv-heads, %u q-heads, head_dim %u, %llu tokens, %u queries\n\n",
                prof.name, prof.platform, kv_file, e.layers, e.kv_heads, e.q_heads, e.head_dim,

@@ -73,6 +73,21 @@ int tool_write_file(const char *path, const char *text)
     return tool_write_bytes(path, text, strlen(text));
 }
 
+skv_status tool_open_context(const char *cmd, const char *device, int profiling, skv_context **ctx,
+                             skv_device_profile *prof)
+{
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = device;
+    cd.enable_profiling = profiling;
+    skv_status st = skv_context_create(&cd, ctx);
+    if (st == SKV_OK)
+        st = skv_context_device(*ctx, prof);
+    if (st != SKV_OK)
+        fprintf(stderr, "skv %s: %s: %s\n", cmd, skv_status_str(st), skv_last_error());
+    return st;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)

@@ -36,5 +36,20 @@ void tool_progress(const char *fmt, ...);
  * "-" means stdout. 0 on success. */
 int tool_write_file(const char *path, const char *text);
 int tool_write_bytes(const char *path, const void *data, size_t n);
+/* A context on `device` (NULL: skv's choice), with profiling if asked, and its profile.
+ * On failure prints "skv <cmd>: <status>: <message>" and returns the status. */
+skv_status tool_open_context(const char *cmd, const char *device, int profiling, skv_context **ctx,
+                             skv_device_profile *prof);
+
+/* In a subcommand: on a failed skv call, print "skv <cmd>: <status>: <message>" (after the
+ * progress line) and jump to `label`. */
+#define TOOL_CHECK(cmd, label, call)                                                              \
+    do {                                                                                           \
+        skv_status st_ = (call);                                                                   \
+        if (st_ != SKV_OK) {                                                                       \
+            fprintf(stderr, "\nskv %s: %s: %s\n", cmd, skv_status_str(st_), skv_last_error());     \
+            goto label;                                                                            \
+        }                                                                                          \
+    } while (0)
 
 #endif
