@@ -11,11 +11,8 @@ static int setup(void **state)
 {
     (void)state;
     static skv_allocator a = {counting_alloc, counting_free, &counter};
-    skv_context_desc d;
-    skv_context_desc_init(&d);
-    d.device = "cpu";
-    d.allocator = &a;
-    return skv_context_create(&d, &ctx) == SKV_OK ? 0 : -1;
+    ctx = test_context_with(&a);
+    return 0;
 }
 
 static int teardown(void **state)

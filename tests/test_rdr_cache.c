@@ -12,15 +12,8 @@ static int setup(void **state)
 {
     (void)state;
     static skv_allocator a = {counting_alloc, counting_free, &counter};
-    const char *sel = getenv("SKV_TEST_DEVICE");
-    skv_device_profile p;
-    if (skv_device_select(sel && sel[0] ? sel : "cpu", &p) == SKV_ERR_NO_DEVICE)
-        exit(SKV_TEST_SKIP);
-    skv_context_desc d;
-    skv_context_desc_init(&d);
-    d.device = sel && sel[0] ? sel : "cpu";
-    d.allocator = &a;
-    return skv_context_create(&d, &ctx) == SKV_OK ? 0 : -1;
+    ctx = test_context_with(&a);
+    return 0;
 }
 
 static int teardown(void **state)

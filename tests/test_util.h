@@ -103,12 +103,11 @@ static inline char *test_tmpdir(const char *tag)
         return 0;                                                                          \
     }
 
-#endif
-
 /* The device a kernel suite runs on: $SKV_TEST_DEVICE (default "cpu"). When no such
  * device exists the whole suite is skipped (exit 77), e.g. the GPU run on a CPU-only
- * machine. Returns a context with profiling on. */
-static inline skv_context *test_context_or_skip(void)
+ * machine. Returns a context with profiling on, allocating through `allocator` (NULL:
+ * malloc). */
+static inline skv_context *test_context_with(const skv_allocator *allocator)
 {
     const char *sel = getenv("SKV_TEST_DEVICE");
     if (!sel || !sel[0])
@@ -122,6 +121,7 @@ static inline skv_context *test_context_or_skip(void)
     skv_context_desc_init(&d);
     d.device = sel;
     d.enable_profiling = 1;
+    d.allocator = allocator;
     skv_context *ctx = NULL;
     if (skv_context_create(&d, &ctx) != SKV_OK) {
         fprintf(stderr, "context on '%s' failed: %s\n", sel, skv_last_error());
@@ -130,3 +130,10 @@ static inline skv_context *test_context_or_skip(void)
     printf("device: %s\n", p.name);
     return ctx;
 }
+
+static inline skv_context *test_context_or_skip(void)
+{
+    return test_context_with(NULL);
+}
+
+#endif
