@@ -384,19 +384,13 @@ int cmd_eval(int argc, char **argv)
         uint32_t tiers;
     } sets[3] = {{"drop", 0x1}, {"ada", (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4)}, {"rdr", 0xF}};
     int rc = 1;
-    synth_model m;
+    synth_model m = {0}; /* only for synthetic data */
     eval_data e = {0};
-    if (synth_init(&m, L, H, QH, D, tokens, 4, 2, 7) != 0) {
-        fprintf(stderr, "skv eval: out of memory\n");
-        return 1;
-    }
     if (kv_file) {
-        if (load_kv(kv_file, &e) != 0) {
-            synth_free(&m);
+        if (load_kv(kv_file, &e) != 0)
             return 1;
-        }
         tokens = e.tokens;
-    } else if (synth_data(&m, tokens, &e) != 0) {
+    } else if (synth_init(&m, L, H, QH, D, tokens, 4, 2, 7) != 0 || synth_data(&m, tokens, &e) != 0) {
         fprintf(stderr, "skv eval: out of memory\n");
         synth_free(&m);
         return 1;
