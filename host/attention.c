@@ -147,36 +147,36 @@ static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes,
     return SKV_OK;
 }
 
-/* Enqueues one tier's kernels (ADA: the query tables first). */
+/* Enqueues one tier's kernels (ADA: the query tables first); k is its decode kernel. */
 static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32_t layer, uint32_t B, cl_mem q,
                            cl_ulong q_off, cl_uint q_dtype, float scale, cl_uint total_chunks, cl_mem partials,
-                           cl_mem tables, cl_mem logits, cl_uint n_waits, const cl_event *waits, cl_event *first)
+                           cl_mem tables, cl_kernel k, cl_mem logits, cl_uint n_waits, const cl_event *waits,
+                           cl_event *first)
 {
     const uint32_t H = c->desc.kv_heads, G = c->group;
     cl_int e = CL_SUCCESS;
     cl_mem params = c->ada_params[t] ? c->ada_params[t] : tp->bufs[2]; /* F16: any buffer, unread */
     if (t != SKV_TIER_F16) {
-        cl_kernel k = c->k_query[t];
+        cl_kernel kq = c->k_query[t];
         cl_uint a = 0, lay = layer, hh = H, gg = G;
-        e |= clSetKernelArg(k, a++, sizeof q, &q);
-        e |= clSetKernelArg(k, a++, sizeof q_off, &q_off);
-        e |= clSetKernelArg(k, a++, sizeof q_dtype, &q_dtype);
-        e |= clSetKernelArg(k, a++, sizeof c->signs, &c->signs);
-        e |= clSetKernelArg(k, a++, sizeof params, &params);
-        e |= clSetKernelArg(k, a++, sizeof lay, &lay);
-        e |= clSetKernelArg(k, a++, sizeof hh, &hh);
-        e |= clSetKernelArg(k, a++, sizeof gg, &gg);
-        e |= clSetKernelArg(k, a++, sizeof tables, &tables);
+        e |= clSetKernelArg(kq, a++, sizeof q, &q);
+        e |= clSetKernelArg(kq, a++, sizeof q_off, &q_off);
+        e |= clSetKernelArg(kq, a++, sizeof q_dtype, &q_dtype);
+        e |= clSetKernelArg(kq, a++, sizeof c->signs, &c->signs);
+        e |= clSetKernelArg(kq, a++, sizeof params, &params);
+        e |= clSetKernelArg(kq, a++, sizeof lay, &lay);
+        e |= clSetKernelArg(kq, a++, sizeof hh, &hh);
+        e |= clSetKernelArg(kq, a++, sizeof gg, &gg);
+        e |= clSetKernelArg(kq, a++, sizeof tables, &tables);
         size_t global = (size_t)B * c->desc.q_heads;
         if (e == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 1, NULL, &global, NULL, n_waits, waits, first);
+            e = clEnqueueNDRangeKernel(c->ctx->queue, kq, 1, NULL, &global, NULL, n_waits, waits, first);
         n_waits = 0;
         waits = NULL;
         first = NULL;
         /* logits from codes: n sqrt(2/d) sum R T, times the softmax scale */
         scale *= sqrtf(2.0f / (float)c->desc.head_dim) * c->ada_logit_correction[t];
     }
-    cl_kernel k = c->k_decode[t];
     cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, h_arg = H, tpc = tp->tiles_per_chunk, nc = tp->n_chunks,
             off = tp->chunk_offset;
     if (e == CL_SUCCESS)
@@ -196,7 +196,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     e |= clSetKernelArg(k, a++, sizeof tables, &tables);
     e |= clSetKernelArg(k, a++, sizeof params, &params);
     cl_uint stride = (cl_uint)tp->max_len;
-    cl_mem lg = logits ? logits : partials; /* read only with OBSERVE */
+    cl_mem lg = logits ? logits : partials; /* written only with OBSERVE */
     e |= clSetKernelArg(k, a++, sizeof lg, &lg);
     e |= clSetKernelArg(k, a++, sizeof stride, &stride);
     size_t wg = c->cpu_variant ? 1 : c->tile;
@@ -206,10 +206,46 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     return e;
 }
 
+/* skv_attention_logits (one sequence): each tier's kept logits [H][G][max_len] to
+ * out[q_head][capacity], tier after tier in cache order. */
+static skv_status read_logits(skv_cache *c, const decode_plan *p, cl_mem *logits, float *out, size_t capacity,
+                              const char *fn)
+{
+    const uint32_t H = c->desc.kv_heads, G = c->group;
+    size_t most = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        most = p->t[t].max_len > most ? (size_t)p->t[t].max_len : most;
+    float *tmp = skvi_alloc(c->ctx->alloc, (size_t)H * G * most * sizeof *tmp);
+    size_t *base = skvi_calloc(c->ctx->alloc, H, sizeof *base); /* each head's tokens written so far */
+    if (!tmp || !base) {
+        skvi_free(c->ctx->alloc, tmp);
+        skvi_free(c->ctx->alloc, base);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+    }
+    cl_int e = CL_SUCCESS;
+    for (int t = 0; e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) {
+        const tier_plan *tp = &p->t[t];
+        if (!tp->max_len)
+            continue;
+        e = clEnqueueReadBuffer(c->ctx->queue, logits[t], CL_TRUE, 0, (size_t)H * G * tp->max_len * sizeof *tmp, tmp, 0,
+                                NULL, NULL);
+        for (uint32_t h = 0; e == CL_SUCCESS && h < H; h++) {
+            for (uint32_t g = 0; g < G; g++)
+                memcpy(out + (size_t)(h * G + g) * capacity + base[h], tmp + ((size_t)h * G + g) * tp->max_len,
+                       tp->lens[h] * sizeof *tmp);
+            base[h] += tp->lens[h];
+        }
+    }
+    skvi_free(c->ctx->alloc, tmp);
+    skvi_free(c->ctx->alloc, base);
+    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(c->ctx->error, e, "skv_attention_logits: clEnqueueReadBuffer");
+}
+
 static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, skv_dtype q_dtype,
                               const void *q_host, cl_mem q_mem, size_t q_off, float scale, skv_dtype out_dtype,
                               void *out_host, cl_mem out_mem, size_t out_off, cl_uint num_wait,
-                              const cl_event *wait_list, cl_event *event, const char *fn)
+                              const cl_event *wait_list, cl_event *event, float *logits_host, size_t capacity,
+                              size_t *counts, const char *fn)
 {
     skvi_clear_error();
     if (!c)
@@ -221,7 +257,7 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: no sequences (seqs NULL or n_seqs 0)", fn);
     if ((q_dtype != SKV_F32 && q_dtype != SKV_F16) || (out_dtype != SKV_F32 && out_dtype != SKV_F16))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: q and out must be SKV_F32 or SKV_F16", fn);
-    if ((!q_host && !q_mem) || (!out_host && !out_mem))
+    if ((!q_host && !q_mem) || (!out_host && !out_mem && !logits_host))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: q or out is NULL", fn);
     if (!isfinite(scale))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: scale is not finite", fn);
@@ -240,6 +276,15 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
 
     decode_plan p;
     st = make_plan(c, layer, seqs, B, fn, &p);
+    for (uint32_t h = 0; st == SKV_OK && logits_host && h < H; h++) { /* B = 1 */
+        uint64_t held = 0;
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            held += p.t[t].max_len ? p.t[t].lens[h] : 0;
+        if (held > capacity)
+            st = skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: kv-head %u holds %llu tokens, more than capacity %zu", fn, h,
+                           (unsigned long long)held, capacity);
+        counts[h] = (size_t)held;
+    }
     if (st != SKV_OK) {
         plan_free(c, &p);
         return st;
@@ -275,11 +320,18 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     cl_event *owned = NULL;
     if (st == SKV_OK)
         st = skvi_compute_waits(c, num_wait, wait_list, &n_waits, &waits, &owned);
-    /* observed attention: every tier's logits are kept until the merge has (max, sum) */
-    const int observe = c->desc.scorer == SKV_SCORER_OBSERVED;
+    /* observed attention: every tier's logits are kept until the merge has (max, sum);
+     * skv_attention_logits reads them back instead (and accumulates nothing) */
+    const int observe = c->desc.scorer == SKV_SCORER_OBSERVED && !logits_host;
     cl_mem logits[SKV_TIER_COUNT] = {0};
+    cl_kernel kernels[SKV_TIER_COUNT] = {0};
     cl_mem ml = e == CL_SUCCESS ? scratch(c, 2, (size_t)B * c->desc.q_heads * 2 * sizeof(float), &e) : NULL;
-    for (int t = 0; observe && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        kernels[t] = c->k_decode[t];
+        if (p.t[t].max_len && logits_host)
+            st = skvi_cache_logits_kernel(c, (skv_tier)t, &kernels[t]);
+    }
+    for (int t = 0; (observe || logits_host) && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
         if (p.t[t].max_len)
             logits[t] = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, (size_t)B * H * G * p.t[t].max_len * sizeof(float),
                                        NULL, &e);
@@ -290,7 +342,8 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         if (!p.t[t].max_len)
             continue;
         e = enqueue_tier(c, (skv_tier)t, &p.t[t], layer, B, qbuf, q_off, (cl_uint)q_dtype, scale, p.total_chunks,
-                         partials, tables, logits[t], n_waits, waits, c->ctx->profiling && !first ? &first : NULL);
+                         partials, tables, kernels[t], logits[t], n_waits, waits,
+                         c->ctx->profiling && !first ? &first : NULL);
         n_waits = 0; /* the first launch carries the waits; the rest follow in queue order */
         waits = NULL;
     }
@@ -330,6 +383,8 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
             }
         if (e == CL_SUCCESS && out_host)
             e = clEnqueueReadBuffer(c->ctx->queue, obuf, CL_TRUE, 0, out_bytes, out_host, 0, NULL, NULL);
+        if (e == CL_SUCCESS && logits_host)
+            st = read_logits(c, &p, logits, logits_host, capacity, fn);
     }
     if (st == SKV_OK && e != CL_SUCCESS)
         st = skvi_cl_fail(err, e, "decode attention: enqueue");
@@ -365,7 +420,16 @@ skv_status skv_attention_decode(skv_cache *c, uint32_t layer, const skv_seq_id *
     if (!q || !out)
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_attention_decode: q or out is NULL");
     return decode_impl(c, layer, seqs, n_seqs, q_dtype, q, NULL, 0, scale, out_dtype, out, NULL, 0, 0, NULL, NULL,
-                       "skv_attention_decode");
+                       NULL, 0, NULL, "skv_attention_decode");
+}
+
+skv_status skv_attention_logits(skv_cache *c, uint32_t layer, skv_seq_id seq, skv_dtype q_dtype, const void *q,
+                                float scale, float *out, size_t capacity, size_t *counts)
+{
+    if (!q || !out || !counts)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_attention_logits: q, out or counts is NULL");
+    return decode_impl(c, layer, &seq, 1, q_dtype, q, NULL, 0, scale, SKV_F32, NULL, NULL, 0, 0, NULL, NULL, out,
+                       capacity, counts, "skv_attention_logits");
 }
 
 skv_status skv_attention_decode_cl(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t n_seqs,
@@ -376,7 +440,7 @@ skv_status skv_attention_decode_cl(skv_cache *c, uint32_t layer, const skv_seq_i
     if (!q || !out)
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_attention_decode_cl: q or out is NULL");
     return decode_impl(c, layer, seqs, n_seqs, q_dtype, NULL, q, q_offset, scale, out_dtype, NULL, out, out_offset,
-                       num_wait, wait_list, event, "skv_attention_decode_cl");
+                       num_wait, wait_list, event, NULL, 0, NULL, "skv_attention_decode_cl");
 }
 
 skv_status skv_cache_last_decode_ms(skv_cache *c, double *ms)

@@ -107,18 +107,25 @@ static skv_status choose_tile(skv_context *ctx, const skv_cache_desc *d, uint32_
                      group, d->head_dim, (unsigned long long)ctx->profile.local_mem_bytes);
 }
 
-static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_variant, cl_kernel *out)
+/* The -D options of a tier's decode kernel; `keep_logits` adds OBSERVE (every logit kept). */
+static void decode_defines(const skv_cache *c, skv_tier tier, int keep_logits, char *defs, size_t size)
 {
     const skv_cache_desc *d = &c->desc;
-    char defs[512], ada[256] = "";
+    char ada[256] = "";
     uint32_t seg = c->tile / c->group, seg_pow2 = 1;
     while (seg_pow2 < seg)
         seg_pow2 *= 2;
     if (tier != SKV_TIER_F16)
         skvi_ada_defines(c, tier, ada, sizeof ada);
-    snprintf(defs, sizeof defs, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s", d->head_dim, d->page_tokens,
-             c->group, c->tile, seg_pow2, d->scorer == SKV_SCORER_OBSERVED ? " -DOBSERVE" : "",
-             tier != SKV_TIER_F16 ? " -DADA " : "", ada);
+    snprintf(defs, size, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s", d->head_dim, d->page_tokens, c->group,
+             c->tile, seg_pow2, keep_logits ? " -DOBSERVE" : "", tier != SKV_TIER_F16 ? " -DADA " : "", ada);
+}
+
+static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_variant, cl_kernel *out)
+{
+    const skv_cache_desc *d = &c->desc;
+    char defs[512];
+    decode_defines(c, tier, d->scorer == SKV_SCORER_OBSERVED, defs, sizeof defs);
     skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
     if (st == SKV_OK && d->retention == SKV_RETENTION_RDR && !c->k_slot_copy[tier]) {
         char sd[600], ad[256] = "";
@@ -130,6 +137,24 @@ static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_varia
     if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED && !c->k_observe[tier])
         st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &c->k_observe[tier]);
     return st;
+}
+
+skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
+{
+    if (c->desc.scorer == SKV_SCORER_OBSERVED) { /* the decode kernels keep logits already */
+        *out = c->k_decode[tier];
+        return SKV_OK;
+    }
+    if (!c->k_logits[tier]) {
+        char defs[512];
+        decode_defines(c, tier, 1, defs, sizeof defs);
+        skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, c->cpu_variant ? "decode_cpu" : "decode_gpu",
+                                           &c->k_logits[tier]);
+        if (st != SKV_OK)
+            return st;
+    }
+    *out = c->k_logits[tier];
+    return SKV_OK;
 }
 
 static skv_status build_kernels(skv_cache *c)
@@ -160,6 +185,10 @@ skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant)
             clReleaseKernel(*keep);
         if (st == SKV_OK)
             c->k_decode[t] = k[t];
+        if (st == SKV_OK && c->k_logits[t]) { /* rebuilt in the new variant when next asked for */
+            clReleaseKernel(c->k_logits[t]);
+            c->k_logits[t] = NULL;
+        }
     }
     if (st == SKV_OK)
         c->cpu_variant = cpu_variant;
@@ -282,6 +311,8 @@ void skv_cache_destroy(skv_cache *c)
             clReleaseKernel(c->k_decode[t]);
         if (c->k_observe[t])
             clReleaseKernel(c->k_observe[t]);
+        if (c->k_logits[t])
+            clReleaseKernel(c->k_logits[t]);
         if (c->k_slot_copy[t])
             clReleaseKernel(c->k_slot_copy[t]);
     }

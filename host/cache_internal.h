@@ -88,6 +88,7 @@ struct skv_cache {
     cl_kernel k_keys[SKV_TIER_COUNT]; /* dense keys for SnapKV's GEMM */
     cl_kernel k_snap_rows, k_snap_vote;
     cl_kernel k_observe[SKV_TIER_COUNT];
+    cl_kernel k_logits[SKV_TIER_COUNT]; /* decode kernels that keep logits (skv_attention_logits) */
     cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
     cl_kernel k_rdr_choose;                /* RDR's solver step on the device */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
@@ -156,6 +157,8 @@ skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t
 /* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the
  * reference on any device. */
 skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant);
+/* The tier's decode kernel that keeps every logit (OBSERVE), built on first use. */
+skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);
 /* Lists per sequence, and the tier of list i. */

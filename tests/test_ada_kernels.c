@@ -175,6 +175,48 @@ static double rel_l2d(const double *ref, const double *got, size_t n)
     return sqrt(num / den);
 }
 
+/* skv_attention_logits: every held token's logit, in cache order, equals scale q . k for
+ * the key as the reference decodes it (F16: the rounded key) to 1e-5 relative per
+ * q-head; poisoned output; a capacity below what a head holds is refused. kd: [n][H][D]. */
+static void check_logits(skv_cache *c, skv_seq_id s, const float *q, float scale, const float *kd, uint32_t n)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim, G = c->group;
+    const size_t cap = n + 3; /* more than needed: the tail stays poisoned */
+    float *lg = malloc((size_t)G * H * cap * sizeof *lg);
+    double *ref = malloc(cap * sizeof *ref);
+    int32_t *pos = malloc(cap * sizeof *pos);
+    size_t counts[8];
+    for (size_t i = 0; i < (size_t)G * H * cap; i++)
+        lg[i] = NAN;
+    assert_ok(skv_attention_logits(c, 0, s, SKV_F32, q, scale, lg, cap, counts));
+    for (uint32_t h = 0; h < H; h++) {
+        size_t held;
+        assert_int_equal(counts[h], n);
+        assert_ok(skv_seq_positions(c, s, 0, h, pos, cap, &held));
+        assert_int_equal(held, n);
+        for (uint32_t g = 0; g < G; g++) {
+            const float *qv = q + (size_t)(h * G + g) * D, *got = lg + (size_t)(h * G + g) * cap;
+            for (size_t i = 0; i < n; i++) {
+                const uint32_t t = (uint32_t)(pos[i] - 1000) / 7;
+                double x = 0;
+                for (uint32_t j = 0; j < D; j++)
+                    x += (double)qv[j] * kd[((size_t)t * H + h) * D + j];
+                ref[i] = x * scale;
+            }
+            double e = skv_ref_rel_l2(ref, got, n);
+            if (!(e <= 1e-5))
+                fail_msg("logits of q-head %u: %.3g from the reference", h * G + g, e);
+            assert_true(isnan(got[n]));
+        }
+    }
+    assert_int_equal(skv_attention_logits(c, 0, s, SKV_F32, q, scale, lg, n - 1, counts), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_attention_logits(c, 0, s, SKV_F32, NULL, scale, lg, cap, counts), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_attention_logits(c, 1, s, SKV_F32, q, scale, lg, cap, counts), SKV_ERR_INVALID_ARG);
+    free(lg);
+    free(ref);
+    free(pos);
+}
+
 /* Decode over F16 + all three ADA tiers in one call, against (a) fp64 attention over the
  * keys and values as the C reference decodes them (the kernel's own error: tight), and
  * (b) fp64 attention over the original keys and values (the codec's error: the kernel
@@ -246,6 +288,7 @@ static void test_mixed_tier_decode(void **state)
             if (!(e_impl <= 2e-5))
                 fail_msg("kernel vs the decoded reference: %.3g", e_impl);
             assert_true(e <= predicted + 2e-5);
+            check_logits(c, s, q, scale, kd, n);
         }
         /* The logit-scale correction 1/(1 - MSE) of DESIGN.md §5, measured: kept only if it helps. */
         const double mse[SKV_TIER_COUNT] = {0, 0.009, 0.033, 0.11};

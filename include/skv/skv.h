@@ -337,6 +337,17 @@ SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const 
                                         uint32_t n_seqs, skv_dtype q_dtype, const void *q, float scale,
                                         skv_dtype out_dtype, void *out);
 
+/* The logits decode attention computes for one query q[q_heads][head_dim] of one
+ * sequence, by the same kernels from the stored keys (F16, or the ADA codes: the logit
+ * from codes, times the tier's logit correction): out[qh * capacity + i] = scale * q_qh . k_i
+ * for the i-th token held by q-head qh's kv-head, in cache order (as skv_seq_positions);
+ * counts[kv_heads] receives the tokens each kv-head holds. capacity must be at least the
+ * most any kv-head holds (the sequence's length always is), else SKV_ERR_INVALID_ARG.
+ * For evaluation and diagnostics (skv eval's logit error); it changes nothing in the
+ * cache (an observed-attention cache accumulates nothing from it). Waits for the result. */
+SKV_API skv_status skv_attention_logits(skv_cache *cache, uint32_t layer, skv_seq_id seq, skv_dtype q_dtype,
+                                        const void *q, float scale, float *out, size_t capacity, size_t *counts);
+
 /* Device time of the last decode-attention call on this cache (both of its kernels),
  * in milliseconds, from OpenCL profiling events; waits for that call to finish.
  * SKV_ERR_UNSUPPORTED unless the context was created with enable_profiling (or on a
