@@ -20,20 +20,25 @@ void usage_eval(FILE *out)
             "       skv eval [--tokens N] --save-kv FILE [--save-dtype f32|f16]\n"
             "  The quality matrix on the synthetic model (2 layers, 4 kv-heads, 16 q-heads,\n"
             "  head_dim 128; default 4096 tokens, 4 single needles and 2 groups of 3 similar\n"
-            "  needles; ~2 minutes on 2 CPU cores):\n"
-            "  scorers knorm, keydiff,\n"
-            "  manifold, manifold_windowed, streaming x budgets 1/2, 1/4, 1/8, 1/16 of F16 x\n"
-            "  tier sets drop (F16 or drop), ada (F16 or A3V4 or drop), rdr (every tier).\n"
+            "  needles; a few minutes on 2 CPU cores): scorers knorm, keydiff, manifold,\n"
+            "  manifold_windowed, streaming, triattention, snapkv, observed x budgets 1/2, 1/4,\n"
+            "  1/8, 1/16 of F16 x tier sets drop (F16 or drop), ada (F16 or A3V4 or drop),\n"
+            "  rdr (every tier). The query scorers see the prefill's last 64 queries: SnapKV's\n"
+            "  observation window, observed attention's 64 decode steps before compression;\n"
+            "  TriAttention's statistics are calibrated on 256 other queries.\n"
             "  Per cell: bytes_ratio (achieved fraction of F16 bytes), out_rel_err (decode\n"
             "  output vs exact attention, relative L2, mean over 8 queries and both layers),\n"
-            "  topk_recall (share of the exact top-32 attended tokens still held), and\n"
+            "  logit_rel_err (the logits decode computes for the held tokens, from their\n"
+            "  stored form, vs the exact ones: relative L2 over q-heads and held tokens, the\n"
+            "  same mean), topk_recall (share of the exact top-32 attended tokens still held),\n"
             "  needle_recall (needle queries whose output has cosine >= 0.9 with the needle's\n"
             "  value), multikey_recall (the same for the needles in groups of 3 whose keys\n"
             "  have cosine ~0.81, like RULER's multi-key NIAH: the query aimed at one must not\n"
-            "  pull in its neighbours' values). logit_rel_err is not measured yet (null).\n"
+            "  pull in its neighbours' values).\n"
             "  --svg FILE: output error and top-32 recall vs achieved bytes, a line per method.\n"
             "  --kv FILE: the same matrix on your model's keys, values and decode queries (no\n"
-            "  needles: needle_recall and multikey_recall are null). The file: nine\n"
+            "  needles: needle_recall and multikey_recall are null; no prefill queries: the\n"
+            "  triattention, snapkv and observed rows are left out). The file: nine\n"
             "  little-endian uint32 (magic 0x564B4B53 \"SKKV\", version 1, dtype 0 = float32 or\n"
             "  1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries), then per layer\n"
             "  K[tokens][kv_heads][head_dim], V of the same shape (positions 0..tokens-1, keys\n"
@@ -41,14 +46,23 @@ void usage_eval(FILE *out)
             "  little-endian. --save-kv FILE writes the synthetic model in this format.\n");
 }
 
-static const char *const scorer_names[] = {"none", "knorm", "keydiff", "manifold", "manifold_windowed", "streaming"};
+static const char *const scorer_names[] = {"none",      "knorm",       "keydiff", "manifold", "manifold_windowed",
+                                           "streaming", "triattention", "snapkv",  "observed"};
+#define N_SCORERS 8
+#define WINDOW 64 /* prefill queries: SnapKV's observation window, observed attention's steps */
+
+/* Scorers that need the model's queries before compression (not in a key/value file). */
+static int needs_queries(int scorer)
+{
+    return scorer == SKV_SCORER_TRIATTENTION || scorer == SKV_SCORER_SNAPKV || scorer == SKV_SCORER_OBSERVED;
+}
 
 typedef struct cell {
     int scorer;
     const char *tiers_name;
     uint32_t tiers;
     double budget;
-    double bytes_ratio, out_err, topk, needles, multikey;
+    double bytes_ratio, out_err, logit_err, topk, needles, multikey;
 } cell;
 
 /* What a cell runs on: keys and values of every layer ([layer][token][kv_head][d], at
@@ -60,6 +74,11 @@ typedef struct eval_data {
     uint64_t tokens;
     float *k, *v, *q;
     const synth_model *m; /* NULL for data from a file */
+    /* synthetic model only (NULL for a file): the last WINDOW prefill queries of every
+     * layer [layer][WINDOW][q_head][d] at positions tokens - WINDOW.., and TriAttention's
+     * calibrated statistics (mean pre-RoPE query [layer][q_head][d], E|q_f| [.][.][d/2]) */
+    float *wq, *q_mean, *q_abs;
+    skv_rope_desc rope;
 } eval_data;
 
 /* The key/value file: nine little-endian uint32 (magic "SKKV", version 1, dtype 0 = float32
@@ -86,8 +105,8 @@ static int read_array(FILE *f, uint32_t dtype, size_t n, float *dst)
 
 static void free_data(eval_data *e)
 {
-    free(e->k), free(e->v), free(e->q);
-    e->k = e->v = e->q = NULL;
+    free(e->k), free(e->v), free(e->q), free(e->wq), free(e->q_mean), free(e->q_abs);
+    e->k = e->v = e->q = e->wq = e->q_mean = e->q_abs = NULL;
 }
 
 static int alloc_data(eval_data *e)
@@ -145,18 +164,46 @@ static int load_kv(const char *path, eval_data *e)
     return 1;
 }
 
-/* The synthetic model's keys, values and 8 ordinary queries per layer. */
+/* The synthetic model's keys, values and 8 ordinary queries per layer; its prefill
+ * window; TriAttention's statistics calibrated on 256 other queries at spread positions
+ * (RoPE inverted: the model's is theta 10000 over all dims in the half layout). */
 static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
 {
-    *e = (eval_data){m->layers, m->kv_heads, m->q_heads, m->head_dim, 8, tokens, NULL, NULL, NULL, m};
+    const uint32_t L = m->layers, QH = m->q_heads, D = m->head_dim, CAL = 256;
+    *e = (eval_data){m->layers, m->kv_heads, QH, D, 8, tokens, NULL, NULL, NULL, m, NULL, NULL, NULL,
+                     {10000.0f, D, 0, 1.0f}};
     if (alloc_data(e) != 0)
         return -1;
-    const size_t kv = (size_t)tokens * m->kv_heads * m->head_dim, nq = (size_t)e->n_queries * m->q_heads * m->head_dim;
-    for (uint32_t l = 0; l < m->layers; l++) {
+    e->wq = malloc((size_t)L * WINDOW * QH * D * 4);
+    e->q_mean = calloc((size_t)L * QH * D, 4);
+    e->q_abs = calloc((size_t)L * QH * D / 2, 4);
+    float *cal = malloc((size_t)QH * D * 4);
+    if (!e->wq || !e->q_mean || !e->q_abs || !cal) {
+        free(cal);
+        free_data(e);
+        return -1;
+    }
+    const size_t kv = (size_t)tokens * m->kv_heads * D, nq = (size_t)e->n_queries * QH * D;
+    for (uint32_t l = 0; l < L; l++) {
         synth_kv(m, l, 0, (uint32_t)tokens, e->k + l * kv, e->v + l * kv);
         for (uint32_t qi = 0; qi < e->n_queries; qi++)
-            synth_query(m, l, tokens, -1, 100 + (uint64_t)qi, e->q + l * nq + (size_t)qi * m->q_heads * m->head_dim);
+            synth_query(m, l, tokens, -1, 100 + (uint64_t)qi, e->q + l * nq + (size_t)qi * QH * D);
+        for (uint32_t w = 0; w < WINDOW; w++)
+            synth_query(m, l, tokens - WINDOW + w, -1, 500, e->wq + ((size_t)l * WINDOW + w) * QH * D);
+        for (uint32_t i = 0; i < CAL; i++) {
+            const uint64_t t = (uint64_t)i * tokens / CAL;
+            synth_query(m, l, t, -1, 900 + (uint64_t)i, cal);
+            for (uint32_t qh = 0; qh < QH; qh++) {
+                float *x = cal + (size_t)qh * D, *mean = e->q_mean + ((size_t)l * QH + qh) * D;
+                skv_ref_rope_rotate(&e->rope, D, -(double)t, x);
+                for (uint32_t j = 0; j < D; j++)
+                    mean[j] += x[j] / CAL;
+                for (uint32_t f = 0; f < D / 2; f++)
+                    e->q_abs[((size_t)l * QH + qh) * D / 2 + f] += hypotf(x[f], x[f + D / 2]) / CAL;
+            }
+        }
     }
+    free(cal);
     return 0;
 }
 
@@ -245,7 +292,13 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     d.retention = SKV_RETENTION_RDR;
     d.budget_ratio = (float)out->budget;
     d.slack = 1u << 30;
-    if (!q || !o || !ref || !w || !sorted || !held || !pos || !is_held) {
+    d.rope = e->rope;
+    d.query_mean = e->q_mean;
+    d.query_abs = e->q_abs;
+    const size_t cap = tokens;
+    float *lg = malloc((size_t)QH * cap * sizeof *lg);
+    size_t *counts = malloc(H * sizeof *counts);
+    if (!q || !o || !ref || !w || !sorted || !held || !pos || !is_held || !lg || !counts) {
         fprintf(stderr, "skv eval: out of memory\n");
         goto done;
     }
@@ -257,12 +310,20 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     for (uint32_t l = 0; l < L; l++)
         CHECK(skv_append(c, s, l, (uint32_t)tokens, SKV_F32, kall + (size_t)l * tokens * H * D,
                          vall + (size_t)l * tokens * H * D, pos));
+    /* what the query scorers see before compression: the prefill's last WINDOW queries */
+    for (uint32_t l = 0; l < L && out->scorer == SKV_SCORER_SNAPKV; l++)
+        CHECK(skv_seq_observe_window(c, s, l, WINDOW, SKV_F32, e->wq + (size_t)l * WINDOW * QH * D,
+                                     pos + tokens - WINDOW));
+    for (uint32_t l = 0; l < L && out->scorer == SKV_SCORER_OBSERVED; l++)
+        for (uint32_t wi = 0; wi < WINDOW; wi++)
+            CHECK(skv_attention_decode(c, l, &s, 1, SKV_F32, e->wq + ((size_t)l * WINDOW + wi) * QH * D,
+                                       1.0f / sqrtf((float)D), SKV_F32, o));
     CHECK(skv_compress(c, s));
     skv_cache_stats st = {.struct_size = sizeof st};
     CHECK(skv_cache_get_stats(c, &st));
     out->bytes_ratio = st.bytes_ratio;
     const float scale = 1.0f / sqrtf((float)D);
-    double err = 0, topk = 0;
+    double err = 0, topk = 0, lerr = 0;
     int n_err = 0, n_topk = 0, found = 0, found_mk = 0;
     for (uint32_t l = 0; l < L; l++) {
         const float *kl = kall + (size_t)l * tokens * H * D, *vl = vall + (size_t)l * tokens * H * D;
@@ -295,6 +356,9 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
             }
             err += skv_ref_rel_l2(ref, o, QH * D);
             n_err++;
+            /* logits of the held tokens as decode computes them, against the exact ones */
+            CHECK(skv_attention_logits(c, l, s, SKV_F32, q, scale, lg, cap, counts));
+            double le = 0, ln = 0;
             /* top-32 recall per kv-head, over its q-heads: exact attention weights */
             for (uint32_t h = 0; h < H; h++) {
                 size_t cnt = 0;
@@ -313,6 +377,13 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
                     }
                     qsort(sorted, tokens, sizeof *sorted, cmp_desc);
                     double cut = sorted[tokens < 32 ? tokens - 1 : 31];
+                    for (size_t i = 0; i < cnt && i < counts[h]; i++) {
+                        if (held[i] < 0 || (uint64_t)held[i] >= tokens)
+                            continue;
+                        double exact = w[held[i]] * scale, dl = lg[(size_t)(h * G + g) * cap + i] - exact;
+                        le += dl * dl;
+                        ln += exact * exact;
+                    }
                     int kept = 0, total = 0;
                     for (uint64_t t = 0; t < tokens; t++)
                         if (w[t] >= cut) {
@@ -323,16 +394,18 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
                     n_topk++;
                 }
             }
+            lerr += sqrt(le / (ln > 0 ? ln : 1));
         }
     }
     out->out_err = err / n_err;
+    out->logit_err = lerr / n_err;
     out->topk = topk / n_topk;
     out->needles = n_needles > (m ? m->n_multikey : 0) ? (double)found / (L * (n_needles - m->n_multikey)) : NAN;
     out->multikey = m && m->n_multikey ? (double)found_mk / (L * m->n_multikey) : NAN;
     rc = 0;
 done:
     skv_cache_destroy(c);
-    free(q), free(o), free(ref), free(w), free(sorted), free(held), free(pos), free(is_held);
+    free(q), free(o), free(ref), free(w), free(sorted), free(held), free(pos), free(is_held), free(lg), free(counts);
     return rc;
 }
 
@@ -407,7 +480,7 @@ int cmd_eval(int argc, char **argv)
         return rc;
     }
     skv_context *ctx = NULL;
-    cell *cells = calloc(5 * 4 * 3, sizeof *cells);
+    cell *cells = calloc(N_SCORERS * 4 * 3, sizeof *cells);
     cJSON *root = cJSON_CreateObject();
     if (!cells || !root) {
         fprintf(stderr, "skv eval: out of memory\n");
@@ -423,24 +496,30 @@ int cmd_eval(int argc, char **argv)
     else
         printf("skv eval — %s (%s); synthetic model, %llu tokens\n\n", prof.name, prof.platform,
                (unsigned long long)tokens);
-    printf("%-18s %-5s %7s %8s %11s %8s %7s %8s\n", "scorer", "tiers", "budget", "bytes", "out_rel_err", "top32", "needle",
-           "multikey");
-    int n = 0;
-    for (int sc = 1; sc <= 5; sc++)
+    printf("%-18s %-5s %7s %8s %11s %13s %6s %7s %8s\n", "scorer", "tiers", "budget", "bytes", "out_rel_err",
+           "logit_rel_err", "top32", "needle", "multikey");
+    int n = 0, n_scorers = 0;
+    for (int sc = 1; sc <= N_SCORERS; sc++)
+        n_scorers += e.wq || !needs_queries(sc);
+    for (int sc = 1; sc <= N_SCORERS; sc++) {
+        if (!e.wq && needs_queries(sc))
+            continue; /* a key/value file has no prefill queries */
         for (int si = 0; si < 3; si++)
             for (int bi = 0; bi < 4; bi++) {
                 cell *c = &cells[n++];
-                *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0, 0};
-                tool_progress("eval %d/60: %s %s %.4g", n, scorer_names[sc], sets[si].name, budgets[bi]);
+                *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0, 0, 0};
+                tool_progress("eval %d/%d: %s %s %.4g", n, n_scorers * 12, scorer_names[sc], sets[si].name,
+                              budgets[bi]);
                 if (run_cell(ctx, &e, c) != 0)
                     goto done;
                 tool_progress("");
                 char nb[32], mb[32];
-                printf("%-18s %-5s %7.4f %8.4f %11.3e %8.3f %7s %8s\n", scorer_names[sc], c->tiers_name, c->budget,
-                       c->bytes_ratio, c->out_err, c->topk, fmt_metric(nb, "%.2f", "-", c->needles),
-                       fmt_metric(mb, "%.2f", "-", c->multikey));
+                printf("%-18s %-5s %7.4f %8.4f %11.3e %13.3e %6.3f %7s %8s\n", scorer_names[sc], c->tiers_name,
+                       c->budget, c->bytes_ratio, c->out_err, c->logit_err, c->topk,
+                       fmt_metric(nb, "%.2f", "-", c->needles), fmt_metric(mb, "%.2f", "-", c->multikey));
                 fflush(stdout);
             }
+    }
     char dev[2 * SKV_NAME_MAX + 8];
     snprintf(dev, sizeof dev, "%s (%s)", prof.name, prof.platform);
     cJSON_AddStringToObject(root, "device", dev);
@@ -463,15 +542,15 @@ int cmd_eval(int argc, char **argv)
         cJSON_AddNumberToObject(r, "budget", c->budget);
         cJSON_AddNumberToObject(r, "bytes_ratio", c->bytes_ratio);
         cJSON_AddNumberToObject(r, "out_rel_err", c->out_err);
-        cJSON_AddNullToObject(r, "logit_rel_err");
+        cJSON_AddNumberToObject(r, "logit_rel_err", c->logit_err);
         cJSON_AddNumberToObject(r, "topk_recall", c->topk);
         add_metric(r, "needle_recall", c->needles);
         add_metric(r, "multikey_recall", c->multikey);
         cJSON_AddItemToArray(results, r);
         if (csv_text && used < csv_len)
-            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,,%.6g,%s,%s\n",
+            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,%.6g,%.6g,%s,%s\n",
                                      scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
-                                     c->topk, fmt_metric(nb, "%.6g", "", c->needles), fmt_metric(mb, "%.6g", "", c->multikey));
+                                     c->logit_err, c->topk, fmt_metric(nb, "%.6g", "", c->needles), fmt_metric(mb, "%.6g", "", c->multikey));
     }
     rc = 0;
     if (json) {
@@ -488,10 +567,12 @@ int cmd_eval(int argc, char **argv)
     }
     free(csv_text);
     if (svg) { /* a line per (scorer, tier set) over the budgets */
-        svg_series err_s[15], rec_s[15];
-        double xs[15][4], ye[15][4], yr[15][4];
-        char names[15][40];
-        for (int mth = 0; mth < 15; mth++) {
+        enum { M = N_SCORERS * 3 };
+        const int n_methods = n / 4;
+        svg_series err_s[M], rec_s[M];
+        double xs[M][4], ye[M][4], yr[M][4];
+        char names[M][40];
+        for (int mth = 0; mth < n_methods; mth++) {
             for (int bi = 0; bi < 4; bi++) {
                 const cell *c = &cells[mth * 4 + bi];
                 xs[mth][bi] = c->bytes_ratio;
@@ -506,8 +587,8 @@ int cmd_eval(int argc, char **argv)
             rec_s[mth] = (svg_series){names[mth], xs[mth], yr[mth], 4, color, dash};
         }
         svg_panel panels[2] = {
-            {"decode output error vs bytes", "bytes / F16 bytes", "relative L2 error", 1, 1, err_s, 15},
-            {"top-32 recall vs bytes", "bytes / F16 bytes", "recall", 1, 0, rec_s, 15}};
+            {"decode output error vs bytes", "bytes / F16 bytes", "relative L2 error", 1, 1, err_s, n_methods},
+            {"top-32 recall vs bytes", "bytes / F16 bytes", "recall", 1, 0, rec_s, n_methods}};
         char heading[2 * SKV_NAME_MAX + 64];
         snprintf(heading, sizeof heading, "skv eval %s, %s, %llu tokens", skv_version_string(), dev,
                  (unsigned long long)tokens);
