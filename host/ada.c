@@ -202,7 +202,7 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
     const cl_event *waits = NULL;
     cl_event *owned = NULL;
     if (st == SKV_OK)
-        st = skvi_compute_waits(c, 0, NULL, &n_waits, &waits, &owned);
+        st = skvi_compute_waits(c, NULL, 0, 0, NULL, &n_waits, &waits, &owned);
     cl_int e = CL_SUCCESS;
     for (size_t i = 0; st == SKV_OK && e == CL_SUCCESS && i < n_lh; i++) /* private copies of shared tails */
         if (ql[i].cow_old != ~0u) {

@@ -190,7 +190,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     const cl_event *waits = NULL;
     cl_event *owned = NULL;
     if (st == SKV_OK)
-        st = skvi_compute_waits(c, num_wait, wait_list, &n_waits, &waits, &owned);
+        st = skvi_compute_waits(c, NULL, 0, num_wait, wait_list, &n_waits, &waits, &owned);
 
     /* Commit: the sequence changes from here; enqueue errors roll it back. */
     skvi_pool *pool = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE];

@@ -319,7 +319,7 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     const cl_event *waits = NULL;
     cl_event *owned = NULL;
     if (st == SKV_OK)
-        st = skvi_compute_waits(c, num_wait, wait_list, &n_waits, &waits, &owned);
+        st = skvi_compute_waits(c, seqs, B, num_wait, wait_list, &n_waits, &waits, &owned);
     /* observed attention: every tier's logits are kept until the merge has (max, sum);
      * skv_attention_logits reads them back instead (and accumulates nothing) */
     const int observe = c->desc.scorer == SKV_SCORER_OBSERVED && !logits_host;

@@ -289,6 +289,8 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     skvi_snap_release(c, s);
     skvi_obs_release(c, s);
     skvi_stats_release(c, s);
+    if (s->moved)
+        clReleaseEvent(s->moved);
     memset(s, 0, sizeof *s);
 }
 
@@ -475,6 +477,8 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
     memcpy(s->len, p->len, c->desc.layers * sizeof *s->len);
     memcpy(s->next_pos, p->next_pos, c->desc.layers * sizeof *s->next_pos);
     memcpy(s->rdr_mark, p->rdr_mark, c->desc.layers * sizeof *s->rdr_mark);
+    if (p->moved) /* the shared pages may still be arriving */
+        clRetainEvent(s->moved = p->moved);
     s->live = 1;
     *child = id;
     return SKV_OK;
@@ -575,33 +579,60 @@ skv_status skv_cache_get_stats(const skv_cache *c, skv_cache_stats *out)
     return SKV_OK;
 }
 
-skv_status skvi_compute_waits(skv_cache *c, cl_uint n_user, const cl_event *user, cl_uint *n_out,
-                              const cl_event **out, cl_event **owned)
+/* Drops a move event once complete: nothing left to wait for. Returns it, or NULL. */
+static cl_event pending(cl_event *ev)
 {
-    *owned = NULL;
-    if (c->transfer_pending) { /* drop it once complete: nothing left to wait for */
+    if (*ev) {
         cl_int status = CL_QUEUED;
-        clGetEventInfo(c->transfer_pending, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL);
+        clGetEventInfo(*ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL);
         if (status == CL_COMPLETE) {
-            clReleaseEvent(c->transfer_pending);
-            c->transfer_pending = NULL;
+            clReleaseEvent(*ev);
+            *ev = NULL;
         }
     }
-    if (!c->transfer_pending) {
+    return *ev;
+}
+
+skv_status skvi_compute_waits(skv_cache *c, const skv_seq_id *seqs, uint32_t n_seqs, cl_uint n_user,
+                              const cl_event *user, cl_uint *n_out, const cl_event **out, cl_event **owned)
+{
+    *owned = NULL;
+    cl_uint n_moves = 0;
+    if (pending(&c->transfer_pending)) /* else no move is pending anywhere */
+        for (uint32_t b = 0; b < (seqs ? n_seqs : 1); b++)
+            n_moves += seqs ? pending(&c->seqs[seqs[b]].moved) != NULL : 1;
+    if (!n_moves) {
         *n_out = n_user;
         *out = n_user ? user : NULL;
         return SKV_OK;
     }
-    cl_event *all = skvi_calloc(c->ctx->alloc, n_user + 1, sizeof *all);
+    cl_event *all = skvi_calloc(c->ctx->alloc, n_user + n_moves, sizeof *all);
     if (!all)
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "wait list: out of memory");
     if (n_user)
         memcpy(all, user, n_user * sizeof *all);
-    all[n_user] = c->transfer_pending;
-    *n_out = n_user + 1;
+    *n_out = n_user;
+    for (uint32_t b = 0; b < (seqs ? n_seqs : 1); b++) {
+        cl_event ev = seqs ? c->seqs[seqs[b]].moved : c->transfer_pending;
+        if (ev)
+            all[(*n_out)++] = ev; /* a batch may name a sequence twice: waiting twice is harmless */
+    }
     *out = all;
     *owned = all;
     return SKV_OK;
+}
+
+skv_status skvi_wait_moves(skv_cache *c, skv_seq_id seq)
+{
+    cl_uint n = 0;
+    const cl_event *waits = NULL;
+    cl_event *owned = NULL;
+    skv_status st = skvi_compute_waits(c, &seq, 1, 0, NULL, &n, &waits, &owned);
+    cl_int e = st == SKV_OK && n ? clEnqueueBarrierWithWaitList(c->ctx->queue, n, waits, NULL) : CL_SUCCESS;
+    skvi_free(c->ctx->alloc, owned);
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(c->ctx->error, e, "clEnqueueBarrierWithWaitList");
+    return st;
 }
 
 skv_status skvi_finish(skv_context *ctx)

@@ -60,6 +60,7 @@ typedef struct skvi_seq {
     cl_mem *obs_acc;
     uint32_t *obs_cap;
     uint64_t *rdr_mark; /* per layer: tokens appended when RDR last ran */
+    cl_event moved;     /* the last page move of this sequence's pages (NULL: none pending) */
 } skvi_seq;
 
 struct skv_cache {
@@ -167,9 +168,14 @@ size_t skvi_list_count(const skv_cache *c);
 /* The pool holding a page-list entry of `tier`. */
 skvi_pool *skvi_entry_pool(skv_cache *c, skv_tier tier, uint32_t entry);
 skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);
-/* Merges the pending page-move event into a wait list for compute work. Returns the
- * list to pass (caller frees *owned when not NULL). */
-skv_status skvi_compute_waits(skv_cache *c, cl_uint n_user, const cl_event *user, cl_uint *n_out,
-                              const cl_event **out, cl_event **owned);
+/* Merges pending page moves into a wait list for compute work; returns the list to
+ * pass (the caller frees *owned when not NULL). Work that takes or writes pages
+ * (seqs NULL) waits for the cache's last move: a page a copy still reads may be handed
+ * out again. Decode only reads the pages of its sequences (seqs[n_seqs]) and waits for
+ * their moves alone, so fetching one sequence overlaps decode of the others. */
+skv_status skvi_compute_waits(skv_cache *c, const skv_seq_id *seqs, uint32_t n_seqs, cl_uint n_user,
+                              const cl_event *user, cl_uint *n_out, const cl_event **out, cl_event **owned);
+/* Compute work enqueued after this waits for the moves of seq's pages (a barrier). */
+skv_status skvi_wait_moves(skv_cache *c, skv_seq_id seq);
 
 #endif /* SKV_CACHE_INTERNAL_H */

@@ -397,7 +397,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     const cl_event *waits = NULL;
     cl_event *owned = NULL;
     if (st == SKV_OK)
-        st = skvi_compute_waits(c, 0, NULL, &n_waits, &waits, &owned);
+        st = skvi_compute_waits(c, NULL, 0, 0, NULL, &n_waits, &waits, &owned);
     cl_int e = CL_SUCCESS;
     for (int t = 0; st == SKV_OK && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
         for (int f = 0; f < SKV_TIER_COUNT && e == CL_SUCCESS; f++) {

@@ -761,6 +761,9 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                 return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
                                  "skv_seq_scores: pages in host memory: skv_seq_fetch them first");
     }
+    st = skvi_wait_moves(c, seq); /* pages fetched a moment ago may still be arriving */
+    if (st != SKV_OK)
+        return st;
     *count = held;
     if (scorer == SKV_SCORER_OBSERVED) {
         float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);

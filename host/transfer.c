@@ -1,7 +1,8 @@
 /* Page moves between device and host memory on the transfer queue. A move copies each
  * page into a page of the other pool, then swaps the sequence's reference; the copies
  * wait for compute work already enqueued (a marker), and later compute work waits for
- * the last copy (transfer_pending), so no kernel reads or reuses a page mid-move. */
+ * the last copy (transfer_pending; decode only for its own sequences' last copy,
+ * skvi_seq.moved), so no kernel reads or reuses a page mid-move. */
 #include <string.h>
 
 #include "cache_internal.h"
@@ -96,6 +97,9 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint64_t begin, uint6
         if (c->transfer_pending)
             clReleaseEvent(c->transfer_pending);
         c->transfer_pending = last;
+        if (s->moved)
+            clReleaseEvent(s->moved);
+        clRetainEvent(s->moved = last); /* copies run in order: the last covers the earlier ones */
         clFlush(c->ctx->transfer);
     }
     if (e != CL_SUCCESS) {

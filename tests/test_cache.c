@@ -479,6 +479,26 @@ static void test_offload_fetch(void **state)
     assert_memory_equal(before, after, 130 * pb);
     assert_memory_equal(before + 131 * pb, after + 131 * pb, 4 * pb);
 
+    /* Decode waits for its own sequences' moves only: while s is being fetched again,
+     * another sequence decodes correctly; a fork of s taken mid-fetch shares the
+     * arriving pages and its decode waits for them too. */
+    skv_seq_id other, child;
+    mirror mo = {.H = 2, .D = 64};
+    assert_ok(skv_seq_create(c, &other));
+    assert_ok(append_random(c, other, 0, 333, SKV_F32, &r, &mo));
+    assert_ok(skv_seq_offload(c, s, 0, 2000));
+    assert_ok(skv_seq_fetch(c, s, 0, 2000));
+    const mirror *op = &mo;
+    check_decode(c, 0, &other, &op, 1, SKV_F32, SKV_F32, &r);
+    assert_ok(skv_seq_offload(c, s, 0, 2000));
+    assert_ok(skv_seq_fetch(c, s, 0, 2000));
+    assert_ok(skv_seq_fork(c, s, &child));
+    check_decode(c, 0, &child, &mp, 1, SKV_F32, SKV_F32, &r);
+    skv_seq_id both[2] = {other, s};
+    const mirror *bm[2] = {&mo, &m};
+    check_decode(c, 0, both, bm, 2, SKV_F32, SKV_F32, &r);
+    mirror_free(&mo);
+
     /* a host budget too small: the offload is refused and nothing moves */
     skv_cache_desc d2 = geometry(1, 2, 1, 64, 16);
     d2.host_budget_bytes = 0;
