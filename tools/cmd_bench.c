@@ -39,7 +39,18 @@ void usage_bench(FILE *out)
             "  65536 tokens, 8 kv-heads, head_dim 128), then in the steady state (128 tokens\n"
             "  appended to a fork of it; median of --runs, default 5), and the decode step it\n"
             "  serves: compressing every 128 tokens costs compress_ms / 128 per step, reported\n"
-            "  as a fraction of the decode step.\n");
+            "  as a fraction of the decode step.\n"
+            "\n"
+            "usage: skv bench hetero [--tokens N[,N...]] [--kv-heads N] [--q-heads N] [--head-dim N]\n"
+            "                        [--fetch F] [--runs N] [--device SEL] [--json FILE]\n"
+            "  The host-memory tier HeteroCache keeps full KV in: two sequences of N tokens\n"
+            "  (default 16384,65536; 8 kv-heads, 32 q-heads, head_dim 128, F16). Times (wall\n"
+            "  clock, median of --runs, default 20) moving the first F of one sequence's tokens\n"
+            "  (default 0.25) to host memory and back (GB/s), one decode step of the other\n"
+            "  sequence alone, and the fetch and that decode enqueued together: overlap =\n"
+            "  (fetch + decode - together) / min(fetch, decode), 1 when the shorter hides\n"
+            "  entirely behind the longer, 0 when they serialise; fetch_steps = the fetch in\n"
+            "  decode steps.\n");
 }
 
 static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
@@ -513,13 +524,189 @@ fail:
     return rc;
 }
 
+/* One point of bench hetero: sequences `a` (decodes) and `b` (moves) of `tokens`. */
+static int hetero_point(skv_context *ctx, const bench_opts *o, double fetch_fraction, uint64_t tokens, cJSON *results)
+{
+    const uint32_t H = o->kv_heads, QH = o->q_heads, D = o->head_dim, chunk = 2048;
+    int rc = 1;
+    skv_cache *cache = NULL;
+    uint16_t *kvbuf = malloc((size_t)chunk * H * D * 2);
+    int32_t *pos = malloc(chunk * 4);
+    float *q = malloc((size_t)QH * D * 4), *out = malloc((size_t)QH * D * 4);
+    double *t[5];
+    for (int i = 0; i < 5; i++)
+        t[i] = calloc(o->runs, sizeof(double));
+    if (!kvbuf || !pos || !q || !out || !t[0] || !t[1] || !t[2] || !t[3] || !t[4]) {
+        fprintf(stderr, "skv bench: out of memory\n");
+        goto fail;
+    }
+    skv_cache_desc desc;
+    skv_cache_desc_init(&desc);
+    desc.layers = 1, desc.q_heads = QH, desc.kv_heads = H, desc.head_dim = D, desc.page_tokens = 64;
+    const uint64_t seq_bytes = ((tokens + 63) / 64 + 1) * H * 64 * (4ull * D + 4);
+    desc.device_budget_bytes = 3 * seq_bytes;
+    desc.host_budget_bytes = seq_bytes;
+    CHECK(skv_cache_create(ctx, &desc, &cache));
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < (size_t)chunk * H * D; i++) {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        kvbuf[i] = (uint16_t)(0x3400u | (state & 0x83FFu)); /* fp16 in [0.25, 0.5) of either sign */
+    }
+    for (size_t i = 0; i < (size_t)QH * D; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    skv_seq_id a, b;
+    CHECK(skv_seq_create(cache, &a));
+    CHECK(skv_seq_create(cache, &b));
+    for (uint64_t t0 = 0; t0 < tokens; t0 += chunk) {
+        uint32_t n = tokens - t0 < chunk ? (uint32_t)(tokens - t0) : chunk;
+        for (uint32_t i = 0; i < n; i++)
+            pos[i] = (int32_t)(t0 + i);
+        CHECK(skv_append(cache, a, 0, n, SKV_F16, kvbuf, kvbuf, pos));
+        CHECK(skv_append(cache, b, 0, n, SKV_F16, kvbuf, kvbuf, pos));
+    }
+    const uint64_t moved = (uint64_t)(fetch_fraction * (double)tokens) / 64 * 64; /* whole pages */
+    uint64_t page_bytes;
+    CHECK(skv_cache_page_bytes(cache, SKV_TIER_F16, &page_bytes));
+    const double bytes = (double)(moved / 64) * H * (double)page_bytes;
+    const float scale = 1.0f / sqrtf((float)D);
+    CHECK(skv_context_finish(ctx));
+    for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 warms up */
+        double w[6];
+        w[0] = wall_ms();
+        CHECK(skv_seq_offload(cache, b, 0, moved));
+        CHECK(skv_context_finish(ctx));
+        w[1] = wall_ms();
+        CHECK(skv_seq_fetch(cache, b, 0, moved));
+        CHECK(skv_context_finish(ctx));
+        w[2] = wall_ms();
+        CHECK(skv_attention_decode(cache, 0, &a, 1, SKV_F32, q, scale, SKV_F32, out));
+        CHECK(skv_context_finish(ctx));
+        w[3] = wall_ms();
+        CHECK(skv_seq_offload(cache, b, 0, moved));
+        CHECK(skv_context_finish(ctx));
+        w[4] = wall_ms();
+        CHECK(skv_seq_fetch(cache, b, 0, moved)); /* on the transfer queue ... */
+        CHECK(skv_attention_decode(cache, 0, &a, 1, SKV_F32, q, scale, SKV_F32, out)); /* ... with this */
+        CHECK(skv_context_finish(ctx));
+        w[5] = wall_ms();
+        if (r > 0)
+            for (int i = 0; i < 5; i++)
+                t[i][r - 1] = w[i + 1] - w[i];
+        tool_progress("bench hetero: %llu tokens, run %u/%u", (unsigned long long)tokens, r, o->runs);
+    }
+    for (int i = 0; i < 5; i++)
+        qsort(t[i], o->runs, sizeof(double), cmp_double);
+    const double off = t[0][o->runs / 2], fet = t[1][o->runs / 2], dec = t[2][o->runs / 2],
+                 both = t[4][o->runs / 2];
+    const double overlap = (fet + dec - both) / (fet < dec ? fet : dec);
+    tool_progress("");
+    printf("%9llu %9llu %10.1f %8.2f %8.2f %8.2f %8.2f %9.3f %10.3f %8.2f %7.2f\n", (unsigned long long)tokens,
+           (unsigned long long)moved, bytes / 1e6, off, bytes / off * 1e-6, fet, bytes / fet * 1e-6, dec, both, overlap,
+           fet / dec);
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r, "tokens", (double)tokens);
+    cJSON_AddNumberToObject(r, "moved_tokens", (double)moved);
+    cJSON_AddNumberToObject(r, "moved_bytes", bytes);
+    cJSON_AddNumberToObject(r, "offload_ms", off);
+    cJSON_AddNumberToObject(r, "offload_gbps", bytes / off * 1e-6);
+    cJSON_AddNumberToObject(r, "fetch_ms", fet);
+    cJSON_AddNumberToObject(r, "fetch_gbps", bytes / fet * 1e-6);
+    cJSON_AddNumberToObject(r, "decode_ms", dec);
+    cJSON_AddNumberToObject(r, "together_ms", both);
+    cJSON_AddNumberToObject(r, "overlap", overlap);
+    cJSON_AddNumberToObject(r, "fetch_steps", fet / dec);
+    cJSON_AddItemToArray(results, r);
+    rc = 0;
+fail:
+    free(kvbuf), free(pos), free(q), free(out);
+    for (int i = 0; i < 5; i++)
+        free(t[i]);
+    skv_cache_destroy(cache);
+    return rc;
+}
+
+static int bench_hetero(int argc, char **argv)
+{
+    bench_opts o = {.n_tokens = 2, .tokens = {16384, 65536}, .kv_heads = 8, .q_heads = 32, .head_dim = 128, .runs = 20};
+    double fetch = 0.25;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!v)
+            return tool_usage_error(usage_bench, "bench hetero: '%s' needs a value or is unknown", a);
+        if (strcmp(a, "--tokens") == 0)
+            bad = parse_tokens(v, &o);
+        else if (strcmp(a, "--kv-heads") == 0)
+            bad = parse_u32(v, 1, 1024, &o.kv_heads);
+        else if (strcmp(a, "--q-heads") == 0)
+            bad = parse_u32(v, 1, 65536, &o.q_heads);
+        else if (strcmp(a, "--head-dim") == 0)
+            bad = parse_u32(v, 1, 1024, &o.head_dim);
+        else if (strcmp(a, "--runs") == 0)
+            bad = parse_u32(v, 1, 100000, &o.runs);
+        else if (strcmp(a, "--fetch") == 0) {
+            char *end;
+            fetch = strtod(v, &end);
+            bad = *end || !(fetch > 0 && fetch <= 1);
+        } else if (strcmp(a, "--device") == 0)
+            o.device = v;
+        else if (strcmp(a, "--json") == 0)
+            o.json = v;
+        else
+            return tool_usage_error(usage_bench, "bench hetero: unknown option '%s'", a);
+        if (bad)
+            return tool_usage_error(usage_bench, "bench hetero: bad value '%s' for %s", v, a);
+        i++;
+    }
+    for (int i = 0; i < o.n_tokens; i++)
+        if ((uint64_t)(fetch * (double)o.tokens[i]) < 64)
+            return tool_usage_error(usage_bench, "bench hetero: --fetch %g of %llu tokens is less than a page", fetch,
+                                    (unsigned long long)o.tokens[i]);
+    int rc = 1;
+    skv_context *ctx = NULL;
+    cJSON *root = cJSON_CreateObject();
+    skv_device_profile prof;
+    if (!root || tool_open_context("bench", o.device, 0, &ctx, &prof) != SKV_OK)
+        goto done;
+    char dev[2 * SKV_NAME_MAX + 8];
+    snprintf(dev, sizeof dev, "%s (%s)", prof.name, prof.platform);
+    cJSON_AddStringToObject(root, "device", dev);
+    cJSON_AddStringToObject(root, "version", skv_version_string());
+    cJSON_AddNumberToObject(root, "kv_heads", o.kv_heads);
+    cJSON_AddNumberToObject(root, "q_heads", o.q_heads);
+    cJSON_AddNumberToObject(root, "head_dim", o.head_dim);
+    cJSON *results = cJSON_AddArrayToObject(root, "results");
+    printf("device: %s\nhost tier: %.3g of a sequence moved, F16, median of %u (wall clock, ms)\n\n", dev, fetch,
+           o.runs);
+    printf("%9s %9s %10s %8s %8s %8s %8s %9s %10s %8s %7s\n", "tokens", "moved", "MB", "offload", "GB/s", "fetch",
+           "GB/s", "decode", "together", "overlap", "steps");
+    for (int i = 0; i < o.n_tokens; i++)
+        if (hetero_point(ctx, &o, fetch, o.tokens[i], results) != 0)
+            goto done;
+    rc = 0;
+    if (o.json) {
+        char *text = cJSON_Print(root);
+        if (!text || tool_write_file(o.json, text) != 0) {
+            fprintf(stderr, "skv bench: cannot write %s\n", o.json);
+            rc = 1;
+        }
+        free(text);
+    }
+done:
+    cJSON_Delete(root);
+    skv_context_destroy(ctx);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     if (argc < 2)
-        return tool_usage_error(usage_bench, "bench: missing benchmark (decode or compress)");
+        return tool_usage_error(usage_bench, "bench: missing benchmark (decode, compress or hetero)");
     if (strcmp(argv[1], "decode") == 0)
         return bench_decode(argc - 1, argv + 1);
     if (strcmp(argv[1], "compress") == 0)
         return bench_compress(argc - 1, argv + 1);
+    if (strcmp(argv[1], "hetero") == 0)
+        return bench_hetero(argc - 1, argv + 1);
     return tool_usage_error(usage_bench, "bench: unknown benchmark '%s'", argv[1]);
 }
