@@ -106,7 +106,10 @@ static void panel(buf *b, const svg_panel *p, double ox, double oy, double w, do
 char *svg_chart(const char *heading, const svg_panel *panels, size_t n_panels)
 {
     buf b = {0};
-    const double w = 680, h = 380;
+    size_t most = 0; /* the legend (16 px a line) sets the height when it is long */
+    for (size_t i = 0; i < n_panels; i++)
+        most = panels[i].n_series > most ? panels[i].n_series : most;
+    const double w = 680, h = fmax(380, 40 + 16.0 * (double)most + 60);
     put(&b, "<svg xmlns='http://www.w3.org/2000/svg' width='%.0f' height='%.0f' font-family='sans-serif'>\n",
         w * n_panels, h + 30);
     put(&b, "<rect width='100%%' height='100%%' fill='white'/>\n");
