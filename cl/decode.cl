@@ -261,7 +261,7 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
  * over spilled work-item state). F16 keys are read KB slots at a time, so each run of
  * a key row is read in order; the softmax max is taken per block, so the accumulators
  * are rescaled at most once per block. Same partials. */
-#define TB 8
+#define TB 8 /* the softmax below takes a block as one float8 */
 #define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_PARAMS)
@@ -307,9 +307,17 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         l[g] = 0.0f;
     }
 
+    volatile uint touch = 0;
     for (uint t0 = tok_begin; t0 < tok_end; t0 += TB) { /* t0 % TB == 0: a block stays in one page */
         __global const uchar *page = SKV_PAGE(indices[first_page + t0 / P], PAGE_BYTES);
         const uint slot0 = t0 % P;
+        if (slot0 == 0 && t0 + P < tok_end) {
+            __global const uint *nx = (__global const uint *)SKV_PAGE(indices[first_page + t0 / P + 1], PAGE_BYTES);
+            uint x = 0;
+            for (uint o = 0; o < PAGE_BYTES / 4; o += 16)
+                x += nx[o];
+            touch = x;
+        }
         const uint n = min((uint)TB, tok_end - t0);
         float s[TB][G];
 #ifdef ADA
@@ -347,10 +355,13 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                 KEEP_LOGIT(bh, g, t0 + j, s[j][g]);
         /* online softmax once per block: at most one rescale of the accumulators */
         float p[TB][G];
-        SKV_UNROLL for (uint g = 0; g < G; g++) {
-            float mb = s[0][g];
-            for (uint j = 1; j < n; j++)
-                mb = fmax(mb, s[j][g]);
+        SKV_UNROLL for (uint g = 0; g < G; g++) { /* the block's TB = 8 logits as one vector: one vector exp */
+            float8 x = (float8)(s[0][g], s[1][g], s[2][g], s[3][g], s[4][g], s[5][g], s[6][g], s[7][g]);
+            if (n < TB) /* slots past the block's end take no weight */
+                x = select(x, (float8)(-INFINITY), (int8)(0, 1, 2, 3, 4, 5, 6, 7) >= (int8)((int)n));
+            const float4 m4 = fmax(x.lo, x.hi);
+            const float2 m2 = fmax(m4.lo, m4.hi);
+            const float mb = fmax(m2.x, m2.y);
             if (mb > m[g]) {
                 float alpha = exp(m[g] - mb);
                 l[g] *= alpha;
@@ -362,10 +373,12 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
 #endif
                 m[g] = mb;
             }
-            for (uint j = 0; j < n; j++) {
-                p[j][g] = exp(s[j][g] - m[g]);
-                l[g] += p[j][g];
-            }
+            const float8 e = exp(x - (float8)(m[g]));
+            const float4 e4 = e.lo + e.hi;
+            const float2 e2 = e4.lo + e4.hi;
+            l[g] += e2.x + e2.y;
+            p[0][g] = e.s0, p[1][g] = e.s1, p[2][g] = e.s2, p[3][g] = e.s3;
+            p[4][g] = e.s4, p[5][g] = e.s5, p[6][g] = e.s6, p[7][g] = e.s7;
         }
 #ifdef ADA
         /* values in the code domain: per (token, group) fold the scale into p and add p mn
