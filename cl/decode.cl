@@ -312,7 +312,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         __global const uchar *page = SKV_PAGE(indices[first_page + t0 / P], PAGE_BYTES);
         const uint slot0 = t0 % P;
         if (slot0 == 0 && t0 + P < tok_end) {
-            __global const uint *nx = (__global const uint *)SKV_PAGE(indices[first_page + t0 / P + 1], PAGE_BYTES);
+            __global const volatile uint *nx =
+                (__global const volatile uint *)SKV_PAGE(indices[first_page + t0 / P + 1], PAGE_BYTES);
             uint x = 0;
             for (uint o = 0; o < PAGE_BYTES / 4; o += 16)
                 x += nx[o];
