@@ -76,25 +76,35 @@ inline float8 codes8(__global const uchar *vo, uint i8)
 #define TABLE_FLOATS ((D / 2) * (ADA_JOINT ? NC : NS) * G)
 
 /* logits of one slot for the G q-heads: dot_g[g] = n * sum_j J[j][code_j][g]; the G
- * entries of a code are adjacent, summed 4 at a time where G allows */
+ * entries of a code are adjacent, summed 4 at a time where G allows, into ADA_SPLIT
+ * interleaved partial sums over j (a CPU core would otherwise wait on one add chain
+ * of D/2 table loads; the GPU variant keeps one: its parallelism is across slots) */
 #define G4 (G / 4)
 #define ADA_SLOT_LOGITS(page, slot, tab, params, dot_g)                                    \
     do {                                                                                   \
         __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
         uint words_[KW];                                                                   \
         SKV_UNROLL for (uint w_ = 0; w_ < KW; w_++) words_[w_] = kw_[w_ * P];              \
-        float4 a4_[G4 > 0 ? G4 : 1];                                                       \
-        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] = (float4)(0.0f);              \
-        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = 0.0f;                  \
+        float4 a4_[ADA_SPLIT][G4 > 0 ? G4 : 1];                                            \
+        float as_[ADA_SPLIT][G];                                                           \
+        SKV_UNROLL for (uint k_ = 0; k_ < ADA_SPLIT; k_++) {                               \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] = (float4)(0.0f);      \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] = 0.0f;            \
+        }                                                                                  \
         SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
-            const uint code_ = PAIR_CODE(words_, j_);                                      \
+            const uint code_ = PAIR_CODE(words_, j_), k_ = j_ % ADA_SPLIT;                 \
             const float r_ = ADA_JOINT ? 1.0f : (params)[code_ & (NR - 1)];                \
             __global const float *t_ =                                                     \
                 (tab) + (ADA_JOINT ? j_ * NC + code_ : j_ * NS + (code_ >> RB)) * G;       \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] += r_ * vload4(g_, t_);    \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] += r_ * t_[g_];      \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] += r_ * vload4(g_, t_); \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] += r_ * t_[g_];    \
         }                                                                                  \
-        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[g_], g_, dot_g);           \
+        SKV_UNROLL for (uint k_ = 1; k_ < ADA_SPLIT; k_++) {                               \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[0][g_] += a4_[k_][g_];         \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[0][g_] += as_[k_][g_];     \
+        }                                                                                  \
+        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[0][g_], g_, dot_g);        \
+        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = as_[0][g_];            \
         const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
         SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
     } while (0)
@@ -126,6 +136,7 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 /* `scale` multiplies the logits: the softmax scale (ADA: times sqrt(2/D) and the tier's
  * logit correction). `tables` (ADA): [B*H][G][D/2][NS] per-query tables. */
 
+#define ADA_SPLIT 1
 __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECODE_PARAMS)
 {
     const uint lid = get_local_id(0);
@@ -264,6 +275,8 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
 #define TB 8 /* the softmax below takes a block as one float8 */
 #define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
 
+#undef ADA_SPLIT
+#define ADA_SPLIT 4
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_PARAMS)
 {
     const uint chunk = get_group_id(0);
