@@ -408,31 +408,48 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                 }
             }
         }
-        for (uint i = 0; i < D / 8; i++) {
-            float8 a[G];
+        for (uint i = 0; i < D / 8; i++) { /* two FMA chains per q-head: even and odd tokens */
+            float8 a[G], a2[G];
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                a[g] = acc[g][i];
-            for (uint j = 0; j < n; j++) {
-                const float8 q8 = codes8(value_row(page, slot0 + j), i);
+                a[g] = acc[g][i], a2[g] = (float8)(0.0f);
+            uint j = 0;
+            for (; j + 1 < n; j += 2) {
+                const float8 q0 = codes8(value_row(page, slot0 + j), i), q1 = codes8(value_row(page, slot0 + j + 1), i);
+                SKV_UNROLL for (uint g = 0; g < G; g++) {
+                    a[g] = fma((float8)(ps[j][8 * i / VG][g]), q0, a[g]);
+                    a2[g] = fma((float8)(ps[j + 1][8 * i / VG][g]), q1, a2[g]);
+                }
+            }
+            if (j < n) {
+                const float8 q0 = codes8(value_row(page, slot0 + j), i);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
-                    a[g] = fma((float8)(ps[j][8 * i / VG][g]), q8, a[g]);
+                    a[g] = fma((float8)(ps[j][8 * i / VG][g]), q0, a[g]);
             }
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                acc[g][i] = a[g];
+                acc[g][i] = a[g] + a2[g];
         }
 #else
         /* values: each accumulator vector is loaded and stored once per block */
-        for (uint i = 0; i < D / 8; i++) {
-            float8 a[G];
+        for (uint i = 0; i < D / 8; i++) { /* two FMA chains per q-head: even and odd tokens */
+            float8 a[G], a2[G];
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                a[g] = acc[g][i];
-            for (uint j = 0; j < n; j++) {
-                float8 v8 = vload_half8(i, (__global const half *)page + P * D + (slot0 + j) * D);
+                a[g] = acc[g][i], a2[g] = (float8)(0.0f);
+            __global const half *vp = (__global const half *)page + P * D + slot0 * D;
+            uint j = 0;
+            for (; j + 1 < n; j += 2) {
+                const float8 v0 = vload_half8(i, vp + j * D), v1 = vload_half8(i, vp + (j + 1) * D);
+                SKV_UNROLL for (uint g = 0; g < G; g++) {
+                    a[g] = fma((float8)(p[j][g]), v0, a[g]);
+                    a2[g] = fma((float8)(p[j + 1][g]), v1, a2[g]);
+                }
+            }
+            if (j < n) {
+                const float8 v0 = vload_half8(i, vp + j * D);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
-                    a[g] = fma((float8)(p[j][g]), v8, a[g]);
+                    a[g] = fma((float8)(p[j][g]), v0, a[g]);
             }
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                acc[g][i] = a[g];
+                acc[g][i] = a[g] + a2[g];
         }
 #endif
     }
