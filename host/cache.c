@@ -526,13 +526,18 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
             size_t n = l->tokens - t0 < P ? (size_t)(l->tokens - t0) : P;
             if (n > capacity - written)
                 n = capacity - written;
-            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_TRUE, off + pos_offset, n * 4, out + written, 0,
-                                            NULL, NULL);
+            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset, n * 4, out + written, 0,
+                                            NULL, NULL); /* one wait for all of them, below */
             if (e2 != CL_SUCCESS)
                 st = skvi_cl_fail(c->ctx->error, e2, "skv_seq_positions: clEnqueueReadBuffer");
             written += n;
         }
         held += l->tokens;
+    }
+    if (written) { /* even after a failed enqueue: the earlier reads write into out */
+        cl_int e3 = clFinish(c->ctx->queue);
+        if (st == SKV_OK && e3 != CL_SUCCESS)
+            st = skvi_cl_fail(c->ctx->error, e3, "skv_seq_positions: clFinish");
     }
     *count = held;
     return st;
