@@ -1,3 +1,5 @@
+#include <stdio.h>
+#include <stdlib.h>
 /* RDR in the cache (DESIGN.md §7): for each (layer, kv-head) of a sequence, scores ->
  * utilities -> the solver (src/rdr.c) -> packing into tier-homogeneous pages. Every list
  * whose tokens change is rebuilt into fresh pages (kept tokens copied slot by slot,
@@ -309,11 +311,11 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     }
     const double f16_token = (double)skvi_tier_page_bytes(SKV_TIER_F16, c->desc.head_dim, P) / P;
-    uint64_t held0 = 0;
-    for (int t = 0; t < SKV_TIER_COUNT; t++)
-        held0 += skvi_seq_list(c, s, only_layer == ~0u ? 0 : only_layer, 0, (skv_tier)t)->tokens;
+    /* the budget is a share of every token appended at F16 (not of those a previous
+     * compression kept: that would tighten the budget at every compression) */
+    const uint64_t appended = s->len[only_layer == ~0u ? 0 : only_layer];
     st = skv_budget_layers(c->desc.budget_rule == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L,
-                           (uint64_t)(c->desc.budget_ratio * (double)held0), per_layer);
+                           (uint64_t)(c->desc.budget_ratio * (double)appended), per_layer);
     uint64_t *per_head = skvi_calloc(a, H, sizeof *per_head);
     if (st == SKV_OK && !per_head)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
@@ -392,6 +394,10 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
                     d++;
                 }
         }
+    }
+    if (getenv("SKV_DBG")) {
+        for (int t = 0; t < SKV_TIER_COUNT; t++) for (int f = 0; f < SKV_TIER_COUNT; f++) if (n_jobs[t][f]) fprintf(stderr, "[%d<-%d %u] ", t, f, n_jobs[t][f]);
+        fprintf(stderr, "\n");
     }
     cl_uint n_waits = 0;
     const cl_event *waits = NULL;

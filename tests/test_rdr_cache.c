@@ -190,6 +190,13 @@ static void test_runs_on_append(void **state)
     /* 400 tokens appended: compressed on the way (F16 alone would be 25 pages) */
     assert_true(before < 25 * pb);
     assert_true(skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens < 400);
+    /* Each compression budgets against every token appended, not the ones a previous
+     * compression kept: the cache stays near the ratio instead of shrinking at each step. */
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(c, &st));
+    printf("after 400 tokens with compression on append: bytes ratio %.3f (budget 0.25)\n", st.bytes_ratio);
+    assert_true(st.bytes_ratio <= 0.25 + 1e-9);
+    assert_true(st.bytes_ratio >= 0.2);
     skv_cache_destroy(c);
 }
 

@@ -437,16 +437,16 @@ static int bench_compress(int argc, char **argv)
         goto fail;
     }
     uint64_t state = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i < (size_t)chunk * kv * d; i++) {
-        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
-        kvbuf[i] = (uint16_t)(0x3400u | (state & 0x83FFu)); /* fp16 in [0.25, 0.5) of either sign */
-    }
     for (size_t i = 0; i < (size_t)4 * kv * d; i++)
         q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
     skv_seq_id base;
     CHECK(skv_seq_create(cache, &base));
     for (uint64_t t = 0; t < tokens; t += chunk) {
         uint32_t n = tokens - t < chunk ? (uint32_t)(tokens - t) : chunk;
+        for (size_t i = 0; i < (size_t)chunk * kv * d; i++) { /* fresh keys and values for every chunk */
+            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+            kvbuf[i] = (uint16_t)(0x3400u | (state & 0x83FFu)); /* fp16 in [0.25, 0.5) of either sign */
+        }
         for (uint32_t i = 0; i < n; i++)
             pos[i] = (int32_t)(t + i);
         CHECK(skv_append(cache, base, 0, n, SKV_F16, kvbuf, kvbuf, pos));
