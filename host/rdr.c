@@ -1,5 +1,3 @@
-#include <stdio.h>
-#include <stdlib.h>
 /* RDR in the cache (DESIGN.md §7): for each (layer, kv-head) of a sequence, scores ->
  * utilities -> the solver (src/rdr.c) -> packing into tier-homogeneous pages. Every list
  * whose tokens change is rebuilt into fresh pages (kept tokens copied slot by slot,
@@ -394,10 +392,6 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
                     d++;
                 }
         }
-    }
-    if (getenv("SKV_DBG")) {
-        for (int t = 0; t < SKV_TIER_COUNT; t++) for (int f = 0; f < SKV_TIER_COUNT; f++) if (n_jobs[t][f]) fprintf(stderr, "[%d<-%d %u] ", t, f, n_jobs[t][f]);
-        fprintf(stderr, "\n");
     }
     cl_uint n_waits = 0;
     const cl_event *waits = NULL;
