@@ -267,31 +267,56 @@ int skv_rdr_solve_with(const skv_rdr_problem *p, const skv_rdr_backend *be, uint
         return -2;
     if (bytes_of(p, count) <= p->budget)
         return 0;
+    const double b_zero = unrounded(p, count); /* at lambda 0 */
     memset(choice, DROP, p->n); /* everything dropped must fit, or nothing does */
     if (skv_rdr_bytes(p, choice) > p->budget)
         return -1;
-    /* Bisect lambda (in float, the backends' arithmetic) on the unrounded bytes against
-     * the budget; page rounding is settled afterwards. */
+    /* Bracket lambda (in float, the backends' arithmetic) on the unrounded bytes against
+     * the budget, by factors of 4 from 1, then bisect it geometrically (lambda spans many
+     * decades) until the bytes at the two ends are within a page of the largest tier:
+     * the finish below settles that last page and the page rounding. */
     const double target = (double)p->budget;
+    double page = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        page = (double)p->page_bytes[t] > page ? (double)p->page_bytes[t] : page;
     float lo = 0.0f, hi = 1.0f;
-    for (int i = 0; i < 120; i++) {
+    double b_lo = INFINITY, b_hi;
+    if (b_zero > target) { /* else only the page rounding is over: lambda 0, then the finish */
         if (be->choose(be->user, hi, NULL, count) != 0)
             return -2;
-        if (unrounded(p, count) <= target)
-            break;
-        lo = hi;
-        hi *= 4.0f;
-    }
-    for (int i = 0; i < 64; i++) {
-        float mid = 0.5f * (lo + hi);
-        if (mid <= lo || mid >= hi)
-            break;
-        if (be->choose(be->user, mid, NULL, count) != 0)
-            return -2;
-        if (unrounded(p, count) <= target)
-            hi = mid;
-        else
-            lo = mid;
+        b_hi = unrounded(p, count);
+        if (b_hi <= target) { /* fits: down until it does not (bytes tend to b_zero) */
+            for (float x = hi * 0.25f; x > 0.0f; x *= 0.25f) {
+                if (be->choose(be->user, x, NULL, count) != 0)
+                    return -2;
+                const double b = unrounded(p, count);
+                if (b > target) {
+                    lo = x, b_lo = b;
+                    break;
+                }
+                hi = x, b_hi = b;
+            }
+        } else { /* does not fit: up until it does */
+            for (int i = 0; i < 120 && b_hi > target; i++) {
+                lo = hi, b_lo = b_hi;
+                hi *= 4.0f;
+                if (be->choose(be->user, hi, NULL, count) != 0)
+                    return -2;
+                b_hi = unrounded(p, count);
+            }
+        }
+        for (int i = 0; i < 64 && b_lo - b_hi > page; i++) {
+            float mid = lo > 0.0f ? (float)sqrt((double)lo * (double)hi) : 0.5f * hi;
+            if (mid <= lo || mid >= hi)
+                break;
+            if (be->choose(be->user, mid, NULL, count) != 0)
+                return -2;
+            const double b = unrounded(p, count);
+            if (b <= target)
+                hi = mid, b_hi = b;
+            else
+                lo = mid, b_lo = b;
+        }
     }
     /* lambda_lo's choice is the best that did not fit: finish it by the cheapest
      * downgrades (page rounding makes the last steps a knapsack over whole pages), then
