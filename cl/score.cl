@@ -2,7 +2,7 @@
  * statistics they use. Kernels:
  *   key_inv_norms: 1/|k| of tokens [base, base + m) of each head's F16 list;
  *   key_stats:     per (head, dim) the sums of k and k/|k| of those tokens by window;
- *   score_f16:     scores of one head's F16 tokens;
+ *   score_f16:     scores of one head's F16 tokens (and each key's |k|^2, as score_ada);
  *   score_ada:     scores of one head's tokens in an ADA tier, from the codes: the key
  *                  enters only through dot products with the statistics vectors, read
  *                  from per-vector tables as in decode, and its decoded norm.
@@ -75,7 +75,7 @@ inline float score_of(uint scorer, float kk, float km, float mm, float ka, float
 /* vecs: [n_windows + 1][D]: the window means, then the unit mean. */
 __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint scorer,
                         __global const float *vecs, uint n_windows, uint window, uint n_sink,
-                        __global float *scores)
+                        __global float *scores, __global float *energy)
 {
     const uint t = get_global_id(0);
     if (t >= n_tokens)
@@ -95,6 +95,7 @@ __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
         aa += a[d] * a[d];
     }
     scores[t] = score_of(scorer, kk, km, mm, ka, aa, position, n_sink);
+    energy[t] = kk; /* |k|^2, for RDR's distortions: no second pass */
 }
 
 /* TriAttention, raw per q-head (the host z-scores and takes the group max): eff is
@@ -182,7 +183,7 @@ __kernel void snap_vote(__global const float *S, uint n, uint rows, __global con
  * skv_ref_ada_query_table); norms2: |v|^2 per row; radius: the tier's codebook. */
 __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint scorer,
                         __global const float *tables, __global const float *norms2, uint n_windows, uint window,
-                        uint n_sink, __constant float *radius, __global float *scores)
+                        uint n_sink, __constant float *radius, __global float *scores, __global float *energy)
 {
     const uint t = get_global_id(0);
     if (t >= n_tokens)
@@ -213,6 +214,7 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
     const float n = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
     /* the decoded key k^: |k^|^2 = n^2 sum R^2, k^.v = n sum R T_v */
     scores[t] = score_of(scorer, n * n * r2, n * dm, norms2[w], n * da, norms2[n_windows], position, n_sink);
+    energy[t] = n * n * r2;
 }
 
 /* params layout as in ada_encode.cl */

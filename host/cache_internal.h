@@ -144,9 +144,12 @@ void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *p
 /* Adds every pending token of the sequence to its statistics (reads keys back: waits). */
 skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s);
 skv_status skvi_score_init(skv_cache *c);
-/* skv_seq_scores with another scorer (one the cache's kernels serve: knorm always). */
+/* skv_seq_scores with another scorer (one the cache's kernels serve: knorm always);
+ * energy (NULL: not wanted) receives each held token's |k|^2 in the same order, from
+ * the same pass for the key-statistics scorers (knorm .. streaming), else from a knorm
+ * pass. */
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
-                       size_t capacity, size_t *count);
+                       size_t capacity, size_t *count, float *energy);
 void skvi_score_release(skv_cache *c);
 
 /* rdr.c: RDR on one layer (or all: ~0u) of a sequence; all or nothing */

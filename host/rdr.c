@@ -152,19 +152,17 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
     lp->n = (uint32_t)held;
     lp->src = skvi_calloc(a, held ? held : 1, sizeof *lp->src);
     lp->final = skvi_calloc(a, held ? held : 1, sizeof *lp->final);
-    float *score = skvi_calloc(a, held ? held : 1, sizeof *score), *norm = skvi_calloc(a, held ? held : 1, sizeof *norm);
+    float *score = skvi_calloc(a, held ? held : 1, sizeof *score), *ksq = skvi_calloc(a, held ? held : 1, sizeof *ksq);
     int32_t *pos = skvi_calloc(a, held ? held : 1, sizeof *pos);
     skv_rdr_item *items = skvi_calloc(a, held ? held : 1, sizeof *items);
     uint32_t *item_of = skvi_calloc(a, held ? held : 1, sizeof *item_of);
     uint8_t *choice = skvi_calloc(a, held ? held : 1, sizeof *choice);
     skv_status st = SKV_OK;
-    if (!lp->src || !lp->final || !score || !norm || !pos || !items || !item_of || !choice)
+    if (!lp->src || !lp->final || !score || !ksq || !pos || !items || !item_of || !choice)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     size_t cnt;
-    if (st == SKV_OK && held)
-        st = skvi_scores(c, seq, layer, head, c->desc.scorer, score, held, &cnt);
-    if (st == SKV_OK && held)
-        st = skvi_scores(c, seq, layer, head, SKV_SCORER_KNORM, norm, held, &cnt);
+    if (st == SKV_OK && held) /* the scores and |k|^2 */
+        st = skvi_scores(c, seq, layer, head, c->desc.scorer, score, held, &cnt, ksq);
     if (st == SKV_OK && held)
         st = skv_seq_positions(c, seq, layer, head, pos, held, &cnt);
     if (st == SKV_OK) {
@@ -191,7 +189,7 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
             item_of[n] = (uint32_t)k;
             items[n].current = lp->src[k].tier;
             mean += score[k];
-            energy += (double)norm[k] * norm[k];
+            energy += ksq[k];
             n++;
         }
         mean = n ? mean / n : 0;
@@ -208,7 +206,7 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
             zsum += exp(items[k].u - zmax);
         for (uint32_t k = 0; k < n; k++) {
             items[k].u = (float)(exp(items[k].u - zmax) / zsum);
-            double e = (double)norm[item_of[k]] * norm[item_of[k]];
+            double e = ksq[item_of[k]];
             items[k].key_energy = (float)(energy > 0 ? e / energy : 1);
         }
         pr.items = items;
@@ -254,7 +252,7 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
                 lp->keep[t] = skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens / P;
     }
     skvi_free(a, score);
-    skvi_free(a, norm);
+    skvi_free(a, ksq);
     skvi_free(a, pos);
     skvi_free(a, items);
     skvi_free(a, item_of);
@@ -282,7 +280,7 @@ static skv_status adakv_budgets(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint3
     skv_status st = SKV_OK;
     for (uint32_t h = 0; st == SKV_OK && h < H; h++) {
         size_t cnt = 0;
-        st = skvi_scores(c, seq, layer, h, c->desc.scorer, m + (size_t)h * most, most, &cnt);
+        st = skvi_scores(c, seq, layer, h, c->desc.scorer, m + (size_t)h * most, most, &cnt, NULL);
         for (size_t i = cnt; i < most; i++)
             m[(size_t)h * most + i] = -INFINITY;
     }

@@ -737,7 +737,7 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
 }
 
 static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer,
-                              float *out, size_t capacity, size_t *count)
+                              float *out, size_t capacity, size_t *count, float *energy)
 {
     if (!c || !count || (capacity && !out))
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
@@ -812,11 +812,13 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         if (!l->tokens)
             continue;
         cl_int e;
-        cl_mem bufs[4] = {0};
+        cl_mem bufs[5] = {0}; /* pages, scores, vectors or tables, norms2 (ADA), |k|^2 */
         cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
         bufs[0] = clCreateBuffer(ctx->cl, ro, l->n * sizeof *l->ids, l->ids, &e);
         if (e == CL_SUCCESS)
             bufs[1] = clCreateBuffer(ctx->cl, CL_MEM_WRITE_ONLY, l->tokens * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS)
+            bufs[4] = clCreateBuffer(ctx->cl, CL_MEM_WRITE_ONLY, l->tokens * sizeof(float), NULL, &e);
         if (e == CL_SUCCESS && t == SKV_TIER_F16) {
             bufs[2] = clCreateBuffer(ctx->cl, ro, (size_t)(nw + 1) * D * sizeof(float), vecs, &e);
         } else if (e == CL_SUCCESS) { /* ADA: the vectors enter as query tables, as in decode */
@@ -856,9 +858,14 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             if (t != SKV_TIER_F16)
                 e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
             e |= clSetKernelArg(k, a++, sizeof bufs[1], &bufs[1]);
+            e |= clSetKernelArg(k, a++, sizeof bufs[4], &bufs[4]);
             size_t g = n;
             if (e == CL_SUCCESS)
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+            if (e == CL_SUCCESS && energy && done < capacity)
+                e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_FALSE, 0,
+                                        (n < capacity - done ? n : capacity - done) * sizeof(float), energy + done, 0,
+                                        NULL, NULL); /* in order: complete with the blocking read below */
             if (e == CL_SUCCESS)
                 e = clEnqueueReadBuffer(ctx->queue, bufs[1], CL_TRUE, 0, n * sizeof(float), scores + done, 0, NULL,
                                         NULL);
@@ -866,7 +873,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         if (st == SKV_OK && e != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, e, "skv_seq_scores");
         done += l->tokens;
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             if (bufs[i])
                 clReleaseMemObject(bufs[i]);
         skvi_free(ctx->alloc, tables);
@@ -886,11 +893,19 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
     skvi_clear_error();
     if (!c)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_seq_scores: cache is NULL");
-    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count);
+    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count, NULL);
 }
 
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
-                       size_t capacity, size_t *count)
+                       size_t capacity, size_t *count, float *energy)
 {
-    return scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count);
+    const int one_pass = scorer >= SKV_SCORER_KNORM && scorer <= SKV_SCORER_STREAMING;
+    skv_status st = scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count, one_pass ? energy : NULL);
+    if (st == SKV_OK && energy && !one_pass) { /* knorm = -|k| */
+        size_t n = 0;
+        st = scores_impl(c, seq, layer, kv_head, SKV_SCORER_KNORM, energy, capacity, &n, NULL);
+        for (size_t i = 0; st == SKV_OK && i < n && i < capacity; i++)
+            energy[i] *= energy[i];
+    }
+    return st;
 }

@@ -67,11 +67,17 @@ static void check_scores(skv_cache *c, skv_seq_id s, uint32_t h, const float *k,
     for (uint32_t d = 0; d < D; d++)
         uf[d] = (float)(unit[d] / n);
 
-    float *got = malloc(n * 4);
+    float *got = malloc(n * 4), *ksq = malloc((n + 1) * 4), *again = malloc(n * 4);
     int32_t *pos = malloc(n * 4);
     size_t count, pc;
     assert_ok(skv_seq_scores(c, s, 1, h, got, n, &count));
     assert_int_equal(count, n);
+    /* RDR's one pass: the same scores, and |k|^2 of each key as stored, in the same order */
+    for (uint32_t i = 0; i <= n; i++)
+        ksq[i] = NAN;
+    assert_ok(skvi_scores(c, s, 1, h, sc, again, n, &count, ksq));
+    assert_memory_equal(got, again, n * 4);
+    assert_true(isnan(ksq[n])); /* nothing past capacity */
     assert_ok(skv_seq_positions(c, s, 1, h, pos, n, &pc));
     const skvi_page_list *f16 = skvi_seq_list(c, &c->seqs[s], 1, h, SKV_TIER_F16);
     int8_t signs[256];
@@ -86,13 +92,18 @@ static void check_scores(skv_cache *c, skv_seq_id s, uint32_t h, const float *k,
             skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
             skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
         }
+        double kk = 0;
+        for (uint32_t d = 0; d < D; d++)
+            kk += (double)key[d] * key[d];
+        if (!(fabs(ksq[i] - kk) <= 2e-4 * fmax(1.0, kk)))
+            fail_msg("|k|^2 head %u token %u: %.7g, reference %.7g", h, t, ksq[i], kk);
         const float *mu = mf + (size_t)(nw > 1 ? t / W : 0) * D;
         float want = skv_ref_score_key(sc, key, D, mu, uf, pos[i], c->desc.n_sink);
         if (!(fabsf(got[i] - want) <= 2e-4f * fmaxf(1.0f, fabsf(want))) && !(isinf(want) && got[i] == want))
             fail_msg("scorer %d head %u token %u (%s): %.7g, reference %.7g", (int)sc, h, t,
                      i >= f16->tokens ? "a3v4" : "f16", got[i], want);
     }
-    free(mean), free(unit), free(cnt), free(mf), free(uf), free(got), free(pos);
+    free(mean), free(unit), free(cnt), free(mf), free(uf), free(got), free(pos), free(ksq), free(again);
 }
 
 static void test_scorers_match_reference(void **state)
