@@ -278,13 +278,14 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
 #undef ADA_SPLIT
 #define ADA_SPLIT 4
 
-/* The CPU form of ADA_SLOT_LOGITS for joint tables and power-of-two G: each pair's code
- * is cut from the key words already scaled to its table entry's byte offset (code * 4G),
- * a shift and a mask from a 64-bit window of two words, so a pair costs a shift, an and
- * and one table load-add per 4 q-heads. Same sums as ADA_SLOT_LOGITS. */
+/* The CPU form of ADA_SLOT_LOGITS for power-of-two G: each pair's table index (the code,
+ * or for tables not joined with R the angle code) is cut from the key words already
+ * scaled to the entry's byte offset (index * 4G), a shift and a mask from a 64-bit
+ * window of two words, so a joint pair costs a shift, an and and one table load-add per
+ * 4 q-heads. Same sums as ADA_SLOT_LOGITS. */
 #define ENTRY_SHIFT (G == 1 ? 2 : G == 2 ? 3 : G == 4 ? 4 : G == 8 ? 5 : G == 16 ? 6 : G == 32 ? 7 : 8)
-#define CPU_OFFSETS (ADA_JOINT && (G & (G - 1)) == 0)
-#define ADA_SLOT_LOGITS_CPU(page, slot, tab, dot_g)                                        \
+#define CPU_OFFSETS ((G & (G - 1)) == 0)
+#define ADA_SLOT_LOGITS_CPU(page, slot, tab, params, dot_g)                                \
     do {                                                                                   \
         __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
         ulong words_[KW + 1];                                                              \
@@ -300,14 +301,17 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
         SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
             const uint bit_ = j_ * (RB + AB), wi_ = bit_ / 32, sh_ = bit_ % 32;           \
             const ulong x_ = words_[wi_] | words_[wi_ + 1] << 32;                          \
-            const uint off_ = (sh_ >= ENTRY_SHIFT ? (uint)(x_ >> (sh_ - ENTRY_SHIFT))      \
-                                                  : (uint)(x_ << (ENTRY_SHIFT - sh_))) &   \
-                              ((uint)(NC - 1) << ENTRY_SHIFT);                             \
+            /* joint: the whole code indexes the table; else the angle does, times R[r] */ \
+            const uint lo_ = ADA_JOINT ? sh_ : sh_ + RB, ents_ = ADA_JOINT ? NC : NS;      \
+            const uint off_ = (lo_ >= ENTRY_SHIFT ? (uint)(x_ >> (lo_ - ENTRY_SHIFT))      \
+                                                  : (uint)(x_ << (ENTRY_SHIFT - lo_))) &   \
+                              ((ents_ - 1) << ENTRY_SHIFT);                                \
+            const float r_ = ADA_JOINT ? 1.0f : (params)[(uint)(x_ >> sh_) & (NR - 1)];    \
             __global const float *t_ =                                                     \
-                (__global const float *)(tb_ + off_ + (size_t)j_ * NC * G * 4);            \
+                (__global const float *)(tb_ + off_ + (size_t)j_ * ents_ * G * 4);         \
             const uint k_ = j_ % ADA_SPLIT;                                                \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] += vload4(g_, t_);     \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] += t_[g_];         \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] += r_ * vload4(g_, t_); \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] += r_ * t_[g_];    \
         }                                                                                  \
         SKV_UNROLL for (uint k_ = 1; k_ < ADA_SPLIT; k_++) {                               \
             SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[0][g_] += a4_[k_][g_];         \
@@ -379,7 +383,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         for (uint j = 0; j < n; j++) {
             float dot_g[G];
 #if CPU_OFFSETS
-            ADA_SLOT_LOGITS_CPU(page, slot0 + j, tab, dot_g);
+            ADA_SLOT_LOGITS_CPU(page, slot0 + j, tab, params, dot_g);
 #else
             ADA_SLOT_LOGITS(page, slot0 + j, tab, params, dot_g);
 #endif
