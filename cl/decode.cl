@@ -60,13 +60,11 @@ inline float8 codes8(__global const uchar *vo, uint i8)
 {
 #if VB == 8
     return convert_float8(vload8(i8, vo));
-#elif VB == 4
-    const uchar4 b = vload4(i8, vo);
-    const uint x = b.x | (uint)b.y << 8 | (uint)b.z << 16 | (uint)b.w << 24;
+#elif VB == 4 /* value rows start 4-byte aligned (page layout), so one word load */
+    const uint x = ((__global const uint *)vo)[i8];
     return convert_float8(((uint8)(x) >> (uint8)(0, 4, 8, 12, 16, 20, 24, 28)) & (uint8)(VMASK));
 #else
-    const uchar2 b = vload2(i8, vo);
-    const uint x = b.x | (uint)b.y << 8;
+    const uint x = ((__global const ushort *)vo)[i8];
     return convert_float8(((uint8)(x) >> (uint8)(0, 2, 4, 6, 8, 10, 12, 14)) & (uint8)(VMASK));
 #endif
 }
