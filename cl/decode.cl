@@ -76,13 +76,16 @@ inline float8 codes8(__global const uchar *vo, uint i8)
 /* logits of one slot for the G q-heads: dot_g[g] = n * sum_j J[j][code_j][g]; the G
  * entries of a code are adjacent, summed 4 at a time where G allows, into ADA_SPLIT
  * interleaved partial sums over j (a CPU core would otherwise wait on one add chain
- * of D/2 table loads; the GPU variant keeps one: its parallelism is across slots) */
+ * of D/2 table loads; the GPU variant keeps one: its parallelism is across slots).
+ * Set per kernel: ADA_SPLIT; ADA_WORD, the key words' type; ADA_PAIR(words, j, tab,
+ * params, t, r), pair j's table entries t and radius factor r (1 for joint tables). */
 #define G4 (G / 4)
 #define ADA_SLOT_LOGITS(page, slot, tab, params, dot_g)                                    \
     do {                                                                                   \
         __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
-        uint words_[KW];                                                                   \
+        ADA_WORD words_[KW + 1];                                                           \
         SKV_UNROLL for (uint w_ = 0; w_ < KW; w_++) words_[w_] = kw_[w_ * P];              \
+        words_[KW] = 0;                                                                    \
         float4 a4_[ADA_SPLIT][G4 > 0 ? G4 : 1];                                            \
         float as_[ADA_SPLIT][G];                                                           \
         SKV_UNROLL for (uint k_ = 0; k_ < ADA_SPLIT; k_++) {                               \
@@ -90,10 +93,10 @@ inline float8 codes8(__global const uchar *vo, uint i8)
             SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] = 0.0f;            \
         }                                                                                  \
         SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
-            const uint code_ = PAIR_CODE(words_, j_), k_ = j_ % ADA_SPLIT;                 \
-            const float r_ = ADA_JOINT ? 1.0f : (params)[code_ & (NR - 1)];                \
-            __global const float *t_ =                                                     \
-                (tab) + (ADA_JOINT ? j_ * NC + code_ : j_ * NS + (code_ >> RB)) * G;       \
+            __global const float *t_;                                                      \
+            float r_;                                                                      \
+            ADA_PAIR(words_, j_, tab, params, t_, r_);                                     \
+            const uint k_ = j_ % ADA_SPLIT;                                                \
             SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] += r_ * vload4(g_, t_); \
             SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] += r_ * t_[g_];    \
         }                                                                                  \
@@ -105,6 +108,31 @@ inline float8 codes8(__global const uchar *vo, uint i8)
         SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = as_[0][g_];            \
         const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
         SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
+    } while (0)
+
+/* Pair j from its code (PAIR_CODE: bit fields of 32-bit words). */
+#define ADA_PAIR_CODE(words, j, tab, params, t, r)                                          \
+    do {                                                                                   \
+        const uint code_ = PAIR_CODE(words, j);                                            \
+        r = ADA_JOINT ? 1.0f : (params)[code_ & (NR - 1)];                                 \
+        t = (tab) + (ADA_JOINT ? (j) * NC + code_ : (j) * NS + (code_ >> RB)) * G;         \
+    } while (0)
+
+/* The CPU form, for power-of-two G: the table index (the code, or for tables not joined
+ * with R the angle code) is cut from a 64-bit window of two words already scaled to the
+ * entry's byte offset (index * 4G): a shift and a mask, then one load-add per 4 q-heads. */
+#define ENTRY_SHIFT (G == 1 ? 2 : G == 2 ? 3 : G == 4 ? 4 : G == 8 ? 5 : G == 16 ? 6 : G == 32 ? 7 : 8)
+#define ADA_PAIR_OFFSET(words, j, tab, params, t, r)                                        \
+    do {                                                                                   \
+        const uint bit_ = (j) * (RB + AB), wi_ = bit_ / 32, sh_ = bit_ % 32;              \
+        const ulong x_ = (words)[wi_] | (words)[wi_ + 1] << 32;                            \
+        const uint lo_ = ADA_JOINT ? sh_ : sh_ + RB, ents_ = ADA_JOINT ? NC : NS;          \
+        const uint off_ = (lo_ >= ENTRY_SHIFT ? (uint)(x_ >> (lo_ - ENTRY_SHIFT))          \
+                                              : (uint)(x_ << (ENTRY_SHIFT - lo_))) &       \
+                          ((ents_ - 1) << ENTRY_SHIFT);                                    \
+        r = ADA_JOINT ? 1.0f : (params)[(uint)(x_ >> sh_) & (NR - 1)];                     \
+        t = (__global const float *)((__global const uchar *)(tab) + off_ +                \
+                                     (size_t)(j) * ents_ * G * 4);                         \
     } while (0)
 #else
 #define PAGE_BYTES (P * (4 * D + 4))
@@ -135,6 +163,8 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
  * logit correction). `tables` (ADA): [B*H][G][D/2][NS] per-query tables. */
 
 #define ADA_SPLIT 1
+#define ADA_WORD uint
+#define ADA_PAIR ADA_PAIR_CODE
 __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECODE_PARAMS)
 {
     const uint lid = get_local_id(0);
@@ -274,52 +304,17 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
 #define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
 
 #undef ADA_SPLIT
+#undef ADA_WORD
+#undef ADA_PAIR
 #define ADA_SPLIT 4
+#if (G & (G - 1)) == 0
+#define ADA_WORD ulong
+#define ADA_PAIR ADA_PAIR_OFFSET
+#else
+#define ADA_WORD uint
+#define ADA_PAIR ADA_PAIR_CODE
+#endif
 
-/* The CPU form of ADA_SLOT_LOGITS for power-of-two G: each pair's table index (the code,
- * or for tables not joined with R the angle code) is cut from the key words already
- * scaled to the entry's byte offset (index * 4G), a shift and a mask from a 64-bit
- * window of two words, so a joint pair costs a shift, an and and one table load-add per
- * 4 q-heads. Same sums as ADA_SLOT_LOGITS. */
-#define ENTRY_SHIFT (G == 1 ? 2 : G == 2 ? 3 : G == 4 ? 4 : G == 8 ? 5 : G == 16 ? 6 : G == 32 ? 7 : 8)
-#define CPU_OFFSETS ((G & (G - 1)) == 0)
-#define ADA_SLOT_LOGITS_CPU(page, slot, tab, params, dot_g)                                \
-    do {                                                                                   \
-        __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
-        ulong words_[KW + 1];                                                              \
-        SKV_UNROLL for (uint w_ = 0; w_ < KW; w_++) words_[w_] = kw_[w_ * P];              \
-        words_[KW] = 0;                                                                    \
-        float4 a4_[ADA_SPLIT][G4 > 0 ? G4 : 1];                                            \
-        float as_[ADA_SPLIT][G];                                                           \
-        SKV_UNROLL for (uint k_ = 0; k_ < ADA_SPLIT; k_++) {                               \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] = (float4)(0.0f);      \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] = 0.0f;            \
-        }                                                                                  \
-        __global const uchar *tb_ = (__global const uchar *)(tab);                         \
-        SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
-            const uint bit_ = j_ * (RB + AB), wi_ = bit_ / 32, sh_ = bit_ % 32;           \
-            const ulong x_ = words_[wi_] | words_[wi_ + 1] << 32;                          \
-            /* joint: the whole code indexes the table; else the angle does, times R[r] */ \
-            const uint lo_ = ADA_JOINT ? sh_ : sh_ + RB, ents_ = ADA_JOINT ? NC : NS;      \
-            const uint off_ = (lo_ >= ENTRY_SHIFT ? (uint)(x_ >> (lo_ - ENTRY_SHIFT))      \
-                                                  : (uint)(x_ << (ENTRY_SHIFT - lo_))) &   \
-                              ((ents_ - 1) << ENTRY_SHIFT);                                \
-            const float r_ = ADA_JOINT ? 1.0f : (params)[(uint)(x_ >> sh_) & (NR - 1)];    \
-            __global const float *t_ =                                                     \
-                (__global const float *)(tb_ + off_ + (size_t)j_ * ents_ * G * 4);         \
-            const uint k_ = j_ % ADA_SPLIT;                                                \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] += r_ * vload4(g_, t_); \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] += r_ * t_[g_];    \
-        }                                                                                  \
-        SKV_UNROLL for (uint k_ = 1; k_ < ADA_SPLIT; k_++) {                               \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[0][g_] += a4_[k_][g_];         \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[0][g_] += as_[k_][g_];     \
-        }                                                                                  \
-        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[0][g_], g_, dot_g);        \
-        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = as_[0][g_];            \
-        const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
-        SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
-    } while (0)
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_PARAMS)
 {
     const uint chunk = get_group_id(0);
@@ -380,11 +375,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
 #ifdef ADA
         for (uint j = 0; j < n; j++) {
             float dot_g[G];
-#if CPU_OFFSETS
-            ADA_SLOT_LOGITS_CPU(page, slot0 + j, tab, params, dot_g);
-#else
             ADA_SLOT_LOGITS(page, slot0 + j, tab, params, dot_g);
-#endif
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 s[j][g] = dot_g[g] * scale;
         }

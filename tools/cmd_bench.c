@@ -154,6 +154,27 @@ static double host_read_gbps(size_t bytes)
 }
 
 
+/* The options bench decode and bench hetero share: 1 when `a` is one of them (*bad set
+ * when its value is not valid), 0 when it is not. */
+static int shared_option(const char *a, const char *v, bench_opts *o, int *bad)
+{
+    if (strcmp(a, "--tokens") == 0)
+        *bad = parse_tokens(v, o);
+    else if (strcmp(a, "--kv-heads") == 0)
+        *bad = parse_u32(v, 1, 1024, &o->kv_heads);
+    else if (strcmp(a, "--q-heads") == 0)
+        *bad = parse_u32(v, 1, 65536, &o->q_heads);
+    else if (strcmp(a, "--head-dim") == 0)
+        *bad = parse_u32(v, 1, 1024, &o->head_dim);
+    else if (strcmp(a, "--device") == 0)
+        o->device = v;
+    else if (strcmp(a, "--json") == 0)
+        o->json = v;
+    else
+        return 0;
+    return 1;
+}
+
 #define CHECK(call) TOOL_CHECK("bench", fail, call)
 
 /* One point: a cache with `batch` sequences of `tokens` tokens; median decode time. */
@@ -261,15 +282,9 @@ static int bench_decode(int argc, char **argv)
         int bad = 0;
         if (!v)
             return tool_usage_error(usage_bench, "bench decode: '%s' needs a value or is unknown", a);
-        if (strcmp(a, "--tokens") == 0)
-            bad = parse_tokens(v, &o);
-        else if (strcmp(a, "--kv-heads") == 0)
-            bad = parse_u32(v, 1, 1024, &o.kv_heads);
-        else if (strcmp(a, "--q-heads") == 0)
-            bad = parse_u32(v, 1, 65536, &o.q_heads);
-        else if (strcmp(a, "--head-dim") == 0)
-            bad = parse_u32(v, 1, 1024, &o.head_dim);
-        else if (strcmp(a, "--batch") == 0)
+        if (shared_option(a, v, &o, &bad)) {
+            /* parsed */
+        } else if (strcmp(a, "--batch") == 0)
             bad = parse_u32(v, 1, 4096, &o.batch);
         else if (strcmp(a, "--page-tokens") == 0)
             bad = parse_u32(v, 1, 4096, &o.page_tokens);
@@ -277,10 +292,6 @@ static int bench_decode(int argc, char **argv)
             bad = parse_u32(v, 20, 100000, &o.runs);
         else if (strcmp(a, "--tiers") == 0)
             bad = parse_tiers(v, &o);
-        else if (strcmp(a, "--device") == 0)
-            o.device = v;
-        else if (strcmp(a, "--json") == 0)
-            o.json = v;
         else if (strcmp(a, "--svg") == 0)
             o.svg = v;
         else
@@ -634,25 +645,15 @@ static int bench_hetero(int argc, char **argv)
         int bad = 0;
         if (!v)
             return tool_usage_error(usage_bench, "bench hetero: '%s' needs a value or is unknown", a);
-        if (strcmp(a, "--tokens") == 0)
-            bad = parse_tokens(v, &o);
-        else if (strcmp(a, "--kv-heads") == 0)
-            bad = parse_u32(v, 1, 1024, &o.kv_heads);
-        else if (strcmp(a, "--q-heads") == 0)
-            bad = parse_u32(v, 1, 65536, &o.q_heads);
-        else if (strcmp(a, "--head-dim") == 0)
-            bad = parse_u32(v, 1, 1024, &o.head_dim);
-        else if (strcmp(a, "--runs") == 0)
+        if (shared_option(a, v, &o, &bad)) {
+            /* parsed */
+        } else if (strcmp(a, "--runs") == 0)
             bad = parse_u32(v, 1, 100000, &o.runs);
         else if (strcmp(a, "--fetch") == 0) {
             char *end;
             fetch = strtod(v, &end);
             bad = *end || !(fetch > 0 && fetch <= 1);
-        } else if (strcmp(a, "--device") == 0)
-            o.device = v;
-        else if (strcmp(a, "--json") == 0)
-            o.json = v;
-        else
+        } else
             return tool_usage_error(usage_bench, "bench hetero: unknown option '%s'", a);
         if (bad)
             return tool_usage_error(usage_bench, "bench hetero: bad value '%s' for %s", v, a);
