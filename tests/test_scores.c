@@ -504,6 +504,11 @@ static void test_observed(void **state)
             for (uint32_t i = 0; i < H * G * D; i++)
                 q[i] = test_gauss(&r);
             assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
+            /* skv_attention_logits on an observed cache: the same logits, and no accumulation
+             * (the scores below would count this call as a sixth step) */
+            static float kept[4 * 205];
+            size_t counts[2];
+            assert_ok(skv_attention_logits(c, 0, s, SKV_F32, q, scale, kept, 205, counts));
             for (uint32_t qh = 0; qh < H * G; qh++) {
                 uint32_t h = qh / G;
                 double m = -INFINITY, l = 0, *lg = malloc(len * sizeof *lg);
@@ -514,6 +519,14 @@ static void test_observed(void **state)
                     lg[t] = x * scale;
                     m = lg[t] > m ? lg[t] : m;
                 }
+                int32_t order[205];
+                size_t pc;
+                assert_int_equal(counts[h], len);
+                assert_ok(skv_seq_positions(c, s, 0, h, order, len, &pc));
+                for (uint32_t i = 0; i < len; i++)
+                    if (!(fabs(kept[qh * 205 + i] - lg[order[i]]) <= 1e-5 * fmax(1.0, fabs(lg[order[i]]))))
+                        fail_msg("logit of q-head %u position %d: %.7g, reference %.7g", qh, order[i],
+                                 kept[qh * 205 + i], lg[order[i]]);
                 for (uint32_t t = 0; t < len; t++)
                     l += exp(lg[t] - m);
                 for (uint32_t t = 0; t < len; t++)
