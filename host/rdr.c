@@ -310,8 +310,13 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     /* the budget is a share of every token appended at F16 (not of those a previous
      * compression kept: that would tighten the budget at every compression) */
     const uint64_t appended = s->len[only_layer == ~0u ? 0 : only_layer];
+    uint64_t mean_tokens = (uint64_t)(c->desc.budget_ratio * (double)appended); /* per (layer, head), at F16 */
+    if (c->desc.budget_bytes) { /* the absolute cap, in the same F16 token equivalents */
+        const uint64_t cap = (uint64_t)((double)c->desc.budget_bytes / (f16_token * L * H));
+        mean_tokens = cap < mean_tokens ? cap : mean_tokens;
+    }
     st = skv_budget_layers(c->desc.budget_rule == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L,
-                           (uint64_t)(c->desc.budget_ratio * (double)appended), per_layer);
+                           mean_tokens, per_layer);
     uint64_t *per_head = skvi_calloc(a, H, sizeof *per_head);
     if (st == SKV_OK && !per_head)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");

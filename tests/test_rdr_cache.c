@@ -106,6 +106,49 @@ static void test_budget_holds(void **state)
         }
 }
 
+/* An absolute byte cap per sequence: the pages of all layers and heads fit it (and use
+ * most of it); with a ratio that is tighter, the ratio decides. */
+static void test_absolute_budget(void **state)
+{
+    (void)state;
+    const uint32_t L = 2, H = 2, D = 64, P = 16, n = 700;
+    test_rng r = {12};
+    for (int tighter_ratio = 0; tighter_ratio < 2; tighter_ratio++) {
+        skv_cache_desc d;
+        skv_cache_desc_init(&d);
+        d.layers = L, d.q_heads = 2 * H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+        d.device_budget_bytes = 64u << 20;
+        d.tiers = 0xF;
+        d.scorer = SKV_SCORER_KEYDIFF;
+        d.retention = SKV_RETENTION_RDR;
+        d.recent_window = 32;
+        d.slack = 1u << 30;
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &d, &c)); /* for the page size */
+        uint64_t f16_page;
+        assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &f16_page));
+        skv_cache_destroy(c);
+        const double f16_all = (double)n / P * (double)f16_page * L * H; /* every token at F16 */
+        d.budget_bytes = (uint64_t)(0.2 * f16_all);
+        d.budget_ratio = tighter_ratio ? 0.1f : 1.0f;
+        assert_ok(skv_cache_create(ctx, &d, &c));
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        fill(c, s, n, &r, NULL, NULL);
+        assert_ok(skv_compress(c, s));
+        uint64_t used = 0;
+        for (uint32_t l = 0; l < L; l++)
+            for (uint32_t h = 0; h < H; h++)
+                used += list_bytes(c, s, l, h);
+        const double cap = tighter_ratio ? 0.1 * f16_all : (double)d.budget_bytes;
+        printf("budget_bytes %llu, ratio %.2f: %llu bytes used (%.3f of the binding budget)\n",
+               (unsigned long long)d.budget_bytes, d.budget_ratio, (unsigned long long)used, (double)used / cap);
+        assert_true((double)used <= cap);
+        assert_true((double)used >= 0.8 * cap);
+        skv_cache_destroy(c);
+    }
+}
+
 static void test_topk_f16_drop(void **state)
 {
     (void)state;
@@ -486,6 +529,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_holds),
+        cmocka_unit_test(test_absolute_budget),
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
         cmocka_unit_test(test_all_or_nothing),

@@ -268,14 +268,19 @@ typedef struct skv_cache_desc {
     const float *query_mean;
     const float *query_abs;
     /* RDR (retention = SKV_RETENTION_RDR; needs a scorer): every (layer, kv-head) keeps
-     * its held tokens within budget_ratio of their F16 bytes (page rounding included),
-     * choosing per token F16, one of `tiers` or drop; the first n_sink positions and the
-     * recent_window newest stay F16. It runs on append once recent_window + slack F16
-     * tokens have accumulated past the last compression, and on skv_compress. */
-    float budget_ratio;           /* in (0, 1] */
+     * its tokens within budget_ratio of the F16 bytes of every token appended to it (page
+     * rounding included), choosing per token F16, one of `tiers` or drop; the first
+     * n_sink positions and the recent_window newest stay F16 (a floor under any budget).
+     * It runs on append once recent_window + slack F16 tokens have accumulated past the
+     * last compression, and on skv_compress. */
+    float budget_ratio;           /* in (0, 1]; default 1 */
     uint32_t recent_window;       /* default 128 */
     uint32_t slack;               /* default 128 */
     skv_budget_rule budget_rule;  /* how the budget spreads over layers (uniform, pyramid) */
+    /* RDR: an absolute cap on one sequence's page bytes, all layers and kv-heads together
+     * (0 = none); with budget_ratio, the smaller budget applies. It is split like the
+     * ratio's (budget_rule), in whole F16 token equivalents per (layer, kv-head). */
+    uint64_t budget_bytes;
 } skv_cache_desc;
 
 /* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
