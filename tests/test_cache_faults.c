@@ -1,6 +1,7 @@
 /* Fault injection in the cache: an allocation failure at each host allocation of an
- * append, a fork, a quantisation, an offload and a fetch leaves the sequence exactly as
- * it was (length, pages, decode output, scores), leaks nothing, and a retry succeeds. */
+ * append, a fork, a quantisation, a decode, skv_attention_logits, an offload and a fetch
+ * leaves the sequence exactly as it was (length, pages, decode output, scores), leaks
+ * nothing, and a retry succeeds. */
 #include "test_util.h"
 #include "skv/skv_cl.h"
 
@@ -137,6 +138,21 @@ static skv_status op_fetch(world *w, void *arg)
     return skv_seq_fetch(w->c, w->s, 0, 1 << 20);
 }
 
+static skv_status op_decode(world *w, void *arg)
+{
+    (void)arg;
+    float out[8 * 64];
+    return skv_attention_decode(w->c, 0, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, out);
+}
+
+static skv_status op_logits(world *w, void *arg)
+{
+    (void)arg;
+    static float logits[8 * 256];
+    size_t counts[2];
+    return skv_attention_logits(w->c, 0, w->s, SKV_F32, w->q, 0.125f, logits, 256, counts);
+}
+
 static void test_failures_change_nothing(void **state)
 {
     (void)state;
@@ -159,6 +175,8 @@ static void test_failures_change_nothing(void **state)
     inject(&w, op_fork, &child, "fork");
     inject(&w, op_append, NULL, "append into a shared tail (copy-on-write)");
     inject(&w, op_quantize, NULL, "quantize");
+    inject(&w, op_decode, NULL, "decode over F16 and A3V4 pages");
+    inject(&w, op_logits, NULL, "logits (its kernels built on first use)");
     inject(&w, op_offload, NULL, "offload");
     inject(&w, op_fetch, NULL, "fetch");
     assert_ok(skv_seq_free(w.c, child));
