@@ -24,8 +24,8 @@ void usage_eval(FILE *out)
             "  manifold_windowed, streaming, triattention, snapkv, observed x budgets 1/2, 1/4,\n"
             "  1/8, 1/16 of F16 x tier sets drop (F16 or drop), ada (F16 or A3V4 or drop),\n"
             "  rdr (every tier). The query scorers see the prefill's last 64 queries: SnapKV's\n"
-            "  observation window, observed attention's 64 decode steps before compression;\n"
-            "  TriAttention's statistics are calibrated on 256 other queries.\n"
+            "  observation window, observed attention's 64 decode steps before compression,\n"
+            "  TriAttention's query statistics (calibrated on them, RoPE inverted).\n"
             "  Per cell: bytes_ratio (achieved fraction of F16 bytes), out_rel_err (decode\n"
             "  output vs exact attention, relative L2, mean over 8 queries and both layers),\n"
             "  logit_rel_err (the logits decode computes for the held tokens, from their\n"
@@ -36,14 +36,17 @@ void usage_eval(FILE *out)
             "  have cosine ~0.81, like RULER's multi-key NIAH: the query aimed at one must not\n"
             "  pull in its neighbours' values).\n"
             "  --svg FILE: output error and top-32 recall vs achieved bytes, a line per method.\n"
-            "  --kv FILE: the same matrix on your model's keys, values and decode queries (no\n"
-            "  needles: needle_recall and multikey_recall are null; no prefill queries: the\n"
-            "  triattention, snapkv and observed rows are left out). The file: nine\n"
-            "  little-endian uint32 (magic 0x564B4B53 \"SKKV\", version 1, dtype 0 = float32 or\n"
-            "  1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries), then per layer\n"
-            "  K[tokens][kv_heads][head_dim], V of the same shape (positions 0..tokens-1, keys\n"
-            "  after RoPE) and Q[n_queries][q_heads][head_dim] (decode queries after RoPE),\n"
-            "  little-endian. --save-kv FILE writes the synthetic model in this format.\n");
+            "  --kv FILE: the same matrix on your model's keys, values and queries (no needles:\n"
+            "  needle_recall and multikey_recall are null). The file: nine little-endian uint32\n"
+            "  (magic 0x564B4B53 \"SKKV\", version 1 or 2, dtype 0 = float32 or 1 = fp16, layers,\n"
+            "  kv_heads, q_heads, head_dim, tokens, n_queries); version 2 adds three (n_window,\n"
+            "  RoPE theta as float32 bits, RoPE layout 0 = pairs (i, i + d/2) or 1 = (2i, 2i+1));\n"
+            "  then per layer K[tokens][kv_heads][head_dim], V of the same shape (positions\n"
+            "  0..tokens-1, keys after RoPE), Q[n_queries][q_heads][head_dim] (decode queries\n"
+            "  after RoPE) and, version 2, W[n_window][q_heads][head_dim] (the prefill's last\n"
+            "  queries, after RoPE, at positions tokens-n_window..tokens-1), little-endian.\n"
+            "  Without a window (version 1, or n_window 0) the triattention, snapkv and observed\n"
+            "  rows are left out. --save-kv FILE writes the synthetic model as version 2.\n");
 }
 
 static const char *const scorer_names[] = {"none",      "knorm",       "keydiff", "manifold", "manifold_windowed",
@@ -74,18 +77,24 @@ typedef struct eval_data {
     uint64_t tokens;
     float *k, *v, *q;
     const synth_model *m; /* NULL for data from a file */
-    /* synthetic model only (NULL for a file): the last WINDOW prefill queries of every
-     * layer [layer][WINDOW][q_head][d] at positions tokens - WINDOW.., and TriAttention's
-     * calibrated statistics (mean pre-RoPE query [layer][q_head][d], E|q_f| [.][.][d/2]) */
+    /* the last n_window prefill queries of every layer [layer][n_window][q_head][d] at
+     * positions tokens - n_window.. (NULL, 0: none, as in a version-1 file), the RoPE the
+     * model applied, and TriAttention's statistics calibrated on those queries (mean
+     * pre-RoPE query [layer][q_head][d], E|q_f| [.][.][d/2]) */
+    uint32_t n_window;
     float *wq, *q_mean, *q_abs;
     skv_rope_desc rope;
 } eval_data;
 
-/* The key/value file: nine little-endian uint32 (magic "SKKV", version 1, dtype 0 = float32
- * or 1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries), then per layer
- * K[tokens][kv_heads][head_dim], V (the same shape), Q[n_queries][q_heads][head_dim]. */
+/* The key/value file: nine little-endian uint32 (magic "SKKV", version 1 or 2, dtype 0 =
+ * float32 or 1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries); version 2
+ * adds three (n_window, RoPE theta as float32 bits, RoPE layout 0 = pairs (i, i + d/2),
+ * 1 = (2i, 2i + 1)); then per layer K[tokens][kv_heads][head_dim], V (the same shape),
+ * Q[n_queries][q_heads][head_dim] and, version 2, W[n_window][q_heads][head_dim]: the
+ * prefill's last queries, at positions tokens - n_window .. tokens - 1. */
 #define KV_MAGIC 0x564B4B53u
 #define KV_HEADER_WORDS 9
+#define KV_V2_WORDS 3 /* version 2: n_window, RoPE theta (float32 bits), RoPE layout */
 
 static int read_array(FILE *f, uint32_t dtype, size_t n, float *dst)
 {
@@ -120,6 +129,34 @@ static int alloc_data(eval_data *e)
     return -1;
 }
 
+/* TriAttention's query statistics from the prefill window: each query's RoPE inverted at
+ * its position, then the mean query and the mean magnitude of each rotary pair. */
+static int calibrate(eval_data *e)
+{
+    const uint32_t L = e->layers, QH = e->q_heads, D = e->head_dim, W = e->n_window;
+    e->q_mean = calloc((size_t)L * QH * D, 4);
+    e->q_abs = calloc((size_t)L * QH * D / 2, 4);
+    float *x = malloc((size_t)D * 4);
+    if (!e->q_mean || !e->q_abs || !x) {
+        free(x);
+        return -1;
+    }
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t w = 0; w < W; w++)
+            for (uint32_t qh = 0; qh < QH; qh++) {
+                memcpy(x, e->wq + (((size_t)l * W + w) * QH + qh) * D, (size_t)D * 4);
+                skv_ref_rope_rotate(&e->rope, D, -(double)(e->tokens - W + w), x);
+                float *mean = e->q_mean + ((size_t)l * QH + qh) * D, *mag = e->q_abs + ((size_t)l * QH + qh) * D / 2;
+                for (uint32_t j = 0; j < D; j++)
+                    mean[j] += x[j] / (float)W;
+                for (uint32_t f = 0; f < D / 2; f++) /* pairs (f, f + D/2), or (2f, 2f + 1) interleaved */
+                    mag[f] += (e->rope.interleaved ? hypotf(x[2 * f], x[2 * f + 1]) : hypotf(x[f], x[f + D / 2])) /
+                              (float)W;
+            }
+    free(x);
+    return 0;
+}
+
 /* 0, or 1 with a message naming what is wrong with the file. */
 static int load_kv(const char *path, eval_data *e)
 {
@@ -129,34 +166,48 @@ static int load_kv(const char *path, eval_data *e)
         fprintf(stderr, "skv eval: cannot open %s: %s\n", path, strerror(errno));
         return 1;
     }
-    uint32_t h[KV_HEADER_WORDS];
+    uint32_t h[KV_HEADER_WORDS] = {0}, x[KV_V2_WORDS] = {0}; /* x: version 2's n_window, rope theta, layout */
     const char *why = NULL;
+    float theta = 0;
     if (fread(h, 4, KV_HEADER_WORDS, f) != KV_HEADER_WORDS)
         why = "shorter than the 36-byte header";
-    else if (h[0] != KV_MAGIC || h[1] != 1)
-        why = "not an skv key/value file (magic SKKV, version 1)";
+    else if (h[0] != KV_MAGIC || (h[1] != 1 && h[1] != 2))
+        why = "not an skv key/value file (magic SKKV, version 1 or 2)";
+    else if (h[1] == 2 && fread(x, 4, KV_V2_WORDS, f) != KV_V2_WORDS)
+        why = "shorter than the 48-byte version-2 header";
+    else if ((memcpy(&theta, &x[1], 4), x[0] > 4096 || x[0] > h[7] || (x[0] && (!(theta > 0) || !isfinite(theta))) ||
+                                             x[2] > 1))
+        why = "the prefill window (at most 4096 queries and tokens) or its RoPE (theta > 0, layout 0 or 1) is "
+              "out of range";
     else if (h[2] > 1)
         why = "dtype must be 0 (float32) or 1 (fp16)";
     else if (!h[3] || h[3] > 1024 || !h[4] || h[4] > 1024 || h[5] < h[4] || h[5] % h[4] || h[5] > 4096 || !h[6] ||
              h[6] > 1024 || !h[7] || h[7] > (1u << 24) || !h[8] || h[8] > 1024)
         why = "a dimension is zero or out of range (q_heads a multiple of kv_heads)";
+    const long header = 4L * (KV_HEADER_WORDS + (h[1] == 2 ? KV_V2_WORDS : 0));
     if (!why) {
         e->layers = h[3], e->kv_heads = h[4], e->q_heads = h[5], e->head_dim = h[6], e->tokens = h[7];
         e->n_queries = h[8];
-        const uint64_t per_layer = 2ull * h[7] * h[4] * h[6] + (uint64_t)h[8] * h[5] * h[6];
-        const uint64_t want = 4ull * KV_HEADER_WORDS + (uint64_t)h[3] * per_layer * (h[2] ? 2 : 4);
-        if (fseek(f, 0, SEEK_END) != 0 || (uint64_t)ftell(f) != want || fseek(f, 4L * KV_HEADER_WORDS, SEEK_SET) != 0)
+        e->n_window = x[0];
+        e->rope = (skv_rope_desc){theta, h[6], x[2], 1.0f};
+        const uint64_t per_layer = 2ull * h[7] * h[4] * h[6] + ((uint64_t)h[8] + x[0]) * h[5] * h[6];
+        const uint64_t want = (uint64_t)header + (uint64_t)h[3] * per_layer * (h[2] ? 2 : 4);
+        if (fseek(f, 0, SEEK_END) != 0 || (uint64_t)ftell(f) != want || fseek(f, header, SEEK_SET) != 0)
             why = "its size does not match the header";
-        else if (alloc_data(e) != 0)
+        else if (alloc_data(e) != 0 ||
+                 (e->n_window && !(e->wq = malloc((size_t)e->layers * e->n_window * e->q_heads * e->head_dim * 4))))
             why = "out of memory";
     }
     for (uint32_t l = 0; !why && l < e->layers; l++) {
-        const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim;
+        const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim,
+                     nw = (size_t)e->n_window * e->q_heads * e->head_dim;
         if (read_array(f, h[2], kv, e->k + l * kv) || read_array(f, h[2], kv, e->v + l * kv) ||
-            read_array(f, h[2], nq, e->q + l * nq))
+            read_array(f, h[2], nq, e->q + l * nq) || (nw && read_array(f, h[2], nw, e->wq + l * nw)))
             why = "read error";
     }
     fclose(f);
+    if (!why && e->n_window && calibrate(e) != 0)
+        why = "out of memory";
     if (!why)
         return 0;
     fprintf(stderr, "skv eval: %s: %s\n", path, why);
@@ -164,22 +215,18 @@ static int load_kv(const char *path, eval_data *e)
     return 1;
 }
 
-/* The synthetic model's keys, values and 8 ordinary queries per layer; its prefill
- * window; TriAttention's statistics calibrated on 256 other queries at spread positions
- * (RoPE inverted: the model's is theta 10000 over all dims in the half layout). */
+/* The synthetic model's keys, values and 8 ordinary queries per layer, its last WINDOW
+ * prefill queries, and TriAttention's statistics calibrated on them (RoPE inverted: the
+ * model's is theta 10000 over all dims in the half layout). */
 static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
 {
-    const uint32_t L = m->layers, QH = m->q_heads, D = m->head_dim, CAL = 256;
-    *e = (eval_data){m->layers, m->kv_heads, QH, D, 8, tokens, NULL, NULL, NULL, m, NULL, NULL, NULL,
+    const uint32_t L = m->layers, QH = m->q_heads, D = m->head_dim;
+    *e = (eval_data){m->layers, m->kv_heads, QH, D, 8, tokens, NULL, NULL, NULL, m, WINDOW, NULL, NULL, NULL,
                      {10000.0f, D, 0, 1.0f}};
     if (alloc_data(e) != 0)
         return -1;
     e->wq = malloc((size_t)L * WINDOW * QH * D * 4);
-    e->q_mean = calloc((size_t)L * QH * D, 4);
-    e->q_abs = calloc((size_t)L * QH * D / 2, 4);
-    float *cal = malloc((size_t)QH * D * 4);
-    if (!e->wq || !e->q_mean || !e->q_abs || !cal) {
-        free(cal);
+    if (!e->wq) {
         free_data(e);
         return -1;
     }
@@ -190,20 +237,11 @@ static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
             synth_query(m, l, tokens, -1, 100 + (uint64_t)qi, e->q + l * nq + (size_t)qi * QH * D);
         for (uint32_t w = 0; w < WINDOW; w++)
             synth_query(m, l, tokens - WINDOW + w, -1, 500, e->wq + ((size_t)l * WINDOW + w) * QH * D);
-        for (uint32_t i = 0; i < CAL; i++) {
-            const uint64_t t = (uint64_t)i * tokens / CAL;
-            synth_query(m, l, t, -1, 900 + (uint64_t)i, cal);
-            for (uint32_t qh = 0; qh < QH; qh++) {
-                float *x = cal + (size_t)qh * D, *mean = e->q_mean + ((size_t)l * QH + qh) * D;
-                skv_ref_rope_rotate(&e->rope, D, -(double)t, x);
-                for (uint32_t j = 0; j < D; j++)
-                    mean[j] += x[j] / CAL;
-                for (uint32_t f = 0; f < D / 2; f++)
-                    e->q_abs[((size_t)l * QH + qh) * D / 2 + f] += hypotf(x[f], x[f + D / 2]) / CAL;
-            }
-        }
     }
-    free(cal);
+    if (calibrate(e) != 0) {
+        free_data(e);
+        return -1;
+    }
     return 0;
 }
 
@@ -223,19 +261,24 @@ static unsigned char *put_array(unsigned char *p, uint32_t dtype, const float *x
 /* Writes `e` as a key/value file of `dtype` (0 float32, 1 fp16). */
 static int save_kv(const char *path, const eval_data *e, uint32_t dtype)
 {
-    const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim;
-    const size_t n = 4 * KV_HEADER_WORDS + (size_t)e->layers * (2 * kv + nq) * (dtype ? 2 : 4);
+    const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim,
+                 nw = (size_t)e->n_window * e->q_heads * e->head_dim;
+    const size_t n = 4 * (KV_HEADER_WORDS + KV_V2_WORDS) + (size_t)e->layers * (2 * kv + nq + nw) * (dtype ? 2 : 4);
     unsigned char *buf = malloc(n);
     if (!buf)
         return -1;
-    const uint32_t h[KV_HEADER_WORDS] = {KV_MAGIC, 1, dtype, e->layers, e->kv_heads, e->q_heads, e->head_dim,
-                                         (uint32_t)e->tokens, e->n_queries};
+    uint32_t h[KV_HEADER_WORDS + KV_V2_WORDS] = {KV_MAGIC, 2, dtype, e->layers, e->kv_heads, e->q_heads, e->head_dim,
+                                                 (uint32_t)e->tokens, e->n_queries, e->n_window, 0,
+                                                 e->rope.interleaved};
+    memcpy(&h[KV_HEADER_WORDS + 1], &e->rope.theta, 4);
     memcpy(buf, h, sizeof h);
     unsigned char *p = buf + sizeof h;
     for (uint32_t l = 0; l < e->layers; l++) {
         p = put_array(p, dtype, e->k + l * kv, kv);
         p = put_array(p, dtype, e->v + l * kv, kv);
         p = put_array(p, dtype, e->q + l * nq, nq);
+        if (nw)
+            p = put_array(p, dtype, e->wq + l * nw, nw);
     }
     int rc = tool_write_bytes(path, buf, n);
     free(buf);
@@ -310,13 +353,13 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     for (uint32_t l = 0; l < L; l++)
         CHECK(skv_append(c, s, l, (uint32_t)tokens, SKV_F32, kall + (size_t)l * tokens * H * D,
                          vall + (size_t)l * tokens * H * D, pos));
-    /* what the query scorers see before compression: the prefill's last WINDOW queries */
+    /* what the query scorers see before compression: the prefill's last queries */
+    const uint32_t W = e->n_window;
     for (uint32_t l = 0; l < L && out->scorer == SKV_SCORER_SNAPKV; l++)
-        CHECK(skv_seq_observe_window(c, s, l, WINDOW, SKV_F32, e->wq + (size_t)l * WINDOW * QH * D,
-                                     pos + tokens - WINDOW));
+        CHECK(skv_seq_observe_window(c, s, l, W, SKV_F32, e->wq + (size_t)l * W * QH * D, pos + tokens - W));
     for (uint32_t l = 0; l < L && out->scorer == SKV_SCORER_OBSERVED; l++)
-        for (uint32_t wi = 0; wi < WINDOW; wi++)
-            CHECK(skv_attention_decode(c, l, &s, 1, SKV_F32, e->wq + ((size_t)l * WINDOW + wi) * QH * D,
+        for (uint32_t wi = 0; wi < W; wi++)
+            CHECK(skv_attention_decode(c, l, &s, 1, SKV_F32, e->wq + ((size_t)l * W + wi) * QH * D,
                                        1.0f / sqrtf((float)D), SKV_F32, o));
     CHECK(skv_compress(c, s));
     skv_cache_stats st = {.struct_size = sizeof st};
