@@ -23,7 +23,7 @@ static int teardown(void **state)
     return counter.live == 0 ? 0 : -1;
 }
 
-static skv_cache *make(uint32_t tiers, float ratio, uint32_t layers, uint32_t H, uint32_t D, uint32_t P)
+static skv_cache_desc make_desc(uint32_t tiers, float ratio, uint32_t layers, uint32_t H, uint32_t D, uint32_t P)
 {
     skv_cache_desc d;
     skv_cache_desc_init(&d);
@@ -35,6 +35,12 @@ static skv_cache *make(uint32_t tiers, float ratio, uint32_t layers, uint32_t H,
     d.budget_ratio = ratio;
     d.recent_window = 32;
     d.slack = 1u << 30; /* explicit skv_compress only, unless a test says otherwise */
+    return d;
+}
+
+static skv_cache *make(uint32_t tiers, float ratio, uint32_t layers, uint32_t H, uint32_t D, uint32_t P)
+{
+    skv_cache_desc d = make_desc(tiers, ratio, layers, H, D, P);
     skv_cache *c;
     assert_ok(skv_cache_create(ctx, &d, &c));
     return c;
@@ -114,23 +120,13 @@ static void test_absolute_budget(void **state)
     const uint32_t L = 2, H = 2, D = 64, P = 16, n = 700;
     test_rng r = {12};
     for (int tighter_ratio = 0; tighter_ratio < 2; tighter_ratio++) {
-        skv_cache_desc d;
-        skv_cache_desc_init(&d);
-        d.layers = L, d.q_heads = 2 * H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
-        d.device_budget_bytes = 64u << 20;
-        d.tiers = 0xF;
-        d.scorer = SKV_SCORER_KEYDIFF;
-        d.retention = SKV_RETENTION_RDR;
-        d.recent_window = 32;
-        d.slack = 1u << 30;
-        skv_cache *c;
-        assert_ok(skv_cache_create(ctx, &d, &c)); /* for the page size */
+        skv_cache_desc d = make_desc(0xF, tighter_ratio ? 0.1f : 1.0f, L, H, D, P);
+        skv_cache *c = make(0xF, 1.0f, L, H, D, P); /* for the page size */
         uint64_t f16_page;
         assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &f16_page));
         skv_cache_destroy(c);
         const double f16_all = (double)n / P * (double)f16_page * L * H; /* every token at F16 */
         d.budget_bytes = (uint64_t)(0.2 * f16_all);
-        d.budget_ratio = tighter_ratio ? 0.1f : 1.0f;
         assert_ok(skv_cache_create(ctx, &d, &c));
         skv_seq_id s;
         assert_ok(skv_seq_create(c, &s));
