@@ -56,13 +56,7 @@ inline void encode_slot(const float *k, const float *v, int position, __global c
     float y[D];
     for (uint i = 0; i < D; i++)
         y[i] = sg[i] < 0 ? -k[i] : k[i];
-    for (uint h = 1; h < D; h *= 2)
-        for (uint i = 0; i < D; i += 2 * h)
-            for (uint j = i; j < i + h; j++) {
-                float a = y[j], b = y[j + h];
-                y[j] = a + b;
-                y[j + h] = a - b;
-            }
+    skv_butterflies(y, D);
     float n2 = 0.0f;
     for (uint i = 0; i < D; i++) {
         y[i] = y[i] * params[PRM_SCALE];
@@ -180,22 +174,12 @@ __kernel void ada_transcode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __gl
     const float rho = skv_f16_to_f32(((__global const ushort *)(page + SRC_KW * P * 4))[ss]) * src_params[SRC_PRM_SCALE + 1];
     float y[D], k[D], v[D];
     for (uint j = 0; j < D / 2; j++) {
-        const uint bit = j * (SRC_RB + SRC_AB), wi = bit / 32, sh = bit % 32;
-        uint code = kw[wi * P] >> sh;
-        if (sh + SRC_RB + SRC_AB > 32)
-            code |= kw[(wi + 1) * P] << (32 - sh);
-        code &= (1u << (SRC_RB + SRC_AB)) - 1u;
+        const uint code = skv_pair_code(kw, P, j, SRC_RB + SRC_AB);
         const float r = src_params[code & (SRC_NR - 1)] * rho;
         y[2 * j] = r * src_params[SRC_PRM_CCOS + (code >> SRC_RB)];
         y[2 * j + 1] = r * src_params[SRC_PRM_CSIN + (code >> SRC_RB)];
     }
-    for (uint h = 1; h < D; h *= 2) /* the inverse transform: butterflies, scale, then signs */
-        for (uint i = 0; i < D; i += 2 * h)
-            for (uint j = i; j < i + h; j++) {
-                float a = y[j], b = y[j + h];
-                y[j] = a + b;
-                y[j + h] = a - b;
-            }
+    skv_butterflies(y, D); /* the inverse transform: butterflies, scale, then signs */
     for (uint i = 0; i < D; i++) {
         float x = y[i] * src_params[SRC_PRM_SCALE];
         k[i] = sg[i] < 0 ? -x : x;
@@ -228,13 +212,7 @@ __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, _
         float x = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, (size_t)bq * D + i);
         y[i] = sg[i] < 0 ? -x : x;
     }
-    for (uint hh = 1; hh < D; hh *= 2)
-        for (uint i = 0; i < D; i += 2 * hh)
-            for (uint j = i; j < i + hh; j++) {
-                float a = y[j], c = y[j + hh];
-                y[j] = a + c;
-                y[j + hh] = a - c;
-            }
+    skv_butterflies(y, D);
     const uint codes = ADA_JOINT ? NR * NS : NS;
     __global float *t = tables + ((size_t)b * H + h) * (D / 2) * codes * G + g;
     const float sc = params[PRM_SCALE];

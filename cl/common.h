@@ -115,4 +115,29 @@ inline ushort skv_f32_to_f16_dir(float f, int up)
      : (dtype) == SKV_DTYPE_BF16 ? as_float((uint)((__global const ushort *)(p))[i] << 16) \
                                  : ((__global const float *)(p))[i])
 
+/* ADA (ada_encode.cl, score.cl): the Walsh–Hadamard butterflies over y[n] (n a power of
+ * two, no scaling), in the order of the C reference (src/ada.c), so results match it
+ * bit for bit. */
+inline void skv_butterflies(float *y, uint n)
+{
+    for (uint h = 1; h < n; h *= 2)
+        for (uint i = 0; i < n; i += 2 * h)
+            for (uint j = i; j < i + h; j++) {
+                float a = y[j], b = y[j + h];
+                y[j] = a + b;
+                y[j + h] = a - b;
+            }
+}
+
+/* Pair code j, `bits` wide (radius in the low bits), of a slot whose packed code words
+ * are kw[0], kw[stride], ... (the page's [KW][P] layout: stride P). */
+inline uint skv_pair_code(__global const uint *kw, uint stride, uint j, uint bits)
+{
+    const uint bit = j * bits, wi = bit / 32, sh = bit % 32;
+    uint code = kw[wi * stride] >> sh;
+    if (sh + bits > 32)
+        code |= kw[(wi + 1) * stride] << (32 - sh);
+    return code & ((1u << bits) - 1u);
+}
+
 #endif /* SKV_CL_COMMON_H */

@@ -231,22 +231,12 @@ inline void ada_decode_key(__global const uchar *page, uint slot, __global const
     __global const uint *kw = (__global const uint *)page + slot;
     const float rho = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
     for (uint j = 0; j < D / 2; j++) {
-        const uint bit = j * (RB + AB), wi = bit / 32, sh = bit % 32;
-        uint code = kw[wi * P] >> sh;
-        if (sh + RB + AB > 32)
-            code |= kw[(wi + 1) * P] << (32 - sh);
-        code &= (1u << (RB + AB)) - 1u;
+        const uint code = skv_pair_code(kw, P, j, RB + AB);
         const float r = params[code & (NR - 1)] * rho;
         y[2 * j] = r * params[PRM_CCOS + (code >> RB)];
         y[2 * j + 1] = r * params[PRM_CSIN + (code >> RB)];
     }
-    for (uint h = 1; h < D; h *= 2)
-        for (uint i = 0; i < D; i += 2 * h)
-            for (uint j = i; j < i + h; j++) {
-                float a = y[j], b = y[j + h];
-                y[j] = a + b;
-                y[j + h] = a - b;
-            }
+    skv_butterflies(y, D);
     for (uint i = 0; i < D; i++) {
         float x = y[i] * params[PRM_SCALE];
         y[i] = signs[(size_t)sign_row * D + i] < 0 ? -x : x;
