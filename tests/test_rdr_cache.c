@@ -8,20 +8,7 @@
 static skv_context *ctx;
 static counting_allocator counter;
 
-static int setup(void **state)
-{
-    (void)state;
-    static skv_allocator a = {counting_alloc, counting_free, &counter};
-    ctx = test_context_with(&a);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    skv_context_destroy(ctx);
-    return counter.live == 0 ? 0 : -1;
-}
+TEST_COUNTING_SUITE_SETUP(ctx, counter)
 
 static skv_cache_desc make_desc(uint32_t tiers, float ratio, uint32_t layers, uint32_t H, uint32_t D, uint32_t P)
 {

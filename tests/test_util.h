@@ -136,4 +136,21 @@ static inline skv_context *test_context_or_skip(void)
     return test_context_with(NULL);
 }
 
+/* setup/teardown of a suite whose context allocates through counting_allocator `counter`
+ * (fault injection): teardown fails if any allocation is still live. */
+#define TEST_COUNTING_SUITE_SETUP(var, counter)                                            \
+    static int setup(void **state)                                                         \
+    {                                                                                      \
+        (void)state;                                                                       \
+        static skv_allocator a = {counting_alloc, counting_free, &counter};              \
+        var = test_context_with(&a);                                                       \
+        return 0;                                                                          \
+    }                                                                                      \
+    static int teardown(void **state)                                                      \
+    {                                                                                      \
+        (void)state;                                                                       \
+        skv_context_destroy(var);                                                          \
+        return counter.live == 0 ? 0 : -1;                                                 \
+    }
+
 #endif
