@@ -142,7 +142,7 @@ static inline skv_context *test_context_or_skip(void)
     static int setup(void **state)                                                         \
     {                                                                                      \
         (void)state;                                                                       \
-        static skv_allocator a = {counting_alloc, counting_free, &counter};              \
+        static skv_allocator a = {counting_alloc, counting_free, &counter};                \
         var = test_context_with(&a);                                                       \
         return 0;                                                                          \
     }                                                                                      \
