@@ -9,8 +9,9 @@
  *   F16: keys [D/8][P][8] halves, logits q.k with the query in local/private memory;
  *   ADA: keys as packed pair codes [KW][P] + fp16 norms, logits from the codes alone:
  *        n * kscale * sum_j J[j][code_j][g], J the per-query joint table R[r] T[j][c]
- *        (ada_encode.cl: ada_query; A4V8 keeps R apart: R[r_j] T[j][c_j][g]); values
- *        dequantised on the fly. No dense key is ever formed.
+ *        where it is small, else R[r_j] T[j][c_j][g] (ada_encode.cl: ada_query; its two
+ *        layouts in cl/common.h); values dequantised on the fly. No dense key is ever
+ *        formed: a pair's code is a table index, never a coordinate.
  * Two variants: decode_gpu (a slot per work-item, TILE work-items, local memory) and
  * decode_cpu (one work-item per chunk, private accumulators, no barriers).
  * C references: src/ref_attention.c, src/ada.c, src/value_quant.c.
@@ -70,70 +71,96 @@ inline float8 codes8(__global const uchar *vo, uint i8)
 }
 
 #define NC (NR * NS) /* pair codes */
-#define ADA_JOINT (NC <= 64) /* as in ada_encode.cl */
-#define TABLE_FLOATS ((D / 2) * (ADA_JOINT ? NC : NS) * G)
+#define TABLE_FLOATS ((D / 2) * (ADA_JOINT ? NC : NS) * G) /* per (sequence, kv-head), by slot */
+#define LANE_FLOATS ((D / 2) * G * LANE_N)                /* by lane (cl/common.h) */
 
-/* logits of one slot for the G q-heads: dot_g[g] = n * sum_j J[j][code_j][g]; the G
- * entries of a code are adjacent, summed 4 at a time where G allows, into ADA_SPLIT
- * interleaved partial sums over j (a CPU core would otherwise wait on one add chain
- * of D/2 table loads; the GPU variant keeps one: its parallelism is across slots).
- * Set per kernel: ADA_SPLIT; ADA_WORD, the key words' type; ADA_PAIR(words, j, tab,
- * params, t, r), pair j's table entries t and radius factor r (1 for joint tables). */
+/* decode_gpu: logits of one slot for the G q-heads, dot_g[g] = n * sum_j J[j][code_j][g]
+ * (tables by slot: the G entries of a code are adjacent, read 4 at a time where G
+ * allows). */
 #define G4 (G / 4)
 #define ADA_SLOT_LOGITS(page, slot, tab, params, dot_g)                                    \
     do {                                                                                   \
         __global const uint *kw_ = (__global const uint *)(page) + (slot);                 \
-        ADA_WORD words_[KW + 1];                                                           \
+        uint words_[KW + 1];                                                               \
         SKV_UNROLL for (uint w_ = 0; w_ < KW; w_++) words_[w_] = kw_[w_ * P];              \
         words_[KW] = 0;                                                                    \
-        float4 a4_[ADA_SPLIT][G4 > 0 ? G4 : 1];                                            \
-        float as_[ADA_SPLIT][G];                                                           \
-        SKV_UNROLL for (uint k_ = 0; k_ < ADA_SPLIT; k_++) {                               \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] = (float4)(0.0f);      \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] = 0.0f;            \
-        }                                                                                  \
+        float4 a4_[G4 > 0 ? G4 : 1];                                                       \
+        float as_[G];                                                                      \
+        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] = (float4)(0.0f);              \
+        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[g_] = 0.0f;                    \
         SKV_UNROLL for (uint j_ = 0; j_ < D / 2; j_++) {                                   \
-            __global const float *t_;                                                      \
-            float r_;                                                                      \
-            ADA_PAIR(words_, j_, tab, params, t_, r_);                                     \
-            const uint k_ = j_ % ADA_SPLIT;                                                \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[k_][g_] += r_ * vload4(g_, t_); \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[k_][g_] += r_ * t_[g_];    \
+            const uint code_ = PAIR_CODE(words_, j_);                                      \
+            const float r_ = ADA_JOINT ? 1.0f : (params)[code_ & (NR - 1)];                \
+            __global const float *t_ =                                                     \
+                (tab) + (ADA_JOINT ? j_ * NC + code_ : j_ * NS + (code_ >> RB)) * G;       \
+            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[g_] += r_ * vload4(g_, t_);    \
+            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[g_] += r_ * t_[g_];        \
         }                                                                                  \
-        SKV_UNROLL for (uint k_ = 1; k_ < ADA_SPLIT; k_++) {                               \
-            SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) a4_[0][g_] += a4_[k_][g_];         \
-            SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) as_[0][g_] += as_[k_][g_];     \
-        }                                                                                  \
-        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[0][g_], g_, dot_g);        \
-        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = as_[0][g_];            \
+        SKV_UNROLL for (uint g_ = 0; g_ < G4; g_++) vstore4(a4_[g_], g_, dot_g);           \
+        SKV_UNROLL for (uint g_ = 4 * G4; g_ < G; g_++) dot_g[g_] = as_[g_];               \
         const float n_ = vload_half((slot), (__global const half *)((page) + KW * P * 4)); \
         SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
     } while (0)
 
-/* Pair j from its code (PAIR_CODE: bit fields of 32-bit words). */
-#define ADA_PAIR_CODE(words, j, tab, params, t, r)                                          \
-    do {                                                                                   \
-        const uint code_ = PAIR_CODE(words, j);                                            \
-        r = ADA_JOINT ? 1.0f : (params)[code_ & (NR - 1)];                                 \
-        t = (tab) + (ADA_JOINT ? (j) * NC + code_ : (j) * NS + (code_ >> RB)) * G;         \
-    } while (0)
+/* decode_cpu: 16 slots at once, a slot per vector lane. The lookup of 16 codes (< 16)
+ * in a row of 16 floats is written as a vector of element extracts, which LLVM lowers
+ * to one variable permute (x86 AVX-512: vpermps with the row as a memory operand). */
+inline float16 lut16(float16 row, uint16 i)
+{
+    return (float16)(row[i.s0], row[i.s1], row[i.s2], row[i.s3], row[i.s4], row[i.s5], row[i.s6], row[i.s7],
+                     row[i.s8], row[i.s9], row[i.sa], row[i.sb], row[i.sc], row[i.sd], row[i.se], row[i.sf]);
+}
 
-/* The CPU form, for power-of-two G: the table index (the code, or for tables not joined
- * with R the angle code) is cut from a 64-bit window of two words already scaled to the
- * entry's byte offset (index * 4G): a shift and a mask, then one load-add per 4 q-heads. */
-#define ENTRY_SHIFT (G == 1 ? 2 : G == 2 ? 3 : G == 4 ? 4 : G == 8 ? 5 : G == 16 ? 6 : G == 32 ? 7 : 8)
-#define ADA_PAIR_OFFSET(words, j, tab, params, t, r)                                        \
-    do {                                                                                   \
-        const uint bit_ = (j) * (RB + AB), wi_ = bit_ / 32, sh_ = bit_ % 32;              \
-        const ulong x_ = (words)[wi_] | (words)[wi_ + 1] << 32;                            \
-        const uint lo_ = ADA_JOINT ? sh_ : sh_ + RB, ents_ = ADA_JOINT ? NC : NS;          \
-        const uint off_ = (lo_ >= ENTRY_SHIFT ? (uint)(x_ >> (lo_ - ENTRY_SHIFT))          \
-                                              : (uint)(x_ << (ENTRY_SHIFT - lo_))) &       \
-                          ((ents_ - 1) << ENTRY_SHIFT);                                    \
-        r = ADA_JOINT ? 1.0f : (params)[(uint)(x_ >> sh_) & (NR - 1)];                     \
-        t = (__global const float *)((__global const uchar *)(tab) + off_ +                \
-                                     (size_t)(j) * ents_ * G * 4);                         \
-    } while (0)
+/* row[i] for i < LANE_USED, a row of LANE_N = 16 or 32 floats */
+inline float16 lane_lookup(__global const float *row, uint16 i)
+{
+#if LANE_N == 16
+    return lut16(vload16(0, row), i);
+#elif LANE_N == 32
+    const uint16 lo = i & (uint16)(15);
+    return select(lut16(vload16(0, row), lo), lut16(vload16(1, row), lo), as_int16(i << (uint16)(27)));
+#else
+#error "lane tables hold 16 or 32 entries per row"
+#endif
+}
+
+/* The logits of slots slot0 .. slot0 + 15 of a page for the G q-heads, times `scale`:
+ * lg[g][s] = scale * n_s * sum_j J[j][g][code_sj] (LANE_JOINT), else
+ * scale * n_s * sum_j R[r_sj] T[j][g][c_sj]; two interleaved sums over j per q-head. */
+inline void ada_lane_logits(__global const uchar *page, uint slot0, __global const float *tab,
+                            __constant float *params, float scale, float16 *lg)
+{
+    __global const uint *kw = (__global const uint *)page + slot0;
+    float16 a[2][G];
+    SKV_UNROLL for (uint g = 0; g < G; g++)
+        a[0][g] = a[1][g] = (float16)(0.0f);
+#if !LANE_JOINT
+    float rad[16];
+    SKV_UNROLL for (uint r = 0; r < 16; r++)
+        rad[r] = r < NR ? params[r] : 0.0f;
+    const float16 rrow = vload16(0, rad);
+#endif
+    SKV_UNROLL for (uint j = 0; j < D / 2; j++) {
+        const uint bit = j * (RB + AB), wi = bit / 32, sh = bit % 32;
+        uint16 code = vload16(0, kw + wi * P) >> (uint16)(sh);
+        if (sh + RB + AB > 32)
+            code |= vload16(0, kw + (wi + 1) * P) << (uint16)(32 - sh);
+        __global const float *row = tab + j * G * LANE_N;
+#if LANE_JOINT
+        code &= (uint16)(NC - 1);
+        SKV_UNROLL for (uint g = 0; g < G; g++)
+            a[j % 2][g] += lane_lookup(row + g * LANE_N, code);
+#else
+        const float16 r = lut16(rrow, code & (uint16)(NR - 1));
+        code = (code >> (uint16)(RB)) & (uint16)(NS - 1);
+        SKV_UNROLL for (uint g = 0; g < G; g++)
+            a[j % 2][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[j % 2][g]);
+#endif
+    }
+    const float16 n = vload_half16(0, (__global const half *)(page + KW * P * 4) + slot0) * scale;
+    SKV_UNROLL for (uint g = 0; g < G; g++)
+        lg[g] = (a[0][g] + a[1][g]) * n;
+}
 #else
 #define PAGE_BYTES (P * (4 * D + 4))
 
@@ -162,9 +189,6 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 /* `scale` multiplies the logits: the softmax scale (ADA: times sqrt(2/D) and the tier's
  * logit correction). `tables` (ADA): [B*H][G][D/2][NS] per-query tables. */
 
-#define ADA_SPLIT 1
-#define ADA_WORD uint
-#define ADA_PAIR ADA_PAIR_CODE
 __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECODE_PARAMS)
 {
     const uint lid = get_local_id(0);
@@ -298,22 +322,52 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
  * (sequence, kv-head, chunk) and walks it in blocks of TB slots with private vector
  * accumulators, no local memory and no barriers (which a CPU runtime turns into loops
  * over spilled work-item state). F16 keys are read KB slots at a time, so each run of
- * a key row is read in order; the softmax max is taken per block, so the accumulators
- * are rescaled at most once per block. Same partials. */
-#define TB 8 /* the softmax below takes a block as one float8 */
-#define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
-
-#undef ADA_SPLIT
-#undef ADA_WORD
-#undef ADA_PAIR
-#define ADA_SPLIT 4
-#if (G & (G - 1)) == 0
-#define ADA_WORD ulong
-#define ADA_PAIR ADA_PAIR_OFFSET
+ * a key row is read in order; ADA keys 16 slots at a time, a slot per vector lane
+ * (ada_lane_logits). The softmax max is taken per block, so the accumulators are
+ * rescaled at most once per block. Same partials. */
+#ifdef ADA
+#define TB 16 /* a block's logits are one floatTB per q-head */
+#define floatTB float16
+#define intTB int16
+#define vloadTB vload16
+#define vstoreTB vstore16
+#define TB_LANES (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 #else
-#define ADA_WORD uint
-#define ADA_PAIR ADA_PAIR_CODE
+#define TB 8
+#define floatTB float8
+#define intTB int8
+#define vloadTB vload8
+#define vstoreTB vstore8
+#define TB_LANES (int8)(0, 1, 2, 3, 4, 5, 6, 7)
 #endif
+#if TILE % TB || P % TB
+#error "chunks and pages hold whole blocks"
+#endif
+#define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* F16 slots per key pass */
+
+inline float hmax_tb(floatTB x)
+{
+#if TB == 16
+    const float8 m8 = fmax(x.lo, x.hi);
+#else
+    const float8 m8 = x;
+#endif
+    const float4 m4 = fmax(m8.lo, m8.hi);
+    const float2 m2 = fmax(m4.lo, m4.hi);
+    return fmax(m2.x, m2.y);
+}
+
+inline float hsum_tb(floatTB x)
+{
+#if TB == 16
+    const float8 s8 = x.lo + x.hi;
+#else
+    const float8 s8 = x;
+#endif
+    const float4 s4 = s8.lo + s8.hi;
+    const float2 s2 = s4.lo + s4.hi;
+    return s2.x + s2.y;
+}
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_PARAMS)
 {
@@ -328,7 +382,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
     float8 acc[G][D / 8];
     float m[G], l[G];
 #ifdef ADA
-    __global const float *tab = tables + (size_t)bh * TABLE_FLOATS;
+    __global const float *tab = tables + (size_t)bh * LANE_FLOATS;
     /* values: acc holds sum p sc q in the code domain, bias sum p mn per group */
     float bias[G][D / VG];
     for (uint g = 0; g < G; g++)
@@ -371,17 +425,13 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             touch = x;
         }
         const uint n = min((uint)TB, tok_end - t0);
-        float s[TB][G];
+        floatTB s[G]; /* the block's logits per q-head, slot j in lane j */
 #ifdef ADA
-        for (uint j = 0; j < n; j++) {
-            float dot_g[G];
-            ADA_SLOT_LOGITS(page, slot0 + j, tab, params, dot_g);
-            SKV_UNROLL for (uint g = 0; g < G; g++)
-                s[j][g] = dot_g[g] * scale;
-        }
+        ada_lane_logits(page, slot0, tab, params, scale, s); /* slots past the fill: read, then ignored */
 #else
         /* logits, KB slots at a time: those slots' 16-byte pieces of a key row are one
          * contiguous run, read in order, and KB * G vector accumulators fit in registers */
+        float sl[G][TB];
         for (uint j0 = 0; j0 < n; j0 += KB) {
             float8 a[KB][G];
             SKV_UNROLL for (uint j = 0; j < KB; j++)
@@ -398,22 +448,22 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             SKV_UNROLL for (uint j = 0; j < KB; j++)
                 SKV_UNROLL for (uint g = 0; g < G; g++) {
                     float4 y = a[j][g].lo + a[j][g].hi;
-                    s[j0 + j][g] = (y.x + y.y) + (y.z + y.w);
+                    sl[g][(j0 + j) % TB] = (y.x + y.y) + (y.z + y.w);
                 }
         }
+        SKV_UNROLL for (uint g = 0; g < G; g++)
+            s[g] = vloadTB(0, sl[g]);
 #endif
-        for (uint j = 0; j < n; j++)
-            SKV_UNROLL for (uint g = 0; g < G; g++)
-                KEEP_LOGIT(bh, g, t0 + j, s[j][g]);
-        /* online softmax once per block: at most one rescale of the accumulators */
-        float p[TB][G];
-        SKV_UNROLL for (uint g = 0; g < G; g++) { /* the block's TB = 8 logits as one vector: one vector exp */
-            float8 x = (float8)(s[0][g], s[1][g], s[2][g], s[3][g], s[4][g], s[5][g], s[6][g], s[7][g]);
+        /* online softmax once per block (one vector exp per q-head): at most one rescale
+         * of the accumulators */
+        float p[G][TB];
+        SKV_UNROLL for (uint g = 0; g < G; g++) {
+            floatTB x = s[g];
             if (n < TB) /* slots past the block's end take no weight */
-                x = select(x, (float8)(-INFINITY), (int8)(0, 1, 2, 3, 4, 5, 6, 7) >= (int8)((int)n));
-            const float4 m4 = fmax(x.lo, x.hi);
-            const float2 m2 = fmax(m4.lo, m4.hi);
-            const float mb = fmax(m2.x, m2.y);
+                x = select(x, (floatTB)(-INFINITY), TB_LANES >= (intTB)((int)n));
+            for (uint j = 0; j < n; j++)
+                KEEP_LOGIT(bh, g, t0 + j, x[j]);
+            const float mb = hmax_tb(x);
             if (mb > m[g]) {
                 float alpha = exp(m[g] - mb);
                 l[g] *= alpha;
@@ -425,12 +475,9 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
 #endif
                 m[g] = mb;
             }
-            const float8 e = exp(x - (float8)(m[g]));
-            const float4 e4 = e.lo + e.hi;
-            const float2 e2 = e4.lo + e4.hi;
-            l[g] += e2.x + e2.y;
-            p[0][g] = e.s0, p[1][g] = e.s1, p[2][g] = e.s2, p[3][g] = e.s3;
-            p[4][g] = e.s4, p[5][g] = e.s5, p[6][g] = e.s6, p[7][g] = e.s7;
+            const floatTB e = exp(x - (floatTB)(m[g]));
+            l[g] += hsum_tb(e);
+            vstoreTB(e, 0, p[g]);
         }
 #ifdef ADA
         /* values in the code domain: per (token, group) fold the scale into p and add p mn
@@ -441,8 +488,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             for (uint k = 0; k < D / VG; k++) {
                 const float sc = vload_half(2 * k, prm), mn = vload_half(2 * k + 1, prm);
                 SKV_UNROLL for (uint g = 0; g < G; g++) {
-                    ps[j][k][g] = p[j][g] * sc;
-                    bias[g][k] = fma(p[j][g], mn, bias[g][k]);
+                    ps[j][k][g] = p[g][j] * sc;
+                    bias[g][k] = fma(p[g][j], mn, bias[g][k]);
                 }
             }
         }
@@ -477,14 +524,14 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             for (; j + 1 < n; j += 2) {
                 const float8 v0 = vload_half8(i, vp + j * D), v1 = vload_half8(i, vp + (j + 1) * D);
                 SKV_UNROLL for (uint g = 0; g < G; g++) {
-                    a[g] = fma((float8)(p[j][g]), v0, a[g]);
-                    a2[g] = fma((float8)(p[j + 1][g]), v1, a2[g]);
+                    a[g] = fma((float8)(p[g][j]), v0, a[g]);
+                    a2[g] = fma((float8)(p[g][j + 1]), v1, a2[g]);
                 }
             }
             if (j < n) {
                 const float8 v0 = vload_half8(i, vp + j * D);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
-                    a[g] = fma((float8)(p[j][g]), v0, a[g]);
+                    a[g] = fma((float8)(p[g][j]), v0, a[g]);
             }
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 acc[g][i] = a[g] + a2[g];

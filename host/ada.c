@@ -35,6 +35,22 @@ void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n)
              d->radius_bits, d->angle_bits, c->ada[t].key_words, d->value_bits, d->value_group);
 }
 
+/* Floats of one (sequence, kv-head)'s query tables for tier t, in the layout of the cache's
+ * decode variant (cl/common.h: by slot for decode_gpu, by lane for decode_cpu). */
+size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t)
+{
+    const skvi_tier_desc *d = &skvi_tiers[t];
+    const size_t codes = (size_t)1 << (d->radius_bits + d->angle_bits), angles = (size_t)1 << d->angle_bits;
+    size_t row; /* floats per (pair, q-head) */
+    if (c->cpu_variant) {
+        row = codes <= 16 ? codes : angles; /* LANE_JOINT, LANE_USED */
+        row = row < 16 ? 16 : row;          /* LANE_N */
+    } else {
+        row = codes <= 64 ? codes : angles; /* ADA_JOINT */
+    }
+    return (size_t)c->desc.head_dim / 2 * c->group * row;
+}
+
 skv_status skvi_ada_init(skv_cache *c)
 {
     skv_context *ctx = c->ctx;

@@ -158,7 +158,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     cl_mem params = c->ada_params[t] ? c->ada_params[t] : tp->bufs[2]; /* F16: any buffer, unread */
     if (t != SKV_TIER_F16) {
         cl_kernel kq = c->k_query[t];
-        cl_uint a = 0, lay = layer, hh = H, gg = G;
+        cl_uint a = 0, lay = layer, hh = H, gg = G, lanes = (cl_uint)c->cpu_variant; /* the tables' layout */
         e |= clSetKernelArg(kq, a++, sizeof q, &q);
         e |= clSetKernelArg(kq, a++, sizeof q_off, &q_off);
         e |= clSetKernelArg(kq, a++, sizeof q_dtype, &q_dtype);
@@ -167,6 +167,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
         e |= clSetKernelArg(kq, a++, sizeof lay, &lay);
         e |= clSetKernelArg(kq, a++, sizeof hh, &hh);
         e |= clSetKernelArg(kq, a++, sizeof gg, &gg);
+        e |= clSetKernelArg(kq, a++, sizeof lanes, &lanes);
         e |= clSetKernelArg(kq, a++, sizeof tables, &tables);
         size_t global = (size_t)B * c->desc.q_heads;
         if (e == CL_SUCCESS)
@@ -295,10 +296,7 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     size_t table_bytes = 0;
     for (int t = SKV_TIER_F16 + 1; t < SKV_TIER_COUNT; t++)
         if (p.t[t].max_len) {
-            unsigned codes = 1u << (skvi_tiers[t].angle_bits + skvi_tiers[t].radius_bits);
-            if (codes > 64) /* not joined with R (ADA_JOINT in the kernels) */
-                codes = 1u << skvi_tiers[t].angle_bits;
-            size_t bytes = (size_t)B * H * G * (D / 2) * codes * sizeof(float);
+            size_t bytes = (size_t)B * H * skvi_ada_table_floats(c, (skv_tier)t) * sizeof(float);
             table_bytes = bytes > table_bytes ? bytes : table_bytes;
         }
     cl_mem tables = NULL;

@@ -124,6 +124,7 @@ cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
 skv_status skvi_ada_init(skv_cache *c);
 /* Build defines of an ADA tier's kernels. */
 void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n);
+size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t);
 void skvi_ada_release(skv_cache *c);
 
 /* score.c */
