@@ -56,17 +56,20 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
     return (float2)(value_at(vo, 2 * pair), value_at(vo, 2 * pair + 1));
 }
 
-/* The codes of dims 8 i8 .. 8 i8 + 7 of a value row (VB whole bytes), as floats. */
-inline float8 codes8(__global const uchar *vo, uint i8)
+/* The codes of dims 16 i .. 16 i + 15 of a value row (VB whole bytes; value rows start
+ * 16-byte aligned in the page layout, so one aligned load), as floats. */
+inline float16 codes16(__global const uchar *vo, uint i)
 {
 #if VB == 8
-    return convert_float8(vload8(i8, vo));
-#elif VB == 4 /* value rows start 4-byte aligned (page layout), so one word load */
-    const uint x = ((__global const uint *)vo)[i8];
-    return convert_float8(((uint8)(x) >> (uint8)(0, 4, 8, 12, 16, 20, 24, 28)) & (uint8)(VMASK));
+    return convert_float16(vload16(i, vo));
+#elif VB == 4
+    const uint2 x = ((__global const uint2 *)vo)[i];
+    const uint8 sh = (uint8)(0, 4, 8, 12, 16, 20, 24, 28);
+    return convert_float16((uint16)((uint8)(x.x) >> sh, (uint8)(x.y) >> sh) & (uint16)(VMASK));
 #else
-    const uint x = ((__global const ushort *)vo)[i8];
-    return convert_float8(((uint8)(x) >> (uint8)(0, 2, 4, 6, 8, 10, 12, 14)) & (uint8)(VMASK));
+    const uint x = ((__global const uint *)vo)[i];
+    return convert_float16(((uint16)(x) >> (uint16)(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) &
+                           (uint16)(VMASK));
 #endif
 }
 
@@ -105,14 +108,14 @@ inline float8 codes8(__global const uchar *vo, uint i8)
 /* decode_cpu: 16 slots at once, a slot per vector lane. The lookup of 16 codes (< 16)
  * in a row of 16 floats is written as a vector of element extracts, which LLVM lowers
  * to one variable permute (x86 AVX-512: vpermps with the row as a memory operand). */
-inline float16 lut16(float16 row, uint16 i)
+__attribute__((always_inline)) inline float16 lut16(float16 row, uint16 i)
 {
     return (float16)(row[i.s0], row[i.s1], row[i.s2], row[i.s3], row[i.s4], row[i.s5], row[i.s6], row[i.s7],
                      row[i.s8], row[i.s9], row[i.sa], row[i.sb], row[i.sc], row[i.sd], row[i.se], row[i.sf]);
 }
 
 /* row[i] for i < LANE_USED, a row of LANE_N = 16 or 32 floats */
-inline float16 lane_lookup(__global const float *row, uint16 i)
+__attribute__((always_inline)) inline float16 lane_lookup(__global const float *row, uint16 i)
 {
 #if LANE_N == 16
     return lut16(vload16(0, row), i);
@@ -127,8 +130,8 @@ inline float16 lane_lookup(__global const float *row, uint16 i)
 /* The logits of slots slot0 .. slot0 + 15 of a page for the G q-heads, times `scale`:
  * lg[g][s] = scale * n_s * sum_j J[j][g][code_sj] (LANE_JOINT), else
  * scale * n_s * sum_j R[r_sj] T[j][g][c_sj]; two interleaved sums over j per q-head. */
-inline void ada_lane_logits(__global const uchar *page, uint slot0, __global const float *tab,
-                            __constant float *params, float scale, float16 *lg)
+__attribute__((always_inline)) inline void ada_lane_logits(__global const uchar *page, uint slot0, __global const float *tab,
+                                                    __constant float *params, float scale, float16 *lg)
 {
     __global const uint *kw = (__global const uint *)page + slot0;
     float16 a[2][G];
@@ -379,21 +382,39 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
     const uint tok_begin = chunk * tiles_per_chunk * TILE;
     const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
 
-    float8 acc[G][D / 8];
-    float m[G], l[G];
 #ifdef ADA
+#if VG % 16 || D / VG > 8
+#error "value groups of 16k dims, at most 8 per row"
+#endif
+#define GROUPS (D / VG)
+#if GROUPS == 8
+#define PRM_FLOATS float16
+#define PRM_LOAD vload_half16
+#define GROUPS_STORE vstore8
+#elif GROUPS == 4
+#define PRM_FLOATS float8
+#define PRM_LOAD vload_half8
+#define GROUPS_STORE vstore4
+#else
+#define PRM_FLOATS float4
+#define PRM_LOAD vload_half4
+#define GROUPS_STORE vstore2
+#endif
     __global const float *tab = tables + (size_t)bh * LANE_FLOATS;
     /* values: acc holds sum p sc q in the code domain, bias sum p mn per group */
-    float bias[G][D / VG];
-    for (uint g = 0; g < G; g++)
-        for (uint k = 0; k < D / VG; k++)
-            bias[g][k] = 0.0f;
-#else
-    float8 q8[G][D / 8];
-#endif
+    float16 acc[G][D / 16];
+    float bias[G][GROUPS];
     for (uint g = 0; g < G; g++) {
+        for (uint i = 0; i < D / 16; i++)
+            acc[g][i] = (float16)(0.0f);
+        for (uint k = 0; k < GROUPS; k++)
+            bias[g][k] = 0.0f;
+    }
+#else
+    float8 acc[G][D / 8];
+    float8 q8[G][D / 8];
+    for (uint g = 0; g < G; g++)
         for (uint i = 0; i < D / 8; i++) {
-#ifndef ADA
             const size_t base = ((size_t)b * H * G + h * G + g) * D + i * 8;
             float8 x;
             x.s0 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 0);
@@ -405,9 +426,11 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             x.s6 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 6);
             x.s7 = SKV_LOAD_AS_FLOAT(q_dtype, q + q_offset, base + 7);
             q8[g][i] = x * scale; /* fold the logit scale into the query */
-#endif
             acc[g][i] = (float8)(0.0f);
         }
+#endif
+    float m[G], l[G];
+    for (uint g = 0; g < G; g++) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
     }
@@ -467,11 +490,14 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             if (mb > m[g]) {
                 float alpha = exp(m[g] - mb);
                 l[g] *= alpha;
+#ifdef ADA
+                for (uint i = 0; i < D / 16; i++)
+                    acc[g][i] *= alpha;
+                for (uint k = 0; k < GROUPS; k++)
+                    bias[g][k] *= alpha;
+#else
                 for (uint i = 0; i < D / 8; i++)
                     acc[g][i] *= alpha;
-#ifdef ADA
-                for (uint k = 0; k < D / VG; k++)
-                    bias[g][k] *= alpha;
 #endif
                 m[g] = mb;
             }
@@ -481,34 +507,36 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         }
 #ifdef ADA
         /* values in the code domain: per (token, group) fold the scale into p and add p mn
-         * to the group's bias, so a dim costs one code unpack and G FMAs */
-        float ps[TB][D / VG][G];
+         * to the group's bias, so 16 dims cost one code unpack and G FMAs */
+        float ps[TB][G][GROUPS];
         for (uint j = 0; j < n; j++) {
-            __global const half *prm = (__global const half *)(value_row(page, slot0 + j) + D * VB / 8);
-            for (uint k = 0; k < D / VG; k++) {
-                const float sc = vload_half(2 * k, prm), mn = vload_half(2 * k + 1, prm);
-                SKV_UNROLL for (uint g = 0; g < G; g++) {
-                    ps[j][k][g] = p[g][j] * sc;
-                    bias[g][k] = fma(p[g][j], mn, bias[g][k]);
-                }
-            }
-        }
-        for (uint i = 0; i < D / 8; i++) { /* two FMA chains per q-head: even and odd tokens */
-            float8 a[G], a2[G];
+            /* the row's (scale, min) halves in one load */
+            const PRM_FLOATS prm = PRM_LOAD(0, (__global const half *)(value_row(page, slot0 + j) + D * VB / 8));
+            float sc[GROUPS], mn[GROUPS];
+            GROUPS_STORE(prm.even, 0, sc);
+            GROUPS_STORE(prm.odd, 0, mn);
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                a[g] = acc[g][i], a2[g] = (float8)(0.0f);
+                SKV_UNROLL for (uint k = 0; k < GROUPS; k++) {
+                    ps[j][g][k] = p[g][j] * sc[k];
+                    bias[g][k] = fma(p[g][j], mn[k], bias[g][k]);
+                }
+        }
+        for (uint i = 0; i < D / 16; i++) { /* two FMA chains per q-head: even and odd tokens */
+            float16 a[G], a2[G];
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                a[g] = acc[g][i], a2[g] = (float16)(0.0f);
             uint j = 0;
             for (; j + 1 < n; j += 2) {
-                const float8 q0 = codes8(value_row(page, slot0 + j), i), q1 = codes8(value_row(page, slot0 + j + 1), i);
+                const float16 q0 = codes16(value_row(page, slot0 + j), i), q1 = codes16(value_row(page, slot0 + j + 1), i);
                 SKV_UNROLL for (uint g = 0; g < G; g++) {
-                    a[g] = fma((float8)(ps[j][8 * i / VG][g]), q0, a[g]);
-                    a2[g] = fma((float8)(ps[j + 1][8 * i / VG][g]), q1, a2[g]);
+                    a[g] = fma((float16)(ps[j][g][16 * i / VG]), q0, a[g]);
+                    a2[g] = fma((float16)(ps[j + 1][g][16 * i / VG]), q1, a2[g]);
                 }
             }
             if (j < n) {
-                const float8 q0 = codes8(value_row(page, slot0 + j), i);
+                const float16 q0 = codes16(value_row(page, slot0 + j), i);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
-                    a[g] = fma((float8)(ps[j][8 * i / VG][g]), q0, a[g]);
+                    a[g] = fma((float16)(ps[j][g][16 * i / VG]), q0, a[g]);
             }
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 acc[g][i] = a[g] + a2[g];
@@ -543,10 +571,11 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
     for (uint g = 0; g < G; g++) {
         out[g] = m[g];
         out[G + g] = l[g];
-        for (uint i = 0; i < D / 8; i++)
 #ifdef ADA
-            vstore8(acc[g][i] + (float8)(bias[g][8 * i / VG]), i, out + 2 * G + g * D);
+        for (uint i = 0; i < D / 16; i++)
+            vstore16(acc[g][i] + (float16)(bias[g][16 * i / VG]), i, out + 2 * G + g * D);
 #else
+        for (uint i = 0; i < D / 8; i++)
             vstore8(acc[g][i], i, out + 2 * G + g * D);
 #endif
     }
