@@ -119,7 +119,9 @@ __attribute__((always_inline)) inline float16 lane_lookup(__global const float *
 {
 #if LANE_N == 16
     return lut16(vload16(0, row), i);
-#elif LANE_N == 32
+#elif LANE_N == 32 && defined(__AVX512F__) /* x86 (PoCL defines the target's ISA macros) */
+    return __builtin_ia32_vpermi2varps512(vload16(0, row), as_int16(i), vload16(1, row)); /* vpermt2ps */
+#elif LANE_N == 32 /* LLVM makes this two permutes, the second masked */
     const uint16 lo = i & (uint16)(15);
     return select(lut16(vload16(0, row), lo), lut16(vload16(1, row), lo), as_int16(i << (uint16)(27)));
 #else
@@ -143,22 +145,30 @@ __attribute__((always_inline)) inline void ada_lane_logits(__global const uchar 
         rad[r] = r < NR ? params[r] : 0.0f;
     const float16 rrow = vload16(0, rad);
 #endif
-    SKV_UNROLL for (uint j = 0; j < D / 2; j++) {
-        const uint bit = j * (RB + AB), wi = bit / 32, sh = bit % 32;
-        uint16 code = vload16(0, kw + wi * P) >> (uint16)(sh);
-        if (sh + RB + AB > 32)
-            code |= vload16(0, kw + (wi + 1) * P) << (uint16)(32 - sh);
-        __global const float *row = tab + j * G * LANE_N;
+    /* pairs in runs of PC whose codes fill WC whole words: a run's shifts are constants
+     * (the loop over runs is kept rolled, so its lookups don't all compete for registers) */
+#define PC (32 / ((RB + AB) & -(RB + AB)) > D / 2 ? D / 2 : 32 / ((RB + AB) & -(RB + AB)))
+#define WC (PC * (RB + AB) / 32)
+    _Pragma("unroll 1") for (uint run = 0; run < D / 2 / PC; run++) {
+        __global const uint *rw = kw + run * WC * P;
+        __global const float *rt = tab + run * PC * G * LANE_N;
+        SKV_UNROLL for (uint jj = 0; jj < PC; jj++) {
+            const uint bit = jj * (RB + AB), wi = bit / 32, sh = bit % 32;
+            uint16 code = vload16(0, rw + wi * P) >> (uint16)(sh);
+            if (sh + RB + AB > 32)
+                code |= vload16(0, rw + (wi + 1) * P) << (uint16)(32 - sh);
+            __global const float *row = rt + jj * G * LANE_N;
 #if LANE_JOINT
-        code &= (uint16)(NC - 1);
-        SKV_UNROLL for (uint g = 0; g < G; g++)
-            a[j % 2][g] += lane_lookup(row + g * LANE_N, code);
+            code &= (uint16)(NC - 1);
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                a[jj % 2][g] += lane_lookup(row + g * LANE_N, code);
 #else
-        const float16 r = lut16(rrow, code & (uint16)(NR - 1));
-        code = (code >> (uint16)(RB)) & (uint16)(NS - 1);
-        SKV_UNROLL for (uint g = 0; g < G; g++)
-            a[j % 2][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[j % 2][g]);
+            const float16 r = lut16(rrow, code & (uint16)(NR - 1));
+            code = (code >> (uint16)(RB)) & (uint16)(NS - 1);
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                a[jj % 2][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[jj % 2][g]);
 #endif
+        }
     }
     const float16 n = vload_half16(0, (__global const half *)(page + KW * P * 4) + slot0) * scale;
     SKV_UNROLL for (uint g = 0; g < G; g++)
