@@ -17,6 +17,18 @@
  * Intel all accept it). */
 #define SKV_UNROLL _Pragma("unroll")
 
+/* Software prefetch of global memory, a hint that never waits for the data: clang-based
+ * CPU compilers (PoCL) have __builtin_prefetch (prefetcht0 on x86), whereas PoCL's
+ * OpenCL prefetch() does nothing; elsewhere the OpenCL builtin. */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_prefetch)
+#define SKV_PREFETCH(p) __builtin_prefetch((p), 0, 1)
+#endif
+#endif
+#ifndef SKV_PREFETCH
+#define SKV_PREFETCH(p) prefetch((__global const uchar *)(p), 64)
+#endif
+
 /* Page pools. A pool is up to 8 chunk buffers (pools grow by whole chunks without
  * moving pages); page id p lives in chunk p / per_chunk at index p % per_chunk. Kernels
  * that touch pages take SKV_POOL_PARAMS_P(name) (8 buffers + name_per_chunk) and address

@@ -57,11 +57,12 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 }
 
 /* The codes of dims 16 i .. 16 i + 15 of a value row (VB whole bytes; value rows start
- * 16-byte aligned in the page layout, so one aligned load), as floats. */
+ * 8-byte aligned in the page layout, so whole-word loads), as floats. */
 inline float16 codes16(__global const uchar *vo, uint i)
 {
-#if VB == 8
-    return convert_float16(vload16(i, vo));
+#if VB == 8 /* rows are 8-byte aligned for every D (vload16 of uchar became 8 word inserts) */
+    const ulong2 x = (ulong2)(((__global const ulong *)vo)[2 * i], ((__global const ulong *)vo)[2 * i + 1]);
+    return convert_float16(as_uchar16(x));
 #elif VB == 4
     const uint2 x = ((__global const uint2 *)vo)[i];
     const uint8 sh = (uint8)(0, 4, 8, 12, 16, 20, 24, 28);
@@ -445,17 +446,17 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         l[g] = 0.0f;
     }
 
-    volatile uint touch = 0;
     for (uint t0 = tok_begin; t0 < tok_end; t0 += TB) { /* t0 % TB == 0: a block stays in one page */
         __global const uchar *page = SKV_PAGE(indices[first_page + t0 / P], PAGE_BYTES);
         const uint slot0 = t0 % P;
-        if (slot0 == 0 && t0 + P < tok_end) {
-            __global const volatile uint *nx =
-                (__global const volatile uint *)SKV_PAGE(indices[first_page + t0 / P + 1], PAGE_BYTES);
-            uint x = 0;
-            for (uint o = 0; o < PAGE_BYTES / 4; o += 16)
-                x += nx[o];
-            touch = x;
+        /* the next page's cache lines, a share per block: the F16 key walk runs 16 streams
+         * of 1 KB, ADA keys KW streams of 4P bytes, too short for a hardware prefetcher */
+        if (t0 - slot0 + P < tok_end) {
+            __global const uchar *nx = SKV_PAGE(indices[first_page + t0 / P + 1], PAGE_BYTES);
+            const uint lines = (PAGE_BYTES + 63) / 64, share = (lines + P / TB - 1) / (P / TB);
+            const uint first = slot0 / TB * share, last = min(lines, first + share);
+            for (uint o = first; o < last; o++)
+                SKV_PREFETCH(nx + 64 * o);
         }
         const uint n = min((uint)TB, tok_end - t0);
         floatTB s[G]; /* the block's logits per q-head, slot j in lane j */
