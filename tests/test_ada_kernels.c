@@ -304,12 +304,130 @@ static void test_mixed_tier_decode(void **state)
     }
 }
 
+/* RDR packs tokens into tier pages whose last page is partly filled, so decode meets ADA
+ * blocks shorter than decode_cpu's 16 lanes, lists of any length and chunk ends inside a
+ * page. Per kernel variant, the logits and the output of every kv-head against the C
+ * reference over its held tokens, each decoded as the tier it is held in. One compression
+ * from F16, so each lossy token was encoded once (from its fp16 key and value). */
+static void test_partial_pages_decode(void **state)
+{
+    (void)state;
+    const struct {
+        uint32_t D, G, H, P, n;
+    } shapes[] = {{128, 4, 2, 32, 1111}, {64, 1, 3, 16, 777}};
+    for (size_t si = 0; si < 2; si++) {
+        const uint32_t D = shapes[si].D, G = shapes[si].G, H = shapes[si].H, P = shapes[si].P, n = shapes[si].n;
+        skv_cache_desc desc;
+        skv_cache_desc_init(&desc);
+        desc.layers = 1;
+        desc.q_heads = G * H;
+        desc.kv_heads = H;
+        desc.head_dim = D;
+        desc.page_tokens = P;
+        desc.device_budget_bytes = 64u << 20;
+        desc.tiers = 0xF;
+        desc.retention = SKV_RETENTION_RDR;
+        desc.scorer = SKV_SCORER_KEYDIFF;
+        desc.budget_ratio = 0.3f;
+        desc.recent_window = 24;
+        desc.slack = 4096; /* no compression on append: skv_compress below is the one */
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &desc, &c));
+        const size_t row = (size_t)H * D;
+        float *k = malloc(n * row * 4), *v = malloc(n * row * 4), *kd = malloc(n * D * 4), *vd = malloc(n * D * 4);
+        float *lg = malloc((size_t)G * H * (n + 1) * 4);
+        double *ref = malloc((size_t)(n > G * D ? n : G * D) * sizeof *ref);
+        int32_t *pos = malloc(n * 4);
+        test_rng r = {4242 + si};
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        fill(c, s, n, &r, k, v);
+        assert_ok(skv_compress(c, s));
+        float q[8 * 256], out[8 * 256];
+        for (uint32_t i = 0; i < G * H * D; i++)
+            q[i] = test_gauss(&r);
+        const float scale = 1.0f / sqrtf((float)D);
+        int short_blocks = 0;
+        for (int variant = 0; variant < 2; variant++) {
+            assert_ok(skvi_cache_use_variant(c, variant));
+            memset(out, 0xFF, sizeof out); /* poison */
+            for (size_t i = 0; i < (size_t)G * H * (n + 1); i++)
+                lg[i] = NAN;
+            size_t counts[8];
+            assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
+            assert_ok(skv_attention_logits(c, 0, s, SKV_F32, q, scale, lg, n + 1, counts));
+            for (uint32_t h = 0; h < H; h++) {
+                size_t held;
+                assert_ok(skv_seq_positions(c, s, 0, h, pos, n, &held));
+                assert_int_equal(counts[h], held);
+                /* the held tokens in cache order (tier after tier), decoded as their tier holds them */
+                size_t i = 0;
+                for (int t = SKV_TIER_F16; t < SKV_TIER_COUNT; t++) {
+                    const uint32_t in_tier = c->seqs[s].lists[h * SKV_TIER_COUNT + t].tokens;
+                    short_blocks += t != SKV_TIER_F16 && in_tier % 16 != 0;
+                    for (uint32_t e = 0; e < in_tier; e++, i++) {
+                        const uint32_t tt = (uint32_t)(pos[i] - 1000) / 7;
+                        const float *ko = k + ((size_t)tt * H + h) * D, *vo = v + ((size_t)tt * H + h) * D;
+                        if (t == SKV_TIER_F16) {
+                            memcpy(kd + i * D, ko, D * 4);
+                            memcpy(vd + i * D, vo, D * 4);
+                            continue;
+                        }
+                        const skvi_tier_desc *td = &skvi_tiers[t];
+                        int8_t signs[256];
+                        uint32_t words[64];
+                        uint16_t norm;
+                        uint8_t vq[512];
+                        skv_ref_ada_signs(0, h, D, signs);
+                        skv_ref_ada_encode_key(&c->ada[t], signs, ko, words, &norm);
+                        skv_ref_ada_decode_key(&c->ada[t], signs, words, norm, kd + i * D);
+                        skv_ref_value_encode(vo, D, td->value_bits, td->value_group, vq);
+                        skv_ref_value_decode(vq, D, td->value_bits, td->value_group, vd + i * D);
+                    }
+                }
+                assert_int_equal(i, held);
+                const float *qh = q + (size_t)h * G * D;
+                for (uint32_t g = 0; g < G; g++) {
+                    const float *got = lg + (size_t)(h * G + g) * (n + 1);
+                    for (size_t j = 0; j < held; j++) {
+                        double x = 0;
+                        for (uint32_t d = 0; d < D; d++)
+                            x += (double)qh[g * D + d] * kd[j * D + d];
+                        ref[j] = x * scale;
+                    }
+                    double e = skv_ref_rel_l2(ref, got, held);
+                    if (!(e <= 1e-5))
+                        fail_msg("%s kernel, q-head %u: logits %.3g from the reference", variant ? "cpu" : "gpu",
+                                 h * G + g, e);
+                    assert_true(isnan(got[held]));
+                }
+                assert_int_equal(skv_ref_attention_decode(qh, kd, vd, held, G, 1, D, scale, ref), 0);
+                double e = skv_ref_rel_l2(ref, out + (size_t)h * G * D, G * D);
+                if (!(e <= 2e-5))
+                    fail_msg("%s kernel, kv-head %u (%zu held): output %.3g from the reference",
+                             variant ? "cpu" : "gpu", h, held, e);
+            }
+        }
+        if (!short_blocks)
+            fail_msg("no ADA list of D=%u ends inside a 16-slot block: the test misses what it is for", D);
+        free(k);
+        free(v);
+        free(kd);
+        free(vd);
+        free(lg);
+        free(ref);
+        free(pos);
+        skv_cache_destroy(c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_matches_reference),
         cmocka_unit_test(test_quantize_errors_change_nothing),
         cmocka_unit_test(test_mixed_tier_decode),
+        cmocka_unit_test(test_partial_pages_decode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
