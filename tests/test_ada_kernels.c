@@ -217,6 +217,21 @@ static void check_logits(skv_cache *c, skv_seq_id s, const float *q, float scale
     free(pos);
 }
 
+/* One layer, H kv-heads of G q-heads each, every tier. */
+static skv_cache_desc group_desc(uint32_t D, uint32_t G, uint32_t H, uint32_t P)
+{
+    skv_cache_desc desc;
+    skv_cache_desc_init(&desc);
+    desc.layers = 1;
+    desc.q_heads = G * H;
+    desc.kv_heads = H;
+    desc.head_dim = D;
+    desc.page_tokens = P;
+    desc.device_budget_bytes = 64u << 20;
+    desc.tiers = 0xF;
+    return desc;
+}
+
 /* Decode over F16 + all three ADA tiers in one call, against (a) fp64 attention over the
  * keys and values as the C reference decodes them (the kernel's own error: tight), and
  * (b) fp64 attention over the original keys and values (the codec's error: the kernel
@@ -229,15 +244,7 @@ static void test_mixed_tier_decode(void **state)
     } shapes[] = {{128, 4, 2, 32}, {64, 1, 3, 16}, {256, 8, 1, 16}};
     for (size_t si = 0; si < 3; si++) {
         const uint32_t D = shapes[si].D, G = shapes[si].G, H = shapes[si].H, P = shapes[si].P, n = 1000;
-        skv_cache_desc desc;
-        skv_cache_desc_init(&desc);
-        desc.layers = 1;
-        desc.q_heads = G * H;
-        desc.kv_heads = H;
-        desc.head_dim = D;
-        desc.page_tokens = P;
-        desc.device_budget_bytes = 64u << 20;
-        desc.tiers = 0xF;
+        skv_cache_desc desc = group_desc(D, G, H, P);
         skv_cache *c;
         assert_ok(skv_cache_create(ctx, &desc, &c));
         size_t row = (size_t)H * D;
@@ -317,15 +324,7 @@ static void test_partial_pages_decode(void **state)
     } shapes[] = {{128, 4, 2, 32, 1111}, {64, 1, 3, 16, 777}};
     for (size_t si = 0; si < 2; si++) {
         const uint32_t D = shapes[si].D, G = shapes[si].G, H = shapes[si].H, P = shapes[si].P, n = shapes[si].n;
-        skv_cache_desc desc;
-        skv_cache_desc_init(&desc);
-        desc.layers = 1;
-        desc.q_heads = G * H;
-        desc.kv_heads = H;
-        desc.head_dim = D;
-        desc.page_tokens = P;
-        desc.device_budget_bytes = 64u << 20;
-        desc.tiers = 0xF;
+        skv_cache_desc desc = group_desc(D, G, H, P);
         desc.retention = SKV_RETENTION_RDR;
         desc.scorer = SKV_SCORER_KEYDIFF;
         desc.budget_ratio = 0.3f;
