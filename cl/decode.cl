@@ -130,6 +130,9 @@ __attribute__((always_inline)) inline float16 lane_lookup(__global const float *
 #endif
 }
 
+#define PC (32 / ((RB + AB) & -(RB + AB)) > D / 2 ? D / 2 : 32 / ((RB + AB) & -(RB + AB))) /* pairs per run */
+#define WC (PC * (RB + AB) / 32) /* words per run */
+
 /* The logits of slots slot0 .. slot0 + 15 of a page for the G q-heads, times `scale`:
  * lg[g][s] = scale * n_s * sum_j J[j][g][code_sj] (LANE_JOINT), else
  * scale * n_s * sum_j R[r_sj] T[j][g][c_sj]; two interleaved sums over j per q-head. */
@@ -148,8 +151,6 @@ __attribute__((always_inline)) inline void ada_lane_logits(__global const uchar 
 #endif
     /* pairs in runs of PC whose codes fill WC whole words: a run's shifts are constants
      * (the loop over runs is kept rolled, so its lookups don't all compete for registers) */
-#define PC (32 / ((RB + AB) & -(RB + AB)) > D / 2 ? D / 2 : 32 / ((RB + AB) & -(RB + AB)))
-#define WC (PC * (RB + AB) / 32)
     _Pragma("unroll 1") for (uint run = 0; run < D / 2 / PC; run++) {
         __global const uint *rw = kw + run * WC * P;
         __global const float *rt = tab + run * PC * G * LANE_N;
@@ -201,7 +202,8 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 #endif
 
 /* `scale` multiplies the logits: the softmax scale (ADA: times sqrt(2/D) and the tier's
- * logit correction). `tables` (ADA): [B*H][G][D/2][NS] per-query tables. */
+ * logit correction). `tables` (ADA): the per-query tables of ada_query, by slot for
+ * decode_gpu, by lane for decode_cpu (cl/common.h). */
 
 __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECODE_PARAMS)
 {
