@@ -13,7 +13,8 @@
  *        layouts in cl/common.h); values dequantised on the fly. No dense key is ever
  *        formed: a pair's code is a table index, never a coordinate.
  * Two variants: decode_gpu (a slot per work-item, TILE work-items, local memory) and
- * decode_cpu (one work-item per chunk, private accumulators, no barriers).
+ * decode_cpu (one work-item per chunk, private accumulators, no barriers), built with
+ * DECODE_CPU: a program holds one of them, so a GPU compiler never sees the CPU code.
  * C references: src/ref_attention.c, src/ada.c, src/value_quant.c.
  * Build defines: D, P, G, TILE (a power of two >= D/2 and >= G), SEG_POW2 (the power of
  * two >= TILE / G); ADA tiers also RB, AB, KW, VB, VG. */
@@ -106,6 +107,7 @@ inline float16 codes16(__global const uchar *vo, uint i)
         SKV_UNROLL for (uint g_ = 0; g_ < G; g_++) dot_g[g_] *= n_;                        \
     } while (0)
 
+#ifdef DECODE_CPU
 /* decode_cpu: 16 slots at once, a slot per vector lane. The lookup of 16 codes (< 16)
  * in a row of 16 floats is written as a vector of element extracts, which LLVM lowers
  * to one variable permute (x86 AVX-512: vpermps with the row as a memory operand). */
@@ -176,6 +178,7 @@ __attribute__((always_inline)) inline void ada_lane_logits(__global const uchar 
     SKV_UNROLL for (uint g = 0; g < G; g++)
         lg[g] = (a[0][g] + a[1][g]) * n;
 }
+#endif /* DECODE_CPU */
 #else
 #define PAGE_BYTES (P * (4 * D + 4))
 
@@ -205,6 +208,7 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
  * logit correction). `tables` (ADA): the per-query tables of ada_query, by slot for
  * decode_gpu, by lane for decode_cpu (cl/common.h). */
 
+#ifndef DECODE_CPU
 __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECODE_PARAMS)
 {
     const uint lid = get_local_id(0);
@@ -333,7 +337,9 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
     for (uint i = lid; i < G * D; i += TILE)
         out[2 * G + i] = tok_begin < tok_end ? qs[i] : 0.0f;
 }
+#endif /* !DECODE_CPU */
 
+#ifdef DECODE_CPU
 /* The CPU variant (PoCL and other CPU runtimes): one work-item per work-group owns a
  * (sequence, kv-head, chunk) and walks it in blocks of TB slots with private vector
  * accumulators, no local memory and no barriers (which a CPU runtime turns into loops
@@ -593,6 +599,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
 #endif
     }
 }
+#endif /* DECODE_CPU */
 
 /* Observed attention (H2O): adds each token's attention probability, averaged over the
  * GQA group, to acc[h][position] of sequence b, from the kept logits and the merged

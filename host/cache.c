@@ -107,8 +107,10 @@ static skv_status choose_tile(skv_context *ctx, const skv_cache_desc *d, uint32_
                      group, d->head_dim, (unsigned long long)ctx->profile.local_mem_bytes);
 }
 
-/* The -D options of a tier's decode kernel; `keep_logits` adds OBSERVE (every logit kept). */
-static void decode_defines(const skv_cache *c, skv_tier tier, int keep_logits, char *defs, size_t size)
+/* The -D options of a tier's decode kernel in the CPU or GPU variant; `keep_logits` adds
+ * OBSERVE (every logit kept). */
+static void decode_defines(const skv_cache *c, skv_tier tier, int cpu_variant, int keep_logits, char *defs,
+                           size_t size)
 {
     const skv_cache_desc *d = &c->desc;
     char ada[256] = "";
@@ -117,15 +119,16 @@ static void decode_defines(const skv_cache *c, skv_tier tier, int keep_logits, c
         seg_pow2 *= 2;
     if (tier != SKV_TIER_F16)
         skvi_ada_defines(c, tier, ada, sizeof ada);
-    snprintf(defs, size, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s", d->head_dim, d->page_tokens, c->group,
-             c->tile, seg_pow2, keep_logits ? " -DOBSERVE" : "", tier != SKV_TIER_F16 ? " -DADA " : "", ada);
+    snprintf(defs, size, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s%s", d->head_dim, d->page_tokens,
+             c->group, c->tile, seg_pow2, cpu_variant ? " -DDECODE_CPU" : "", keep_logits ? " -DOBSERVE" : "",
+             tier != SKV_TIER_F16 ? " -DADA " : "", ada);
 }
 
 static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_variant, cl_kernel *out)
 {
     const skv_cache_desc *d = &c->desc;
     char defs[512];
-    decode_defines(c, tier, d->scorer == SKV_SCORER_OBSERVED, defs, sizeof defs);
+    decode_defines(c, tier, cpu_variant, d->scorer == SKV_SCORER_OBSERVED, defs, sizeof defs);
     skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
     if (st == SKV_OK && d->retention == SKV_RETENTION_RDR && !c->k_slot_copy[tier]) {
         char sd[600], ad[256] = "";
@@ -147,7 +150,7 @@ skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
     }
     if (!c->k_logits[tier]) {
         char defs[512];
-        decode_defines(c, tier, 1, defs, sizeof defs);
+        decode_defines(c, tier, c->cpu_variant, 1, defs, sizeof defs);
         skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, c->cpu_variant ? "decode_cpu" : "decode_gpu",
                                            &c->k_logits[tier]);
         if (st != SKV_OK)
