@@ -220,7 +220,7 @@ __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, _
     for (uint j = 0; j < D / 2; j++) {
         const float y0 = y[2 * j] * sc, y1 = y[2 * j + 1] * sc;
         __global float *row = lanes ? tables + ((bh * (D / 2) + j) * G + g) * LANE_N : NULL;
-        __global float *t = tables + bh * (D / 2) * (ADA_JOINT ? NR * NS : NS) * G + g;
+        __global float *t = lanes ? NULL : tables + bh * (D / 2) * (ADA_JOINT ? NR * NS : NS) * G + g;
         for (uint c = 0; c < NS; c++) {
             const float tc = y0 * params[PRM_CCOS + c] + y1 * params[PRM_CSIN + c];
             if (lanes && LANE_JOINT)

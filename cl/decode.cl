@@ -472,6 +472,9 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         /* logits, KB slots at a time: those slots' 16-byte pieces of a key row are one
          * contiguous run, read in order, and KB * G vector accumulators fit in registers */
         float sl[G][TB];
+        if (n < TB) /* lanes past the fill: defined, then masked below */
+            SKV_UNROLL for (uint g = 0; g < G; g++)
+                vstoreTB((floatTB)(0.0f), 0, sl[g]);
         for (uint j0 = 0; j0 < n; j0 += KB) {
             float8 a[KB][G];
             SKV_UNROLL for (uint j = 0; j < KB; j++)
