@@ -460,7 +460,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         if (t0 - slot0 + P < tok_end) {
             __global const uchar *nx = SKV_PAGE(indices[first_page + t0 / P + 1], PAGE_BYTES);
             const uint lines = (PAGE_BYTES + 63) / 64, share = (lines + P / TB - 1) / (P / TB);
-            const uint first = slot0 / TB * share, last = min(lines, first + share);
+            /* a chunk that starts inside a page also takes the shares of the blocks before it */
+            const uint first = t0 == tok_begin ? 0 : slot0 / TB * share, last = min(lines, slot0 / TB * share + share);
             for (uint o = first; o < last; o++)
                 SKV_PREFETCH(nx + 64 * o);
         }
