@@ -200,8 +200,9 @@ __kernel void ada_transcode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __gl
  *     side, so a pair costs one lookup of G floats (ADA_JOINT; else [j][c][g] = T[j][c]
  *     and decode multiplies by R[r]);
  *   by lane (decode_cpu, lanes = 1): tables[b*H + h][j][g][LANE_N], one q-head's entries
- *     side by side (R[r] T[j][c] at r | c << RB when LANE_JOINT, else T[j][c]; zeros
- *     past them), so 16 slots' entries are one vector permute of the row.
+ *     side by side (R[r] T[j][c] at r | c << RB when LANE_JOINT, else T[j][c] for the
+ *     first LANE_USED angles; zeros past them), so 16 slots' entries are one vector
+ *     permute of the row.
  * One work-item per (sequence, q-head). */
 __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, __global const char *signs,
                         __constant float *params, uint layer, uint H, uint G, uint lanes, __global float *tables)
@@ -226,9 +227,10 @@ __kernel void ada_query(__global const uchar *q, ulong q_offset, uint q_dtype, _
             if (lanes && LANE_JOINT)
                 for (uint r = 0; r < NR; r++)
                     row[r | c << RB] = params[r] * tc;
-            else if (lanes)
-                row[c] = tc;
-            else if (ADA_JOINT)
+            else if (lanes) {
+                if (c < LANE_USED) /* LANE_HALF: the second half is the first negated */
+                    row[c] = tc;
+            } else if (ADA_JOINT)
                 for (uint r = 0; r < NR; r++)
                     t[((j * NS + c) * NR + r) * G] = params[r] * tc; /* code r | c << RB */
             else

@@ -156,11 +156,14 @@ inline uint skv_pair_code(__global const uint *kw, uint stride, uint j, uint bit
 /* ADA query tables (ada_encode.cl: ada_query writes them, decode.cl reads them, host/ada.c:
  * skvi_ada_table_floats sizes them), per tier (RB, AB): by slot (decode_gpu), joined with
  * the radius codebook when that keeps them small (<= 64 codes per pair; A4V8's 256 codes
- * would make 256 KB per kv-head); by lane (decode_cpu), joined only where one row of
- * codes is one 16-float permute (<= 16 codes), rows of LANE_N = 16 or 32 floats. */
+ * would make 256 KB per kv-head); by lane (decode_cpu), rows of LANE_N = 16 floats, one
+ * vector permute: joined where the codes fit (<= 16), else the angles alone, and of
+ * more than 16 angles only the first half (LANE_HALF): the centres are uniform, so angle
+ * c + NS/2 is angle c turned by pi, T[j][c + NS/2] = -T[j][c]. */
 #define ADA_JOINT ((1u << (RB + AB)) <= 64u)
 #define LANE_JOINT ((1u << (RB + AB)) <= 16u)
-#define LANE_USED (LANE_JOINT ? 1u << (RB + AB) : 1u << AB)
+#define LANE_HALF (!LANE_JOINT && (1u << AB) > 16u)
+#define LANE_USED (LANE_JOINT ? 1u << (RB + AB) : LANE_HALF ? 1u << (AB - 1) : 1u << AB)
 #define LANE_N (LANE_USED < 16u ? 16u : LANE_USED)
 
 #endif /* SKV_CL_COMMON_H */

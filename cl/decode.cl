@@ -117,17 +117,13 @@ __attribute__((always_inline)) inline float16 lut16(float16 row, uint16 i)
                      row[i.s8], row[i.s9], row[i.sa], row[i.sb], row[i.sc], row[i.sd], row[i.se], row[i.sf]);
 }
 
-/* row[i] for i < LANE_USED, a row of LANE_N = 16 or 32 floats */
+/* row[i] for i < 16, a row of LANE_N = 16 floats */
 __attribute__((always_inline)) inline float16 lane_lookup(__global const float *row, uint16 i)
 {
-#if LANE_N == 16
-    return lut16(vload16(0, row), i);
-#elif LANE_N == 32 /* two permutes, the second masked (x86 AVX-512: as fast as one vpermt2ps) */
-    const uint16 lo = i & (uint16)(15);
-    return select(lut16(vload16(0, row), lo), lut16(vload16(1, row), lo), as_int16(i << (uint16)(27)));
-#else
-#error "lane tables hold 16 or 32 entries per row"
+#if LANE_N != 16
+#error "lane tables hold rows of 16 entries"
 #endif
+    return lut16(vload16(0, row), i);
 }
 
 #define PC (32 / ((RB + AB) & -(RB + AB)) > D / 2 ? D / 2 : 32 / ((RB + AB) & -(RB + AB))) /* pairs per run */
@@ -165,8 +161,12 @@ __attribute__((always_inline)) inline void ada_lane_logits(__global const uchar 
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 a[jj % 2][g] += lane_lookup(row + g * LANE_N, code);
 #else
-            const float16 r = lut16(rrow, code & (uint16)(NR - 1));
-            code = (code >> (uint16)(RB)) & (uint16)(NS - 1);
+            float16 r = lut16(rrow, code & (uint16)(NR - 1));
+            code >>= (uint16)(RB);
+#if LANE_HALF /* angles of the second half: T negated, so R takes the sign */
+            r = as_float16(as_uint16(r) ^ ((code & (uint16)(NS / 2)) << (uint16)(32 - AB)));
+#endif
+            code &= (uint16)(LANE_USED - 1);
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 a[jj % 2][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[jj % 2][g]);
 #endif
