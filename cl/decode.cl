@@ -57,20 +57,28 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
     return (float2)(value_at(vo, 2 * pair), value_at(vo, 2 * pair + 1));
 }
 
-/* The codes of dims 16 i .. 16 i + 15 of a value row (VB whole bytes; value rows start
- * 8-byte aligned in the page layout, so whole-word loads), as floats. */
-inline float16 codes16(__global const uchar *vo, uint i)
+/* decode_cpu's value accumulators are units of 16 dims; one unpack of a value row's codes
+ * yields UNITS of them (value rows start 8-byte aligned, so whole-word loads). VB = 4
+ * unpacks a 32-dim block (16 bytes) at once into its low nibbles, the even dims, and its
+ * high nibbles, the odd dims: unit 2b holds block b's even dims, 2b + 1 its odd ones
+ * (decode_cpu puts them back in order at the end). VB = 8, 2: unit i is dims 16i .. 16i + 15. */
+#if VB == 4
+#define UNITS 2
+#else
+#define UNITS 1
+#endif
+inline void value_units(__global const uchar *vo, uint i, float16 *u)
 {
-#if VB == 8 /* rows are 8-byte aligned for every D (vload16 of uchar became 8 word inserts) */
-    const ulong2 x = (ulong2)(((__global const ulong *)vo)[2 * i], ((__global const ulong *)vo)[2 * i + 1]);
-    return convert_float16(as_uchar16(x));
+    __global const ulong *w = (__global const ulong *)vo;
+#if VB == 8 /* (vload16 of uchar became 8 word inserts) */
+    u[0] = convert_float16(as_uchar16((ulong2)(w[2 * i], w[2 * i + 1])));
 #elif VB == 4
-    const uint2 x = ((__global const uint2 *)vo)[i];
-    const uint8 sh = (uint8)(0, 4, 8, 12, 16, 20, 24, 28);
-    return convert_float16((uint16)((uint8)(x.x) >> sh, (uint8)(x.y) >> sh) & (uint16)(VMASK));
+    const uint16 x = convert_uint16(as_uchar16((ulong2)(w[2 * i], w[2 * i + 1])));
+    u[0] = convert_float16(x & (uint16)(15));
+    u[1] = convert_float16(x >> (uint16)(4));
 #else
     const uint x = ((__global const uint *)vo)[i];
-    return convert_float16(((uint16)(x) >> (uint16)(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) &
+    u[0] = convert_float16(((uint16)(x) >> (uint16)(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) &
                            (uint16)(VMASK));
 #endif
 }
@@ -400,8 +408,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
     const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
 
 #ifdef ADA
-#if VG % 16 || D / VG > 8
-#error "value groups of 16k dims, at most 8 per row"
+#if VG % (16 * UNITS) || D / VG > 8
+#error "value groups of whole code unpacks, at most 8 per row"
 #endif
 #define GROUPS (D / VG)
 #if GROUPS == 8
@@ -528,7 +536,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         }
 #ifdef ADA
         /* values in the code domain: per (token, group) fold the scale into p and add p mn
-         * to the group's bias, so 16 dims cost one code unpack and G FMAs */
+         * to the group's bias, so 16 dims cost G FMAs and a share of a code unpack */
         float ps[TB][G][GROUPS];
         for (uint j = 0; j < n; j++) {
             /* the row's (scale, min) halves in one load */
@@ -542,25 +550,33 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                     bias[g][k] = fma(p[g][j], mn[k], bias[g][k]);
                 }
         }
-        for (uint i = 0; i < D / 16; i++) { /* two FMA chains per q-head: even and odd tokens */
-            float16 a[G], a2[G];
+        for (uint i = 0; i < D / 16 / UNITS; i++) { /* two FMA chains per q-head: even and odd tokens */
+            const uint k = 16 * UNITS * i / VG; /* the units' value group */
+            float16 a[G][UNITS], a2[G][UNITS];
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                a[g] = acc[g][i], a2[g] = (float16)(0.0f);
+                SKV_UNROLL for (uint u = 0; u < UNITS; u++)
+                    a[g][u] = acc[g][UNITS * i + u], a2[g][u] = (float16)(0.0f);
             uint j = 0;
             for (; j + 1 < n; j += 2) {
-                const float16 q0 = codes16(value_row(page, slot0 + j), i), q1 = codes16(value_row(page, slot0 + j + 1), i);
-                SKV_UNROLL for (uint g = 0; g < G; g++) {
-                    a[g] = fma((float16)(ps[j][g][16 * i / VG]), q0, a[g]);
-                    a2[g] = fma((float16)(ps[j + 1][g][16 * i / VG]), q1, a2[g]);
-                }
+                float16 q0[UNITS], q1[UNITS];
+                value_units(value_row(page, slot0 + j), i, q0);
+                value_units(value_row(page, slot0 + j + 1), i, q1);
+                SKV_UNROLL for (uint g = 0; g < G; g++)
+                    SKV_UNROLL for (uint u = 0; u < UNITS; u++) {
+                        a[g][u] = fma((float16)(ps[j][g][k]), q0[u], a[g][u]);
+                        a2[g][u] = fma((float16)(ps[j + 1][g][k]), q1[u], a2[g][u]);
+                    }
             }
             if (j < n) {
-                const float16 q0 = codes16(value_row(page, slot0 + j), i);
+                float16 q0[UNITS];
+                value_units(value_row(page, slot0 + j), i, q0);
                 SKV_UNROLL for (uint g = 0; g < G; g++)
-                    a[g] = fma((float16)(ps[j][g][16 * i / VG]), q0, a[g]);
+                    SKV_UNROLL for (uint u = 0; u < UNITS; u++)
+                        a[g][u] = fma((float16)(ps[j][g][k]), q0[u], a[g][u]);
             }
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                acc[g][i] = a[g] + a2[g];
+                SKV_UNROLL for (uint u = 0; u < UNITS; u++)
+                    acc[g][UNITS * i + u] = a[g][u] + a2[g][u];
         }
 #else
         /* values: each accumulator vector is loaded and stored once per block */
@@ -593,8 +609,20 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
         out[g] = m[g];
         out[G + g] = l[g];
 #ifdef ADA
-        for (uint i = 0; i < D / 16; i++)
-            vstore16(acc[g][i] + (float16)(bias[g][16 * i / VG]), i, out + 2 * G + g * D);
+        for (uint i = 0; i < D / 16 / UNITS; i++) {
+            const float bs = bias[g][16 * UNITS * i / VG];
+#if UNITS == 2 /* even and odd dims of a 32-dim block, interleaved back */
+            const float16 e = acc[g][2 * i] + bs, o = acc[g][2 * i + 1] + bs;
+            vstore16((float16)(e.s0, o.s0, e.s1, o.s1, e.s2, o.s2, e.s3, o.s3, e.s4, o.s4, e.s5, o.s5, e.s6, o.s6,
+                               e.s7, o.s7),
+                     2 * i, out + 2 * G + g * D);
+            vstore16((float16)(e.s8, o.s8, e.s9, o.s9, e.sa, o.sa, e.sb, o.sb, e.sc, o.sc, e.sd, o.sd, e.se, o.se,
+                               e.sf, o.sf),
+                     2 * i + 1, out + 2 * G + g * D);
+#else
+            vstore16(acc[g][i] + (float16)(bs), i, out + 2 * G + g * D);
+#endif
+        }
 #else
         for (uint i = 0; i < D / 8; i++)
             vstore8(acc[g][i], i, out + 2 * G + g * D);
