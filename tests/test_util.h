@@ -88,20 +88,22 @@ static inline char *test_tmpdir(const char *tag)
 }
 
 
-/* setup/teardown of a kernel suite: `var` is a context on $SKV_TEST_DEVICE. */
-#define TEST_KERNEL_SUITE_SETUP(var)                                                          \
+/* setup/teardown of a kernel suite: `var` is a context on $SKV_TEST_DEVICE, allocating
+ * through `allocator` (NULL: malloc); teardown fails when `leaked` holds. */
+#define TEST_SUITE_SETUP_WITH(var, allocator, leaked)                                      \
     static int setup(void **state)                                                         \
     {                                                                                      \
         (void)state;                                                                       \
-        var = test_context_or_skip();                                                      \
+        var = test_context_with(allocator);                                                \
         return 0;                                                                          \
     }                                                                                      \
     static int teardown(void **state)                                                      \
     {                                                                                      \
         (void)state;                                                                       \
         skv_context_destroy(var);                                                          \
-        return 0;                                                                          \
+        return (leaked) ? -1 : 0;                                                          \
     }
+#define TEST_KERNEL_SUITE_SETUP(var) TEST_SUITE_SETUP_WITH(var, NULL, 0)
 
 /* The device a kernel suite runs on: $SKV_TEST_DEVICE (default "cpu"). When no such
  * device exists the whole suite is skipped (exit 77), e.g. the GPU run on a CPU-only
@@ -131,26 +133,10 @@ static inline skv_context *test_context_with(const skv_allocator *allocator)
     return ctx;
 }
 
-static inline skv_context *test_context_or_skip(void)
-{
-    return test_context_with(NULL);
-}
-
 /* setup/teardown of a suite whose context allocates through counting_allocator `counter`
  * (fault injection): teardown fails if any allocation is still live. */
 #define TEST_COUNTING_SUITE_SETUP(var, counter)                                            \
-    static int setup(void **state)                                                         \
-    {                                                                                      \
-        (void)state;                                                                       \
-        static skv_allocator a = {counting_alloc, counting_free, &counter};                \
-        var = test_context_with(&a);                                                       \
-        return 0;                                                                          \
-    }                                                                                      \
-    static int teardown(void **state)                                                      \
-    {                                                                                      \
-        (void)state;                                                                       \
-        skv_context_destroy(var);                                                          \
-        return counter.live == 0 ? 0 : -1;                                                 \
-    }
+    static skv_allocator var##_counting = {counting_alloc, counting_free, &counter};       \
+    TEST_SUITE_SETUP_WITH(var, &var##_counting, counter.live != 0)
 
 #endif
