@@ -116,42 +116,105 @@ inline void value_units(__global const uchar *vo, uint i, float16 *u)
     } while (0)
 
 #ifdef DECODE_CPU
-/* decode_cpu: 16 slots at once, a slot per vector lane. The lookup of 16 codes (< 16)
- * in a row of 16 floats is written as a vector of element extracts, which LLVM lowers
- * to one variable permute (x86 AVX-512: vpermps with the row as a memory operand). */
-__attribute__((always_inline)) inline float16 lut16(float16 row, uint16 i)
+/* decode_cpu: LANES slots at once (16, 8 or 4: the device's float vector width), a slot
+ * per vector lane. The lookup of LANES codes in a piece of LANES floats is written as a
+ * vector of element extracts, which LLVM lowers to one variable permute (x86: vpermps
+ * zmm with AVX-512, vpermps ymm with AVX2, vpermilps xmm with AVX); a row longer than a
+ * vector is looked up piece by piece and the pieces merged by selects. */
+#ifndef LANES
+#define LANES 16
+#endif
+#if LANES == 16
+#define floatL float16
+#define uintL uint16
+#define intL int16
+#define vloadL vload16
+#define vstoreL vstore16
+#define vload_halfL vload_half16
+#define as_floatL as_float16
+#define as_uintL as_uint16
+#define LANES_LOG2 4
+__attribute__((always_inline)) inline float16 lut(float16 row, uint16 i)
 {
     return (float16)(row[i.s0], row[i.s1], row[i.s2], row[i.s3], row[i.s4], row[i.s5], row[i.s6], row[i.s7],
                      row[i.s8], row[i.s9], row[i.sa], row[i.sb], row[i.sc], row[i.sd], row[i.se], row[i.sf]);
 }
+#elif LANES == 8
+#define floatL float8
+#define uintL uint8
+#define intL int8
+#define vloadL vload8
+#define vstoreL vstore8
+#define vload_halfL vload_half8
+#define as_floatL as_float8
+#define as_uintL as_uint8
+#define LANES_LOG2 3
+__attribute__((always_inline)) inline float8 lut(float8 row, uint8 i)
+{
+    return (float8)(row[i.s0], row[i.s1], row[i.s2], row[i.s3], row[i.s4], row[i.s5], row[i.s6], row[i.s7]);
+}
+#elif LANES == 4
+#define floatL float4
+#define uintL uint4
+#define intL int4
+#define vloadL vload4
+#define vstoreL vstore4
+#define vload_halfL vload_half4
+#define as_floatL as_float4
+#define as_uintL as_uint4
+#define LANES_LOG2 2
+__attribute__((always_inline)) inline float4 lut(float4 row, uint4 i)
+{
+    return (float4)(row[i.s0], row[i.s1], row[i.s2], row[i.s3]);
+}
+#else
+#error "LANES is 16, 8 or 4"
+#endif
 
-/* row[i] for i < 16, a row of LANE_N = 16 floats */
-__attribute__((always_inline)) inline float16 lane_lookup(__global const float *row, uint16 i)
+/* t[i] for i < n <= 16, the table given as pieces of LANES floats (a constant n, so the
+ * loop over pieces unrolls and vanishes where n <= LANES) */
+__attribute__((always_inline)) inline floatL lut_pieces(const floatL *t, uint n, uintL i)
+{
+    const uintL lo = i & (uintL)(LANES - 1), hi = i >> (uintL)(LANES_LOG2);
+    floatL r = lut(t[0], lo);
+    SKV_UNROLL for (uint k = 1; k < 16 / LANES; k++)
+        if (k * LANES < n)
+            r = select(r, lut(t[k], lo), hi == (uintL)(k));
+    return r;
+}
+
+/* row[i] for i < LANE_USED, a lane table row of LANE_N = 16 floats */
+__attribute__((always_inline)) inline floatL lane_lookup(__global const float *row, uintL i)
 {
 #if LANE_N != 16
 #error "lane tables hold rows of 16 entries"
 #endif
-    return lut16(vload16(0, row), i);
+    floatL t[16 / LANES];
+    SKV_UNROLL for (uint k = 0; k < 16 / LANES; k++)
+        t[k] = k * LANES < LANE_USED ? vloadL(k, row) : (floatL)(0.0f);
+    return lut_pieces(t, LANE_USED, i);
 }
 
 #define PC (32 / ((RB + AB) & -(RB + AB)) > D / 2 ? D / 2 : 32 / ((RB + AB) & -(RB + AB))) /* pairs per run */
 #define WC (PC * (RB + AB) / 32) /* words per run */
 
-/* The logits of slots slot0 .. slot0 + 15 of a page for the G q-heads, times `scale`:
- * lg[g][s] = scale * n_s * sum_j J[j][g][code_sj] (LANE_JOINT), else
+/* The logits of slots slot0 .. slot0 + LANES - 1 of a page for the G q-heads, times
+ * `scale`: lg[g][s] = scale * n_s * sum_j J[j][g][code_sj] (LANE_JOINT), else
  * scale * n_s * sum_j R[r_sj] T[j][g][c_sj]; two interleaved sums over j per q-head. */
 __attribute__((always_inline)) inline void ada_lane_logits(__global const uchar *page, uint slot0, __global const float *tab,
-                                                    __constant float *params, float scale, float16 *lg)
+                                                    __constant float *params, float scale, floatL *lg)
 {
     __global const uint *kw = (__global const uint *)page + slot0;
-    float16 a[2][G];
+    floatL a[2][G];
     SKV_UNROLL for (uint g = 0; g < G; g++)
-        a[0][g] = a[1][g] = (float16)(0.0f);
+        a[0][g] = a[1][g] = (floatL)(0.0f);
 #if !LANE_JOINT
     float rad[16];
     SKV_UNROLL for (uint r = 0; r < 16; r++)
         rad[r] = r < NR ? params[r] : 0.0f;
-    const float16 rrow = vload16(0, rad);
+    floatL rrow[16 / LANES];
+    SKV_UNROLL for (uint k = 0; k < 16 / LANES; k++)
+        rrow[k] = vloadL(k, rad);
 #endif
     /* pairs in runs of PC whose codes fill WC whole words: a run's shifts are constants
      * (the loop over runs is kept rolled, so its lookups don't all compete for registers) */
@@ -160,27 +223,27 @@ __attribute__((always_inline)) inline void ada_lane_logits(__global const uchar 
         __global const float *rt = tab + run * PC * G * LANE_N;
         SKV_UNROLL for (uint jj = 0; jj < PC; jj++) {
             const uint bit = jj * (RB + AB), wi = bit / 32, sh = bit % 32;
-            uint16 code = vload16(0, rw + wi * P) >> (uint16)(sh);
+            uintL code = vloadL(0, rw + wi * P) >> (uintL)(sh);
             if (sh + RB + AB > 32)
-                code |= vload16(0, rw + (wi + 1) * P) << (uint16)(32 - sh);
+                code |= vloadL(0, rw + (wi + 1) * P) << (uintL)(32 - sh);
             __global const float *row = rt + jj * G * LANE_N;
 #if LANE_JOINT
-            code &= (uint16)(NC - 1);
+            code &= (uintL)(NC - 1);
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 a[jj % 2][g] += lane_lookup(row + g * LANE_N, code);
 #else
-            float16 r = lut16(rrow, code & (uint16)(NR - 1));
-            code >>= (uint16)(RB);
+            floatL r = lut_pieces(rrow, NR, code & (uintL)(NR - 1));
+            code >>= (uintL)(RB);
 #if LANE_HALF /* angles of the second half: T negated, so R takes the sign */
-            r = as_float16(as_uint16(r) ^ ((code & (uint16)(NS / 2)) << (uint16)(32 - AB)));
+            r = as_floatL(as_uintL(r) ^ ((code & (uintL)(NS / 2)) << (uintL)(32 - AB)));
 #endif
-            code &= (uint16)(LANE_USED - 1);
+            code &= (uintL)(LANE_USED - 1);
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 a[jj % 2][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[jj % 2][g]);
 #endif
         }
     }
-    const float16 n = vload_half16(0, (__global const half *)(page + KW * P * 4) + slot0) * scale;
+    const floatL n = vload_halfL(0, (__global const half *)(page + KW * P * 4) + slot0) * scale;
     SKV_UNROLL for (uint g = 0; g < G; g++)
         lg[g] = (a[0][g] + a[1][g]) * n;
 }
@@ -350,37 +413,48 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
  * (sequence, kv-head, chunk) and walks it in blocks of TB slots with private vector
  * accumulators, no local memory and no barriers (which a CPU runtime turns into loops
  * over spilled work-item state). F16 keys are read KB slots at a time, so each run of
- * a key row is read in order; ADA keys 16 slots at a time, a slot per vector lane
+ * a key row is read in order; ADA keys LANES slots at a time, a slot per vector lane
  * (ada_lane_logits). The softmax max is taken per block, so the accumulators are
  * rescaled at most once per block. Same partials. */
 #ifdef ADA
-#define TB 16 /* a block's logits are one floatTB per q-head */
-#define floatTB float16
-#define intTB int16
-#define vloadTB vload16
-#define vstoreTB vstore16
-#define TB_LANES (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define TB LANES /* a block's logits are one floatTB per q-head */
+#define floatTB floatL
+#define intTB intL
+#define vloadTB vloadL
+#define vstoreTB vstoreL
 #else
 #define TB 8
 #define floatTB float8
 #define intTB int8
 #define vloadTB vload8
 #define vstoreTB vstore8
+#endif
+#if TB == 16
+#define TB_LANES (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#elif TB == 8
 #define TB_LANES (int8)(0, 1, 2, 3, 4, 5, 6, 7)
+#else
+#define TB_LANES (int4)(0, 1, 2, 3)
 #endif
 #if TILE % TB || P % TB
 #error "chunks and pages hold whole blocks"
 #endif
+#ifndef KB
 #define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* F16 slots per key pass */
+#endif
 
 inline float hmax_tb(floatTB x)
 {
 #if TB == 16
     const float8 m8 = fmax(x.lo, x.hi);
-#else
+#elif TB == 8
     const float8 m8 = x;
 #endif
+#if TB >= 8
     const float4 m4 = fmax(m8.lo, m8.hi);
+#else
+    const float4 m4 = x;
+#endif
     const float2 m2 = fmax(m4.lo, m4.hi);
     return fmax(m2.x, m2.y);
 }
@@ -389,10 +463,14 @@ inline float hsum_tb(floatTB x)
 {
 #if TB == 16
     const float8 s8 = x.lo + x.hi;
-#else
+#elif TB == 8
     const float8 s8 = x;
 #endif
+#if TB >= 8
     const float4 s4 = s8.lo + s8.hi;
+#else
+    const float4 s4 = x;
+#endif
     const float2 s2 = s4.lo + s4.hi;
     return s2.x + s2.y;
 }

@@ -42,7 +42,7 @@ size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t)
     const skvi_tier_desc *d = &skvi_tiers[t];
     const size_t codes = (size_t)1 << (d->radius_bits + d->angle_bits), angles = (size_t)1 << d->angle_bits;
     size_t row; /* floats per (pair, q-head) */
-    if (c->cpu_variant) {
+    if (c->decode[t].schedule == SKV_SCHEDULE_LANES) {
         row = codes <= 16 ? codes : angles > 16 ? angles / 2 : angles; /* LANE_JOINT, LANE_HALF: LANE_USED */
         row = row < 16 ? 16 : row;                                      /* LANE_N */
     } else {

@@ -33,13 +33,14 @@ static void plan_free(skv_cache *c, decode_plan *p)
     }
 }
 
-/* Chunks per (sequence, kv-head): enough work-groups to fill the device about four
- * times over, never more than one per tile. */
-static void split(const skv_cache *c, uint32_t B, tier_plan *p)
+/* Chunks per (sequence, kv-head): enough work-groups to fill the device chunks_per_cu
+ * times over (the tier's decode parameters), never more than one per tile. */
+static void split(const skv_cache *c, skv_tier t, uint32_t B, tier_plan *p)
 {
-    uint64_t tiles = (p->max_len + c->tile - 1) / c->tile;
+    const skv_decode_params *dp = &c->decode[t];
+    uint64_t tiles = (p->max_len + dp->tile - 1) / dp->tile;
     uint64_t groups = (uint64_t)B * c->desc.kv_heads;
-    uint64_t want = 4ull * c->ctx->profile.compute_units;
+    uint64_t want = (uint64_t)dp->chunks_per_cu * c->ctx->profile.compute_units;
     uint64_t chunks = (want + groups - 1) / groups;
     if (chunks > tiles)
         chunks = tiles;
@@ -105,7 +106,7 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
                 k += l->n;
             }
         tp->indptr[(size_t)B * H] = k;
-        split(c, B, tp);
+        split(c, (skv_tier)t, B, tp);
         tp->chunk_offset = p->total_chunks;
         p->total_chunks += tp->n_chunks;
         tp->bufs[0] = upload(c, tp->indptr, ((size_t)B * H + 1) * 4, &e);
@@ -158,7 +159,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     cl_mem params = c->ada_params[t] ? c->ada_params[t] : tp->bufs[2]; /* F16: any buffer, unread */
     if (t != SKV_TIER_F16) {
         cl_kernel kq = c->k_query[t];
-        cl_uint a = 0, lay = layer, hh = H, gg = G, lanes = (cl_uint)c->cpu_variant; /* the tables' layout */
+        cl_uint a = 0, lay = layer, hh = H, gg = G, lanes = c->decode[t].schedule == SKV_SCHEDULE_LANES; /* the tables' layout */
         e |= clSetKernelArg(kq, a++, sizeof q, &q);
         e |= clSetKernelArg(kq, a++, sizeof q_off, &q_off);
         e |= clSetKernelArg(kq, a++, sizeof q_dtype, &q_dtype);
@@ -200,7 +201,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     cl_mem lg = logits ? logits : partials; /* written only with OBSERVE */
     e |= clSetKernelArg(k, a++, sizeof lg, &lg);
     e |= clSetKernelArg(k, a++, sizeof stride, &stride);
-    size_t wg = c->cpu_variant ? 1 : c->tile;
+    size_t wg = c->decode[t].schedule == SKV_SCHEDULE_LANES ? 1 : c->decode[t].tile;
     size_t global[2] = {(size_t)tp->n_chunks * wg, (size_t)B * H}, local[2] = {wg, 1};
     if (e == CL_SUCCESS)
         e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits, first);

@@ -89,47 +89,92 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
     return SKV_OK;
 }
 
-/* Decode work-group size: 256 where the device and local memory allow, else the largest
- * power of two that fits and still covers D/2 value pairs and the G q-heads. */
-static skv_status choose_tile(skv_context *ctx, const skv_cache_desc *d, uint32_t group, uint32_t *tile)
+/* Fits decode parameters to the device and the cache, or says why they cannot run: a
+ * GROUP tile shrinks to the largest power of two that the device's work-group size and
+ * local memory allow, and must still cover the D/2 value pairs and the G q-heads. */
+static int fit_params(const skv_cache *c, skv_decode_params *p, char *why, size_t n)
 {
-    uint32_t min_tile = d->head_dim / 2 > group ? d->head_dim / 2 : group;
-    for (uint32_t t = 256; t >= min_tile && t >= 1; t /= 2) {
-        uint64_t local = 4ull * ((uint64_t)group * d->head_dim + (uint64_t)group * t + t + 3 * group);
+    const skv_context *ctx = c->ctx;
+    const uint32_t D = c->desc.head_dim, G = c->group;
+    if (p->schedule == SKV_SCHEDULE_LANES) {
+        if (p->tile < 16) /* chunks hold whole blocks of up to 16 slots */
+            p->tile = 16;
+        return 1;
+    }
+    const uint32_t min_tile = D / 2 > G ? D / 2 : G;
+    for (uint32_t t = p->tile; t >= min_tile && t >= 1; t /= 2) {
+        uint64_t local = 4ull * ((uint64_t)G * D + (uint64_t)G * t + t + 3 * G);
         if (t <= ctx->profile.max_work_group_size && local + 1024 <= ctx->profile.local_mem_bytes) {
-            *tile = t;
-            return SKV_OK;
+            p->tile = t;
+            return 1;
         }
     }
-    return skvi_fail(ctx->error, SKV_ERR_UNSUPPORTED,
-                     "skv_cache_create: %u q-heads per kv-head at head_dim %u do not fit the device's "
-                     "%llu bytes of local memory",
-                     group, d->head_dim, (unsigned long long)ctx->profile.local_mem_bytes);
+    snprintf(why, n, "group schedule: %u q-heads per kv-head at head_dim %u need a tile of at least %u that the "
+             "device's work-group size (%zu) and local memory (%llu bytes) allow, asked for %u",
+             G, D, min_tile, ctx->profile.max_work_group_size, (unsigned long long)ctx->profile.local_mem_bytes,
+             p->tile);
+    return 0;
 }
 
-/* The -D options of a tier's decode kernel in the CPU or GPU variant; `keep_logits` adds
- * OBSERVE (every logit kept). */
-static void decode_defines(const skv_cache *c, skv_tier tier, int cpu_variant, int keep_logits, char *defs,
-                           size_t size)
+/* The -D options of a tier's decode kernel with parameters p; `keep_logits` adds OBSERVE
+ * (every logit kept). */
+static void decode_defines(const skv_cache *c, skv_tier tier, const skv_decode_params *p, int keep_logits,
+                           char *defs, size_t size)
 {
     const skv_cache_desc *d = &c->desc;
-    char ada[256] = "";
-    uint32_t seg = c->tile / c->group, seg_pow2 = 1;
+    char ada[256] = "", lanes[64] = "";
+    uint32_t seg = p->tile / c->group, seg_pow2 = 1;
     while (seg_pow2 < seg)
         seg_pow2 *= 2;
     if (tier != SKV_TIER_F16)
         skvi_ada_defines(c, tier, ada, sizeof ada);
+    if (p->schedule == SKV_SCHEDULE_LANES)
+        snprintf(lanes, sizeof lanes, " -DDECODE_CPU -DLANES=%u", p->lanes);
+    if (p->schedule == SKV_SCHEDULE_LANES && p->f16_slots && tier == SKV_TIER_F16)
+        snprintf(lanes + strlen(lanes), sizeof lanes - strlen(lanes), " -DKB=%u", p->f16_slots);
     snprintf(defs, size, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s%s", d->head_dim, d->page_tokens,
-             c->group, c->tile, seg_pow2, cpu_variant ? " -DDECODE_CPU" : "", keep_logits ? " -DOBSERVE" : "",
-             tier != SKV_TIER_F16 ? " -DADA " : "", ada);
+             c->group, p->tile, seg_pow2, lanes, keep_logits ? " -DOBSERVE" : "", tier != SKV_TIER_F16 ? " -DADA " : "",
+             ada);
 }
 
-static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_variant, cl_kernel *out)
+/* A tier's decode kernel with parameters p, checked against what the built kernel
+ * allows (a GROUP kernel needs `tile` work-items and its local memory). */
+static skv_status decode_kernel(skv_cache *c, skv_tier tier, const skv_decode_params *p, int keep_logits,
+                                cl_kernel *out)
+{
+    char defs[512];
+    decode_defines(c, tier, p, keep_logits, defs, sizeof defs);
+    const int lanes = p->schedule == SKV_SCHEDULE_LANES;
+    skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, lanes ? "decode_cpu" : "decode_gpu", out);
+    if (st != SKV_OK || lanes)
+        return st;
+    size_t wg = 0;
+    cl_ulong local = 0;
+    cl_int e = clGetKernelWorkGroupInfo(*out, c->ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+    if (e == CL_SUCCESS)
+        e = clGetKernelWorkGroupInfo(*out, c->ctx->device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof local, &local, NULL);
+    if (e == CL_SUCCESS && wg >= p->tile && local <= c->ctx->profile.local_mem_bytes)
+        return SKV_OK;
+    clReleaseKernel(*out);
+    *out = NULL;
+    if (e != CL_SUCCESS)
+        return skvi_cl_fail(c->ctx->error, e, "clGetKernelWorkGroupInfo");
+    return skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED,
+                     "the built kernel runs at most %zu work-items with %llu bytes of local memory, the tile is %u", wg,
+                     (unsigned long long)local, p->tile);
+}
+
+/* Builds a tier's decode kernel (and the kernels built with its defines) with
+ * parameters `want`, fitted; the parameters it runs with go to *used. */
+static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, const skv_decode_params *want,
+                                      skv_decode_params *used, cl_kernel *out)
 {
     const skv_cache_desc *d = &c->desc;
-    char defs[512];
-    decode_defines(c, tier, cpu_variant, d->scorer == SKV_SCORER_OBSERVED, defs, sizeof defs);
-    skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, cpu_variant ? "decode_cpu" : "decode_gpu", out);
+    skv_decode_params p = *want;
+    char why[400];
+    if (!fit_params(c, &p, why, sizeof why))
+        return skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED, "%s", why);
+    skv_status st = decode_kernel(c, tier, &p, d->scorer == SKV_SCORER_OBSERVED, out);
     if (st == SKV_OK && d->retention == SKV_RETENTION_RDR && !c->k_slot_copy[tier]) {
         char sd[600], ad[256] = "";
         if (tier != SKV_TIER_F16)
@@ -137,8 +182,54 @@ static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, int cpu_varia
         snprintf(sd, sizeof sd, "-DD=%u -DP=%u %s%s", d->head_dim, d->page_tokens, ad, tier != SKV_TIER_F16 ? " -DADA" : "");
         st = skvi_kernel_create(c->ctx, "slot_copy.cl", sd, "slot_copy", &c->k_slot_copy[tier]);
     }
-    if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED && !c->k_observe[tier])
-        st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &c->k_observe[tier]);
+    if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED) {
+        char defs[512];
+        decode_defines(c, tier, &p, 1, defs, sizeof defs);
+        cl_kernel k = NULL;
+        st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &k);
+        if (st == SKV_OK && c->k_observe[tier])
+            clReleaseKernel(c->k_observe[tier]);
+        if (st == SKV_OK)
+            c->k_observe[tier] = k;
+    }
+    if (st != SKV_OK && *out) {
+        clReleaseKernel(*out);
+        *out = NULL;
+    }
+    if (st == SKV_OK)
+        *used = p;
+    return st;
+}
+
+/* A tier's decode kernel from the tuning database's parameters; a variant the device
+ * cannot build or run falls back to the built-in choice, then to the most portable one
+ * (LANES 4: plain float4 code, no local memory), the reasons in the last-error text. */
+static skv_status choose_decode_kernel(skv_cache *c, skv_tier tier)
+{
+    skv_tuning_info info;
+    skvi_decode_params_lookup(c->ctx, tier, c->desc.head_dim, c->group, &info);
+    skv_decode_params cand[3] = {info.decode, {0}, {SKV_SCHEDULE_LANES, 4, 256, 4, 0}};
+    skvi_decode_params_builtin(c->ctx, &cand[1]);
+    char reasons[SKVI_ERROR_MAX / 2] = "";
+    skv_status st = SKV_ERR_INTERNAL;
+    for (int i = 0; i < 3; i++) {
+        if (i > 0 && memcmp(&cand[i], &cand[i - 1], sizeof cand[i]) == 0)
+            continue;
+        st = build_decode_kernel(c, tier, &cand[i], &c->decode[tier], &c->k_decode[tier]);
+        if (st == SKV_OK)
+            break;
+        if (st != SKV_ERR_BUILD && st != SKV_ERR_UNSUPPORTED)
+            return st; /* out of memory, ...: no fallback hides it */
+        size_t used = strlen(reasons);
+        snprintf(reasons + used, sizeof reasons - used, "%s%s %s (lanes %u, tile %u): %.160s", used ? "; " : "",
+                 i == 0 ? "the tuned variant" : i == 1 ? "the built-in variant" : "the portable variant",
+                 skv_schedule_str(cand[i].schedule), cand[i].lanes, cand[i].tile, c->ctx->error);
+    }
+    if (st == SKV_OK && reasons[0])
+        skvi_fail(c->ctx->error, SKV_OK, "skv_cache_create: %s decode fell back: %s", skvi_tiers[tier].name, reasons);
+    else if (st != SKV_OK)
+        skvi_fail(c->ctx->error, st, "skv_cache_create: no %s decode variant runs on this device: %s",
+                  skvi_tiers[tier].name, reasons);
     return st;
 }
 
@@ -149,10 +240,7 @@ skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
         return SKV_OK;
     }
     if (!c->k_logits[tier]) {
-        char defs[512];
-        decode_defines(c, tier, c->cpu_variant, 1, defs, sizeof defs);
-        skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, c->cpu_variant ? "decode_cpu" : "decode_gpu",
-                                           &c->k_logits[tier]);
+        skv_status st = decode_kernel(c, tier, &c->decode[tier], 1, &c->k_logits[tier]);
         if (st != SKV_OK)
             return st;
     }
@@ -168,34 +256,63 @@ static skv_status build_kernels(skv_cache *c)
     skv_status st = skvi_kernel_create(c->ctx, "append_f16.cl", defs, "append_f16", &c->k_append);
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
         if (d->tiers & (1u << t))
-            st = build_decode_kernel(c, (skv_tier)t, c->cpu_variant, &c->k_decode[t]);
+            st = choose_decode_kernel(c, (skv_tier)t);
     snprintf(defs, sizeof defs, "-DD=%u -DG=%u", d->head_dim, c->group);
     if (st == SKV_OK)
         st = skvi_kernel_create(c->ctx, "decode_merge.cl", defs, "decode_merge", &c->k_merge);
     return st;
 }
 
-skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant)
+skv_status skv_cache_set_decode_params(skv_cache *c, const skv_decode_params *params)
 {
+    skvi_clear_error();
+    if (!c)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_cache_set_decode_params: cache is NULL");
+    char why[160];
+    if (params && !skvi_decode_params_check(params, 1, why, sizeof why))
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_cache_set_decode_params: %s", why);
     cl_kernel k[SKV_TIER_COUNT] = {0};
-    skv_status st = SKV_OK;
-    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
-        if (c->desc.tiers & (1u << t))
-            st = build_decode_kernel(c, (skv_tier)t, cpu_variant, &k[t]);
+    skv_decode_params used[SKV_TIER_COUNT];
+    skv_status st = skvi_finish(c->ctx); /* no enqueued decode still uses the old kernels' tables */
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        if (!(c->desc.tiers & (1u << t)))
+            continue;
+        skv_tuning_info info;
+        skvi_decode_params_lookup(c->ctx, (skv_tier)t, c->desc.head_dim, c->group, &info);
+        if (params)
+            skvi_decode_params_merge(&info.decode, params);
+        st = build_decode_kernel(c, (skv_tier)t, &info.decode, &used[t], &k[t]);
+        if (st != SKV_OK)
+            skvi_fail(c->ctx->error, st, "skv_cache_set_decode_params: %s decode, %s (lanes %u, tile %u): %s",
+                      skvi_tiers[t].name, skv_schedule_str(info.decode.schedule), info.decode.lanes, info.decode.tile,
+                      skv_last_error());
+    }
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
-        cl_kernel *keep = st == SKV_OK ? &c->k_decode[t] : &k[t]; /* release the old set, or the new one */
-        if (*keep)
-            clReleaseKernel(*keep);
-        if (st == SKV_OK)
-            c->k_decode[t] = k[t];
-        if (st == SKV_OK && c->k_logits[t]) { /* rebuilt in the new variant when next asked for */
+        cl_kernel *drop = st == SKV_OK ? &c->k_decode[t] : &k[t]; /* release the old set, or the new one */
+        if (*drop)
+            clReleaseKernel(*drop);
+        if (st != SKV_OK || !(c->desc.tiers & (1u << t)))
+            continue;
+        c->k_decode[t] = k[t];
+        c->decode[t] = used[t];
+        if (c->k_logits[t]) { /* rebuilt in the new variant when next asked for */
             clReleaseKernel(c->k_logits[t]);
             c->k_logits[t] = NULL;
         }
     }
-    if (st == SKV_OK)
-        c->cpu_variant = cpu_variant;
     return st;
+}
+
+skv_status skv_cache_decode_params(const skv_cache *c, skv_tier tier, skv_decode_params *out)
+{
+    skvi_clear_error();
+    if (!c || !out)
+        return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_cache_decode_params: cache or out is NULL");
+    if ((unsigned)tier >= SKV_TIER_COUNT || !(c->desc.tiers & (1u << tier)))
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_cache_decode_params: tier %d is not in the cache",
+                         (int)tier);
+    *out = c->decode[tier];
+    return SKV_OK;
 }
 
 skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_cache **out)
@@ -213,7 +330,6 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
     c->ctx = ctx;
     c->desc = *desc;
     c->group = desc->q_heads / desc->kv_heads;
-    c->cpu_variant = ctx->profile.vendor_class == SKV_VENDOR_CPU;
     c->budget[SKV_MEM_DEVICE] = desc->device_budget_bytes ? desc->device_budget_bytes : ctx->profile.global_mem_bytes / 2;
     c->budget[SKV_MEM_HOST] = desc->host_budget_bytes;
     c->desc.device_budget_bytes = c->budget[SKV_MEM_DEVICE];
@@ -230,8 +346,7 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
             if (desc->tiers & (1u << t))
                 skvi_pool_init(c, &c->pools[t][m], (skv_memory)m,
                                skvi_tier_page_bytes((skv_tier)t, desc->head_dim, desc->page_tokens));
-    st = choose_tile(ctx, desc, c->group, &c->tile);
-    if (st == SKV_OK && desc->scorer == SKV_SCORER_TRIATTENTION) {
+    if (desc->scorer == SKV_SCORER_TRIATTENTION) {
         size_t n = (size_t)desc->layers * desc->q_heads * desc->head_dim;
         c->query_mean = skvi_alloc(ctx->alloc, n * sizeof(float));
         c->query_abs = skvi_alloc(ctx->alloc, n / 2 * sizeof(float));

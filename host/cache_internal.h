@@ -96,8 +96,7 @@ struct skv_cache {
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
     float ada_logit_correction[SKV_TIER_COUNT]; /* factor on ADA logits (1: none; see ada.c) */
-    uint32_t tile;   /* decode tokens per tile (= work-group size of the GPU kernel) */
-    int cpu_variant; /* decode_f16_cpu: one work-item per work-group, no local memory */
+    skv_decode_params decode[SKV_TIER_COUNT]; /* per tier: the variant its decode kernels run */
 
     cl_event transfer_pending; /* last page move; compute work waits for it */
     cl_event last_decode[2];   /* first and last kernel of the last decode (profiling only) */
@@ -159,9 +158,6 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
 
 /* cache.c */
-/* Switches decode to the CPU (1) or GPU (0) kernel variant: tests hold both to the
- * reference on any device. */
-skv_status skvi_cache_use_variant(skv_cache *c, int cpu_variant);
 /* The tier's decode kernel that keeps every logit (OBSERVE), built on first use. */
 skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);

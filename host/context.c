@@ -89,6 +89,8 @@ skv_status skv_context_create(const skv_context_desc *desc, skv_context **out)
         st = make_queue(ctx, &ctx->queue);
     if (st == SKV_OK)
         st = make_queue(ctx, &ctx->transfer);
+    if (st == SKV_OK)
+        st = skvi_tuning_load(ctx);
     if (st != SKV_OK) {
         skv_context_destroy(ctx);
         return st;
@@ -176,6 +178,8 @@ skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx
     }
     if (st == SKV_OK)
         st = make_queue(ctx, &ctx->transfer);
+    if (st == SKV_OK)
+        st = skvi_tuning_load(ctx);
     if (st != SKV_OK) {
         skv_context_destroy(ctx);
         return st;
@@ -193,6 +197,7 @@ void skv_context_destroy(skv_context *ctx)
     if (ctx->transfer)
         clFinish(ctx->transfer);
     skvi_programs_release(ctx);
+    skvi_tuning_release(ctx);
     if (ctx->transfer)
         clReleaseCommandQueue(ctx->transfer);
     if (ctx->queue)

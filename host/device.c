@@ -17,6 +17,10 @@
 #ifndef CL_DEVICE_WAVEFRONT_WIDTH_AMD
 #define CL_DEVICE_WAVEFRONT_WIDTH_AMD 0x4043
 #endif
+#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000
+#define CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV 0x4001
+#endif
 
 static const char *const vendor_names[] = {"other", "nvidia", "amd", "intel",
                                            "qualcomm", "arm", "apple", "cpu"};
@@ -80,6 +84,59 @@ static skv_vendor_class classify(cl_device_type type, cl_uint vendor_id, const c
     return SKV_VENDOR_OTHER;
 }
 
+/* LLVM CPU names by the float width of their widest vectors: AVX-512 (16), AVX2 (8);
+ * other x86 names (AVX, SSE) and every other architecture (NEON, ...) get 4. */
+static const char *const cpus_16[] = {"avx512", "cascadelake", "cooperlake", "cannonlake", "icelake",
+                                      "tigerlake", "rocketlake", "sapphirerapids", "graniterapids",
+                                      "emeraldrapids", "knl", "knm", "znver4", "znver5", "x86-64-v4"};
+static const char *const cpus_8[] = {"haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake",
+                                     "arrowlake", "lunarlake", "gracemont", "znver1", "znver2", "znver3",
+                                     "x86-64-v3", "bdver4"};
+
+/* Floats per vector the kernels are compiled for on a CPU device: the smaller of the
+ * native width it reports and what its architecture name implies (PoCL reports the
+ * host's width even when it compiles for another CPU). */
+static unsigned cpu_vector_floats(const char *arch, unsigned native)
+{
+    unsigned implied = 0;
+    for (size_t i = 0; !implied && i < sizeof cpus_16 / sizeof cpus_16[0]; i++)
+        if (contains_nocase(arch, cpus_16[i]))
+            implied = 16;
+    for (size_t i = 0; !implied && i < sizeof cpus_8 / sizeof cpus_8[0]; i++)
+        if (contains_nocase(arch, cpus_8[i]))
+            implied = 8;
+    if (!implied && *arch)
+        implied = 4;
+    unsigned w = native >= 16 ? 16 : native >= 8 ? 8 : 4;
+    return implied && implied < w ? implied : w;
+}
+
+/* The architecture key: PoCL's CPU from "... HSTR: pthread-x86_64-pc-linux-gnu-haswell"
+ * (after the target triple), NVIDIA's compute capability, else the device name. */
+static void architecture(cl_device_id device, const char *version, const skv_device_profile *p, char *out,
+                         size_t n)
+{
+    const char *h = strstr(version, "HSTR: ");
+    if (h) {
+        h += 6;
+        const char *g = strstr(h, "-gnu-");
+        if (g)
+            h = g + 5;
+        else if (strrchr(h, '-'))
+            h = strrchr(h, '-') + 1;
+        snprintf(out, n, "%s", h);
+        return;
+    }
+    cl_uint major = 0, minor = 0;
+    if (p->vendor_class == SKV_VENDOR_NVIDIA &&
+        clGetDeviceInfo(device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major, NULL) == CL_SUCCESS &&
+        clGetDeviceInfo(device, CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV, sizeof minor, &minor, NULL) == CL_SUCCESS) {
+        snprintf(out, n, "sm_%u%u", major, minor);
+        return;
+    }
+    snprintf(out, n, "%s", p->name);
+}
+
 /* Preferred work-group multiple from a trivial kernel, for devices without a vendor
  * query for their SIMD width. 0 when the probe cannot run. */
 static size_t probe_wg_multiple(cl_device_id device)
@@ -112,7 +169,7 @@ skv_status skvi_device_profile_query(const skv_allocator *a, cl_platform_id plat
     memset(out, 0, sizeof *out);
     out->platform_index = pi;
     out->device_index = di;
-    char cversion[SKV_NAME_MAX] = "";
+    char cversion[SKV_NAME_MAX] = "", dversion[SKV_NAME_MAX] = "";
     char *ext = NULL;
     size_t ext_size = 0;
     cl_device_type type = 0;
@@ -144,6 +201,7 @@ skv_status skvi_device_profile_query(const skv_allocator *a, cl_platform_id plat
     STR(clGetDeviceInfo, device, CL_DEVICE_VENDOR, out->vendor);
     STR(clGetDeviceInfo, device, CL_DRIVER_VERSION, out->driver_version);
     STR(clGetDeviceInfo, device, CL_DEVICE_OPENCL_C_VERSION, cversion);
+    STR(clGetDeviceInfo, device, CL_DEVICE_VERSION, dversion);
 #undef STR
 #define NUM(param, dst)                                                                      \
     do {                                                                                     \
@@ -158,6 +216,7 @@ skv_status skvi_device_profile_query(const skv_allocator *a, cl_platform_id plat
     NUM(CL_DEVICE_GLOBAL_MEM_SIZE, global);
     NUM(CL_DEVICE_MAX_MEM_ALLOC_SIZE, max_alloc);
     NUM(CL_DEVICE_MAX_WORK_GROUP_SIZE, out->max_work_group_size);
+    NUM(CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT, out->native_float_width);
 #undef NUM
     e = clGetDeviceInfo(device, CL_DEVICE_EXTENSIONS, 0, NULL, &ext_size);
     if (e != CL_SUCCESS)
@@ -203,6 +262,9 @@ skv_status skvi_device_profile_query(const skv_allocator *a, cl_platform_id plat
         out->preferred_wg_multiple = probe_wg_multiple(device);
     if (out->preferred_wg_multiple == 0)
         out->preferred_wg_multiple = 1;
+    architecture(device, dversion, out, out->architecture, sizeof out->architecture);
+    if (type & CL_DEVICE_TYPE_CPU)
+        out->cpu_vector_floats = cpu_vector_floats(out->architecture, out->native_float_width);
     return SKV_OK;
 }
 

@@ -12,6 +12,26 @@ typedef struct skvi_program {
     cl_program program;
 } skvi_program;
 
+/* The tuning database (host/tuning.c): the file's entries for this device, and the
+ * context's override. */
+#define SKVI_TUNING_VERSION 1
+typedef struct skvi_tuning_entry {
+    skv_tuning_match level; /* how the entry names this device */
+    int tier;               /* -1: any */
+    uint32_t head_dim, group; /* 0: any */
+    skv_decode_params p;    /* 0 fields: unset */
+    char name[SKV_NAME_MAX];
+} skvi_tuning_entry;
+
+typedef struct skvi_tuning {
+    skvi_tuning_entry *entries;
+    size_t count;
+    char path[1024];          /* the file looked for ("" when none) */
+    char note[SKV_NAME_MAX];  /* why it was ignored */
+    int has_override;
+    skv_decode_params override;
+} skvi_tuning;
+
 struct skv_context {
     skv_allocator allocator_copy;
     const skv_allocator *alloc; /* &allocator_copy, or NULL for malloc/free */
@@ -29,7 +49,21 @@ struct skv_context {
     skvi_program *programs;
     size_t program_count, program_capacity;
     skv_context_stats stats;
+    skvi_tuning tuning;
 };
+
+/* tuning.c: reads the database file (a bad one leaves a note; only OOM fails). */
+skv_status skvi_tuning_load(skv_context *ctx);
+void skvi_tuning_release(skv_context *ctx);
+/* The parameters (possibly partial in no field: every field set) for a problem class. */
+void skvi_decode_params_lookup(const skv_context *ctx, skv_tier tier, uint32_t head_dim, uint32_t group,
+                               skv_tuning_info *info);
+/* Checks parameters (0 fields allowed when `partial`); 0 with the reason when invalid. */
+int skvi_decode_params_check(const skv_decode_params *p, int partial, char *why, size_t n);
+/* The set fields of `over` replace those of `base`. */
+void skvi_decode_params_merge(skv_decode_params *base, const skv_decode_params *over);
+/* The built-in entry's parameters for this device (the first fallback). */
+void skvi_decode_params_builtin(const skv_context *ctx, skv_decode_params *out);
 
 /* clFinish on both queues; unlike skv_context_finish it keeps the thread's last error. */
 skv_status skvi_finish(skv_context *ctx);

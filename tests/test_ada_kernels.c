@@ -284,14 +284,14 @@ static void test_mixed_tier_decode(void **state)
         assert_int_equal(skv_ref_attention_decode(q, kd, vd, n, G * H, H, D, scale, ref_dec), 0);
         assert_int_equal(skv_ref_attention_decode(q, k, v, n, G * H, H, D, scale, ref_orig), 0);
         double predicted = rel_l2d(ref_orig, ref_dec, G * H * D);
-        for (int variant = 0; variant < 2; variant++) {
-            assert_ok(skvi_cache_use_variant(c, variant));
+        for (int variant = 0; variant < TEST_VARIANTS; variant++) {
+            assert_ok(skv_cache_set_decode_params(c, &test_variants[variant]));
             memset(out, 0xFF, sizeof out); /* poison */
             assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
             double e_impl = skv_ref_rel_l2(ref_dec, out, G * H * D), e = skv_ref_rel_l2(ref_orig, out, G * H * D);
             printf("%s kernel D=%u G=%u H=%u P=%u: vs decoded reference %.2e, vs original %.2e (reference predicts "
                    "%.2e)\n",
-                   variant ? "cpu" : "gpu", D, G, H, P, e_impl, e, predicted);
+                   test_variant_name(variant), D, G, H, P, e_impl, e, predicted);
             if (!(e_impl <= 2e-5))
                 fail_msg("kernel vs the decoded reference: %.3g", e_impl);
             assert_true(e <= predicted + 2e-5);
@@ -347,8 +347,8 @@ static void test_partial_pages_decode(void **state)
             q[i] = test_gauss(&r);
         const float scale = 1.0f / sqrtf((float)D);
         int short_blocks = 0;
-        for (int variant = 0; variant < 2; variant++) {
-            assert_ok(skvi_cache_use_variant(c, variant));
+        for (int variant = 0; variant < TEST_VARIANTS; variant++) {
+            assert_ok(skv_cache_set_decode_params(c, &test_variants[variant]));
             memset(out, 0xFF, sizeof out); /* poison */
             for (size_t i = 0; i < (size_t)G * H * (n + 1); i++)
                 lg[i] = NAN;
@@ -396,7 +396,7 @@ static void test_partial_pages_decode(void **state)
                     }
                     double e = skv_ref_rel_l2(ref, got, held);
                     if (!(e <= 1e-5))
-                        fail_msg("%s kernel, q-head %u: logits %.3g from the reference", variant ? "cpu" : "gpu",
+                        fail_msg("%s kernel, q-head %u: logits %.3g from the reference", test_variant_name(variant),
                                  h * G + g, e);
                     assert_true(isnan(got[held]));
                 }
@@ -404,7 +404,7 @@ static void test_partial_pages_decode(void **state)
                 double e = skv_ref_rel_l2(ref, out + (size_t)h * G * D, G * D);
                 if (!(e <= 2e-5))
                     fail_msg("%s kernel, kv-head %u (%zu held): output %.3g from the reference",
-                             variant ? "cpu" : "gpu", h, held, e);
+                             test_variant_name(variant), h, held, e);
             }
         }
         if (!short_blocks)

@@ -282,11 +282,11 @@ static void test_decode_shapes(void **state)
             for (uint32_t t = first; t < lens[i]; t++)
                 assert_ok(append_random(c, seqs[i], 0, 1, SKV_F16, &r, &ms[i]));
         }
-        for (int variant = 0; variant < 2; variant++) { /* both kernels, whatever the device */
-            assert_ok(skvi_cache_use_variant(c, variant));
+        for (int variant = 0; variant < TEST_VARIANTS; variant++) { /* both kernels, whatever the device */
+            assert_ok(skv_cache_set_decode_params(c, &test_variants[variant]));
             double e = check_decode(c, 0, seqs, mp, 6, SKV_F32, SKV_F32, &r); /* mixed-length batch */
             printf("%s kernel, D=%u G=%u H=%u P=%u: batch of lengths 1..5000, rel L2 %.2e\n",
-                   variant ? "cpu" : "gpu", d.head_dim, shapes[si].G, d.kv_heads, d.page_tokens, e);
+                   test_variant_name(variant), d.head_dim, shapes[si].G, d.kv_heads, d.page_tokens, e);
             for (int i = 0; i < 6; i += 2) /* single sequences, fp16 in and out */
                 check_decode(c, 0, &seqs[i], &mp[i], 1, SKV_F16, SKV_F16, &r);
         }

@@ -457,7 +457,7 @@ static void test_observed(void **state)
 {
     (void)state;
     const uint32_t H = 2, G = 2, D = 64, n0 = 200, steps = 5;
-    for (int variant = 0; variant < 2; variant++) {
+    for (int variant = 0; variant < TEST_VARIANTS; variant++) {
         skv_cache_desc d;
         skv_cache_desc_init(&d);
         d.layers = 1, d.q_heads = H * G, d.kv_heads = H, d.head_dim = D, d.page_tokens = 16;
@@ -466,7 +466,7 @@ static void test_observed(void **state)
         d.scorer = SKV_SCORER_OBSERVED;
         skv_cache *c;
         assert_ok(skv_cache_create(ctx, &d, &c));
-        assert_ok(skvi_cache_use_variant(c, variant));
+        assert_ok(skv_cache_set_decode_params(c, &test_variants[variant]));
         const uint32_t n = n0 + steps;
         test_rng r = {31 + variant};
         float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4);
@@ -546,7 +546,7 @@ static void test_observed(void **state)
                 int64_t age = (int64_t)n - p;
                 double want = acc[h][p] / (double)(age > 1 ? age : 1);
                 if (fabs(got[i] - want) > 1e-4 * want + 1e-7)
-                    fail_msg("%s kernel head %u position %d: %.7g, reference %.7g", variant ? "cpu" : "gpu", h, p,
+                    fail_msg("%s kernel head %u position %d: %.7g, reference %.7g", test_variant_name(variant), h, p,
                              got[i], want);
             }
         }

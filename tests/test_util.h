@@ -27,6 +27,22 @@
     } while (0)
 #define assert_ok(expr) assert_status(expr, SKV_OK)
 
+/* The decode variants the kernel suites hold to the reference on any device: the GROUP
+ * schedule, and the LANES schedule at each vector width, with awkward tiles and chunk
+ * counts. */
+static const skv_decode_params test_variants[] = {
+    {SKV_SCHEDULE_GROUP, 16, 256, 4, 0},
+    {SKV_SCHEDULE_LANES, 16, 256, 4, 0},
+    {SKV_SCHEDULE_LANES, 8, 128, 3, 0},
+    {SKV_SCHEDULE_LANES, 4, 64, 5, 2},
+};
+#define TEST_VARIANTS ((int)(sizeof test_variants / sizeof test_variants[0]))
+static inline const char *test_variant_name(int i)
+{
+    static const char *const names[] = {"group", "lanes16", "lanes8", "lanes4"};
+    return names[i];
+}
+
 /* Deterministic random numbers (xorshift64*), independent of libc. */
 typedef struct test_rng {
     uint64_t s;

@@ -28,9 +28,15 @@ void usage_bench(FILE *out)
             "  --tiers LIST       tiers to time, e.g. f16,a4v8,a3v4,a2v2 (default f16); an\n"
             "                     ADA tier holds every full page, the partial last page stays f16\n"
             "  --runs N           timed runs per point, >= 20 (default 20)\n"
+            "  --variant LIST     decode variants to time side by side at every point (default:\n"
+            "                     default, the tuning database's choice): default, lanes16,\n"
+            "                     lanes8, lanes4, group, each optionally with /tile=N, /chunks=N\n"
+            "                     (per compute unit), /f16=N (F16 slots per key pass), e.g.\n"
+            "                     default,lanes8,lanes8/chunks=8,group/tile=128\n"
             "  --device SEL       device selector (default: SKV_DEVICE, else GPU, else CPU)\n"
             "  --json FILE        write the results as JSON ('-' for stdout)\n"
             "  --svg FILE         chart time and bandwidth fraction vs context length per tier\n"
+            "                     (the first variant)\n"
             "\n"
             "usage: skv bench compress [--tokens N] [--kv-heads N] [--head-dim N] [--budget F]\n"
             "                          [--runs N] [--device SEL] [--json FILE]\n"
@@ -62,7 +68,24 @@ typedef struct bench_opts {
     int n_tiers;
     uint32_t kv_heads, q_heads, head_dim, batch, page_tokens, runs;
     const char *device, *json, *svg;
+    skv_decode_params variants[16]; /* bench decode --variant */
+    int variant_default[16];
+    int n_variants;
 } bench_opts;
+
+static int parse_variants(const char *s, bench_opts *o)
+{
+    o->n_variants = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        if (o->n_variants == 16 ||
+            tool_variant_parse(s, len, &o->variants[o->n_variants], &o->variant_default[o->n_variants]) != 0)
+            return -1;
+        o->n_variants++;
+        s += len + (s[len] == ',');
+    }
+    return o->n_variants ? 0 : -1;
+}
 
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
@@ -177,7 +200,8 @@ static int shared_option(const char *a, const char *v, bench_opts *o, int *bad)
 
 #define CHECK(call) TOOL_CHECK("bench", fail, call)
 
-/* One point: a cache with `batch` sequences of `tokens` tokens; median decode time. */
+/* One point: a cache with `batch` sequences of `tokens` tokens; median decode time of
+ * each variant, side by side. */
 static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, uint64_t tokens, cJSON *results,
                               double read_gbps)
 {
@@ -233,34 +257,46 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
             CHECK(skv_seq_quantize(cache, seqs[b], 0, tokens, (skv_tier)tier));
     }
     float scale = 1.0f / sqrtf((float)o->head_dim);
-    for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 is the warm-up */
-        CHECK(skv_attention_decode(cache, 0, seqs, o->batch, SKV_F32, q, scale, SKV_F32, out));
-        double ms;
-        CHECK(skv_cache_last_decode_ms(cache, &ms));
-        if (r > 0)
-            times[r - 1] = ms;
-        tool_progress("bench decode %s %llu tokens: run %u/%u", tier_names[tier], (unsigned long long)tokens, r, o->runs);
+    for (int v = 0; v < o->n_variants; v++) {
+        CHECK(skv_cache_set_decode_params(cache, o->variant_default[v] ? NULL : &o->variants[v]));
+        skv_decode_params used;
+        char name[96];
+        CHECK(skv_cache_decode_params(cache, (skv_tier)tier, &used));
+        tool_variant_name(&used, name, sizeof name);
+        for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 is the warm-up */
+            CHECK(skv_attention_decode(cache, 0, seqs, o->batch, SKV_F32, q, scale, SKV_F32, out));
+            double ms;
+            CHECK(skv_cache_last_decode_ms(cache, &ms));
+            if (r > 0)
+                times[r - 1] = ms;
+            tool_progress("bench decode %s %llu tokens %s: run %u/%u", tier_names[tier], (unsigned long long)tokens,
+                          name, r, o->runs);
+        }
+        qsort(times, o->runs, sizeof *times, cmp_double);
+        double ms = times[o->runs / 2];
+        /* Bytes decode must read: every token's key and value codes, per kv-head and sequence
+         * (full pages in the tier, the partial last page in F16; positions are not read). */
+        uint64_t in_tier = tier == SKV_TIER_F16 ? tokens : tokens / o->page_tokens * o->page_tokens;
+        double per_token_tier = (double)tier_page / o->page_tokens - 4,
+               per_token_f16 = (double)f16_page / o->page_tokens - 4;
+        double bytes = (double)o->batch * o->kv_heads *
+                       ((double)in_tier * per_token_tier + (double)(tokens - in_tier) * per_token_f16);
+        double gbps = bytes / (ms * 1e-3) * 1e-9;
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "tier", tier_names[tier]);
+        cJSON_AddNumberToObject(r, "tokens", (double)tokens);
+        cJSON_AddStringToObject(r, "variant", name);
+        cJSON_AddBoolToObject(r, "variant_default", o->variant_default[v]);
+        cJSON_AddItemToObject(r, "params", tool_variant_json(&used));
+        cJSON_AddNumberToObject(r, "time_ms", ms);
+        cJSON_AddNumberToObject(r, "bytes_read", bytes);
+        cJSON_AddNumberToObject(r, "gbps", gbps);
+        cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
+        cJSON_AddItemToArray(results, r);
+        tool_progress("");
+        printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f  %s%s\n", tier_names[tier], (unsigned long long)tokens, ms,
+               bytes, gbps, gbps / read_gbps, o->variant_default[v] ? "default: " : "", name);
     }
-    qsort(times, o->runs, sizeof *times, cmp_double);
-    double ms = times[o->runs / 2];
-    /* Bytes decode must read: every token's key and value codes, per kv-head and sequence
-     * (full pages in the tier, the partial last page in F16; positions are not read). */
-    uint64_t in_tier = tier == SKV_TIER_F16 ? tokens : tokens / o->page_tokens * o->page_tokens;
-    double per_token_tier = (double)tier_page / o->page_tokens - 4, per_token_f16 = (double)f16_page / o->page_tokens - 4;
-    double bytes = (double)o->batch * o->kv_heads *
-                   ((double)in_tier * per_token_tier + (double)(tokens - in_tier) * per_token_f16);
-    double gbps = bytes / (ms * 1e-3) * 1e-9;
-    cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "tier", tier_names[tier]);
-    cJSON_AddNumberToObject(r, "tokens", (double)tokens);
-    cJSON_AddNumberToObject(r, "time_ms", ms);
-    cJSON_AddNumberToObject(r, "bytes_read", bytes);
-    cJSON_AddNumberToObject(r, "gbps", gbps);
-    cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
-    cJSON_AddItemToArray(results, r);
-    tool_progress("");
-    printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f\n", tier_names[tier], (unsigned long long)tokens, ms, bytes, gbps,
-           gbps / read_gbps);
     rc = 0;
 fail:
     skv_cache_destroy(cache);
@@ -276,7 +312,8 @@ fail:
 static int bench_decode(int argc, char **argv)
 {
     bench_opts o = {.n_tokens = 3, .tokens = {4096, 16384, 65536}, .n_tiers = 1, .tiers = {SKV_TIER_F16},
-                    .kv_heads = 8, .q_heads = 32, .head_dim = 128, .batch = 1, .page_tokens = 64, .runs = 20};
+                    .kv_heads = 8, .q_heads = 32, .head_dim = 128, .batch = 1, .page_tokens = 64, .runs = 20,
+                    .n_variants = 1, .variant_default = {1}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -294,6 +331,8 @@ static int bench_decode(int argc, char **argv)
             bad = parse_tiers(v, &o);
         else if (strcmp(a, "--svg") == 0)
             o.svg = v;
+        else if (strcmp(a, "--variant") == 0)
+            bad = parse_variants(v, &o);
         else
             return tool_usage_error(usage_bench, "bench decode: unknown option '%s'", a);
         if (bad)
@@ -326,7 +365,7 @@ static int bench_decode(int argc, char **argv)
         printf(", host loop %.1f", host_gbps);
     printf(")\ndecode: batch %u, %u q-heads, %u kv-heads, head_dim %u, page %u tokens, median of %u runs\n\n", o.batch,
            o.q_heads, o.kv_heads, o.head_dim, o.page_tokens, o.runs);
-    printf("tier     tokens     time_ms    bytes_read      GB/s  bw_frac\n");
+    printf("tier     tokens     time_ms    bytes_read      GB/s  bw_frac  variant\n");
 
     cJSON *root = cJSON_CreateObject();
     char dev[2 * SKV_NAME_MAX + 8];
@@ -356,7 +395,7 @@ static int bench_decode(int argc, char **argv)
         const cJSON *r;
         int k = 0;
         for (int t = 0; t < o.n_tiers; t++) {
-            for (int i = 0; i < o.n_tokens; i++, k++) {
+            for (int i = 0; i < o.n_tokens; i++, k += o.n_variants) {
                 r = cJSON_GetArrayItem(results, k);
                 x[t][i] = cJSON_GetObjectItem(r, "tokens")->valuedouble;
                 tm[t][i] = cJSON_GetObjectItem(r, "time_ms")->valuedouble;

@@ -41,6 +41,14 @@ int tool_write_bytes(const char *path, const void *data, size_t n);
 skv_status tool_open_context(const char *cmd, const char *device, int profiling, skv_context **ctx,
                              skv_device_profile *prof);
 
+/* Decode variants by name (tools/variant.c): the first `len` characters of s, e.g.
+ * "lanes8/chunks=8"; 0 on success, *is_default set for "default" (no override). */
+int tool_variant_parse(const char *s, size_t len, skv_decode_params *p, int *is_default);
+/* The full name of parameters in use, e.g. "lanes8/tile=256/chunks=4". */
+void tool_variant_name(const skv_decode_params *p, char *out, size_t n);
+/* The parameters as a JSON object (the tuning database's "params"). */
+cJSON *tool_variant_json(const skv_decode_params *p);
+
 /* In a subcommand: on a failed skv call, print "skv <cmd>: <status>: <message>" (after the
  * progress line) and jump to `label`. */
 #define TOOL_CHECK(cmd, label, call)                                                              \

@@ -117,6 +117,15 @@ typedef struct skv_device_profile {
     uint64_t max_alloc_bytes;
     size_t max_work_group_size;
     size_t preferred_wg_multiple; /* warp / wavefront / SIMD width */
+    unsigned native_float_width;  /* CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT */
+    /* The device's architecture, the tuning database's second key: PoCL's LLVM CPU
+     * ("haswell", "skylake-avx512", from its HSTR), NVIDIA's "sm_XY", else the device name. */
+    char architecture[SKV_NAME_MAX];
+    /* CPU devices: floats per vector of the instruction set the kernels are compiled for
+     * (16 AVX-512, 8 AVX2, 4 SSE/NEON): the smaller of the native width and what the
+     * architecture's name implies (PoCL reports its host's width even when told to
+     * compile for another CPU). 0 on GPUs. */
+    unsigned cpu_vector_floats;
 } skv_device_profile;
 
 /* Every OpenCL device on the machine. Writes min(count, capacity) profiles to `out`
@@ -416,6 +425,74 @@ SKV_API skv_status skv_budget_adakv(const float *scores, uint32_t heads, uint64_
 /* Runs RDR now on every layer of the sequence (DESIGN.md §7): scores, utilities, the
  * solver, packing. All or nothing: on any error the sequence is exactly as it was. */
 SKV_API skv_status skv_compress(skv_cache *cache, skv_seq_id seq);
+
+/* ---- kernel variants and the tuning database ------------------------------------------
+ * Decode runs one of two schedules, each with parameters (cl/decode.cl):
+ *   GROUP  a work-group per chunk of a (sequence, kv-head), a slot per work-item, local
+ *          memory reductions: GPUs;
+ *   LANES  a work-item per chunk, LANES slots per vector (one lane each), no local
+ *          memory and no barriers: CPUs.
+ * A cache takes its parameters per tier when it is created, from (first match wins)
+ * the context's override (skv_context_set_decode_params), the tuning database file
+ * ($SKV_TUNING_DB, else tuning.json in the program cache directory; written by
+ * `skv tune`), then the built-in entries. Within the file and the built-in table an
+ * entry for this exact device and driver beats one for its architecture, which beats
+ * one for its vendor class; among those, the entry naming more of the problem (tier,
+ * head_dim, q-heads per kv-head) wins. A malformed file, or one of another version, is
+ * ignored whole (skv_tuning_info.note says why), never half-trusted. A variant the
+ * device cannot build or run falls back to the built-in choice, then to the most
+ * portable one (the reason goes to skv_context_last_error, the call still succeeds). */
+typedef enum skv_schedule {
+    SKV_SCHEDULE_DEFAULT = 0, /* in an override: keep the database's schedule */
+    SKV_SCHEDULE_GROUP = 1,
+    SKV_SCHEDULE_LANES = 2
+} skv_schedule;
+
+typedef struct skv_decode_params {
+    skv_schedule schedule;
+    uint32_t lanes;         /* LANES: slots per vector, 16, 8 or 4 */
+    uint32_t tile;          /* tokens per tile, a power of two in 16..1024: GROUP's
+                             * work-group size; chunks hold whole tiles */
+    uint32_t chunks_per_cu; /* split-K: chunks enough for this many per compute unit, 1..64 */
+    uint32_t f16_slots;     /* LANES, F16 tier: slots per key pass, 1, 2, 4 or 8 (0: by group) */
+} skv_decode_params;
+
+typedef enum skv_tuning_match {
+    SKV_TUNING_DEFAULT = 0,      /* derived from what the device reports */
+    SKV_TUNING_VENDOR = 1,       /* an entry for the device's vendor class */
+    SKV_TUNING_ARCHITECTURE = 2, /* an entry for its architecture */
+    SKV_TUNING_EXACT = 3,        /* an entry for this device and driver */
+    SKV_TUNING_OVERRIDE = 4      /* skv_context_set_decode_params */
+} skv_tuning_match;
+
+typedef struct skv_tuning_info {
+    size_t struct_size;      /* sizeof(skv_tuning_info): set by the caller */
+    skv_decode_params decode;
+    skv_tuning_match match;
+    int from_file;           /* 1: the tuning database file, 0: built in (or override) */
+    char source[1024];       /* "built-in", "override" or the file's path */
+    char entry[SKV_NAME_MAX]; /* what matched, e.g. "cpu, 8-float vectors" or "haswell a3v4" */
+    char note[SKV_NAME_MAX];  /* why the file was not used ("" when it was, or there is none) */
+} skv_tuning_info;
+
+SKV_API const char *skv_schedule_str(skv_schedule s);
+SKV_API const char *skv_tuning_match_str(skv_tuning_match m);
+
+/* The decode parameters a cache created now would take for `tier` at this head_dim and
+ * q-heads per kv-head (`group`), and where they come from. out->struct_size must be set. */
+SKV_API skv_status skv_context_tuning(skv_context *ctx, skv_tier tier, uint32_t head_dim, uint32_t group,
+                                      skv_tuning_info *out);
+/* Overrides the decode parameters of caches created after this call (existing caches
+ * keep theirs); fields left 0 keep the database's value. NULL removes the override.
+ * Out-of-range values give SKV_ERR_INVALID_ARG and change nothing. */
+SKV_API skv_status skv_context_set_decode_params(skv_context *ctx, const skv_decode_params *params);
+/* Rebuilds a cache's decode kernels with `params` over the database's choice (fields
+ * left 0 keep it; NULL: the database's choice alone), fitted to the device (a GROUP tile
+ * shrinks to what the device allows) but never falling back: a variant that cannot
+ * run gives its error and the cache keeps its kernels. Waits for queued work. */
+SKV_API skv_status skv_cache_set_decode_params(skv_cache *cache, const skv_decode_params *params);
+/* The parameters a cache's tier runs with (after any fallback). */
+SKV_API skv_status skv_cache_decode_params(const skv_cache *cache, skv_tier tier, skv_decode_params *out);
 
 /* Blocks until all work skv enqueued on this context has completed. */
 SKV_API skv_status skv_context_finish(skv_context *ctx);
