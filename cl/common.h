@@ -153,16 +153,36 @@ inline uint skv_pair_code(__global const uint *kw, uint stride, uint j, uint bit
     return code & ((1u << bits) - 1u);
 }
 
-/* ADA query tables (ada_encode.cl: ada_query writes them, decode.cl reads them, host/ada.c:
+/* ADA tiers (build defines RB, AB): the codebook sizes and the layout of the tier's
+ * params table (host/ada.c: pack_params): radius[NR] | radius_bound_sq[NR-1] |
+ * bound_cos[NS/2] | bound_sin[NS/2] | centre_cos[NS] | centre_sin[NS] | transform_scale |
+ * rho_scale. */
+#if defined(RB) && defined(AB)
+#define NR (1 << RB)
+#define NS (1 << AB)
+#define PRM_BOUND_SQ NR
+#define PRM_BCOS (PRM_BOUND_SQ + NR - 1)
+#define PRM_BSIN (PRM_BCOS + NS / 2)
+#define PRM_CCOS (PRM_BSIN + NS / 2)
+#define PRM_CSIN (PRM_CCOS + NS)
+#define PRM_SCALE (PRM_CSIN + NS)
+#endif
+
+/* ADA query tables (ada_query.cl writes them, decode.cl reads them, host/ada.c:
  * skvi_ada_table_floats sizes them), per tier (RB, AB): by slot (decode_gpu), joined with
  * the radius codebook when that keeps them small (<= 64 codes per pair; A4V8's 256 codes
- * would make 256 KB per kv-head); by lane (decode_cpu), rows of LANE_N = 16 floats, one
- * vector permute: joined where the codes fit (<= 16), else the angles alone, and of
- * more than 16 angles only the first half (LANE_HALF): the centres are uniform, so angle
- * c + NS/2 is angle c turned by pi, T[j][c + NS/2] = -T[j][c]. */
+ * would make 256 KB per kv-head); by lane (decode_cpu with LANE_W lanes), rows of LANE_N
+ * = 16 floats looked up LANE_W entries at a time (one vector permute each): joined where
+ * the codes fit one permute (<= LANE_W), else the angles alone, and of more angles than
+ * a permute holds only the first half (LANE_HALF): the centres are uniform, so angle
+ * c + NS/2 is angle c turned by pi, T[j][c + NS/2] = -T[j][c], and the radius takes the
+ * sign. */
+#ifndef LANE_W
+#define LANE_W 16u
+#endif
 #define ADA_JOINT ((1u << (RB + AB)) <= 64u)
-#define LANE_JOINT ((1u << (RB + AB)) <= 16u)
-#define LANE_HALF (!LANE_JOINT && (1u << AB) > 16u)
+#define LANE_JOINT ((1u << (RB + AB)) <= LANE_W)
+#define LANE_HALF (!LANE_JOINT && (1u << AB) > LANE_W)
 #define LANE_USED (LANE_JOINT ? 1u << (RB + AB) : LANE_HALF ? 1u << (AB - 1) : 1u << AB)
 #define LANE_N (LANE_USED < 16u ? 16u : LANE_USED)
 

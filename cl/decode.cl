@@ -9,7 +9,7 @@
  *   F16: keys [D/8][P][8] halves, logits q.k with the query in local/private memory;
  *   ADA: keys as packed pair codes [KW][P] + fp16 norms, logits from the codes alone:
  *        n * kscale * sum_j J[j][code_j][g], J the per-query joint table R[r] T[j][c]
- *        where it is small, else R[r_j] T[j][c_j][g] (ada_encode.cl: ada_query; its two
+ *        where it is small, else R[r_j] T[j][c_j][g] (cl/ada_query.cl; its two
  *        layouts in cl/common.h); values dequantised on the fly. No dense key is ever
  *        formed: a pair's code is a table index, never a coordinate.
  * Two variants: decode_gpu (a slot per work-item, TILE work-items, local memory) and
@@ -27,8 +27,6 @@
 #ifdef ADA
 #define VBYTES (D * VB / 8 + D / VG * 4)
 #define PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
-#define NR (1 << RB)
-#define NS (1 << AB)
 #define VMASK ((1u << VB) - 1u)
 
 /* Pair code j (radius in the low RB bits) from a slot's key words. */
@@ -80,6 +78,20 @@ inline void value_units(__global const uchar *vo, uint i, float16 *u)
     const uint x = ((__global const uint *)vo)[i];
     u[0] = convert_float16(((uint16)(x) >> (uint16)(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) &
                            (uint16)(VMASK));
+#endif
+}
+
+/* Unit u of value_units alone (the other unit's registers stay free). */
+__attribute__((always_inline)) inline float16 value_unit(__global const uchar *vo, uint i, uint u)
+{
+#if VB == 4
+    __global const ulong *w = (__global const ulong *)vo;
+    const uint16 x = convert_uint16(as_uchar16((ulong2)(w[2 * i], w[2 * i + 1])));
+    return convert_float16(u ? x >> (uint16)(4) : x & (uint16)(15));
+#else
+    float16 q[1];
+    value_units(vo, i, q);
+    return q[0];
 #endif
 }
 
@@ -439,6 +451,12 @@ __kernel __attribute__((reqd_work_group_size(TILE, 1, 1))) void decode_gpu(DECOD
 #if TILE % TB || P % TB
 #error "chunks and pages hold whole blocks"
 #endif
+/* ADA values: accumulate a code unpack's units one at a time with one FMA chain per
+ * q-head (VSPLIT: G q-heads' accumulators fit 16 vector registers) or together with two
+ * chains (32 registers). */
+#ifndef VSPLIT
+#define VSPLIT (LANES < 16)
+#endif
 #ifndef KB
 #define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* F16 slots per key pass */
 #endif
@@ -628,8 +646,22 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
                     bias[g][k] = fma(p[g][j], mn[k], bias[g][k]);
                 }
         }
-        for (uint i = 0; i < D / 16 / UNITS; i++) { /* two FMA chains per q-head: even and odd tokens */
+        for (uint i = 0; i < D / 16 / UNITS; i++) {
             const uint k = 16 * UNITS * i / VG; /* the units' value group */
+#if VSPLIT /* a unit at a time, one FMA chain per q-head */
+            _Pragma("unroll 1") for (uint u = 0; u < UNITS; u++) {
+                float16 a[G];
+                SKV_UNROLL for (uint g = 0; g < G; g++)
+                    a[g] = acc[g][UNITS * i + u];
+                for (uint j = 0; j < n; j++) {
+                    const float16 q0 = value_unit(value_row(page, slot0 + j), i, u);
+                    SKV_UNROLL for (uint g = 0; g < G; g++)
+                        a[g] = fma((float16)(ps[j][g][k]), q0, a[g]);
+                }
+                SKV_UNROLL for (uint g = 0; g < G; g++)
+                    acc[g][UNITS * i + u] = a[g];
+            }
+#else /* the units of an unpack together, two FMA chains per q-head: even and odd tokens */
             float16 a[G][UNITS], a2[G][UNITS];
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 SKV_UNROLL for (uint u = 0; u < UNITS; u++)
@@ -655,6 +687,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_P
             SKV_UNROLL for (uint g = 0; g < G; g++)
                 SKV_UNROLL for (uint u = 0; u < UNITS; u++)
                     acc[g][UNITS * i + u] = a[g][u] + a2[g][u];
+#endif
         }
 #else
         /* values: each accumulator vector is loaded and stored once per block */

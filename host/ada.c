@@ -35,7 +35,7 @@ void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n)
              d->radius_bits, d->angle_bits, c->ada[t].key_words, d->value_bits, d->value_group);
 }
 
-/* Floats of one (sequence, kv-head)'s query tables for tier t, in the layout of the cache's
+/* Floats of one (sequence, kv-head)'s query tables for tier t, in the layout of the tier's
  * decode variant (cl/common.h: by slot for decode_gpu, by lane for decode_cpu). */
 size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t)
 {
@@ -43,8 +43,9 @@ size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t)
     const size_t codes = (size_t)1 << (d->radius_bits + d->angle_bits), angles = (size_t)1 << d->angle_bits;
     size_t row; /* floats per (pair, q-head) */
     if (c->decode[t].schedule == SKV_SCHEDULE_LANES) {
-        row = codes <= 16 ? codes : angles > 16 ? angles / 2 : angles; /* LANE_JOINT, LANE_HALF: LANE_USED */
-        row = row < 16 ? 16 : row;                                      /* LANE_N */
+        const size_t w = c->decode[t].lanes;                         /* LANE_W */
+        row = codes <= w ? codes : angles > w ? angles / 2 : angles; /* LANE_JOINT, LANE_HALF: LANE_USED */
+        row = row < 16 ? 16 : row;                                   /* LANE_N */
     } else {
         row = codes <= 64 ? codes : angles; /* ADA_JOINT */
     }
@@ -84,8 +85,6 @@ skv_status skvi_ada_init(skv_cache *c)
         char defs[256];
         skvi_ada_defines(c, (skv_tier)t, defs, sizeof defs);
         skv_status st = skvi_kernel_create(ctx, "ada_encode.cl", defs, "ada_encode", &c->k_encode[t]);
-        if (st == SKV_OK)
-            st = skvi_kernel_create(ctx, "ada_encode.cl", defs, "ada_query", &c->k_query[t]);
         if (st != SKV_OK)
             return st;
     }

@@ -129,7 +129,7 @@ static void decode_defines(const skv_cache *c, skv_tier tier, const skv_decode_p
     if (tier != SKV_TIER_F16)
         skvi_ada_defines(c, tier, ada, sizeof ada);
     if (p->schedule == SKV_SCHEDULE_LANES)
-        snprintf(lanes, sizeof lanes, " -DDECODE_CPU -DLANES=%u", p->lanes);
+        snprintf(lanes, sizeof lanes, " -DDECODE_CPU -DLANES=%u -DLANE_W=%uu", p->lanes, p->lanes);
     if (p->schedule == SKV_SCHEDULE_LANES && p->f16_slots && tier == SKV_TIER_F16)
         snprintf(lanes + strlen(lanes), sizeof lanes - strlen(lanes), " -DKB=%u", p->f16_slots);
     snprintf(defs, size, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s%s", d->head_dim, d->page_tokens,
@@ -164,17 +164,56 @@ static skv_status decode_kernel(skv_cache *c, skv_tier tier, const skv_decode_pa
                      (unsigned long long)local, p->tile);
 }
 
-/* Builds a tier's decode kernel (and the kernels built with its defines) with
- * parameters `want`, fitted; the parameters it runs with go to *used. */
-static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, const skv_decode_params *want,
-                                      skv_decode_params *used, cl_kernel *out)
+/* The kernels one tier's decode runs with one set of parameters: decode itself and,
+ * for ADA tiers, the query tables in the layout that variant reads. */
+typedef struct decode_kernels {
+    cl_kernel decode, query;
+    skv_decode_params params; /* fitted */
+} decode_kernels;
+
+static void decode_kernels_release(decode_kernels *k)
+{
+    if (k->decode)
+        clReleaseKernel(k->decode);
+    if (k->query)
+        clReleaseKernel(k->query);
+    k->decode = k->query = NULL;
+}
+
+/* Makes k the tier's kernels, releasing those it replaces; a logits kernel of the old
+ * variant is rebuilt when next asked for. */
+static void decode_kernels_commit(skv_cache *c, skv_tier tier, decode_kernels *k)
+{
+    decode_kernels old = {c->k_decode[tier], c->k_query[tier], {0}};
+    decode_kernels_release(&old);
+    c->k_decode[tier] = k->decode;
+    c->k_query[tier] = k->query;
+    c->decode[tier] = k->params;
+    if (c->k_logits[tier]) {
+        clReleaseKernel(c->k_logits[tier]);
+        c->k_logits[tier] = NULL;
+    }
+    memset(k, 0, sizeof *k);
+}
+
+/* Builds a tier's decode kernels with parameters `want`, fitted to the device, and the
+ * kernels that share its page layout (slot_copy, observe) if the cache has none yet. */
+static skv_status build_decode_kernels(skv_cache *c, skv_tier tier, const skv_decode_params *want,
+                                       decode_kernels *out)
 {
     const skv_cache_desc *d = &c->desc;
+    memset(out, 0, sizeof *out);
     skv_decode_params p = *want;
     char why[400];
     if (!fit_params(c, &p, why, sizeof why))
         return skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED, "%s", why);
-    skv_status st = decode_kernel(c, tier, &p, d->scorer == SKV_SCORER_OBSERVED, out);
+    skv_status st = decode_kernel(c, tier, &p, d->scorer == SKV_SCORER_OBSERVED, &out->decode);
+    if (st == SKV_OK && tier != SKV_TIER_F16) {
+        char defs[400], ad[256];
+        skvi_ada_defines(c, tier, ad, sizeof ad);
+        snprintf(defs, sizeof defs, "%s -DLANE_W=%uu", ad, p.schedule == SKV_SCHEDULE_LANES ? p.lanes : 16);
+        st = skvi_kernel_create(c->ctx, "ada_query.cl", defs, "ada_query", &out->query);
+    }
     if (st == SKV_OK && d->retention == SKV_RETENTION_RDR && !c->k_slot_copy[tier]) {
         char sd[600], ad[256] = "";
         if (tier != SKV_TIER_F16)
@@ -182,29 +221,21 @@ static skv_status build_decode_kernel(skv_cache *c, skv_tier tier, const skv_dec
         snprintf(sd, sizeof sd, "-DD=%u -DP=%u %s%s", d->head_dim, d->page_tokens, ad, tier != SKV_TIER_F16 ? " -DADA" : "");
         st = skvi_kernel_create(c->ctx, "slot_copy.cl", sd, "slot_copy", &c->k_slot_copy[tier]);
     }
-    if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED) {
+    if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED && !c->k_observe[tier]) {
         char defs[512];
         decode_defines(c, tier, &p, 1, defs, sizeof defs);
-        cl_kernel k = NULL;
-        st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &k);
-        if (st == SKV_OK && c->k_observe[tier])
-            clReleaseKernel(c->k_observe[tier]);
-        if (st == SKV_OK)
-            c->k_observe[tier] = k;
+        st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &c->k_observe[tier]);
     }
-    if (st != SKV_OK && *out) {
-        clReleaseKernel(*out);
-        *out = NULL;
-    }
-    if (st == SKV_OK)
-        *used = p;
+    if (st != SKV_OK)
+        decode_kernels_release(out);
+    out->params = p;
     return st;
 }
 
-/* A tier's decode kernel from the tuning database's parameters; a variant the device
+/* A tier's decode kernels from the tuning database's parameters; a variant the device
  * cannot build or run falls back to the built-in choice, then to the most portable one
  * (LANES 4: plain float4 code, no local memory), the reasons in the last-error text. */
-static skv_status choose_decode_kernel(skv_cache *c, skv_tier tier)
+static skv_status choose_decode_kernels(skv_cache *c, skv_tier tier)
 {
     skv_tuning_info info;
     skvi_decode_params_lookup(c->ctx, tier, c->desc.head_dim, c->group, &info);
@@ -212,10 +243,11 @@ static skv_status choose_decode_kernel(skv_cache *c, skv_tier tier)
     skvi_decode_params_builtin(c->ctx, &cand[1]);
     char reasons[SKVI_ERROR_MAX / 2] = "";
     skv_status st = SKV_ERR_INTERNAL;
+    decode_kernels k;
     for (int i = 0; i < 3; i++) {
         if (i > 0 && memcmp(&cand[i], &cand[i - 1], sizeof cand[i]) == 0)
             continue;
-        st = build_decode_kernel(c, tier, &cand[i], &c->decode[tier], &c->k_decode[tier]);
+        st = build_decode_kernels(c, tier, &cand[i], &k);
         if (st == SKV_OK)
             break;
         if (st != SKV_ERR_BUILD && st != SKV_ERR_UNSUPPORTED)
@@ -225,11 +257,15 @@ static skv_status choose_decode_kernel(skv_cache *c, skv_tier tier)
                  i == 0 ? "the tuned variant" : i == 1 ? "the built-in variant" : "the portable variant",
                  skv_schedule_str(cand[i].schedule), cand[i].lanes, cand[i].tile, c->ctx->error);
     }
-    if (st == SKV_OK && reasons[0])
-        skvi_fail(c->ctx->error, SKV_OK, "skv_cache_create: %s decode fell back: %s", skvi_tiers[tier].name, reasons);
-    else if (st != SKV_OK)
+    if (st == SKV_OK) {
+        decode_kernels_commit(c, tier, &k);
+        if (reasons[0])
+            skvi_fail(c->ctx->error, SKV_OK, "skv_cache_create: %s decode fell back: %s", skvi_tiers[tier].name,
+                      reasons);
+    } else {
         skvi_fail(c->ctx->error, st, "skv_cache_create: no %s decode variant runs on this device: %s",
                   skvi_tiers[tier].name, reasons);
+    }
     return st;
 }
 
@@ -256,7 +292,7 @@ static skv_status build_kernels(skv_cache *c)
     skv_status st = skvi_kernel_create(c->ctx, "append_f16.cl", defs, "append_f16", &c->k_append);
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++)
         if (d->tiers & (1u << t))
-            st = choose_decode_kernel(c, (skv_tier)t);
+            st = choose_decode_kernels(c, (skv_tier)t);
     snprintf(defs, sizeof defs, "-DD=%u -DG=%u", d->head_dim, c->group);
     if (st == SKV_OK)
         st = skvi_kernel_create(c->ctx, "decode_merge.cl", defs, "decode_merge", &c->k_merge);
@@ -271,8 +307,8 @@ skv_status skv_cache_set_decode_params(skv_cache *c, const skv_decode_params *pa
     char why[160];
     if (params && !skvi_decode_params_check(params, 1, why, sizeof why))
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_cache_set_decode_params: %s", why);
-    cl_kernel k[SKV_TIER_COUNT] = {0};
-    skv_decode_params used[SKV_TIER_COUNT];
+    decode_kernels k[SKV_TIER_COUNT];
+    memset(k, 0, sizeof k);
     skv_status st = skvi_finish(c->ctx); /* no enqueued decode still uses the old kernels' tables */
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         if (!(c->desc.tiers & (1u << t)))
@@ -281,24 +317,17 @@ skv_status skv_cache_set_decode_params(skv_cache *c, const skv_decode_params *pa
         skvi_decode_params_lookup(c->ctx, (skv_tier)t, c->desc.head_dim, c->group, &info);
         if (params)
             skvi_decode_params_merge(&info.decode, params);
-        st = build_decode_kernel(c, (skv_tier)t, &info.decode, &used[t], &k[t]);
+        st = build_decode_kernels(c, (skv_tier)t, &info.decode, &k[t]);
         if (st != SKV_OK)
             skvi_fail(c->ctx->error, st, "skv_cache_set_decode_params: %s decode, %s (lanes %u, tile %u): %s",
                       skvi_tiers[t].name, skv_schedule_str(info.decode.schedule), info.decode.lanes, info.decode.tile,
                       skv_last_error());
     }
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
-        cl_kernel *drop = st == SKV_OK ? &c->k_decode[t] : &k[t]; /* release the old set, or the new one */
-        if (*drop)
-            clReleaseKernel(*drop);
-        if (st != SKV_OK || !(c->desc.tiers & (1u << t)))
-            continue;
-        c->k_decode[t] = k[t];
-        c->decode[t] = used[t];
-        if (c->k_logits[t]) { /* rebuilt in the new variant when next asked for */
-            clReleaseKernel(c->k_logits[t]);
-            c->k_logits[t] = NULL;
-        }
+        if (st == SKV_OK && (c->desc.tiers & (1u << t)))
+            decode_kernels_commit(c, (skv_tier)t, &k[t]);
+        else
+            decode_kernels_release(&k[t]);
     }
     return st;
 }

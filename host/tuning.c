@@ -408,6 +408,21 @@ skv_status skv_context_tuning(skv_context *ctx, skv_tier tier, uint32_t head_dim
     return SKV_OK;
 }
 
+skv_status skv_context_tuning_path(const skv_context *ctx, char *buf, size_t size)
+{
+    skvi_clear_error();
+    if (!ctx || !buf || !size)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_tuning_path: ctx or buf is NULL, or size is 0");
+    size_t n = strlen(ctx->tuning.path);
+    if (n >= size) {
+        buf[0] = '\0';
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_tuning_path: the path needs %zu bytes, got %zu",
+                         n + 1, size);
+    }
+    memcpy(buf, ctx->tuning.path, n + 1);
+    return SKV_OK;
+}
+
 skv_status skv_context_set_decode_params(skv_context *ctx, const skv_decode_params *params)
 {
     skvi_clear_error();

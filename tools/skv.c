@@ -12,6 +12,8 @@ static const skv_command commands[] = {
     {"eval", "the quality matrix: scorer x budget x tier set on the synthetic model", cmd_eval, usage_eval},
     {"info", "list OpenCL devices, their profiles, and which one skv selects", cmd_info, usage_info},
     {"bench", "measure decode attention against the device's read bandwidth", cmd_bench, usage_bench},
+    {"tune", "measure decode variants on this device and write the fastest to the tuning database", cmd_tune,
+     usage_tune},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

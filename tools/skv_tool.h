@@ -26,6 +26,8 @@ void usage_eval(FILE *out);
 int cmd_eval(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 void usage_bench(FILE *out);
+int cmd_tune(int argc, char **argv);
+void usage_tune(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */
 int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);

@@ -482,6 +482,11 @@ SKV_API const char *skv_tuning_match_str(skv_tuning_match m);
  * q-heads per kv-head (`group`), and where they come from. out->struct_size must be set. */
 SKV_API skv_status skv_context_tuning(skv_context *ctx, skv_tier tier, uint32_t head_dim, uint32_t group,
                                       skv_tuning_info *out);
+/* The tuning database file the context looked for when it was created ($SKV_TUNING_DB,
+ * else tuning.json in the program cache directory): "" when it has none (no cache
+ * directory). Whether the file exists and was used is skv_context_tuning's to say.
+ * SKV_ERR_INVALID_ARG when the path does not fit in `size` bytes. */
+SKV_API skv_status skv_context_tuning_path(const skv_context *ctx, char *buf, size_t size);
 /* Overrides the decode parameters of caches created after this call (existing caches
  * keep theirs); fields left 0 keep the database's value. NULL removes the override.
  * Out-of-range values give SKV_ERR_INVALID_ARG and change nothing. */
