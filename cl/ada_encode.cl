@@ -7,9 +7,9 @@
  * and group). `params` is the tier's table (host/ada.c: skvi_ada_pack_params). */
 #pragma OPENCL FP_CONTRACT OFF
 
-#define SRC_PAGE_BYTES (P * (4 * D + 4))
-#define VBYTES (D * VB / 8 + D / VG * 4)
-#define DST_PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
+#define SRC_PAGE_BYTES SKV_F16_PAGE_BYTES(D, P)
+#define VBYTES SKV_ADA_VROW_BYTES(D, VB, VG)
+#define DST_PAGE_BYTES SKV_ADA_PAGE_BYTES(D, P, KW, VB, VG)
 
 inline ushort norm_code(float n2)
 {
@@ -81,10 +81,10 @@ inline void encode_slot(const float *k, const float *v, int position, __global c
     __global uint *kw = (__global uint *)dst;
     for (uint w = 0; w < KW; w++)
         kw[w * P + ds] = words[w]; /* structure of arrays: word w of every slot together */
-    ((__global ushort *)(dst + KW * P * 4))[ds] = nh;
+    ((__global ushort *)(dst + SKV_ADA_NORMS_OFFSET(P, KW)))[ds] = nh;
 
     /* values: groups of VG, codes of VB bits, then (scale, min) per group */
-    __global uchar *vo = dst + KW * P * 4 + P * 2 + ds * VBYTES;
+    __global uchar *vo = dst + SKV_ADA_VALUES_OFFSET(P, KW) + ds * VBYTES;
     __global ushort *prm = (__global ushort *)(vo + D * VB / 8);
     const uint levels = (1u << VB) - 1u;
     for (uint g0 = 0; g0 < D; g0 += VG) {
@@ -120,7 +120,7 @@ inline void encode_slot(const float *k, const float *v, int position, __global c
         prm[2 * (g0 / VG)] = sc_h;
         prm[2 * (g0 / VG) + 1] = mn_h;
     }
-    ((__global int *)(dst + KW * P * 4 + P * 2 + P * VBYTES))[ds] = position;
+    ((__global int *)(dst + SKV_POSITIONS_OFFSET(DST_PAGE_BYTES, P)))[ds] = position;
 }
 
 __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __global const uint4 *jobs,
@@ -134,7 +134,7 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
         k[i] = vload_half(((i / 8) * P + ss) * 8 + i % 8, src);
         v[i] = vload_half(P * D + ss * D + i, src);
     }
-    encode_slot(k, v, ((__global const int *)((__global const uchar *)src + P * D * 4))[ss], signs + (size_t)job.w * D,
+    encode_slot(k, v, ((__global const int *)((__global const uchar *)src + SKV_POSITIONS_OFFSET(SRC_PAGE_BYTES, P)))[ss], signs + (size_t)job.w * D,
                 params, SKV_PAGE_P(dst, job.z, DST_PAGE_BYTES), ds);
 }
 
@@ -144,8 +144,8 @@ __kernel void ada_encode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __globa
  * skv_ref_value_decode do, then encoded as ada_encode would. */
 #define SRC_NR (1 << SRC_RB)
 #define SRC_NS (1 << SRC_AB)
-#define SRC_VBYTES (D * SRC_VB / 8 + D / SRC_VG * 4)
-#define SRC_ADA_PAGE_BYTES (P * (SRC_KW * 4 + 2 + SRC_VBYTES + 4))
+#define SRC_VBYTES SKV_ADA_VROW_BYTES(D, SRC_VB, SRC_VG)
+#define SRC_ADA_PAGE_BYTES SKV_ADA_PAGE_BYTES(D, P, SRC_KW, SRC_VB, SRC_VG)
 #define SRC_PRM_CCOS (SRC_NR + SRC_NR - 1 + SRC_NS)
 #define SRC_PRM_CSIN (SRC_PRM_CCOS + SRC_NS)
 #define SRC_PRM_SCALE (SRC_PRM_CSIN + SRC_NS)
@@ -158,7 +158,7 @@ __kernel void ada_transcode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __gl
     __global const uchar *page = SKV_PAGE_P(src, job.x, SRC_ADA_PAGE_BYTES);
     __global const char *sg = signs + (size_t)job.w * D;
     __global const uint *kw = (__global const uint *)page + ss;
-    const float rho = skv_f16_to_f32(((__global const ushort *)(page + SRC_KW * P * 4))[ss]) * src_params[SRC_PRM_SCALE + 1];
+    const float rho = skv_f16_to_f32(((__global const ushort *)(page + SKV_ADA_NORMS_OFFSET(P, SRC_KW)))[ss]) * src_params[SRC_PRM_SCALE + 1];
     float y[D], k[D], v[D];
     for (uint j = 0; j < D / 2; j++) {
         const uint code = skv_pair_code(kw, P, j, SRC_RB + SRC_AB);
@@ -171,13 +171,13 @@ __kernel void ada_transcode(SKV_POOL_PARAMS_P(src), SKV_POOL_PARAMS_P(dst), __gl
         float x = y[i] * src_params[SRC_PRM_SCALE];
         k[i] = sg[i] < 0 ? -x : x;
     }
-    __global const uchar *vo = page + SRC_KW * P * 4 + P * 2 + ss * SRC_VBYTES;
+    __global const uchar *vo = page + SKV_ADA_VALUES_OFFSET(P, SRC_KW) + ss * SRC_VBYTES;
     __global const ushort *vp = (__global const ushort *)(vo + D * SRC_VB / 8);
     for (uint i = 0; i < D; i++) {
         const uint q = (vo[i * SRC_VB / 8] >> (i * SRC_VB % 8)) & ((1u << SRC_VB) - 1u);
         v[i] = skv_f16_to_f32(vp[2 * (i / SRC_VG) + 1]) + (float)q * skv_f16_to_f32(vp[2 * (i / SRC_VG)]);
     }
-    const int position = ((__global const int *)(page + SRC_ADA_PAGE_BYTES - 4 * P))[ss];
+    const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(SRC_ADA_PAGE_BYTES, P)))[ss];
     encode_slot(k, v, position, sg, params, SKV_PAGE_P(dst, job.z, DST_PAGE_BYTES), ds);
 }
 #endif

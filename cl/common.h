@@ -168,22 +168,16 @@ inline uint skv_pair_code(__global const uint *kw, uint stride, uint j, uint bit
 #define PRM_SCALE (PRM_CSIN + NS)
 #endif
 
-/* ADA query tables (ada_query.cl writes them, decode.cl reads them, host/ada.c:
- * skvi_ada_table_floats sizes them), per tier (RB, AB): by slot (decode_gpu), joined with
- * the radius codebook when that keeps them small (<= 64 codes per pair; A4V8's 256 codes
- * would make 256 KB per kv-head); by lane (decode_cpu with LANE_W lanes), rows of LANE_N
- * = 16 floats looked up LANE_W entries at a time (one vector permute each): joined where
- * the codes fit one permute (<= LANE_W), else the angles alone, and of more angles than
- * a permute holds only the first half (LANE_HALF): the centres are uniform, so angle
- * c + NS/2 is angle c turned by pi, T[j][c + NS/2] = -T[j][c], and the radius takes the
- * sign. */
+/* ADA query tables (cl/layout.h): decode's LANES variant looks rows up LANE_W entries
+ * at a time (the build define; 16 for the GROUP schedule's programs, which read tables
+ * by slot). */
 #ifndef LANE_W
 #define LANE_W 16u
 #endif
-#define ADA_JOINT ((1u << (RB + AB)) <= 64u)
-#define LANE_JOINT ((1u << (RB + AB)) <= LANE_W)
-#define LANE_HALF (!LANE_JOINT && (1u << AB) > LANE_W)
-#define LANE_USED (LANE_JOINT ? 1u << (RB + AB) : LANE_HALF ? 1u << (AB - 1) : 1u << AB)
-#define LANE_N (LANE_USED < 16u ? 16u : LANE_USED)
+#define ADA_JOINT SKV_SLOT_JOINT(RB, AB)
+#define LANE_JOINT SKV_LANE_JOINT(RB, AB, LANE_W)
+#define LANE_HALF SKV_LANE_HALF(RB, AB, LANE_W)
+#define LANE_USED SKV_LANE_USED(RB, AB, LANE_W)
+#define LANE_N SKV_LANE_ROW(RB, AB, LANE_W)
 
 #endif /* SKV_CL_COMMON_H */

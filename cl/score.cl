@@ -7,7 +7,7 @@
  *                  enters only through dot products with the statistics vectors, read
  *                  from per-vector tables as in decode, and its decoded norm.
  * Build defines: D, P; score_ada also RB, AB, KW, VB, VG (the tier). */
-#define F16_PAGE_BYTES (P * (4 * D + 4))
+#define F16_PAGE_BYTES SKV_F16_PAGE_BYTES(D, P)
 
 inline __global const uchar *list_page(SKV_POOL_PARAMS_P(pool), __global const uint *pages, uint i, uint page_bytes)
 {
@@ -81,7 +81,7 @@ __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
     if (t >= n_tokens)
         return;
     __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
-    const int position = ((__global const int *)(page + P * D * 4))[t % P];
+    const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(F16_PAGE_BYTES, P)))[t % P];
     uint w = position < 0 ? 0 : (uint)position / window;
     w = scorer == 4 ? min(w, n_windows - 1) : n_windows - 1; /* global mean: the last row */
     __global const float *mu = vecs + (size_t)w * D, *a = vecs + (size_t)n_windows * D;
@@ -137,7 +137,7 @@ __kernel void keys_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_token
     __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
     for (uint d = 0; d < D; d++)
         keys[(size_t)(out_offset + t) * D + d] = f16_key(page, t % P, d);
-    pos[out_offset + t] = ((__global const int *)(page + P * D * 4))[t % P];
+    pos[out_offset + t] = ((__global const int *)(page + SKV_POSITIONS_OFFSET(F16_PAGE_BYTES, P)))[t % P];
 }
 
 /* SnapKV over S[rows][n] = scaled q.k (rows: window query i, q-head g = row % G): per row
@@ -174,10 +174,7 @@ __kernel void snap_vote(__global const float *S, uint n, uint rows, __global con
 }
 
 #ifdef ADA
-#define VBYTES (D * VB / 8 + D / VG * 4)
-#define ADA_PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
-#define NR (1 << RB)
-#define NS (1 << AB)
+#define ADA_PAGE_BYTES SKV_ADA_PAGE_BYTES(D, P, KW, VB, VG)
 
 /* tables: [n_windows + 1][D/2][NS], T_v[j][c] of each statistics vector v (host-built,
  * skv_ref_ada_query_table); norms2: |v|^2 per row; radius: the tier's codebook. */
@@ -190,7 +187,7 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
         return;
     __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
     const uint slot = t % P;
-    const int position = ((__global const int *)(page + KW * P * 4 + P * 2 + P * VBYTES))[slot];
+    const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(ADA_PAGE_BYTES, P)))[slot];
     uint w = position < 0 ? 0 : (uint)position / window;
     w = scorer == 4 ? min(w, n_windows - 1) : n_windows - 1;
     __global const float *tm = tables + (size_t)w * (D / 2) * NS, *ta = tables + (size_t)n_windows * (D / 2) * NS;
@@ -211,7 +208,7 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
         dm += r * tm[j * NS + c];
         da += r * ta[j * NS + c];
     }
-    const float n = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
+    const float n = vload_half(slot, (__global const half *)(page + SKV_ADA_NORMS_OFFSET(P, KW))) * sqrt(2.0f / (float)D);
     /* the decoded key k^: |k^|^2 = n^2 sum R^2, k^.v = n sum R T_v */
     scores[t] = score_of(scorer, n * n * r2, n * dm, norms2[w], n * da, norms2[n_windows], position, n_sink);
     energy[t] = n * n * r2;
@@ -229,7 +226,7 @@ inline void ada_decode_key(__global const uchar *page, uint slot, __global const
                            __constant float *params, float *y)
 {
     __global const uint *kw = (__global const uint *)page + slot;
-    const float rho = vload_half(slot, (__global const half *)(page + KW * P * 4)) * sqrt(2.0f / (float)D);
+    const float rho = vload_half(slot, (__global const half *)(page + SKV_ADA_NORMS_OFFSET(P, KW))) * sqrt(2.0f / (float)D);
     for (uint j = 0; j < D / 2; j++) {
         const uint code = skv_pair_code(kw, P, j, RB + AB);
         const float r = params[code & (NR - 1)] * rho;
@@ -267,6 +264,6 @@ __kernel void keys_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_token
     ada_decode_key(page, t % P, signs, sign_row, params, y);
     for (uint d = 0; d < D; d++)
         keys[(size_t)(out_offset + t) * D + d] = y[d];
-    pos[out_offset + t] = ((__global const int *)(page + KW * P * 4 + P * 2 + P * VBYTES))[t % P];
+    pos[out_offset + t] = ((__global const int *)(page + SKV_POSITIONS_OFFSET(ADA_PAGE_BYTES, P)))[t % P];
 }
 #endif

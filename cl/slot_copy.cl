@@ -4,10 +4,10 @@
  * regions (skv_ref_f16_page_read/write, skv_ref_ada_page_write layouts).
  * Build defines: D, P; ADA tiers also KW, VB, VG and -DADA. */
 #ifdef ADA
-#define VBYTES (D * VB / 8 + D / VG * 4)
-#define PAGE_BYTES (P * (KW * 4 + 2 + VBYTES + 4))
+#define VBYTES SKV_ADA_VROW_BYTES(D, VB, VG)
+#define PAGE_BYTES SKV_ADA_PAGE_BYTES(D, P, KW, VB, VG)
 #else
-#define PAGE_BYTES (P * (4 * D + 4))
+#define PAGE_BYTES SKV_F16_PAGE_BYTES(D, P)
 #endif
 
 __kernel void slot_copy(SKV_POOL_PARAMS, __global const uint4 *jobs)
@@ -19,9 +19,10 @@ __kernel void slot_copy(SKV_POOL_PARAMS, __global const uint4 *jobs)
 #ifdef ADA
     for (uint w = 0; w < KW; w++)
         ((__global uint *)dst)[w * P + d] = ((__global const uint *)src)[w * P + s];
-    ((__global ushort *)(dst + KW * P * 4))[d] = ((__global const ushort *)(src + KW * P * 4))[s];
+    ((__global ushort *)(dst + SKV_ADA_NORMS_OFFSET(P, KW)))[d] =
+        ((__global const ushort *)(src + SKV_ADA_NORMS_OFFSET(P, KW)))[s];
     for (uint b = 0; b < VBYTES; b++)
-        dst[KW * P * 4 + P * 2 + d * VBYTES + b] = src[KW * P * 4 + P * 2 + s * VBYTES + b];
+        dst[SKV_ADA_VALUES_OFFSET(P, KW) + d * VBYTES + b] = src[SKV_ADA_VALUES_OFFSET(P, KW) + s * VBYTES + b];
 #else
     __global const ushort *sk = (__global const ushort *)src;
     __global ushort *dk = (__global ushort *)dst;
@@ -30,5 +31,6 @@ __kernel void slot_copy(SKV_POOL_PARAMS, __global const uint4 *jobs)
         dk[P * D + d * D + i] = sk[P * D + s * D + i];
     }
 #endif
-    ((__global int *)(dst + PAGE_BYTES - 4 * P))[d] = ((__global const int *)(src + PAGE_BYTES - 4 * P))[s];
+    ((__global int *)(dst + SKV_POSITIONS_OFFSET(PAGE_BYTES, P)))[d] =
+        ((__global const int *)(src + SKV_POSITIONS_OFFSET(PAGE_BYTES, P)))[s];
 }

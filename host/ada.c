@@ -4,8 +4,9 @@
 #include <string.h>
 
 #include "cache_internal.h"
+#include "layout.h"
 
-/* The float table cl/ada_encode.cl and cl/decode.cl read (layout in ada_encode.cl). */
+/* The float table the ADA kernels read (its layout: cl/common.h). */
 static size_t pack_params(const skv_ref_ada_params *p, float *out)
 {
     const unsigned NR = 1u << p->radius_bits, NS = 1u << p->angle_bits;
@@ -39,16 +40,9 @@ void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n)
  * decode variant (cl/common.h: by slot for decode_gpu, by lane for decode_cpu). */
 size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t)
 {
-    const skvi_tier_desc *d = &skvi_tiers[t];
-    const size_t codes = (size_t)1 << (d->radius_bits + d->angle_bits), angles = (size_t)1 << d->angle_bits;
-    size_t row; /* floats per (pair, q-head) */
-    if (c->decode[t].schedule == SKV_SCHEDULE_LANES) {
-        const size_t w = c->decode[t].lanes;                         /* LANE_W */
-        row = codes <= w ? codes : angles > w ? angles / 2 : angles; /* LANE_JOINT, LANE_HALF: LANE_USED */
-        row = row < 16 ? 16 : row;                                   /* LANE_N */
-    } else {
-        row = codes <= 64 ? codes : angles; /* ADA_JOINT */
-    }
+    const unsigned rb = skvi_tiers[t].radius_bits, ab = skvi_tiers[t].angle_bits;
+    const size_t row = c->decode[t].schedule == SKV_SCHEDULE_LANES ? SKV_LANE_ROW(rb, ab, c->decode[t].lanes)
+                                                                   : SKV_SLOT_ROW(rb, ab); /* floats per (pair, q-head) */
     return (size_t)c->desc.head_dim / 2 * c->group * row;
 }
 

@@ -1,6 +1,6 @@
 /* Decode attention over the paged cache: per tier, block tables in CSR form and a
- * split-K plan; the tier kernels (cl/decode.cl; ADA tiers after their query tables,
- * cl/ada_encode.cl: ada_query) write their chunks' partials into one array, and
+ * split-K plan; the tier kernels (cl/decode.h: tier access + schedule; ADA tiers after
+ * their query tables, cl/ada_query.cl) write their chunks' partials into one array, and
  * cl/decode_merge.cl combines every chunk of every tier by log-sum-exp. */
 #include <math.h>
 #include <string.h>

@@ -137,6 +137,15 @@ static void decode_defines(const skv_cache *c, skv_tier tier, const skv_decode_p
              ada);
 }
 
+/* A tier's decode program (cl/decode.h): the shared part, the tier's access to its pages,
+ * the schedule. */
+static const char *decode_program(skv_tier tier, const skv_decode_params *p)
+{
+    const int ada = tier != SKV_TIER_F16, lanes = p->schedule == SKV_SCHEDULE_LANES;
+    return ada ? (lanes ? "decode.h+decode_ada.h+decode_cpu.cl" : "decode.h+decode_ada.h+decode_gpu.cl")
+               : (lanes ? "decode.h+decode_f16.h+decode_cpu.cl" : "decode.h+decode_f16.h+decode_gpu.cl");
+}
+
 /* A tier's decode kernel with parameters p, checked against what the built kernel
  * allows (a GROUP kernel needs `tile` work-items and its local memory). */
 static skv_status decode_kernel(skv_cache *c, skv_tier tier, const skv_decode_params *p, int keep_logits,
@@ -145,7 +154,7 @@ static skv_status decode_kernel(skv_cache *c, skv_tier tier, const skv_decode_pa
     char defs[512];
     decode_defines(c, tier, p, keep_logits, defs, sizeof defs);
     const int lanes = p->schedule == SKV_SCHEDULE_LANES;
-    skv_status st = skvi_kernel_create(c->ctx, "decode.cl", defs, lanes ? "decode_cpu" : "decode_gpu", out);
+    skv_status st = skvi_kernel_create(c->ctx, decode_program(tier, p), defs, lanes ? "decode_cpu" : "decode_gpu", out);
     if (st != SKV_OK || lanes)
         return st;
     size_t wg = 0;
@@ -224,7 +233,7 @@ static skv_status build_decode_kernels(skv_cache *c, skv_tier tier, const skv_de
     if (st == SKV_OK && d->scorer == SKV_SCORER_OBSERVED && !c->k_observe[tier]) {
         char defs[512];
         decode_defines(c, tier, &p, 1, defs, sizeof defs);
-        st = skvi_kernel_create(c->ctx, "decode.cl", defs, "observe", &c->k_observe[tier]);
+        st = skvi_kernel_create(c->ctx, "observe.cl", defs, "observe", &c->k_observe[tier]);
     }
     if (st != SKV_OK)
         decode_kernels_release(out);

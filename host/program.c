@@ -6,7 +6,12 @@
 
 #include "host_internal.h"
 
-#define COMMON_HEADER "common.h"
+/* Prepended to every program, in this order: vendor quirks and helpers, then the page
+ * layouts (shared with the host's C). A program is one source file or several joined
+ * by '+' ("decode_ada.h+decode_cpu.cl"), compiled as one text after these. */
+static const char *const prelude[] = {"common.h", "layout.h"};
+#define PRELUDE (sizeof prelude / sizeof prelude[0])
+#define MAX_PARTS 4
 
 /* Options every program of this device is built with. */
 static void base_options(const skv_device_profile *p, const char *defines, char *out, size_t n)
@@ -51,30 +56,37 @@ static skv_status build_log_fail(skv_context *ctx, cl_program prog, const char *
 }
 
 /* Cache key: everything that changes the binary. */
-static void cache_key(const skv_context *ctx, const skvi_kernel_source *common,
-                      const skvi_kernel_source *src, const char *options, char key[33])
+static void cache_key(const skv_context *ctx, const skvi_kernel_source *const *srcs, size_t n, const char *options,
+                      char key[33])
 {
-    char material[4 * SKV_NAME_MAX + 1024];
-    int n = snprintf(material, sizeof material, "%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s",
-                     common ? common->sha256 : "", src->sha256, options, ctx->profile.name,
-                     ctx->profile.driver_version, ctx->profile.platform,
+    char material[4 * SKV_NAME_MAX + 1024 + (PRELUDE + MAX_PARTS) * 66];
+    int len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += snprintf(material + len, sizeof material - (size_t)len, "%s\n", srcs[i]->sha256);
+    int m = snprintf(material + len, sizeof material - (size_t)len, "%s\n%s\n%s\n%s\n%s\n%s", options,
+                     ctx->profile.name, ctx->profile.driver_version, ctx->profile.platform,
                      ctx->profile.platform_version, skv_version_string());
-    skvi_hash128_hex(material, n > 0 ? (size_t)n : 0, key);
+    len = m > 0 && (size_t)(len + m) < sizeof material ? len + m : (int)sizeof material - 1;
+    skvi_hash128_hex(material, (size_t)len, key);
 }
 
-static skv_status from_source(skv_context *ctx, const skvi_kernel_source *common,
-                              const skvi_kernel_source *src, const char *options, cl_program *out)
+static skv_status from_source(skv_context *ctx, const skvi_kernel_source *const *srcs, size_t n, const char *options,
+                              cl_program *out)
 {
-    char line[300];
-    snprintf(line, sizeof line, "\n#line 1 \"%s\"\n", src->name);
-    const char *parts[3] = {common ? common->text : "", line, src->text};
+    char lines[PRELUDE + MAX_PARTS][160];
+    const char *parts[2 * (PRELUDE + MAX_PARTS)];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(lines[i], sizeof lines[i], "\n#line 1 \"%s\"\n", srcs[i]->name);
+        parts[2 * i] = lines[i];
+        parts[2 * i + 1] = srcs[i]->text;
+    }
     cl_int e;
-    cl_program prog = clCreateProgramWithSource(ctx->cl, 3, parts, NULL, &e);
+    cl_program prog = clCreateProgramWithSource(ctx->cl, (cl_uint)(2 * n), parts, NULL, &e);
     if (e != CL_SUCCESS)
         return skvi_cl_fail(ctx->error, e, "clCreateProgramWithSource");
     e = clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL);
     if (e != CL_SUCCESS) {
-        skv_status st = build_log_fail(ctx, prog, src->name, options, e);
+        skv_status st = build_log_fail(ctx, prog, srcs[n - 1]->name, options, e);
         clReleaseProgram(prog);
         return st;
     }
@@ -164,18 +176,30 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
             *out = ctx->programs[i].program;
             return SKV_OK;
         }
-    const skvi_kernel_source *src = skvi_kernel_source_find(name);
-    if (!src)
-        return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "no embedded kernel source named %s", name);
-    const skvi_kernel_source *common = skvi_kernel_source_find(COMMON_HEADER);
+    const skvi_kernel_source *srcs[PRELUDE + MAX_PARTS];
+    size_t n = 0;
+    for (; n < PRELUDE; n++)
+        if (!(srcs[n] = skvi_kernel_source_find(prelude[n])))
+            return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "no embedded kernel source named %s", prelude[n]);
+    for (const char *part = name; *part;) {
+        size_t len = strcspn(part, "+");
+        char file[128];
+        if (n == PRELUDE + MAX_PARTS || len >= sizeof file)
+            return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "program %s: too many or too long parts", name);
+        memcpy(file, part, len);
+        file[len] = '\0';
+        if (!(srcs[n++] = skvi_kernel_source_find(file)))
+            return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "no embedded kernel source named %s", file);
+        part += len + (part[len] == '+');
+    }
     char options[1024];
     base_options(&ctx->profile, defines, options, sizeof options);
     char key[33];
-    cache_key(ctx, common, src, options, key);
+    cache_key(ctx, srcs, n, options, key);
 
     cl_program prog = NULL;
     if (!ctx->cache_dir || !from_cache(ctx, key, options, &prog)) {
-        skv_status st = from_source(ctx, common, src, options, &prog);
+        skv_status st = from_source(ctx, srcs, n, options, &prog);
         if (st != SKV_OK)
             return st;
         if (ctx->cache_dir)

@@ -252,7 +252,7 @@ static int parse_db(skv_context *ctx, const char *text, skvi_tuning_entry **entr
 {
     *entries = NULL;
     *count = 0;
-    cJSON *root = cJSON_Parse(text);
+    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1); /* 1: nothing may follow the document */
     if (!root) {
         snprintf(why, n, "not valid JSON");
         return 0;

@@ -37,7 +37,7 @@ void skv_ref_f16_page_read(const void *page, uint32_t page_tokens, uint32_t head
     memcpy(position, &positions[slot], sizeof *position);
 }
 
-/* ADA page (cl/ada_encode.cl writes it, cl/decode.cl reads it): key words
+/* ADA page (cl/ada_encode.cl writes it, cl/decode_ada.h reads it; cl/layout.h): key words
  * [key_words][P] uint32 (structure of arrays), norms [P] fp16, values [P][value bytes],
  * positions int32[P]. */
 void skv_ref_ada_page_write(void *page, uint32_t page_tokens, uint32_t key_words, uint32_t value_bytes,

@@ -1,5 +1,6 @@
 /* The tier table (DESIGN.md §4) as data: what each tier stores per token and kv-head.
  * Page sizes and the API's byte counts derive from these rows, never from code per tier. */
+#include "layout.h"
 #include "skv_internal.h"
 
 const skvi_tier_desc skvi_tiers[SKV_TIER_COUNT] = {
@@ -29,6 +30,12 @@ uint64_t skvi_tier_token_bytes(skv_tier tier, uint32_t head_dim)
 
 uint64_t skvi_tier_page_bytes(skv_tier tier, uint32_t head_dim, uint32_t page_tokens)
 {
-    /* + the slot's original position (int32), the only per-token metadata */
-    return (skvi_tier_token_bytes(tier, head_dim) + 4) * page_tokens;
+    /* the page layouts the kernels use (cl/layout.h); the slot's original position (int32)
+     * is the only per-token metadata */
+    const skvi_tier_desc *t = &skvi_tiers[tier];
+    const uint64_t D = head_dim, P = page_tokens;
+    if (t->dense_keys)
+        return SKV_F16_PAGE_BYTES(D, P);
+    const uint64_t KW = (D / t->group * (t->radius_bits + t->angle_bits) + 31) / 32;
+    return SKV_ADA_PAGE_BYTES(D, P, KW, (uint64_t)t->value_bits, (uint64_t)t->value_group);
 }

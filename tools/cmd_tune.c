@@ -284,8 +284,9 @@ static int store_class(cJSON *root, const char *path, const skv_device_profile *
     }
     cJSON_AddStringToObject(e, "device", prof->name);
     cJSON_AddStringToObject(e, "driver", prof->driver_version);
+    /* no "vendor": a winner applies to this device, or to one of its architecture (the
+     * same instruction set), never to every CPU or GPU of the vendor class */
     cJSON_AddStringToObject(e, "architecture", prof->architecture);
-    cJSON_AddStringToObject(e, "vendor", skv_vendor_class_str(prof->vendor_class));
     cJSON_AddStringToObject(e, "kernel", "decode");
     cJSON_AddStringToObject(e, "tier", tier_names[r->tier]);
     cJSON_AddNumberToObject(e, "head_dim", o->head_dim);
@@ -469,16 +470,23 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
     float *k = malloc((size_t)o->tokens * row * sizeof *k), *v = malloc((size_t)o->tokens * row * sizeof *v);
     uint16_t *kh = malloc((size_t)chunk * row * 2), *vh = malloc((size_t)chunk * row * 2);
     int32_t *pos = malloc(chunk * sizeof *pos);
-    float *q = malloc(n_out * sizeof *q), *out = malloc(n_out * sizeof *out);
+    float *q = malloc(n_out * sizeof *q), *out = malloc(n_out * sizeof *out), *vmean = malloc(row * sizeof *vmean);
     double *ref = malloc(n_out * sizeof *ref), *def_out = malloc(n_out * sizeof *def_out);
     double *times = calloc(o->runs, sizeof *times);
-    if (!k || !v || !kh || !vh || !pos || !q || !out || !ref || !def_out || !times) {
+    if (!k || !v || !kh || !vh || !pos || !q || !out || !vmean || !ref || !def_out || !times) {
         fprintf(stderr, "\nskv tune: out of memory for %llu tokens\n", (unsigned long long)o->tokens);
         goto fail;
     }
-    /* Keys: unit normals around a mean with a few larger channels (the logits then spread
-     * over a few units, attention is far from uniform); values: normals; all fp16. */
+    /* Keys: unit normals around a mean with a few larger channels (logits spread over a
+     * few units: every token weighs, none alone). Values: normals around a mean per
+     * (kv-head, channel), as model values have; with zero-mean values the output of a
+     * long context nearly cancels out and its relative error is the float rounding of the
+     * terms, not the variant's. All fp16. */
     uint64_t seed = 0x9E3779B97F4A7C15ull ^ ((uint64_t)tier << 32) ^ D;
+    for (size_t i = 0; i < row; i += 2) {
+        gauss2(&seed, &vmean[i], &vmean[i + 1]);
+        vmean[i] *= 0.5f, vmean[i + 1] *= 0.5f;
+    }
     for (size_t i = 0; i < (size_t)o->tokens * row; i += 2) {
         float a, b, c, d;
         gauss2(&seed, &a, &b);
@@ -486,8 +494,8 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
         const uint32_t dim = (uint32_t)(i % D);
         k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(a + (dim % 13 == 0 ? 1.5f : 0.25f)));
         k[i + 1] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(b + ((dim + 1) % 13 == 0 ? 1.5f : 0.25f)));
-        v[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(c * 0.7f));
-        v[i + 1] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(d * 0.7f));
+        v[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(c * 0.7f + vmean[i % row]));
+        v[i + 1] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(d * 0.7f + vmean[(i + 1) % row]));
     }
     for (size_t i = 0; i < n_out; i += 2)
         gauss2(&seed, &q[i], &q[i + 1]);
@@ -569,10 +577,10 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
         if (c > 0) {
             char best[96];
             tool_variant_name(&r->best, best, sizeof best);
-            tool_progress("tune decode %s: candidate %d/%d %s, best so far %s %.3f ms", tier_names[tier], c + 1,
-                          n_try + 1, asked, best, r->best_ms);
+            tool_progress("tune decode %s d%u g%u: candidate %d/%d %s, best so far %s %.3f ms", tier_names[tier], D,
+                          QH / H, c + 1, n_try + 1, asked, best, r->best_ms);
         } else {
-            tool_progress("tune decode %s: candidate 1/%d default", tier_names[tier], n_try + 1);
+            tool_progress("tune decode %s d%u g%u: candidate 1/%d default", tier_names[tier], D, QH / H, n_try + 1);
         }
         skv_decode_params used;
         double ms = 0, err = 0;
@@ -618,7 +626,8 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
     rc = 0;
 fail:
     skv_cache_destroy(cache);
-    free(k), free(v), free(kh), free(vh), free(pos), free(q), free(out), free(ref), free(def_out), free(times);
+    free(k), free(v), free(kh), free(vh), free(pos), free(q), free(out), free(vmean), free(ref), free(def_out),
+        free(times);
     return rc;
 }
 
@@ -712,9 +721,8 @@ int cmd_tune(int argc, char **argv)
                 info.note[0] ? info.note : "not valid JSON");
         goto done;
     }
+    const int replacing = !root && got == 0;
     if (!root) {
-        if (got == 0)
-            printf("replacing %s: %s\n", path, info.note);
         root = cJSON_CreateObject();
         if (!root || !cJSON_AddStringToObject(root, "format", "skv-tuning") ||
             !cJSON_AddNumberToObject(root, "version", 1) || !cJSON_AddArrayToObject(root, "entries")) {
@@ -732,7 +740,8 @@ int cmd_tune(int argc, char **argv)
            prof.architecture, skv_vendor_class_str(prof.vendor_class));
     printf("tuning decode: head_dim %u, %u q-heads / %u kv-heads (group %u), %llu tokens, median of %u runs\n",
            o.head_dim, o.q_heads, o.kv_heads, group, (unsigned long long)o.tokens, o.runs);
-    printf("database: %s\n\n", path);
+    printf("database: %s%s%s\n\n", path, replacing ? ", replacing a file that is not one: " : "",
+           replacing ? (info.note[0] ? info.note : "not valid JSON") : "");
     fflush(stdout);
     int failed = 0;
     for (int i = 0; i < o.n_tiers; i++) {
@@ -798,9 +807,9 @@ int cmd_tune(int argc, char **argv)
             tool_variant_name(&r->best, want, sizeof want);
         const int ok = got_info.match == SKV_TUNING_EXACT && got_info.from_file && !got_info.note[0] &&
                        (r->state != CLASS_TUNED || strcmp(now, want) == 0);
-        printf("verify decode %s head_dim %u group %u: match=%s from %s (entry \"%s\"): %s%s%s\n",
+        printf("verify decode %s head_dim %u group %u: match=%s from %s (entry \"%s\"): %s%s%s%s\n",
                tier_names[r->tier], o.head_dim, group, skv_tuning_match_str(got_info.match), got_info.source,
-               got_info.entry, now, ok ? "" : "  MISMATCH", got_info.note[0] ? got_info.note : "");
+               got_info.entry, now, ok ? "" : "  MISMATCH", got_info.note[0] ? "; " : "", got_info.note);
         if (!ok) {
             fprintf(stderr, "skv tune: %s does not give decode %s this device's tuned variant %s\n", path,
                     tier_names[r->tier], want[0] ? want : "");
