@@ -81,11 +81,13 @@ configure_build() {
     cmake --build "build/$name" -j"$jobs"
 }
 
-# run_ctest NAME: run the suites of build/NAME serially, with a kernel cache of its own.
+# run_ctest NAME: run the suites of build/NAME serially. Both builds share one program
+# cache (build/kernel-cache): a kernel binary does not depend on how the host code was
+# built, so the sanitizer phase loads what the first phase compiled.
 run_ctest() {
     local name="$1"
     banner "ctest build/$name"
-    export SKV_CACHE_DIR="$root/build/$name/kernel-cache"
+    export SKV_CACHE_DIR="$root/build/kernel-cache"
     mkdir -p "$SKV_CACHE_DIR"
     ctest --test-dir "build/$name" --output-on-failure
 }
