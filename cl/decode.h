@@ -30,7 +30,7 @@
  * C references: src/ref_attention.c, src/ada.c, src/value_quant.c.
  * Build defines: D, P, G, TILE (tokens per tile: the GROUP work-group size, a power of
  * two >= D/2 and >= G; chunks hold whole tiles), SEG_POW2 (the power of two >= TILE / G);
- * LANES schedule: DECODE_CPU, LANES (16, 8 or 4), LANE_W (= LANES), tunables KB, VSPLIT;
+ * LANES schedule: DECODE_CPU, LANES (16, 8 or 4), LANE_W (= LANES), tunables KB (F16), VSPLIT and LCHAINS (ADA);
  * ADA tiers: ADA, RB, AB, KW, VB, VG; OBSERVE keeps every logit. */
 
 #define PAIRS (D / 2)

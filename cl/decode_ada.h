@@ -96,6 +96,11 @@ static inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 #ifndef VSPLIT
 #define VSPLIT (LANES < 16)
 #endif
+/* Logits: independent sums per q-head, interleaved over pairs (16 registers hold one set
+ * of G accumulators and the lookup state, 32 hold two) */
+#ifndef LCHAINS
+#define LCHAINS (LANES < 16 ? 1 : 2)
+#endif
 
 /* t[i] for i < n <= 16, the table given as pieces of LANES floats (a constant n, so the
  * loop over pieces unrolls and vanishes where n <= LANES) */
@@ -140,7 +145,7 @@ __attribute__((always_inline)) static inline void query_init(cpu_query *cq, __gl
 
 /* The logits of slots slot0 .. slot0 + LANES - 1 of a page for the G q-heads, times the
  * scale: s[g][i] = scale * n_i * sum_j J[j][g][code_ij] (LANE_JOINT), else
- * scale * n_i * sum_j R[r_ij] T[j][g][c_ij]; two interleaved sums over j per q-head.
+ * scale * n_i * sum_j R[r_ij] T[j][g][c_ij]; LCHAINS interleaved sums over j per q-head.
  * Slots past the page's fill are read, then ignored (the schedule masks them). */
 __attribute__((always_inline)) static inline void block_logits(__global const uchar *page, uint slot0, uint n,
                                                                const cpu_query *cq, __constant float *params,
@@ -148,9 +153,10 @@ __attribute__((always_inline)) static inline void block_logits(__global const uc
 {
     (void)n;
     __global const uint *kw = (__global const uint *)page + slot0;
-    floatL a[2][G];
-    SKV_UNROLL for (uint g = 0; g < G; g++)
-        a[0][g] = a[1][g] = (floatL)(0.0f);
+    floatL a[LCHAINS][G];
+    SKV_UNROLL for (uint c = 0; c < LCHAINS; c++)
+        SKV_UNROLL for (uint g = 0; g < G; g++)
+            a[c][g] = (floatL)(0.0f);
 #if !LANE_JOINT
     float rad[16];
     SKV_UNROLL for (uint r = 0; r < 16; r++)
@@ -173,7 +179,7 @@ __attribute__((always_inline)) static inline void block_logits(__global const uc
 #if LANE_JOINT
             code &= (uintL)(NC - 1);
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                a[jj % 2][g] += lane_lookup(row + g * LANE_N, code);
+                a[jj % LCHAINS][g] += lane_lookup(row + g * LANE_N, code);
 #else
             floatL r = lut_pieces(rrow, NR, code & (uintL)(NR - 1));
             code >>= (uintL)(RB);
@@ -182,13 +188,17 @@ __attribute__((always_inline)) static inline void block_logits(__global const uc
 #endif
             code &= (uintL)(LANE_USED - 1);
             SKV_UNROLL for (uint g = 0; g < G; g++)
-                a[jj % 2][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[jj % 2][g]);
+                a[jj % LCHAINS][g] = fma(r, lane_lookup(row + g * LANE_N, code), a[jj % LCHAINS][g]);
 #endif
         }
     }
     const floatL nv = vload_halfL(0, norms(page) + slot0) * cq->scale;
-    SKV_UNROLL for (uint g = 0; g < G; g++)
-        s[g] = (a[0][g] + a[1][g]) * nv;
+    SKV_UNROLL for (uint g = 0; g < G; g++) {
+        floatL sum = a[0][g];
+        SKV_UNROLL for (uint c = 1; c < LCHAINS; c++)
+            sum += a[c][g];
+        s[g] = sum * nv;
+    }
 }
 
 /* Value accumulators are units of 16 dims; one unpack of a value row's codes yields
