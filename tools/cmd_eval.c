@@ -84,6 +84,11 @@ typedef struct eval_data {
     uint32_t n_window;
     float *wq, *q_mean, *q_abs;
     skv_rope_desc rope;
+    /* what does not depend on the cell, per (layer, decode query), computed by the first
+     * cell that needs it: exact attention out [QH][D], and per q-head the exact q.k of
+     * every token and the top-32 cut among them (memo_w NULL: too large to keep) */
+    double *memo_out, *memo_w, *memo_cut;
+    unsigned char *memo_have;
 } eval_data;
 
 /* The key/value file: nine little-endian uint32 (magic "SKKV", version 1 or 2, dtype 0 =
@@ -115,7 +120,61 @@ static int read_array(FILE *f, uint32_t dtype, size_t n, float *dst)
 static void free_data(eval_data *e)
 {
     free(e->k), free(e->v), free(e->q), free(e->wq), free(e->q_mean), free(e->q_abs);
+    free(e->memo_out), free(e->memo_w), free(e->memo_cut), free(e->memo_have);
     e->k = e->v = e->q = e->wq = e->q_mean = e->q_abs = NULL;
+    e->memo_out = e->memo_w = e->memo_cut = NULL;
+    e->memo_have = NULL;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+/* The memo of the cell-independent references (exact outputs always; exact scores when
+ * they fit in 256 MB). */
+static int alloc_memo(eval_data *e)
+{
+    const size_t rows = (size_t)e->layers * e->n_queries, scores = rows * e->q_heads * e->tokens;
+    e->memo_out = malloc(rows * e->q_heads * e->head_dim * sizeof *e->memo_out);
+    e->memo_cut = malloc(rows * e->q_heads * sizeof *e->memo_cut);
+    e->memo_have = calloc(rows ? rows : 1, 1);
+    e->memo_w = scores * sizeof(double) <= (256u << 20) ? malloc(scores * sizeof *e->memo_w) : NULL;
+    return e->memo_out && e->memo_cut && e->memo_have ? 0 : -1;
+}
+
+/* Exact attention of decode query qi of layer l, and per q-head the exact q.k of every
+ * token (w_all[QH][tokens], or NULL when not kept) and its top-32 cut (cut[QH]). */
+static void exact_refs(const eval_data *e, uint32_t l, uint32_t qi, const float *q, const double **out,
+                       const double **w_all, const double **cut, double *w_scratch, double *sorted)
+{
+    const uint32_t H = e->kv_heads, QH = e->q_heads, D = e->head_dim, G = QH / H;
+    const uint64_t tokens = e->tokens;
+    const size_t row = (size_t)l * e->n_queries + qi;
+    double *o = e->memo_out + row * QH * D, *c = e->memo_cut + row * QH;
+    double *w = e->memo_w ? e->memo_w + row * QH * tokens : NULL;
+    const float *kl = e->k + (size_t)l * tokens * H * D, *vl = e->v + (size_t)l * tokens * H * D;
+    if (!e->memo_have[row] || !w) {
+        if (!e->memo_have[row])
+            skv_ref_attention_decode(q, kl, vl, tokens, QH, H, D, 1.0f / sqrtf((float)D), o);
+        for (uint32_t qh = 0; qh < QH; qh++) {
+            double *wr = w ? w + (size_t)qh * tokens : w_scratch + (size_t)qh * tokens;
+            const float *qv = q + (size_t)qh * D;
+            for (uint64_t t = 0; t < tokens; t++) {
+                double x = 0;
+                for (uint32_t i = 0; i < D; i++)
+                    x += (double)qv[i] * kl[(t * H + qh / G) * D + i];
+                wr[t] = sorted[t] = x;
+            }
+            qsort(sorted, tokens, sizeof *sorted, cmp_desc);
+            c[qh] = sorted[tokens < 32 ? tokens - 1 : 31];
+        }
+        e->memo_have[row] = 1;
+    }
+    *out = o;
+    *w_all = w ? w : w_scratch;
+    *cut = c;
 }
 
 static int alloc_data(eval_data *e)
@@ -222,7 +281,7 @@ static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
 {
     const uint32_t L = m->layers, QH = m->q_heads, D = m->head_dim;
     *e = (eval_data){m->layers, m->kv_heads, QH, D, 8, tokens, NULL, NULL, NULL, m, WINDOW, NULL, NULL, NULL,
-                     {10000.0f, D, 0, 1.0f}};
+                     {10000.0f, D, 0, 1.0f}, NULL, NULL, NULL, NULL};
     if (alloc_data(e) != 0)
         return -1;
     e->wq = malloc((size_t)L * WINDOW * QH * D * 4);
@@ -305,12 +364,6 @@ static const char *fmt_metric(char buf[32], const char *fmt, const char *none, d
     return buf;
 }
 
-static int cmp_desc(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x < y) - (x > y);
-}
-
 /* One cell: a cache, the context, compression, measurements. */
 static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
 {
@@ -322,7 +375,7 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     int rc = 1;
     skv_cache *c = NULL;
     float *q = malloc(QH * D * 4), *o = malloc(QH * D * 4);
-    double *ref = malloc(QH * D * sizeof *ref), *w = malloc(tokens * sizeof *w), *sorted = malloc(tokens * sizeof *sorted);
+    double *w = malloc((size_t)QH * tokens * sizeof *w), *sorted = malloc(tokens * sizeof *sorted);
     int32_t *held = malloc(tokens * 4), *pos = malloc(tokens * 4);
     char *is_held = malloc(tokens);
     skv_cache_desc d;
@@ -341,7 +394,7 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     const size_t cap = tokens;
     float *lg = malloc((size_t)QH * cap * sizeof *lg);
     size_t *counts = malloc(H * sizeof *counts);
-    if (!q || !o || !ref || !w || !sorted || !held || !pos || !is_held || !lg || !counts) {
+    if (!q || !o || !w || !sorted || !held || !pos || !is_held || !lg || !counts) {
         fprintf(stderr, "skv eval: out of memory\n");
         goto done;
     }
@@ -369,7 +422,6 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     double err = 0, topk = 0, lerr = 0;
     int n_err = 0, n_topk = 0, found = 0, found_mk = 0;
     for (uint32_t l = 0; l < L; l++) {
-        const float *kl = kall + (size_t)l * tokens * H * D, *vl = vall + (size_t)l * tokens * H * D;
         for (uint32_t qi = 0; qi < NQ + n_needles; qi++) {
             int needle = qi < NQ ? -1 : (int)(qi - NQ);
             if (needle >= 0)
@@ -377,7 +429,6 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
             else
                 memcpy(q, e->q + ((size_t)l * NQ + qi) * QH * D, (size_t)QH * D * 4);
             CHECK(skv_attention_decode(c, l, &s, 1, SKV_F32, q, scale, SKV_F32, o));
-            skv_ref_attention_decode(q, kl, vl, tokens, QH, H, D, scale, ref);
             if (needle >= 0) {
                 const size_t per = (size_t)m->layers * H * D;
                 double cs = 0;
@@ -397,6 +448,8 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
                     found_mk += cs >= 0.9;
                 continue;
             }
+            const double *ref, *w_all, *cut;
+            exact_refs(e, l, qi, q, &ref, &w_all, &cut, w, sorted);
             err += skv_ref_rel_l2(ref, o, QH * D);
             n_err++;
             /* logits of the held tokens as decode computes them, against the exact ones */
@@ -411,25 +464,17 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
                     if (held[i] >= 0 && (uint64_t)held[i] < tokens)
                         is_held[held[i]] = 1;
                 for (uint32_t g = 0; g < G; g++) {
-                    const float *qv = q + (size_t)(h * G + g) * D;
-                    for (uint64_t t = 0; t < tokens; t++) {
-                        double x = 0;
-                        for (uint32_t i = 0; i < D; i++)
-                            x += (double)qv[i] * kl[(t * H + h) * D + i];
-                        w[t] = sorted[t] = x;
-                    }
-                    qsort(sorted, tokens, sizeof *sorted, cmp_desc);
-                    double cut = sorted[tokens < 32 ? tokens - 1 : 31];
+                    const double *wq = w_all + (size_t)(h * G + g) * tokens, cq = cut[h * G + g];
                     for (size_t i = 0; i < cnt && i < counts[h]; i++) {
                         if (held[i] < 0 || (uint64_t)held[i] >= tokens)
                             continue;
-                        double exact = w[held[i]] * scale, dl = lg[(size_t)(h * G + g) * cap + i] - exact;
+                        double exact = wq[held[i]] * scale, dl = lg[(size_t)(h * G + g) * cap + i] - exact;
                         le += dl * dl;
                         ln += exact * exact;
                     }
                     int kept = 0, total = 0;
                     for (uint64_t t = 0; t < tokens; t++)
-                        if (w[t] >= cut) {
+                        if (wq[t] >= cq) {
                             total++;
                             kept += is_held[t];
                         }
@@ -448,7 +493,7 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     rc = 0;
 done:
     skv_cache_destroy(c);
-    free(q), free(o), free(ref), free(w), free(sorted), free(held), free(pos), free(is_held), free(lg), free(counts);
+    free(q), free(o), free(w), free(sorted), free(held), free(pos), free(is_held), free(lg), free(counts);
     return rc;
 }
 
@@ -525,7 +570,7 @@ int cmd_eval(int argc, char **argv)
     skv_context *ctx = NULL;
     cell *cells = calloc(N_SCORERS * 4 * 3, sizeof *cells);
     cJSON *root = cJSON_CreateObject();
-    if (!cells || !root) {
+    if (!cells || !root || alloc_memo(&e) != 0) {
         fprintf(stderr, "skv eval: out of memory\n");
         goto done;
     }
