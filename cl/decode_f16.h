@@ -40,8 +40,8 @@ inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 #define vloadTB vload8
 #define vstoreTB vstore8
 #define TB_LANES (int8)(0, 1, 2, 3, 4, 5, 6, 7)
-#ifndef KB
-#define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8))) /* slots per key pass */
+#ifndef KB /* slots per key pass (skv_decode_params.f16_slots; host/tuning.c has this default) */
+#define KB (G >= 16 ? 1 : (G >= 8 ? 2 : (G >= 4 ? 4 : 8)))
 #endif
 
 typedef struct cpu_query {

@@ -130,7 +130,7 @@ static void decode_defines(const skv_cache *c, skv_tier tier, const skv_decode_p
         skvi_ada_defines(c, tier, ada, sizeof ada);
     if (p->schedule == SKV_SCHEDULE_LANES)
         snprintf(lanes, sizeof lanes, " -DDECODE_CPU -DLANES=%u -DLANE_W=%uu", p->lanes, p->lanes);
-    if (p->schedule == SKV_SCHEDULE_LANES && p->f16_slots && tier == SKV_TIER_F16)
+    if (p->schedule == SKV_SCHEDULE_LANES && tier == SKV_TIER_F16)
         snprintf(lanes + strlen(lanes), sizeof lanes - strlen(lanes), " -DKB=%u", p->f16_slots);
     snprintf(defs, size, "-DD=%u -DP=%u -DG=%u -DTILE=%u -DSEG_POW2=%u%s%s%s%s", d->head_dim, d->page_tokens,
              c->group, p->tile, seg_pow2, lanes, keep_logits ? " -DOBSERVE" : "", tier != SKV_TIER_F16 ? " -DADA " : "",
@@ -248,8 +248,7 @@ static skv_status choose_decode_kernels(skv_cache *c, skv_tier tier)
 {
     skv_tuning_info info;
     skvi_decode_params_lookup(c->ctx, tier, c->desc.head_dim, c->group, &info);
-    skv_decode_params cand[3] = {info.decode, {0}, {SKV_SCHEDULE_LANES, 4, 256, 4, 0}};
-    skvi_decode_params_builtin(c->ctx, &cand[1]);
+    skv_decode_params cand[3] = {info.decode, info.builtin, {SKV_SCHEDULE_LANES, 4, 256, 4, info.builtin.f16_slots}};
     char reasons[SKVI_ERROR_MAX / 2] = "";
     skv_status st = SKV_ERR_INTERNAL;
     decode_kernels k;

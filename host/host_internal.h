@@ -55,15 +55,15 @@ struct skv_context {
 /* tuning.c: reads the database file (a bad one leaves a note; only OOM fails). */
 skv_status skvi_tuning_load(skv_context *ctx);
 void skvi_tuning_release(skv_context *ctx);
-/* The parameters (possibly partial in no field: every field set) for a problem class. */
+/* The parameters for a problem class (every field set), where they come from, and the
+ * built-in entry's (the first fallback). */
 void skvi_decode_params_lookup(const skv_context *ctx, skv_tier tier, uint32_t head_dim, uint32_t group,
                                skv_tuning_info *info);
 /* Checks parameters (0 fields allowed when `partial`); 0 with the reason when invalid. */
 int skvi_decode_params_check(const skv_decode_params *p, int partial, char *why, size_t n);
 /* The set fields of `over` replace those of `base`. */
 void skvi_decode_params_merge(skv_decode_params *base, const skv_decode_params *over);
-/* The built-in entry's parameters for this device (the first fallback). */
-void skvi_decode_params_builtin(const skv_context *ctx, skv_decode_params *out);
+
 
 /* clFinish on both queues; unlike skv_context_finish it keeps the thread's last error. */
 skv_status skvi_finish(skv_context *ctx);

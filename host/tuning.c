@@ -354,7 +354,7 @@ void skvi_decode_params_lookup(const skv_context *ctx, skv_tier tier, uint32_t h
     skv_tuning_info out;
     memset(&out, 0, sizeof out);
     out.struct_size = sizeof out;
-    out.decode = b->p;
+    out.decode = out.builtin = b->p;
     out.match = SKV_TUNING_DEFAULT;
     snprintf(out.source, sizeof out.source, "built-in");
     snprintf(out.entry, sizeof out.entry, "%s", b->name);
@@ -385,12 +385,13 @@ void skvi_decode_params_lookup(const skv_context *ctx, skv_tier tier, uint32_t h
         out.from_file = 0;
         snprintf(out.source, sizeof out.source, "override");
     }
+    /* "by group" made concrete, so the parameters name what runs */
+    const uint32_t by_group = group >= 16 ? 1 : group >= 8 ? 2 : group >= 4 ? 4 : 8;
+    if (!out.decode.f16_slots)
+        out.decode.f16_slots = by_group;
+    if (!out.builtin.f16_slots)
+        out.builtin.f16_slots = by_group;
     *info = out;
-}
-
-void skvi_decode_params_builtin(const skv_context *ctx, skv_decode_params *out)
-{
-    *out = builtin_for(&ctx->profile)->p;
 }
 
 skv_status skv_context_tuning(skv_context *ctx, skv_tier tier, uint32_t head_dim, uint32_t group,

@@ -29,7 +29,8 @@ void usage_bench(FILE *out)
             "                     ADA tier holds every full page, the partial last page stays f16\n"
             "  --runs N           timed runs per point, >= 20 (default 20)\n"
             "  --variant LIST     decode variants to time side by side at every point (default:\n"
-            "                     default, the tuning database's choice): default, lanes16,\n"
+            "                     default, the tuning database's choice): default, builtin\n"
+            "                     (the built-in entry, what an untuned device gets), lanes16,\n"
             "                     lanes8, lanes4, group, each optionally with /tile=N, /chunks=N\n"
             "                     (per compute unit), /f16=N (F16 slots per key pass), e.g.\n"
             "                     default,lanes8,lanes8/chunks=8,group/tile=128\n"
@@ -258,7 +259,12 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
     }
     float scale = 1.0f / sqrtf((float)o->head_dim);
     for (int v = 0; v < o->n_variants; v++) {
-        CHECK(skv_cache_set_decode_params(cache, o->variant_default[v] ? NULL : &o->variants[v]));
+        skv_tuning_info info = {.struct_size = sizeof info};
+        CHECK(skv_context_tuning(ctx, (skv_tier)tier, o->head_dim, o->q_heads / o->kv_heads, &info));
+        const skv_decode_params *want = o->variant_default[v] == 1   ? NULL
+                                        : o->variant_default[v] == 2 ? &info.builtin
+                                                                     : &o->variants[v];
+        CHECK(skv_cache_set_decode_params(cache, want));
         skv_decode_params used;
         char name[96];
         CHECK(skv_cache_decode_params(cache, (skv_tier)tier, &used));
@@ -286,7 +292,9 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
         cJSON_AddStringToObject(r, "tier", tier_names[tier]);
         cJSON_AddNumberToObject(r, "tokens", (double)tokens);
         cJSON_AddStringToObject(r, "variant", name);
-        cJSON_AddBoolToObject(r, "variant_default", o->variant_default[v]);
+        cJSON_AddStringToObject(r, "variant_source", o->variant_default[v] == 1   ? "default"
+                                                     : o->variant_default[v] == 2 ? "builtin"
+                                                                                  : "named");
         cJSON_AddItemToObject(r, "params", tool_variant_json(&used));
         cJSON_AddNumberToObject(r, "time_ms", ms);
         cJSON_AddNumberToObject(r, "bytes_read", bytes);
@@ -295,7 +303,11 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
         cJSON_AddItemToArray(results, r);
         tool_progress("");
         printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f  %s%s\n", tier_names[tier], (unsigned long long)tokens, ms,
-               bytes, gbps, gbps / read_gbps, o->variant_default[v] ? "default: " : "", name);
+               bytes, gbps, gbps / read_gbps,
+               o->variant_default[v] == 1   ? "default: "
+               : o->variant_default[v] == 2 ? "builtin: "
+                                            : "",
+               name);
     }
     rc = 0;
 fail:

@@ -44,7 +44,8 @@ skv_status tool_open_context(const char *cmd, const char *device, int profiling,
                              skv_device_profile *prof);
 
 /* Decode variants by name (tools/variant.c): the first `len` characters of s, e.g.
- * "lanes8/chunks=8"; 0 on success, *is_default set for "default" (no override). */
+ * "lanes8/chunks=8"; 0 on success, *is_default 1 for "default" (no override), 2 for
+ * "builtin" (the built-in entry's parameters, skv_tuning_info.builtin). */
 int tool_variant_parse(const char *s, size_t len, skv_decode_params *p, int *is_default);
 /* The full name of parameters in use, e.g. "lanes8/tile=256/chunks=4". */
 void tool_variant_name(const skv_decode_params *p, char *out, size_t n);

@@ -1,5 +1,6 @@
 /* Decode variant names on the command line (bench decode --variant, tune):
  *   default                  the tuning database's choice (no override)
+ *   builtin                  the built-in entry's choice (what an untuned device gets)
  *   lanes16, lanes8, lanes4  the LANES schedule at that vector width
  *   group                    the GROUP schedule
  * each optionally followed by /tile=N, /chunks=N (chunks per compute unit) and /f16=N
@@ -19,6 +20,8 @@ int tool_variant_parse(const char *s, size_t len, skv_decode_params *p, int *is_
     head = head < len ? head : len;
     if (head == 7 && strncmp(s, "default", 7) == 0)
         *is_default = 1;
+    else if (head == 7 && strncmp(s, "builtin", 7) == 0)
+        *is_default = 2;
     else if (head == 5 && strncmp(s, "group", 5) == 0)
         p->schedule = SKV_SCHEDULE_GROUP;
     else if (head > 5 && strncmp(s, "lanes", 5) == 0) {

@@ -454,7 +454,9 @@ typedef struct skv_decode_params {
     uint32_t tile;          /* tokens per tile, a power of two in 16..1024: GROUP's
                              * work-group size; chunks hold whole tiles */
     uint32_t chunks_per_cu; /* split-K: chunks enough for this many per compute unit, 1..64 */
-    uint32_t f16_slots;     /* LANES, F16 tier: slots per key pass, 1, 2, 4 or 8 (0: by group) */
+    uint32_t f16_slots;     /* LANES, F16 tier: slots per key pass, 1, 2, 4 or 8 (in an entry or
+                             * override 0: by group, 8 below 4 q-heads per kv-head, 4 from 4,
+                             * 2 from 8, 1 from 16) */
 } skv_decode_params;
 
 typedef enum skv_tuning_match {
@@ -473,6 +475,7 @@ typedef struct skv_tuning_info {
     char source[1024];       /* "built-in", "override" or the file's path */
     char entry[SKV_NAME_MAX]; /* what matched, e.g. "cpu, 8-float vectors" or "haswell a3v4" */
     char note[SKV_NAME_MAX];  /* why the file was not used ("" when it was, or there is none) */
+    skv_decode_params builtin; /* what the built-in entries alone give (no file, no override) */
 } skv_tuning_info;
 
 SKV_API const char *skv_schedule_str(skv_schedule s);
