@@ -135,19 +135,6 @@ static int parse_tiers(const char *s, bench_opts *o)
     return o->n_tiers ? 0 : -1;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Plain host read loop over `bytes`: median GB/s of 5 passes. */
 static double host_read_gbps(size_t bytes)
 {
@@ -160,7 +147,7 @@ static double host_read_gbps(size_t bytes)
     double t[5];
     volatile uint64_t sink = 0;
     for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
+        double t0 = tool_now_s();
         uint64_t a = 0, b = 0, c = 0, d = 0;
         for (size_t i = 0; i + 4 <= n; i += 4) {
             a ^= buf[i];
@@ -169,11 +156,11 @@ static double host_read_gbps(size_t bytes)
             d ^= buf[i + 3];
         }
         sink ^= a ^ b ^ c ^ d;
-        t[r] = now_s() - t0;
+        t[r] = tool_now_s() - t0;
     }
     (void)sink;
     free(buf);
-    qsort(t, 5, sizeof t[0], cmp_double);
+    qsort(t, 5, sizeof t[0], tool_cmp_double);
     return (double)(n * 8) / t[2] * 1e-9;
 }
 
@@ -278,7 +265,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
             tool_progress("bench decode %s %llu tokens %s: run %u/%u", tier_names[tier], (unsigned long long)tokens,
                           name, r, o->runs);
         }
-        qsort(times, o->runs, sizeof *times, cmp_double);
+        qsort(times, o->runs, sizeof *times, tool_cmp_double);
         double ms = times[o->runs / 2];
         /* Bytes decode must read: every token's key and value codes, per kv-head and sequence
          * (full pages in the tier, the partial last page in F16; positions are not read). */
@@ -434,7 +421,7 @@ static int bench_decode(int argc, char **argv)
     return rc;
 }
 
-static double wall_ms(void) { return now_s() * 1e3; }
+static double wall_ms(void) { return tool_now_s() * 1e3; }
 
 static int bench_compress(int argc, char **argv)
 {
@@ -542,8 +529,8 @@ static int bench_compress(int argc, char **argv)
         CHECK(skv_seq_free(cache, s));
         tool_progress("bench compress: run %u/%u", r, runs);
     }
-    qsort(times, runs, sizeof *times, cmp_double);
-    qsort(dec, runs, sizeof *dec, cmp_double);
+    qsort(times, runs, sizeof *times, tool_cmp_double);
+    qsort(dec, runs, sizeof *dec, tool_cmp_double);
     double ms = times[runs / 2], dms = dec[runs / 2], cand = (double)tokens * kv;
     tool_progress("");
     printf("device: %s (%s)\ncompress: %llu tokens x %u kv-heads (head_dim %u) to %.3g of F16, keydiff, median of %u\n\n",
@@ -657,7 +644,7 @@ static int hetero_point(skv_context *ctx, const bench_opts *o, double fetch_frac
         tool_progress("bench hetero: %llu tokens, run %u/%u", (unsigned long long)tokens, r, o->runs);
     }
     for (int i = 0; i < 5; i++)
-        qsort(t[i], o->runs, sizeof(double), cmp_double);
+        qsort(t[i], o->runs, sizeof(double), tool_cmp_double);
     const double off = t[0][o->runs / 2], fet = t[1][o->runs / 2], dec = t[2][o->runs / 2],
                  both = t[4][o->runs / 2];
     const double overlap = (fet + dec - both) / (fet < dec ? fet : dec);

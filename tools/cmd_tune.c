@@ -152,19 +152,6 @@ static int parse_kernels(const char *s, char *bad, size_t n)
     return count ? 0 : -1;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* ---- contexts and the database file ------------------------------------------------ */
 
 /* A context whose tuning database is `db` (NULL: the usual $SKV_TUNING_DB or program
@@ -459,7 +446,7 @@ static int try_candidate(skv_cache *cache, int tier, skv_seq_id seq, const skv_d
         snprintf(why, nwhy, "decode: %s: %s", skv_status_str(st), skv_last_error());
         return 0;
     }
-    qsort(times, runs, sizeof *times, cmp_double);
+    qsort(times, runs, sizeof *times, tool_cmp_double);
     *median = times[runs / 2];
     return 1;
 }
@@ -567,7 +554,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
     printf("decode %s: %d candidates, trying %d\n", tier_names[tier], n + 1, n_try + 1);
     fflush(stdout);
     for (int c = 0; c <= n_try; c++) {
-        if (c > 0 && o->budget_s >= 0 && now_s() - t_start > o->budget_s) {
+        if (c > 0 && o->budget_s >= 0 && tool_now_s() - t_start > o->budget_s) {
             r->cut = 1;
             printf("  budget of %.0f s reached: %d of %d candidates tried\n", o->budget_s, r->tried, n_try + 1);
             break;
@@ -668,7 +655,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
             }
         double med[CONFIRM + 1];
         for (int k = 0; k < n_conf; k++) {
-            qsort(rounds[k], CONFIRM_ROUNDS, sizeof rounds[k][0], cmp_double);
+            qsort(rounds[k], CONFIRM_ROUNDS, sizeof rounds[k][0], tool_cmp_double);
             med[k] = rounds[k][CONFIRM_ROUNDS / 2];
         }
         int win = 0;
@@ -754,7 +741,7 @@ int cmd_tune(int argc, char **argv)
     class_result res[SKV_TIER_COUNT];
     memset(res, 0, sizeof res);
     skv_device_profile prof;
-    const double t_start = now_s();
+    const double t_start = tool_now_s();
 
     /* The database as the library reads it: where it is and whether it is valid. */
     if (open_with_db(o.output, o.device, 0, &ctx, &prof) != SKV_OK)
@@ -815,7 +802,7 @@ int cmd_tune(int argc, char **argv)
             printf("decode %s: already tuned for this device (--force tunes it again)\n", tier_names[r->tier]);
             continue;
         }
-        if (o.budget_s >= 0 && now_s() - t_start > o.budget_s) {
+        if (o.budget_s >= 0 && tool_now_s() - t_start > o.budget_s) {
             r->state = CLASS_OVER_BUDGET;
             printf("decode %s: not started, the budget of %.0f s is spent\n", tier_names[r->tier], o.budget_s);
             continue;

@@ -34,6 +34,10 @@ int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);
 /* A progress line on stderr when it is a terminal (rewritten in place; "" clears it);
  * nothing in logs. */
 void tool_progress(const char *fmt, ...);
+/* Monotonic wall-clock seconds. */
+double tool_now_s(void);
+/* qsort comparator of doubles, ascending. */
+int tool_cmp_double(const void *a, const void *b);
 /* Writes text to `path` through a temporary file and a rename (nothing half-written);
  * "-" means stdout. 0 on success. */
 int tool_write_file(const char *path, const char *text);
