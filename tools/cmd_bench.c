@@ -255,7 +255,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
         skv_decode_params used;
         char name[96];
         CHECK(skv_cache_decode_params(cache, (skv_tier)tier, &used));
-        tool_variant_name(&used, name, sizeof name);
+        tool_variant_name(&used, tier, name, sizeof name);
         for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 is the warm-up */
             CHECK(skv_attention_decode(cache, 0, seqs, o->batch, SKV_F32, q, scale, SKV_F32, out));
             double ms;

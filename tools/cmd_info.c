@@ -102,7 +102,7 @@ static cJSON *tuning_json(const tuning_view *tv)
         const skv_tuning_info *i = &tv->tier[t];
         cJSON *e = cJSON_CreateObject();
         char name[96];
-        tool_variant_name(&i->decode, name, sizeof name);
+        tool_variant_name(&i->decode, t, name, sizeof name);
         cJSON_AddStringToObject(e, "tier", tier_names[t]);
         cJSON_AddStringToObject(e, "variant", name);
         cJSON_AddItemToObject(e, "params", tool_variant_json(&i->decode));
@@ -127,7 +127,7 @@ static void tuning_print(const tuning_view *tv)
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
         const skv_tuning_info *i = &tv->tier[t];
         char name[96];
-        tool_variant_name(&i->decode, name, sizeof name);
+        tool_variant_name(&i->decode, t, name, sizeof name);
         printf("    %-5s %-34s %-12s %s (%s)\n", tier_names[t], name, skv_tuning_match_str(i->match),
                i->source, i->entry);
     }

@@ -564,13 +564,13 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
         if (p) {
             skv_decode_params m = info.decode;
             merge(&m, p);
-            tool_variant_name(&m, asked, sizeof asked);
+            tool_variant_name(&m, tier, asked, sizeof asked);
         } else {
             snprintf(asked, sizeof asked, "default");
         }
         if (c > 0) {
             char best[96];
-            tool_variant_name(&r->best, best, sizeof best);
+            tool_variant_name(&r->best, r->tier, best, sizeof best);
             tool_progress("tune decode %s d%u g%u: candidate %d/%d %s, best so far %s %.3f ms", tier_names[tier], D,
                           QH / H, c + 1, n_try + 1, asked, best, r->best_ms);
         } else {
@@ -595,7 +595,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
             fflush(stdout);
             continue;
         }
-        tool_variant_name(&used, name, sizeof name);
+        tool_variant_name(&used, tier, name, sizeof name);
         int dup = 0;
         for (int i = 0; i < n_seen; i++)
             dup |= strcmp(seen[i], name) == 0;
@@ -831,8 +831,8 @@ int cmd_tune(int argc, char **argv)
             continue;
         }
         char def[96], best[96], tried[32];
-        tool_variant_name(&r->def, def, sizeof def);
-        tool_variant_name(&r->best, best, sizeof best);
+        tool_variant_name(&r->def, r->tier, def, sizeof def);
+        tool_variant_name(&r->best, r->tier, best, sizeof best);
         snprintf(tried, sizeof tried, "%d/%d", r->tried, r->total);
         printf("%-6s %-5s %8u %5u %7s  %-32s %9.3f  %-32s %9.3f %7.2fx%s\n", "decode", tier_names[r->tier], o.head_dim,
                group, tried, def, r->def_ms, same_params(&r->def, &r->best) ? "(default)" : best, r->best_ms,
@@ -852,9 +852,9 @@ int cmd_tune(int argc, char **argv)
         skv_tuning_info got_info = {.struct_size = sizeof got_info};
         TOOL_CHECK("tune", done, skv_context_tuning(ctx, (skv_tier)r->tier, o.head_dim, group, &got_info));
         char now[96], want[96] = "";
-        tool_variant_name(&got_info.decode, now, sizeof now);
+        tool_variant_name(&got_info.decode, r->tier, now, sizeof now);
         if (r->state == CLASS_TUNED)
-            tool_variant_name(&r->best, want, sizeof want);
+            tool_variant_name(&r->best, r->tier, want, sizeof want);
         const int ok = got_info.match == SKV_TUNING_EXACT && got_info.from_file && !got_info.note[0] &&
                        (r->state != CLASS_TUNED || strcmp(now, want) == 0);
         printf("verify decode %s head_dim %u group %u: match=%s from %s (entry \"%s\"): %s%s%s%s\n",

@@ -51,8 +51,9 @@ skv_status tool_open_context(const char *cmd, const char *device, int profiling,
  * "lanes8/chunks=8"; 0 on success, *is_default 1 for "default" (no override), 2 for
  * "builtin" (the built-in entry's parameters, skv_tuning_info.builtin). */
 int tool_variant_parse(const char *s, size_t len, skv_decode_params *p, int *is_default);
-/* The full name of parameters in use, e.g. "lanes8/tile=256/chunks=4". */
-void tool_variant_name(const skv_decode_params *p, char *out, size_t n);
+/* The full name of parameters in use, e.g. "lanes8/tile=256/chunks=4" (F16 slots per key
+ * pass only for the F16 tier, or tier -1: any). */
+void tool_variant_name(const skv_decode_params *p, int tier, char *out, size_t n);
 /* The parameters as a JSON object (the tuning database's "params"). */
 cJSON *tool_variant_json(const skv_decode_params *p);
 

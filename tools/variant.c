@@ -60,13 +60,13 @@ int tool_variant_parse(const char *s, size_t len, skv_decode_params *p, int *is_
     return 0;
 }
 
-void tool_variant_name(const skv_decode_params *p, char *out, size_t n)
+void tool_variant_name(const skv_decode_params *p, int tier, char *out, size_t n)
 {
     if (p->schedule == SKV_SCHEDULE_LANES)
         snprintf(out, n, "lanes%u/tile=%u/chunks=%u", p->lanes, p->tile, p->chunks_per_cu);
     else
         snprintf(out, n, "group/tile=%u/chunks=%u", p->tile, p->chunks_per_cu);
-    if (p->schedule == SKV_SCHEDULE_LANES && p->f16_slots) {
+    if (p->schedule == SKV_SCHEDULE_LANES && p->f16_slots && (tier < 0 || tier == SKV_TIER_F16)) {
         size_t u = strlen(out);
         snprintf(out + u, n - u, "/f16=%u", p->f16_slots);
     }
