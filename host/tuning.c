@@ -49,8 +49,6 @@ const char *skv_tuning_match_str(skv_tuning_match m)
     return "invalid";
 }
 
-static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
-
 /* Built-in entries, chosen by what the device reports: CPUs by the float width of the
  * vectors their kernels are compiled for (a 16-entry table lookup is one permute only
  * with 16-float vectors), GPUs by vendor. */
@@ -160,6 +158,22 @@ static int json_str(const cJSON *o, const char *key, const char **out, char *why
     return 1;
 }
 
+/* 1 when every member of object o is named in known[count]; else 0 and why says which
+ * `what` ("key", "parameter") is not. */
+static int only_known(const cJSON *o, const char *const *known, size_t count, const char *what, char *why, size_t n)
+{
+    for (const cJSON *c = o->child; c; c = c->next) {
+        size_t k = 0;
+        while (k < count && strcmp(c->string, known[k]) != 0)
+            k++;
+        if (k == count) {
+            snprintf(why, n, "unknown %s \"%.64s\"", what, c->string);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* One entry: checked whole; kept (level > 0) only when it names this device. */
 static int parse_entry(const cJSON *o, const skv_device_profile *prof, skvi_tuning_entry *e, char *why, size_t n)
 {
@@ -171,15 +185,8 @@ static int parse_entry(const cJSON *o, const skv_device_profile *prof, skvi_tuni
     }
     static const char *const known[] = {"device", "driver", "architecture", "vendor", "kernel", "tier",
                                         "head_dim", "group", "params", "ms", "default_ms", "context"};
-    for (const cJSON *c = o->child; c; c = c->next) {
-        size_t k = 0;
-        while (k < sizeof known / sizeof known[0] && strcmp(c->string, known[k]) != 0)
-            k++;
-        if (k == sizeof known / sizeof known[0]) {
-            snprintf(why, n, "unknown key \"%.64s\"", c->string);
-            return 0;
-        }
-    }
+    if (!only_known(o, known, sizeof known / sizeof known[0], "key", why, n))
+        return 0;
     const char *device, *driver, *arch, *vendor, *kernel, *tier, *schedule;
     if (!json_str(o, "device", &device, why, n) || !json_str(o, "driver", &driver, why, n) ||
         !json_str(o, "architecture", &arch, why, n) || !json_str(o, "vendor", &vendor, why, n) ||
@@ -195,7 +202,7 @@ static int parse_entry(const cJSON *o, const skv_device_profile *prof, skvi_tuni
     }
     if (tier) {
         for (int t = 0; t < SKV_TIER_COUNT; t++)
-            if (strcmp(tier, tier_names[t]) == 0)
+            if (strcmp(tier, skvi_tiers[t].name) == 0)
                 e->tier = t;
         if (e->tier < 0) {
             snprintf(why, n, "unknown tier \"%.32s\"", tier);
@@ -210,15 +217,8 @@ static int parse_entry(const cJSON *o, const skv_device_profile *prof, skvi_tuni
         return 0;
     }
     static const char *const pknown[] = {"schedule", "lanes", "tile", "chunks_per_cu", "f16_slots"};
-    for (const cJSON *c = p->child; c; c = c->next) {
-        size_t k = 0;
-        while (k < sizeof pknown / sizeof pknown[0] && strcmp(c->string, pknown[k]) != 0)
-            k++;
-        if (k == sizeof pknown / sizeof pknown[0]) {
-            snprintf(why, n, "unknown parameter \"%.64s\"", c->string);
-            return 0;
-        }
-    }
+    if (!only_known(p, pknown, sizeof pknown / sizeof pknown[0], "parameter", why, n))
+        return 0;
     if (!json_str(p, "schedule", &schedule, why, n) || !json_uint(p, "lanes", 1024, &e->p.lanes, why, n) ||
         !json_uint(p, "tile", 4096, &e->p.tile, why, n) ||
         !json_uint(p, "chunks_per_cu", 4096, &e->p.chunks_per_cu, why, n) ||

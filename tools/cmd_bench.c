@@ -60,8 +60,6 @@ void usage_bench(FILE *out)
             "  decode steps.\n");
 }
 
-static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
-
 typedef struct bench_opts {
     uint64_t tokens[32];
     int n_tokens;
@@ -88,17 +86,6 @@ static int parse_variants(const char *s, bench_opts *o)
     return o->n_variants ? 0 : -1;
 }
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return -1;
-    *out = (uint32_t)v;
-    return 0;
-}
-
 static int parse_tokens(const char *s, bench_opts *o)
 {
     o->n_tokens = 0;
@@ -123,10 +110,7 @@ static int parse_tiers(const char *s, bench_opts *o)
     o->n_tiers = 0;
     while (*s) {
         size_t len = strcspn(s, ",");
-        int found = -1;
-        for (int t = 0; t < SKV_TIER_COUNT; t++)
-            if (strlen(tier_names[t]) == len && strncmp(s, tier_names[t], len) == 0)
-                found = t;
+        int found = tool_tier_index(s, len);
         if (found < 0 || o->n_tiers == SKV_TIER_COUNT)
             return -1;
         o->tiers[o->n_tiers++] = found;
@@ -172,11 +156,11 @@ static int shared_option(const char *a, const char *v, bench_opts *o, int *bad)
     if (strcmp(a, "--tokens") == 0)
         *bad = parse_tokens(v, o);
     else if (strcmp(a, "--kv-heads") == 0)
-        *bad = parse_u32(v, 1, 1024, &o->kv_heads);
+        *bad = tool_parse_u32(v, 1, 1024, &o->kv_heads);
     else if (strcmp(a, "--q-heads") == 0)
-        *bad = parse_u32(v, 1, 65536, &o->q_heads);
+        *bad = tool_parse_u32(v, 1, 65536, &o->q_heads);
     else if (strcmp(a, "--head-dim") == 0)
-        *bad = parse_u32(v, 1, 1024, &o->head_dim);
+        *bad = tool_parse_u32(v, 1, 1024, &o->head_dim);
     else if (strcmp(a, "--device") == 0)
         o->device = v;
     else if (strcmp(a, "--json") == 0)
@@ -238,7 +222,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
                 pos[i] = (int32_t)(t + i);
             CHECK(skv_append(cache, seqs[b], 0, n, SKV_F16, kv, kv, pos));
             if ((t / chunk) % 16 == 0)
-                tool_progress("bench decode %s %llu tokens: filling %3.0f%%", tier_names[tier], (unsigned long long)tokens,
+                tool_progress("bench decode %s %llu tokens: filling %3.0f%%", tool_tier_names[tier], (unsigned long long)tokens,
                          100.0 * (double)(b * tokens + t) / (double)(o->batch * tokens));
         }
         if (tier != SKV_TIER_F16)
@@ -262,7 +246,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
             CHECK(skv_cache_last_decode_ms(cache, &ms));
             if (r > 0)
                 times[r - 1] = ms;
-            tool_progress("bench decode %s %llu tokens %s: run %u/%u", tier_names[tier], (unsigned long long)tokens,
+            tool_progress("bench decode %s %llu tokens %s: run %u/%u", tool_tier_names[tier], (unsigned long long)tokens,
                           name, r, o->runs);
         }
         qsort(times, o->runs, sizeof *times, tool_cmp_double);
@@ -276,7 +260,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
                        ((double)in_tier * per_token_tier + (double)(tokens - in_tier) * per_token_f16);
         double gbps = bytes / (ms * 1e-3) * 1e-9;
         cJSON *r = cJSON_CreateObject();
-        cJSON_AddStringToObject(r, "tier", tier_names[tier]);
+        cJSON_AddStringToObject(r, "tier", tool_tier_names[tier]);
         cJSON_AddNumberToObject(r, "tokens", (double)tokens);
         cJSON_AddStringToObject(r, "variant", name);
         cJSON_AddStringToObject(r, "variant_source", o->variant_default[v] == 1   ? "default"
@@ -289,7 +273,7 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
         cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
         cJSON_AddItemToArray(results, r);
         tool_progress("");
-        printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f  %s%s\n", tier_names[tier], (unsigned long long)tokens, ms,
+        printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f  %s%s\n", tool_tier_names[tier], (unsigned long long)tokens, ms,
                bytes, gbps, gbps / read_gbps,
                o->variant_default[v] == 1   ? "default: "
                : o->variant_default[v] == 2 ? "builtin: "
@@ -321,11 +305,11 @@ static int bench_decode(int argc, char **argv)
         if (shared_option(a, v, &o, &bad)) {
             /* parsed */
         } else if (strcmp(a, "--batch") == 0)
-            bad = parse_u32(v, 1, 4096, &o.batch);
+            bad = tool_parse_u32(v, 1, 4096, &o.batch);
         else if (strcmp(a, "--page-tokens") == 0)
-            bad = parse_u32(v, 1, 4096, &o.page_tokens);
+            bad = tool_parse_u32(v, 1, 4096, &o.page_tokens);
         else if (strcmp(a, "--runs") == 0)
-            bad = parse_u32(v, 20, 100000, &o.runs);
+            bad = tool_parse_u32(v, 20, 100000, &o.runs);
         else if (strcmp(a, "--tiers") == 0)
             bad = parse_tiers(v, &o);
         else if (strcmp(a, "--svg") == 0)
@@ -400,8 +384,8 @@ static int bench_decode(int argc, char **argv)
                 tm[t][i] = cJSON_GetObjectItem(r, "time_ms")->valuedouble;
                 bw[t][i] = cJSON_GetObjectItem(r, "bw_fraction")->valuedouble;
             }
-            ts[t] = (svg_series){tier_names[o.tiers[t]], x[t], tm[t], (size_t)o.n_tokens, o.tiers[t], 0};
-            bs[t] = (svg_series){tier_names[o.tiers[t]], x[t], bw[t], (size_t)o.n_tokens, o.tiers[t], 0};
+            ts[t] = (svg_series){tool_tier_names[o.tiers[t]], x[t], tm[t], (size_t)o.n_tokens, o.tiers[t], 0};
+            bs[t] = (svg_series){tool_tier_names[o.tiers[t]], x[t], bw[t], (size_t)o.n_tokens, o.tiers[t], 0};
         }
         svg_panel panels[2] = {{"decode step time", "context tokens", "ms", 1, 1, ts, (size_t)o.n_tiers},
                                {"fraction of read bandwidth", "context tokens", "GB/s / ceiling", 1, 0, bs,
@@ -436,13 +420,13 @@ static int bench_compress(int argc, char **argv)
             return tool_usage_error(usage_bench, "bench compress: '%s' needs a value or is unknown", a);
         uint32_t t32 = 0;
         if (strcmp(a, "--tokens") == 0)
-            bad = parse_u32(v, 1024, 1u << 24, &t32), tokens = t32;
+            bad = tool_parse_u32(v, 1024, 1u << 24, &t32), tokens = t32;
         else if (strcmp(a, "--kv-heads") == 0)
-            bad = parse_u32(v, 1, 1024, &kv);
+            bad = tool_parse_u32(v, 1, 1024, &kv);
         else if (strcmp(a, "--head-dim") == 0)
-            bad = parse_u32(v, 64, 256, &d);
+            bad = tool_parse_u32(v, 64, 256, &d);
         else if (strcmp(a, "--runs") == 0)
-            bad = parse_u32(v, 1, 1000, &runs);
+            bad = tool_parse_u32(v, 1, 1000, &runs);
         else if (strcmp(a, "--budget") == 0) {
             char *end;
             budget = strtod(v, &end);
@@ -686,7 +670,7 @@ static int bench_hetero(int argc, char **argv)
         if (shared_option(a, v, &o, &bad)) {
             /* parsed */
         } else if (strcmp(a, "--runs") == 0)
-            bad = parse_u32(v, 1, 100000, &o.runs);
+            bad = tool_parse_u32(v, 1, 100000, &o.runs);
         else if (strcmp(a, "--fetch") == 0) {
             char *end;
             fetch = strtod(v, &end);

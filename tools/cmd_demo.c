@@ -27,8 +27,6 @@ void usage_demo(FILE *out)
             "  --device SEL   device selector (default: SKV_DEVICE, else GPU, else CPU)\n");
 }
 
-static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
-
 
 /* Mean over q-heads of cos(out_head, needle value of its kv-head). */
 static double needle_cos(const synth_model *m, uint32_t layer, int n, const float *out)
@@ -69,10 +67,7 @@ int cmd_demo(int argc, char **argv)
                 return tool_usage_error(usage_demo, "demo: --tokens must be in 1024..16777216");
             tokens = n;
         } else if (strcmp(a, "--policy") == 0) {
-            tier = -1;
-            for (int t = 0; t < SKV_TIER_COUNT; t++)
-                if (strcmp(v, tier_names[t]) == 0)
-                    tier = t;
+            tier = tool_tier_index(v, strlen(v));
             if (tier < 0)
                 return tool_usage_error(usage_demo, "demo: --policy must be f16, a4v8, a3v4 or a2v2");
         } else if (strcmp(a, "--budget") == 0) {
@@ -126,7 +121,7 @@ int cmd_demo(int argc, char **argv)
     if (budget > 0)
         snprintf(policy, sizeof policy, "rdr at %.3g of f16 (manifold)", budget);
     else
-        snprintf(policy, sizeof policy, "%s", tier_names[tier]);
+        snprintf(policy, sizeof policy, "%s", tool_tier_names[tier]);
 
     printf("skv demo — %s (%s)\n", prof.name, prof.platform);
     printf("model: %u layers, %u kv-heads, %u q-heads, head_dim %u; %llu tokens, %u needles; policy %s\n\n", L, H, QH,
@@ -224,12 +219,12 @@ int cmd_demo(int argc, char **argv)
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         bytes_c += s_c.pools[t][SKV_MEM_DEVICE].bytes_used;
     int steps = n_plain + (int)m.n_needles;
-    printf("                        dense (f16)     compressed (%s)\n", budget > 0 ? "rdr" : tier_names[tier]);
+    printf("                        dense (f16)     compressed (%s)\n", budget > 0 ? "rdr" : tool_tier_names[tier]);
     printf("KV bytes on device      %10.1f MiB   %10.1f MiB  (%.2fx smaller)\n", bytes_d / 1048576.0,
            bytes_c / 1048576.0, (double)bytes_d / (double)bytes_c);
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         if (s_c.pools[t][SKV_MEM_DEVICE].pages_used)
-            printf("  in %-5s                              %10.1f MiB\n", tier_names[t],
+            printf("  in %-5s                              %10.1f MiB\n", tool_tier_names[t],
                    s_c.pools[t][SKV_MEM_DEVICE].bytes_used / 1048576.0);
     printf("decode step (%u layers) %10.2f ms    %10.2f ms   (%.2fx)\n", L, ms_d / steps, ms_c / steps, ms_d / ms_c);
     printf("output error vs exact   %10.2e      %10.2e     (relative L2, layer %u, %d queries)\n", err_d, err_c,

@@ -54,8 +54,6 @@ static cJSON *device_json(const skv_device_profile *p, int selected)
  * skv_context_tuning says for head_dim 128, group 4. */
 #define INFO_HEAD_DIM 128
 #define INFO_GROUP 4
-static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
-
 typedef struct tuning_view {
     char path[1024]; /* the database file looked for ("" none) */
     int present;     /* it exists */
@@ -103,7 +101,7 @@ static cJSON *tuning_json(const tuning_view *tv)
         cJSON *e = cJSON_CreateObject();
         char name[96];
         tool_variant_name(&i->decode, t, name, sizeof name);
-        cJSON_AddStringToObject(e, "tier", tier_names[t]);
+        cJSON_AddStringToObject(e, "tier", tool_tier_names[t]);
         cJSON_AddStringToObject(e, "variant", name);
         cJSON_AddItemToObject(e, "params", tool_variant_json(&i->decode));
         cJSON_AddStringToObject(e, "match", skv_tuning_match_str(i->match));
@@ -128,7 +126,7 @@ static void tuning_print(const tuning_view *tv)
         const skv_tuning_info *i = &tv->tier[t];
         char name[96];
         tool_variant_name(&i->decode, t, name, sizeof name);
-        printf("    %-5s %-34s %-12s %s (%s)\n", tier_names[t], name, skv_tuning_match_str(i->match),
+        printf("    %-5s %-34s %-12s %s (%s)\n", tool_tier_names[t], name, skv_tuning_match_str(i->match),
                i->source, i->entry);
     }
     if (tv->tier[0].note[0])

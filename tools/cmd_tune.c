@@ -17,9 +17,6 @@
 /* Relative L2 error a candidate may have against the default variant's output, and the
  * default (and every candidate) against fp64 attention over what the cache holds. */
 #define TOLERANCE 1e-4
-/* SKV_TUNING_DB while tuning: a path that cannot exist (/dev/null is no folder), so the
- * context takes the built-in entries whatever database there is. */
-#define NO_DATABASE "/dev/null/skv-tune-reads-no-database"
 #define MAX_CANDIDATES 64
 #define MAX_DB_BYTES (4u << 20)
 
@@ -39,7 +36,7 @@ void usage_tune(FILE *out)
             "  reference of the codec (src/ada.c, src/value_quant.c). A candidate that misses\n"
             "  either, or that the device cannot build or run, is rejected and reported. The\n"
             "  others are timed (OpenCL profiling events, 1 warm-up, median of --runs). The\n"
-            "  default is the built-in variant (no database is read while tuning). The three\n"
+            "  default is the built-in variant (whatever the database holds). The three\n"
             "  fastest and the default are then timed again in 3 interleaved rounds; a class\n"
             "  keeps the default unless a candidate's median over the rounds is 3%% lower.\n"
             "  Candidates: lanes16, lanes8, lanes4 x chunks per compute unit 1, 2, 4, 8 (f16\n"
@@ -64,8 +61,6 @@ void usage_tune(FILE *out)
             "                       that is not a valid skv-tuning version 1 database)\n"
             "  --device SEL         device selector (default: SKV_DEVICE, else GPU, else CPU)\n");
 }
-
-static const char *const tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
 
 #define CONFIRM 3          /* the fastest candidates of the first pass timed again */
 #define CONFIRM_ROUNDS 3   /* interleaved rounds of them and the default */
@@ -92,17 +87,6 @@ typedef struct class_result {
     int cut; /* stopped by the budget */
 } class_result;
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return -1;
-    *out = (uint32_t)v;
-    return 0;
-}
-
 static int parse_double(const char *s, double lo, double hi, int lo_open, double *out)
 {
     char *end;
@@ -119,10 +103,7 @@ static int parse_tiers(const char *s, tune_opts *o)
     o->n_tiers = 0;
     while (*s) {
         size_t len = strcspn(s, ",");
-        int found = -1;
-        for (int t = 0; t < SKV_TIER_COUNT; t++)
-            if (strlen(tier_names[t]) == len && strncmp(s, tier_names[t], len) == 0)
-                found = t;
+        int found = tool_tier_index(s, len);
         for (int i = 0; found >= 0 && i < o->n_tiers; i++)
             if (o->tiers[i] == found)
                 found = -1; /* named twice */
@@ -236,7 +217,7 @@ static int is_class_entry(const cJSON *e, const skv_device_profile *prof, int ti
                *kernel = json_string(e, "kernel"), *t = json_string(e, "tier");
     return device && driver && kernel && t && strcmp(device, prof->name) == 0 &&
            strcmp(driver, prof->driver_version) == 0 && strcmp(kernel, "decode") == 0 &&
-           strcmp(t, tier_names[tier]) == 0 && json_equals_uint(e, "head_dim", head_dim) &&
+           strcmp(t, tool_tier_names[tier]) == 0 && json_equals_uint(e, "head_dim", head_dim) &&
            json_equals_uint(e, "group", group);
 }
 
@@ -280,7 +261,7 @@ static int store_class(cJSON *root, const char *path, const skv_device_profile *
      * same instruction set), never to every CPU or GPU of the vendor class */
     cJSON_AddStringToObject(e, "architecture", prof->architecture);
     cJSON_AddStringToObject(e, "kernel", "decode");
-    cJSON_AddStringToObject(e, "tier", tier_names[r->tier]);
+    cJSON_AddStringToObject(e, "tier", tool_tier_names[r->tier]);
     cJSON_AddNumberToObject(e, "head_dim", o->head_dim);
     cJSON_AddNumberToObject(e, "group", group);
     cJSON_AddItemToObject(e, "params", params);
@@ -306,35 +287,28 @@ static int store_class(cJSON *root, const char *path, const skv_device_profile *
 
 /* ---- one problem class ------------------------------------------------------------- */
 
-/* The candidate variants for a tier; fields left 0 keep the built-in's. */
-static int candidates(int tier, skv_decode_params *out)
+/* The candidate variants for a tier, each the default `base` with some fields set. */
+static int candidates(int tier, const skv_decode_params *base, skv_decode_params *out)
 {
     static const uint32_t lanes[] = {16, 8, 4}, lane_chunks[] = {1, 2, 4, 8}, slots[] = {1, 2, 4, 8},
                           tiles[] = {64, 128, 256}, group_chunks[] = {2, 4, 8};
     int n = 0;
     for (int l = 0; l < 3; l++)
         for (int c = 0; c < 4; c++)
-            for (int s = 0; s < (tier == SKV_TIER_F16 ? 4 : 1); s++)
-                out[n++] = (skv_decode_params){SKV_SCHEDULE_LANES, lanes[l], 0, lane_chunks[c],
-                                               tier == SKV_TIER_F16 ? slots[s] : 0};
+            for (int s = 0; s < (tier == SKV_TIER_F16 ? 4 : 1); s++) {
+                skv_decode_params p = *base;
+                p.schedule = SKV_SCHEDULE_LANES, p.lanes = lanes[l], p.chunks_per_cu = lane_chunks[c];
+                if (tier == SKV_TIER_F16)
+                    p.f16_slots = slots[s];
+                out[n++] = p;
+            }
     for (int t = 0; t < 3; t++)
-        for (int c = 0; c < 3; c++)
-            out[n++] = (skv_decode_params){SKV_SCHEDULE_GROUP, 0, tiles[t], group_chunks[c], 0};
+        for (int c = 0; c < 3; c++) {
+            skv_decode_params p = *base;
+            p.schedule = SKV_SCHEDULE_GROUP, p.tile = tiles[t], p.chunks_per_cu = group_chunks[c];
+            out[n++] = p;
+        }
     return n;
-}
-
-static void merge(skv_decode_params *base, const skv_decode_params *over)
-{
-    if (over->schedule != SKV_SCHEDULE_DEFAULT)
-        base->schedule = over->schedule;
-    if (over->lanes)
-        base->lanes = over->lanes;
-    if (over->tile)
-        base->tile = over->tile;
-    if (over->chunks_per_cu)
-        base->chunks_per_cu = over->chunks_per_cu;
-    if (over->f16_slots)
-        base->f16_slots = over->f16_slots;
 }
 
 static int same_params(const skv_decode_params *a, const skv_decode_params *b)
@@ -396,7 +370,7 @@ static int decode_as_held(int tier, const tune_opts *o, float *k, float *v)
 
 #define CHECK(call) TOOL_CHECK("tune", fail, call)
 
-/* Sets a candidate (NULL: the default) and runs it: a warm-up whose output is checked,
+/* Sets a candidate and runs it: a warm-up whose output is checked,
  * then `runs` timed calls. 1 when it ran (*median set), 0 when it was rejected (why
  * set), -1 on a failure that is not the candidate's. */
 static int try_candidate(skv_cache *cache, int tier, skv_seq_id seq, const skv_decode_params *p, const float *q,
@@ -515,11 +489,11 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
         for (uint32_t i = 0; i < n; i++)
             pos[i] = (int32_t)(t + i);
         CHECK(skv_append(cache, seq, 0, n, SKV_F16, kh, vh, pos));
-        tool_progress("tune decode %s: filling %3.0f%%", tier_names[tier], 100.0 * (double)(t + n) / (double)o->tokens);
+        tool_progress("tune decode %s: filling %3.0f%%", tool_tier_names[tier], 100.0 * (double)(t + n) / (double)o->tokens);
     }
     if (tier != SKV_TIER_F16)
         CHECK(skv_seq_quantize(cache, seq, 0, o->tokens, (skv_tier)tier));
-    tool_progress("tune decode %s: fp64 reference", tier_names[tier]);
+    tool_progress("tune decode %s: fp64 reference", tool_tier_names[tier]);
     if (decode_as_held(tier, o, k, v) != 0 || skv_ref_attention_decode(q, k, v, o->tokens, QH, H, D, scale, ref) != 0) {
         fprintf(stderr, "\nskv tune: out of memory for the reference\n");
         goto fail;
@@ -530,14 +504,11 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
     skv_tuning_info info = {.struct_size = sizeof info};
     CHECK(skv_context_tuning(ctx, (skv_tier)tier, D, QH / H, &info));
     skv_decode_params all[MAX_CANDIDATES], list[MAX_CANDIDATES];
-    const int n_all = candidates(tier, all);
+    const int n_all = candidates(tier, &info.builtin, all);
     int n = 0;
-    for (int i = 0; i < n_all; i++) {
-        skv_decode_params m = info.decode;
-        merge(&m, &all[i]);
-        if (!same_params(&m, &info.decode))
+    for (int i = 0; i < n_all; i++)
+        if (!same_params(&all[i], &info.builtin))
             list[n++] = all[i];
-    }
     uint64_t draw = 0xC0FFEE123456789ull + (uint64_t)tier * 0x9E3779B97F4A7C15ull + D * 131u + QH / H;
     for (int i = n - 1; i > 0; i--) {
         const int j = (int)(xorshift(&draw) % (uint64_t)(i + 1));
@@ -551,7 +522,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
     skv_decode_params ran_as[MAX_CANDIDATES + 1];
     double first_ms[MAX_CANDIDATES + 1];
     int n_seen = 0;
-    printf("decode %s: %d candidates, trying %d\n", tier_names[tier], n + 1, n_try + 1);
+    printf("decode %s: %d candidates, trying %d\n", tool_tier_names[tier], n + 1, n_try + 1);
     fflush(stdout);
     for (int c = 0; c <= n_try; c++) {
         if (c > 0 && o->budget_s >= 0 && tool_now_s() - t_start > o->budget_s) {
@@ -559,22 +530,19 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
             printf("  budget of %.0f s reached: %d of %d candidates tried\n", o->budget_s, r->tried, n_try + 1);
             break;
         }
-        const skv_decode_params *p = c == 0 ? NULL : &list[c - 1];
+        const skv_decode_params *p = c == 0 ? &info.builtin : &list[c - 1];
         char asked[96], name[96], why[1024] = "";
-        if (p) {
-            skv_decode_params m = info.decode;
-            merge(&m, p);
-            tool_variant_name(&m, tier, asked, sizeof asked);
-        } else {
+        if (c > 0)
+            tool_variant_name(p, tier, asked, sizeof asked);
+        else
             snprintf(asked, sizeof asked, "default");
-        }
         if (c > 0) {
             char best[96];
             tool_variant_name(&r->best, r->tier, best, sizeof best);
-            tool_progress("tune decode %s d%u g%u: candidate %d/%d %s, best so far %s %.3f ms", tier_names[tier], D,
+            tool_progress("tune decode %s d%u g%u: candidate %d/%d %s, best so far %s %.3f ms", tool_tier_names[tier], D,
                           QH / H, c + 1, n_try + 1, asked, best, r->best_ms);
         } else {
-            tool_progress("tune decode %s d%u g%u: candidate 1/%d default", tier_names[tier], D, QH / H, n_try + 1);
+            tool_progress("tune decode %s d%u g%u: candidate 1/%d default", tool_tier_names[tier], D, QH / H, n_try + 1);
         }
         skv_decode_params used;
         double ms = 0, err = 0;
@@ -585,7 +553,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
         r->tried++;
         if (ran == 0 && c == 0) {
             tool_progress("");
-            fprintf(stderr, "skv tune: decode %s: the default variant fails the check: %s\n", tier_names[tier], why);
+            fprintf(stderr, "skv tune: decode %s: the default variant fails the check: %s\n", tool_tier_names[tier], why);
             goto fail;
         }
         if (ran == 0) {
@@ -645,7 +613,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
                 skv_decode_params used;
                 double ms = 0, err = 0;
                 char why[1024] = "";
-                tool_progress("tune decode %s: confirming, round %d/%d, %s", tier_names[tier], round + 1,
+                tool_progress("tune decode %s: confirming, round %d/%d, %s", tool_tier_names[tier], round + 1,
                               CONFIRM_ROUNDS, seen[i]);
                 const int ran = try_candidate(cache, tier, seq, &ran_as[i], q, scale, n_out, out, ref,
                                               i ? def_out : NULL, o->runs, times, &used, &ms, &err, why, sizeof why);
@@ -705,15 +673,15 @@ int cmd_tune(int argc, char **argv)
         } else if (strcmp(a, "--tiers") == 0)
             bad = parse_tiers(v, &o);
         else if (strcmp(a, "--head-dim") == 0)
-            bad = parse_u32(v, 16, 256, &o.head_dim);
+            bad = tool_parse_u32(v, 16, 256, &o.head_dim);
         else if (strcmp(a, "--q-heads") == 0)
-            bad = parse_u32(v, 1, 65536, &o.q_heads);
+            bad = tool_parse_u32(v, 1, 65536, &o.q_heads);
         else if (strcmp(a, "--kv-heads") == 0)
-            bad = parse_u32(v, 1, 1024, &o.kv_heads);
+            bad = tool_parse_u32(v, 1, 1024, &o.kv_heads);
         else if (strcmp(a, "--tokens") == 0)
-            bad = parse_u32(v, 16, 1u << 18, &u), o.tokens = u;
+            bad = tool_parse_u32(v, 16, 1u << 18, &u), o.tokens = u;
         else if (strcmp(a, "--runs") == 0)
-            bad = parse_u32(v, 1, 100000, &o.runs);
+            bad = tool_parse_u32(v, 1, 100000, &o.runs);
         else if (strcmp(a, "--fraction") == 0)
             bad = parse_double(v, 0.0, 1.0, 1, &o.fraction);
         else if (strcmp(a, "--budget-seconds") == 0)
@@ -782,9 +750,9 @@ int cmd_tune(int argc, char **argv)
     }
     const cJSON *entries = cJSON_GetObjectItemCaseSensitive(root, "entries");
 
-    /* Tuning runs on the built-in entries alone: every candidate is measured against the
-     * same default, whatever the database holds. */
-    if (open_with_db(NO_DATABASE, o.device, 1, &ctx, &prof) != SKV_OK)
+    /* Every candidate is measured against the same default, the built-in entry's variant
+     * (skv_tuning_info.builtin), whatever the database holds. */
+    if (tool_open_context("tune", o.device, 1, &ctx, &prof) != SKV_OK)
         goto done;
     printf("device: %s (%s), driver %s, architecture %s [%s]\n", prof.name, prof.platform, prof.driver_version,
            prof.architecture, skv_vendor_class_str(prof.vendor_class));
@@ -799,12 +767,12 @@ int cmd_tune(int argc, char **argv)
         r->tier = o.tiers[i];
         if (!o.force && has_class_entry(entries, &prof, r->tier, o.head_dim, group)) {
             r->state = CLASS_SKIPPED;
-            printf("decode %s: already tuned for this device (--force tunes it again)\n", tier_names[r->tier]);
+            printf("decode %s: already tuned for this device (--force tunes it again)\n", tool_tier_names[r->tier]);
             continue;
         }
         if (o.budget_s >= 0 && tool_now_s() - t_start > o.budget_s) {
             r->state = CLASS_OVER_BUDGET;
-            printf("decode %s: not started, the budget of %.0f s is spent\n", tier_names[r->tier], o.budget_s);
+            printf("decode %s: not started, the budget of %.0f s is spent\n", tool_tier_names[r->tier], o.budget_s);
             continue;
         }
         if (tune_class(ctx, &o, t_start, r) != 0) {
@@ -824,7 +792,7 @@ int cmd_tune(int argc, char **argv)
     for (int i = 0; i < o.n_tiers; i++) {
         const class_result *r = &res[i];
         if (r->state != CLASS_TUNED) {
-            printf("%-6s %-5s %8u %5u  %s\n", "decode", tier_names[r->tier], o.head_dim, group,
+            printf("%-6s %-5s %8u %5u  %s\n", "decode", tool_tier_names[r->tier], o.head_dim, group,
                    r->state == CLASS_SKIPPED   ? "already tuned (kept)"
                    : r->state == CLASS_FAILED  ? "failed"
                                                : "over budget (left out)");
@@ -834,7 +802,7 @@ int cmd_tune(int argc, char **argv)
         tool_variant_name(&r->def, r->tier, def, sizeof def);
         tool_variant_name(&r->best, r->tier, best, sizeof best);
         snprintf(tried, sizeof tried, "%d/%d", r->tried, r->total);
-        printf("%-6s %-5s %8u %5u %7s  %-32s %9.3f  %-32s %9.3f %7.2fx%s\n", "decode", tier_names[r->tier], o.head_dim,
+        printf("%-6s %-5s %8u %5u %7s  %-32s %9.3f  %-32s %9.3f %7.2fx%s\n", "decode", tool_tier_names[r->tier], o.head_dim,
                group, tried, def, r->def_ms, same_params(&r->def, &r->best) ? "(default)" : best, r->best_ms,
                r->def_ms / r->best_ms, r->cut ? "  (budget)" : "");
     }
@@ -858,11 +826,11 @@ int cmd_tune(int argc, char **argv)
         const int ok = got_info.match == SKV_TUNING_EXACT && got_info.from_file && !got_info.note[0] &&
                        (r->state != CLASS_TUNED || strcmp(now, want) == 0);
         printf("verify decode %s head_dim %u group %u: match=%s from %s (entry \"%s\"): %s%s%s%s\n",
-               tier_names[r->tier], o.head_dim, group, skv_tuning_match_str(got_info.match), got_info.source,
+               tool_tier_names[r->tier], o.head_dim, group, skv_tuning_match_str(got_info.match), got_info.source,
                got_info.entry, now, ok ? "" : "  MISMATCH", got_info.note[0] ? "; " : "", got_info.note);
         if (!ok) {
             fprintf(stderr, "skv tune: %s does not give decode %s this device's tuned variant %s\n", path,
-                    tier_names[r->tier], want[0] ? want : "");
+                    tool_tier_names[r->tier], want[0] ? want : "");
             failed = 1;
         }
     }

@@ -1,5 +1,6 @@
 /* The `skv` command: one entry point, a subcommand per job. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,27 @@ int tool_write_bytes(const char *path, const void *data, size_t n)
         remove(tmp);
     free(tmp);
     return ok ? 0 : -1;
+}
+
+const char *const tool_tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
+
+int tool_tier_index(const char *s, size_t len)
+{
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        if (strlen(tool_tier_names[t]) == len && strncmp(s, tool_tier_names[t], len) == 0)
+            return t;
+    return -1;
+}
+
+int tool_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
 }
 
 double tool_now_s(void)

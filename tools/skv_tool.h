@@ -3,6 +3,7 @@
 #define SKV_TOOL_H
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <cjson/cJSON.h>
@@ -34,6 +35,12 @@ int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);
 /* A progress line on stderr when it is a terminal (rewritten in place; "" clears it);
  * nothing in logs. */
 void tool_progress(const char *fmt, ...);
+/* Tier names as the options and outputs spell them ("f16", "a4v8", "a3v4", "a2v2"). */
+extern const char *const tool_tier_names[SKV_TIER_COUNT];
+/* The tier named by the first `len` characters of s, or -1. */
+int tool_tier_index(const char *s, size_t len);
+/* A decimal integer in lo..hi, the whole string; 0 on success, -1 otherwise. */
+int tool_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out);
 /* Monotonic wall-clock seconds. */
 double tool_now_s(void);
 /* qsort comparator of doubles, ascending. */
