@@ -11,7 +11,7 @@
 #define VBYTES SKV_ADA_VROW_BYTES(D, VB, VG)
 #define DST_PAGE_BYTES SKV_ADA_PAGE_BYTES(D, P, KW, VB, VG)
 
-inline ushort norm_code(float n2)
+static inline ushort norm_code(float n2)
 {
     ushort h = skv_f32_to_f16_rte(sqrt(n2));
     if (h >= 0x7BFF)
@@ -36,7 +36,7 @@ inline ushort norm_code(float n2)
 }
 
 /* Encodes one token (key k[D], values v[D] as floats) into slot ds of an ADA page. */
-inline void encode_slot(const float *k, const float *v, int position, __global const char *sg,
+static inline void encode_slot(const float *k, const float *v, int position, __global const char *sg,
                         __constant float *params, __global uchar *dst, uint ds)
 {
     /* y = H diag(s) k / sqrt(d): the reference's butterflies, in its order */

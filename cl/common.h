@@ -40,7 +40,7 @@
         __global uchar *x##4, __global uchar *x##5, __global uchar *x##6, __global uchar *x##7, \
         uint x##_per_chunk
 
-inline __global uchar *skv_pool_chunk(__global uchar *p0, __global uchar *p1, __global uchar *p2,
+static inline __global uchar *skv_pool_chunk(__global uchar *p0, __global uchar *p1, __global uchar *p2,
                                       __global uchar *p3, __global uchar *p4, __global uchar *p5,
                                       __global uchar *p6, __global uchar *p7, uint chunk)
 {
@@ -64,7 +64,7 @@ inline __global uchar *skv_pool_chunk(__global uchar *p0, __global uchar *p1, __
 
 /* fp16 bit patterns from float with integer math, identical to src/half.c (the C
  * references round exactly like this, on every device). */
-inline ushort skv_f32_to_f16_rte(float f)
+static inline ushort skv_f32_to_f16_rte(float f)
 {
     uint x = as_uint(f);
     uint sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xFFu, man = x & 0x7FFFFFu;
@@ -89,7 +89,7 @@ inline ushort skv_f32_to_f16_rte(float f)
     return (ushort)h;
 }
 
-inline float skv_f16_to_f32(ushort h)
+static inline float skv_f16_to_f32(ushort h)
 {
     uint sign = (uint)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
     if (exp == 0) {
@@ -108,7 +108,7 @@ inline float skv_f16_to_f32(ushort h)
 }
 
 /* Directed rounding (up: toward +inf, else toward -inf), as src/half.c. */
-inline ushort skv_f32_to_f16_dir(float f, int up)
+static inline ushort skv_f32_to_f16_dir(float f, int up)
 {
     ushort h = skv_f32_to_f16_rte(f);
     float back = skv_f16_to_f32(h);
@@ -131,7 +131,7 @@ inline ushort skv_f32_to_f16_dir(float f, int up)
 /* ADA (ada_encode.cl, score.cl): the Walsh–Hadamard butterflies over y[n] (n a power of
  * two, no scaling), in the order of the C reference (src/ada.c), so results match it
  * bit for bit. */
-inline void skv_butterflies(float *y, uint n)
+static inline void skv_butterflies(float *y, uint n)
 {
     for (uint h = 1; h < n; h *= 2)
         for (uint i = 0; i < n; i += 2 * h)
@@ -144,7 +144,7 @@ inline void skv_butterflies(float *y, uint n)
 
 /* Pair code j, `bits` wide (radius in the low bits), of a slot whose packed code words
  * are kw[0], kw[stride], ... (the page's [KW][P] layout: stride P). */
-inline uint skv_pair_code(__global const uint *kw, uint stride, uint j, uint bits)
+static inline uint skv_pair_code(__global const uint *kw, uint stride, uint j, uint bits)
 {
     const uint bit = j * bits, wi = bit / 32, sh = bit % 32;
     uint code = kw[wi * stride] >> sh;

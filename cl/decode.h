@@ -74,7 +74,7 @@
 #define as_uintL as_uint16
 #define LANES_LOG2 4
 #define LANE_IDS (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-__attribute__((always_inline)) inline float16 lut(float16 row, uint16 i)
+__attribute__((always_inline)) static inline float16 lut(float16 row, uint16 i)
 {
     return (float16)(row[i.s0], row[i.s1], row[i.s2], row[i.s3], row[i.s4], row[i.s5], row[i.s6], row[i.s7],
                      row[i.s8], row[i.s9], row[i.sa], row[i.sb], row[i.sc], row[i.sd], row[i.se], row[i.sf]);
@@ -90,7 +90,7 @@ __attribute__((always_inline)) inline float16 lut(float16 row, uint16 i)
 #define as_uintL as_uint8
 #define LANES_LOG2 3
 #define LANE_IDS (int8)(0, 1, 2, 3, 4, 5, 6, 7)
-__attribute__((always_inline)) inline float8 lut(float8 row, uint8 i)
+__attribute__((always_inline)) static inline float8 lut(float8 row, uint8 i)
 {
     return (float8)(row[i.s0], row[i.s1], row[i.s2], row[i.s3], row[i.s4], row[i.s5], row[i.s6], row[i.s7]);
 }
@@ -105,7 +105,7 @@ __attribute__((always_inline)) inline float8 lut(float8 row, uint8 i)
 #define as_uintL as_uint4
 #define LANES_LOG2 2
 #define LANE_IDS (int4)(0, 1, 2, 3)
-__attribute__((always_inline)) inline float4 lut(float4 row, uint4 i)
+__attribute__((always_inline)) static inline float4 lut(float4 row, uint4 i)
 {
     return (float4)(row[i.s0], row[i.s1], row[i.s2], row[i.s3]);
 }

@@ -8,7 +8,7 @@
 #define TIER_TABLE_FLOATS 0
 
 /* The G logits of one slot, the group's queries in local memory qs[G][D]. */
-__attribute__((always_inline)) inline void slot_logits(__global const uchar *page, uint slot, __local const float *qs,
+__attribute__((always_inline)) static inline void slot_logits(__global const uchar *page, uint slot, __local const float *qs,
                                                        __global const float *tab, __constant float *params,
                                                        float *dot_g)
 {
@@ -26,7 +26,7 @@ __attribute__((always_inline)) inline void slot_logits(__global const uchar *pag
     }
 }
 
-inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
+static inline float2 load_v2(__global const uchar *page, uint slot, uint pair)
 {
     return vload_half2(pair, (__global const half *)(page + SKV_F16_VALUES_OFFSET(D, P)) + slot * D);
 }
@@ -48,7 +48,7 @@ typedef struct cpu_query {
     float8 q[G][D / 8]; /* the group's queries times the logit scale */
 } cpu_query;
 
-__attribute__((always_inline)) inline void query_init(cpu_query *cq, __global const uchar *q, ulong q_offset,
+__attribute__((always_inline)) static inline void query_init(cpu_query *cq, __global const uchar *q, ulong q_offset,
                                                       uint q_dtype, uint H, uint b, uint h, float scale,
                                                       __global const float *tables, uint bh)
 {
@@ -71,7 +71,7 @@ __attribute__((always_inline)) inline void query_init(cpu_query *cq, __global co
 }
 
 /* The scaled logits of slots slot0 .. slot0 + n - 1 (n <= TB; lanes past n are 0). */
-__attribute__((always_inline)) inline void block_logits(__global const uchar *page, uint slot0, uint n,
+__attribute__((always_inline)) static inline void block_logits(__global const uchar *page, uint slot0, uint n,
                                                         const cpu_query *cq, __constant float *params, floatTB *s)
 {
     (void)params;
@@ -106,13 +106,13 @@ typedef struct cpu_acc {
     float8 v[D / 8];
 } cpu_acc;
 
-__attribute__((always_inline)) inline void acc_zero(cpu_acc *a)
+__attribute__((always_inline)) static inline void acc_zero(cpu_acc *a)
 {
     for (uint i = 0; i < D / 8; i++)
         a->v[i] = (float8)(0.0f);
 }
 
-__attribute__((always_inline)) inline void acc_scale(cpu_acc *a, float alpha)
+__attribute__((always_inline)) static inline void acc_scale(cpu_acc *a, float alpha)
 {
     for (uint i = 0; i < D / 8; i++)
         a->v[i] *= alpha;
@@ -120,7 +120,7 @@ __attribute__((always_inline)) inline void acc_scale(cpu_acc *a, float alpha)
 
 /* acc[g] += sum_j p[g][j] v_j over the block's n slots; each accumulator vector is
  * loaded and stored once per block, two FMA chains per q-head (even and odd slots). */
-__attribute__((always_inline)) inline void block_values(__global const uchar *page, uint slot0, uint n,
+__attribute__((always_inline)) static inline void block_values(__global const uchar *page, uint slot0, uint n,
                                                         float p[G][TB], cpu_acc *acc)
 {
     __global const half *vp = (__global const half *)(page + SKV_F16_VALUES_OFFSET(D, P)) + slot0 * D;
@@ -146,7 +146,7 @@ __attribute__((always_inline)) inline void block_values(__global const uchar *pa
     }
 }
 
-__attribute__((always_inline)) inline void acc_store(const cpu_acc *a, __global float *out)
+__attribute__((always_inline)) static inline void acc_store(const cpu_acc *a, __global float *out)
 {
     for (uint i = 0; i < D / 8; i++)
         vstore8(a->v[i], i, out);

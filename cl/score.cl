@@ -9,12 +9,12 @@
  * Build defines: D, P; score_ada also RB, AB, KW, VB, VG (the tier). */
 #define F16_PAGE_BYTES SKV_F16_PAGE_BYTES(D, P)
 
-inline __global const uchar *list_page(SKV_POOL_PARAMS_P(pool), __global const uint *pages, uint i, uint page_bytes)
+static inline __global const uchar *list_page(SKV_POOL_PARAMS_P(pool), __global const uint *pages, uint i, uint page_bytes)
 {
     return SKV_PAGE_P(pool, pages[i / P], page_bytes);
 }
 
-inline float f16_key(__global const uchar *page, uint slot, uint d)
+static inline float f16_key(__global const uchar *page, uint slot, uint d)
 {
     return vload_half(((d / 8) * P + slot) * 8 + d % 8, (__global const half *)page);
 }
@@ -56,7 +56,7 @@ __kernel void key_stats(SKV_POOL_PARAMS, __global const uint *pages, uint pages_
     }
 }
 
-inline float score_of(uint scorer, float kk, float km, float mm, float ka, float aa, int position, uint n_sink)
+static inline float score_of(uint scorer, float kk, float km, float mm, float ka, float aa, int position, uint n_sink)
 {
     switch (scorer) {
     case 1: /* knorm */
@@ -100,7 +100,7 @@ __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
 
 /* TriAttention, raw per q-head (the host z-scores and takes the group max): eff is
  * [G][D/2][3] = (Re Q_f, Im Q_f, a_f - |qbar_f|), src/rope.c: skv_ref_triattention. */
-inline void tri_scores(const float *k, __global const float *eff, uint G, uint interleaved, uint t, uint n,
+static inline void tri_scores(const float *k, __global const float *eff, uint G, uint interleaved, uint t, uint n,
                        __global float *raw)
 {
     for (uint g = 0; g < G; g++) {
@@ -222,7 +222,7 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
 /* A key decoded from its codes, exactly as skv_ref_ada_decode_key does: for scorers that
  * need more than dot products (TriAttention's per-pair magnitudes, SnapKV's GEMM). This
  * is scoring, not the decode path, which never forms a dense key. */
-inline void ada_decode_key(__global const uchar *page, uint slot, __global const char *signs, uint sign_row,
+static inline void ada_decode_key(__global const uchar *page, uint slot, __global const char *signs, uint sign_row,
                            __constant float *params, float *y)
 {
     __global const uint *kw = (__global const uint *)page + slot;

@@ -2,6 +2,7 @@
  * Created on a selected device, or on the caller's own OpenCL objects (interop). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "host_internal.h"
@@ -28,6 +29,66 @@ static skv_status check_desc(const skv_context_desc *desc, const char *fn)
     if (desc && desc->allocator && (!desc->allocator->alloc || !desc->allocator->free))
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "%s: allocator has a NULL alloc or free", fn);
     return SKV_OK;
+}
+
+/* Build-list profiles: a typical GPU of each vendor, as its OpenCL driver reports it
+ * (NVIDIA: measured on an H100, ../shared/GPU.md; AMD: ROCm on an MI250X GCD, gfx90a,
+ * whose runtime reports work-groups up to 256 unless told otherwise; Intel: an Arc /
+ * Data Center GPU Max class device through the compute runtime). Only the fields that
+ * shape kernels change; memory sizes stay the selected device's. */
+static const struct build_profile {
+    const char *key;
+    skv_vendor_class vendor;
+    const char *name, *vendor_name, *architecture;
+    int cl_major, cl_minor, fp16, fp64;
+    skv_subgroups subgroups;
+    unsigned compute_units;
+    uint64_t local_mem_bytes;
+    size_t max_wg, wg_multiple;
+    unsigned native_float_width;
+} build_profiles[] = {
+    {"nvidia", SKV_VENDOR_NVIDIA, "NVIDIA H100 80GB HBM3", "NVIDIA Corporation", "sm_90", 1, 2, 0, 1,
+     SKV_SUBGROUPS_NV_PTX, 132, 48u << 10, 1024, 32, 1},
+    {"amd", SKV_VENDOR_AMD, "gfx90a:sramecc+:xnack-", "Advanced Micro Devices, Inc.", "gfx90a", 2, 0, 1, 1,
+     SKV_SUBGROUPS_KHR, 110, 64u << 10, 256, 64, 1},
+    {"intel", SKV_VENDOR_INTEL, "Intel(R) Data Center GPU Max 1100", "Intel(R) Corporation", "Intel(R) Data Center GPU Max 1100",
+     3, 0, 1, 1, SKV_SUBGROUPS_INTEL, 448, 128u << 10, 1024, 32, 1},
+};
+
+/* Makes ctx a build-list context presenting profile `key`. */
+static skv_status build_list_setup(skv_context *ctx, const char *key)
+{
+    ctx->build_list = 1;
+    skvi_tuning_release(ctx); /* the built-in entries only */
+    ctx->tuning.note[0] = '\0';
+    if (strcmp(key, "device") == 0)
+        return SKV_OK;
+    for (size_t i = 0; i < sizeof build_profiles / sizeof build_profiles[0]; i++) {
+        const struct build_profile *b = &build_profiles[i];
+        if (strcmp(key, b->key) != 0)
+            continue;
+        skv_device_profile *p = &ctx->profile;
+        snprintf(p->name, sizeof p->name, "%s", b->name);
+        snprintf(p->vendor, sizeof p->vendor, "%s", b->vendor_name);
+        snprintf(p->driver_version, sizeof p->driver_version, "build list");
+        snprintf(p->architecture, sizeof p->architecture, "%s", b->architecture);
+        p->vendor_class = b->vendor;
+        p->is_gpu = 1;
+        p->opencl_c_major = b->cl_major;
+        p->opencl_c_minor = b->cl_minor;
+        p->fp16 = b->fp16;
+        p->fp64 = b->fp64;
+        p->subgroups = b->subgroups;
+        p->compute_units = b->compute_units;
+        p->local_mem_bytes = b->local_mem_bytes;
+        p->max_work_group_size = b->max_wg;
+        p->preferred_wg_multiple = b->wg_multiple;
+        p->native_float_width = b->native_float_width;
+        p->cpu_vector_floats = 0;
+        return SKV_OK;
+    }
+    return skvi_fail(NULL, SKV_ERR_INVALID_ARG,
+                     "skv_context_create: build_list is \"%.32s\", expected nvidia, amd, intel or device", key);
 }
 
 /* Allocates the context and sets what does not depend on OpenCL. */
@@ -91,11 +152,41 @@ skv_status skv_context_create(const skv_context_desc *desc, skv_context **out)
         st = make_queue(ctx, &ctx->transfer);
     if (st == SKV_OK)
         st = skvi_tuning_load(ctx);
+    if (st == SKV_OK && desc && desc->build_list)
+        st = build_list_setup(ctx, desc->build_list);
     if (st != SKV_OK) {
         skv_context_destroy(ctx);
         return st;
     }
     *out = ctx;
+    return SKV_OK;
+}
+
+skv_status skv_context_build_list(const skv_context *ctx, size_t *count)
+{
+    skvi_clear_error();
+    if (!ctx || !count)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_build_list: ctx or count is NULL");
+    *count = ctx->record_count;
+    return SKV_OK;
+}
+
+skv_status skv_context_build_record(const skv_context *ctx, size_t i, skv_program_record *out)
+{
+    skvi_clear_error();
+    if (!ctx || !out)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_build_record: ctx or out is NULL");
+    if (out->struct_size != sizeof *out)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_build_record: out->struct_size is %zu, expected %zu",
+                         out->struct_size, sizeof *out);
+    if (i >= ctx->record_count)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_build_record: index %zu, the list holds %zu", i,
+                         ctx->record_count);
+    const skvi_build_record *r = &ctx->records[i];
+    out->name = r->name;
+    out->options = r->options;
+    out->kernels = r->kernels;
+    out->source = r->source;
     return SKV_OK;
 }
 
@@ -154,6 +245,17 @@ skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx
         if (qc != cl_ctx || qd != device)
             return skvi_fail(NULL, SKV_ERR_INVALID_ARG,
                              "skv_context_create_cl: queue belongs to another context or device");
+        cl_command_queue_properties qp = 0;
+        e = clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof qp, &qp, NULL);
+        if (e != CL_SUCCESS)
+            return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: clGetCommandQueueInfo(queue) failed (%s)",
+                             skvi_cl_error_name(e));
+        /* decode's scratch buffers (query tables, partials) are reused from call to call
+         * and rely on commands running in the order they were enqueued */
+        if (qp & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+            return skvi_fail(NULL, SKV_ERR_INVALID_ARG,
+                             "skv_context_create_cl: queue is out-of-order (CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE); "
+                             "skv needs an in-order queue");
     }
 
     skv_context *ctx = NULL;
@@ -180,6 +282,8 @@ skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx
         st = make_queue(ctx, &ctx->transfer);
     if (st == SKV_OK)
         st = skvi_tuning_load(ctx);
+    if (st == SKV_OK && desc && desc->build_list)
+        st = build_list_setup(ctx, desc->build_list);
     if (st != SKV_OK) {
         skv_context_destroy(ctx);
         return st;

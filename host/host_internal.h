@@ -32,6 +32,12 @@ typedef struct skvi_tuning {
     skv_decode_params override;
 } skvi_tuning;
 
+/* Build-list mode (skv_context_desc.build_list): one program the host would build, with
+ * the kernels it creates from it. */
+typedef struct skvi_build_record {
+    char *name, *options, *kernels, *source;
+} skvi_build_record;
+
 struct skv_context {
     skv_allocator allocator_copy;
     const skv_allocator *alloc; /* &allocator_copy, or NULL for malloc/free */
@@ -50,6 +56,10 @@ struct skv_context {
     size_t program_count, program_capacity;
     skv_context_stats stats;
     skvi_tuning tuning;
+
+    int build_list;             /* 1: record programs instead of compiling them */
+    skvi_build_record *records; /* in the order first asked for */
+    size_t record_count, record_capacity;
 };
 
 /* tuning.c: reads the database file (a bad one leaves a note; only OOM fails). */
@@ -87,7 +97,9 @@ skv_status skvi_device_resolve(const skv_allocator *a, const char *selector,
  * (NULL = none): from the context's table, else the disk cache, else the compiler. */
 skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines,
                             cl_program *out);
-/* A kernel object from a program (the caller releases it). */
+void skvi_build_record_free(skv_context *ctx, skvi_build_record *r);
+/* A kernel object from a program (the caller releases it). In build-list mode the
+ * program is recorded and the kernel is a stand-in of the same name. */
 skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
                               const char *kernel, cl_kernel *out);
 void skvi_programs_release(skv_context *ctx);

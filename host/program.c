@@ -70,16 +70,22 @@ static void cache_key(const skv_context *ctx, const skvi_kernel_source *const *s
     skvi_hash128_hex(material, (size_t)len, key);
 }
 
+/* The text a program is compiled from: each source after a #line naming it. */
+static void compose(const skvi_kernel_source *const *srcs, size_t n, char lines[][160], const char **parts)
+{
+    for (size_t i = 0; i < n; i++) {
+        snprintf(lines[i], 160, "\n#line 1 \"%s\"\n", srcs[i]->name);
+        parts[2 * i] = lines[i];
+        parts[2 * i + 1] = srcs[i]->text;
+    }
+}
+
 static skv_status from_source(skv_context *ctx, const skvi_kernel_source *const *srcs, size_t n, const char *options,
                               cl_program *out)
 {
     char lines[PRELUDE + MAX_PARTS][160];
     const char *parts[2 * (PRELUDE + MAX_PARTS)];
-    for (size_t i = 0; i < n; i++) {
-        snprintf(lines[i], sizeof lines[i], "\n#line 1 \"%s\"\n", srcs[i]->name);
-        parts[2 * i] = lines[i];
-        parts[2 * i + 1] = srcs[i]->text;
-    }
+    compose(srcs, n, lines, parts);
     cl_int e;
     cl_program prog = clCreateProgramWithSource(ctx->cl, (cl_uint)(2 * n), parts, NULL, &e);
     if (e != CL_SUCCESS)
@@ -167,16 +173,11 @@ static skv_status table_add(skv_context *ctx, const char *name, const char *defi
     return SKV_OK;
 }
 
-skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines, cl_program *out)
+/* The sources of program `name` (the prelude, then its '+'-joined parts) and the options
+ * it builds with on this device. */
+static skv_status program_inputs(skv_context *ctx, const char *name, const char *defines,
+                                 const skvi_kernel_source **srcs, size_t *count, char *options, size_t size)
 {
-    if (!defines)
-        defines = "";
-    for (size_t i = 0; i < ctx->program_count; i++)
-        if (strcmp(ctx->programs[i].name, name) == 0 && strcmp(ctx->programs[i].defines, defines) == 0) {
-            *out = ctx->programs[i].program;
-            return SKV_OK;
-        }
-    const skvi_kernel_source *srcs[PRELUDE + MAX_PARTS];
     size_t n = 0;
     for (; n < PRELUDE; n++)
         if (!(srcs[n] = skvi_kernel_source_find(prelude[n])))
@@ -192,20 +193,149 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
             return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "no embedded kernel source named %s", file);
         part += len + (part[len] == '+');
     }
+    *count = n;
+    base_options(&ctx->profile, defines, options, size);
+    return SKV_OK;
+}
+
+/* ---- build-list mode: programs recorded, kernels stood in for --------------------------- */
+
+/* The record of (name, options), added with its source text when new. */
+static skv_status record_program(skv_context *ctx, const char *name, const skvi_kernel_source *const *srcs, size_t n,
+                                 const char *options, skvi_build_record **out)
+{
+    for (size_t i = 0; i < ctx->record_count; i++)
+        if (strcmp(ctx->records[i].name, name) == 0 && strcmp(ctx->records[i].options, options) == 0) {
+            *out = &ctx->records[i];
+            return SKV_OK;
+        }
+    if (ctx->record_count == ctx->record_capacity) {
+        size_t cap = ctx->record_capacity ? 2 * ctx->record_capacity : 16;
+        skvi_build_record *grown = skvi_calloc(ctx->alloc, cap, sizeof *grown);
+        if (!grown)
+            return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "build list: out of memory");
+        if (ctx->record_count)
+            memcpy(grown, ctx->records, ctx->record_count * sizeof *grown);
+        skvi_free(ctx->alloc, ctx->records);
+        ctx->records = grown;
+        ctx->record_capacity = cap;
+    }
+    char lines[PRELUDE + MAX_PARTS][160];
+    const char *parts[2 * (PRELUDE + MAX_PARTS)];
+    compose(srcs, n, lines, parts);
+    size_t len = 1;
+    for (size_t i = 0; i < 2 * n; i++)
+        len += strlen(parts[i]);
+    skvi_build_record *r = &ctx->records[ctx->record_count];
+    r->name = skvi_strdup(ctx->alloc, name);
+    r->options = skvi_strdup(ctx->alloc, options);
+    r->kernels = skvi_strdup(ctx->alloc, "");
+    r->source = skvi_alloc(ctx->alloc, len);
+    if (!r->name || !r->options || !r->kernels || !r->source) {
+        skvi_build_record_free(ctx, r);
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "build list: out of memory");
+    }
+    r->source[0] = '\0';
+    for (size_t i = 0, at = 0; i < 2 * n; i++) {
+        size_t m = strlen(parts[i]);
+        memcpy(r->source + at, parts[i], m + 1);
+        at += m;
+    }
+    ctx->record_count++;
+    *out = r;
+    return SKV_OK;
+}
+
+/* Adds `kernel` to the record's kernels (once). */
+static skv_status record_kernel(skv_context *ctx, skvi_build_record *r, const char *kernel)
+{
+    size_t have = strlen(r->kernels), klen = strlen(kernel);
+    for (const char *k = r->kernels; *k;) { /* space-separated names */
+        size_t len = strcspn(k, " ");
+        if (len == klen && strncmp(k, kernel, len) == 0)
+            return SKV_OK;
+        k += len + (k[len] == ' ');
+    }
+    char *grown = skvi_alloc(ctx->alloc, have + klen + 2);
+    if (!grown)
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "build list: out of memory");
+    snprintf(grown, have + klen + 2, "%s%s%s", r->kernels, have ? " " : "", kernel);
+    skvi_free(ctx->alloc, r->kernels);
+    r->kernels = grown;
+    return SKV_OK;
+}
+
+void skvi_build_record_free(skv_context *ctx, skvi_build_record *r)
+{
+    skvi_free(ctx->alloc, r->name);
+    skvi_free(ctx->alloc, r->options);
+    skvi_free(ctx->alloc, r->kernels);
+    skvi_free(ctx->alloc, r->source);
+    memset(r, 0, sizeof *r);
+}
+
+/* A stand-in kernel named `kernel` (no arguments, no body) from a program of its own, so
+ * the host's kernel checks and releases run as usual while nothing real is compiled. */
+static skv_status stand_in_kernel(skv_context *ctx, const char *kernel, cl_kernel *out)
+{
+    cl_program prog = NULL;
+    for (size_t i = 0; i < ctx->program_count && !prog; i++)
+        if (strcmp(ctx->programs[i].name, "@stand-in") == 0 && strcmp(ctx->programs[i].defines, kernel) == 0)
+            prog = ctx->programs[i].program;
+    cl_int e = CL_SUCCESS;
+    if (!prog) {
+        char text[192];
+        snprintf(text, sizeof text, "__kernel void %.128s(void) {}\n", kernel);
+        const char *t = text;
+        prog = clCreateProgramWithSource(ctx->cl, 1, &t, NULL, &e);
+        if (e != CL_SUCCESS)
+            return skvi_cl_fail(ctx->error, e, "build list: clCreateProgramWithSource");
+        e = clBuildProgram(prog, 1, &ctx->device, "", NULL, NULL);
+        skv_status st = e == CL_SUCCESS ? table_add(ctx, "@stand-in", kernel, prog)
+                                        : skvi_cl_fail(ctx->error, e, "build list: clBuildProgram");
+        if (st != SKV_OK) {
+            clReleaseProgram(prog);
+            return st;
+        }
+    }
+    *out = clCreateKernel(prog, kernel, &e);
+    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "build list: clCreateKernel");
+}
+
+/* ---- programs ------------------------------------------------------------------------------ */
+
+skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines, cl_program *out)
+{
+    if (!defines)
+        defines = "";
+    for (size_t i = 0; !ctx->build_list && i < ctx->program_count; i++)
+        if (strcmp(ctx->programs[i].name, name) == 0 && strcmp(ctx->programs[i].defines, defines) == 0) {
+            *out = ctx->programs[i].program;
+            return SKV_OK;
+        }
+    const skvi_kernel_source *srcs[PRELUDE + MAX_PARTS];
+    size_t n;
     char options[1024];
-    base_options(&ctx->profile, defines, options, sizeof options);
+    skv_status st = program_inputs(ctx, name, defines, srcs, &n, options, sizeof options);
+    if (st != SKV_OK)
+        return st;
+    if (ctx->build_list) {
+        skvi_build_record *r;
+        *out = NULL;
+        return record_program(ctx, name, srcs, n, options, &r);
+    }
     char key[33];
     cache_key(ctx, srcs, n, options, key);
 
     cl_program prog = NULL;
     if (!ctx->cache_dir || !from_cache(ctx, key, options, &prog)) {
-        skv_status st = from_source(ctx, srcs, n, options, &prog);
+        st = from_source(ctx, srcs, n, options, &prog);
         if (st != SKV_OK)
             return st;
         if (ctx->cache_dir)
             to_cache(ctx, key, prog);
     }
-    skv_status st = table_add(ctx, name, defines, prog);
+    st = table_add(ctx, name, defines, prog);
     if (st != SKV_OK) {
         clReleaseProgram(prog);
         return st;
@@ -217,6 +347,18 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
 skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
                               const char *kernel, cl_kernel *out)
 {
+    if (ctx->build_list) {
+        const skvi_kernel_source *srcs[PRELUDE + MAX_PARTS];
+        size_t n;
+        char options[1024];
+        skvi_build_record *r;
+        skv_status st = program_inputs(ctx, source, defines ? defines : "", srcs, &n, options, sizeof options);
+        if (st == SKV_OK)
+            st = record_program(ctx, source, srcs, n, options, &r);
+        if (st == SKV_OK)
+            st = record_kernel(ctx, r, kernel);
+        return st == SKV_OK ? stand_in_kernel(ctx, kernel, out) : st;
+    }
     cl_program prog;
     skv_status st = skvi_program_get(ctx, source, defines, &prog);
     if (st != SKV_OK)
@@ -238,4 +380,9 @@ void skvi_programs_release(skv_context *ctx)
     skvi_free(ctx->alloc, ctx->programs);
     ctx->programs = NULL;
     ctx->program_count = ctx->program_capacity = 0;
+    for (size_t i = 0; i < ctx->record_count; i++)
+        skvi_build_record_free(ctx, &ctx->records[i]);
+    skvi_free(ctx->alloc, ctx->records);
+    ctx->records = NULL;
+    ctx->record_count = ctx->record_capacity = 0;
 }

@@ -16,6 +16,8 @@ static const skv_command commands[] = {
     {"bench", "measure decode attention against the device's read bandwidth", cmd_bench, usage_bench},
     {"tune", "measure decode variants on this device and write the fastest to the tuning database", cmd_tune,
      usage_tune},
+    {"kernels", "list every OpenCL program skv builds for a device profile, with its exact options", cmd_kernels,
+     usage_kernels},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

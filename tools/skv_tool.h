@@ -29,6 +29,8 @@ int cmd_demo(int argc, char **argv);
 void usage_bench(FILE *out);
 int cmd_tune(int argc, char **argv);
 void usage_tune(FILE *out);
+int cmd_kernels(int argc, char **argv);
+void usage_kernels(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */
 int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);

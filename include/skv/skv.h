@@ -156,6 +156,13 @@ typedef struct skv_context_desc {
     int disable_program_cache;        /* 1 = never read or write cached binaries
                                        * ($SKV_NO_CACHE=1 does the same) */
     int enable_profiling;             /* 1 = queues created with profiling (benchmarks) */
+    /* Tools: a build-list context (skv_context_build_list) when set to "nvidia", "amd" or
+     * "intel" (it presents a typical GPU of that vendor: limits, OpenCL C version, build
+     * options) or "device" (the selected device as it is). It runs on the selected device
+     * but compiles nothing: every program a cache would build is recorded, and kernels
+     * are argument-less stand-ins, so nothing may be decoded or appended. The built-in
+     * tuning entries apply (no database file). NULL = a normal context. */
+    const char *build_list;
 } skv_context_desc;
 
 /* Fills defaults: the selector rules, malloc, the default cache location. */
@@ -187,6 +194,24 @@ typedef struct skv_context_stats {
 
 /* Set out->struct_size = sizeof(skv_context_stats) before the call. */
 SKV_API skv_status skv_context_get_stats(const skv_context *ctx, skv_context_stats *out);
+
+/* One program of a build-list context (skv_context_desc.build_list): exactly what the
+ * host would pass to clCreateProgramWithSource and clBuildProgram on that device, for
+ * offline compilers and simulators (skv kernels). The strings live until the context is
+ * destroyed. */
+typedef struct skv_program_record {
+    size_t struct_size;  /* sizeof(skv_program_record): set by the caller */
+    const char *name;    /* embedded sources joined by '+', e.g. "decode.h+decode_ada.h+decode_gpu.cl" */
+    const char *options; /* the build options, -cl-std and defines included */
+    const char *kernels; /* the kernels the host creates from it, space-separated ("" if none) */
+    const char *source;  /* the program text: the prelude and its parts, each after a #line */
+} skv_program_record;
+
+/* The programs recorded so far, in the order first asked for (caches created on the
+ * context add theirs; skv_context_prepare adds the context's own). *count is 0 on a
+ * normal context. */
+SKV_API skv_status skv_context_build_list(const skv_context *ctx, size_t *count);
+SKV_API skv_status skv_context_build_record(const skv_context *ctx, size_t i, skv_program_record *out);
 
 /* The device's streaming-read bandwidth in GB/s (1e9 bytes/s): the median of `runs`
  * timed passes of a read kernel over `bytes` (capped at the device's max allocation),
