@@ -124,9 +124,85 @@ static void test_context_arguments(void **state)
     skv_context_destroy(ctx);
 }
 
+/* A build-list context records what a cache would build for a GPU profile, compiles
+ * none of it, and hands the records out whole. */
+static void test_build_list(void **state)
+{
+    (void)state;
+    skv_context *ctx = NULL;
+    size_t count = 1;
+    assert_ok(skv_context_create(NULL, &ctx));
+    assert_ok(skv_context_build_list(ctx, &count));
+    assert_int_equal(count, 0); /* a normal context records nothing */
+    skv_context_destroy(ctx);
+
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.build_list = "tpu";
+    ctx = (skv_context *)0x1;
+    expect_invalid(skv_context_create(&cd, &ctx), "expected nvidia, amd, intel or device");
+    assert_null(ctx);
+
+    cd.build_list = "amd";
+    cd.disable_program_cache = 1;
+    assert_ok(skv_context_create(&cd, &ctx));
+    skv_device_profile prof;
+    assert_ok(skv_context_device(ctx, &prof));
+    assert_int_equal(prof.vendor_class, SKV_VENDOR_AMD);
+    assert_true(prof.is_gpu);
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1;
+    d.kv_heads = 2;
+    d.q_heads = 6;
+    d.head_dim = 128;
+    d.page_tokens = 32;
+    d.device_budget_bytes = 16u << 20;
+    d.tiers = (1u << SKV_TIER_COUNT) - 1;
+    d.retention = SKV_RETENTION_RDR;
+    d.scorer = SKV_SCORER_KEYDIFF;
+    d.budget_ratio = 0.5f;
+    skv_cache *c = NULL;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    assert_ok(skv_context_build_list(ctx, &count));
+    assert_true(count >= 10);
+    int decode_ada = 0, encode = 0;
+    for (size_t i = 0; i < count; i++) {
+        skv_program_record r = {.struct_size = sizeof r};
+        assert_ok(skv_context_build_record(ctx, i, &r));
+        assert_non_null(strstr(r.options, "-cl-std=CL2.0 -DSKV_VENDOR_AMD=1"));
+        assert_non_null(strstr(r.source, "#line 1 \"common.h\""));
+        assert_non_null(strstr(r.source, "__kernel"));
+        for (size_t j = 0; j < i; j++) { /* each (program, options) once */
+            skv_program_record o = {.struct_size = sizeof o};
+            assert_ok(skv_context_build_record(ctx, j, &o));
+            assert_false(strcmp(o.name, r.name) == 0 && strcmp(o.options, r.options) == 0);
+        }
+        if (strcmp(r.name, "decode.h+decode_ada.h+decode_gpu.cl") == 0) {
+            decode_ada++;
+            assert_string_equal(r.kernels, "decode_gpu");
+            assert_non_null(strstr(r.options, "-DD=128 -DP=32 -DG=3 -DTILE="));
+        }
+        if (strcmp(r.name, "ada_encode.cl") == 0 && strstr(r.kernels, "ada_encode"))
+            encode++;
+    }
+    assert_int_equal(decode_ada, 3); /* a4v8, a3v4, a2v2 on the GPU schedule */
+    assert_int_equal(encode, 3);
+    skv_context_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_context_get_stats(ctx, &st));
+    assert_int_equal(st.programs_built, 0);
+    skv_program_record r = {.struct_size = sizeof r};
+    expect_invalid(skv_context_build_record(ctx, count, &r), "the list holds");
+    r.struct_size = 1;
+    expect_invalid(skv_context_build_record(ctx, 0, &r), "struct_size");
+    skv_cache_destroy(c);
+    skv_context_destroy(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_build_list),
         cmocka_unit_test(test_version),
         cmocka_unit_test(test_status_strings),
         cmocka_unit_test(test_null_arguments),

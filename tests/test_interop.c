@@ -135,11 +135,42 @@ static void test_mismatched_objects(void **state)
     clReleaseContext(c1);
 }
 
+/* Decode reuses its scratch buffers from call to call and relies on queue order: an
+ * out-of-order queue is refused with a message that says so, and no reference is kept. */
+static void test_out_of_order_queue(void **state)
+{
+    (void)state;
+    cl_platform_id p;
+    cl_device_id d;
+    cpu_device(&p, &d);
+    cl_int e;
+    cl_context c = clCreateContext(NULL, 1, &d, NULL, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_command_queue_properties caps = 0;
+    assert_int_equal(clGetDeviceInfo(d, CL_DEVICE_QUEUE_PROPERTIES, sizeof caps, &caps, NULL), CL_SUCCESS);
+    if (!(caps & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)) {
+        clReleaseContext(c);
+        skip(); /* the device cannot make one */
+    }
+    cl_command_queue q = clCreateCommandQueue(c, d, CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    const cl_uint queue_refs = refcount_queue(q), ctx_refs = refcount_ctx(c);
+    skv_context *ctx = (skv_context *)0x1;
+    assert_int_equal(skv_context_create_cl(NULL, c, d, q, &ctx), SKV_ERR_INVALID_ARG);
+    assert_null(ctx);
+    assert_non_null(strstr(skv_last_error(), "out-of-order"));
+    assert_int_equal(refcount_queue(q), queue_refs);
+    assert_int_equal(refcount_ctx(c), ctx_refs);
+    clReleaseCommandQueue(q);
+    clReleaseContext(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_caller_objects),
         cmocka_unit_test(test_mismatched_objects),
+        cmocka_unit_test(test_out_of_order_queue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
