@@ -37,7 +37,7 @@ packages=(
     ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd
     libclblast-dev libcmocka-dev libcjson-dev libxxhash-dev
     # offline GPU checks (tests/offline_gpu.py) and the simulator (oclgrind)
-    python3 clang-14 clang-15 llvm-14 lld-14 libclc-15 llvm-spirv-14 spirv-tools oclgrind
+    python3 clang-14 clang-15 llvm-14 lld lld-14 libclc-15 llvm-spirv-14 spirv-tools oclgrind
 )
 
 # Prints the packages from "$@" that are not installed, one per line.
