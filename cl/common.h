@@ -21,7 +21,9 @@
  * CPU compilers (PoCL) have __builtin_prefetch, here with locality 1 (prefetcht2 on x86:
  * into L2; into L1, a 33 KB F16 page evicted the one in use), whereas PoCL's OpenCL
  * prefetch() does nothing; elsewhere the OpenCL builtin. */
-#if defined(__has_builtin)
+#if defined(SKV_NO_PREFETCH) /* simulators without llvm.prefetch (oclgrind) */
+#define SKV_PREFETCH(p) ((void)0)
+#elif defined(__has_builtin)
 #if __has_builtin(__builtin_prefetch)
 #define SKV_PREFETCH(p) __builtin_prefetch((p), 0, 1)
 #endif

@@ -128,6 +128,8 @@ static cl_mem scratch(skv_cache *c, int i, size_t bytes, cl_int *e)
         return c->scratch[i];
     size_t grown = c->scratch_bytes[i] * 2 > bytes ? c->scratch_bytes[i] * 2 : bytes;
     cl_mem m = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, grown, NULL, e);
+    if (*e == CL_SUCCESS && c->ctx->poison && (*e = skvi_poison(c->ctx, m, grown)) != CL_SUCCESS)
+        clReleaseMemObject(m);
     if (*e != CL_SUCCESS)
         return NULL;
     if (c->scratch[i])

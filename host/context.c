@@ -104,6 +104,8 @@ static skv_status context_new(const skv_context_desc *desc, skv_context **out)
     }
     ctx->stats.struct_size = sizeof ctx->stats;
     ctx->profiling = desc ? desc->enable_profiling != 0 : 0;
+    const char *poison = getenv("SKV_DEBUG_POISON");
+    ctx->poison = poison && strcmp(poison, "1") == 0;
     const char *no_cache = getenv("SKV_NO_CACHE");
     int disabled = (desc && desc->disable_program_cache) || (no_cache && strcmp(no_cache, "1") == 0);
     if (!disabled) {
@@ -160,6 +162,13 @@ skv_status skv_context_create(const skv_context_desc *desc, skv_context **out)
     }
     *out = ctx;
     return SKV_OK;
+}
+
+cl_int skvi_poison(skv_context *ctx, cl_mem buf, size_t bytes)
+{
+    const cl_uint pattern = 0xFFFFFFFFu;
+    cl_int e = clEnqueueFillBuffer(ctx->queue, buf, &pattern, sizeof pattern, 0, bytes & ~(size_t)3, 0, NULL, NULL);
+    return e == CL_SUCCESS ? clFinish(ctx->queue) : e;
 }
 
 skv_status skv_context_build_list(const skv_context *ctx, size_t *count)

@@ -58,6 +58,7 @@ struct skv_context {
     skvi_tuning tuning;
 
     int build_list;             /* 1: record programs instead of compiling them */
+    int poison;                 /* $SKV_DEBUG_POISON=1: new page memory and scratch filled with 0xFF */
     skvi_build_record *records; /* in the order first asked for */
     size_t record_count, record_capacity;
 };
@@ -98,6 +99,9 @@ skv_status skvi_device_resolve(const skv_allocator *a, const char *selector,
 skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines,
                             cl_program *out);
 void skvi_build_record_free(skv_context *ctx, skvi_build_record *r);
+/* Fills a new buffer with 0xFF bytes (NaN as float and half, -1 as a position), so that a
+ * kernel reading what nothing wrote shows it (ctx->poison; tests). */
+cl_int skvi_poison(skv_context *ctx, cl_mem buf, size_t bytes);
 /* A kernel object from a program (the caller releases it). In build-list mode the
  * program is recorded and the kernel is a stand-in of the same name. */
 skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,

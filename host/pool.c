@@ -62,6 +62,13 @@ static skv_status grow(skv_cache *c, skvi_pool *p)
     cl_mem buf = clCreateBuffer(ctx->cl, flags, pages * p->page_bytes, NULL, &e);
     if (e != CL_SUCCESS)
         return skvi_cl_fail(ctx->error, e, "clCreateBuffer(page pool chunk)");
+    if (ctx->poison) {
+        e = skvi_poison(ctx, buf, pages * p->page_bytes);
+        if (e != CL_SUCCESS) {
+            clReleaseMemObject(buf);
+            return skvi_cl_fail(ctx->error, e, "clEnqueueFillBuffer(poison page pool chunk)");
+        }
+    }
     uint32_t first = p->n_chunks * p->pages_per_chunk;
     p->chunk[p->n_chunks] = buf;
     p->chunk_pages[p->n_chunks] = (uint32_t)pages;
