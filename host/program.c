@@ -2,6 +2,7 @@
  * context's table, then the on-disk binary cache, then the compiler. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "host_internal.h"
@@ -28,11 +29,14 @@ static void base_options(const skv_device_profile *p, const char *defines, char 
     for (char *c = vendor; *c; c++)
         if (*c >= 'a' && *c <= 'z')
             *c = (char)(*c - 'a' + 'A');
+    /* $SKV_BUILD_OPTIONS: extra options for every program (tests, simulators: e.g.
+     * -cl-denorms-are-zero); part of the options, so of the program cache's key too */
+    const char *extra = getenv("SKV_BUILD_OPTIONS");
     snprintf(out, n,
              "-cl-std=CL%d.%d -DSKV_VENDOR_%s=1 -DSKV_HAS_FP16=%d -DSKV_SUBGROUPS=%d "
-             "-DSKV_WG_MULTIPLE=%zu %s",
+             "-DSKV_WG_MULTIPLE=%zu %s%s%s",
              major, minor, vendor, p->fp16, (int)p->subgroups, p->preferred_wg_multiple,
-             defines ? defines : "");
+             defines ? defines : "", extra && *extra ? " " : "", extra && *extra ? extra : "");
 }
 
 static skv_status build_log_fail(skv_context *ctx, cl_program prog, const char *name,

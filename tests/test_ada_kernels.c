@@ -28,7 +28,9 @@ static skv_cache *make_cache(uint32_t layers, uint32_t kv_heads, uint32_t d, uin
 }
 
 /* Appends n tokens to every layer; keeps the fp16-rounded K, V [layer][t][h][d]. */
-static void fill(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *k, float *v)
+/* Random fp16 keys and values times `scale` (1e-5: many are fp16 subnormals, whose
+ * float conversions and products the encoder must still round as the C reference). */
+static void fill_scaled(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *k, float *v, float scale)
 {
     const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
     size_t row = (size_t)H * D;
@@ -38,12 +40,18 @@ static void fill(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *k, 
     for (uint32_t l = 0; l < c->desc.layers; l++) {
         float *kl = k + (size_t)l * n * row, *vl = v + (size_t)l * n * row;
         for (size_t i = 0; i < n * row; i++) {
-            kl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(r) * 2.0f + ((i % D) % 13 == 0 ? 4.0f : 0.0f)));
-            vl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(r) * 0.7f));
+            kl[i] = skv_ref_f16_to_f32(
+                skv_ref_f32_to_f16(scale * (test_gauss(r) * 2.0f + ((i % D) % 13 == 0 ? 4.0f : 0.0f))));
+            vl[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(scale * test_gauss(r) * 0.7f));
         }
         assert_ok(skv_append(c, s, l, n, SKV_F32, kl, vl, pos));
     }
     free(pos);
+}
+
+static void fill(skv_cache *c, skv_seq_id s, uint32_t n, test_rng *r, float *k, float *v)
+{
+    fill_scaled(c, s, n, r, k, v, 1.0f);
 }
 
 /* Every tier page of (layer, head) against pages built by the C reference from the
@@ -133,6 +141,31 @@ static void test_encode_matches_reference(void **state)
             free(v);
             skv_cache_destroy(c);
         }
+}
+
+/* Tiny keys and values (fp16 subnormals among them) encode bit-exactly too; CTest also
+ * runs the encoder tests with -cl-denorms-are-zero (SKV_BUILD_OPTIONS). */
+static void test_encode_tiny_values(void **state)
+{
+    (void)state;
+    for (int tier = SKV_TIER_A4V8; tier <= SKV_TIER_A2V2; tier++) {
+        skv_cache *c = make_cache(1, 2, 64, 16);
+        const uint32_t n = 3 * 16 + 5;
+        float *k = malloc((size_t)n * 2 * 64 * 4), *v = malloc((size_t)n * 2 * 64 * 4);
+        test_rng r = {900 + tier};
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        fill_scaled(c, s, n, &r, k, v, 1e-5f);
+        size_t subnormal = 0;
+        for (size_t i = 0; i < (size_t)n * 2 * 64; i++)
+            subnormal += fabsf(k[i]) < 6.1035156e-5f && k[i] != 0.0f;
+        assert_true(subnormal > 1000); /* the inputs do exercise them */
+        assert_ok(skv_seq_quantize(c, s, 0, n, (skv_tier)tier));
+        check_tier_pages(c, s, (skv_tier)tier, n, k, v, 0, 3 * 16);
+        free(k);
+        free(v);
+        skv_cache_destroy(c);
+    }
 }
 
 static void test_quantize_errors_change_nothing(void **state)
@@ -451,6 +484,7 @@ int main(int argc, char **argv)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_matches_reference),
+        cmocka_unit_test(test_encode_tiny_values),
         cmocka_unit_test(test_quantize_errors_change_nothing),
         cmocka_unit_test(test_mixed_tier_decode_d128_g4),
         cmocka_unit_test(test_mixed_tier_decode_d64_g1),
