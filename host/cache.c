@@ -403,6 +403,19 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
         st = skvi_score_init(c);
     if (st == SKV_OK && desc->retention == SKV_RETENTION_RDR)
         st = skvi_kernel_create(ctx, "rdr.cl", NULL, "rdr_choose", &c->k_rdr_choose);
+    if (st == SKV_OK && desc->retention == SKV_RETENTION_RDR) { /* work-groups of 64 where the kernel allows */
+        size_t wg = 0;
+        cl_int e = clGetKernelWorkGroupInfo(c->k_rdr_choose, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+        c->rdr_wg = 64;
+        while (c->rdr_wg > wg && c->rdr_wg > 8)
+            c->rdr_wg /= 2;
+        if (e != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, e, "skv_cache_create: clGetKernelWorkGroupInfo(rdr_choose)");
+        else if (c->rdr_wg > wg) /* its per-group counts need 5 work-items, 8 as a power of two */
+            st = skvi_fail(ctx->error, SKV_ERR_UNSUPPORTED,
+                           "skv_cache_create: rdr_choose runs at most %zu work-items per group on this device, needs 8",
+                           wg);
+    }
     for (int f = SKV_TIER_F16 + 1; st == SKV_OK && desc->retention == SKV_RETENTION_RDR && f < SKV_TIER_COUNT; f++)
         for (int t = f + 1; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
             if (!(desc->tiers & (1u << f)) || !(desc->tiers & (1u << t)))

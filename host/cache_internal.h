@@ -92,6 +92,7 @@ struct skv_cache {
     cl_kernel k_logits[SKV_TIER_COUNT]; /* decode kernels that keep logits (skv_attention_logits) */
     cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
     cl_kernel k_rdr_choose;                /* RDR's solver step on the device */
+    size_t rdr_wg;                         /* its work-group size: 64, or what the kernel allows (>= 8) */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];

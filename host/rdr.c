@@ -71,7 +71,7 @@ skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t
 {
     skv_context *ctx = c->ctx;
     const skv_allocator *a = ctx->alloc;
-    device_solver d = {.c = c, .n = (uint32_t)p->n, .tiers = p->tiers, .wg = 64};
+    device_solver d = {.c = c, .n = (uint32_t)p->n, .tiers = p->tiers, .wg = c->rdr_wg};
     d.groups = (uint32_t)((p->n + d.wg - 1) / d.wg);
     if (d.groups == 0)
         d.groups = 1;
