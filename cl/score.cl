@@ -214,10 +214,7 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
     energy[t] = n * n * r2;
 }
 
-/* params layout as in ada_encode.cl */
-#define PRM_CCOS (NR + NR - 1 + NS)
-#define PRM_CSIN (PRM_CCOS + NS)
-#define PRM_SCALE (PRM_CSIN + NS)
+/* params: the tier's table, laid out as cl/common.h's PRM_* say */
 
 /* A key decoded from its codes, exactly as skv_ref_ada_decode_key does: for scorers that
  * need more than dot products (TriAttention's per-pair magnitudes, SnapKV's GEMM). This

@@ -51,6 +51,9 @@ def nvptx(prog, work, tools):
              os.path.join(CLC, "nvptx64--nvidiacl.bc"), "-o", ptx, prog["file"]])
     if r.returncode != 0:
         return {"error": "clang nvptx64: " + r.stderr[-2000:]}
+    warnings = [l for l in r.stderr.splitlines() if "warning:" in l]
+    if warnings:  # skv's kernels compile without a warning (one front end: checked here)
+        return {"error": "clang nvptx64 warnings:\n" + "\n".join(warnings[:10])}
     with open(ptx) as f:
         text = f.read()
     externs = re.findall(r"^\.extern \.func[^(]*?(\w+)\s*\(", text, re.M)
