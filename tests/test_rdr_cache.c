@@ -512,14 +512,8 @@ static void test_transcode_exact(void **state)
  * tests again with other build options. */
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "--only") == 0)
-        cmocka_set_test_filter(argv[2]);
-    else if (argc == 3 && strcmp(argv[1], "--skip") == 0)
-        cmocka_set_skip_filter(argv[2]);
-    else if (argc != 1) {
-        fprintf(stderr, "usage: %s [--only PATTERN | --skip PATTERN]\n", argv[0]);
+    if (test_filter_args(argc, argv) != 0)
         return 2;
-    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_holds),
         cmocka_unit_test(test_absolute_budget),

@@ -43,6 +43,22 @@ static inline const char *test_variant_name(int i)
     return names[i];
 }
 
+/* A suite's arguments: none, "--only PATTERN" or "--skip PATTERN" (cmocka patterns, so
+ * CTest can run parts of a suite, or some tests again with other build options). 0, or
+ * 2 after a usage line. */
+static inline int test_filter_args(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--only") == 0)
+        cmocka_set_test_filter(argv[2]);
+    else if (argc == 3 && strcmp(argv[1], "--skip") == 0)
+        cmocka_set_skip_filter(argv[2]);
+    else if (argc != 1) {
+        fprintf(stderr, "usage: %s [--only PATTERN | --skip PATTERN]\n", argv[0]);
+        return 2;
+    }
+    return 0;
+}
+
 /* Deterministic random numbers (xorshift64*), independent of libc. */
 typedef struct test_rng {
     uint64_t s;
