@@ -169,4 +169,29 @@ SKV_API uint32_t skv_ref_value_bytes(uint32_t head_dim, unsigned bits, unsigned 
 SKV_API void skv_ref_value_encode(const float *v, uint32_t head_dim, unsigned bits, unsigned group, uint8_t *out);
 SKV_API void skv_ref_value_decode(const uint8_t *in, uint32_t head_dim, unsigned bits, unsigned group, float *v);
 
+/* ---- HeteroCache's head statistics (src/hetero.c) ---- */
+/* The min(k, n) largest of w[n] (ties: the lower index; NaN last), as indices in
+ * ascending order; returns how many. */
+SKV_API uint32_t skv_ref_topk(const float *w, uint32_t n, uint32_t k, uint32_t *out);
+/* |A ∩ B| of two ascending index sets. */
+SKV_API uint32_t skv_ref_set_overlap(const uint32_t *a, uint32_t na, const uint32_t *b, uint32_t nb);
+/* Stability S: the median over `steps` sets (set t: counts[t] indices at sets + t * stride)
+ * of |K_t ∩ ref| / k. */
+SKV_API float skv_ref_hetero_stability(const uint32_t *sets, const uint32_t *counts, uint32_t steps,
+                                       uint32_t stride, const uint32_t *ref, uint32_t ref_count, uint32_t k);
+/* Greedy star clustering of one layer's heads: while some unassigned head has unassigned
+ * heads with similarity >= tau_sim (similarity: [heads][heads], symmetric), the one with
+ * the most (ties: higher stability, then lower index) becomes a pivot and those heads its
+ * satellites (pivot[h]: the satellite's pivot, else h). The rest are anchors (stability
+ * >= tau_stable) or volatile. */
+SKV_API skv_status skv_ref_hetero_classify(uint32_t heads, const float *stability, const float *similarity,
+                                           float tau_sim, float tau_stable, skv_head_category *category,
+                                           uint32_t *pivot);
+/* Token budgets per head: pivots and volatile heads their whole length; the rest of
+ * `budget` to anchors and satellites in proportion to 1 / (S + eps), none above its
+ * length (a capped head's surplus goes to the others), rounded down. INVALID_ARG when
+ * the whole heads alone exceed the budget. */
+SKV_API skv_status skv_ref_hetero_budgets(uint32_t heads, const skv_head_category *category, const float *stability,
+                                          const uint64_t *length, uint64_t budget, float eps, uint64_t *out);
+
 #endif /* SKV_REF_H */

@@ -451,6 +451,20 @@ SKV_API skv_status skv_budget_adakv(const float *scores, uint32_t heads, uint64_
  * solver, packing. All or nothing: on any error the sequence is exactly as it was. */
 SKV_API skv_status skv_compress(skv_cache *cache, skv_seq_id seq);
 
+/* ---- HeteroCache (DESIGN.md §7b) ------------------------------------------------------
+ * Heads fall into four categories by the stability of their top-k attended tokens over
+ * decode steps and by how much their top-k sets overlap other heads' of the layer. */
+typedef enum skv_head_category {
+    SKV_HEAD_PIVOT = 0,     /* the centre of a star of similar heads: watched for drift,
+                             * its whole cache on the device */
+    SKV_HEAD_SATELLITE = 1, /* similar to its pivot: a budget on the device by stability,
+                             * its full KV in the host tier, fetched when the pivot drifts */
+    SKV_HEAD_ANCHOR = 2,    /* stable (S >= tau_stable) and alone: a budget by stability */
+    SKV_HEAD_VOLATILE = 3   /* unstable and alone: its whole cache on the device */
+} skv_head_category;
+
+SKV_API const char *skv_head_category_str(skv_head_category c);
+
 /* ---- kernel variants and the tuning database ------------------------------------------
  * Decode runs one of two schedules, each with parameters (cl/decode.cl):
  *   GROUP  a work-group per chunk of a (sequence, kv-head), a slot per work-item, local
