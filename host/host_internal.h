@@ -99,6 +99,14 @@ skv_status skvi_device_resolve(const skv_allocator *a, const char *selector,
 skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defines,
                             cl_program *out);
 void skvi_build_record_free(skv_context *ctx, skvi_build_record *r);
+/* hetero.c: the top-k of `rows` rows of n weights (row r at w + r * w_stride floats):
+ * out[r * out_stride ..] the indices of the min(top_k, n) largest, ascending, ties by
+ * lower index (skv_ref_topk); counts[r] how many. The kernel runs work-groups of
+ * SKVI_TOPK_WG (cl/topk.cl); skvi_topk_kernel checks the device allows them. */
+#define SKVI_TOPK_WG 256
+skv_status skvi_topk_kernel(skv_context *ctx, cl_kernel *out);
+skv_status skvi_topk_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t rows, uint32_t n, uint32_t w_stride,
+                             uint32_t top_k, cl_mem out, uint32_t out_stride, cl_mem counts);
 /* Fills a new buffer with 0xFF bytes (NaN as float and half, -1 as a position), so that a
  * kernel reading what nothing wrote shows it (ctx->poison; tests). */
 cl_int skvi_poison(skv_context *ctx, cl_mem buf, size_t bytes);

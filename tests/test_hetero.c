@@ -2,6 +2,7 @@
  * star clustering and per-head budgets, on synthetic heads built to be stable,
  * drifting and redundant. */
 #include "test_util.h"
+#include "host_internal.h"
 #include "skv_ref.h"
 
 /* The k largest by brute force: repeatedly the largest not yet taken (ties: lower index). */
@@ -174,10 +175,78 @@ static void test_budgets(void **state)
     assert_int_equal(skv_ref_hetero_budgets(5, cat, S, len, 2600, 0.0f, out), SKV_ERR_INVALID_ARG);
 }
 
+/* The device top-k (cl/topk.cl) equals skv_ref_topk row by row: awkward lengths, k
+ * above and below them, many ties, negative values, NaN, and poisoned outputs. */
+static void test_topk_kernel(void **state)
+{
+    (void)state;
+    skv_context *ctx = NULL;
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = getenv("SKV_TEST_DEVICE");
+    skv_status st = skv_context_create(&cd, &ctx);
+    if (st == SKV_ERR_NO_DEVICE)
+        skip();
+    assert_ok(st);
+    cl_kernel k;
+    assert_ok(skvi_topk_kernel(ctx, &k));
+    const uint32_t shapes[][3] = {/* rows, n, k */ {3, 1, 1},     {2, 37, 5},   {5, 255, 256},
+                                  {4, 1000, 129}, {2, 4099, 1024}, {3, 300, 0}, {1, 70001, 1024}};
+    test_rng r = {5};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const uint32_t rows = shapes[si][0], n = shapes[si][1], kk = shapes[si][2];
+        const uint32_t ws = n + 3, os = kk + 2; /* strides wider than the rows */
+        float *w = malloc((size_t)rows * ws * sizeof *w);
+        uint32_t *got = malloc((size_t)rows * os * sizeof *got), *want = malloc((n + 1) * sizeof *want);
+        uint32_t *counts = malloc(rows * sizeof *counts);
+        for (size_t i = 0; i < (size_t)rows * ws; i++) {
+            const uint32_t u = rng_u32(&r);
+            w[i] = si % 2 ? (float)(u % 61) * 0.125f - 2.0f : (float)rng_uniform(&r) * 1e-3f; /* ties; tiny */
+            if (u % 997 == 0)
+                w[i] = NAN;
+            if (u % 1009 == 0)
+                w[i] = -0.0f;
+        }
+        cl_int e;
+        cl_mem wb = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)rows * ws * 4, w, &e);
+        assert_int_equal(e, CL_SUCCESS);
+        for (size_t i = 0; i < (size_t)rows * os; i++)
+            got[i] = 0xDEADBEEFu;
+        for (uint32_t i = 0; i < rows; i++)
+            counts[i] = 0xDEADBEEFu;
+        cl_mem ob = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, (size_t)rows * os * 4, got, &e);
+        cl_mem cb = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, rows * 4, counts, &e);
+        assert_ok(skvi_topk_enqueue(ctx, k, wb, rows, n, ws, kk, ob, os, cb));
+        assert_int_equal(clEnqueueReadBuffer(ctx->queue, ob, CL_TRUE, 0, (size_t)rows * os * 4, got, 0, NULL, NULL),
+                         CL_SUCCESS);
+        assert_int_equal(clEnqueueReadBuffer(ctx->queue, cb, CL_TRUE, 0, rows * 4, counts, 0, NULL, NULL), CL_SUCCESS);
+        for (uint32_t row = 0; row < rows; row++) {
+            const uint32_t m = skv_ref_topk(w + (size_t)row * ws, n, kk, want);
+            assert_int_equal(counts[row], m);
+            for (uint32_t i = 0; i < m; i++)
+                if (got[(size_t)row * os + i] != want[i])
+                    fail_msg("n %u k %u row %u: item %u is %u, the reference %u", n, kk, row, i,
+                             got[(size_t)row * os + i], want[i]);
+            for (uint32_t i = m; i < os; i++) /* nothing written past the count */
+                assert_int_equal(got[(size_t)row * os + i], 0xDEADBEEFu);
+        }
+        clReleaseMemObject(wb);
+        clReleaseMemObject(ob);
+        clReleaseMemObject(cb);
+        free(w);
+        free(got);
+        free(want);
+        free(counts);
+    }
+    clReleaseKernel(k);
+    skv_context_destroy(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topk),
+        cmocka_unit_test(test_topk_kernel),
         cmocka_unit_test(test_overlap),
         cmocka_unit_test(test_categories),
         cmocka_unit_test(test_budgets),
