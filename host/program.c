@@ -204,10 +204,16 @@ static skv_status program_inputs(skv_context *ctx, const char *name, const char 
 
 /* ---- build-list mode: programs recorded, kernels stood in for --------------------------- */
 
-/* The record of (name, options), added with its source text when new. */
-static skv_status record_program(skv_context *ctx, const char *name, const skvi_kernel_source *const *srcs, size_t n,
-                                 const char *options, skvi_build_record **out)
+/* The record of program `name` built with `defines` (its sources and options as
+ * program_inputs makes them), added with its source text when new. */
+static skv_status record_program(skv_context *ctx, const char *name, const char *defines, skvi_build_record **out)
 {
+    const skvi_kernel_source *srcs[PRELUDE + MAX_PARTS];
+    size_t n;
+    char options[1024];
+    skv_status st = program_inputs(ctx, name, defines, srcs, &n, options, sizeof options);
+    if (st != SKV_OK)
+        return st;
     for (size_t i = 0; i < ctx->record_count; i++)
         if (strcmp(ctx->records[i].name, name) == 0 && strcmp(ctx->records[i].options, options) == 0) {
             *out = &ctx->records[i];
@@ -312,7 +318,12 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
 {
     if (!defines)
         defines = "";
-    for (size_t i = 0; !ctx->build_list && i < ctx->program_count; i++)
+    if (ctx->build_list) {
+        skvi_build_record *r;
+        *out = NULL;
+        return record_program(ctx, name, defines, &r);
+    }
+    for (size_t i = 0; i < ctx->program_count; i++)
         if (strcmp(ctx->programs[i].name, name) == 0 && strcmp(ctx->programs[i].defines, defines) == 0) {
             *out = ctx->programs[i].program;
             return SKV_OK;
@@ -323,11 +334,6 @@ skv_status skvi_program_get(skv_context *ctx, const char *name, const char *defi
     skv_status st = program_inputs(ctx, name, defines, srcs, &n, options, sizeof options);
     if (st != SKV_OK)
         return st;
-    if (ctx->build_list) {
-        skvi_build_record *r;
-        *out = NULL;
-        return record_program(ctx, name, srcs, n, options, &r);
-    }
     char key[33];
     cache_key(ctx, srcs, n, options, key);
 
@@ -352,13 +358,8 @@ skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *
                               const char *kernel, cl_kernel *out)
 {
     if (ctx->build_list) {
-        const skvi_kernel_source *srcs[PRELUDE + MAX_PARTS];
-        size_t n;
-        char options[1024];
         skvi_build_record *r;
-        skv_status st = program_inputs(ctx, source, defines ? defines : "", srcs, &n, options, sizeof options);
-        if (st == SKV_OK)
-            st = record_program(ctx, source, srcs, n, options, &r);
+        skv_status st = record_program(ctx, source, defines ? defines : "", &r);
         if (st == SKV_OK)
             st = record_kernel(ctx, r, kernel);
         return st == SKV_OK ? stand_in_kernel(ctx, kernel, out) : st;
