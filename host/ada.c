@@ -119,6 +119,9 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
     skv_status st = skvi_seq_get(c, seq, "skv_seq_quantize", &s);
     if (st != SKV_OK)
         return st;
+    if (s->hetero)
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_seq_quantize: HeteroCache runs on sequence %u and places its tokens itself", seq);
     if ((unsigned)tier >= SKV_TIER_COUNT || tier == SKV_TIER_F16 || !(c->desc.tiers & (1u << tier)))
         return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_quantize: tier %d is not an ADA tier of this cache",
                          (int)tier);

@@ -55,8 +55,33 @@ static cl_mem upload(skv_cache *c, const void *src, size_t bytes, cl_int *e)
     return clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, (void *)src, e);
 }
 
-static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, const char *fn,
-                            decode_plan *p)
+/* Entry j of list i of sequence s, if decode reads it: on the device, not in flight. */
+static int readable(skv_cache *c, skvi_seq *s, size_t list, uint32_t j)
+{
+    if (s->lists[list].ids[j] & SKVI_HOST_BIT)
+        return 0;
+    return !s->hetero || skvi_hetero_entry_ready(c, s, (uint32_t)list, j);
+}
+
+/* Tokens of list i decode reads: its readable pages, all full but the last. */
+static uint32_t readable_tokens(skv_cache *c, skvi_seq *s, size_t list, uint32_t *pages)
+{
+    const skvi_page_list *l = &s->lists[list];
+    const uint32_t P = c->desc.page_tokens;
+    uint32_t tokens = 0, n = 0;
+    for (uint32_t j = 0; j < l->n; j++)
+        if (readable(c, s, list, j)) {
+            tokens += j + 1 == l->n ? l->tokens - j * P : P;
+            n++;
+        }
+    *pages = n;
+    return tokens;
+}
+
+/* The block tables of the batch. Pages in host memory (or still arriving) are left
+ * out, unless all_pages: then they are an error (skv_attention_logits). */
+static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, int all_pages,
+                            const char *fn, decode_plan *p)
 {
     const uint32_t H = c->desc.kv_heads;
     memset(p, 0, sizeof *p);
@@ -69,19 +94,27 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
         if (s->len[layer] == 0)
             return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: sequence %u holds no tokens for layer %u", fn,
                              seqs[b], layer);
-        for (uint32_t h = 0; h < H; h++)
+        for (uint32_t h = 0; h < H; h++) {
+            uint64_t head_tokens = 0;
             for (int t = 0; t < SKV_TIER_COUNT; t++) {
-                const skvi_page_list *l = skvi_seq_list(c, s, layer, h, (skv_tier)t);
-                for (uint32_t j = 0; j < l->n; j++)
-                    if (l->ids[j] & SKVI_HOST_BIT)
-                        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
-                                         "%s: sequence %u has pages of layer %u in host memory: skv_seq_fetch them "
-                                         "first",
-                                         fn, seqs[b], layer);
-                pages[t] += l->n;
-                if (l->tokens > p->t[t].max_len)
-                    p->t[t].max_len = l->tokens;
+                const size_t li = ((size_t)layer * H + h) * SKV_TIER_COUNT + t;
+                const skvi_page_list *l = &s->lists[li];
+                uint32_t n = 0, tokens = readable_tokens(c, s, li, &n);
+                if (all_pages && n != l->n)
+                    return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                                     "%s: sequence %u has pages of layer %u in host memory: skv_seq_fetch them "
+                                     "first",
+                                     fn, seqs[b], layer);
+                pages[t] += n;
+                head_tokens += tokens;
+                if (tokens > p->t[t].max_len)
+                    p->t[t].max_len = tokens;
             }
+            if (head_tokens == 0)
+                return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                                 "%s: sequence %u, layer %u, kv-head %u has no token in device memory", fn, seqs[b],
+                                 layer, h);
+        }
     }
     cl_int e = CL_SUCCESS;
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
@@ -91,19 +124,26 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
         if (pages[t] >= 0xFFFFFFFFull)
             return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: batch too large", fn);
         tp->indptr = skvi_calloc(c->ctx->alloc, (size_t)B * H + 1, sizeof *tp->indptr);
-        tp->indices = skvi_calloc(c->ctx->alloc, pages[t], sizeof *tp->indices);
+        tp->indices = skvi_calloc(c->ctx->alloc, pages[t] ? pages[t] : 1, sizeof *tp->indices);
         tp->lens = skvi_calloc(c->ctx->alloc, (size_t)B * H, sizeof *tp->lens);
         if (!tp->indptr || !tp->indices || !tp->lens)
             return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
         uint32_t k = 0;
         for (uint32_t b = 0; b < B; b++)
             for (uint32_t h = 0; h < H; h++) {
-                const skvi_page_list *l = skvi_seq_list(c, &c->seqs[seqs[b]], layer, h, (skv_tier)t);
+                skvi_seq *s = &c->seqs[seqs[b]];
+                const size_t li = ((size_t)layer * H + h) * SKV_TIER_COUNT + t;
+                const skvi_page_list *l = &s->lists[li];
+                uint32_t n = 0;
                 tp->indptr[b * H + h] = k;
-                tp->lens[b * H + h] = l->tokens;
-                if (l->n) /* a head may hold nothing in this tier */
+                tp->lens[b * H + h] = readable_tokens(c, s, li, &n);
+                if (n == l->n && l->n) /* a head may hold nothing in this tier */
                     memcpy(tp->indices + k, l->ids, l->n * sizeof *l->ids);
-                k += l->n;
+                else
+                    for (uint32_t j = 0, m = 0; j < l->n; j++)
+                        if (readable(c, s, li, j))
+                            tp->indices[k + m++] = l->ids[j];
+                k += n;
             }
         tp->indptr[(size_t)B * H] = k;
         split(c, (skv_tier)t, B, tp);
@@ -111,7 +151,7 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
         p->total_chunks += tp->n_chunks;
         tp->bufs[0] = upload(c, tp->indptr, ((size_t)B * H + 1) * 4, &e);
         if (e == CL_SUCCESS)
-            tp->bufs[1] = upload(c, tp->indices, (size_t)k * 4, &e);
+            tp->bufs[1] = upload(c, tp->indices, (size_t)(k ? k : 1) * 4, &e);
         if (e == CL_SUCCESS)
             tp->bufs[2] = upload(c, tp->lens, (size_t)B * H * 4, &e);
         if (e != CL_SUCCESS)
@@ -245,6 +285,54 @@ static skv_status read_logits(skv_cache *c, const decode_plan *p, cl_mem *logits
     return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(c->ctx->error, e, "skv_attention_logits: clEnqueueReadBuffer");
 }
 
+/* The observe kernels of every tier over one sequence of the batch: adds its attention
+ * probabilities by position into acc[kv_heads][acc_cap] (cl/observe.cl). */
+typedef struct observe_arg {
+    skv_cache *c;
+    const decode_plan *p;
+    cl_mem *logits; /* per tier, kept by the decode kernels */
+    cl_mem ml;      /* the merge's (max, sum) per q-head */
+} observe_arg;
+
+static cl_int observe_rows(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap)
+{
+    const observe_arg *o = arg;
+    skv_cache *c = o->c;
+    cl_int e = CL_SUCCESS;
+    for (int t = 0; e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) {
+        const tier_plan *tp = &o->p->t[t];
+        if (!tp->max_len)
+            continue;
+        cl_kernel k = c->k_observe[t]; /* built before anything was enqueued */
+        if (!k || !o->logits[t])
+            return CL_INVALID_KERNEL;
+        cl_uint ka = SKVI_POOL_MAX_CHUNKS + 1, hh = c->desc.kv_heads, bb = b, stride = (cl_uint)tp->max_len;
+        e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
+        for (int i = 0; i < 3; i++)
+            e |= clSetKernelArg(k, ka++, sizeof tp->bufs[i], &tp->bufs[i]);
+        e |= clSetKernelArg(k, ka++, sizeof hh, &hh);
+        e |= clSetKernelArg(k, ka++, sizeof bb, &bb);
+        e |= clSetKernelArg(k, ka++, sizeof o->logits[t], &o->logits[t]);
+        e |= clSetKernelArg(k, ka++, sizeof stride, &stride);
+        e |= clSetKernelArg(k, ka++, sizeof o->ml, &o->ml);
+        e |= clSetKernelArg(k, ka++, sizeof acc, &acc);
+        e |= clSetKernelArg(k, ka++, sizeof acc_cap, &acc_cap);
+        size_t g[2] = {tp->max_len, hh};
+        if (e == CL_SUCCESS)
+            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+    }
+    return e;
+}
+
+/* Whether seqs[b] appeared earlier in the batch (its hooks ran already). */
+static int repeated(const skv_seq_id *seqs, uint32_t b)
+{
+    for (uint32_t i = 0; i < b; i++)
+        if (seqs[i] == seqs[b])
+            return 1;
+    return 0;
+}
+
 static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, skv_dtype q_dtype,
                               const void *q_host, cl_mem q_mem, size_t q_off, float scale, skv_dtype out_dtype,
                               void *out_host, cl_mem out_mem, size_t out_off, cl_uint num_wait,
@@ -278,8 +366,21 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     if (st != SKV_OK)
         return st;
 
+    /* HeteroCache: arrived pages, the last drift check (retrieval); then which
+     * sequences want this step's top-k (the kept logits) */
+    int hetero_logits = 0;
+    for (uint32_t b = 0; !logits_host && b < B; b++) {
+        skvi_seq *s = NULL;
+        if (skvi_seq_get(c, seqs[b], fn, &s) != SKV_OK)
+            break; /* make_plan reports it */
+        if (repeated(seqs, b))
+            continue;
+        skvi_hetero_before_decode(c, s, layer);
+        hetero_logits |= skvi_hetero_wants_logits(c, s, layer);
+    }
+    skvi_clear_error();
     decode_plan p;
-    st = make_plan(c, layer, seqs, B, fn, &p);
+    st = make_plan(c, layer, seqs, B, logits_host != NULL, fn, &p);
     for (uint32_t h = 0; st == SKV_OK && logits_host && h < H; h++) { /* B = 1 */
         uint64_t held = 0;
         for (int t = 0; t < SKV_TIER_COUNT; t++)
@@ -329,10 +430,13 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
     cl_mem ml = e == CL_SUCCESS ? scratch(c, 2, (size_t)B * c->desc.q_heads * 2 * sizeof(float), &e) : NULL;
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         kernels[t] = c->k_decode[t];
-        if (p.t[t].max_len && logits_host)
+        cl_kernel unused;
+        if (p.t[t].max_len && (logits_host || hetero_logits))
             st = skvi_cache_logits_kernel(c, (skv_tier)t, &kernels[t]);
+        if (st == SKV_OK && p.t[t].max_len && hetero_logits)
+            st = skvi_cache_observe_kernel(c, (skv_tier)t, &unused);
     }
-    for (int t = 0; (observe || logits_host) && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
+    for (int t = 0; (observe || logits_host || hetero_logits) && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
         if (p.t[t].max_len)
             logits[t] = clCreateBuffer(c->ctx->cl, CL_MEM_READ_WRITE, (size_t)B * H * G * p.t[t].max_len * sizeof(float),
                                        NULL, &e);
@@ -362,26 +466,14 @@ static skv_status decode_impl(skv_cache *c, uint32_t layer, const skv_seq_id *se
         size_t mglobal[2] = {D, (size_t)B * c->desc.q_heads};
         if (e == CL_SUCCESS)
             e = clEnqueueNDRangeKernel(c->ctx->queue, m, 2, NULL, mglobal, NULL, 0, NULL, &done);
-        for (int t = 0; observe && e == CL_SUCCESS && t < SKV_TIER_COUNT; t++) /* after the merge, in queue order */
-            for (uint32_t b = 0; p.t[t].max_len && e == CL_SUCCESS && b < B; b++) {
-                skvi_seq *s = &c->seqs[seqs[b]];
-                cl_kernel k = c->k_observe[t];
-                cl_uint ka = SKVI_POOL_MAX_CHUNKS + 1, hh = H, bb = b, stride = (cl_uint)p.t[t].max_len,
-                        cap = s->obs_cap[layer];
-                e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
-                for (int i = 0; i < 3; i++)
-                    e |= clSetKernelArg(k, ka++, sizeof p.t[t].bufs[i], &p.t[t].bufs[i]);
-                e |= clSetKernelArg(k, ka++, sizeof hh, &hh);
-                e |= clSetKernelArg(k, ka++, sizeof bb, &bb);
-                e |= clSetKernelArg(k, ka++, sizeof logits[t], &logits[t]);
-                e |= clSetKernelArg(k, ka++, sizeof stride, &stride);
-                e |= clSetKernelArg(k, ka++, sizeof ml, &ml);
-                e |= clSetKernelArg(k, ka++, sizeof s->obs_acc[layer], &s->obs_acc[layer]);
-                e |= clSetKernelArg(k, ka++, sizeof cap, &cap);
-                size_t g[2] = {p.t[t].max_len, H};
-                if (e == CL_SUCCESS)
-                    e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
-            }
+        observe_arg oa = {c, &p, logits, ml};
+        for (uint32_t b = 0; observe && e == CL_SUCCESS && b < B; b++) { /* after the merge, in queue order */
+            skvi_seq *s = &c->seqs[seqs[b]];
+            e = observe_rows(&oa, b, s->obs_acc[layer], s->obs_cap[layer]);
+        }
+        for (uint32_t b = 0; !logits_host && e == CL_SUCCESS && st == SKV_OK && b < B; b++)
+            if (!repeated(seqs, b))
+                st = skvi_hetero_after_decode(c, &c->seqs[seqs[b]], layer, b, observe_rows, &oa);
         if (e == CL_SUCCESS && out_host)
             e = clEnqueueReadBuffer(c->ctx->queue, obuf, CL_TRUE, 0, out_bytes, out_host, 0, NULL, NULL);
         if (e == CL_SUCCESS && logits_host)

@@ -292,6 +292,19 @@ skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
     return SKV_OK;
 }
 
+skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
+{
+    if (!c->k_observe[tier]) {
+        char defs[512];
+        decode_defines(c, tier, &c->decode[tier], 1, defs, sizeof defs);
+        skv_status st = skvi_kernel_create(c->ctx, "observe.cl", defs, "observe", &c->k_observe[tier]);
+        if (st != SKV_OK)
+            return st;
+    }
+    *out = c->k_observe[tier];
+    return SKV_OK;
+}
+
 static skv_status build_kernels(skv_cache *c)
 {
     const skv_cache_desc *d = &c->desc;
@@ -456,6 +469,8 @@ static void seq_release(skv_cache *c, skvi_seq *s)
     skvi_free(c->ctx->alloc, s->rdr_mark);
     skvi_snap_release(c, s);
     skvi_obs_release(c, s);
+    skvi_hetero_release(c, s);
+    skvi_calib_release(c, s);
     skvi_stats_release(c, s);
     if (s->moved)
         clReleaseEvent(s->moved);
@@ -506,6 +521,12 @@ void skv_cache_destroy(skv_cache *c)
     for (int i = 0; i < 3; i++)
         if (c->scratch[i])
             clReleaseMemObject(c->scratch[i]);
+    cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts};
+    for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++)
+        if (hb[i])
+            clReleaseMemObject(hb[i]);
+    if (c->k_topk)
+        clReleaseKernel(c->k_topk);
     skvi_free(c->ctx->alloc, c);
 }
 
@@ -614,6 +635,11 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_seq_fork: cache or child is NULL");
     skvi_seq *p = NULL;
     skv_status st = skvi_seq_get(c, parent, "skv_seq_fork", &p);
+    if (st == SKV_OK && (p->hetero || p->calib))
+        return skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED,
+                         "skv_seq_fork: sequence %u runs HeteroCache or a calibration; fork it before skv_seq_hetero or "
+                         "after skv_hetero_calibrate_end",
+                         parent);
     skv_seq_id id;
     if (st == SKV_OK)
         st = seq_new(c, "skv_seq_fork", &id);
@@ -774,6 +800,7 @@ skv_status skvi_compute_waits(skv_cache *c, const skv_seq_id *seqs, uint32_t n_s
     if (pending(&c->transfer_pending)) /* else no move is pending anywhere */
         for (uint32_t b = 0; b < (seqs ? n_seqs : 1); b++)
             n_moves += seqs ? pending(&c->seqs[seqs[b]].moved) != NULL : 1;
+    c->hstats.compute_waits += n_moves != 0;
     if (!n_moves) {
         *n_out = n_user;
         *out = n_user ? user : NULL;

@@ -41,6 +41,41 @@ typedef struct skvi_key_stats {
     uint32_t n_windows;
 } skvi_key_stats;
 
+/* A satellite page fetched by HeteroCache whose copy may still be in flight: decode
+ * skips it until `done` completes. */
+typedef struct skvi_inflight {
+    uint32_t list, entry;
+    cl_event done;
+} skvi_inflight;
+
+/* HeteroCache on one sequence (skv_seq_hetero). */
+typedef struct skvi_hetero {
+    skv_hetero_desc desc;
+    skv_head_category *cat; /* [L][H] */
+    uint32_t *pivot;        /* [L][H] */
+    float *stability;       /* [L][H] */
+    uint32_t k;             /* desc.top_k */
+    uint32_t *ref, *ref_n;  /* [L][H][k], [L][H]: the pivots' reference sets (positions, ascending) */
+    uint32_t *now, *now_n;  /* [L][H][k], [L][H]: the last check's sets, read back without a wait */
+    cl_event *now_read;     /* [L]: that read (NULL: none pending) */
+    uint64_t *steps;        /* [L]: decode steps seen */
+    uint64_t *share;        /* [L][H]: a satellite's device share in tokens (its last compression's) */
+    int32_t **pos;          /* [L]: every appended position, in append order (the satellites' F16 order) */
+    uint32_t *pos_n, *pos_cap;
+    skvi_inflight *fl;
+    uint32_t n_fl, cap_fl;
+} skvi_hetero;
+
+/* A calibration (skv_hetero_calibrate_begin): per layer, the top-k sets of up to
+ * max_steps steps on the device. */
+typedef struct skvi_calib {
+    skv_hetero_desc desc;
+    cl_mem *sets;    /* [L]: [max_steps][H][k] uint */
+    cl_mem *counts;  /* [L]: [max_steps][H] uint */
+    uint32_t *steps; /* [L]: steps recorded */
+    uint64_t *extra; /* [L]: steps past max_steps, ignored */
+} skvi_calib;
+
 typedef struct skvi_seq {
     int live;
     uint64_t *len;         /* tokens appended per layer */
@@ -61,6 +96,8 @@ typedef struct skvi_seq {
     uint32_t *obs_cap;
     uint64_t *rdr_mark; /* per layer: tokens appended when RDR last ran */
     cl_event moved;     /* the last page move of this sequence's pages (NULL: none pending) */
+    skvi_hetero *hetero; /* NULL: HeteroCache does not run on the sequence */
+    skvi_calib *calib;   /* NULL: no calibration open */
 } skvi_seq;
 
 struct skv_cache {
@@ -104,6 +141,13 @@ struct skv_cache {
     /* decode scratch, grown on demand and kept: no device allocation per decode step */
     cl_mem scratch[3]; /* partials, query tables, per-q-head (max, sum) */
     size_t scratch_bytes[3];
+
+    /* HeteroCache: the top-k kernel, a step's attention rows [H][positions] and the
+     * top-k sets [H][k] with their counts, grown on demand */
+    cl_kernel k_topk;
+    cl_mem h_rows, h_sets, h_counts;
+    size_t h_rows_bytes, h_sets_bytes, h_counts_bytes;
+    skv_hetero_stats hstats;
 };
 
 /* pool.c */
@@ -158,9 +202,43 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
 /* skv_rdr_solve_with on the device (cl/rdr.cl); the choices equal the host solver's. */
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
 
+/* hetero.c */
+/* Decode hooks for the sequences of a batch that calibrate or run HeteroCache: before
+ * the plan, processes the previous check's sets (drift, retrieval); after the merge,
+ * computes this step's top-k sets from the kept logits (observe rows, cl/topk.cl). */
+int skvi_hetero_wants_logits(const skv_cache *c, const skvi_seq *s, uint32_t layer);
+void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer);
+/* rows: logits-derived attention of sequence b of the batch (the observe kernel's
+ * arguments are set but acc, acc_cap), enqueued by `observe` per tier */
+typedef cl_int (*skvi_observe_fn)(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap);
+skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t b, skvi_observe_fn observe,
+                                    void *arg);
+/* Whether decode may read entry j of list i now (not in flight); counts skipped pages. */
+int skvi_hetero_entry_ready(skv_cache *c, skvi_seq *s, uint32_t list, uint32_t entry);
+skv_status skvi_hetero_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);
+void skvi_hetero_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);
+/* RDR's per-head budgets (F16 token equivalents) of a HeteroCache sequence's layer, and
+ * whether RDR compresses the head (anchors only); budgets[h] of satellites are their
+ * device shares. */
+skv_status skvi_hetero_budgets(skv_cache *c, skvi_seq *s, uint32_t layer, uint64_t layer_tokens, uint64_t *per_head);
+int skvi_hetero_rdr_head(const skvi_seq *s, const skv_cache *c, uint32_t layer, uint32_t head);
+/* Keeps each satellite of the layer within its device share (after a compression). */
+skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer);
+void skvi_hetero_release(skv_cache *c, skvi_seq *s);
+void skvi_calib_release(skv_cache *c, skvi_seq *s);
+
+/* transfer.c: moves entries (list i, entry j) of a sequence to `to`; all or nothing.
+ * The copies wait for compute work already enqueued; *last (retained, may be NULL)
+ * is the last copy. track: 1 sets the sequence's move event (decode waits for it), 0
+ * leaves it (HeteroCache: decode skips in-flight pages instead). */
+skv_status skvi_move_entries(skv_cache *c, skvi_seq *s, const uint32_t *list, const uint32_t *entry, uint32_t n,
+                             skv_memory to, int track, cl_event *last, const char *fn);
+
 /* cache.c */
 /* The tier's decode kernel that keeps every logit (OBSERVE), built on first use. */
 skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
+/* The tier's observe kernel (cl/observe.cl), built on first use. */
+skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);
 /* Lists per sequence, and the tier of list i. */

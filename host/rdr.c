@@ -325,10 +325,13 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             continue;
         for (uint32_t h = 0; h < H; h++)
             per_head[h] = per_layer[l];
-        if (c->desc.budget_rule == SKV_BUDGET_ADAKV)
+        if (s->hetero) /* HeteroCache: by head category and stability; RDR runs on anchors */
+            st = skvi_hetero_budgets(c, s, l, per_layer[l] * H, per_head);
+        else if (c->desc.budget_rule == SKV_BUDGET_ADAKV)
             st = adakv_budgets(c, seq, s, l, per_layer[l] * H, per_head);
         for (uint32_t h = 0; st == SKV_OK && h < H; h++)
-            st = plan_layer_head(c, seq, s, l, h, (uint64_t)(per_head[h] * f16_token), &plans[(size_t)l * H + h]);
+            if (skvi_hetero_rdr_head(s, c, l, h))
+                st = plan_layer_head(c, seq, s, l, h, (uint64_t)(per_head[h] * f16_token), &plans[(size_t)l * H + h]);
     }
     skvi_free(a, per_head);
     /* pages for every rebuilt list, per tier, before anything changes */
@@ -452,6 +455,15 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         for (uint32_t l = 0; l < L; l++)
             if (only_layer == ~0u || l == only_layer)
                 s->rdr_mark[l] = s->len[l];
+        /* HeteroCache: satellites to their device shares (a failed move changes nothing
+         * and is retried at the next compression) */
+        for (uint32_t l = 0; s->hetero && l < L; l++)
+            if (only_layer == ~0u || l == only_layer) {
+                char saved[SKVI_ERROR_MAX];
+                memcpy(saved, ctx->error, sizeof saved);
+                if (skvi_hetero_place(c, s, l) != SKV_OK)
+                    memcpy(ctx->error, saved, sizeof saved);
+            }
     } else {
         for (int t = 0; t < SKV_TIER_COUNT; t++)
             for (uint32_t k = 0; k < n_taken[t]; k++)
@@ -485,7 +497,7 @@ skv_status skv_compress(skv_cache *c, skv_seq_id seq)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_compress: the cache has no retention policy");
     for (uint32_t l = 0; l < c->desc.layers; l++)
         for (uint32_t h = 0; h < c->desc.kv_heads; h++)
-            for (int t = 0; t < SKV_TIER_COUNT; t++) {
+            for (int t = 0; skvi_hetero_rdr_head(s, c, l, h) && t < SKV_TIER_COUNT; t++) {
                 const skvi_page_list *pl = skvi_seq_list(c, s, l, h, (skv_tier)t);
                 for (uint32_t k = 0; k < pl->n; k++)
                     if (pl->ids[k] & SKVI_HOST_BIT)

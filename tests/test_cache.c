@@ -460,10 +460,16 @@ static void test_offload_fetch(void **state)
     assert_ok(skv_cache_get_stats(c, &st));
     assert_int_equal(st.pools[0][SKV_MEM_HOST].pages_used, host);
     assert_int_equal(st.pools[0][SKV_MEM_DEVICE].pages_used, pages - host);
-    /* attention refuses host pages, with a message that says what to do */
-    float q[8 * 64] = {0}, o[8 * 64];
-    assert_int_equal(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 1.0f, SKV_F32, o), SKV_ERR_INVALID_ARG);
+    /* decode attends over the pages left on the device: layer 0's tail page, 992..999 */
+    mirror tail = {.k = m.k + 992 * 2 * 64, .v = m.v + 992 * 2 * 64, .pos = m.pos + 992, .n = 8, .H = 2, .D = 64};
+    const mirror *tailp = &tail;
+    check_decode(c, 0, &s, &tailp, 1, SKV_F32, SKV_F32, &r);
+    /* skv_attention_logits needs every page, with a message that says what to do */
+    float q[8 * 64] = {0}, *lg = malloc(8 * 1000 * sizeof *lg);
+    size_t counts[2];
+    assert_int_equal(skv_attention_logits(c, 0, s, SKV_F32, q, 1.0f, lg, 1000, counts), SKV_ERR_INVALID_ARG);
     assert_non_null(strstr(skv_last_error(), "skv_seq_fetch"));
+    free(lg);
     /* appending still works while pages are away (the tail stays on the device) */
     assert_ok(append_random(c, s, 1, 3, SKV_F32, &r, NULL));
 

@@ -353,7 +353,9 @@ SKV_API skv_status skv_append(skv_cache *cache, skv_seq_id seq, uint32_t layer, 
  * host memory (offload) or back to device memory (fetch), asynchronously on the
  * transfer queue. Pages only partly inside the range, and the page being appended to,
  * stay where they are. Later skv work waits for the moves through events; the host
- * never blocks. Decode attention needs every page of its sequences on the device. */
+ * never blocks. Decode attention attends over the pages on the device: tokens in host
+ * memory are left out (a kv-head with no token on the device is an error);
+ * skv_attention_logits needs every page on the device. */
 SKV_API skv_status skv_seq_offload(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end);
 SKV_API skv_status skv_seq_fetch(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end);
 /* Re-encodes the full F16 pages of tokens [token_begin, token_end) of every layer and
@@ -464,6 +466,103 @@ typedef enum skv_head_category {
 } skv_head_category;
 
 SKV_API const char *skv_head_category_str(skv_head_category c);
+
+typedef struct skv_hetero_desc {
+    size_t struct_size;  /* set by skv_hetero_desc_init */
+    uint32_t top_k;      /* attended tokens per (layer, kv-head) and step; default 1024, capped by the
+                          * layer's length */
+    float tau_sim;       /* star clustering: heads with top-k overlap >= tau_sim join a pivot (0.5) */
+    float tau_stable;    /* anchors: stability >= tau_stable (0.5); drift: a pivot's overlap with its
+                          * reference below it triggers retrieval */
+    float eps;           /* budgets of anchors and satellites in proportion to 1 / (S + eps) (0.1) */
+    uint32_t max_steps;  /* calibration: decode steps recorded per layer (default 64; later ones are
+                          * counted and ignored) */
+    uint32_t check_steps; /* drift: the pivots are checked every check_steps decode steps (5) */
+    int retrieval;        /* 1 (default): fetch satellites' pages when their pivot drifts; 0: never */
+} skv_hetero_desc;
+
+SKV_API void skv_hetero_desc_init(skv_hetero_desc *desc);
+
+/* A calibrated profile: per (layer, kv-head) a category, its pivot (a satellite's pivot,
+ * else the head itself) and its stability. */
+typedef struct skv_hetero_profile skv_hetero_profile;
+
+/* Calibration. From begin, every decode step that includes `seq` computes on the device,
+ * per (layer, kv-head), the top-k tokens by the attention probability of the step
+ * (averaged over the GQA group; the decode kernels' kept logits), and keeps the sets on
+ * the device: no host round trip per step. Feed the prefill's last queries through
+ * skv_attention_decode as steps too, if wanted. end reads the sets back once and builds
+ * the profile: the first step of each layer is the reference K_ref; stability S =
+ * median over steps of |K_t ∩ K_ref| / k; the similarity of two heads of a layer is the
+ * mean over steps of their top-k overlap / k; greedy star clustering (DESIGN.md §7b).
+ * end needs at least one step per layer (SKV_ERR_INVALID_ARG otherwise, and the
+ * calibration stays open); abort drops it. One calibration per sequence at a time. */
+SKV_API skv_status skv_hetero_calibrate_begin(skv_cache *cache, skv_seq_id seq, const skv_hetero_desc *desc);
+SKV_API skv_status skv_hetero_calibrate_end(skv_cache *cache, skv_seq_id seq, skv_hetero_profile **out);
+SKV_API skv_status skv_hetero_calibrate_abort(skv_cache *cache, skv_seq_id seq);
+
+/* A profile from the caller's arrays [layers][kv_heads] (stability may be NULL: 1 for
+ * anchors, pivots and satellites, 0 for volatile heads). A satellite's pivot must be a pivot
+ * of the same layer, every other head its own pivot. */
+SKV_API skv_status skv_hetero_profile_create(uint32_t layers, uint32_t kv_heads, const skv_head_category *category,
+                                             const uint32_t *pivot, const float *stability,
+                                             skv_hetero_profile **out);
+SKV_API void skv_hetero_profile_free(skv_hetero_profile *profile);
+SKV_API skv_status skv_hetero_profile_head(const skv_hetero_profile *profile, uint32_t layer, uint32_t kv_head,
+                                           skv_head_category *category, uint32_t *pivot, float *stability);
+SKV_API skv_status skv_hetero_profile_shape(const skv_hetero_profile *profile, uint32_t *layers, uint32_t *kv_heads);
+/* A small versioned text file ("skv-hetero-profile 1", the shape, one line per head).
+ * load rejects a malformed file, another version, or one whose shape is not
+ * layers x kv_heads (0, 0: any), with SKV_ERR_INVALID_ARG and a message; *out is then
+ * untouched. */
+SKV_API skv_status skv_hetero_profile_save(const skv_hetero_profile *profile, const char *path);
+SKV_API skv_status skv_hetero_profile_load(const char *path, uint32_t layers, uint32_t kv_heads,
+                                           skv_hetero_profile **out);
+
+/* Runs HeteroCache on an empty sequence of an RDR cache (retention RDR, a scorer, and a
+ * host tier when the profile has satellites). At every compression the layer's budget
+ * (budget_ratio, budget_rule) is split by skv_ref_hetero_budgets: pivots and volatile
+ * heads keep every token at F16 on the device; anchors are compressed by RDR to their
+ * share; satellites keep their whole KV at F16, the pages beyond their share in the
+ * host tier: on the device stay the sink and recent pages and those holding the most of
+ * their pivot's current top-k tokens. Decode attends over the pages on the device (a
+ * page still being fetched is skipped until its copy completes). Every check_steps
+ * decode steps the pivots' top-k is computed on the device and read back without a
+ * wait; at the sequence's next decode step of that layer it is compared with the
+ * pivot's reference, and below tau_stable the reference resets and each satellite's
+ * pages holding the new top tokens are fetched on the transfer queue (evicting the
+ * satellite's lowest-ranked pages to stay within its share). The profile is copied.
+ * SKV_ERR_INVALID_ARG when the shape differs from the cache's, the sequence holds
+ * tokens, or a layer's pivots and volatile heads alone exceed budget_ratio. The
+ * sequence then refuses skv_seq_quantize, skv_seq_fork and the explicit offload/fetch
+ * calls (HeteroCache places its pages itself). */
+SKV_API skv_status skv_seq_hetero(skv_cache *cache, skv_seq_id seq, const skv_hetero_profile *profile,
+                                  const skv_hetero_desc *desc);
+
+typedef struct skv_hetero_stats {
+    size_t struct_size;         /* set to sizeof(skv_hetero_stats) before the call */
+    uint64_t checks;            /* drift checks of a pivot */
+    uint64_t drifts;            /* checks that found the overlap below tau_stable */
+    uint64_t retrievals;        /* retrievals enqueued (per drifting pivot and satellite) */
+    uint64_t retrievals_failed; /* retrievals that could not be enqueued (no memory): the cache is unchanged */
+    uint64_t pages_fetched;     /* host -> device */
+    uint64_t pages_evicted;     /* device -> host, to keep a satellite within its share */
+    uint64_t bytes_moved;       /* both directions */
+    uint64_t pages_skipped;     /* decode steps' pages skipped because their copy was still in flight */
+    uint64_t compute_waits;     /* compute launches that had to wait for a page move */
+    uint64_t device_bytes;      /* now: the cache's page bytes in device memory */
+    uint64_t host_bytes;        /* now: in host memory */
+} skv_hetero_stats;
+
+/* Counters since the cache was created, over all its sequences. */
+SKV_API skv_status skv_cache_hetero_stats(const skv_cache *cache, skv_hetero_stats *out);
+
+/* The full pages of tokens [token_begin, token_end) of one (layer, kv-head), F16 and ADA
+ * lists alike (counted in each list's own token order), moved like skv_seq_offload. */
+SKV_API skv_status skv_seq_offload_head(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t kv_head,
+                                        uint64_t token_begin, uint64_t token_end);
+SKV_API skv_status skv_seq_fetch_head(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t kv_head,
+                                      uint64_t token_begin, uint64_t token_end);
 
 /* ---- kernel variants and the tuning database ------------------------------------------
  * Decode runs one of two schedules, each with parameters (cl/decode.cl):
