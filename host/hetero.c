@@ -879,12 +879,10 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
         const double overlap = first ? 1.0 : (double)skv_ref_set_overlap(now, n, x->ref + i * K, x->ref_n[i]) / (n ? n : 1);
         if (!first && overlap >= x->desc.tau_stable)
             continue;
-        memcpy(x->ref + i * K, now, n * sizeof *now); /* the reference resets */
-        x->ref_n[i] = n;
-        if (first)
-            continue;
-        c->hstats.drifts++;
-        for (uint32_t g = 0; x->desc.retrieval && g < H; g++) {
+        int failed = 0;
+        if (!first)
+            c->hstats.drifts++;
+        for (uint32_t g = 0; !first && x->desc.retrieval && g < H; g++) {
             const size_t j = (size_t)layer * H + g;
             if (x->cat[j] != SKV_HEAD_SATELLITE || x->pivot[j] != h)
                 continue;
@@ -894,8 +892,13 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
                 c->hstats.retrievals++;
             } else { /* the cache is as it was; decode goes on over the pages it has */
                 c->hstats.retrievals_failed++;
+                failed = 1;
                 memcpy(c->ctx->error, saved, sizeof saved);
             }
+        }
+        if (!failed) { /* the reference resets; after a failure it stays, so the next check retries */
+            memcpy(x->ref + i * K, now, n * sizeof *now);
+            x->ref_n[i] = n;
         }
     }
 }
@@ -905,9 +908,17 @@ void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer)
     skvi_hetero *x = s->hetero;
     if (!x)
         return;
+    if (x->now_read[layer]) { /* the last check's sets: drift, retrieval */
+        cl_int e = clWaitForEvents(1, &x->now_read[layer]);
+        clReleaseEvent(x->now_read[layer]);
+        x->now_read[layer] = NULL;
+        if (e == CL_SUCCESS)
+            process_check(c, s, layer);
+    }
+    /* arrived pages become readable; the rest this step skips */
     const uint32_t per_layer = c->desc.kv_heads * SKV_TIER_COUNT;
     uint32_t kept = 0;
-    for (uint32_t i = 0; i < x->n_fl; i++) { /* arrived pages become readable */
+    for (uint32_t i = 0; i < x->n_fl; i++) {
         cl_int status = CL_QUEUED;
         if (x->fl[i].done &&
             clGetEventInfo(x->fl[i].done, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) != CL_SUCCESS)
@@ -924,13 +935,6 @@ void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer)
         x->fl[kept++] = x->fl[i];
     }
     x->n_fl = kept;
-    if (x->now_read[layer]) {
-        cl_int e = clWaitForEvents(1, &x->now_read[layer]);
-        clReleaseEvent(x->now_read[layer]);
-        x->now_read[layer] = NULL;
-        if (e == CL_SUCCESS)
-            process_check(c, s, layer);
-    }
 }
 
 static cl_mem grow(skv_cache *c, cl_mem *buf, size_t *have, size_t need, cl_int *e)

@@ -242,6 +242,423 @@ static void test_topk_kernel(void **state)
     skv_context_destroy(ctx);
 }
 
+/* ---- HeteroCache on the cache ------------------------------------------------------ */
+
+static skv_context *open_ctx(const skv_allocator *alloc)
+{
+    skv_context *ctx = NULL;
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = getenv("SKV_TEST_DEVICE");
+    cd.allocator = alloc;
+    skv_status st = skv_context_create(&cd, &ctx);
+    if (st == SKV_ERR_NO_DEVICE)
+        skip();
+    assert_ok(st);
+    return ctx;
+}
+
+/* Attention of q-head qh (G = 1) over tokens [first, first + n) of kv-head qh of
+ * k, v [tokens][H][D], in fp64 on the fp16-rounded values the cache stores. */
+static void ref_head(const float *q, const float *k, const float *v, uint32_t H, uint32_t D, uint32_t head,
+                     const uint8_t *keep, uint32_t tokens, float scale, double *out)
+{
+    double m = -INFINITY, sum = 0;
+    double *w = calloc(tokens, sizeof *w);
+    for (uint32_t t = 0; t < tokens; t++) {
+        if (keep && !keep[t])
+            continue;
+        double dot = 0;
+        for (uint32_t d = 0; d < D; d++)
+            dot += (double)q[d] * skv_ref_f16_to_f32(skv_ref_f32_to_f16(k[((size_t)t * H + head) * D + d]));
+        w[t] = dot * scale;
+        m = w[t] > m ? w[t] : m;
+    }
+    for (uint32_t d = 0; d < D; d++)
+        out[d] = 0;
+    for (uint32_t t = 0; t < tokens; t++) {
+        if (keep && !keep[t])
+            continue;
+        const double p = exp(w[t] - m);
+        sum += p;
+        for (uint32_t d = 0; d < D; d++)
+            out[d] += p * skv_ref_f16_to_f32(skv_ref_f32_to_f16(v[((size_t)t * H + head) * D + d]));
+    }
+    for (uint32_t d = 0; d < D; d++)
+        out[d] /= sum;
+    free(w);
+}
+
+static void append_all(skv_cache *c, skv_seq_id s, uint32_t layer, const float *k, const float *v, uint32_t first,
+                       uint32_t n, uint32_t H, uint32_t D, uint32_t chunk)
+{
+    int32_t *pos = malloc(chunk * sizeof *pos);
+    for (uint32_t t = first; t < first + n; t += chunk) {
+        const uint32_t m = first + n - t < chunk ? first + n - t : chunk;
+        for (uint32_t i = 0; i < m; i++)
+            pos[i] = (int32_t)(t + i);
+        assert_ok(skv_append(c, s, layer, m, SKV_F32, k + (size_t)t * H * D, v + (size_t)t * H * D, pos));
+    }
+    free(pos);
+}
+
+/* Decode of a sequence whose kv-heads hold different pages on the device
+ * (skv_seq_offload_head) attends over exactly those, per head; fetching them back
+ * restores the full result. */
+static void test_decode_head_pages(void **state)
+{
+    (void)state;
+    skv_context *ctx = open_ctx(NULL);
+    const uint32_t H = 3, D = 64, P = 16, N = 203;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 2, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+    d.host_budget_bytes = 1 << 22;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {77};
+    float *k = malloc((size_t)N * H * D * 4), *v = malloc((size_t)N * H * D * 4), q[3 * 64], out[3 * 64];
+    for (size_t i = 0; i < (size_t)N * H * D; i++)
+        k[i] = test_gauss(&r), v[i] = test_gauss(&r);
+    for (size_t i = 0; i < H * D; i++)
+        q[i] = test_gauss(&r) * 0.3f;
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    append_all(c, s, 0, k, v, 0, N, H, D, 61);
+    append_all(c, s, 1, k, v, 0, 40, H, D, 40);
+    /* head 1 of layer 0 loses pages 1..8 (tokens 16..143), head 2 pages 0..11 */
+    assert_ok(skv_seq_offload_head(c, s, 0, 1, 16, 144));
+    assert_ok(skv_seq_offload_head(c, s, 0, 2, 0, 200)); /* the tail page (192..202) stays */
+    uint64_t host;
+    assert_ok(skv_seq_host_pages(c, s, &host));
+    assert_int_equal(host, 8 + 12);
+    uint8_t *keep = malloc(N);
+    const float scale = 0.125f;
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < H * D; i++)
+            out[i] = NAN; /* poison */
+        assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
+        for (uint32_t h = 0; h < H; h++) {
+            for (uint32_t t = 0; t < N; t++)
+                keep[t] = round == 1 || h == 0 || (h == 1 && (t < 16 || t >= 144)) || (h == 2 && t >= 192);
+            double ref[64];
+            ref_head(q + h * D, k, v, H, D, h, keep, N, scale, ref);
+            const double e = skv_ref_rel_l2(ref, out + h * D, D);
+            if (!(e < 2e-5))
+                fail_msg("round %d head %u: relative error %g", round, h, e);
+        }
+        if (round == 0) { /* back, and decode right away (no host wait) */
+            assert_ok(skv_seq_fetch_head(c, s, 0, 1, 0, N));
+            assert_ok(skv_seq_fetch_head(c, s, 0, 2, 0, N));
+        }
+    }
+    /* out of range, and a head with nothing on the device */
+    assert_int_equal(skv_seq_offload_head(c, s, 2, 0, 0, 10), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_offload_head(c, s, 0, 3, 0, 10), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_seq_offload_head(c, s, 1, 0, 0, 40)); /* 32 of 40: the tail page stays */
+    assert_ok(skv_attention_decode(c, 1, &s, 1, SKV_F32, q, scale, SKV_F32, out));
+    free(k), free(v), free(keep);
+    skv_cache_destroy(c);
+    skv_context_destroy(ctx);
+}
+
+/* Calibration on the device: heads built to be a stable pattern and its copy, stable
+ * alone, and drifting come out pivot, satellite, anchor and volatile; the profile's
+ * stability agrees with the same statistic computed in C from the same steps. */
+static void test_calibration(void **state)
+{
+    (void)state;
+    skv_context *ctx = open_ctx(NULL);
+    const uint32_t L = 2, H = 4, D = 64, N = 515, K = 32, STEPS = 9;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = L, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = 32;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {4242};
+    float *k = malloc((size_t)N * H * D * 4), *v = malloc((size_t)N * H * D * 4);
+    for (uint32_t t = 0; t < N; t++)
+        for (uint32_t h = 0; h < H; h++)
+            for (uint32_t i = 0; i < D; i++) {
+                const size_t at = ((size_t)t * H + h) * D + i;
+                k[at] = h == 1 ? k[at - D] : test_gauss(&r); /* head 1 copies head 0 */
+                v[at] = test_gauss(&r);
+            }
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    for (uint32_t l = 0; l < L; l++)
+        append_all(c, s, l, k, v, 0, N, H, D, 100);
+    skv_hetero_desc hd;
+    skv_hetero_desc_init(&hd);
+    hd.top_k = K;
+    assert_int_equal(skv_hetero_calibrate_begin(c, s, NULL), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_hetero_calibrate_begin(c, s, &hd));
+    assert_int_equal(skv_hetero_calibrate_begin(c, s, &hd), SKV_ERR_INVALID_ARG); /* one at a time */
+    skv_hetero_profile *prof = NULL;
+    assert_int_equal(skv_hetero_calibrate_end(c, s, &prof), SKV_ERR_INVALID_ARG); /* no step yet */
+    float base[4][64], q[4 * 64], out[4 * 64];
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t i = 0; i < D; i++)
+            base[h][i] = test_gauss(&r);
+    uint32_t *sets = malloc((size_t)STEPS * H * K * 4), counts[9][4];
+    float *w = malloc(N * sizeof *w);
+    for (uint32_t t = 0; t < STEPS; t++) {
+        for (uint32_t i = 0; i < D; i++) {
+            const float noise = 0.05f * test_gauss(&r);
+            q[0 * D + i] = q[1 * D + i] = base[0][i] + noise; /* the pattern and its copy */
+            q[2 * D + i] = base[2][i] + 0.05f * test_gauss(&r);
+            q[3 * D + i] = test_gauss(&r); /* a new query every step */
+        }
+        for (uint32_t l = 0; l < L; l++)
+            assert_ok(skv_attention_decode(c, l, &s, 1, SKV_F32, q, 0.125f, SKV_F32, out));
+        for (uint32_t h = 0; h < H; h++) { /* the same step's top-k in C, on the stored keys */
+            for (uint32_t j = 0; j < N; j++) {
+                double dot = 0;
+                for (uint32_t i = 0; i < D; i++)
+                    dot += q[h * D + i] * skv_ref_f16_to_f32(skv_ref_f32_to_f16(k[((size_t)j * H + h) * D + i]));
+                w[j] = (float)dot;
+            }
+            counts[t][h] = skv_ref_topk(w, N, K, sets + ((size_t)t * H + h) * K);
+        }
+    }
+    assert_ok(skv_hetero_calibrate_end(c, s, &prof));
+    const skv_head_category want[4] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_ANCHOR, SKV_HEAD_VOLATILE};
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < H; h++) {
+            skv_head_category cat;
+            uint32_t pv;
+            float S;
+            assert_ok(skv_hetero_profile_head(prof, l, h, &cat, &pv, &S));
+            if (cat != want[h])
+                fail_msg("layer %u head %u: %s (S %.3f), designed %s", l, h, skv_head_category_str(cat), (double)S,
+                         skv_head_category_str(want[h]));
+            assert_int_equal(pv, h == 1 ? 0 : h);
+            uint32_t hc[8];
+            for (uint32_t t = 1; t < STEPS; t++)
+                hc[t - 1] = counts[t][h];
+            const float S_c = skv_ref_hetero_stability(sets + ((size_t)H + h) * K, hc, STEPS - 1, H * K,
+                                                       sets + (size_t)h * K, counts[0][h], K);
+            if (!(fabsf(S - S_c) <= 2.0f / K)) /* the top-k boundary may round differently */
+                fail_msg("layer %u head %u: stability %.4f, in C %.4f", l, h, (double)S, (double)S_c);
+        }
+    assert_int_equal(skv_hetero_calibrate_end(c, s, &prof), SKV_ERR_INVALID_ARG); /* closed */
+    skv_hetero_profile_free(prof);
+    /* abort drops an open calibration */
+    assert_ok(skv_hetero_calibrate_begin(c, s, &hd));
+    assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.125f, SKV_F32, out));
+    assert_ok(skv_hetero_calibrate_abort(c, s));
+    assert_int_equal(skv_hetero_calibrate_abort(c, s), SKV_ERR_INVALID_ARG);
+    free(k), free(v), free(sets), free(w);
+    skv_cache_destroy(c);
+    skv_context_destroy(ctx);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Profiles round-trip through their file; a malformed one, another version, or one for
+ * another shape is rejected with a message and leaves *out untouched. */
+static void test_profile_file(void **state)
+{
+    (void)state;
+    const skv_head_category cat[6] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_ANCHOR,
+                                      SKV_HEAD_VOLATILE, SKV_HEAD_SATELLITE, SKV_HEAD_PIVOT};
+    const uint32_t pivot[6] = {0, 0, 2, 1, 2, 2};
+    const float stab[6] = {0.75f, 0.5f, 0.8f, 0.125f, 0.3f, 0.6f};
+    skv_hetero_profile *p = NULL, *q = NULL;
+    /* layer 1: a volatile head names another pivot, a satellite's pivot is not one */
+    assert_int_equal(skv_hetero_profile_create(2, 3, cat, pivot, stab, &p), SKV_ERR_INVALID_ARG);
+    assert_null(p);
+    skv_head_category cat2[6];
+    memcpy(cat2, cat, sizeof cat2);
+    cat2[3] = SKV_HEAD_PIVOT; /* layer 1: pivot 0 with satellite 1, pivot 2 */
+    const uint32_t pv2[6] = {0, 0, 2, 0, 0, 2};
+    assert_ok(skv_hetero_profile_create(2, 3, cat2, pv2, stab, &p));
+    char *dir = test_tmpdir("hetero"), path[600], bad[600];
+    snprintf(path, sizeof path, "%s/profile.txt", dir);
+    snprintf(bad, sizeof bad, "%s/bad.txt", dir);
+    assert_ok(skv_hetero_profile_save(p, path));
+    assert_ok(skv_hetero_profile_load(path, 2, 3, &q));
+    for (uint32_t i = 0; i < 6; i++) {
+        skv_head_category a, b;
+        uint32_t pa, pb;
+        float sa, sb;
+        assert_ok(skv_hetero_profile_head(p, i / 3, i % 3, &a, &pa, &sa));
+        assert_ok(skv_hetero_profile_head(q, i / 3, i % 3, &b, &pb, &sb));
+        assert_int_equal(a, b);
+        assert_int_equal(pa, pb);
+        assert_true(sa == sb);
+    }
+    skv_hetero_profile_free(q);
+    skv_hetero_profile *untouched = (skv_hetero_profile *)&q; /* a sentinel: must survive a failed load */
+    q = untouched;
+    assert_int_equal(skv_hetero_profile_load(path, 3, 3, &q), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "not 3 x 3"));
+    assert_ptr_equal(q, untouched);
+    const char *cases[] = {
+        "",
+        "skv-hetero-profile 2\nlayers 1 kv_heads 1\n0 0 anchor 0 1\nend\n",
+        "skv-hetero-profile 1\nlayers 1 kv_heads 2\n0 0 pivot 0 1\nend\n",              /* a head missing */
+        "skv-hetero-profile 1\nlayers 1 kv_heads 1\n0 0 anchor 0 1\n",                   /* no end */
+        "skv-hetero-profile 1\nlayers 1 kv_heads 1\n0 0 anchor 0 1\nend\nmore\n",        /* data after end */
+        "skv-hetero-profile 1\nlayers 1 kv_heads 2\n0 0 anchor 0 1\n0 1 satellite 0 1\nend\n", /* not a pivot */
+        "skv-hetero-profile 1\nlayers 1 kv_heads 1\n0 0 anchor 0 1.5\nend\n",            /* stability > 1 */
+        "skv-hetero-profile 1\nlayers 1 kv_heads 1\n0 0 leader 0 1\nend\n",              /* no such category */
+        "skv-hetero-profile 1\nlayers 0 kv_heads 1\nend\n",
+        "skv-hetero-profile 1\nlayers 1 kv_heads 1\n0 0 anchor 0 nan\nend\n",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_text(bad, cases[i]);
+        q = untouched;
+        if (skv_hetero_profile_load(bad, 0, 0, &q) != SKV_ERR_INVALID_ARG)
+            fail_msg("case %zu loaded", i);
+        assert_ptr_equal(q, untouched);
+    }
+    write_text(bad, "skv-hetero-profile 1\nlayers 1 kv_heads 1\n0 0 anchor 0 1\nend\n");
+    assert_ok(skv_hetero_profile_load(bad, 0, 0, &q));
+    skv_hetero_profile_free(q);
+    remove(path);
+    remove(bad);
+    remove(dir); /* an empty folder */
+    free(dir);
+    skv_hetero_profile_free(p);
+}
+
+/* The planted shift: a needle no early query attends to, that a late query attends to
+ * almost alone. A pivot (head 0, its whole cache on the device) and three satellites
+ * with its keys; the satellites' shares hold the sinks, the recent pages and the newest
+ * others, so the needle's page is in host memory when the shift comes. With retrieval
+ * the satellites' output after the shift matches the full-cache attention; without it
+ * it does not. fail_at: the context's allocation that fails (0: none), armed just before
+ * the step that retrieves. */
+typedef struct needle_result {
+    double sat_err_before, sat_err_after, pivot_err;
+    skv_hetero_stats st;
+} needle_result;
+
+static void needle_run(int retrieval, int fail_retrieval, needle_result *res)
+{
+    counting_allocator counter = {0, 0, 0};
+    skv_allocator alloc = {counting_alloc, counting_free, &counter};
+    skv_context *ctx = open_ctx(&alloc);
+    const uint32_t H = 4, D = 64, P = 16, N = 1024, NEEDLE = 300;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+    d.host_budget_bytes = 1 << 24;
+    d.retention = SKV_RETENTION_RDR, d.scorer = SKV_SCORER_KNORM, d.budget_ratio = 0.55f;
+    d.n_sink = 4, d.recent_window = 32, d.slack = 32;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {99};
+    float u[64], qe[64], norm = 0, proj = 0;
+    for (uint32_t i = 0; i < D; i++)
+        u[i] = test_gauss(&r), norm += u[i] * u[i];
+    for (uint32_t i = 0; i < D; i++)
+        u[i] /= sqrtf(norm);
+    for (uint32_t i = 0; i < D; i++)
+        qe[i] = test_gauss(&r), proj += qe[i] * u[i];
+    for (uint32_t i = 0; i < D; i++)
+        qe[i] -= proj * u[i]; /* the early query ignores the needle */
+    float *k = malloc((size_t)N * H * D * 4), *v = malloc((size_t)N * H * D * 4);
+    for (uint32_t t = 0; t < N; t++)
+        for (uint32_t i = 0; i < D; i++) {
+            const float key = t == NEEDLE ? 4.0f * u[i] : 0.3f * test_gauss(&r);
+            for (uint32_t h = 0; h < H; h++) {
+                k[((size_t)t * H + h) * D + i] = key; /* every head the pivot's keys */
+                v[((size_t)t * H + h) * D + i] = test_gauss(&r);
+            }
+        }
+    const skv_head_category cat[4] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE};
+    const uint32_t pivot[4] = {0, 0, 0, 0};
+    skv_hetero_profile *prof;
+    assert_ok(skv_hetero_profile_create(1, H, cat, pivot, NULL, &prof));
+    skv_hetero_desc hd;
+    skv_hetero_desc_init(&hd);
+    hd.top_k = 16;
+    hd.retrieval = retrieval;
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_seq_hetero(c, s, prof, &hd));
+    skv_hetero_profile_free(prof);
+    append_all(c, s, 0, k, v, 0, N, H, D, 64); /* compressions place the satellites */
+    uint64_t host;
+    assert_ok(skv_seq_host_pages(c, s, &host));
+    assert_true(host > 0);
+    float q[4 * 64], out[4 * 64];
+    double ref[64];
+    const float scale = 0.125f;
+    for (uint32_t step = 0; step < 18; step++) {
+        const int late = step >= 10;
+        for (uint32_t h = 0; h < H; h++)
+            for (uint32_t i = 0; i < D; i++)
+                q[h * D + i] = late ? 28.0f * u[i] + 0.1f * qe[i] : qe[i];
+        if (fail_retrieval && step == 11)
+            counter.fail_at = counter.calls + 1; /* the retrieval's first allocation */
+        for (size_t i = 0; i < H * D; i++)
+            out[i] = NAN;
+        assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, scale, SKV_F32, out));
+        counter.fail_at = 0;
+        assert_ok(skv_context_finish(ctx)); /* fetched pages arrive before the next step */
+        double worst = 0;
+        for (uint32_t h = 1; h < H; h++) {
+            ref_head(q + h * D, k, v, H, D, h, NULL, N, scale, ref);
+            const double e = skv_ref_rel_l2(ref, out + h * D, D);
+            worst = e > worst ? e : worst;
+        }
+        if (step == 9)
+            res->sat_err_before = worst;
+        if (step == 17)
+            res->sat_err_after = worst;
+        ref_head(q, k, v, H, D, 0, NULL, N, scale, ref);
+        const double ep = skv_ref_rel_l2(ref, out, D);
+        res->pivot_err = ep > res->pivot_err ? ep : res->pivot_err;
+    }
+    res->st.struct_size = sizeof res->st;
+    assert_ok(skv_cache_hetero_stats(c, &res->st));
+    /* the sequence refuses what would move its pages behind HeteroCache's back */
+    assert_int_equal(skv_seq_offload(c, s, 0, N), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_quantize(c, s, 0, N, SKV_TIER_A4V8), SKV_ERR_INVALID_ARG);
+    skv_seq_id child;
+    assert_int_equal(skv_seq_fork(c, s, &child), SKV_ERR_UNSUPPORTED);
+    free(k), free(v);
+    skv_cache_destroy(c);
+    skv_context_destroy(ctx);
+    assert_int_equal(counter.live, 0);
+}
+
+static void test_retrieval(void **state)
+{
+    (void)state;
+    needle_result on = {0}, off = {0}, fault = {0};
+    needle_run(1, 0, &on);
+    needle_run(0, 0, &off);
+    needle_run(1, 1, &fault);
+    printf("satellites' error after the shift: retrieval %.4f, none %.4f, after a failed retrieval %.4f; "
+           "retrievals %llu, pages fetched %llu, evicted %llu, skipped %llu\n",
+           on.sat_err_after, off.sat_err_after, fault.sat_err_after, (unsigned long long)on.st.retrievals,
+           (unsigned long long)on.st.pages_fetched, (unsigned long long)on.st.pages_evicted,
+           (unsigned long long)on.st.pages_skipped);
+    /* the pivot holds everything: always right */
+    assert_true(on.pivot_err < 2e-3 && off.pivot_err < 2e-3 && fault.pivot_err < 2e-3);
+    /* before the shift the satellites' shares are fine either way (the needle is not
+     * attended); after it only retrieval brings the needle back */
+    assert_true(on.st.drifts >= 1 && on.st.retrievals >= 3 && on.st.pages_fetched >= 3);
+    assert_true(on.sat_err_after < 0.02);
+    assert_true(off.sat_err_after > 0.5);
+    assert_int_equal(off.st.retrievals, 0);
+    assert_true(off.st.drifts >= 1);
+    /* a failed retrieval changes nothing, decode goes on, and the next check retries */
+    assert_true(fault.st.retrievals_failed >= 1);
+    assert_true(fault.st.retrievals >= 3);
+    assert_true(fault.sat_err_after < 0.02);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -250,6 +667,10 @@ int main(void)
         cmocka_unit_test(test_overlap),
         cmocka_unit_test(test_categories),
         cmocka_unit_test(test_budgets),
+        cmocka_unit_test(test_decode_head_pages),
+        cmocka_unit_test(test_calibration),
+        cmocka_unit_test(test_profile_file),
+        cmocka_unit_test(test_retrieval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
