@@ -86,3 +86,14 @@ __kernel __attribute__((reqd_work_group_size(TOPK_WG, 1, 1))) void topk_select(
     if (lid == 0)
         counts[row] = want;
 }
+
+/* The weights of the selected indices: wout[row][i] = w[row][sets[row][i]] for i below
+ * counts[row] (HeteroCache ranks pages by the attention they hold). One work-item per
+ * (i, row). */
+__kernel void topk_gather(__global const float *w, uint w_stride, __global const uint *sets, uint set_stride,
+                          __global const uint *counts, __global float *wout)
+{
+    const uint i = get_global_id(0), row = get_global_id(1);
+    if (i < counts[row])
+        wout[(size_t)row * set_stride + i] = w[(size_t)row * w_stride + sets[(size_t)row * set_stride + i]];
+}

@@ -521,12 +521,14 @@ void skv_cache_destroy(skv_cache *c)
     for (int i = 0; i < 3; i++)
         if (c->scratch[i])
             clReleaseMemObject(c->scratch[i]);
-    cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts};
+    cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts, c->h_weights};
     for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++)
         if (hb[i])
             clReleaseMemObject(hb[i]);
     if (c->k_topk)
         clReleaseKernel(c->k_topk);
+    if (c->k_topk_gather)
+        clReleaseKernel(c->k_topk_gather);
     skvi_free(c->ctx->alloc, c);
 }
 

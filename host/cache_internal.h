@@ -56,7 +56,9 @@ typedef struct skvi_hetero {
     float *stability;       /* [L][H] */
     uint32_t k;             /* desc.top_k */
     uint32_t *ref, *ref_n;  /* [L][H][k], [L][H]: the pivots' reference sets (positions, ascending) */
+    float *ref_w;           /* [L][H][k]: their attention weights */
     uint32_t *now, *now_n;  /* [L][H][k], [L][H]: the last check's sets, read back without a wait */
+    float *now_w;           /* [L][H][k] */
     cl_event *now_read;     /* [L]: that read (NULL: none pending) */
     uint64_t *steps;        /* [L]: decode steps seen */
     uint64_t *share;        /* [L][H]: a satellite's device share in tokens (its last compression's) */
@@ -144,9 +146,9 @@ struct skv_cache {
 
     /* HeteroCache: the top-k kernel, a step's attention rows [H][positions] and the
      * top-k sets [H][k] with their counts, grown on demand */
-    cl_kernel k_topk;
-    cl_mem h_rows, h_sets, h_counts;
-    size_t h_rows_bytes, h_sets_bytes, h_counts_bytes;
+    cl_kernel k_topk, k_topk_gather;
+    cl_mem h_rows, h_sets, h_counts, h_weights;
+    size_t h_rows_bytes, h_sets_bytes, h_counts_bytes, h_weights_bytes;
     skv_hetero_stats hstats;
 };
 

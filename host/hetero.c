@@ -28,6 +28,29 @@ skv_status skvi_topk_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t r
     return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "top-k: enqueue");
 }
 
+skv_status skvi_topk_gather_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t rows, uint32_t w_stride,
+                                    cl_mem sets, uint32_t set_stride, cl_mem counts, cl_mem wout)
+{
+    if (rows == 0 || set_stride == 0)
+        return SKV_OK;
+    cl_uint a = 0, ws = w_stride, ss = set_stride;
+    cl_int e = clSetKernelArg(k, a++, sizeof w, &w);
+    if (e == CL_SUCCESS)
+        e = clSetKernelArg(k, a++, sizeof ws, &ws);
+    if (e == CL_SUCCESS)
+        e = clSetKernelArg(k, a++, sizeof sets, &sets);
+    if (e == CL_SUCCESS)
+        e = clSetKernelArg(k, a++, sizeof ss, &ss);
+    if (e == CL_SUCCESS)
+        e = clSetKernelArg(k, a++, sizeof counts, &counts);
+    if (e == CL_SUCCESS)
+        e = clSetKernelArg(k, a++, sizeof wout, &wout);
+    size_t global[2] = {set_stride, rows};
+    if (e == CL_SUCCESS)
+        e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, global, NULL, 0, NULL, NULL);
+    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "top-k gather: enqueue");
+}
+
 skv_status skvi_topk_kernel(skv_context *ctx, cl_kernel *out)
 {
     skv_status st = skvi_kernel_create(ctx, "topk.cl", NULL, "topk_select", out);
@@ -352,7 +375,10 @@ void skvi_calib_release(skv_cache *c, skvi_seq *s)
 
 static skv_status topk_kernel(skv_cache *c)
 {
-    return c->k_topk ? SKV_OK : skvi_topk_kernel(c->ctx, &c->k_topk);
+    skv_status st = c->k_topk ? SKV_OK : skvi_topk_kernel(c->ctx, &c->k_topk);
+    if (st == SKV_OK && !c->k_topk_gather)
+        st = skvi_kernel_create(c->ctx, "topk.cl", NULL, "topk_gather", &c->k_topk_gather);
+    return st;
 }
 
 skv_status skv_hetero_calibrate_begin(skv_cache *c, skv_seq_id seq, const skv_hetero_desc *desc)
@@ -523,7 +549,8 @@ void skvi_hetero_release(skv_cache *c, skvi_seq *s)
     }
     for (uint32_t i = 0; i < x->n_fl; i++)
         clReleaseEvent(x->fl[i].done);
-    void *arrays[] = {x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->now, x->now_n, x->now_read, x->steps,
+    void *arrays[] = {x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->ref_w, x->now, x->now_n, x->now_w,
+                      x->now_read, x->steps,
                       x->share, x->pos, x->pos_n, x->pos_cap, x->fl};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         skvi_free(a, arrays[i]);
@@ -588,6 +615,8 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
         x->stability = skvi_calloc(a, n, sizeof *x->stability);
         x->ref = skvi_calloc(a, n * K, sizeof *x->ref);
         x->ref_n = skvi_calloc(a, n, sizeof *x->ref_n);
+        x->ref_w = skvi_calloc(a, n * K, sizeof *x->ref_w);
+        x->now_w = skvi_calloc(a, n * K, sizeof *x->now_w);
         x->now = skvi_calloc(a, n * K, sizeof *x->now);
         x->now_n = skvi_calloc(a, n, sizeof *x->now_n);
         x->now_read = skvi_calloc(a, L, sizeof *x->now_read);
@@ -597,7 +626,8 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
         x->pos_n = skvi_calloc(a, L, sizeof *x->pos_n);
         x->pos_cap = skvi_calloc(a, L, sizeof *x->pos_cap);
     }
-    if (!x || !x->cat || !x->pivot || !x->stability || !x->ref || !x->ref_n || !x->now || !x->now_n || !x->now_read ||
+    if (!x || !x->cat || !x->pivot || !x->stability || !x->ref || !x->ref_n || !x->ref_w || !x->now || !x->now_n ||
+        !x->now_w || !x->now_read ||
         !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap) {
         skvi_hetero_release(c, s);
         return skvi_fail(err, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
@@ -716,25 +746,25 @@ static int protected_page(const skv_cache *c, const skvi_page_list *l, uint32_t 
     return (uint64_t)j * P < c->desc.n_sink || (uint64_t)(j + 1) * P > recent_first || j + 1 == l->n;
 }
 
-/* Per page of the list, how many of the set's positions it holds. */
-static void page_hits(const skv_cache *c, const skvi_hetero *x, uint32_t layer, const uint32_t *set, uint32_t n,
-                      uint32_t *hits, uint32_t pages)
+/* Per page of the list, the attention weight of the set's positions it holds. */
+static void page_mass(const skv_cache *c, const skvi_hetero *x, uint32_t layer, const uint32_t *set, const float *w,
+                      uint32_t n, double *mass, uint32_t pages)
 {
-    memset(hits, 0, pages * sizeof *hits);
+    memset(mass, 0, pages * sizeof *mass);
     for (uint32_t i = 0; i < n; i++) {
         int64_t idx = index_of(x, layer, (int32_t)set[i]);
         if (idx >= 0 && (uint64_t)idx / c->desc.page_tokens < pages)
-            hits[idx / c->desc.page_tokens]++;
+            mass[idx / c->desc.page_tokens] += w[i] > 0.0f ? w[i] : 1e-30; /* held at all beats not held */
     }
 }
 
 /* Moves satellite `head`'s pages so that the device holds the protected pages, then
- * the pages with the most hits of `set` (the pivot's top-k), within its share; the
- * rest go to the host. Fetches first (they arrive while decode goes on: in flight
- * until their copy completes), then evicts the lowest-ranked (fewest hits, then the
- * oldest). All or nothing per direction. */
+ * the pages holding the most attention of `set` (the pivot's top-k, weights w), within
+ * its share; the rest go to the host. Fetches first (they arrive while decode goes on:
+ * in flight until their copy completes), then evicts the lowest-ranked (least mass,
+ * then the oldest). All or nothing per direction. */
 static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, const uint32_t *set,
-                                  uint32_t set_n, int fetch)
+                                  const float *w, uint32_t set_n, int fetch)
 {
     skvi_hetero *x = s->hetero;
     const uint32_t H = c->desc.kv_heads, P = c->desc.page_tokens;
@@ -743,7 +773,8 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
     if (l->n == 0)
         return SKV_OK;
     const skv_allocator *a = c->ctx->alloc;
-    uint32_t *hits = skvi_calloc(a, l->n, sizeof *hits), *order = skvi_calloc(a, l->n, sizeof *order);
+    double *hits = skvi_calloc(a, l->n, sizeof *hits);
+    uint32_t *order = skvi_calloc(a, l->n, sizeof *order);
     uint32_t *lists = skvi_calloc(a, l->n, sizeof *lists), *entries = skvi_calloc(a, l->n, sizeof *entries);
     uint8_t *want = skvi_calloc(a, l->n, 1);
     skv_status st = SKV_OK;
@@ -751,7 +782,7 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
         st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
         goto done;
     }
-    page_hits(c, x, layer, set, set_n, hits, l->n);
+    page_mass(c, x, layer, set, w, set_n, hits, l->n);
     /* the pages the device keeps: protected ones, then by hits (ties: newer first) */
     uint64_t share = x->share[(size_t)layer * H + head] / P, kept = 0;
     for (uint32_t j = 0; j < l->n; j++)
@@ -761,9 +792,9 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
         }
     uint32_t n_order = 0;
     for (uint32_t j = 0; j < l->n; j++)
-        if (!want[j] && hits[j])
+        if (!want[j] && hits[j] > 0)
             order[n_order++] = j;
-    for (uint32_t i = 1; i < n_order; i++) /* insertion sort: most hits, then newest */
+    for (uint32_t i = 1; i < n_order; i++) /* insertion sort: most mass, then newest */
         for (uint32_t m = i; m > 0; m--) {
             const uint32_t p = order[m - 1], q = order[m];
             if (hits[p] > hits[q] || (hits[p] == hits[q] && p > q))
@@ -839,7 +870,7 @@ skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer)
         if (category_of(x, c, layer, h) != SKV_HEAD_SATELLITE)
             continue;
         const size_t pv = (size_t)layer * H + x->pivot[(size_t)layer * H + h];
-        st = place_satellite(c, s, layer, h, x->ref + pv * x->k, x->ref_n[pv], 0);
+        st = place_satellite(c, s, layer, h, x->ref + pv * x->k, x->ref_w + pv * x->k, x->ref_n[pv], 0);
     }
     return st;
 }
@@ -888,7 +919,7 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
                 continue;
             char saved[SKVI_ERROR_MAX];
             memcpy(saved, c->ctx->error, sizeof saved);
-            if (place_satellite(c, s, layer, g, now, n, 1) == SKV_OK) {
+            if (place_satellite(c, s, layer, g, now, x->now_w + i * K, n, 1) == SKV_OK) {
                 c->hstats.retrievals++;
             } else { /* the cache is as it was; decode goes on over the pages it has */
                 c->hstats.retrievals_failed++;
@@ -898,6 +929,7 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
         }
         if (!failed) { /* the reference resets; after a failure it stays, so the next check retries */
             memcpy(x->ref + i * K, now, n * sizeof *now);
+            memcpy(x->ref_w + i * K, x->now_w + i * K, n * sizeof *x->now_w);
             x->ref_n[i] = n;
         }
     }
@@ -954,7 +986,7 @@ static cl_mem grow(skv_cache *c, cl_mem *buf, size_t *have, size_t need, cl_int 
 
 /* This step's top-k sets of sequence b (every kv-head) into c->h_sets / c->h_counts. */
 static skv_status step_topk(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t b, skvi_observe_fn observe, void *arg,
-                            uint32_t K)
+                            uint32_t K, int weights)
 {
     const uint32_t H = c->desc.kv_heads;
     const uint64_t cap = (uint64_t)s->next_pos[layer];
@@ -974,7 +1006,15 @@ static skv_status step_topk(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         e = observe(arg, b, rows, (cl_uint)cap);
     if (e != CL_SUCCESS)
         return skvi_cl_fail(c->ctx->error, e, "HeteroCache: attention rows");
-    return skvi_topk_enqueue(c->ctx, c->k_topk, rows, H, (uint32_t)cap, (uint32_t)cap, k_eff, sets, K, c->h_counts);
+    skv_status st =
+        skvi_topk_enqueue(c->ctx, c->k_topk, rows, H, (uint32_t)cap, (uint32_t)cap, k_eff, sets, K, c->h_counts);
+    if (st == SKV_OK && weights) {
+        cl_mem wout = grow(c, &c->h_weights, &c->h_weights_bytes, (size_t)H * K * sizeof(float), &e);
+        st = e == CL_SUCCESS ? skvi_topk_gather_enqueue(c->ctx, c->k_topk_gather, rows, H, (uint32_t)cap, sets, K,
+                                                        c->h_counts, wout)
+                             : skvi_cl_fail(c->ctx->error, e, "HeteroCache: clCreateBuffer");
+    }
+    return st;
 }
 
 skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t b, skvi_observe_fn observe,
@@ -989,7 +1029,7 @@ skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, u
         k->extra[layer]++;
     else if (k) {
         const uint32_t K = k->desc.top_k, t = k->steps[layer];
-        st = step_topk(c, s, layer, b, observe, arg, K);
+        st = step_topk(c, s, layer, b, observe, arg, K, 0);
         if (st == SKV_OK)
             e = clEnqueueCopyBuffer(c->ctx->queue, c->h_sets, k->sets[layer], 0, (size_t)t * H * K * sizeof(cl_uint),
                                     (size_t)H * K * sizeof(cl_uint), 0, NULL, NULL);
@@ -1004,10 +1044,13 @@ skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, u
     if (st == SKV_OK && x) {
         if (check_step(c, x, layer)) {
             const uint32_t K = x->k;
-            st = step_topk(c, s, layer, b, observe, arg, K);
+            st = step_topk(c, s, layer, b, observe, arg, K, 1);
             if (st == SKV_OK)
                 e = clEnqueueReadBuffer(c->ctx->queue, c->h_sets, CL_FALSE, 0, (size_t)H * K * sizeof(cl_uint),
                                         x->now + (size_t)layer * H * K, 0, NULL, NULL);
+            if (st == SKV_OK && e == CL_SUCCESS)
+                e = clEnqueueReadBuffer(c->ctx->queue, c->h_weights, CL_FALSE, 0, (size_t)H * K * sizeof(float),
+                                        x->now_w + (size_t)layer * H * K, 0, NULL, NULL);
             if (st == SKV_OK && e == CL_SUCCESS)
                 e = clEnqueueReadBuffer(c->ctx->queue, c->h_counts, CL_FALSE, 0, (size_t)H * sizeof(cl_uint),
                                         x->now_n + (size_t)layer * H, 0, NULL, &x->now_read[layer]);

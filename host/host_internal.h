@@ -105,6 +105,10 @@ void skvi_build_record_free(skv_context *ctx, skvi_build_record *r);
  * SKVI_TOPK_WG (cl/topk.cl); skvi_topk_kernel checks the device allows them. */
 #define SKVI_TOPK_WG 256
 skv_status skvi_topk_kernel(skv_context *ctx, cl_kernel *out);
+/* wout[r][i] = w[r * w_stride + sets[r * set_stride + i]] for i < counts[r]
+ * (cl/topk.cl topk_gather; the kernel from skvi_kernel_create "topk.cl" "topk_gather"). */
+skv_status skvi_topk_gather_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t rows, uint32_t w_stride,
+                                    cl_mem sets, uint32_t set_stride, cl_mem counts, cl_mem wout);
 skv_status skvi_topk_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t rows, uint32_t n, uint32_t w_stride,
                              uint32_t top_k, cl_mem out, uint32_t out_stride, cl_mem counts);
 /* Fills a new buffer with 0xFF bytes (NaN as float and half, -1 as a position), so that a

@@ -188,8 +188,9 @@ static void test_topk_kernel(void **state)
     if (st == SKV_ERR_NO_DEVICE)
         skip();
     assert_ok(st);
-    cl_kernel k;
+    cl_kernel k, kg;
     assert_ok(skvi_topk_kernel(ctx, &k));
+    assert_ok(skvi_kernel_create(ctx, "topk.cl", NULL, "topk_gather", &kg));
     const uint32_t shapes[][3] = {/* rows, n, k */ {3, 1, 1},     {2, 37, 5},   {5, 255, 256},
                                   {4, 1000, 129}, {2, 4099, 1024}, {3, 300, 0}, {1, 70001, 1024}};
     test_rng r = {5};
@@ -220,6 +221,25 @@ static void test_topk_kernel(void **state)
         assert_int_equal(clEnqueueReadBuffer(ctx->queue, ob, CL_TRUE, 0, (size_t)rows * os * 4, got, 0, NULL, NULL),
                          CL_SUCCESS);
         assert_int_equal(clEnqueueReadBuffer(ctx->queue, cb, CL_TRUE, 0, rows * 4, counts, 0, NULL, NULL), CL_SUCCESS);
+        /* the selected weights (topk_gather), poisoned first */
+        float *gw = malloc(((size_t)rows * os + 1) * sizeof *gw);
+        for (size_t i = 0; i < (size_t)rows * os; i++)
+            gw[i] = -12345.0f;
+        cl_mem gb = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, ((size_t)rows * os + 1) * 4, gw,
+                                   &e);
+        assert_ok(skvi_topk_gather_enqueue(ctx, kg, wb, rows, ws, ob, os, cb, gb));
+        assert_int_equal(clEnqueueReadBuffer(ctx->queue, gb, CL_TRUE, 0, (size_t)rows * os * 4, gw, 0, NULL, NULL),
+                         CL_SUCCESS);
+        for (uint32_t row = 0; row < rows; row++)
+            for (uint32_t i = 0; i < os; i++) {
+                const float *g = gw + (size_t)row * os + i;
+                if (i < counts[row])
+                    assert_memory_equal(g, w + (size_t)row * ws + got[(size_t)row * os + i], sizeof *g);
+                else
+                    assert_true(*g == -12345.0f);
+            }
+        clReleaseMemObject(gb);
+        free(gw);
         for (uint32_t row = 0; row < rows; row++) {
             const uint32_t m = skv_ref_topk(w + (size_t)row * ws, n, kk, want);
             assert_int_equal(counts[row], m);
@@ -239,6 +259,7 @@ static void test_topk_kernel(void **state)
         free(counts);
     }
     clReleaseKernel(k);
+    clReleaseKernel(kg);
     skv_context_destroy(ctx);
 }
 
