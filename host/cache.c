@@ -414,6 +414,8 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
         st = build_kernels(c);
     if (st == SKV_OK)
         st = skvi_score_init(c);
+    if (st == SKV_OK && ctx->build_list) /* a build list names what HeteroCache would build too */
+        st = skvi_hetero_kernels(c);
     if (st == SKV_OK && desc->retention == SKV_RETENTION_RDR)
         st = skvi_kernel_create(ctx, "rdr.cl", NULL, "rdr_choose", &c->k_rdr_choose);
     if (st == SKV_OK && desc->retention == SKV_RETENTION_RDR) { /* work-groups of 64 where the kernel allows */

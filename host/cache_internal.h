@@ -205,6 +205,8 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
 
 /* hetero.c */
+/* The top-k kernels (cl/topk.cl), built on first use. */
+skv_status skvi_hetero_kernels(skv_cache *c);
 /* Decode hooks for the sequences of a batch that calibrate or run HeteroCache: before
  * the plan, processes the previous check's sets (drift, retrieval); after the merge,
  * computes this step's top-k sets from the kept logits (observe rows, cl/topk.cl). */

@@ -373,7 +373,7 @@ void skvi_calib_release(skv_cache *c, skvi_seq *s)
     s->calib = NULL;
 }
 
-static skv_status topk_kernel(skv_cache *c)
+skv_status skvi_hetero_kernels(skv_cache *c)
 {
     skv_status st = c->k_topk ? SKV_OK : skvi_topk_kernel(c->ctx, &c->k_topk);
     if (st == SKV_OK && !c->k_topk_gather)
@@ -395,7 +395,7 @@ skv_status skv_hetero_calibrate_begin(skv_cache *c, skv_seq_id seq, const skv_he
         return st;
     if (s->calib)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: sequence %u is calibrating already", fn, seq);
-    st = topk_kernel(c);
+    st = skvi_hetero_kernels(c);
     if (st != SKV_OK)
         return st;
     const uint32_t L = c->desc.layers, H = c->desc.kv_heads;
@@ -600,7 +600,7 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
     if (satellites && c->budget[SKV_MEM_HOST] == 0)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: the profile has satellites and the cache no host tier "
                                                    "(host_budget_bytes)", fn);
-    st = topk_kernel(c);
+    st = skvi_hetero_kernels(c);
     if (st != SKV_OK)
         return st;
     const skv_allocator *a = c->ctx->alloc;
