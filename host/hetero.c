@@ -910,17 +910,19 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
         const double overlap = first ? 1.0 : (double)skv_ref_set_overlap(now, n, x->ref + i * K, x->ref_n[i]) / (n ? n : 1);
         if (!first && overlap >= x->desc.tau_stable)
             continue;
+        /* the first check places the satellites by the pivot's attention (until then by
+         * recency); later ones that find a drift retrieve, when retrieval is on */
         int failed = 0;
         if (!first)
             c->hstats.drifts++;
-        for (uint32_t g = 0; !first && x->desc.retrieval && g < H; g++) {
+        for (uint32_t g = 0; (first || x->desc.retrieval) && g < H; g++) {
             const size_t j = (size_t)layer * H + g;
             if (x->cat[j] != SKV_HEAD_SATELLITE || x->pivot[j] != h)
                 continue;
             char saved[SKVI_ERROR_MAX];
             memcpy(saved, c->ctx->error, sizeof saved);
             if (place_satellite(c, s, layer, g, now, x->now_w + i * K, n, 1) == SKV_OK) {
-                c->hstats.retrievals++;
+                c->hstats.retrievals += !first;
             } else { /* the cache is as it was; decode goes on over the pages it has */
                 c->hstats.retrievals_failed++;
                 failed = 1;

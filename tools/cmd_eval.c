@@ -46,7 +46,11 @@ void usage_eval(FILE *out)
             "  after RoPE) and, version 2, W[n_window][q_heads][head_dim] (the prefill's last\n"
             "  queries, after RoPE, at positions tokens-n_window..tokens-1), little-endian.\n"
             "  Without a window (version 1, or n_window 0) the triattention, snapkv and observed\n"
-            "  rows are left out. --save-kv FILE writes the synthetic model as version 2.\n");
+            "  rows are left out. --save-kv FILE writes the synthetic model as version 2.\n"
+            "  --late-shift [--tokens N] [--json FILE]: HeteroCache vs static RDR (observed,\n"
+            "  snapkv scorers) at 1/8 and 1/4 of F16 device bytes on a scenario with needles\n"
+            "  no early query attends and a late query then does (tools/eval_hetero.c):\n"
+            "  device and host bytes, needle and multi-key recall, output error, retrievals.\n");
 }
 
 static const char *const scorer_names[] = {"none",      "knorm",       "keydiff", "manifold", "manifold_windowed",
@@ -499,6 +503,9 @@ done:
 
 int cmd_eval(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--late-shift") == 0)
+            return eval_late_shift(argc, argv);
     uint64_t tokens = 4096;
     int tokens_set = 0;
     uint32_t save_dtype = 0;

@@ -25,6 +25,8 @@ int cmd_bench(int argc, char **argv);
 void usage_demo(FILE *out);
 void usage_eval(FILE *out);
 int cmd_eval(int argc, char **argv);
+/* skv eval --late-shift (tools/eval_hetero.c) */
+int eval_late_shift(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 void usage_bench(FILE *out);
 int cmd_tune(int argc, char **argv);
