@@ -57,7 +57,11 @@ void usage_bench(FILE *out)
             "  sequence alone, and the fetch and that decode enqueued together: overlap =\n"
             "  (fetch + decode - together) / min(fetch, decode), 1 when the shorter hides\n"
             "  entirely behind the longer, 0 when they serialise; fetch_steps = the fetch in\n"
-            "  decode steps.\n");
+            "  decode steps. Then HeteroCache with retrieval active (one pivot, the other\n"
+            "  kv-heads its satellites, 1/4 of F16; the query switches every 10 steps so the\n"
+            "  pivot drifts) against a static RDR cache of the same device bytes: the median\n"
+            "  decode step of each (10 * runs steps, interleaved), its ratio, device bytes\n"
+            "  over F16 of each, host bytes, retrievals and pages fetched.\n");
 }
 
 typedef struct bench_opts {
@@ -658,6 +662,120 @@ fail:
     return rc;
 }
 
+/* HeteroCache with retrieval active against a static cache of the same device bytes:
+ * one pivot and kv_heads - 1 satellites (budget 1/4 of F16), the query switching between
+ * two directions every 2 * check_steps steps so the pivot drifts and every satellite
+ * retrieves at every other check; the static cache is RDR (F16 or drop, knorm) at the
+ * device bytes HeteroCache holds. Decode steps timed side by side, each including its
+ * host work (the check, the retrieval's enqueue). */
+static int retrieval_point(skv_context *ctx, const bench_opts *o, uint64_t tokens, cJSON *results)
+{
+    const uint32_t H = o->kv_heads, QH = o->q_heads, D = o->head_dim, chunk = 2048, steps = 10 * o->runs + 10;
+    int rc = 1;
+    skv_cache *cache[2] = {NULL, NULL};
+    skv_hetero_profile *prof = NULL;
+    float *kv = malloc((size_t)chunk * H * D * 4), *q = malloc((size_t)2 * QH * D * 4), *out = malloc((size_t)QH * D * 4);
+    int32_t *pos = malloc(chunk * 4);
+    skv_head_category *cat = calloc(H, sizeof *cat);
+    uint32_t *pivot = calloc(H, sizeof *pivot);
+    double *t[2] = {calloc(steps, sizeof(double)), calloc(steps, sizeof(double))}, ratio[2] = {0, 0};
+    skv_hetero_stats hs = {.struct_size = sizeof hs};
+    if (!kv || !q || !out || !pos || !cat || !pivot || !t[0] || !t[1]) {
+        fprintf(stderr, "skv bench: out of memory\n");
+        goto fail;
+    }
+    for (uint32_t h = 1; h < H; h++)
+        cat[h] = SKV_HEAD_SATELLITE;
+    CHECK(skv_hetero_profile_create(1, H, cat, pivot, NULL, &prof));
+    uint64_t state = 0x2545F4914F6CDD1Dull;
+    for (size_t i = 0; i < (size_t)chunk * H * D; i++) {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        kv[i] = (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
+    }
+    for (size_t i = 0; i < (size_t)2 * QH * D; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 250.0f - 2.0f;
+    const float scale = 1.0f / sqrtf((float)D);
+    skv_seq_id seq[2];
+    for (int m = 0; m < 2; m++) { /* 0: HeteroCache, 1: static at its device bytes */
+        skv_cache_desc d;
+        skv_cache_desc_init(&d);
+        d.layers = 1, d.q_heads = QH, d.kv_heads = H, d.head_dim = D, d.page_tokens = 64;
+        d.device_budget_bytes = 2 * ((tokens + 63) / 64 + 2) * H * 64 * (4ull * D + 4);
+        d.host_budget_bytes = m == 0 ? d.device_budget_bytes : 0;
+        d.retention = SKV_RETENTION_RDR, d.scorer = SKV_SCORER_KNORM;
+        d.budget_ratio = m == 0 ? 0.25f : (float)ratio[0];
+        d.slack = 1u << 30;
+        CHECK(skv_cache_create(ctx, &d, &cache[m]));
+        CHECK(skv_seq_create(cache[m], &seq[m]));
+        if (m == 0) {
+            skv_hetero_desc hd;
+            skv_hetero_desc_init(&hd);
+            hd.top_k = tokens / 16 < 1024 ? (uint32_t)(tokens / 16) : 1024; /* a short context: a sharper set */
+            CHECK(skv_seq_hetero(cache[m], seq[m], prof, &hd));
+        }
+        for (uint64_t t0 = 0; t0 < tokens; t0 += chunk) {
+            uint32_t n = tokens - t0 < chunk ? (uint32_t)(tokens - t0) : chunk;
+            for (uint32_t i = 0; i < n; i++)
+                pos[i] = (int32_t)(t0 + i);
+            CHECK(skv_append(cache[m], seq[m], 0, n, SKV_F32, kv, kv + (size_t)(chunk / 2) * H * D, pos));
+        }
+        CHECK(skv_compress(cache[m], seq[m]));
+        CHECK(skv_context_finish(ctx));
+        skv_cache_stats cs = {.struct_size = sizeof cs};
+        CHECK(skv_cache_get_stats(cache[m], &cs));
+        uint64_t dev = 0;
+        for (int tier = 0; tier < SKV_TIER_COUNT; tier++)
+            dev += cs.pools[tier][SKV_MEM_DEVICE].bytes_used;
+        uint64_t page_bytes;
+        CHECK(skv_cache_page_bytes(cache[m], SKV_TIER_F16, &page_bytes));
+        ratio[m] = (double)dev / ((double)((tokens + 63) / 64) * H * page_bytes);
+    }
+    for (uint32_t step = 0; step < steps; step++) /* interleaved: the two see the same machine */
+        for (int m = 0; m < 2; m++) {
+            const float *qs = q + (size_t)((step / 10) % 2) * QH * D;
+            double w0 = wall_ms();
+            CHECK(skv_attention_decode(cache[m], 0, &seq[m], 1, SKV_F32, qs, scale, SKV_F32, out));
+            t[m][step] = wall_ms() - w0;
+            if (step % 20 == 0)
+                tool_progress("bench hetero: retrieval, %llu tokens, step %u/%u", (unsigned long long)tokens, step,
+                              steps);
+        }
+    CHECK(skv_cache_hetero_stats(cache[0], &hs));
+    double mean[2] = {0, 0}; /* with the check steps' top-k and the retrievals */
+    for (int m = 0; m < 2; m++) { /* the first 10 steps warm up */
+        for (uint32_t i = 10; i < steps; i++)
+            mean[m] += t[m][i] / (steps - 10);
+        qsort(t[m] + 10, steps - 10, sizeof(double), tool_cmp_double);
+    }
+    const double het = t[0][10 + (steps - 10) / 2], sta = t[1][10 + (steps - 10) / 2];
+    tool_progress("");
+    printf("%9llu %10.3f %10.3f %7.2f %8.2f %8.3f %8.3f %8.3f %10llu %8llu\n", (unsigned long long)tokens, sta, het,
+           het / sta, mean[0] / mean[1], ratio[1], ratio[0], (double)hs.host_bytes / ((double)tokens * H * 4 * D),
+           (unsigned long long)hs.retrievals, (unsigned long long)hs.pages_fetched);
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "mode", "retrieval");
+    cJSON_AddNumberToObject(r, "tokens", (double)tokens);
+    cJSON_AddNumberToObject(r, "static_step_ms", sta);
+    cJSON_AddNumberToObject(r, "hetero_step_ms", het);
+    cJSON_AddNumberToObject(r, "step_ratio", het / sta);
+    cJSON_AddNumberToObject(r, "static_mean_ms", mean[1]);
+    cJSON_AddNumberToObject(r, "hetero_mean_ms", mean[0]);
+    cJSON_AddNumberToObject(r, "static_device_ratio", ratio[1]);
+    cJSON_AddNumberToObject(r, "hetero_device_ratio", ratio[0]);
+    cJSON_AddNumberToObject(r, "retrievals", (double)hs.retrievals);
+    cJSON_AddNumberToObject(r, "pages_fetched", (double)hs.pages_fetched);
+    cJSON_AddNumberToObject(r, "pages_skipped", (double)hs.pages_skipped);
+    cJSON_AddNumberToObject(r, "compute_waits", (double)hs.compute_waits);
+    cJSON_AddItemToArray(results, r);
+    rc = 0;
+fail:
+    for (int m = 0; m < 2; m++)
+        skv_cache_destroy(cache[m]);
+    skv_hetero_profile_free(prof);
+    free(kv), free(q), free(out), free(pos), free(cat), free(pivot), free(t[0]), free(t[1]);
+    return rc;
+}
+
 static int bench_hetero(int argc, char **argv)
 {
     bench_opts o = {.n_tokens = 2, .tokens = {16384, 65536}, .kv_heads = 8, .q_heads = 32, .head_dim = 128, .runs = 20};
@@ -705,6 +823,15 @@ static int bench_hetero(int argc, char **argv)
            "GB/s", "decode", "together", "overlap", "steps");
     for (int i = 0; i < o.n_tokens; i++)
         if (hetero_point(ctx, &o, fetch, o.tokens[i], results) != 0)
+            goto done;
+    printf("\nretrieval: one pivot, %u satellites at 1/4 of F16, the query switching every 10 steps, vs a static\n"
+           "cache (RDR, F16 or drop) of the same device bytes; median decode step (ms, wall clock, with host work)\n\n",
+           o.kv_heads - 1);
+    printf("%9s %10s %10s %7s %8s %8s %8s %8s %10s %8s\n", "tokens", "static", "hetero", "ratio", "mean_r", "dev_sta",
+           "dev_het",
+           "host", "retrievals", "fetched");
+    for (int i = 0; i < o.n_tokens; i++)
+        if (retrieval_point(ctx, &o, o.tokens[i], results) != 0)
             goto done;
     rc = 0;
     if (o.json) {
