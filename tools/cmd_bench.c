@@ -674,7 +674,7 @@ static int retrieval_point(skv_context *ctx, const bench_opts *o, uint64_t token
     int rc = 1;
     skv_cache *cache[2] = {NULL, NULL};
     skv_hetero_profile *prof = NULL;
-    float *kv = malloc((size_t)chunk * H * D * 4), *q = malloc((size_t)2 * QH * D * 4), *out = malloc((size_t)QH * D * 4);
+    float *kv = malloc((size_t)2 * chunk * H * D * 4), *q = malloc((size_t)2 * QH * D * 4), *out = malloc((size_t)QH * D * 4);
     int32_t *pos = malloc(chunk * 4);
     skv_head_category *cat = calloc(H, sizeof *cat);
     uint32_t *pivot = calloc(H, sizeof *pivot);
@@ -688,7 +688,7 @@ static int retrieval_point(skv_context *ctx, const bench_opts *o, uint64_t token
         cat[h] = SKV_HEAD_SATELLITE;
     CHECK(skv_hetero_profile_create(1, H, cat, pivot, NULL, &prof));
     uint64_t state = 0x2545F4914F6CDD1Dull;
-    for (size_t i = 0; i < (size_t)chunk * H * D; i++) {
+    for (size_t i = 0; i < (size_t)2 * chunk * H * D; i++) { /* keys, then values */
         state ^= state << 13, state ^= state >> 7, state ^= state << 17;
         kv[i] = (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
     }
@@ -717,7 +717,7 @@ static int retrieval_point(skv_context *ctx, const bench_opts *o, uint64_t token
             uint32_t n = tokens - t0 < chunk ? (uint32_t)(tokens - t0) : chunk;
             for (uint32_t i = 0; i < n; i++)
                 pos[i] = (int32_t)(t0 + i);
-            CHECK(skv_append(cache[m], seq[m], 0, n, SKV_F32, kv, kv + (size_t)(chunk / 2) * H * D, pos));
+            CHECK(skv_append(cache[m], seq[m], 0, n, SKV_F32, kv, kv + (size_t)chunk * H * D, pos));
         }
         CHECK(skv_compress(cache[m], seq[m]));
         CHECK(skv_context_finish(ctx));
