@@ -44,13 +44,19 @@ static inline float hsum_tb(floatTB x)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void decode_cpu(DECODE_PARAMS)
 {
-    const uint chunk = get_group_id(0);
-    const uint bh = get_group_id(1);
+    /* The (sequence, kv-head) varies fastest and each splits its own tokens into the
+     * n_chunks chunks: work-groups taken in index order, or in contiguous blocks of it,
+     * carry a fair share of every head, however unequal the heads' lengths (a
+     * HeteroCache pivot beside its satellites, per-head budgets). tiles_per_chunk, the
+     * longest head's, bounds every head's. */
+    const uint bh = get_group_id(0);
+    const uint chunk = get_group_id(1);
     const uint b = bh / H, h = bh % H;
     const uint len = lens[bh];
     const uint first_page = indptr[bh];
-    const uint tok_begin = chunk * tiles_per_chunk * TILE;
-    const uint tok_end = min(len, tok_begin + tiles_per_chunk * TILE);
+    const uint tpc = min(tiles_per_chunk, ((len + TILE - 1) / TILE + n_chunks - 1) / n_chunks);
+    const uint tok_begin = min(len, chunk * tpc * TILE);
+    const uint tok_end = min(len, tok_begin + tpc * TILE);
 
     cpu_query cq;
     query_init(&cq, q, q_offset, q_dtype, H, b, h, scale, tables, bh);

@@ -11,7 +11,7 @@ typedef struct tier_plan {
     uint32_t *indptr;  /* [B*H + 1] */
     uint32_t *indices; /* page ids */
     uint32_t *lens;    /* [B*H] tokens in this tier */
-    uint64_t max_len;
+    uint64_t max_len, sum_len; /* the longest (sequence, kv-head) of the tier, and all of them */
     uint32_t tiles_per_chunk, n_chunks, chunk_offset;
     cl_mem bufs[3];    /* indptr, indices, lens on the device */
 } tier_plan;
@@ -41,7 +41,10 @@ static void split(const skv_cache *c, skv_tier t, uint32_t B, tier_plan *p)
     uint64_t tiles = (p->max_len + dp->tile - 1) / dp->tile;
     uint64_t groups = (uint64_t)B * c->desc.kv_heads;
     uint64_t want = (uint64_t)dp->chunks_per_cu * c->ctx->profile.compute_units;
-    uint64_t chunks = (want + groups - 1) / groups;
+    /* unequal lengths (a HeteroCache pivot beside satellites, per-head budgets): the
+     * longest gets its token share of the device; decode_cpu splits each head's own
+     * tokens into the chunks */
+    uint64_t chunks = p->sum_len > 0 ? (want * p->max_len + p->sum_len - 1) / p->sum_len : (want + groups - 1) / groups;
     if (chunks > tiles)
         chunks = tiles;
     if (chunks == 0)
@@ -137,6 +140,7 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
                 uint32_t n = 0;
                 tp->indptr[b * H + h] = k;
                 tp->lens[b * H + h] = readable_tokens(c, s, li, &n);
+                tp->sum_len += tp->lens[b * H + h];
                 if (n == l->n && l->n) /* a head may hold nothing in this tier */
                     memcpy(tp->indices + k, l->ids, l->n * sizeof *l->ids);
                 else
@@ -245,6 +249,10 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const tier_plan *tp, uint32
     e |= clSetKernelArg(k, a++, sizeof stride, &stride);
     size_t wg = c->decode[t].schedule == SKV_SCHEDULE_LANES ? 1 : c->decode[t].tile;
     size_t global[2] = {(size_t)tp->n_chunks * wg, (size_t)B * H}, local[2] = {wg, 1};
+    if (c->decode[t].schedule == SKV_SCHEDULE_LANES) { /* decode_cpu: (sequence, kv-head) fastest */
+        global[0] = (size_t)B * H;
+        global[1] = tp->n_chunks;
+    }
     if (e == CL_SUCCESS)
         e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, global, local, n_waits, waits, first);
     return e;
