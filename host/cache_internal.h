@@ -63,9 +63,9 @@ typedef struct skvi_hetero {
     uint64_t *steps;        /* [L]: decode steps seen */
     uint64_t *share;        /* [L][H]: a satellite's device share in tokens (its last compression's) */
     int32_t **pos;          /* [L]: every appended position, in append order (the satellites' F16 order) */
-    uint32_t *pos_n, *pos_cap;
+    size_t *pos_n, *pos_cap;
     skvi_inflight *fl;
-    uint32_t n_fl, cap_fl;
+    size_t n_fl, cap_fl;
 } skvi_hetero;
 
 /* A calibration (skv_hetero_calibrate_begin): per layer, the top-k sets of up to

@@ -547,7 +547,7 @@ void skvi_hetero_release(skv_cache *c, skvi_seq *s)
         if (x->pos)
             skvi_free(a, x->pos[l]);
     }
-    for (uint32_t i = 0; i < x->n_fl; i++)
+    for (size_t i = 0; i < x->n_fl; i++)
         clReleaseEvent(x->fl[i].done);
     void *arrays[] = {x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->ref_w, x->now, x->now_n, x->now_w,
                       x->now_read, x->steps,
@@ -641,19 +641,9 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
 skv_status skvi_hetero_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n)
 {
     skvi_hetero *x = s->hetero;
-    if (!x || x->pos_n[layer] + (uint64_t)n <= x->pos_cap[layer])
-        return SKV_OK;
-    uint64_t cap = x->pos_cap[layer] ? 2ull * x->pos_cap[layer] : 1024;
-    while (cap < x->pos_n[layer] + (uint64_t)n)
-        cap *= 2;
-    int32_t *grown = skvi_alloc(c->ctx->alloc, cap * sizeof *grown);
-    if (!grown)
+    if (x && skvi_array_reserve(c->ctx->alloc, (void **)&x->pos[layer], &x->pos_cap[layer], x->pos_n[layer],
+                                x->pos_n[layer] + n, sizeof *x->pos[layer], 1024) != 0)
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_append: out of memory");
-    if (x->pos_n[layer])
-        memcpy(grown, x->pos[layer], x->pos_n[layer] * sizeof *grown);
-    skvi_free(c->ctx->alloc, x->pos[layer]);
-    x->pos[layer] = grown;
-    x->pos_cap[layer] = (uint32_t)cap;
     return SKV_OK;
 }
 
@@ -707,25 +697,25 @@ skv_status skvi_hetero_budgets(skv_cache *c, skvi_seq *s, uint32_t layer, uint64
 static int64_t index_of(const skvi_hetero *x, uint32_t layer, int32_t pos)
 {
     const int32_t *p = x->pos[layer];
-    uint32_t lo = 0, hi = x->pos_n[layer];
+    size_t lo = 0, hi = x->pos_n[layer];
     while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
+        size_t mid = lo + (hi - lo) / 2;
         if (p[mid] < pos)
             lo = mid + 1;
         else
             hi = mid;
     }
     if (lo < x->pos_n[layer] && p[lo] == pos)
-        return lo;
-    for (uint32_t i = 0; i < x->pos_n[layer]; i++)
+        return (int64_t)lo;
+    for (size_t i = 0; i < x->pos_n[layer]; i++)
         if (p[i] == pos)
-            return i;
+            return (int64_t)i;
     return -1;
 }
 
 static int in_flight(const skvi_hetero *x, uint32_t list, uint32_t entry)
 {
-    for (uint32_t i = 0; i < x->n_fl; i++)
+    for (size_t i = 0; i < x->n_fl; i++)
         if (x->fl[i].list == list && x->fl[i].entry == entry)
             return 1;
     return 0;
@@ -816,18 +806,9 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
             if (want[j] && (l->ids[j] & SKVI_HOST_BIT))
                 lists[n] = li, entries[n++] = j;
         if (n) {
-            if (x->n_fl + n > x->cap_fl) {
-                uint32_t cap = (x->n_fl + n) * 2;
-                skvi_inflight *grown = skvi_calloc(a, cap, sizeof *grown);
-                if (!grown) {
-                    st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
-                    goto done;
-                }
-                if (x->n_fl)
-                    memcpy(grown, x->fl, x->n_fl * sizeof *grown);
-                skvi_free(a, x->fl);
-                x->fl = grown;
-                x->cap_fl = cap;
+            if (skvi_array_reserve(a, (void **)&x->fl, &x->cap_fl, x->n_fl, x->n_fl + n, sizeof *x->fl, 64) != 0) {
+                st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
+                goto done;
             }
             cl_event last = NULL;
             st = skvi_move_entries(c, s, lists, entries, n, SKV_MEM_DEVICE, 0, &last, "HeteroCache retrieval");
@@ -951,8 +932,8 @@ void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer)
     }
     /* arrived pages become readable; the rest this step skips */
     const uint32_t per_layer = c->desc.kv_heads * SKV_TIER_COUNT;
-    uint32_t kept = 0;
-    for (uint32_t i = 0; i < x->n_fl; i++) {
+    size_t kept = 0;
+    for (size_t i = 0; i < x->n_fl; i++) {
         cl_int status = CL_QUEUED;
         if (x->fl[i].done &&
             clGetEventInfo(x->fl[i].done, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) != CL_SUCCESS)

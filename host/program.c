@@ -152,17 +152,9 @@ static void to_cache(skv_context *ctx, const char *key, cl_program prog)
 
 static skv_status table_add(skv_context *ctx, const char *name, const char *defines, cl_program prog)
 {
-    if (ctx->program_count == ctx->program_capacity) {
-        size_t cap = ctx->program_capacity ? 2 * ctx->program_capacity : 8;
-        skvi_program *grown = skvi_calloc(ctx->alloc, cap, sizeof *grown);
-        if (!grown)
-            return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "program table: out of memory");
-        if (ctx->program_count)
-            memcpy(grown, ctx->programs, ctx->program_count * sizeof *grown);
-        skvi_free(ctx->alloc, ctx->programs);
-        ctx->programs = grown;
-        ctx->program_capacity = cap;
-    }
+    if (skvi_array_reserve(ctx->alloc, (void **)&ctx->programs, &ctx->program_capacity, ctx->program_count,
+                           ctx->program_count + 1, sizeof *ctx->programs, 8) != 0)
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "program table: out of memory");
     skvi_program *p = &ctx->programs[ctx->program_count];
     p->name = skvi_strdup(ctx->alloc, name);
     p->defines = skvi_strdup(ctx->alloc, defines);
@@ -219,17 +211,9 @@ static skv_status record_program(skv_context *ctx, const char *name, const char 
             *out = &ctx->records[i];
             return SKV_OK;
         }
-    if (ctx->record_count == ctx->record_capacity) {
-        size_t cap = ctx->record_capacity ? 2 * ctx->record_capacity : 16;
-        skvi_build_record *grown = skvi_calloc(ctx->alloc, cap, sizeof *grown);
-        if (!grown)
-            return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "build list: out of memory");
-        if (ctx->record_count)
-            memcpy(grown, ctx->records, ctx->record_count * sizeof *grown);
-        skvi_free(ctx->alloc, ctx->records);
-        ctx->records = grown;
-        ctx->record_capacity = cap;
-    }
+    if (skvi_array_reserve(ctx->alloc, (void **)&ctx->records, &ctx->record_capacity, ctx->record_count,
+                           ctx->record_count + 1, sizeof *ctx->records, 16) != 0)
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "build list: out of memory");
     char lines[PRELUDE + MAX_PARTS][160];
     const char *parts[2 * (PRELUDE + MAX_PARTS)];
     compose(srcs, n, lines, parts);

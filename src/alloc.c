@@ -41,6 +41,25 @@ char *skvi_strdup(const skv_allocator *a, const char *s)
     return p;
 }
 
+int skvi_array_reserve(const skv_allocator *a, void **array, size_t *cap, size_t used, size_t need, size_t size,
+                       size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t grown = *cap ? *cap : first;
+    while (grown < need)
+        grown = grown > SIZE_MAX / 2 ? need : 2 * grown;
+    void *p = skvi_calloc(a, grown, size);
+    if (!p)
+        return -1;
+    if (used)
+        memcpy(p, *array, used * size);
+    skvi_free(a, *array);
+    *array = p;
+    *cap = grown;
+    return 0;
+}
+
 int skvi_mul_ok(size_t a, size_t b, size_t *out)
 {
     if (b != 0 && a > SIZE_MAX / b)

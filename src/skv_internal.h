@@ -31,6 +31,11 @@ void *skvi_alloc(const skv_allocator *a, size_t size);
 void *skvi_calloc(const skv_allocator *a, size_t count, size_t size);
 void skvi_free(const skv_allocator *a, void *ptr);
 char *skvi_strdup(const skv_allocator *a, const char *s);
+/* Room for `need` elements of `size` bytes in *array (`used` of them live, *cap its
+ * capacity): doubling from `first`, the new tail zeroed. 0, or -1 out of memory with
+ * *array and *cap unchanged. */
+int skvi_array_reserve(const skv_allocator *a, void **array, size_t *cap, size_t used, size_t need, size_t size,
+                       size_t first);
 
 /* a * b into *out; 0 on overflow. */
 int skvi_mul_ok(size_t a, size_t b, size_t *out);
