@@ -226,14 +226,17 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
         }
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_encode[tier];
-        e = skvi_pool_set_args(f16, k, 0);
-        e |= skvi_pool_set_args(tp, k, SKVI_POOL_MAX_CHUNKS + 1);
-        cl_uint arg = 2 * (SKVI_POOL_MAX_CHUNKS + 1);
-        e |= clSetKernelArg(k, arg++, sizeof jobs_buf, &jobs_buf);
-        e |= clSetKernelArg(k, arg++, sizeof c->signs, &c->signs);
-        e |= clSetKernelArg(k, arg++, sizeof c->ada_params[tier], &c->ada_params[tier]);
+        skvi_args args = skvi_args_begin(k, 0);
+        skvi_pool_bind(&args, f16);
+        skvi_pool_bind(&args, tp);
+        skvi_arg_mem(&args, jobs_buf);
+        skvi_arg_mem(&args, c->signs);
+        skvi_arg_mem(&args, c->ada_params[tier]);
         size_t global = (size_t)jobs;
-        if (e == CL_SUCCESS)
+        e = skvi_args_end(&args);
+        if (e != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &args, "skv_seq_quantize: enqueue");
+        else
             e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, NULL, n_waits, waits, NULL);
     }
     if (st == SKV_OK && e != CL_SUCCESS)

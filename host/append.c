@@ -217,22 +217,21 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             l->ids[l->n++] = d[j];
         l->tokens += n;
     }
+    skvi_args a = skvi_args_begin(c->k_append, 0);
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_append;
-        cl_uint pph = p.pages_per_head, dt = (cl_uint)dtype;
-        cl_ulong ko = k_off, vo = v_off;
-        e = skvi_pool_set_args(pool, k, 0);
-        cl_uint a = SKVI_POOL_MAX_CHUNKS + 1;
-        e |= clSetKernelArg(k, a++, sizeof dest, &dest);
-        e |= clSetKernelArg(k, a++, sizeof pph, &pph);
-        e |= clSetKernelArg(k, a++, sizeof first, &first);
-        e |= clSetKernelArg(k, a++, sizeof kbuf, &kbuf);
-        e |= clSetKernelArg(k, a++, sizeof ko, &ko);
-        e |= clSetKernelArg(k, a++, sizeof vbuf, &vbuf);
-        e |= clSetKernelArg(k, a++, sizeof vo, &vo);
-        e |= clSetKernelArg(k, a++, sizeof dt, &dt);
-        e |= clSetKernelArg(k, a++, sizeof pos, &pos);
+        skvi_pool_bind(&a, pool);
+        skvi_arg_mem(&a, dest);
+        skvi_arg_u32(&a, p.pages_per_head);
+        skvi_arg_mem(&a, first);
+        skvi_arg_mem(&a, kbuf);
+        skvi_arg_u64(&a, k_off);
+        skvi_arg_mem(&a, vbuf);
+        skvi_arg_u64(&a, v_off);
+        skvi_arg_u32(&a, (cl_uint)dtype);
+        skvi_arg_mem(&a, pos);
         size_t global[3] = {D, n, H};
+        e = skvi_args_end(&a);
         if (e == CL_SUCCESS)
             e = clEnqueueNDRangeKernel(c->ctx->queue, k, 3, NULL, global, NULL, n_waits, waits, event);
     }
@@ -244,7 +243,8 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             if (p.cow_old[h] != ~0u)
                 l->ids[l->n - 1] = p.cow_old[h];
         }
-        st = skvi_cl_fail(err, e, "skv_append: enqueue");
+        st = a.err != CL_SUCCESS ? skvi_args_fail(err, &a, "skv_append: enqueue")
+                                 : skvi_cl_fail(err, e, "skv_append: enqueue");
     }
     if (st == SKV_OK) {
         for (uint32_t h = 0; h < H; h++)

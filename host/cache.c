@@ -287,6 +287,7 @@ skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
         skv_status st = decode_kernel(c, tier, &c->decode[tier], 1, &c->k_logits[tier]);
         if (st != SKV_OK)
             return st;
+        c->ws.objects++;
     }
     *out = c->k_logits[tier];
     return SKV_OK;
@@ -300,6 +301,7 @@ skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out
         skv_status st = skvi_kernel_create(c->ctx, "observe.cl", defs, "observe", &c->k_observe[tier]);
         if (st != SKV_OK)
             return st;
+        c->ws.objects++;
     }
     *out = c->k_observe[tier];
     return SKV_OK;
@@ -520,9 +522,7 @@ void skv_cache_destroy(skv_cache *c)
     for (int i = 0; i < 2; i++)
         if (c->last_decode[i])
             clReleaseEvent(c->last_decode[i]);
-    for (int i = 0; i < 3; i++)
-        if (c->scratch[i])
-            clReleaseMemObject(c->scratch[i]);
+    skvi_ws_release(c);
     cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts, c->h_weights};
     for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++)
         if (hb[i])
@@ -762,6 +762,8 @@ skv_status skv_cache_get_stats(const skv_cache *c, skv_cache_stats *out)
                 ps->pages_allocated += p->chunk_pages[i];
             ps->bytes_allocated = ps->pages_allocated * ps->page_bytes;
         }
+    out->decode_calls = c->ws.calls;
+    out->decode_cl_objects = c->ws.objects;
     out->device_budget_bytes = c->budget[SKV_MEM_DEVICE];
     out->host_budget_bytes = c->budget[SKV_MEM_HOST];
     uint64_t used = 0, f16_pages = 0;

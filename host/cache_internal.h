@@ -78,6 +78,44 @@ typedef struct skvi_calib {
     uint64_t *extra; /* [L]: steps past max_steps, ignored */
 } skvi_calib;
 
+/* Decode's buffers (host/decode_ws.c), per cache: grown geometrically, never shrunk,
+ * reused by every call, so that after warm-up a decode step creates no OpenCL object
+ * (skv_cache_stats.decode_cl_objects). The block tables of all tiers go to the device
+ * in one write from a host staging slot laid out as the device table:
+ * [tier][indptr | indices | lens], each region aligned for its sub-buffer. The queue is
+ * in order, so the device buffers are reused safely. A staging slot is reused once the
+ * write that read it has run: a host call waits on its reads; an interop call's slot
+ * is fenced by the call's last event, and while every slot's fence is pending (a
+ * runtime queued many calls behind an unsignalled event) a new slot is added: the
+ * host never waits. */
+typedef struct skvi_stage {
+    uint32_t *words;
+    size_t cap;     /* in words */
+    cl_event fence; /* NULL: free */
+} skvi_stage;
+enum {
+    SKVI_WS_PARTIALS,
+    SKVI_WS_TABLES, /* ADA query tables */
+    SKVI_WS_ML,     /* per q-head (max, sum) */
+    SKVI_WS_Q,      /* host queries */
+    SKVI_WS_OUT,    /* host outputs */
+    SKVI_WS_LOGITS, /* + tier: kept logits */
+    SKVI_WS_COUNT = SKVI_WS_LOGITS + SKV_TIER_COUNT
+};
+typedef struct skvi_decode_ws {
+    cl_mem buf[SKVI_WS_COUNT];
+    size_t bytes[SKVI_WS_COUNT];
+    uint64_t cap_rows;                   /* (sequence, kv-head) rows of the tables */
+    uint64_t cap_pages[SKV_TIER_COUNT];  /* page ids per tier (0: tier not enabled) */
+    size_t off[SKV_TIER_COUNT][3], words; /* regions in 32-bit words */
+    cl_mem table, sub[SKV_TIER_COUNT][3];
+    skvi_stage *stage;
+    size_t n_stage, cap_stage;
+    float *host_logits;  /* skv_attention_logits: one tier's logits read back */
+    size_t host_logits_cap;
+    uint64_t calls, objects; /* decode calls; OpenCL objects they created */
+} skvi_decode_ws;
+
 typedef struct skvi_seq {
     int live;
     uint64_t *len;         /* tokens appended per layer */
@@ -140,9 +178,7 @@ struct skv_cache {
 
     cl_event transfer_pending; /* last page move; compute work waits for it */
     cl_event last_decode[2];   /* first and last kernel of the last decode (profiling only) */
-    /* decode scratch, grown on demand and kept: no device allocation per decode step */
-    cl_mem scratch[3]; /* partials, query tables, per-q-head (max, sum) */
-    size_t scratch_bytes[3];
+    skvi_decode_ws ws; /* decode's buffers, kept from call to call */
 
     /* HeteroCache: the top-k kernel, a step's attention rows [H][positions] and the
      * top-k sets [H][k] with their counts, grown on demand */
@@ -163,8 +199,21 @@ void skvi_pool_ref(skvi_pool *p, uint32_t id);
 void skvi_pool_unref(skvi_pool *p, uint32_t id);
 /* The chunk buffer holding page `id` and the page's byte offset in it. */
 cl_mem skvi_pool_locate(const skvi_pool *p, uint32_t id, size_t *offset);
-/* Sets the SKV_POOL_PARAMS arguments (8 buffers + pages_per_chunk) from index `first`. */
-cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first);
+/* Binds the SKV_POOL_PARAMS arguments (8 buffers + pages_per_chunk) next. */
+void skvi_pool_bind(skvi_args *a, const skvi_pool *p);
+
+/* decode_ws.c */
+/* Buffer i of the workspace, at least `bytes` (poisoned when new, under SKV_DEBUG_POISON). */
+skv_status skvi_ws_buffer(skv_cache *c, int i, size_t bytes, cl_mem *out);
+/* A free staging slot for tables of `rows` rows and pages[t] page ids per tier: the
+ * table's capacity grown (it and its sub-buffers recreated) when short. */
+skv_status skvi_ws_stage(skv_cache *c, uint64_t rows, const uint64_t *pages, uint32_t *slot);
+/* Enqueues the write of the slot's first `words` words to the table (no event). */
+skv_status skvi_ws_upload(skv_cache *c, uint32_t slot, size_t words);
+/* The slot is reused only once `ev` completed (retained), or now that the queue ran
+ * dry (ev NULL: the caller waited on the queue). */
+void skvi_ws_fence(skv_cache *c, uint32_t slot, cl_event ev);
+void skvi_ws_release(skv_cache *c);
 
 /* ada.c */
 skv_status skvi_ada_init(skv_cache *c);

@@ -164,10 +164,15 @@ skv_status skv_context_create(const skv_context_desc *desc, skv_context **out)
     return SKV_OK;
 }
 
+cl_int skvi_poison_enqueue(skv_context *ctx, cl_mem buf, size_t bytes)
+{
+    const cl_uint pattern = 0xFFFFFFFFu; /* copied at enqueue time */
+    return clEnqueueFillBuffer(ctx->queue, buf, &pattern, sizeof pattern, 0, bytes & ~(size_t)3, 0, NULL, NULL);
+}
+
 cl_int skvi_poison(skv_context *ctx, cl_mem buf, size_t bytes)
 {
-    const cl_uint pattern = 0xFFFFFFFFu;
-    cl_int e = clEnqueueFillBuffer(ctx->queue, buf, &pattern, sizeof pattern, 0, bytes & ~(size_t)3, 0, NULL, NULL);
+    cl_int e = skvi_poison_enqueue(ctx, buf, bytes);
     return e == CL_SUCCESS ? clFinish(ctx->queue) : e;
 }
 

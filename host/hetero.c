@@ -8,23 +8,19 @@ skv_status skvi_topk_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t r
         return SKV_OK;
     if (w_stride < n || out_stride < (top_k < n ? top_k : n))
         return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "top-k: a row stride is shorter than its row");
-    cl_uint a = 0, nn = n, ws = w_stride, kk = top_k, os = out_stride;
-    cl_int e = clSetKernelArg(k, a++, sizeof w, &w);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof nn, &nn);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof ws, &ws);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof kk, &kk);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof out, &out);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof os, &os);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof counts, &counts);
+    skvi_args a = skvi_args_begin(k, 0);
+    skvi_arg_mem(&a, w);
+    skvi_arg_u32(&a, n);
+    skvi_arg_u32(&a, w_stride);
+    skvi_arg_u32(&a, top_k);
+    skvi_arg_mem(&a, out);
+    skvi_arg_u32(&a, out_stride);
+    skvi_arg_mem(&a, counts);
     size_t local = SKVI_TOPK_WG, global = (size_t)rows * local;
-    if (e == CL_SUCCESS)
-        e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
+    cl_int e = skvi_args_end(&a);
+    if (e != CL_SUCCESS)
+        return skvi_args_fail(ctx->error, &a, "top-k: enqueue");
+    e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &local, 0, NULL, NULL);
     return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "top-k: enqueue");
 }
 
@@ -33,21 +29,18 @@ skv_status skvi_topk_gather_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uin
 {
     if (rows == 0 || set_stride == 0)
         return SKV_OK;
-    cl_uint a = 0, ws = w_stride, ss = set_stride;
-    cl_int e = clSetKernelArg(k, a++, sizeof w, &w);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof ws, &ws);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof sets, &sets);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof ss, &ss);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof counts, &counts);
-    if (e == CL_SUCCESS)
-        e = clSetKernelArg(k, a++, sizeof wout, &wout);
+    skvi_args a = skvi_args_begin(k, 0);
+    skvi_arg_mem(&a, w);
+    skvi_arg_u32(&a, w_stride);
+    skvi_arg_mem(&a, sets);
+    skvi_arg_u32(&a, set_stride);
+    skvi_arg_mem(&a, counts);
+    skvi_arg_mem(&a, wout);
     size_t global[2] = {set_stride, rows};
-    if (e == CL_SUCCESS)
-        e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, global, NULL, 0, NULL, NULL);
+    cl_int e = skvi_args_end(&a);
+    if (e != CL_SUCCESS)
+        return skvi_args_fail(ctx->error, &a, "top-k gather: enqueue");
+    e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, global, NULL, 0, NULL, NULL);
     return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "top-k gather: enqueue");
 }
 

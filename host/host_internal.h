@@ -114,6 +114,9 @@ skv_status skvi_topk_enqueue(skv_context *ctx, cl_kernel k, cl_mem w, uint32_t r
 /* Fills a new buffer with 0xFF bytes (NaN as float and half, -1 as a position), so that a
  * kernel reading what nothing wrote shows it (ctx->poison; tests). */
 cl_int skvi_poison(skv_context *ctx, cl_mem buf, size_t bytes);
+/* The same fill, enqueued on the compute queue without a wait: for buffers only that
+ * queue uses (decode's workspace), so that an interop call never blocks. */
+cl_int skvi_poison_enqueue(skv_context *ctx, cl_mem buf, size_t bytes);
 /* A kernel object from a program (the caller releases it). In build-list mode the
  * program is recorded and the kernel is a stand-in of the same name. */
 skv_status skvi_kernel_create(skv_context *ctx, const char *source, const char *defines,
@@ -127,6 +130,29 @@ typedef struct skvi_context_program {
 } skvi_context_program;
 extern const skvi_context_program skvi_context_programs[];
 extern const size_t skvi_context_program_count;
+
+/* kargs.c: a kernel's arguments bound in order, keeping the first failure:
+ *     skvi_args a = skvi_args_begin(k, 0);
+ *     skvi_arg_mem(&a, buf); skvi_arg_u32(&a, n);
+ *     cl_int e = skvi_args_end(&a);   (skvi_args_fail names the kernel and argument)
+ * In debug builds, skvi_args_end of a binding begun at argument 0 checks that it bound
+ * exactly CL_KERNEL_NUM_ARGS arguments (CL_INVALID_KERNEL_ARGS when not). */
+typedef struct skvi_args {
+    cl_kernel k;
+    cl_uint first, next; /* where the binding began; the next argument's index */
+    cl_int err;          /* the first failure (CL_SUCCESS: none) */
+    cl_uint err_arg;     /* its argument index */
+} skvi_args;
+skvi_args skvi_args_begin(cl_kernel k, cl_uint first);
+void skvi_arg(skvi_args *a, size_t size, const void *value);
+void skvi_arg_mem(skvi_args *a, cl_mem m);
+void skvi_arg_u32(skvi_args *a, cl_uint v);
+void skvi_arg_i32(skvi_args *a, cl_int v);
+void skvi_arg_u64(skvi_args *a, cl_ulong v);
+void skvi_arg_f32(skvi_args *a, cl_float v);
+void skvi_arg_local(skvi_args *a, size_t bytes);
+cl_int skvi_args_end(skvi_args *a);
+skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what);
 
 /* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items, in the
  * blocked partition when skvi_stream_read_blocked(ctx) (CPU devices), else strided. */

@@ -114,14 +114,9 @@ cl_mem skvi_pool_locate(const skvi_pool *p, uint32_t id, size_t *offset)
     return p->chunk[id / p->pages_per_chunk];
 }
 
-cl_int skvi_pool_set_args(const skvi_pool *p, cl_kernel k, cl_uint first)
+void skvi_pool_bind(skvi_args *a, const skvi_pool *p)
 {
-    cl_int e = CL_SUCCESS;
-    for (cl_uint i = 0; i < SKVI_POOL_MAX_CHUNKS; i++) {
-        cl_mem m = p->chunk[i < p->n_chunks ? i : 0];
-        e |= clSetKernelArg(k, first + i, sizeof m, &m);
-    }
-    cl_uint ppc = p->pages_per_chunk;
-    e |= clSetKernelArg(k, first + SKVI_POOL_MAX_CHUNKS, sizeof ppc, &ppc);
-    return e;
+    for (cl_uint i = 0; i < SKVI_POOL_MAX_CHUNKS; i++)
+        skvi_arg_mem(a, p->chunk[i < p->n_chunks ? i : 0]);
+    skvi_arg_u32(a, p->pages_per_chunk);
 }

@@ -34,6 +34,7 @@ typedef struct device_solver {
     size_t wg;
     uint32_t *host_counts;
     cl_int err;
+    skvi_args args; /* the last launch's binding: its failure names the argument */
 } device_solver;
 
 static int device_choose(void *user, float lambda, uint8_t *choice, uint64_t *count)
@@ -41,16 +42,17 @@ static int device_choose(void *user, float lambda, uint8_t *choice, uint64_t *co
     device_solver *d = user;
     skv_context *ctx = d->c->ctx;
     cl_kernel k = d->c->k_rdr_choose;
-    cl_uint tiers = d->tiers, n = d->n;
-    cl_int e = clSetKernelArg(k, 0, sizeof d->u, &d->u);
-    e |= clSetKernelArg(k, 1, sizeof d->energy, &d->energy);
-    e |= clSetKernelArg(k, 2, sizeof d->current, &d->current);
-    e |= clSetKernelArg(k, 3, sizeof n, &n);
-    e |= clSetKernelArg(k, 4, sizeof lambda, &lambda);
-    e |= clSetKernelArg(k, 5, sizeof d->prm, &d->prm);
-    e |= clSetKernelArg(k, 6, sizeof tiers, &tiers);
-    e |= clSetKernelArg(k, 7, sizeof d->choice, &d->choice);
-    e |= clSetKernelArg(k, 8, sizeof d->counts, &d->counts);
+    d->args = skvi_args_begin(k, 0);
+    skvi_arg_mem(&d->args, d->u);
+    skvi_arg_mem(&d->args, d->energy);
+    skvi_arg_mem(&d->args, d->current);
+    skvi_arg_u32(&d->args, d->n);
+    skvi_arg_f32(&d->args, lambda);
+    skvi_arg_mem(&d->args, d->prm);
+    skvi_arg_u32(&d->args, d->tiers);
+    skvi_arg_mem(&d->args, d->choice);
+    skvi_arg_mem(&d->args, d->counts);
+    cl_int e = skvi_args_end(&d->args);
     size_t global = (size_t)d->groups * d->wg;
     if (e == CL_SUCCESS)
         e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &d->wg, 0, NULL, NULL);
@@ -113,7 +115,9 @@ skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t
     if (st == SKV_OK) {
         skv_rdr_backend be = {device_choose, &d};
         *rc = skv_rdr_solve_with(p, &be, choice);
-        if (*rc == -2 && d.err != CL_SUCCESS)
+        if (*rc == -2 && d.args.err != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &d.args, "RDR solver: rdr_choose");
+        else if (*rc == -2 && d.err != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, d.err, "RDR solver: rdr_choose");
         else if (*rc == -2)
             st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
@@ -308,15 +312,23 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     }
     const double f16_token = (double)skvi_tier_page_bytes(SKV_TIER_F16, c->desc.head_dim, P) / P;
     /* the budget is a share of every token appended at F16 (not of those a previous
-     * compression kept: that would tighten the budget at every compression) */
-    const uint64_t appended = s->len[only_layer == ~0u ? 0 : only_layer];
-    uint64_t mean_tokens = (uint64_t)(c->desc.budget_ratio * (double)appended); /* per (layer, head), at F16 */
+     * compression kept: that would tighten the budget at every compression); the
+     * layer rule splits the mean over the layers compressed, and each layer's share
+     * then follows its own length (layers may hold different counts) */
+    uint64_t appended = 0, n_layers = 0;
+    for (uint32_t l = 0; l < L; l++)
+        if (only_layer == ~0u || l == only_layer)
+            appended += s->len[l], n_layers++;
+    const double mean_len = (double)appended / (double)n_layers;
+    uint64_t mean_tokens = (uint64_t)(c->desc.budget_ratio * mean_len); /* per (layer, head), at F16 */
     if (c->desc.budget_bytes) { /* the absolute cap, in the same F16 token equivalents */
         const uint64_t cap = (uint64_t)((double)c->desc.budget_bytes / (f16_token * L * H));
         mean_tokens = cap < mean_tokens ? cap : mean_tokens;
     }
     st = skv_budget_layers(c->desc.budget_rule == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L,
                            mean_tokens, per_layer);
+    for (uint32_t l = 0; st == SKV_OK && mean_len > 0 && l < L; l++) /* exact when the lengths are equal */
+        per_layer[l] = (uint64_t)((double)per_layer[l] * (double)s->len[l] / mean_len);
     uint64_t *per_head = skvi_calloc(a, H, sizeof *per_head);
     if (st == SKV_OK && !per_head)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
@@ -414,23 +426,24 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             if (e != CL_SUCCESS)
                 break;
             cl_kernel k = f == t ? c->k_slot_copy[t] : f == SKV_TIER_F16 ? c->k_encode[t] : c->k_transcode[f][t];
-            cl_uint arg;
+            skvi_args args = skvi_args_begin(k, 0);
             if (f == t) { /* slot_copy(pool, jobs) */
-                e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
-                arg = SKVI_POOL_MAX_CHUNKS + 1;
-                e |= clSetKernelArg(k, arg++, sizeof jb, &jb);
+                skvi_pool_bind(&args, &c->pools[t][SKV_MEM_DEVICE]);
+                skvi_arg_mem(&args, jb);
             } else { /* ada_encode / ada_transcode(src pool, dst pool, jobs, signs, [src params,] params) */
-                e = skvi_pool_set_args(&c->pools[f][SKV_MEM_DEVICE], k, 0);
-                e |= skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, SKVI_POOL_MAX_CHUNKS + 1);
-                arg = 2 * (SKVI_POOL_MAX_CHUNKS + 1);
-                e |= clSetKernelArg(k, arg++, sizeof jb, &jb);
-                e |= clSetKernelArg(k, arg++, sizeof c->signs, &c->signs);
+                skvi_pool_bind(&args, &c->pools[f][SKV_MEM_DEVICE]);
+                skvi_pool_bind(&args, &c->pools[t][SKV_MEM_DEVICE]);
+                skvi_arg_mem(&args, jb);
+                skvi_arg_mem(&args, c->signs);
                 if (f != SKV_TIER_F16)
-                    e |= clSetKernelArg(k, arg++, sizeof c->ada_params[f], &c->ada_params[f]);
-                e |= clSetKernelArg(k, arg++, sizeof c->ada_params[t], &c->ada_params[t]);
+                    skvi_arg_mem(&args, c->ada_params[f]);
+                skvi_arg_mem(&args, c->ada_params[t]);
             }
             size_t g = n;
-            if (e == CL_SUCCESS)
+            e = skvi_args_end(&args);
+            if (e != CL_SUCCESS)
+                st = skvi_args_fail(ctx->error, &args, "skv_compress: enqueue");
+            else
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, n_waits, waits, NULL);
             n_waits = 0;
             waits = NULL;

@@ -196,38 +196,42 @@ static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
         if (e == CL_SUCCESS)
             bufs[4] = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)H * nw * 2 * D * 4, NULL, &e);
         skvi_pool *pool = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE];
-        cl_uint pp = pph, mm = m, nwin = nw, arg = SKVI_POOL_MAX_CHUNKS + 1;
+        skvi_args args = skvi_args_begin(c->k_inv_norms, 0);
         if (e == CL_SUCCESS) {
             cl_kernel k = c->k_inv_norms;
-            e = skvi_pool_set_args(pool, k, 0);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[0], &bufs[0]);
-            e |= clSetKernelArg(k, arg++, sizeof pp, &pp);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[1], &bufs[1]);
-            e |= clSetKernelArg(k, arg++, sizeof mm, &mm);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[3], &bufs[3]);
+            skvi_pool_bind(&args, pool);
+            skvi_arg_mem(&args, bufs[0]);
+            skvi_arg_u32(&args, pph);
+            skvi_arg_mem(&args, bufs[1]);
+            skvi_arg_u32(&args, m);
+            skvi_arg_mem(&args, bufs[3]);
             size_t g[2] = {m, H};
+            e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS) {
             cl_kernel k = c->k_key_stats;
-            arg = SKVI_POOL_MAX_CHUNKS + 1;
-            e = skvi_pool_set_args(pool, k, 0);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[0], &bufs[0]);
-            e |= clSetKernelArg(k, arg++, sizeof pp, &pp);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[1], &bufs[1]);
-            e |= clSetKernelArg(k, arg++, sizeof mm, &mm);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[3], &bufs[3]);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[2], &bufs[2]);
-            e |= clSetKernelArg(k, arg++, sizeof nwin, &nwin);
-            e |= clSetKernelArg(k, arg++, sizeof bufs[4], &bufs[4]);
+            args = skvi_args_begin(k, 0);
+            skvi_pool_bind(&args, pool);
+            skvi_arg_mem(&args, bufs[0]);
+            skvi_arg_u32(&args, pph);
+            skvi_arg_mem(&args, bufs[1]);
+            skvi_arg_u32(&args, m);
+            skvi_arg_mem(&args, bufs[3]);
+            skvi_arg_mem(&args, bufs[2]);
+            skvi_arg_u32(&args, nw);
+            skvi_arg_mem(&args, bufs[4]);
             size_t g[2] = {D, H};
+            e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS)
             e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_TRUE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
-        if (e != CL_SUCCESS)
+        if (args.err != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &args, "key statistics");
+        else if (e != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, e, "key statistics");
     }
     if (st == SKV_OK) { /* commit */
@@ -396,20 +400,24 @@ static skv_status snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
         if (e != CL_SUCCESS)
             break;
         cl_kernel k = c->k_keys[t];
-        cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, n = l->tokens;
-        e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
-        e |= clSetKernelArg(k, a++, sizeof pages, &pages);
-        e |= clSetKernelArg(k, a++, sizeof n, &n);
-        e |= clSetKernelArg(k, a++, sizeof off, &off);
+        cl_uint n = l->tokens;
+        skvi_args a = skvi_args_begin(k, 0);
+        skvi_pool_bind(&a, &c->pools[t][SKV_MEM_DEVICE]);
+        skvi_arg_mem(&a, pages);
+        skvi_arg_u32(&a, n);
+        skvi_arg_u32(&a, off);
         if (t != SKV_TIER_F16) {
-            e |= clSetKernelArg(k, a++, sizeof c->signs, &c->signs);
-            e |= clSetKernelArg(k, a++, sizeof row, &row);
-            e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
+            skvi_arg_mem(&a, c->signs);
+            skvi_arg_u32(&a, row);
+            skvi_arg_mem(&a, c->ada_params[t]);
         }
-        e |= clSetKernelArg(k, a++, sizeof keys, &keys);
-        e |= clSetKernelArg(k, a++, sizeof pos, &pos);
+        skvi_arg_mem(&a, keys);
+        skvi_arg_mem(&a, pos);
         size_t g = n;
-        if (e == CL_SUCCESS)
+        e = skvi_args_end(&a);
+        if (e != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
+        else
             e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
         clReleaseMemObject(pages);
         off += n;
@@ -421,33 +429,40 @@ static skv_status snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
         if (b != CLBlastSuccess)
             st = skvi_fail(ctx->error, SKV_ERR_OPENCL, "skv_seq_scores: CLBlastSgemm failed (%d)", (int)b);
     }
-    cl_uint n = (cl_uint)held, gg = G, rr = rows;
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_snap_rows;
-        e = clSetKernelArg(k, 0, sizeof S, &S);
-        e |= clSetKernelArg(k, 1, sizeof n, &n);
-        e |= clSetKernelArg(k, 2, sizeof pos, &pos);
-        e |= clSetKernelArg(k, 3, sizeof qp, &qp);
-        e |= clSetKernelArg(k, 4, sizeof gg, &gg);
-        e |= clSetKernelArg(k, 5, sizeof rm, &rm);
-        e |= clSetKernelArg(k, 6, sizeof rl, &rl);
+        skvi_args a = skvi_args_begin(k, 0);
+        skvi_arg_mem(&a, S);
+        skvi_arg_u32(&a, (cl_uint)held);
+        skvi_arg_mem(&a, pos);
+        skvi_arg_mem(&a, qp);
+        skvi_arg_u32(&a, G);
+        skvi_arg_mem(&a, rm);
+        skvi_arg_mem(&a, rl);
         size_t g = rows;
-        if (e == CL_SUCCESS)
+        e = skvi_args_end(&a);
+        if (e != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
+        else
             e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
     }
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_snap_vote;
-        e = clSetKernelArg(k, 0, sizeof S, &S);
-        e |= clSetKernelArg(k, 1, sizeof n, &n);
-        e |= clSetKernelArg(k, 2, sizeof rr, &rr);
-        e |= clSetKernelArg(k, 3, sizeof pos, &pos);
-        e |= clSetKernelArg(k, 4, sizeof qp, &qp);
-        e |= clSetKernelArg(k, 5, sizeof gg, &gg);
-        e |= clSetKernelArg(k, 6, sizeof rm, &rm);
-        e |= clSetKernelArg(k, 7, sizeof rl, &rl);
-        e |= clSetKernelArg(k, 8, sizeof vote, &vote);
+        skvi_args a = skvi_args_begin(k, 0);
+        skvi_arg_mem(&a, S);
+        skvi_arg_u32(&a, (cl_uint)held);
+        skvi_arg_u32(&a, rows);
+        skvi_arg_mem(&a, pos);
+        skvi_arg_mem(&a, qp);
+        skvi_arg_u32(&a, G);
+        skvi_arg_mem(&a, rm);
+        skvi_arg_mem(&a, rl);
+        skvi_arg_mem(&a, vote);
         size_t g = held;
-        if (e == CL_SUCCESS)
+        e = skvi_args_end(&a);
+        if (e != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
+        else
             e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
         if (e == CL_SUCCESS)
             e = clEnqueueReadBuffer(ctx->queue, vote, CL_TRUE, 0, held * sizeof(float), votes, 0, NULL, NULL);
@@ -684,22 +699,25 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
             st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
         if (st == SKV_OK && e == CL_SUCCESS) {
             cl_kernel k = c->k_tri[t];
-            cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, n = l->tokens, gg = G, il = c->desc.rope.interleaved != 0;
-            cl_uint row = layer * c->desc.kv_heads + head;
-            e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
-            e |= clSetKernelArg(k, a++, sizeof pages, &pages);
-            e |= clSetKernelArg(k, a++, sizeof n, &n);
-            e |= clSetKernelArg(k, a++, sizeof effb, &effb);
-            e |= clSetKernelArg(k, a++, sizeof gg, &gg);
-            e |= clSetKernelArg(k, a++, sizeof il, &il);
+            cl_uint n = l->tokens;
+            skvi_args a = skvi_args_begin(k, 0);
+            skvi_pool_bind(&a, &c->pools[t][SKV_MEM_DEVICE]);
+            skvi_arg_mem(&a, pages);
+            skvi_arg_u32(&a, n);
+            skvi_arg_mem(&a, effb);
+            skvi_arg_u32(&a, G);
+            skvi_arg_u32(&a, c->desc.rope.interleaved != 0);
             if (t != SKV_TIER_F16) {
-                e |= clSetKernelArg(k, a++, sizeof c->signs, &c->signs);
-                e |= clSetKernelArg(k, a++, sizeof row, &row);
-                e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
+                skvi_arg_mem(&a, c->signs);
+                skvi_arg_u32(&a, layer * c->desc.kv_heads + head);
+                skvi_arg_mem(&a, c->ada_params[t]);
             }
-            e |= clSetKernelArg(k, a++, sizeof out, &out);
+            skvi_arg_mem(&a, out);
             size_t gsz = n;
-            if (e == CL_SUCCESS)
+            e = skvi_args_end(&a);
+            if (e != CL_SUCCESS)
+                st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (triattention)");
+            else
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &gsz, NULL, 0, NULL, NULL);
             if (e == CL_SUCCESS)
                 e = clEnqueueReadBuffer(ctx->queue, out, CL_TRUE, 0, (size_t)G * n * 4, part, 0, NULL, NULL);
@@ -806,7 +824,6 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
     }
     size_t done = 0;
-    cl_uint sc = (cl_uint)scorer, nwin = nw, win = c->desc.score_window, ns = c->desc.n_sink;
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
         if (!l->tokens)
@@ -844,23 +861,27 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         }
         if (st == SKV_OK && e == CL_SUCCESS) {
             cl_kernel k = c->k_score[t];
-            cl_uint a = SKVI_POOL_MAX_CHUNKS + 1, n = l->tokens;
-            e = skvi_pool_set_args(&c->pools[t][SKV_MEM_DEVICE], k, 0);
-            e |= clSetKernelArg(k, a++, sizeof bufs[0], &bufs[0]);
-            e |= clSetKernelArg(k, a++, sizeof n, &n);
-            e |= clSetKernelArg(k, a++, sizeof sc, &sc);
-            e |= clSetKernelArg(k, a++, sizeof bufs[2], &bufs[2]);
+            cl_uint n = l->tokens;
+            skvi_args a = skvi_args_begin(k, 0);
+            skvi_pool_bind(&a, &c->pools[t][SKV_MEM_DEVICE]);
+            skvi_arg_mem(&a, bufs[0]);
+            skvi_arg_u32(&a, n);
+            skvi_arg_u32(&a, (cl_uint)scorer);
+            skvi_arg_mem(&a, bufs[2]);
             if (t != SKV_TIER_F16)
-                e |= clSetKernelArg(k, a++, sizeof bufs[3], &bufs[3]);
-            e |= clSetKernelArg(k, a++, sizeof nwin, &nwin);
-            e |= clSetKernelArg(k, a++, sizeof win, &win);
-            e |= clSetKernelArg(k, a++, sizeof ns, &ns);
+                skvi_arg_mem(&a, bufs[3]);
+            skvi_arg_u32(&a, nw);
+            skvi_arg_u32(&a, c->desc.score_window);
+            skvi_arg_u32(&a, c->desc.n_sink);
             if (t != SKV_TIER_F16)
-                e |= clSetKernelArg(k, a++, sizeof c->ada_params[t], &c->ada_params[t]);
-            e |= clSetKernelArg(k, a++, sizeof bufs[1], &bufs[1]);
-            e |= clSetKernelArg(k, a++, sizeof bufs[4], &bufs[4]);
+                skvi_arg_mem(&a, c->ada_params[t]);
+            skvi_arg_mem(&a, bufs[1]);
+            skvi_arg_mem(&a, bufs[4]);
             size_t g = n;
-            if (e == CL_SUCCESS)
+            e = skvi_args_end(&a);
+            if (e != CL_SUCCESS)
+                st = skvi_args_fail(ctx->error, &a, "skv_seq_scores");
+            else
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
             if (e == CL_SUCCESS && energy && done < capacity)
                 e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_FALSE, 0,

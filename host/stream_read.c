@@ -20,14 +20,17 @@ skv_status skvi_stream_read_enqueue(skv_context *ctx, cl_command_queue q, cl_mem
     skv_status st = skvi_kernel_create(ctx, "stream_read.cl", skvi_stream_read_defines(ctx), "stream_read", &k);
     if (st != SKV_OK)
         return st;
-    cl_ulong nw = n_words;
-    cl_int e = clSetKernelArg(k, 0, sizeof in, &in);
-    e |= clSetKernelArg(k, 1, sizeof nw, &nw);
-    e |= clSetKernelArg(k, 2, sizeof out, &out);
-    if (e == CL_SUCCESS)
-        e = clEnqueueNDRangeKernel(q, k, 1, NULL, &n_items, NULL, 0, NULL, ev);
+    skvi_args a = skvi_args_begin(k, 0);
+    skvi_arg_mem(&a, in);
+    skvi_arg_u64(&a, n_words);
+    skvi_arg_mem(&a, out);
+    cl_int e = skvi_args_end(&a);
+    if (e != CL_SUCCESS)
+        st = skvi_args_fail(ctx->error, &a, "stream_read");
+    else if ((e = clEnqueueNDRangeKernel(q, k, 1, NULL, &n_items, NULL, 0, NULL, ev)) != CL_SUCCESS)
+        st = skvi_cl_fail(ctx->error, e, "stream_read");
     clReleaseKernel(k);
-    return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "stream_read");
+    return st;
 }
 
 static int cmp_double(const void *a, const void *b)

@@ -588,6 +588,124 @@ static void test_cl_buffers_and_events(void **state)
     skv_cache_destroy(c);
 }
 
+static uint64_t decode_objects(skv_cache *c, uint64_t *calls)
+{
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(c, &st));
+    if (calls)
+        *calls = st.decode_calls;
+    return st.decode_cl_objects;
+}
+
+/* After warm-up, decode steps (an append, then decode of every layer, as a runtime runs
+ * them) create no OpenCL object: the workspace's buffers and tables are reused. Interop
+ * calls queued behind an unsignalled event return at once, and each decodes its own
+ * prefix once the event is set: no staging slot is reused before its table went up. */
+static void test_decode_creates_nothing(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(2, 6, 2, 64, 16);
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {77};
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    mirror m[2] = {{.H = 2, .D = 64}, {.H = 2, .D = 64}};
+    const mirror *mp[2] = {&m[0], &m[1]};
+    for (uint32_t l = 0; l < 2; l++) {
+        assert_ok(append_random(c, s, l, 201, SKV_F32, &r, &m[l]));
+        check_decode(c, l, &s, &mp[l], 1, SKV_F32, SKV_F32, &r); /* warm-up */
+    }
+    uint64_t calls0 = 0, objects0 = decode_objects(c, &calls0);
+    assert_true(objects0 > 0);
+    for (int step = 0; step < 37; step++)
+        for (uint32_t l = 0; l < 2; l++) {
+            assert_ok(append_random(c, s, l, 1, SKV_F16, &r, &m[l]));
+            check_decode(c, l, &s, &mp[l], 1, step % 2 ? SKV_F16 : SKV_F32, SKV_F32, &r);
+        }
+    uint64_t calls = 0;
+    assert_int_equal(decode_objects(c, &calls), objects0);
+    assert_int_equal(calls, calls0 + 74);
+
+    /* interop: 7 calls queued without a wait, more than the staging slots */
+    cl_context clc;
+    cl_command_queue q;
+    assert_ok(skv_context_cl_objects(ctx, &clc, NULL, &q, NULL));
+    enum { N = 7 };
+    const size_t per = 6 * 64;
+    float *qv = malloc(N * per * 4), *out = malloc(N * per * 4);
+    for (size_t i = 0; i < N * per; i++)
+        qv[i] = test_gauss(&r);
+    memset(out, 0xFF, N * per * 4);
+    cl_int e;
+    cl_mem qb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, N * per * 4, qv, &e);
+    cl_mem ob = clCreateBuffer(clc, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, N * per * 4, out, &e);
+    /* the tokens appended between the calls, from device buffers: nothing waits */
+    const uint32_t extra = 5 * N * (N - 1) / 2, row = 2 * 64;
+    float *k = malloc(extra * row * 4), *v = malloc(extra * row * 4);
+    int32_t *pos = malloc(extra * 4);
+    for (size_t i = 0; i < (size_t)extra * row; i++) {
+        k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(&r)));
+        v[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(&r)));
+    }
+    for (uint32_t t = 0; t < extra; t++)
+        pos[t] = (int32_t)(m[0].n + t);
+    cl_mem kb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, extra * row * 4, k, &e);
+    cl_mem vb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, extra * row * 4, v, &e);
+    uint64_t lens[N];
+    uint32_t done = 0;
+    cl_event gate = clCreateUserEvent(clc, &e); /* the first call waits for it, so every later one queues */
+    assert_int_equal(e, CL_SUCCESS);
+    cl_event last = NULL;
+    for (int i = 0; i < N; i++) {
+        if (i) { /* a different length each call: each call's tables differ */
+            uint32_t n = (uint32_t)i * 5;
+            assert_ok(skv_append_cl(c, s, 0, n, SKV_F32, kb, done * row * 4, vb, done * row * 4, pos + done, 0, NULL,
+                                    NULL));
+            mirror_push(&m[0], k + (size_t)done * row, v + (size_t)done * row, pos + done, n);
+            done += n;
+        }
+        lens[i] = m[0].n;
+        uint64_t before = decode_objects(c, NULL);
+        cl_event *ev = i == N - 1 ? &last : NULL;
+        assert_ok(skv_attention_decode_cl(c, 0, &s, 1, SKV_F32, qb, i * per * 4, 0.125f, SKV_F32, ob, i * per * 4,
+                                          i == 0, i == 0 ? &gate : NULL, ev));
+        /* only the fence of a call whose caller takes no event */
+        assert_true(decode_objects(c, NULL) - before <= (ev ? 0u : 1u));
+    }
+    cl_int status = CL_COMPLETE;
+    assert_int_equal(clGetEventInfo(last, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL), CL_SUCCESS);
+    assert_true(status > CL_COMPLETE); /* all of it waits for the gate */
+    assert_int_equal(clSetUserEventStatus(gate, CL_COMPLETE), CL_SUCCESS);
+    assert_int_equal(clEnqueueReadBuffer(q, ob, CL_TRUE, 0, N * per * 4, out, 1, &last, NULL), CL_SUCCESS);
+    double *ref = malloc(per * sizeof *ref);
+    for (int i = 0; i < N; i++) {
+        size_t n = lens[i] * 2 * 64;
+        float *kr = rounded_f16(m[0].k, n), *vr = rounded_f16(m[0].v, n);
+        assert_int_equal(skv_ref_attention_decode(qv + i * per, kr, vr, lens[i], 6, 2, 64, 0.125f, ref), 0);
+        double err = skv_ref_rel_l2(ref, out + i * per, per);
+        if (!(err <= 2e-5))
+            fail_msg("queued interop call %d (%llu tokens): relative L2 error %.3g", i, (unsigned long long)lens[i], err);
+        free(kr);
+        free(vr);
+    }
+    clReleaseEvent(last);
+    clReleaseEvent(gate);
+    clReleaseMemObject(kb);
+    clReleaseMemObject(vb);
+    free(k);
+    free(v);
+    free(pos);
+    clReleaseMemObject(qb);
+    clReleaseMemObject(ob);
+    free(ref);
+    free(qv);
+    free(out);
+    mirror_free(&m[0]);
+    mirror_free(&m[1]);
+    skv_cache_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -598,6 +716,7 @@ int main(void)
         cmocka_unit_test(test_out_of_memory_append_changes_nothing),
         cmocka_unit_test(test_offload_fetch),
         cmocka_unit_test(test_cl_buffers_and_events),
+        cmocka_unit_test(test_decode_creates_nothing),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

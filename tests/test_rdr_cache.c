@@ -508,6 +508,59 @@ static void test_transcode_exact(void **state)
     skv_cache_destroy(c);
 }
 
+/* Layers of different lengths: each layer's budget is a share of its own tokens (the
+ * longer layer is not squeezed to the shorter's budget, nor the shorter kept whole).
+ * Decode of the result, after warm-up, makes no host allocation. */
+static void test_budget_per_layer_length(void **state)
+{
+    (void)state;
+    const uint32_t lens[2][2] = {{800, 200}, {200, 800}}, H = 2, D = 64, P = 16;
+    const float ratio = 0.25f;
+    test_rng r = {31};
+    for (int order = 0; order < 2; order++) {
+        skv_cache *c = make(0x1, ratio, 2, H, D, P);
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        for (uint32_t l = 0; l < 2; l++) {
+            const uint32_t n = lens[order][l];
+            float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4);
+            int32_t *pos = malloc(n * 4);
+            for (uint32_t t = 0; t < n; t++)
+                pos[t] = (int32_t)t;
+            for (size_t i = 0; i < (size_t)n * H * D; i++) {
+                k[i] = test_gauss(&r) + (i % D == 1 ? 3.0f : 0.5f);
+                v[i] = test_gauss(&r);
+            }
+            assert_ok(skv_append(c, s, l, n, SKV_F32, k, v, pos));
+            free(k), free(v), free(pos);
+        }
+        assert_ok(skv_compress(c, s));
+        uint64_t f16_page;
+        assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &f16_page));
+        for (uint32_t l = 0; l < 2; l++)
+            for (uint32_t h = 0; h < H; h++) {
+                const double budget = ratio * lens[order][l] * ((double)f16_page / P);
+                const uint64_t used = list_bytes(c, s, l, h);
+                /* within the budget, and short of it by less than a page */
+                if (!((double)used <= budget && (double)used > budget - (double)f16_page))
+                    fail_msg("layers of %u and %u tokens: layer %u head %u uses %llu bytes of a %.0f-byte budget",
+                             lens[order][0], lens[order][1], l, h, (unsigned long long)used, budget);
+            }
+        /* decode after warm-up allocates nothing on the host either */
+        float q[4 * 64], o[4 * 64];
+        for (uint32_t i = 0; i < 4 * D; i++)
+            q[i] = test_gauss(&r);
+        for (uint32_t l = 0; l < 2; l++)
+            assert_ok(skv_attention_decode(c, l, &s, 1, SKV_F32, q, 0.125f, SKV_F32, o));
+        const long calls = counter.calls;
+        for (int step = 0; step < 5; step++)
+            for (uint32_t l = 0; l < 2; l++)
+                assert_ok(skv_attention_decode(c, l, &s, 1, SKV_F32, q, 0.125f, SKV_F32, o));
+        assert_int_equal(counter.calls, calls);
+        skv_cache_destroy(c);
+    }
+}
+
 /* "--only PATTERN" or "--skip PATTERN" (cmocka patterns): CTest runs the bit-exact
  * tests again with other build options. */
 int main(int argc, char **argv)
@@ -516,6 +569,7 @@ int main(int argc, char **argv)
         return 2;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_holds),
+        cmocka_unit_test(test_budget_per_layer_length),
         cmocka_unit_test(test_absolute_budget),
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),

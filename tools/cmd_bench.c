@@ -19,6 +19,9 @@ void usage_bench(FILE *out)
             "  Times decode attention (OpenCL profiling events, 1 warm-up, median of --runs)\n"
             "  after measuring the device's streaming-read bandwidth with skv's own kernel\n"
             "  (on CPU devices also with a host read loop; the higher is the ceiling).\n"
+            "  time_ms is the kernels' span; call_ms the call's wall clock (median, a blocking\n"
+            "  host call: upload, kernels, read-back); host = (call - kernels) / call; objs the\n"
+            "  OpenCL objects a timed call created (0 after warm-up).\n"
             "  --tokens N[,N...]  context lengths (default 4096,16384,65536)\n"
             "  --kv-heads N       default 8\n"
             "  --q-heads N        default 32\n"
@@ -190,8 +193,8 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
     int32_t *pos = malloc(chunk * sizeof *pos);
     size_t qn = (size_t)o->batch * o->q_heads * o->head_dim;
     float *q = malloc(qn * 4), *out = malloc(qn * 4);
-    double *times = calloc(o->runs, sizeof *times);
-    if (!seqs || !kv || !pos || !q || !out || !times) {
+    double *times = calloc(o->runs, sizeof *times), *calls = calloc(o->runs, sizeof *calls);
+    if (!seqs || !kv || !pos || !q || !out || !times || !calls) {
         fprintf(stderr, "\nskv bench: out of memory\n");
         goto fail;
     }
@@ -244,17 +247,28 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
         char name[96];
         CHECK(skv_cache_decode_params(cache, (skv_tier)tier, &used));
         tool_variant_name(&used, tier, name, sizeof name);
+        skv_cache_stats st0 = {.struct_size = sizeof st0}, st1 = {.struct_size = sizeof st1};
         for (uint32_t r = 0; r <= o->runs; r++) { /* run 0 is the warm-up */
+            if (r == 1)
+                CHECK(skv_cache_get_stats(cache, &st0));
+            double t0 = tool_now_s();
             CHECK(skv_attention_decode(cache, 0, seqs, o->batch, SKV_F32, q, scale, SKV_F32, out));
-            double ms;
+            double call = (tool_now_s() - t0) * 1e3, ms;
             CHECK(skv_cache_last_decode_ms(cache, &ms));
-            if (r > 0)
+            if (r > 0) {
                 times[r - 1] = ms;
+                calls[r - 1] = call;
+            }
             tool_progress("bench decode %s %llu tokens %s: run %u/%u", tool_tier_names[tier], (unsigned long long)tokens,
                           name, r, o->runs);
         }
+        CHECK(skv_cache_get_stats(cache, &st1));
+        double objects = (double)(st1.decode_cl_objects - st0.decode_cl_objects) / o->runs;
+        /* host time of a call: the call's wall clock less its kernels' span (both medians) */
         qsort(times, o->runs, sizeof *times, tool_cmp_double);
-        double ms = times[o->runs / 2];
+        qsort(calls, o->runs, sizeof *calls, tool_cmp_double);
+        double ms = times[o->runs / 2], call_ms = calls[o->runs / 2];
+        double host_frac = call_ms > ms ? (call_ms - ms) / call_ms : 0;
         /* Bytes decode must read: every token's key and value codes, per kv-head and sequence
          * (full pages in the tier, the partial last page in F16; positions are not read). */
         uint64_t in_tier = tier == SKV_TIER_F16 ? tokens : tokens / o->page_tokens * o->page_tokens;
@@ -272,13 +286,16 @@ static int bench_decode_point(skv_context *ctx, const bench_opts *o, int tier, u
                                                                                   : "named");
         cJSON_AddItemToObject(r, "params", tool_variant_json(&used));
         cJSON_AddNumberToObject(r, "time_ms", ms);
+        cJSON_AddNumberToObject(r, "call_ms", call_ms);
+        cJSON_AddNumberToObject(r, "host_fraction", host_frac);
+        cJSON_AddNumberToObject(r, "cl_objects_per_step", objects);
         cJSON_AddNumberToObject(r, "bytes_read", bytes);
         cJSON_AddNumberToObject(r, "gbps", gbps);
         cJSON_AddNumberToObject(r, "bw_fraction", gbps / read_gbps);
         cJSON_AddItemToArray(results, r);
         tool_progress("");
-        printf("%-5s %9llu  %10.3f  %12.0f  %8.1f  %6.2f  %s%s\n", tool_tier_names[tier], (unsigned long long)tokens, ms,
-               bytes, gbps, gbps / read_gbps,
+        printf("%-5s %9llu  %10.3f  %8.3f  %5.1f%%  %5.1f  %12.0f  %8.1f  %6.2f  %s%s\n", tool_tier_names[tier],
+               (unsigned long long)tokens, ms, call_ms, 100 * host_frac, objects, bytes, gbps, gbps / read_gbps,
                o->variant_default[v] == 1   ? "default: "
                : o->variant_default[v] == 2 ? "builtin: "
                                             : "",
@@ -293,6 +310,7 @@ fail:
     free(q);
     free(out);
     free(times);
+    free(calls);
     return rc;
 }
 
@@ -352,7 +370,7 @@ static int bench_decode(int argc, char **argv)
         printf(", host loop %.1f", host_gbps);
     printf(")\ndecode: batch %u, %u q-heads, %u kv-heads, head_dim %u, page %u tokens, median of %u runs\n\n", o.batch,
            o.q_heads, o.kv_heads, o.head_dim, o.page_tokens, o.runs);
-    printf("tier     tokens     time_ms    bytes_read      GB/s  bw_frac  variant\n");
+    printf("tier     tokens     time_ms   call_ms   host  objs    bytes_read      GB/s  bw_frac  variant\n");
 
     cJSON *root = cJSON_CreateObject();
     char dev[2 * SKV_NAME_MAX + 8];

@@ -431,6 +431,14 @@ typedef struct skv_cache_stats {
     uint32_t sequences; /* live sequences */
     uint64_t tokens[SKV_TIER_COUNT]; /* tokens held per tier, over the live sequences */
     double bytes_ratio;              /* pages in use / the F16 pages of every token appended */
+    /* decode calls, and the OpenCL objects they created: buffers and sub-buffers of the
+     * decode workspace (grown geometrically, then reused: none per step after warm-up),
+     * kernels built on first use, and the one event an skv_attention_decode_cl call
+     * creates to fence its staged tables when the caller takes no event. Events handed
+     * to the caller and those a profiling queue keeps for skv_cache_last_decode_ms are
+     * not counted. */
+    uint64_t decode_calls;
+    uint64_t decode_cl_objects;
 } skv_cache_stats;
 
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);

@@ -1,0 +1,74 @@
+/* Kernel arguments bound in order: the first failure is kept with its argument index
+ * (OR-ing cl_int codes would name a wrong error), and in debug builds a binding that
+ * starts at argument 0 is checked against the kernel's CL_KERNEL_NUM_ARGS. */
+#include <stdio.h>
+
+#include "host_internal.h"
+
+skvi_args skvi_args_begin(cl_kernel k, cl_uint first)
+{
+    return (skvi_args){k, first, first, CL_SUCCESS, 0};
+}
+
+void skvi_arg(skvi_args *a, size_t size, const void *value)
+{
+    cl_int e = clSetKernelArg(a->k, a->next, size, value);
+    if (e != CL_SUCCESS && a->err == CL_SUCCESS) {
+        a->err = e;
+        a->err_arg = a->next;
+    }
+    a->next++;
+}
+
+void skvi_arg_mem(skvi_args *a, cl_mem m)
+{
+    skvi_arg(a, sizeof m, &m);
+}
+
+void skvi_arg_u32(skvi_args *a, cl_uint v)
+{
+    skvi_arg(a, sizeof v, &v);
+}
+
+void skvi_arg_i32(skvi_args *a, cl_int v)
+{
+    skvi_arg(a, sizeof v, &v);
+}
+
+void skvi_arg_u64(skvi_args *a, cl_ulong v)
+{
+    skvi_arg(a, sizeof v, &v);
+}
+
+void skvi_arg_f32(skvi_args *a, cl_float v)
+{
+    skvi_arg(a, sizeof v, &v);
+}
+
+void skvi_arg_local(skvi_args *a, size_t bytes)
+{
+    skvi_arg(a, bytes, NULL);
+}
+
+cl_int skvi_args_end(skvi_args *a)
+{
+#ifndef NDEBUG
+    cl_uint n = 0;
+    if (a->err == CL_SUCCESS && a->first == 0 &&
+        clGetKernelInfo(a->k, CL_KERNEL_NUM_ARGS, sizeof n, &n, NULL) == CL_SUCCESS && n != a->next) {
+        a->err = CL_INVALID_KERNEL_ARGS; /* a binding that missed or added an argument */
+        a->err_arg = a->next;
+    }
+#endif
+    return a->err;
+}
+
+skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what)
+{
+    char name[64] = "?";
+    if (clGetKernelInfo(a->k, CL_KERNEL_FUNCTION_NAME, sizeof name, name, NULL) != CL_SUCCESS)
+        name[0] = '?', name[1] = '\0';
+    char buf[SKVI_ERROR_MAX / 2];
+    snprintf(buf, sizeof buf, "%s: clSetKernelArg(%s, argument %u)", what, name, a->err_arg);
+    return skvi_cl_fail(ctx_error, a->err, buf);
+}
