@@ -19,7 +19,8 @@ typedef struct tier_plan {
 typedef struct decode_plan {
     tier_plan t[SKV_TIER_COUNT];
     uint32_t total_chunks;
-    uint32_t slot; /* the staging slot */
+    uint32_t slot;   /* the staging slot */
+    size_t words;    /* of it the tables use */
 } decode_plan;
 
 /* One decode call: skv_attention_decode (host q and out), skv_attention_decode_cl
@@ -92,7 +93,7 @@ static uint32_t readable_tokens(skv_cache *c, skvi_seq *s, size_t list, uint32_t
 /* The block tables of the batch. Pages in host memory (or still arriving) are left
  * out, unless all_pages: then they are an error (skv_attention_logits). */
 static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs, uint32_t B, int all_pages,
-                            const char *fn, decode_plan *p)
+                            size_t q_bytes, const char *fn, decode_plan *p)
 {
     const uint32_t H = c->desc.kv_heads;
     memset(p, 0, sizeof *p);
@@ -127,11 +128,11 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
                                  layer, h);
         }
     }
-    uint64_t rows = (uint64_t)B * H, used = 0;
+    uint64_t rows = (uint64_t)B * H;
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         if (pages[t] >= 0xFFFFFFFFull)
             return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: batch too large", fn);
-    skv_status st = skvi_ws_stage(c, rows, pages, &p->slot);
+    skv_status st = skvi_ws_stage(c, rows, pages, q_bytes, &p->slot);
     if (st != SKV_OK)
         return st;
     const skvi_decode_ws *w = &c->ws;
@@ -167,9 +168,9 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
         p->total_chunks += tp->n_chunks;
         for (int i = 0; i < 3; i++)
             tp->bufs[i] = w->sub[t][i];
-        used = w->off[t][2] + rows; /* lens come last in the tier's regions */
+        p->words = w->off[t][2] + rows; /* lens come last in the tier's regions */
     }
-    return skvi_ws_upload(c, p->slot, (size_t)used);
+    return SKV_OK;
 }
 
 static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes, const char *what)
@@ -384,16 +385,15 @@ static skv_status prepare(skv_cache *c, const decode_args *a, const decode_plan 
     const size_t per_q = (size_t)B * c->desc.q_heads * D;
     r->q = a->q_mem;
     r->q_off = a->q_off;
-    if (st == SKV_OK && !a->q_mem) {
-        size_t bytes = per_q * (a->q_dtype == SKV_F32 ? 4 : 2);
-        st = skvi_ws_buffer(c, SKVI_WS_Q, bytes, &r->q);
-        /* the host queries stay the caller's until the call returns, which waits */
-        cl_int e = st == SKV_OK ? clEnqueueWriteBuffer(c->ctx->queue, r->q, CL_FALSE, 0, bytes, a->q_host, 0, NULL, NULL)
-                                : CL_SUCCESS;
-        if (e != CL_SUCCESS)
-            st = skvi_cl_fail(c->ctx->error, e, "decode attention: clEnqueueWriteBuffer");
-        r->q_off = 0;
+    size_t words = p->words;
+    if (st == SKV_OK && !a->q_mem) { /* the host queries go up with the tables */
+        memcpy(c->ws.stage[p->slot].words + c->ws.off_q, a->q_host, per_q * (a->q_dtype == SKV_F32 ? 4 : 2));
+        r->q = c->ws.table;
+        r->q_off = c->ws.off_q * 4;
+        words = c->ws.off_q + (per_q * (a->q_dtype == SKV_F32 ? 4 : 2) + 3) / 4;
     }
+    if (st == SKV_OK)
+        st = skvi_ws_upload(c, p->slot, words);
     r->out = a->out_mem;
     r->out_off = a->out_off;
     if (st == SKV_OK && !a->out_mem) {
@@ -492,7 +492,8 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
     }
     skvi_clear_error();
     decode_plan p;
-    st = make_plan(c, a->layer, a->seqs, B, a->logits_host != NULL, a->fn, &p);
+    const size_t q_bytes = a->q_host ? (size_t)B * c->desc.q_heads * c->desc.head_dim * (a->q_dtype == SKV_F32 ? 4 : 2) : 0;
+    st = make_plan(c, a->layer, a->seqs, B, a->logits_host != NULL, q_bytes, a->fn, &p);
     if (st != SKV_OK)
         return st; /* nothing enqueued */
     for (uint32_t h = 0; st == SKV_OK && a->logits_host && h < H; h++) { /* B = 1 */

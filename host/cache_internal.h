@@ -82,7 +82,8 @@ typedef struct skvi_calib {
  * reused by every call, so that after warm-up a decode step creates no OpenCL object
  * (skv_cache_stats.decode_cl_objects). The block tables of all tiers go to the device
  * in one write from a host staging slot laid out as the device table:
- * [tier][indptr | indices | lens], each region aligned for its sub-buffer. The queue is
+ * [tier][indptr | indices | lens], each region aligned for its sub-buffer, then the
+ * host queries of a host call (one write command per call in all). The queue is
  * in order, so the device buffers are reused safely. A staging slot is reused once the
  * write that read it has run: a host call waits on its reads; an interop call's slot
  * is fenced by the call's last event, and while every slot's fence is pending (a
@@ -97,7 +98,6 @@ enum {
     SKVI_WS_PARTIALS,
     SKVI_WS_TABLES, /* ADA query tables */
     SKVI_WS_ML,     /* per q-head (max, sum) */
-    SKVI_WS_Q,      /* host queries */
     SKVI_WS_OUT,    /* host outputs */
     SKVI_WS_LOGITS, /* + tier: kept logits */
     SKVI_WS_COUNT = SKVI_WS_LOGITS + SKV_TIER_COUNT
@@ -107,7 +107,9 @@ typedef struct skvi_decode_ws {
     size_t bytes[SKVI_WS_COUNT];
     uint64_t cap_rows;                   /* (sequence, kv-head) rows of the tables */
     uint64_t cap_pages[SKV_TIER_COUNT];  /* page ids per tier (0: tier not enabled) */
-    size_t off[SKV_TIER_COUNT][3], words; /* regions in 32-bit words */
+    size_t off[SKV_TIER_COUNT][3];        /* regions in 32-bit words */
+    size_t off_q, cap_q;                  /* then the host queries' region */
+    size_t words;
     cl_mem table, sub[SKV_TIER_COUNT][3];
     skvi_stage *stage;
     size_t n_stage, cap_stage;
@@ -205,9 +207,10 @@ void skvi_pool_bind(skvi_args *a, const skvi_pool *p);
 /* decode_ws.c */
 /* Buffer i of the workspace, at least `bytes` (poisoned when new, under SKV_DEBUG_POISON). */
 skv_status skvi_ws_buffer(skv_cache *c, int i, size_t bytes, cl_mem *out);
-/* A free staging slot for tables of `rows` rows and pages[t] page ids per tier: the
- * table's capacity grown (it and its sub-buffers recreated) when short. */
-skv_status skvi_ws_stage(skv_cache *c, uint64_t rows, const uint64_t *pages, uint32_t *slot);
+/* A free staging slot for tables of `rows` rows and pages[t] page ids per tier, and
+ * q_bytes of host queries (at word off_q): the table's capacity grown (it and its
+ * sub-buffers recreated) when short. */
+skv_status skvi_ws_stage(skv_cache *c, uint64_t rows, const uint64_t *pages, size_t q_bytes, uint32_t *slot);
 /* Enqueues the write of the slot's first `words` words to the table (no event). */
 skv_status skvi_ws_upload(skv_cache *c, uint32_t slot, size_t words);
 /* The slot is reused only once `ev` completed (retained), or now that the queue ran

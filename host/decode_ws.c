@@ -59,12 +59,13 @@ static void release_tables(skv_cache *c)
     w->table = NULL;
     w->cap_rows = 0;
     memset(w->cap_pages, 0, sizeof w->cap_pages);
+    w->cap_q = w->off_q = 0;
     w->words = 0;
 }
 
 /* Tables for rows and pages[t] (twice what is asked, so that a growing context
  * recreates them O(log n) times): a fresh layout, device table, sub-buffers, staging. */
-static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages)
+static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages, size_t q_bytes)
 {
     skvi_decode_ws *w = &c->ws;
     cl_uint align_bits = 1024;
@@ -87,6 +88,9 @@ static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages
             words += len[k];
         }
     }
+    const uint64_t cap_q = (q_bytes + 3) / 4 * 2 > w->cap_q ? (q_bytes + 3) / 4 * 2 : w->cap_q;
+    const uint64_t off_q = (words + align - 1) / align * align;
+    words = off_q + cap_q;
     size_t bytes = 0;
     if (words > SIZE_MAX || !skvi_mul_ok((size_t)words, 4, &bytes))
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "decode attention: batch too large");
@@ -108,18 +112,20 @@ static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages
     w->cap_rows = cap_rows;
     memcpy(w->cap_pages, cap_pages, sizeof cap_pages);
     memcpy(w->off, off, sizeof off);
+    w->off_q = (size_t)off_q;
+    w->cap_q = (size_t)cap_q;
     w->words = (size_t)words;
     return SKV_OK;
 }
 
-skv_status skvi_ws_stage(skv_cache *c, uint64_t rows, const uint64_t *pages, uint32_t *slot)
+skv_status skvi_ws_stage(skv_cache *c, uint64_t rows, const uint64_t *pages, size_t q_bytes, uint32_t *slot)
 {
     skvi_decode_ws *w = &c->ws;
-    int fits = w->table && rows <= w->cap_rows;
+    int fits = w->table && rows <= w->cap_rows && q_bytes <= w->cap_q * 4;
     for (int t = 0; fits && t < SKV_TIER_COUNT; t++)
         fits = pages[t] == 0 || pages[t] <= w->cap_pages[t];
     if (!fits) {
-        skv_status st = grow_tables(c, rows, pages);
+        skv_status st = grow_tables(c, rows, pages, q_bytes);
         if (st != SKV_OK)
             return st;
     }
