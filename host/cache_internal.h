@@ -190,6 +190,20 @@ struct skv_cache {
     skv_hetero_stats hstats;
 };
 
+/* parts.c: what a cache and its sequences hold beyond pages (ADA tables, kernels,
+ * scorers' state, HeteroCache, RDR), each part's hooks (NULL: none), run in table order
+ * on creation and in reverse on release. */
+typedef struct skvi_part {
+    const char *name;
+    skv_status (*cache_init)(skv_cache *c);
+    void (*cache_release)(skv_cache *c);
+    skv_status (*seq_init)(skv_cache *c, skvi_seq *s); /* a new sequence */
+    skv_status (*seq_fork)(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+    void (*seq_release)(skv_cache *c, skvi_seq *s);
+} skvi_part;
+extern const skvi_part skvi_parts[];
+extern const size_t skvi_part_count;
+
 /* pool.c */
 skv_status skvi_pool_init(skv_cache *c, skvi_pool *p, skv_memory mem, uint64_t page_bytes);
 void skvi_pool_release(skv_cache *c, skvi_pool *p);
@@ -251,7 +265,9 @@ skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv
                        size_t capacity, size_t *count, float *energy);
 void skvi_score_release(skv_cache *c);
 
-/* rdr.c: RDR on one layer (or all: ~0u) of a sequence; all or nothing */
+/* rdr.c: the kernels, and RDR on one layer (or all: ~0u) of a sequence; all or nothing */
+skv_status skvi_rdr_init(skv_cache *c);
+void skvi_rdr_release(skv_cache *c);
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer);
 /* skv_rdr_solve_with on the device (cl/rdr.cl); the choices equal the host solver's. */
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
@@ -282,6 +298,9 @@ int skvi_hetero_rdr_head(const skvi_seq *s, const skv_cache *c, uint32_t layer, 
 skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer);
 void skvi_hetero_release(skv_cache *c, skvi_seq *s);
 void skvi_calib_release(skv_cache *c, skvi_seq *s);
+skv_status skvi_hetero_cache_init(skv_cache *c);
+void skvi_hetero_cache_release(skv_cache *c);
+void skvi_hetero_seq_release(skv_cache *c, skvi_seq *s);
 
 /* transfer.c: moves entries (list i, entry j) of a sequence to `to`; all or nothing.
  * The copies wait for compute work already enqueued; *last (retained, may be NULL)
@@ -290,12 +309,18 @@ void skvi_calib_release(skv_cache *c, skvi_seq *s);
 skv_status skvi_move_entries(skv_cache *c, skvi_seq *s, const uint32_t *list, const uint32_t *entry, uint32_t n,
                              skv_memory to, int track, cl_event *last, const char *fn);
 
-/* cache.c */
+/* decode_kernels.c */
+/* The append, decode (the tuning database's variant per tier) and merge kernels. */
+skv_status skvi_cache_build_kernels(skv_cache *c);
+void skvi_cache_release_kernels(skv_cache *c);
 /* The tier's decode kernel that keeps every logit (OBSERVE), built on first use. */
 skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
 /* The tier's observe kernel (cl/observe.cl), built on first use. */
 skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
+/* seq.c */
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
+/* Unreferences the pages and frees everything of a sequence (its slot becomes free). */
+void skvi_seq_release(skv_cache *c, skvi_seq *s);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);
 /* Lists per sequence, and the tier of list i. */
 size_t skvi_list_count(const skv_cache *c);
@@ -303,6 +328,7 @@ size_t skvi_list_count(const skv_cache *c);
 /* The pool holding a page-list entry of `tier`. */
 skvi_pool *skvi_entry_pool(skv_cache *c, skv_tier tier, uint32_t entry);
 skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);
+/* waits.c */
 /* Merges pending page moves into a wait list for compute work; returns the list to
  * pass (the caller frees *owned when not NULL). Work that takes or writes pages
  * (seqs NULL) waits for the cache's last move: a page a copy still reads may be handed

@@ -1060,3 +1060,27 @@ skv_status skv_cache_hetero_stats(const skv_cache *c, skv_hetero_stats *out)
     }
     return SKV_OK;
 }
+
+skv_status skvi_hetero_cache_init(skv_cache *c)
+{
+    /* the kernels are built on first use; a build list names them now */
+    return c->ctx->build_list ? skvi_hetero_kernels(c) : SKV_OK;
+}
+
+void skvi_hetero_cache_release(skv_cache *c)
+{
+    cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts, c->h_weights};
+    for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++)
+        if (hb[i])
+            clReleaseMemObject(hb[i]);
+    if (c->k_topk)
+        clReleaseKernel(c->k_topk);
+    if (c->k_topk_gather)
+        clReleaseKernel(c->k_topk_gather);
+}
+
+void skvi_hetero_seq_release(skv_cache *c, skvi_seq *s)
+{
+    skvi_hetero_release(c, s);
+    skvi_calib_release(c, s);
+}

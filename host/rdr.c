@@ -9,6 +9,7 @@
  * u (MSE_K,t |k|^2 / mean |k|^2 + MSE_V,t) with the measured codec errors below; drop
  * costs u. */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cache_internal.h"
@@ -518,4 +519,48 @@ skv_status skv_compress(skv_cache *c, skv_seq_id seq)
                                          "skv_compress: pages in host memory: skv_seq_fetch them first");
             }
     return skvi_compress(c, seq, s, ~0u);
+}
+
+/* RDR's kernels: the solver step (rdr_choose, work-groups of 64 where the device allows)
+ * and the transcodes between ADA tiers. */
+skv_status skvi_rdr_init(skv_cache *c)
+{
+    skv_status st = SKV_OK;
+    if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR)
+        st = skvi_kernel_create(c->ctx, "rdr.cl", NULL, "rdr_choose", &c->k_rdr_choose);
+    if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR) { /* work-groups of 64 where the kernel allows */
+        size_t wg = 0;
+        cl_int e = clGetKernelWorkGroupInfo(c->k_rdr_choose, c->ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+        c->rdr_wg = 64;
+        while (c->rdr_wg > wg && c->rdr_wg > 8)
+            c->rdr_wg /= 2;
+        if (e != CL_SUCCESS)
+            st = skvi_cl_fail(c->ctx->error, e, "skv_cache_create: clGetKernelWorkGroupInfo(rdr_choose)");
+        else if (c->rdr_wg > wg) /* its per-group counts need 5 work-items, 8 as a power of two */
+            st = skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED,
+                           "skv_cache_create: rdr_choose runs at most %zu work-items per group on this device, needs 8",
+                           wg);
+    }
+    for (int f = SKV_TIER_F16 + 1; st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR && f < SKV_TIER_COUNT; f++)
+        for (int t = f + 1; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+            if (!(c->desc.tiers & (1u << f)) || !(c->desc.tiers & (1u << t)))
+                continue;
+            char to[256], all[512];
+            const skvi_tier_desc *fd = &skvi_tiers[f];
+            skvi_ada_defines(c, (skv_tier)t, to, sizeof to);
+            snprintf(all, sizeof all, "%s -DSRC_RB=%u -DSRC_AB=%u -DSRC_KW=%u -DSRC_VB=%u -DSRC_VG=%u", to,
+                     fd->radius_bits, fd->angle_bits, c->ada[f].key_words, fd->value_bits, fd->value_group);
+            st = skvi_kernel_create(c->ctx, "ada_encode.cl", all, "ada_transcode", &c->k_transcode[f][t]);
+        }
+    return st;
+}
+
+void skvi_rdr_release(skv_cache *c)
+{
+    if (c->k_rdr_choose)
+        clReleaseKernel(c->k_rdr_choose);
+    for (int f = 0; f < SKV_TIER_COUNT; f++)
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            if (c->k_transcode[f][t])
+                clReleaseKernel(c->k_transcode[f][t]);
 }
