@@ -239,31 +239,43 @@ void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n);
 size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t);
 void skvi_ada_release(skv_cache *c);
 
-/* score.c */
+/* key_stats.c: the running key statistics */
 int skvi_scorer_has_stats(const skv_cache *c);
 skv_status skvi_stats_alloc(skv_cache *c, skvi_seq *s);
 void skvi_stats_release(skv_cache *c, skvi_seq *s);
 skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
-skv_status skvi_snap_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
-/* Observed attention: accumulators covering positions < need (grown before an append
- * commits), fork copies, release. */
-skv_status skvi_obs_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, int64_t need);
-skv_status skvi_obs_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
-void skvi_obs_release(skv_cache *c, skvi_seq *s);
-void skvi_snap_release(skv_cache *c, skvi_seq *s);
 /* Room for n more pending positions of `layer` (before an append commits). */
 skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);
 void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);
 /* Adds every pending token of the sequence to its statistics (reads keys back: waits). */
 skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s);
+/* The statistics of (layer, head) as floats: rows 0..nw-1 the means (one row, the global
+ * mean, unless windowed), row nw the unit mean; the caller frees them. */
+float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out);
+
+/* score_snapkv.c: SnapKV's observation windows and scores */
+skv_status skvi_snap_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+void skvi_snap_release(skv_cache *c, skvi_seq *s);
+skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, size_t held, float *scores);
+
+/* score_observed.c: observed attention; accumulators covering positions < need (grown
+ * before an append commits), fork copies, release, and the scores of `held` tokens at
+ * `positions` */
+skv_status skvi_obs_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, int64_t need);
+skv_status skvi_obs_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+void skvi_obs_release(skv_cache *c, skvi_seq *s);
+skv_status skvi_observed_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, size_t held,
+                                const int32_t *positions, float *scores);
+
+/* score.c: the scorers' kernels and the dispatch */
 skv_status skvi_score_init(skv_cache *c);
+void skvi_score_release(skv_cache *c);
 /* skv_seq_scores with another scorer (one the cache's kernels serve: knorm always);
  * energy (NULL: not wanted) receives each held token's |k|^2 in the same order, from
  * the same pass for the key-statistics scorers (knorm .. streaming), else from a knorm
  * pass. */
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
                        size_t capacity, size_t *count, float *energy);
-void skvi_score_release(skv_cache *c);
 
 /* rdr.c: the kernels, and RDR on one layer (or all: ~0u) of a sequence; all or nothing */
 skv_status skvi_rdr_init(skv_cache *c);

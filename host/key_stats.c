@@ -1,0 +1,302 @@
+/* The running key statistics of each (sequence, layer, kv-head), for the scorers that
+ * compare keys with them (KeyDiff, ManifoldKV, TriAttention's window means): sums over
+ * every key appended, kept in double on the host. New tokens are added lazily (their
+ * keys are still the tail of the F16 lists until something moves them, and everything
+ * that moves pages flushes first), so an append never waits for the device. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cache_internal.h"
+
+int skvi_scorer_has_stats(const skv_cache *c)
+{
+    return c->desc.scorer == SKV_SCORER_KEYDIFF || c->desc.scorer == SKV_SCORER_MANIFOLD ||
+           c->desc.scorer == SKV_SCORER_MANIFOLD_WINDOWED;
+}
+
+static size_t n_lh(const skv_cache *c) { return (size_t)c->desc.layers * c->desc.kv_heads; }
+
+skv_status skvi_stats_alloc(skv_cache *c, skvi_seq *s)
+{
+    if (!skvi_scorer_has_stats(c))
+        return SKV_OK;
+    const skv_allocator *a = c->ctx->alloc;
+    s->stats = skvi_calloc(a, n_lh(c), sizeof *s->stats);
+    s->pending_pos = skvi_calloc(a, c->desc.layers, sizeof *s->pending_pos);
+    s->pending_n = skvi_calloc(a, c->desc.layers, sizeof *s->pending_n);
+    s->pending_cap = skvi_calloc(a, c->desc.layers, sizeof *s->pending_cap);
+    if (!s->stats || !s->pending_pos || !s->pending_n || !s->pending_cap)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "sequence statistics: out of memory");
+    return SKV_OK;
+}
+
+void skvi_stats_release(skv_cache *c, skvi_seq *s)
+{
+    const skv_allocator *a = c->ctx->alloc;
+    for (size_t i = 0; s->stats && i < n_lh(c); i++) {
+        skvi_free(a, s->stats[i].sum);
+        skvi_free(a, s->stats[i].sum_unit);
+        skvi_free(a, s->stats[i].count);
+    }
+    for (uint32_t l = 0; s->pending_pos && l < c->desc.layers; l++)
+        skvi_free(a, s->pending_pos[l]);
+    skvi_free(a, s->stats);
+    skvi_free(a, s->pending_pos);
+    skvi_free(a, s->pending_n);
+    skvi_free(a, s->pending_cap);
+    s->stats = NULL;
+    s->pending_pos = NULL;
+    s->pending_n = s->pending_cap = NULL;
+}
+
+/* Grows one (layer, head)'s window arrays to n windows. */
+static skv_status stats_grow(skv_cache *c, skvi_key_stats *k, uint32_t n)
+{
+    if (n <= k->n_windows)
+        return SKV_OK;
+    const skv_allocator *a = c->ctx->alloc;
+    const uint32_t D = c->desc.head_dim;
+    double *sum = skvi_calloc(a, (size_t)n * D, sizeof *sum), *unit = skvi_calloc(a, (size_t)n * D, sizeof *unit);
+    uint64_t *count = skvi_calloc(a, n, sizeof *count);
+    if (!sum || !unit || !count) {
+        skvi_free(a, sum);
+        skvi_free(a, unit);
+        skvi_free(a, count);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    }
+    if (k->n_windows) {
+        memcpy(sum, k->sum, (size_t)k->n_windows * D * sizeof *sum);
+        memcpy(unit, k->sum_unit, (size_t)k->n_windows * D * sizeof *unit);
+        memcpy(count, k->count, k->n_windows * sizeof *count);
+    }
+    skvi_free(a, k->sum);
+    skvi_free(a, k->sum_unit);
+    skvi_free(a, k->count);
+    k->sum = sum;
+    k->sum_unit = unit;
+    k->count = count;
+    k->n_windows = n;
+    return SKV_OK;
+}
+
+skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src)
+{
+    if (!src->stats)
+        return SKV_OK;
+    const uint32_t D = c->desc.head_dim;
+    for (size_t i = 0; i < n_lh(c); i++) {
+        skv_status st = stats_grow(c, &dst->stats[i], src->stats[i].n_windows);
+        if (st != SKV_OK)
+            return st;
+        if (src->stats[i].n_windows) {
+            memcpy(dst->stats[i].sum, src->stats[i].sum, (size_t)src->stats[i].n_windows * D * sizeof(double));
+            memcpy(dst->stats[i].sum_unit, src->stats[i].sum_unit, (size_t)src->stats[i].n_windows * D * sizeof(double));
+            memcpy(dst->stats[i].count, src->stats[i].count, src->stats[i].n_windows * sizeof(uint64_t));
+        }
+    }
+    for (uint32_t l = 0; l < c->desc.layers; l++) {
+        skv_status st = skvi_stats_reserve(c, dst, l, src->pending_n[l]);
+        if (st != SKV_OK)
+            return st;
+        if (src->pending_n[l])
+            memcpy(dst->pending_pos[l], src->pending_pos[l], src->pending_n[l] * sizeof(int32_t));
+        dst->pending_n[l] = src->pending_n[l];
+    }
+    return SKV_OK;
+}
+
+skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n)
+{
+    if (!s->stats || s->pending_n[layer] + n <= s->pending_cap[layer])
+        return SKV_OK;
+    uint32_t cap = s->pending_cap[layer] ? s->pending_cap[layer] : 256;
+    while (cap < s->pending_n[layer] + n)
+        cap *= 2;
+    int32_t *p = skvi_calloc(c->ctx->alloc, cap, sizeof *p);
+    if (!p)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    if (s->pending_n[layer])
+        memcpy(p, s->pending_pos[layer], s->pending_n[layer] * sizeof *p);
+    skvi_free(c->ctx->alloc, s->pending_pos[layer]);
+    s->pending_pos[layer] = p;
+    s->pending_cap[layer] = cap;
+    return SKV_OK;
+}
+
+void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n)
+{
+    (void)c;
+    if (!s->stats)
+        return;
+    memcpy(s->pending_pos[layer] + s->pending_n[layer], positions, n * sizeof *positions);
+    s->pending_n[layer] += n;
+}
+
+static uint32_t window_of(const skv_cache *c, int32_t position)
+{
+    if (c->desc.scorer != SKV_SCORER_MANIFOLD_WINDOWED || position < 0)
+        return 0;
+    return (uint32_t)position / c->desc.score_window;
+}
+
+/* One layer's pending tokens into the statistics. */
+static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim, P = c->desc.page_tokens, m = s->pending_n[layer];
+    const skv_allocator *a = c->ctx->alloc;
+    skv_context *ctx = c->ctx;
+    /* compact window indices of the new tokens */
+    uint32_t w_lo = UINT32_MAX, w_hi = 0;
+    for (uint32_t t = 0; t < m; t++) {
+        uint32_t w = window_of(c, s->pending_pos[layer][t]);
+        w_lo = w < w_lo ? w : w_lo;
+        w_hi = w > w_hi ? w : w_hi;
+    }
+    const uint32_t nw = w_hi - w_lo + 1;
+    for (uint32_t h = 0; h < H; h++) {
+        skv_status st = stats_grow(c, &s->stats[(size_t)layer * H + h], w_hi + 1);
+        if (st != SKV_OK)
+            return st;
+    }
+    uint32_t pph = 0;
+    for (uint32_t h = 0; h < H; h++) {
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
+        if (l->tokens < m)
+            return skvi_fail(ctx->error, SKV_ERR_INTERNAL, "key statistics: pending tokens left the F16 list");
+        pph = l->n > pph ? l->n : pph;
+    }
+    uint32_t *pages = skvi_calloc(a, (size_t)H * pph, sizeof *pages), *tokens = skvi_calloc(a, H, sizeof *tokens);
+    uint32_t *win = skvi_calloc(a, m, sizeof *win);
+    float *out = skvi_calloc(a, (size_t)H * nw * 2 * D, sizeof *out);
+    skv_status st = SKV_OK;
+    cl_mem bufs[5] = {0};
+    if (!pages || !tokens || !win || !out)
+        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    cl_int e = CL_SUCCESS;
+    if (st == SKV_OK) {
+        for (uint32_t h = 0; h < H; h++) {
+            const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
+            for (uint32_t j = 0; j < l->n; j++)
+                pages[(size_t)h * pph + j] = l->ids[j]; /* device pages: offload and quantize flush first */
+            tokens[h] = l->tokens;
+        }
+        for (uint32_t t = 0; t < m; t++)
+            win[t] = window_of(c, s->pending_pos[layer][t]) - w_lo;
+        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        bufs[0] = clCreateBuffer(ctx->cl, ro, (size_t)H * pph * 4, pages, &e);
+        if (e == CL_SUCCESS)
+            bufs[1] = clCreateBuffer(ctx->cl, ro, (size_t)H * 4, tokens, &e);
+        if (e == CL_SUCCESS)
+            bufs[2] = clCreateBuffer(ctx->cl, ro, (size_t)m * 4, win, &e);
+        if (e == CL_SUCCESS)
+            bufs[3] = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)H * m * 4, NULL, &e);
+        if (e == CL_SUCCESS)
+            bufs[4] = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)H * nw * 2 * D * 4, NULL, &e);
+        skvi_pool *pool = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE];
+        skvi_args args = skvi_args_begin(c->k_inv_norms, 0);
+        if (e == CL_SUCCESS) {
+            cl_kernel k = c->k_inv_norms;
+            skvi_pool_bind(&args, pool);
+            skvi_arg_mem(&args, bufs[0]);
+            skvi_arg_u32(&args, pph);
+            skvi_arg_mem(&args, bufs[1]);
+            skvi_arg_u32(&args, m);
+            skvi_arg_mem(&args, bufs[3]);
+            size_t g[2] = {m, H};
+            e = skvi_args_end(&args);
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+        }
+        if (e == CL_SUCCESS) {
+            cl_kernel k = c->k_key_stats;
+            args = skvi_args_begin(k, 0);
+            skvi_pool_bind(&args, pool);
+            skvi_arg_mem(&args, bufs[0]);
+            skvi_arg_u32(&args, pph);
+            skvi_arg_mem(&args, bufs[1]);
+            skvi_arg_u32(&args, m);
+            skvi_arg_mem(&args, bufs[3]);
+            skvi_arg_mem(&args, bufs[2]);
+            skvi_arg_u32(&args, nw);
+            skvi_arg_mem(&args, bufs[4]);
+            size_t g[2] = {D, H};
+            e = skvi_args_end(&args);
+            if (e == CL_SUCCESS)
+                e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+        }
+        if (e == CL_SUCCESS)
+            e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_TRUE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
+        if (args.err != CL_SUCCESS)
+            st = skvi_args_fail(ctx->error, &args, "key statistics");
+        else if (e != CL_SUCCESS)
+            st = skvi_cl_fail(ctx->error, e, "key statistics");
+    }
+    if (st == SKV_OK) { /* commit */
+        for (uint32_t h = 0; h < H; h++) {
+            skvi_key_stats *k = &s->stats[(size_t)layer * H + h];
+            for (uint32_t w = 0; w < nw; w++) {
+                const float *o = out + ((size_t)h * nw + w) * 2 * D;
+                for (uint32_t d = 0; d < D; d++) {
+                    k->sum[(size_t)(w_lo + w) * D + d] += o[d];
+                    k->sum_unit[(size_t)(w_lo + w) * D + d] += o[D + d];
+                }
+            }
+            for (uint32_t t = 0; t < m; t++)
+                k->count[w_lo + win[t]]++;
+        }
+        s->pending_n[layer] = 0;
+    }
+    for (int i = 0; i < 5; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    skvi_free(a, pages);
+    skvi_free(a, tokens);
+    skvi_free(a, win);
+    skvi_free(a, out);
+    (void)P;
+    return st;
+}
+
+skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s)
+{
+    for (uint32_t l = 0; s->stats && l < c->desc.layers; l++)
+        if (s->pending_n[l]) {
+            skv_status st = flush_layer(c, s, l);
+            if (st != SKV_OK)
+                return st;
+        }
+    return SKV_OK;
+}
+
+/* The statistics vectors of (layer, head) as floats: rows 0..nw-1 the means (one row,
+ * the global mean, unless windowed), row nw the unit mean. */
+float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out)
+{
+    const uint32_t D = c->desc.head_dim;
+    const skvi_key_stats *k = s->stats ? &s->stats[(size_t)layer * c->desc.kv_heads + head] : NULL;
+    int windowed = c->desc.scorer == SKV_SCORER_MANIFOLD_WINDOWED;
+    uint32_t nw = windowed && k && k->n_windows ? k->n_windows : 1;
+    float *v = skvi_calloc(c->ctx->alloc, (size_t)(nw + 1) * D, sizeof *v);
+    if (!v)
+        return NULL;
+    if (k && k->n_windows) {
+        uint64_t total = 0;
+        for (uint32_t w = 0; w < k->n_windows; w++)
+            total += k->count[w];
+        for (uint32_t d = 0; d < D; d++) {
+            double all = 0, unit = 0;
+            for (uint32_t w = 0; w < k->n_windows; w++) {
+                all += k->sum[(size_t)w * D + d];
+                unit += k->sum_unit[(size_t)w * D + d];
+                if (windowed)
+                    v[(size_t)w * D + d] = k->count[w] ? (float)(k->sum[(size_t)w * D + d] / k->count[w]) : 0.0f;
+            }
+            if (!windowed)
+                v[d] = total ? (float)(all / total) : 0.0f;
+            v[(size_t)nw * D + d] = total ? (float)(unit / total) : 0.0f;
+        }
+    }
+    *nw_out = nw;
+    return v;
+}
