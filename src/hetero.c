@@ -1,54 +1,11 @@
-/* HeteroCache's head statistics and categories (DESIGN.md §7b), in C: the reference the
- * device top-k is held to, and the calibration's arithmetic (stability, similarity,
- * greedy star clustering, per-head budgets). */
+/* HeteroCache's head statistics and categories (DESIGN.md §7b), in C: the calibration's
+ * arithmetic (stability, similarity, greedy star clustering, per-head budgets). The
+ * reference the device top-k is held to is src/ref/ref_topk.c. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "skv_internal.h"
 #include "skv_ref.h"
-
-typedef struct ranked {
-    float w;
-    uint32_t i;
-} ranked;
-
-/* Larger weight first; ties by lower index. NaN ranks last. */
-static int by_weight(const void *a, const void *b)
-{
-    const ranked *x = a, *y = b;
-    const int xn = x->w != x->w, yn = y->w != y->w;
-    if (xn != yn)
-        return xn - yn;
-    if (!xn && x->w != y->w)
-        return x->w > y->w ? -1 : 1;
-    return (x->i > y->i) - (x->i < y->i);
-}
-
-static int by_index(const void *a, const void *b)
-{
-    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-uint32_t skv_ref_topk(const float *w, uint32_t n, uint32_t k, uint32_t *out)
-{
-    const uint32_t m = k < n ? k : n;
-    if (m == 0)
-        return 0;
-    ranked *r = malloc((size_t)n * sizeof *r);
-    if (!r)
-        return 0;
-    for (uint32_t i = 0; i < n; i++) {
-        r[i].w = w[i];
-        r[i].i = i;
-    }
-    qsort(r, n, sizeof *r, by_weight);
-    for (uint32_t i = 0; i < m; i++)
-        out[i] = r[i].i;
-    free(r);
-    qsort(out, m, sizeof *out, by_index);
-    return m;
-}
 
 uint32_t skv_ref_set_overlap(const uint32_t *a, uint32_t na, const uint32_t *b, uint32_t nb)
 {

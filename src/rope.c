@@ -1,12 +1,12 @@
-/* RoPE as the model applied it, and TriAttention's score (DESIGN.md §7), the C
- * references: the explicit mean over future offsets with RoPE inverted, and the collapsed
- * form the kernels use (one "effective query" dot product with the post-RoPE key). */
+/* RoPE's pair layout and frequencies, and TriAttention's effective query (DESIGN.md §7),
+ * the library's (host/score.c uploads the effective queries the score kernel reads). The
+ * C references of the score (the explicit mean over future offsets with RoPE inverted,
+ * and the collapsed form the kernels compute) are src/ref/ref_rope.c. */
 #include <math.h>
 
 #include "skv_ref.h"
 
-/* Indices of pair f in the layout. */
-static void pair_index(const skv_rope_desc *r, uint32_t d, uint32_t f, uint32_t *i0, uint32_t *i1)
+void skv_ref_rope_pair(const skv_rope_desc *r, uint32_t d, uint32_t f, uint32_t *i0, uint32_t *i1)
 {
     uint32_t rd = r->rotary_dims ? r->rotary_dims : d;
     if (r->interleaved) {
@@ -24,61 +24,16 @@ double skv_ref_rope_omega(const skv_rope_desc *r, uint32_t d, uint32_t f)
     return pow((double)r->theta, -2.0 * f / rd) / (r->scaling > 0 ? r->scaling : 1.0);
 }
 
-void skv_ref_rope_rotate(const skv_rope_desc *r, uint32_t d, double position, float *x)
-{
-    uint32_t rd = r->rotary_dims ? r->rotary_dims : d;
-    for (uint32_t f = 0; f < rd / 2; f++) {
-        uint32_t i0, i1;
-        pair_index(r, d, f, &i0, &i1);
-        double a = skv_ref_rope_omega(r, d, f) * position, c = cos(a), s = sin(a);
-        double x0 = x[i0], x1 = x[i1];
-        x[i0] = (float)(x0 * c - x1 * s);
-        x[i1] = (float)(x0 * s + x1 * c);
-    }
-}
-
-/* The TriAttention offsets {1, 2, 4, ..., 65536}. */
-#define N_OFFSETS 17
-
-double skv_ref_triattention_explicit(const skv_rope_desc *r, uint32_t d, const float *q_mean, const float *q_abs,
-                                     const float *k_post, int32_t position, int64_t t0)
-{
-    float k[256];
-    for (uint32_t i = 0; i < d; i++)
-        k[i] = k_post[i];
-    skv_ref_rope_rotate(r, d, -(double)position, k); /* pre-RoPE key */
-    double sum = 0;
-    for (int o = 0; o < N_OFFSETS; o++) {
-        double off = (double)(1 << o), s = 0;
-        for (uint32_t f = 0; f < d / 2; f++) {
-            uint32_t i0, i1;
-            pair_index(r, d, f, &i0, &i1);
-            double qa = hypot(q_mean[i0], q_mean[i1]), ka = hypot(k[i0], k[i1]);
-            double phase = skv_ref_rope_omega(r, d, f) * ((double)t0 + off - position) + atan2(q_mean[i1], q_mean[i0]) -
-                           atan2(k[i1], k[i0]);
-            s += qa * ka * cos(phase);
-        }
-        sum += s;
-    }
-    double norm_term = 0;
-    for (uint32_t f = 0; f < d / 2; f++) {
-        uint32_t i0, i1;
-        pair_index(r, d, f, &i0, &i1);
-        norm_term += (q_abs[f] - hypot(q_mean[i0], q_mean[i1])) * hypot(k[i0], k[i1]);
-    }
-    return sum / N_OFFSETS + norm_term;
-}
-
 void skv_ref_triattention_query(const skv_rope_desc *r, uint32_t d, const float *q_mean, const float *q_abs,
                                 int64_t t0, float *effective)
 {
     for (uint32_t f = 0; f < d / 2; f++) {
         uint32_t i0, i1;
-        pair_index(r, d, f, &i0, &i1);
+        skv_ref_rope_pair(r, d, f, &i0, &i1);
         double w = skv_ref_rope_omega(r, d, f), cr = 0, ci = 0;
-        for (int o = 0; o < N_OFFSETS; o++) { /* C_f = mean_o e^{i w o} */
-            cr += cos(w * (double)(1 << o)) / N_OFFSETS;
-            ci += sin(w * (double)(1 << o)) / N_OFFSETS;
+        for (int o = 0; o < SKV_REF_TRI_OFFSETS; o++) { /* C_f = mean_o e^{i w o} */
+            cr += cos(w * (double)(1 << o)) / SKV_REF_TRI_OFFSETS;
+            ci += sin(w * (double)(1 << o)) / SKV_REF_TRI_OFFSETS;
         }
         double er = cos(w * (double)t0), ei = sin(w * (double)t0);
         double zr = q_mean[i0] * er - q_mean[i1] * ei, zi = q_mean[i0] * ei + q_mean[i1] * er; /* qbar e^{i w t0} */
@@ -86,17 +41,4 @@ void skv_ref_triattention_query(const skv_rope_desc *r, uint32_t d, const float 
         effective[3 * f + 1] = (float)(zr * ci + zi * cr);
         effective[3 * f + 2] = (float)(q_abs[f] - hypot(q_mean[i0], q_mean[i1]));
     }
-}
-
-double skv_ref_triattention(const skv_rope_desc *r, uint32_t d, const float *effective, const float *k_post)
-{
-    double s = 0;
-    for (uint32_t f = 0; f < d / 2; f++) {
-        uint32_t i0, i1;
-        pair_index(r, d, f, &i0, &i1);
-        double kr = k_post[i0], ki = k_post[i1];
-        /* Re(Q_f conj(k_f)) + (a_f - |qbar_f|) |k_f| */
-        s += effective[3 * f] * kr + effective[3 * f + 1] * ki + effective[3 * f + 2] * sqrt(kr * kr + ki * ki);
-    }
-    return s;
 }

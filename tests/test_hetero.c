@@ -390,7 +390,7 @@ static void test_calibration(void **state)
 {
     (void)state;
     skv_context *ctx = open_ctx(NULL);
-    const uint32_t L = 2, H = 4, D = 64, N = 515, K = 32, STEPS = 9;
+    const uint32_t L = 2, H = 4, D = 64, N = 515, TOPK = 32, N_STEPS = 9;
     skv_cache_desc d;
     skv_cache_desc_init(&d);
     d.layers = L, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = 32;
@@ -411,7 +411,7 @@ static void test_calibration(void **state)
         append_all(c, s, l, k, v, 0, N, H, D, 100);
     skv_hetero_desc hd;
     skv_hetero_desc_init(&hd);
-    hd.top_k = K;
+    hd.top_k = TOPK;
     assert_int_equal(skv_hetero_calibrate_begin(c, s, NULL), SKV_ERR_INVALID_ARG);
     assert_ok(skv_hetero_calibrate_begin(c, s, &hd));
     assert_int_equal(skv_hetero_calibrate_begin(c, s, &hd), SKV_ERR_INVALID_ARG); /* one at a time */
@@ -421,9 +421,9 @@ static void test_calibration(void **state)
     for (uint32_t h = 0; h < H; h++)
         for (uint32_t i = 0; i < D; i++)
             base[h][i] = test_gauss(&r);
-    uint32_t *sets = malloc((size_t)STEPS * H * K * 4), counts[9][4];
+    uint32_t *sets = malloc((size_t)N_STEPS * H * TOPK * 4), counts[9][4];
     float *w = malloc(N * sizeof *w);
-    for (uint32_t t = 0; t < STEPS; t++) {
+    for (uint32_t t = 0; t < N_STEPS; t++) {
         for (uint32_t i = 0; i < D; i++) {
             const float noise = 0.05f * test_gauss(&r);
             q[0 * D + i] = q[1 * D + i] = base[0][i] + noise; /* the pattern and its copy */
@@ -439,7 +439,7 @@ static void test_calibration(void **state)
                     dot += q[h * D + i] * skv_ref_f16_to_f32(skv_ref_f32_to_f16(k[((size_t)j * H + h) * D + i]));
                 w[j] = (float)dot;
             }
-            counts[t][h] = skv_ref_topk(w, N, K, sets + ((size_t)t * H + h) * K);
+            counts[t][h] = skv_ref_topk(w, N, TOPK, sets + ((size_t)t * H + h) * TOPK);
         }
     }
     assert_ok(skv_hetero_calibrate_end(c, s, &prof));
@@ -455,11 +455,11 @@ static void test_calibration(void **state)
                          skv_head_category_str(want[h]));
             assert_int_equal(pv, h == 1 ? 0 : h);
             uint32_t hc[8];
-            for (uint32_t t = 1; t < STEPS; t++)
+            for (uint32_t t = 1; t < N_STEPS; t++)
                 hc[t - 1] = counts[t][h];
-            const float S_c = skv_ref_hetero_stability(sets + ((size_t)H + h) * K, hc, STEPS - 1, H * K,
-                                                       sets + (size_t)h * K, counts[0][h], K);
-            if (!(fabsf(S - S_c) <= 2.0f / K)) /* the top-k boundary may round differently */
+            const float S_c = skv_ref_hetero_stability(sets + ((size_t)H + h) * TOPK, hc, N_STEPS - 1, H * TOPK,
+                                                       sets + (size_t)h * TOPK, counts[0][h], TOPK);
+            if (!(fabsf(S - S_c) <= 2.0f / TOPK)) /* the top-k boundary may round differently */
                 fail_msg("layer %u head %u: stability %.4f, in C %.4f", l, h, (double)S, (double)S_c);
         }
     assert_int_equal(skv_hetero_calibrate_end(c, s, &prof), SKV_ERR_INVALID_ARG); /* closed */

@@ -1,6 +1,6 @@
-/* Retention scorers on the device against the C reference (src/score.c), for F16 and ADA
- * tokens, with statistics built incrementally over many appends; hand-computed cases; and
- * a synthetic retrieval check of which scorers keep planted needles. */
+/* Retention scorers on the device against the C reference (src/ref/ref_score.c), for F16
+ * and ADA tokens, with statistics built incrementally over many appends; hand-computed
+ * cases; and a synthetic retrieval check of which scorers keep planted needles. */
 #include "test_util.h"
 #include "cache_internal.h"
 #include "skv_ref.h"

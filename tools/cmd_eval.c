@@ -360,11 +360,12 @@ static void add_metric(cJSON *r, const char *name, double x)
         cJSON_AddNumberToObject(r, name, x);
 }
 
-static const char *fmt_metric(char buf[32], const char *fmt, const char *none, double x)
+/* x with `precision` digits (%.*g when general, else %.*f), or `none` for NaN. */
+static const char *fmt_metric(char buf[32], int precision, int general, const char *none, double x)
 {
     if (isnan(x))
         return none;
-    snprintf(buf, 32, fmt, x);
+    snprintf(buf, 32, general ? "%.*g" : "%.*f", precision, x);
     return buf;
 }
 
@@ -611,7 +612,7 @@ int cmd_eval(int argc, char **argv)
                 char nb[32], mb[32];
                 printf("%-18s %-5s %7.4f %8.4f %11.3e %13.3e %6.3f %7s %8s\n", scorer_names[sc], c->tiers_name,
                        c->budget, c->bytes_ratio, c->out_err, c->logit_err, c->topk,
-                       fmt_metric(nb, "%.2f", "-", c->needles), fmt_metric(mb, "%.2f", "-", c->multikey));
+                       fmt_metric(nb, 2, 0, "-", c->needles), fmt_metric(mb, 2, 0, "-", c->multikey));
                 fflush(stdout);
             }
     }
@@ -645,7 +646,7 @@ int cmd_eval(int argc, char **argv)
         if (csv_text && used < csv_len)
             used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,%.6g,%.6g,%s,%s\n",
                                      scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
-                                     c->logit_err, c->topk, fmt_metric(nb, "%.6g", "", c->needles), fmt_metric(mb, "%.6g", "", c->multikey));
+                                     c->logit_err, c->topk, fmt_metric(nb, 6, 1, "", c->needles), fmt_metric(mb, 6, 1, "", c->multikey));
     }
     rc = 0;
     if (json) {

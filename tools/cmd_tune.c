@@ -33,7 +33,7 @@ void usage_tune(FILE *out)
             "  candidate's output must be within relative L2 1e-4 of the default variant's and\n"
             "  of fp64 attention computed in C over what the cache holds: for f16 the fp16 keys\n"
             "  and values, for an ADA tier each key and value encoded and decoded by the C\n"
-            "  reference of the codec (src/ada.c, src/value_quant.c). A candidate that misses\n"
+            "  reference of the codec (src/ref/). A candidate that misses\n"
             "  either, or that the device cannot build or run, is rejected and reported. The\n"
             "  others are timed (OpenCL profiling events, 1 warm-up, median of --runs). The\n"
             "  default is the built-in variant (whatever the database holds). The three\n"
@@ -592,7 +592,7 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
      * CONFIRM_MARGIN (so a tuned entry is never slower than the default by chance). */
     int order[CONFIRM + 1], n_conf = 1;
     order[0] = 0;
-    for (int k = 0; k < CONFIRM; k++) {
+    for (int m = 0; m < CONFIRM; m++) {
         int pick = -1;
         for (int i = 1; i < n_seen; i++) {
             int taken = 0;
@@ -607,9 +607,9 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
     if (n_conf > 1) {
         double rounds[CONFIRM + 1][CONFIRM_ROUNDS];
         for (int round = 0; round < CONFIRM_ROUNDS; round++)
-            for (int k = 0; k < n_conf; k++) {
-                const int i = order[(k + round) % n_conf]; /* a different order each round */
-                const int slot = (k + round) % n_conf;
+            for (int m = 0; m < n_conf; m++) {
+                const int i = order[(m + round) % n_conf]; /* a different order each round */
+                const int slot = (m + round) % n_conf;
                 skv_decode_params used;
                 double ms = 0, err = 0;
                 char why[1024] = "";
@@ -622,14 +622,14 @@ static int tune_class(skv_context *ctx, const tune_opts *o, double t_start, clas
                 rounds[slot][round] = ran ? ms : INFINITY;
             }
         double med[CONFIRM + 1];
-        for (int k = 0; k < n_conf; k++) {
-            qsort(rounds[k], CONFIRM_ROUNDS, sizeof rounds[k][0], tool_cmp_double);
-            med[k] = rounds[k][CONFIRM_ROUNDS / 2];
+        for (int m = 0; m < n_conf; m++) {
+            qsort(rounds[m], CONFIRM_ROUNDS, sizeof rounds[m][0], tool_cmp_double);
+            med[m] = rounds[m][CONFIRM_ROUNDS / 2];
         }
         int win = 0;
-        for (int k = 1; k < n_conf; k++)
-            if (med[k] < med[win])
-                win = k;
+        for (int m = 1; m < n_conf; m++)
+            if (med[m] < med[win])
+                win = m;
         if (win != 0 && !(med[win] < med[0] * (1.0 - CONFIRM_MARGIN)))
             win = 0;
         r->def_ms = med[0];

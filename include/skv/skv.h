@@ -32,10 +32,9 @@ extern "C" {
 #endif
 
 /* ---- version ------------------------------------------------------------------ */
-#define SKV_VERSION_MAJOR 0
-#define SKV_VERSION_MINOR 1
-#define SKV_VERSION_PATCH 0
-#define SKV_VERSION_NUMBER (SKV_VERSION_MAJOR * 10000 + SKV_VERSION_MINOR * 100 + SKV_VERSION_PATCH)
+/* SKV_VERSION_MAJOR, _MINOR, _PATCH and SKV_VERSION_NUMBER (MAJOR * 10000 + MINOR * 100 +
+ * PATCH), generated from the project's version at configure time. */
+#include "skv/skv_version.h"
 
 /* SKV_VERSION_NUMBER of the library actually linked; compare with the header's. */
 SKV_API unsigned skv_version(void);
