@@ -202,6 +202,8 @@ skv_status skv_cache_get_stats(const skv_cache *c, skv_cache_stats *out)
         }
     out->decode_calls = c->ws.calls;
     out->decode_cl_objects = c->ws.objects;
+    out->compressions = c->compressions;
+    out->compress_host_waits = c->compress_waits;
     out->device_budget_bytes = c->budget[SKV_MEM_DEVICE];
     out->host_budget_bytes = c->budget[SKV_MEM_HOST];
     uint64_t used = 0, f16_pages = 0;

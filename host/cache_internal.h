@@ -172,6 +172,8 @@ struct skv_cache {
     cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
     cl_kernel k_rdr_choose;                /* RDR's solver step on the device */
     size_t rdr_wg;                         /* its work-group size: 64, or what the kernel allows (>= 8) */
+    uint64_t rdr_waits;                    /* solver steps (each a host wait), over every compression */
+    uint64_t compressions, compress_waits; /* RDR runs; their host waits (statistics, scores, positions, steps) */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
@@ -283,6 +285,10 @@ void skvi_rdr_release(skv_cache *c);
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer);
 /* skv_rdr_solve_with on the device (cl/rdr.cl); the choices equal the host solver's. */
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
+/* The same for n problems of one cache (the same tiers, codec errors and rates) at once:
+ * one launch and one wait per step of their searches; rcs[i] as skv_rdr_solve_with's. */
+skv_status skvi_rdr_solve_many(skv_cache *c, const skv_rdr_problem *const *probs, uint8_t *const *choices, int *rcs,
+                               size_t n);
 
 /* hetero.c */
 /* The top-k kernels (cl/topk.cl), built on first use. */

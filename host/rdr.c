@@ -26,112 +26,192 @@ typedef struct src_token {
     int32_t pos;
 } src_token;
 
-/* The device backend of the solver: the candidates stay on the device, each lambda is
- * one rdr_choose launch and a read of the per-group counts. */
-typedef struct device_solver {
+/* The solver on the device for many problems at once (every (layer, kv-head) of a
+ * compression): the candidates of all of them in shared buffers, problem i's from
+ * first[i] (a multiple of the work-group size); each step of their searches
+ * (skv_rdr_search) is one write of the lambdas, one rdr_choose launch over every
+ * problem and one blocking read of the per-group counts, so a compression waits once
+ * per step, not once per step of every problem. */
+typedef struct many_solver {
     skv_cache *c;
-    cl_mem u, energy, current, prm, choice, counts;
-    uint32_t n, groups, tiers;
-    size_t wg;
-    uint32_t *host_counts;
-    cl_int err;
-    skvi_args args; /* the last launch's binding: its failure names the argument */
-} device_solver;
+    size_t n_probs, groups, total;
+    uint32_t tiers; /* allowed tiers, codec errors and rates: the same for every problem */
+    uint32_t *first, *n, *group_problem, *host_counts;
+    float *lambdas;
+    cl_mem u, energy, current, b_first, b_n, b_group, b_lambda, prm, choice, counts;
+} many_solver;
 
-static int device_choose(void *user, float lambda, uint8_t *choice, uint64_t *count)
+static skv_status many_setup(many_solver *m, const skv_rdr_problem *const *probs)
 {
-    device_solver *d = user;
-    skv_context *ctx = d->c->ctx;
-    cl_kernel k = d->c->k_rdr_choose;
-    d->args = skvi_args_begin(k, 0);
-    skvi_arg_mem(&d->args, d->u);
-    skvi_arg_mem(&d->args, d->energy);
-    skvi_arg_mem(&d->args, d->current);
-    skvi_arg_u32(&d->args, d->n);
-    skvi_arg_f32(&d->args, lambda);
-    skvi_arg_mem(&d->args, d->prm);
-    skvi_arg_u32(&d->args, d->tiers);
-    skvi_arg_mem(&d->args, d->choice);
-    skvi_arg_mem(&d->args, d->counts);
-    cl_int e = skvi_args_end(&d->args);
-    size_t global = (size_t)d->groups * d->wg;
-    if (e == CL_SUCCESS)
-        e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &d->wg, 0, NULL, NULL);
-    if (e == CL_SUCCESS)
-        e = clEnqueueReadBuffer(ctx->queue, d->counts, CL_TRUE, 0, (size_t)d->groups * 5 * 4, d->host_counts, 0,
-                                NULL, NULL);
-    if (e == CL_SUCCESS && choice)
-        e = clEnqueueReadBuffer(ctx->queue, d->choice, CL_TRUE, 0, d->n, choice, 0, NULL, NULL);
-    memset(count, 0, (SKV_TIER_COUNT + 1) * sizeof *count);
-    for (uint32_t g = 0; e == CL_SUCCESS && g < d->groups; g++)
+    skv_cache *c = m->c;
+    const skv_allocator *a = c->ctx->alloc;
+    const size_t wg = c->rdr_wg, P = m->n_probs;
+    m->first = skvi_calloc(a, P, sizeof *m->first);
+    m->n = skvi_calloc(a, P, sizeof *m->n);
+    m->lambdas = skvi_calloc(a, P, sizeof *m->lambdas);
+    if (!m->first || !m->n || !m->lambdas)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
+    m->tiers = probs[0]->tiers;
+    for (size_t i = 0; i < P; i++) {
+        if (probs[i]->tiers != m->tiers || memcmp(probs[i]->mse_k, probs[0]->mse_k, sizeof probs[0]->mse_k) ||
+            memcmp(probs[i]->mse_v, probs[0]->mse_v, sizeof probs[0]->mse_v) ||
+            memcmp(probs[i]->token_bytes, probs[0]->token_bytes, sizeof probs[0]->token_bytes))
+            return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "RDR solver: problems with different tiers or rates");
+        if (m->total + probs[i]->n + wg > 0xFFFFFFFFull)
+            return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "RDR solver: more than 2^32 candidates");
+        m->first[i] = (uint32_t)m->total;
+        m->n[i] = (uint32_t)probs[i]->n;
+        size_t groups = (probs[i]->n + wg - 1) / wg;
+        m->groups += groups;
+        m->total += groups * wg;
+    }
+    const size_t N = m->total ? m->total : 1, G = m->groups ? m->groups : 1;
+    float *u = skvi_calloc(a, N, sizeof *u), *en = skvi_calloc(a, N, sizeof *en);
+    uint8_t *cur = skvi_calloc(a, N, 1);
+    m->group_problem = skvi_calloc(a, G, sizeof *m->group_problem);
+    m->host_counts = skvi_calloc(a, G * 5, sizeof *m->host_counts);
+    skv_status st = SKV_OK;
+    if (!u || !en || !cur || !m->group_problem || !m->host_counts)
+        st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
+    for (size_t i = 0, g = 0; st == SKV_OK && i < P; i++) {
+        for (uint64_t k = 0; k < probs[i]->n; k++) {
+            u[m->first[i] + k] = probs[i]->items[k].u;
+            en[m->first[i] + k] = probs[i]->items[k].key_energy;
+            cur[m->first[i] + k] = probs[i]->items[k].current;
+        }
+        for (size_t k = 0; k < (probs[i]->n + wg - 1) / wg; k++)
+            m->group_problem[g++] = (uint32_t)i;
+    }
+    float prm[12]; /* the cache's codec errors and rates: the same for every problem */
+    for (int t = 0; st == SKV_OK && t < 4; t++) {
+        prm[t] = (float)probs[0]->mse_k[t];
+        prm[4 + t] = (float)probs[0]->mse_v[t];
+        prm[8 + t] = (float)probs[0]->token_bytes[t];
+    }
+    cl_int e = CL_SUCCESS;
+    const cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+    struct {
+        cl_mem *mem;
+        cl_mem_flags flags;
+        size_t bytes;
+        void *src;
+    } bufs[] = {
+        {&m->u, ro, N * 4, u},
+        {&m->energy, ro, N * 4, en},
+        {&m->current, ro, N, cur},
+        {&m->b_first, ro, P * 4, m->first},
+        {&m->b_n, ro, P * 4, m->n},
+        {&m->b_group, ro, G * 4, m->group_problem},
+        {&m->b_lambda, CL_MEM_READ_ONLY, P * 4, NULL},
+        {&m->prm, ro, sizeof prm, prm},
+        {&m->choice, CL_MEM_READ_WRITE, N, NULL},
+        {&m->counts, CL_MEM_READ_WRITE, G * 5 * 4, NULL},
+    };
+    for (size_t i = 0; st == SKV_OK && e == CL_SUCCESS && i < sizeof bufs / sizeof bufs[0]; i++)
+        *bufs[i].mem = clCreateBuffer(c->ctx->cl, bufs[i].flags, bufs[i].bytes, bufs[i].src, &e);
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(c->ctx->error, e, "RDR solver: clCreateBuffer");
+    skvi_free(a, u);
+    skvi_free(a, en);
+    skvi_free(a, cur);
+    return st;
+}
+
+static void many_release(many_solver *m)
+{
+    const skv_allocator *a = m->c->ctx->alloc;
+    cl_mem bufs[] = {m->u, m->energy, m->current, m->b_first, m->b_n, m->b_group, m->b_lambda, m->prm, m->choice,
+                     m->counts};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    skvi_free(a, m->first);
+    skvi_free(a, m->n);
+    skvi_free(a, m->lambdas);
+    skvi_free(a, m->group_problem);
+    skvi_free(a, m->host_counts);
+}
+
+/* One step: every problem with a request (lambda >= 0) chooses; the choices of those
+ * that want them are read into choices[i]; counts[i] are summed over i's groups. */
+static skv_status many_step(many_solver *m, const skv_rdr_search *s, uint8_t *const *choices, uint64_t *counts)
+{
+    skv_cache *c = m->c;
+    cl_command_queue q = c->ctx->queue;
+    const size_t P = m->n_probs;
+    for (size_t i = 0; i < P; i++)
+        m->lambdas[i] = s[i].state == SKV_RDR_SEARCH_DONE ? -1.0f : s[i].lambda;
+    cl_int e = clEnqueueWriteBuffer(q, m->b_lambda, CL_FALSE, 0, P * 4, m->lambdas, 0, NULL, NULL);
+    skvi_args k = skvi_args_begin(c->k_rdr_choose, 0);
+    skvi_arg_mem(&k, m->u);
+    skvi_arg_mem(&k, m->energy);
+    skvi_arg_mem(&k, m->current);
+    skvi_arg_mem(&k, m->b_first);
+    skvi_arg_mem(&k, m->b_n);
+    skvi_arg_mem(&k, m->b_group);
+    skvi_arg_mem(&k, m->b_lambda);
+    skvi_arg_mem(&k, m->prm);
+    skvi_arg_u32(&k, m->tiers);
+    skvi_arg_mem(&k, m->choice);
+    skvi_arg_mem(&k, m->counts);
+    cl_int ek = skvi_args_end(&k);
+    if (ek != CL_SUCCESS)
+        return skvi_args_fail(c->ctx->error, &k, "RDR solver: rdr_choose");
+    size_t global = m->groups * c->rdr_wg, local = c->rdr_wg;
+    if (e == CL_SUCCESS && global)
+        e = clEnqueueNDRangeKernel(q, k.k, 1, NULL, &global, &local, 0, NULL, NULL);
+    for (size_t i = 0; e == CL_SUCCESS && i < P; i++)
+        if (s[i].state != SKV_RDR_SEARCH_DONE && s[i].want_choice && m->n[i])
+            e = clEnqueueReadBuffer(q, m->choice, CL_FALSE, m->first[i], m->n[i], choices[i], 0, NULL, NULL);
+    if (e == CL_SUCCESS && m->groups) /* the one wait of the step; the reads above come first */
+        e = clEnqueueReadBuffer(q, m->counts, CL_TRUE, 0, m->groups * 5 * 4, m->host_counts, 0, NULL, NULL);
+    if (e != CL_SUCCESS) {
+        clFinish(q); /* no read still writes into the caller's arrays */
+        return skvi_cl_fail(c->ctx->error, e, "RDR solver: step");
+    }
+    memset(counts, 0, P * (SKV_TIER_COUNT + 1) * sizeof *counts);
+    for (size_t g = 0; g < m->groups; g++)
         for (int o = 0; o < 5; o++)
-            count[o] += d->host_counts[g * 5 + o];
-    d->err = e;
-    return e == CL_SUCCESS ? 0 : -1;
+            counts[(size_t)m->group_problem[g] * (SKV_TIER_COUNT + 1) + o] += m->host_counts[g * 5 + o];
+    c->rdr_waits++;
+    c->compress_waits++;
+    return SKV_OK;
+}
+
+skv_status skvi_rdr_solve_many(skv_cache *c, const skv_rdr_problem *const *probs, uint8_t *const *choices, int *rcs,
+                               size_t n_probs)
+{
+    if (n_probs == 0)
+        return SKV_OK;
+    const skv_allocator *a = c->ctx->alloc;
+    many_solver m = {.c = c, .n_probs = n_probs};
+    skv_rdr_search *s = skvi_calloc(a, n_probs, sizeof *s);
+    uint64_t *counts = skvi_calloc(a, n_probs * (SKV_TIER_COUNT + 1), sizeof *counts);
+    skv_status st = s && counts ? many_setup(&m, probs)
+                                : skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
+    for (size_t i = 0; st == SKV_OK && i < n_probs; i++)
+        skv_rdr_search_begin(&s[i], probs[i]);
+    for (size_t busy = n_probs; st == SKV_OK && busy > 0;) {
+        st = many_step(&m, s, choices, counts);
+        busy = 0;
+        for (size_t i = 0; st == SKV_OK && i < n_probs; i++) {
+            if (s[i].state == SKV_RDR_SEARCH_DONE)
+                continue;
+            if (skv_rdr_search_step(&s[i], probs[i], counts + i * (SKV_TIER_COUNT + 1), choices[i]))
+                busy++;
+            else if ((rcs[i] = s[i].rc) == -2)
+                st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
+        }
+    }
+    many_release(&m);
+    skvi_free(a, s);
+    skvi_free(a, counts);
+    return st;
 }
 
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc)
 {
-    skv_context *ctx = c->ctx;
-    const skv_allocator *a = ctx->alloc;
-    device_solver d = {.c = c, .n = (uint32_t)p->n, .tiers = p->tiers, .wg = c->rdr_wg};
-    d.groups = (uint32_t)((p->n + d.wg - 1) / d.wg);
-    if (d.groups == 0)
-        d.groups = 1;
-    float *u = skvi_calloc(a, p->n ? p->n : 1, sizeof *u), *en = skvi_calloc(a, p->n ? p->n : 1, sizeof *en);
-    uint8_t *cur = skvi_calloc(a, p->n ? p->n : 1, 1);
-    d.host_counts = skvi_calloc(a, (size_t)d.groups * 5, sizeof *d.host_counts);
-    skv_status st = SKV_OK;
-    cl_int e = CL_SUCCESS;
-    if (!u || !en || !cur || !d.host_counts)
-        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
-    if (st == SKV_OK) {
-        for (uint64_t i = 0; i < p->n; i++) {
-            u[i] = p->items[i].u;
-            en[i] = p->items[i].key_energy;
-            cur[i] = p->items[i].current;
-        }
-        float prm[12];
-        for (int t = 0; t < 4; t++) {
-            prm[t] = (float)p->mse_k[t];
-            prm[4 + t] = (float)p->mse_v[t];
-            prm[8 + t] = (float)p->token_bytes[t];
-        }
-        cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
-        size_t n = p->n ? p->n : 1;
-        d.u = clCreateBuffer(ctx->cl, ro, n * 4, u, &e);
-        if (e == CL_SUCCESS)
-            d.energy = clCreateBuffer(ctx->cl, ro, n * 4, en, &e);
-        if (e == CL_SUCCESS)
-            d.current = clCreateBuffer(ctx->cl, ro, n, cur, &e);
-        if (e == CL_SUCCESS)
-            d.prm = clCreateBuffer(ctx->cl, ro, sizeof prm, prm, &e);
-        if (e == CL_SUCCESS)
-            d.choice = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, n, NULL, &e);
-        if (e == CL_SUCCESS)
-            d.counts = clCreateBuffer(ctx->cl, CL_MEM_READ_WRITE, (size_t)d.groups * 5 * 4, NULL, &e);
-        if (e != CL_SUCCESS)
-            st = skvi_cl_fail(ctx->error, e, "RDR solver: clCreateBuffer");
-    }
-    if (st == SKV_OK) {
-        skv_rdr_backend be = {device_choose, &d};
-        *rc = skv_rdr_solve_with(p, &be, choice);
-        if (*rc == -2 && d.args.err != CL_SUCCESS)
-            st = skvi_args_fail(ctx->error, &d.args, "RDR solver: rdr_choose");
-        else if (*rc == -2 && d.err != CL_SUCCESS)
-            st = skvi_cl_fail(ctx->error, d.err, "RDR solver: rdr_choose");
-        else if (*rc == -2)
-            st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "RDR solver: out of memory");
-    }
-    cl_mem bufs[6] = {d.u, d.energy, d.current, d.prm, d.choice, d.counts};
-    for (int i = 0; i < 6; i++)
-        if (bufs[i])
-            clReleaseMemObject(bufs[i]);
-    skvi_free(a, u);
-    skvi_free(a, en);
-    skvi_free(a, cur);
-    skvi_free(a, d.host_counts);
-    return st;
+    return skvi_rdr_solve_many(c, &p, &choice, rc, 1);
 }
 
 /* What one (layer, kv-head) turns into. */
@@ -139,14 +219,22 @@ typedef struct lh_plan {
     uint32_t n;        /* held tokens */
     src_token *src;    /* [n] in cache order */
     uint8_t *final;    /* [n] tier, or SKV_RDR_DROP */
+    int active;         /* RDR compresses this (layer, kv-head) */
+    uint64_t budget;    /* its bytes */
+    skv_rdr_problem pr; /* the candidates (pr.n of them) */
+    skv_rdr_item *items;
+    uint32_t *item_of;  /* [pr.n]: the candidate's index in src */
+    uint8_t *choice;    /* [pr.n]: the solver's */
+    int rc;
     int rebuild[SKV_TIER_COUNT];
     uint32_t count[SKV_TIER_COUNT];
     uint32_t keep[SKV_TIER_COUNT];       /* leading full pages kept as they are (a list that only gains) */
     uint32_t first_page[SKV_TIER_COUNT]; /* into taken[tier] */
 } lh_plan;
 
-static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t layer, uint32_t head,
-                                  uint64_t budget, lh_plan *lp)
+/* A (layer, kv-head)'s candidates and their utilities: the problem the solver takes. */
+static skv_status plan_prepare(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t layer, uint32_t head,
+                               uint64_t budget, lh_plan *lp)
 {
     skv_context *ctx = c->ctx;
     const skv_allocator *a = ctx->alloc;
@@ -159,17 +247,18 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
     lp->final = skvi_calloc(a, held ? held : 1, sizeof *lp->final);
     float *score = skvi_calloc(a, held ? held : 1, sizeof *score), *ksq = skvi_calloc(a, held ? held : 1, sizeof *ksq);
     int32_t *pos = skvi_calloc(a, held ? held : 1, sizeof *pos);
-    skv_rdr_item *items = skvi_calloc(a, held ? held : 1, sizeof *items);
-    uint32_t *item_of = skvi_calloc(a, held ? held : 1, sizeof *item_of);
-    uint8_t *choice = skvi_calloc(a, held ? held : 1, sizeof *choice);
+    skv_rdr_item *items = lp->items = skvi_calloc(a, held ? held : 1, sizeof *items);
+    uint32_t *item_of = lp->item_of = skvi_calloc(a, held ? held : 1, sizeof *item_of);
+    lp->choice = skvi_calloc(a, held ? held : 1, sizeof *lp->choice);
     skv_status st = SKV_OK;
-    if (!lp->src || !lp->final || !score || !ksq || !pos || !items || !item_of || !choice)
+    if (!lp->src || !lp->final || !score || !ksq || !pos || !items || !item_of || !lp->choice)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     size_t cnt;
     if (st == SKV_OK && held) /* the scores and |k|^2 */
         st = skvi_scores(c, seq, layer, head, c->desc.scorer, score, held, &cnt, ksq);
     if (st == SKV_OK && held)
         st = skv_seq_positions(c, seq, layer, head, pos, held, &cnt);
+    c->compress_waits += held ? 2 : 0; /* each read back with a wait */
     if (st == SKV_OK) {
         size_t i = 0;
         for (int t = 0; t < SKV_TIER_COUNT; t++) {
@@ -180,6 +269,7 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
         /* candidates: all but the sinks, the recent window and +inf scores */
         skv_rdr_problem pr;
         memset(&pr, 0, sizeof pr);
+        lp->rc = 0;
         double mean = 0, var = 0, energy = 0;
         uint32_t n = 0;
         for (size_t k = 0; k < held; k++) {
@@ -230,38 +320,65 @@ static skv_status plan_layer_head(skv_cache *c, skv_seq_id seq, skvi_seq *s, uin
         for (int t = 0; t < SKV_TIER_COUNT; t++)
             floor_bytes += (pr.fixed[t] + P - 1) / P * pr.page_bytes[t];
         pr.budget = budget > floor_bytes ? budget : floor_bytes;
-        int rc = 0;
-        if (n)
-            st = skvi_rdr_solve_device(c, &pr, choice, &rc); /* the parallel solver */
-        if (st == SKV_OK && rc != 0)
-            st = skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
-                           "skv_compress: layer %u head %u: %llu bytes cannot hold the protected tokens", layer, head,
-                           (unsigned long long)budget);
-        for (uint32_t k = 0; st == SKV_OK && k < n; k++)
-            lp->final[item_of[k]] = choice[k];
-    }
-    if (st == SKV_OK) { /* which lists change; a list that only gains keeps its full pages */
-        int loses[SKV_TIER_COUNT] = {0};
-        for (size_t k = 0; k < held; k++) {
-            if (lp->final[k] != SKV_RDR_DROP)
-                lp->count[lp->final[k]]++;
-            if (lp->final[k] != lp->src[k].tier) {
-                lp->rebuild[lp->src[k].tier] = 1;
-                loses[lp->src[k].tier] = 1;
-                if (lp->final[k] != SKV_RDR_DROP)
-                    lp->rebuild[lp->final[k]] = 1;
-            }
-        }
-        for (int t = 0; t < SKV_TIER_COUNT; t++)
-            if (lp->rebuild[t] && !loses[t])
-                lp->keep[t] = skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens / P;
+        lp->pr = pr;
     }
     skvi_free(a, score);
     skvi_free(a, ksq);
     skvi_free(a, pos);
-    skvi_free(a, items);
-    skvi_free(a, item_of);
-    skvi_free(a, choice);
+    return st;
+}
+
+/* The solver's choices into the plan: the final tier of every token, which lists change,
+ * and the leading pages a list that only gains keeps. */
+static skv_status plan_finish(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, uint64_t budget, lh_plan *lp)
+{
+    const uint32_t P = c->desc.page_tokens;
+    if (lp->rc != 0)
+        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
+                         "skv_compress: layer %u head %u: %llu bytes cannot hold the protected tokens", layer, head,
+                         (unsigned long long)budget);
+    for (uint64_t k = 0; k < lp->pr.n; k++)
+        lp->final[lp->item_of[k]] = lp->choice[k];
+    int loses[SKV_TIER_COUNT] = {0};
+    for (size_t k = 0; k < lp->n; k++) {
+        if (lp->final[k] != SKV_RDR_DROP)
+            lp->count[lp->final[k]]++;
+        if (lp->final[k] != lp->src[k].tier) {
+            lp->rebuild[lp->src[k].tier] = 1;
+            loses[lp->src[k].tier] = 1;
+            if (lp->final[k] != SKV_RDR_DROP)
+                lp->rebuild[lp->final[k]] = 1;
+        }
+    }
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        if (lp->rebuild[t] && !loses[t])
+            lp->keep[t] = skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens / P;
+    return SKV_OK;
+}
+
+/* The solver of every planned (layer, kv-head) with candidates, on the device at once. */
+static skv_status solve_plans(skv_cache *c, lh_plan *plans, size_t n)
+{
+    const skv_allocator *a = c->ctx->alloc;
+    const skv_rdr_problem **probs = skvi_calloc(a, n ? n : 1, sizeof *probs);
+    uint8_t **choices = skvi_calloc(a, n ? n : 1, sizeof *choices);
+    int *rcs = skvi_calloc(a, n ? n : 1, sizeof *rcs);
+    size_t m = 0;
+    skv_status st = probs && choices && rcs ? SKV_OK
+                                            : skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    for (size_t i = 0; st == SKV_OK && i < n; i++)
+        if (plans[i].active && plans[i].pr.n) {
+            probs[m] = &plans[i].pr;
+            choices[m++] = plans[i].choice;
+        }
+    if (st == SKV_OK)
+        st = skvi_rdr_solve_many(c, probs, choices, rcs, m);
+    for (size_t i = 0, k = 0; st == SKV_OK && i < n; i++)
+        if (plans[i].active && plans[i].pr.n)
+            plans[i].rc = rcs[k++];
+    skvi_free(a, probs);
+    skvi_free(a, choices);
+    skvi_free(a, rcs);
     return st;
 }
 
@@ -301,6 +418,8 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     skv_context *ctx = c->ctx;
     const skv_allocator *a = ctx->alloc;
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads, L = c->desc.layers;
+    for (uint32_t l = 0; s->stats && l < L; l++) /* the flush reads a layer's pending keys back: a wait */
+        c->compress_waits += s->pending_n[l] != 0;
     skv_status st = skvi_stats_flush(c, s); /* pending statistics read F16 pages that may move */
     if (st != SKV_OK)
         return st;
@@ -343,10 +462,19 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         else if (c->desc.budget_rule == SKV_BUDGET_ADAKV)
             st = adakv_budgets(c, seq, s, l, per_layer[l] * H, per_head);
         for (uint32_t h = 0; st == SKV_OK && h < H; h++)
-            if (skvi_hetero_rdr_head(s, c, l, h))
-                st = plan_layer_head(c, seq, s, l, h, (uint64_t)(per_head[h] * f16_token), &plans[(size_t)l * H + h]);
+            if (skvi_hetero_rdr_head(s, c, l, h)) {
+                lh_plan *lp = &plans[(size_t)l * H + h];
+                lp->active = 1;
+                lp->budget = (uint64_t)(per_head[h] * f16_token);
+                st = plan_prepare(c, seq, s, l, h, lp->budget, lp);
+            }
     }
     skvi_free(a, per_head);
+    if (st == SKV_OK) /* every (layer, kv-head)'s solver together */
+        st = solve_plans(c, plans, (size_t)L * H);
+    for (size_t i = 0; st == SKV_OK && i < (size_t)L * H; i++)
+        if (plans[i].active)
+            st = plan_finish(c, s, (uint32_t)(i / H), (uint32_t)(i % H), plans[i].budget, &plans[i]);
     /* pages for every rebuilt list, per tier, before anything changes */
     uint32_t need[SKV_TIER_COUNT] = {0}, n_taken[SKV_TIER_COUNT] = {0};
     uint32_t *taken[SKV_TIER_COUNT] = {0};
@@ -469,6 +597,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         for (uint32_t l = 0; l < L; l++)
             if (only_layer == ~0u || l == only_layer)
                 s->rdr_mark[l] = s->len[l];
+        c->compressions++;
         /* HeteroCache: satellites to their device shares (a failed move changes nothing
          * and is retried at the next compression) */
         for (uint32_t l = 0; s->hetero && l < L; l++)
@@ -492,6 +621,9 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     for (size_t i = 0; i < (size_t)L * H; i++) {
         skvi_free(a, plans[i].src);
         skvi_free(a, plans[i].final);
+        skvi_free(a, plans[i].items);
+        skvi_free(a, plans[i].item_of);
+        skvi_free(a, plans[i].choice);
     }
     skvi_free(a, plans);
     skvi_free(a, per_layer);

@@ -215,16 +215,56 @@ typedef struct upgrade {
     unsigned to;
 } upgrade;
 
-static int by_gain(const void *a, const void *b)
+/* Whether x comes before y: the most distortion removed per byte first, then the lower
+ * item, then the better option (a total order: the result does not depend on a sort's
+ * stability). */
+static int before(const upgrade *x, const upgrade *y)
 {
-    const upgrade *x = a, *y = b;
     if (x->gain != y->gain)
-        return x->gain > y->gain ? -1 : 1;
-    return x->item < y->item ? -1 : x->item > y->item;
+        return x->gain > y->gain;
+    if (x->item != y->item)
+        return x->item < y->item;
+    return x->to < y->to;
+}
+
+static void sift_down(upgrade *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && before(&h[l], &h[m]))
+            m = l;
+        if (r < n && before(&h[r], &h[m]))
+            m = r;
+        if (m == i)
+            return;
+        upgrade t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+/* Whether any one-step move from option `from` to a better `to` still fits at `count`:
+ * when none does, no later upgrade can succeed (a failed one changes nothing). */
+static int any_fits(const skv_rdr_problem *p, uint64_t *count)
+{
+    for (unsigned from = 1; from <= DROP; from++)
+        for (unsigned to = 0; to < from && to < SKV_TIER_COUNT; to++) {
+            if (!count[from] || !(p->tiers & (1u << to)))
+                continue;
+            count[from]--, count[to]++;
+            const int fits = bytes_of(p, count) <= p->budget;
+            count[from]++, count[to]--;
+            if (fits)
+                return 1;
+        }
+    return 0;
 }
 
 /* Spends what page rounding left of the budget: one-step upgrades, the most distortion
- * removed per byte first, each kept only if the packed bytes still fit. */
+ * removed per byte first, each kept only if the packed bytes still fit. The upgrades come
+ * off a heap and stop once no move of any kind fits, so the few that can succeed cost
+ * little and the many that cannot are never ordered. */
 static int fill(const skv_rdr_problem *p, uint8_t *choice)
 {
     upgrade *u = malloc((p->n ? p->n : 1) * SKV_TIER_COUNT * sizeof *u); /* up to 4 per item */
@@ -240,19 +280,24 @@ static int fill(const skv_rdr_problem *p, uint8_t *choice)
                 u[n++] = (upgrade){(d0 - distortion(p, it, t)) / (p->token_bytes[t] - r0), i, t};
             }
     }
-    qsort(u, n, sizeof *u, by_gain);
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(u, n, i);
     uint64_t count[SKV_TIER_COUNT + 1];
     count_options(p, choice, count);
-    for (size_t k = 0; k < n; k++) {
-        uint8_t was = choice[u[k].item];
-        if (u[k].to >= was) /* already upgraded further */
+    for (int open = any_fits(p, count); open && n > 0;) {
+        const upgrade top = u[0];
+        u[0] = u[--n];
+        sift_down(u, n, 0);
+        uint8_t was = choice[top.item];
+        if (top.to >= was) /* already upgraded further */
             continue;
         count[was]--;
-        count[u[k].to]++;
+        count[top.to]++;
         if (bytes_of(p, count) <= p->budget) {
-            choice[u[k].item] = (uint8_t)u[k].to;
+            choice[top.item] = (uint8_t)top.to;
+            open = any_fits(p, count);
         } else {
-            count[u[k].to]--;
+            count[top.to]--;
             count[was]++;
         }
     }
@@ -260,75 +305,147 @@ static int fill(const skv_rdr_problem *p, uint8_t *choice)
     return 0;
 }
 
-int skv_rdr_solve_with(const skv_rdr_problem *p, const skv_rdr_backend *be, uint8_t *choice)
+/* The solver as a sequence of requests: choose(lambda) with the counts (and the choices
+ * when asked) fed back. Bracket lambda (in float, the backends' arithmetic) on the
+ * unrounded bytes against the budget, by factors of 4 from 1, then bisect it geometrically
+ * (lambda spans many decades) until the bytes at the two ends are within a page of the
+ * largest tier; lambda_lo's choice, the best that did not fit, is then finished by the
+ * cheapest downgrades (page rounding makes the last steps a knapsack over whole pages),
+ * and any slack goes to the best upgrades. */
+enum { S_ZERO, S_HI, S_DOWN, S_UP, S_BISECT, S_FINAL, S_DONE = SKV_RDR_SEARCH_DONE };
+
+static void request(skv_rdr_search *s, int state, float lambda, int want_choice)
 {
-    uint64_t count[SKV_TIER_COUNT + 1];
-    if (be->choose(be->user, 0.0f, choice, count) != 0)
-        return -2;
-    if (bytes_of(p, count) <= p->budget)
-        return 0;
-    const double b_zero = unrounded(p, count); /* at lambda 0 */
-    memset(choice, DROP, p->n); /* everything dropped must fit, or nothing does */
-    if (skv_rdr_bytes(p, choice) > p->budget)
-        return -1;
-    /* Bracket lambda (in float, the backends' arithmetic) on the unrounded bytes against
-     * the budget, by factors of 4 from 1, then bisect it geometrically (lambda spans many
-     * decades) until the bytes at the two ends are within a page of the largest tier:
-     * the finish below settles that last page and the page rounding. */
-    const double target = (double)p->budget;
-    double page = 0;
-    for (int t = 0; t < SKV_TIER_COUNT; t++)
-        page = (double)p->page_bytes[t] > page ? (double)p->page_bytes[t] : page;
-    float lo = 0.0f, hi = 1.0f;
-    double b_lo = INFINITY, b_hi;
-    if (b_zero > target) { /* else only the page rounding is over: lambda 0, then the finish */
-        if (be->choose(be->user, hi, NULL, count) != 0)
-            return -2;
-        b_hi = unrounded(p, count);
-        if (b_hi <= target) { /* fits: down until it does not (bytes tend to b_zero) */
-            for (float x = hi * 0.25f; x > 0.0f; x *= 0.25f) {
-                if (be->choose(be->user, x, NULL, count) != 0)
-                    return -2;
-                const double b = unrounded(p, count);
-                if (b > target) {
-                    lo = x, b_lo = b;
-                    break;
-                }
-                hi = x, b_hi = b;
-            }
-        } else { /* does not fit: up until it does */
-            for (int i = 0; i < 120 && b_hi > target; i++) {
-                lo = hi, b_lo = b_hi;
-                hi *= 4.0f;
-                if (be->choose(be->user, hi, NULL, count) != 0)
-                    return -2;
-                b_hi = unrounded(p, count);
-            }
-        }
-        for (int i = 0; i < 64 && b_lo - b_hi > page; i++) {
-            float mid = lo > 0.0f ? (float)sqrt((double)lo * (double)hi) : 0.5f * hi;
-            if (mid <= lo || mid >= hi)
-                break;
-            if (be->choose(be->user, mid, NULL, count) != 0)
-                return -2;
-            const double b = unrounded(p, count);
-            if (b <= target)
-                hi = mid, b_hi = b;
-            else
-                lo = mid, b_lo = b;
+    s->state = state;
+    s->lambda = lambda;
+    s->want_choice = want_choice;
+}
+
+static void finish_bracket(skv_rdr_search *s);
+
+/* Lower-bound search upwards: until the bytes fit (at most 120 factors of 4). */
+static void up(skv_rdr_search *s)
+{
+    if (s->i < 120 && s->b_hi > s->target) {
+        s->lo = s->hi, s->b_lo = s->b_hi;
+        s->hi *= 4.0f;
+        request(s, S_UP, s->hi, 0);
+    } else {
+        s->i = 0;
+        finish_bracket(s);
+    }
+}
+
+/* Bisection (at most 64 steps) while the two ends are more than a page apart, then the
+ * final choice at lambda_lo. */
+static void finish_bracket(skv_rdr_search *s)
+{
+    if (s->i < 64 && s->b_lo - s->b_hi > s->page) {
+        float mid = s->lo > 0.0f ? (float)sqrt((double)s->lo * (double)s->hi) : 0.5f * s->hi;
+        if (!(mid <= s->lo || mid >= s->hi)) {
+            s->x = mid;
+            request(s, S_BISECT, mid, 0);
+            return;
         }
     }
-    /* lambda_lo's choice is the best that did not fit: finish it by the cheapest
-     * downgrades (page rounding makes the last steps a knapsack over whole pages), then
-     * spend any slack on the best upgrades */
-    if (be->choose(be->user, lo, choice, count) != 0)
-        return -2;
-    int rc = downgrade_until_fits(p, choice);
-    if (rc == 0)
-        rc = fill(p, choice);
-    if (rc != 0)
-        return rc;
-    return skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
+    request(s, S_FINAL, s->lo, 1);
+}
+
+void skv_rdr_search_begin(skv_rdr_search *s, const skv_rdr_problem *p)
+{
+    (void)p;
+    memset(s, 0, sizeof *s);
+    request(s, S_ZERO, 0.0f, 1);
+}
+
+int skv_rdr_search_step(skv_rdr_search *s, const skv_rdr_problem *p, const uint64_t *count, uint8_t *choice)
+{
+    const double b = unrounded(p, count);
+    switch (s->state) {
+    case S_ZERO:
+        if (bytes_of(p, count) <= p->budget) {
+            s->rc = 0;
+            break;
+        }
+        memset(choice, DROP, p->n); /* everything dropped must fit, or nothing does */
+        if (skv_rdr_bytes(p, choice) > p->budget) {
+            s->rc = -1;
+            break;
+        }
+        s->target = (double)p->budget;
+        s->page = 0;
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            s->page = (double)p->page_bytes[t] > s->page ? (double)p->page_bytes[t] : s->page;
+        s->lo = 0.0f, s->hi = 1.0f, s->b_lo = INFINITY;
+        if (b > s->target) /* else only the page rounding is over: lambda 0, then the finish */
+            request(s, S_HI, s->hi, 0);
+        else
+            request(s, S_FINAL, s->lo, 1);
+        return 1;
+    case S_HI:
+        s->b_hi = b;
+        if (b <= s->target) { /* fits: down until it does not (bytes tend to those at 0) */
+            s->x = s->hi * 0.25f;
+            if (s->x > 0.0f)
+                request(s, S_DOWN, s->x, 0);
+            else
+                finish_bracket(s);
+        } else { /* does not fit: up until it does */
+            s->i = 0;
+            up(s);
+        }
+        return 1;
+    case S_DOWN:
+        if (b > s->target) {
+            s->lo = s->x, s->b_lo = b;
+            finish_bracket(s);
+        } else {
+            s->hi = s->x, s->b_hi = b;
+            s->x *= 0.25f;
+            if (s->x > 0.0f)
+                request(s, S_DOWN, s->x, 0);
+            else
+                finish_bracket(s);
+        }
+        return 1;
+    case S_UP:
+        s->b_hi = b;
+        s->i++;
+        up(s);
+        return 1;
+    case S_BISECT:
+        if (b <= s->target)
+            s->hi = s->x, s->b_hi = b;
+        else
+            s->lo = s->x, s->b_lo = b;
+        s->i++;
+        finish_bracket(s);
+        return 1;
+    case S_FINAL:
+        s->rc = downgrade_until_fits(p, choice);
+        if (s->rc == 0)
+            s->rc = fill(p, choice);
+        if (s->rc == 0)
+            s->rc = skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
+        break;
+    default:
+        s->rc = -2;
+        break;
+    }
+    s->state = S_DONE;
+    return 0;
+}
+
+int skv_rdr_solve_with(const skv_rdr_problem *p, const skv_rdr_backend *be, uint8_t *choice)
+{
+    skv_rdr_search s;
+    uint64_t count[SKV_TIER_COUNT + 1];
+    skv_rdr_search_begin(&s, p);
+    do {
+        if (be->choose(be->user, s.lambda, s.want_choice ? choice : NULL, count) != 0)
+            return -2;
+    } while (skv_rdr_search_step(&s, p, count, choice));
+    return s.rc;
 }
 
 int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)

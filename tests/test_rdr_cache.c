@@ -436,6 +436,87 @@ static void test_device_solver_equals_reference(void **state)
     skv_cache_destroy(c);
 }
 
+/* A host backend that counts its calls (the steps of one search). */
+typedef struct counting_backend {
+    const skv_rdr_problem *p;
+    uint32_t calls;
+} counting_backend;
+
+static int counting_choose(void *user, float lambda, uint8_t *choice, uint64_t *count)
+{
+    counting_backend *b = user;
+    b->calls++;
+    memset(count, 0, (SKV_TIER_COUNT + 1) * sizeof *count);
+    for (uint64_t i = 0; i < b->p->n; i++) {
+        unsigned o = skv_rdr_option(b->p, &b->p->items[i], lambda);
+        count[o]++;
+        if (choice)
+            choice[i] = (uint8_t)o;
+    }
+    return 0;
+}
+
+/* Many problems solved together on the device (a compression's every (layer, kv-head):
+ * one launch per step for all of them, each its own lambda) choose exactly what each
+ * alone chooses on the host, in as many steps as the longest search; awkward sizes,
+ * budgets from dropping all to keeping most, poisoned outputs. */
+static void test_device_solver_many(void **state)
+{
+    (void)state;
+    skv_cache *c = make(0xF, 0.5f, 1, 1, 64, 16);
+    test_rng r = {11};
+    enum { M = 7 };
+    const uint32_t sizes[M] = {1, 63, 777, 5000, 130, 64, 2049};
+    const double shares[M] = {0.9, 0.05, 0.2, 0.4, 0.0, 0.6, 0.33};
+    skv_rdr_problem probs[M];
+    const skv_rdr_problem *pp[M];
+    uint8_t *dev[M], *host[M];
+    int rc_dev[M];
+    for (int m = 0; m < M; m++) {
+        skv_rdr_item *items = malloc(sizes[m] * sizeof *items);
+        for (uint32_t i = 0; i < sizes[m]; i++) {
+            double x = rng_uniform(&r);
+            items[i].u = (float)(i % 5 == 0 ? 0.25 : x * x * x); /* some ties */
+            items[i].key_energy = (float)(0.5 + rng_uniform(&r));
+            items[i].current = (uint8_t)(i % 7 == 0 ? 1 : 0);
+        }
+        skv_rdr_problem *p = &probs[m];
+        memset(p, 0, sizeof *p);
+        p->items = items, p->n = sizes[m], p->tiers = 0xF, p->page_tokens = 16;
+        const double mk[4] = {0, 0.0093, 0.034, 0.119}, mv[4] = {0, 2e-5, 5.9e-3, 0.149};
+        for (int t = 0; t < 4; t++) {
+            p->mse_k[t] = mk[t], p->mse_v[t] = mv[t];
+            p->page_bytes[t] = skvi_tier_page_bytes((skv_tier)t, 64, 16);
+            p->token_bytes[t] = (double)p->page_bytes[t] / 16;
+        }
+        p->budget = (uint64_t)(sizes[m] * p->token_bytes[0] * shares[m]) + p->page_bytes[0];
+        pp[m] = p;
+        dev[m] = malloc(sizes[m]);
+        host[m] = malloc(sizes[m]);
+        memset(dev[m], 0xEE, sizes[m]);
+    }
+    const uint64_t waits = c->rdr_waits;
+    assert_ok(skvi_rdr_solve_many(c, pp, dev, rc_dev, M));
+    uint32_t most = 0; /* steps: as many as the longest search alone takes */
+    for (int m = 0; m < M; m++) {
+        counting_backend cb = {&probs[m], 0};
+        skv_rdr_backend be = {counting_choose, &cb};
+        assert_int_equal(skv_rdr_solve_with(&probs[m], &be, host[m]), skv_rdr_solve(&probs[m], host[m]));
+        most = cb.calls > most ? cb.calls : most;
+    }
+    assert_int_equal(c->rdr_waits - waits, most);
+    for (int m = 0; m < M; m++) {
+        int rc_host = skv_rdr_solve(&probs[m], host[m]);
+        assert_int_equal(rc_dev[m], rc_host);
+        if (rc_host == 0 && memcmp(dev[m], host[m], sizes[m]) != 0)
+            fail_msg("problem %d (n %u, budget %.2f of F16): device and host choices differ", m, sizes[m], shares[m]);
+        free((void *)probs[m].items);
+        free(dev[m]);
+        free(host[m]);
+    }
+    skv_cache_destroy(c);
+}
+
 /* Tokens already in A4V8 moved to a lower tier by RDR are transcoded exactly as the C
  * reference would: decode (key and values), then encode in the lower tier. Every slot of
  * every ADA page is checked against the reference, byte for byte. */
@@ -535,6 +616,12 @@ static void test_budget_per_layer_length(void **state)
             free(k), free(v), free(pos);
         }
         assert_ok(skv_compress(c, s));
+        skv_cache_stats cs = {.struct_size = sizeof cs};
+        assert_ok(skv_cache_get_stats(c, &cs));
+        assert_int_equal(cs.compressions, 1);
+        /* the flush of both layers' pending key statistics, the scores and positions of
+         * the 2 x 2 (layer, kv-head)s, and the solver's steps, all heads together */
+        assert_true(cs.compress_host_waits >= 2 + 2 * 2 * H + 1 && cs.compress_host_waits <= 2 + 2 * 2 * H + 40);
         uint64_t f16_page;
         assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &f16_page));
         for (uint32_t l = 0; l < 2; l++)
@@ -577,6 +664,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),
         cmocka_unit_test(test_device_solver_equals_reference),
+        cmocka_unit_test(test_device_solver_many),
         cmocka_unit_test(test_transcode_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -438,6 +438,12 @@ typedef struct skv_cache_stats {
      * not counted. */
     uint64_t decode_calls;
     uint64_t decode_cl_objects;
+    /* RDR compressions that completed (skv_compress and on append), and the host waits
+     * of all compressions: one per layer whose pending key statistics are read back, two
+     * per (layer, kv-head) scored (scores, positions), one per step of the solver, which
+     * runs every (layer, kv-head) together */
+    uint64_t compressions;
+    uint64_t compress_host_waits;
 } skv_cache_stats;
 
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);
