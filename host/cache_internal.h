@@ -48,6 +48,14 @@ typedef struct skvi_inflight {
     cl_event done;
 } skvi_inflight;
 
+/* A head profile (hetero_profile.c). */
+struct skv_hetero_profile {
+    uint32_t layers, heads;
+    skv_head_category *category; /* [layers][heads] */
+    uint32_t *pivot;
+    float *stability;
+};
+
 /* HeteroCache on one sequence (skv_seq_hetero). */
 typedef struct skvi_hetero {
     skv_hetero_desc desc;
@@ -293,6 +301,9 @@ skv_status skvi_rdr_solve_many(skv_cache *c, const skv_rdr_problem *const *probs
 /* hetero.c */
 /* The top-k kernels (cl/topk.cl), built on first use. */
 skv_status skvi_hetero_kernels(skv_cache *c);
+/* hetero_profile.c: a settings check with the caller's name; an empty profile. */
+skv_status skvi_hetero_check_desc(char *err, const skv_hetero_desc *d, const char *fn);
+skv_hetero_profile *skvi_hetero_profile_new(uint32_t layers, uint32_t heads);
 /* Decode hooks for the sequences of a batch that calibrate or run HeteroCache: before
  * the plan, processes the previous check's sets (drift, retrieval); after the merge,
  * computes this step's top-k sets from the kept logits (observe rows, cl/topk.cl). */
