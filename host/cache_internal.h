@@ -283,9 +283,11 @@ void skvi_score_release(skv_cache *c);
 /* skv_seq_scores with another scorer (one the cache's kernels serve: knorm always);
  * energy (NULL: not wanted) receives each held token's |k|^2 in the same order, from
  * the same pass for the key-statistics scorers (knorm .. streaming), else from a knorm
- * pass. */
+ * pass. deferred (NULL: the call waits): those scorers, given room for every held token,
+ * leave their reads in flight and set *deferred to 1 (the caller waits on the queue);
+ * others wait and set it to 0. */
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
-                       size_t capacity, size_t *count, float *energy);
+                       size_t capacity, size_t *count, float *energy, int *deferred);
 
 /* rdr.c: the kernels, and RDR on one layer (or all: ~0u) of a sequence; all or nothing */
 skv_status skvi_rdr_init(skv_cache *c);
@@ -348,6 +350,10 @@ skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
 skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
 /* seq.c */
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
+/* Enqueues the reads of the positions of (layer, kv_head)'s held tokens, in cache order,
+ * into out[held] without a wait (the caller waits on the compute queue; work on it that
+ * wrote the pages came first, and moves of the pages must be complete or waited for). */
+skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out);
 /* Unreferences the pages and frees everything of a sequence (its slot becomes free). */
 void skvi_seq_release(skv_cache *c, skvi_seq *s);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);

@@ -32,6 +32,8 @@ typedef struct lh_plan {
     src_token *src;    /* [n] in cache order */
     uint8_t *final;    /* [n] tier, or SKV_RDR_DROP */
     int active;         /* RDR compresses this (layer, kv-head) */
+    float *score, *ksq; /* [n], read back (plan_read) until the candidates are made */
+    int32_t *pos;
     uint64_t budget;    /* its bytes */
     skv_rdr_problem pr; /* the candidates (pr.n of them) */
     skv_rdr_item *items;
@@ -44,33 +46,55 @@ typedef struct lh_plan {
     uint32_t first_page[SKV_TIER_COUNT]; /* into taken[tier] */
 } lh_plan;
 
-/* A (layer, kv-head)'s candidates and their utilities: the problem the solver takes. */
-static skv_status plan_prepare(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t layer, uint32_t head,
-                               uint64_t budget, lh_plan *lp)
+/* A (layer, kv-head)'s scores, |k|^2 and positions, enqueued: the key-statistics scorers
+ * and the positions leave their reads in flight for the wave's one wait (others wait). */
+static skv_status plan_read(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t layer, uint32_t head, lh_plan *lp)
 {
-    skv_context *ctx = c->ctx;
-    const skv_allocator *a = ctx->alloc;
-    const uint32_t P = c->desc.page_tokens;
+    const skv_allocator *a = c->ctx->alloc;
     size_t held = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         held += skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens;
     lp->n = (uint32_t)held;
     lp->src = skvi_calloc(a, held ? held : 1, sizeof *lp->src);
     lp->final = skvi_calloc(a, held ? held : 1, sizeof *lp->final);
-    float *score = skvi_calloc(a, held ? held : 1, sizeof *score), *ksq = skvi_calloc(a, held ? held : 1, sizeof *ksq);
-    int32_t *pos = skvi_calloc(a, held ? held : 1, sizeof *pos);
-    skv_rdr_item *items = lp->items = skvi_calloc(a, held ? held : 1, sizeof *items);
-    uint32_t *item_of = lp->item_of = skvi_calloc(a, held ? held : 1, sizeof *item_of);
+    lp->score = skvi_calloc(a, held ? held : 1, sizeof *lp->score);
+    lp->ksq = skvi_calloc(a, held ? held : 1, sizeof *lp->ksq);
+    lp->pos = skvi_calloc(a, held ? held : 1, sizeof *lp->pos);
+    lp->items = skvi_calloc(a, held ? held : 1, sizeof *lp->items);
+    lp->item_of = skvi_calloc(a, held ? held : 1, sizeof *lp->item_of);
     lp->choice = skvi_calloc(a, held ? held : 1, sizeof *lp->choice);
-    skv_status st = SKV_OK;
-    if (!lp->src || !lp->final || !score || !ksq || !pos || !items || !item_of || !lp->choice)
-        st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    if (!lp->src || !lp->final || !lp->score || !lp->ksq || !lp->pos || !lp->items || !lp->item_of || !lp->choice)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     size_t cnt;
-    if (st == SKV_OK && held) /* the scores and |k|^2 */
-        st = skvi_scores(c, seq, layer, head, c->desc.scorer, score, held, &cnt, ksq);
+    int deferred = 0;
+    skv_status st = held ? skvi_scores(c, seq, layer, head, c->desc.scorer, lp->score, held, &cnt, lp->ksq, &deferred)
+                         : SKV_OK;
+    c->compress_waits += held && !deferred; /* that scorer read its scores back with a wait */
     if (st == SKV_OK && held)
-        st = skv_seq_positions(c, seq, layer, head, pos, held, &cnt);
-    c->compress_waits += held ? 2 : 0; /* each read back with a wait */
+        st = skvi_positions_enqueue(c, s, layer, head, lp->pos);
+    return st;
+}
+
+static void plan_unread(skv_cache *c, lh_plan *lp)
+{
+    skvi_free(c->ctx->alloc, lp->score);
+    skvi_free(c->ctx->alloc, lp->ksq);
+    skvi_free(c->ctx->alloc, lp->pos);
+    lp->score = lp->ksq = NULL;
+    lp->pos = NULL;
+}
+
+/* A (layer, kv-head)'s candidates and their utilities from what plan_read read (the
+ * queue waited on): the problem the solver takes. */
+static skv_status plan_prepare(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, uint64_t budget, lh_plan *lp)
+{
+    const uint32_t P = c->desc.page_tokens;
+    const size_t held = lp->n;
+    const float *score = lp->score, *ksq = lp->ksq;
+    const int32_t *pos = lp->pos;
+    skv_rdr_item *items = lp->items;
+    uint32_t *item_of = lp->item_of;
+    skv_status st = SKV_OK;
     if (st == SKV_OK) {
         size_t i = 0;
         for (int t = 0; t < SKV_TIER_COUNT; t++) {
@@ -134,9 +158,7 @@ static skv_status plan_prepare(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32
         pr.budget = budget > floor_bytes ? budget : floor_bytes;
         lp->pr = pr;
     }
-    skvi_free(a, score);
-    skvi_free(a, ksq);
-    skvi_free(a, pos);
+    plan_unread(c, lp);
     return st;
 }
 
@@ -214,7 +236,7 @@ static skv_status adakv_budgets(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint3
     skv_status st = SKV_OK;
     for (uint32_t h = 0; st == SKV_OK && h < H; h++) {
         size_t cnt = 0;
-        st = skvi_scores(c, seq, layer, h, c->desc.scorer, m + (size_t)h * most, most, &cnt, NULL);
+        st = skvi_scores(c, seq, layer, h, c->desc.scorer, m + (size_t)h * most, most, &cnt, NULL, NULL);
         for (size_t i = cnt; i < most; i++)
             m[(size_t)h * most + i] = -INFINITY;
     }
@@ -264,6 +286,8 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     uint64_t *per_head = skvi_calloc(a, H, sizeof *per_head);
     if (st == SKV_OK && !per_head)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    uint64_t wave_tokens = 0;
+    uint32_t wave_first = 0;
     for (uint32_t l = 0; st == SKV_OK && l < L; l++) {
         if (only_layer != ~0u && l != only_layer)
             continue;
@@ -278,9 +302,28 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
                 lh_plan *lp = &plans[(size_t)l * H + h];
                 lp->active = 1;
                 lp->budget = (uint64_t)(per_head[h] * f16_token);
-                st = plan_prepare(c, seq, s, l, h, lp->budget, lp);
+                st = plan_read(c, seq, s, l, h, lp);
+                wave_tokens += lp->n;
             }
+        /* a wave of layers read back with one wait, its candidates made (the reads'
+         * arrays of about 4M tokens at most held at once) */
+        const int last = only_layer != ~0u ? l == only_layer : l + 1 == L;
+        if (st == SKV_OK && (wave_tokens >= (1u << 22) || last) && wave_tokens) {
+            cl_int e = clFinish(ctx->queue);
+            c->compress_waits++;
+            if (e != CL_SUCCESS)
+                st = skvi_cl_fail(ctx->error, e, "skv_compress: clFinish");
+            for (; st == SKV_OK && wave_first <= l; wave_first++)
+                for (uint32_t h = 0; st == SKV_OK && h < H; h++) {
+                    lh_plan *lp = &plans[(size_t)wave_first * H + h];
+                    if (lp->active)
+                        st = plan_prepare(c, s, wave_first, h, lp->budget, lp);
+                }
+            wave_tokens = 0;
+        }
     }
+    if (st != SKV_OK) /* reads may still be writing into the plans' arrays */
+        clFinish(ctx->queue);
     skvi_free(a, per_head);
     if (st == SKV_OK) /* every (layer, kv-head)'s solver together */
         st = solve_plans(c, plans, (size_t)L * H);
@@ -436,6 +479,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         skvi_free(a, plans[i].items);
         skvi_free(a, plans[i].item_of);
         skvi_free(a, plans[i].choice);
+        plan_unread(c, &plans[i]);
     }
     skvi_free(a, plans);
     skvi_free(a, per_layer);

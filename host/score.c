@@ -143,9 +143,14 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
     return st;
 }
 
+/* deferred (NULL: the call waits): for the key-statistics scorers with room for every
+ * held token, the reads into out and energy are left in flight and *deferred set to 1;
+ * the caller waits on the queue before reading them. */
 static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer,
-                              float *out, size_t capacity, size_t *count, float *energy)
+                              float *out, size_t capacity, size_t *count, float *energy, int *deferred)
 {
+    if (deferred)
+        *deferred = 0;
     if (!c || !count || (capacity && !out))
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG,
                          "skv_seq_scores: cache or count is NULL, or out is NULL with capacity > 0");
@@ -205,11 +210,13 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     const uint32_t D = c->desc.head_dim;
     uint32_t nw = 1;
     float *vecs = skvi_stats_vectors(c, s, layer, kv_head, &nw);
-    float *scores = skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
+    const int defer = deferred && capacity >= held && held > 0; /* read straight into out, no wait */
+    float *scores = defer ? out : skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
     float *tables = NULL, *norms2 = NULL;
     if (!vecs || !scores) {
         skvi_free(ctx->alloc, vecs);
-        skvi_free(ctx->alloc, scores);
+        if (!defer)
+            skvi_free(ctx->alloc, scores);
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
     }
     size_t done = 0;
@@ -277,8 +284,8 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                                         (n < capacity - done ? n : capacity - done) * sizeof(float), energy + done, 0,
                                         NULL, NULL); /* in order: complete with the blocking read below */
             if (e == CL_SUCCESS)
-                e = clEnqueueReadBuffer(ctx->queue, bufs[1], CL_TRUE, 0, n * sizeof(float), scores + done, 0, NULL,
-                                        NULL);
+                e = clEnqueueReadBuffer(ctx->queue, bufs[1], defer ? CL_FALSE : CL_TRUE, 0, n * sizeof(float),
+                                        scores + done, 0, NULL, NULL);
         }
         if (st == SKV_OK && e != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, e, "skv_seq_scores");
@@ -290,10 +297,15 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         skvi_free(ctx->alloc, norms2);
         tables = norms2 = NULL;
     }
-    if (st == SKV_OK && capacity)
+    if (defer && st != SKV_OK)
+        clFinish(ctx->queue); /* no read is left writing into the caller's arrays */
+    else if (defer)
+        *deferred = 1;
+    else if (st == SKV_OK && capacity)
         memcpy(out, scores, (held < capacity ? held : capacity) * sizeof *out);
     skvi_free(ctx->alloc, vecs);
-    skvi_free(ctx->alloc, scores);
+    if (!defer)
+        skvi_free(ctx->alloc, scores);
     return st;
 }
 
@@ -303,17 +315,20 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
     skvi_clear_error();
     if (!c)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_seq_scores: cache is NULL");
-    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count, NULL);
+    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count, NULL, NULL);
 }
 
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
-                       size_t capacity, size_t *count, float *energy)
+                       size_t capacity, size_t *count, float *energy, int *deferred)
 {
     const int one_pass = scorer >= SKV_SCORER_KNORM && scorer <= SKV_SCORER_STREAMING;
-    skv_status st = scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count, one_pass ? energy : NULL);
+    skv_status st =
+        scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count, one_pass ? energy : NULL, one_pass ? deferred : NULL);
+    if (deferred && !one_pass)
+        *deferred = 0;
     if (st == SKV_OK && energy && !one_pass) { /* knorm = -|k| */
         size_t n = 0;
-        st = scores_impl(c, seq, layer, kv_head, SKV_SCORER_KNORM, energy, capacity, &n, NULL);
+        st = scores_impl(c, seq, layer, kv_head, SKV_SCORER_KNORM, energy, capacity, &n, NULL, NULL);
         for (size_t i = 0; st == SKV_OK && i < n && i < capacity; i++)
             energy[i] *= energy[i];
     }

@@ -188,6 +188,30 @@ skv_status skv_seq_length(const skv_cache *c, skv_seq_id seq, uint32_t layer, ui
     return SKV_OK;
 }
 
+skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out)
+{
+    const uint32_t P = c->desc.page_tokens;
+    size_t written = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) { /* cache order: tier by tier */
+        const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
+        size_t pos_offset = (size_t)(skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P) - 4ull * P);
+        for (uint32_t t0 = 0; t0 < l->tokens; t0 += P) {
+            uint32_t e = l->ids[t0 / P];
+            size_t off;
+            cl_mem buf = skvi_pool_locate(skvi_entry_pool(c, (skv_tier)t, e), e & ~SKVI_HOST_BIT, &off);
+            size_t n = l->tokens - t0 < P ? (size_t)(l->tokens - t0) : P;
+            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset, n * 4, out + written, 0,
+                                            NULL, NULL);
+            if (e2 != CL_SUCCESS) {
+                clFinish(c->ctx->queue); /* the earlier reads write into out */
+                return skvi_cl_fail(c->ctx->error, e2, "reading positions: clEnqueueReadBuffer");
+            }
+            written += n;
+        }
+    }
+    return SKV_OK;
+}
+
 skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, int32_t *out,
                              size_t capacity, size_t *count)
 {
@@ -202,32 +226,27 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
     if (layer >= c->desc.layers || kv_head >= c->desc.kv_heads)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_positions: layer %u / kv_head %u out of range",
                          layer, kv_head);
-    const uint32_t P = c->desc.page_tokens;
-    size_t held = 0, written = 0;
-    st = skvi_finish(c->ctx); /* appends and moves complete */
-    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) { /* cache order: tier by tier */
-        const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
-        size_t pos_offset = (size_t)(skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P) - 4ull * P);
-        for (uint32_t t0 = 0; st == SKV_OK && t0 < l->tokens && written < capacity; t0 += P) {
-            uint32_t e = l->ids[t0 / P];
-            size_t off;
-            cl_mem buf = skvi_pool_locate(skvi_entry_pool(c, (skv_tier)t, e), e & ~SKVI_HOST_BIT, &off);
-            size_t n = l->tokens - t0 < P ? (size_t)(l->tokens - t0) : P;
-            if (n > capacity - written)
-                n = capacity - written;
-            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset, n * 4, out + written, 0,
-                                            NULL, NULL); /* one wait for all of them, below */
-            if (e2 != CL_SUCCESS)
-                st = skvi_cl_fail(c->ctx->error, e2, "skv_seq_positions: clEnqueueReadBuffer");
-            written += n;
-        }
-        held += l->tokens;
-    }
-    if (written) { /* even after a failed enqueue: the earlier reads write into out */
-        cl_int e3 = clFinish(c->ctx->queue);
-        if (st == SKV_OK && e3 != CL_SUCCESS)
-            st = skvi_cl_fail(c->ctx->error, e3, "skv_seq_positions: clFinish");
-    }
+    size_t held = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        held += skvi_seq_list(c, s, layer, kv_head, (skv_tier)t)->tokens;
     *count = held;
+    if (held == 0 || capacity == 0)
+        return SKV_OK;
+    int32_t *all = out;
+    if (capacity < held && !(all = skvi_alloc(c->ctx->alloc, held * sizeof *all)))
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_positions: out of memory");
+    st = skvi_finish(c->ctx); /* appends and moves complete */
+    if (st == SKV_OK)
+        st = skvi_positions_enqueue(c, s, layer, kv_head, all);
+    if (st == SKV_OK) {
+        cl_int e = clFinish(c->ctx->queue);
+        if (e != CL_SUCCESS)
+            st = skvi_cl_fail(c->ctx->error, e, "skv_seq_positions: clFinish");
+    }
+    if (all != out) {
+        if (st == SKV_OK)
+            memcpy(out, all, capacity * sizeof *out);
+        skvi_free(c->ctx->alloc, all);
+    }
     return st;
 }

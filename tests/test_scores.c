@@ -75,7 +75,14 @@ static void check_scores(skv_cache *c, skv_seq_id s, uint32_t h, const float *k,
     /* RDR's one pass: the same scores, and |k|^2 of each key as stored, in the same order */
     for (uint32_t i = 0; i <= n; i++)
         ksq[i] = NAN;
-    assert_ok(skvi_scores(c, s, 1, h, sc, again, n, &count, ksq));
+    assert_ok(skvi_scores(c, s, 1, h, sc, again, n, &count, ksq, NULL));
+    assert_memory_equal(got, again, n * 4);
+    /* the same with the reads left in flight (RDR's one wait per wave) */
+    int deferred = -1;
+    memset(again, 0xFF, n * 4);
+    assert_ok(skvi_scores(c, s, 1, h, sc, again, n, &count, ksq, &deferred));
+    assert_int_equal(deferred, 1);
+    assert_ok(skv_context_finish(ctx));
     assert_memory_equal(got, again, n * 4);
     assert_true(isnan(ksq[n])); /* nothing past capacity */
     assert_ok(skv_seq_positions(c, s, 1, h, pos, n, &pc));
