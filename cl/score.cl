@@ -73,13 +73,13 @@ static inline float score_of(uint scorer, float kk, float km, float mm, float ka
 }
 
 /* vecs: [n_windows + 1][D]: the window means, then the unit mean. */
-__kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint scorer,
+__kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint first, uint n_tokens, uint scorer,
                         __global const float *vecs, uint n_windows, uint window, uint n_sink,
                         __global float *scores, __global float *energy)
 {
-    const uint t = get_global_id(0);
-    if (t >= n_tokens)
+    if (get_global_id(0) >= n_tokens) /* tokens first .. first + n_tokens - 1 of the list */
         return;
+    const uint t = first + (uint)get_global_id(0), o = (uint)get_global_id(0);
     __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
     const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(F16_PAGE_BYTES, P)))[t % P];
     uint w = position < 0 ? 0 : (uint)position / window;
@@ -94,8 +94,8 @@ __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
         ka += k * a[d];
         aa += a[d] * a[d];
     }
-    scores[t] = score_of(scorer, kk, km, mm, ka, aa, position, n_sink);
-    energy[t] = kk; /* |k|^2, for RDR's distortions: no second pass */
+    scores[o] = score_of(scorer, kk, km, mm, ka, aa, position, n_sink);
+    energy[o] = kk; /* |k|^2, for RDR's distortions: no second pass */
 }
 
 /* TriAttention, raw per q-head (the host z-scores and takes the group max): eff is
@@ -178,13 +178,13 @@ __kernel void snap_vote(__global const float *S, uint n, uint rows, __global con
 
 /* tables: [n_windows + 1][D/2][NS], T_v[j][c] of each statistics vector v (host-built,
  * skv_ref_ada_query_table); norms2: |v|^2 per row; radius: the tier's codebook. */
-__kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_tokens, uint scorer,
+__kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint first, uint n_tokens, uint scorer,
                         __global const float *tables, __global const float *norms2, uint n_windows, uint window,
                         uint n_sink, __constant float *radius, __global float *scores, __global float *energy)
 {
-    const uint t = get_global_id(0);
-    if (t >= n_tokens)
+    if (get_global_id(0) >= n_tokens) /* tokens first .. first + n_tokens - 1 of the list */
         return;
+    const uint t = first + (uint)get_global_id(0), o = (uint)get_global_id(0);
     __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
     const uint slot = t % P;
     const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(ADA_PAGE_BYTES, P)))[slot];
@@ -210,8 +210,8 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint n_toke
     }
     const float n = vload_half(slot, (__global const half *)(page + SKV_ADA_NORMS_OFFSET(P, KW))) * sqrt(2.0f / (float)D);
     /* the decoded key k^: |k^|^2 = n^2 sum R^2, k^.v = n sum R T_v */
-    scores[t] = score_of(scorer, n * n * r2, n * dm, norms2[w], n * da, norms2[n_windows], position, n_sink);
-    energy[t] = n * n * r2;
+    scores[o] = score_of(scorer, n * n * r2, n * dm, norms2[w], n * da, norms2[n_windows], position, n_sink);
+    energy[o] = n * n * r2;
 }
 
 /* params: the tier's table, laid out as cl/common.h's PRM_* say */

@@ -24,6 +24,7 @@ void skv_cache_desc_init(skv_cache_desc *desc)
     desc->budget_ratio = 1.0f;
     desc->recent_window = 128;
     desc->slack = 128;
+    desc->score_refresh = 8;
     desc->budget_rule = SKV_BUDGET_UNIFORM;
 }
 
@@ -75,6 +76,8 @@ static skv_status validate(skv_context *ctx, const skv_cache_desc *d)
             return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: RDR retention needs a scorer", fn);
         if (!(d->budget_ratio > 0.0f && d->budget_ratio <= 1.0f))
             return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: budget_ratio %g is not in (0, 1]", fn, d->budget_ratio);
+        if (d->score_refresh == 0)
+            return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: score_refresh is 0 (1 scores every token each time)", fn);
         if ((unsigned)d->budget_rule > SKV_BUDGET_ADAKV)
             return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: budget_rule %d is not a budget rule", fn, (int)d->budget_rule);
     }

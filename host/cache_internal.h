@@ -21,6 +21,7 @@ typedef struct skvi_pool {
     uint32_t *free_ids;                         /* stack; top = free_ids[n_free - 1] */
     uint32_t n_free;
     uint32_t *refs; /* per page id; 0 = free */
+    uint32_t *gen;  /* per page id: times taken (a page's contents are fixed while it is held) */
     uint64_t used;
 } skvi_pool;
 
@@ -126,6 +127,17 @@ typedef struct skvi_decode_ws {
     uint64_t calls, objects; /* decode calls; OpenCL objects they created */
 } skvi_decode_ws;
 
+/* A list's scores kept for RDR (score_cache.c): the leading `tokens` tokens' scores and
+ * |k|^2, valid while the list still starts with the same page allocations (ids and
+ * generations) and the sequence's score epoch has not moved on. */
+typedef struct skvi_list_scores {
+    float *score, *ksq;   /* [cap] by token index in the list */
+    uint32_t *page, *gen; /* [cap_pages]: the pages they were read from */
+    size_t cap_score, cap_ksq, cap_page, cap_gen;
+    uint32_t tokens, n_pages;
+    uint64_t epoch;
+} skvi_list_scores;
+
 typedef struct skvi_seq {
     int live;
     uint64_t *len;         /* tokens appended per layer */
@@ -147,6 +159,8 @@ typedef struct skvi_seq {
     uint64_t *rdr_mark; /* per layer: tokens appended when RDR last ran */
     cl_event moved;     /* the last page move of this sequence's pages (NULL: none pending) */
     skvi_hetero *hetero; /* NULL: HeteroCache does not run on the sequence */
+    skvi_list_scores *kept_scores; /* [layer][kv_head][tier] (NULL until RDR first scores) */
+    uint64_t rdr_runs;             /* compressions of the sequence; the score epoch is rdr_runs / score_refresh */
     skvi_calib *calib;   /* NULL: no calibration open */
 } skvi_seq;
 
@@ -277,6 +291,18 @@ void skvi_obs_release(skv_cache *c, skvi_seq *s);
 skv_status skvi_observed_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, size_t held,
                                 const int32_t *positions, float *scores);
 
+/* score_cache.c: the scores RDR keeps per list. load: from[t] (per tier list of
+ * (layer, kv_head)) is how many leading tokens have kept scores, copied into out/ksq in
+ * cache order (tier after tier). set: the scores of all n tokens of one list as it is
+ * now (after a compression packed it; n other than its count keeps none). A fork keeps
+ * its parent's (the same statistics). */
+skv_status skvi_kept_scores_load(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, float *out, float *ksq,
+                                 uint32_t *from);
+skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier,
+                                const float *score, const float *ksq, uint32_t n);
+skv_status skvi_kept_scores_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
+void skvi_kept_scores_release(skv_cache *c, skvi_seq *s);
+
 /* score.c: the scorers' kernels and the dispatch */
 skv_status skvi_score_init(skv_cache *c);
 void skvi_score_release(skv_cache *c);
@@ -288,6 +314,11 @@ void skvi_score_release(skv_cache *c);
  * others wait and set it to 0. */
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
                        size_t capacity, size_t *count, float *energy, int *deferred);
+/* RDR's scores of every held token into out[held] and ksq[held], in flight when
+ * *deferred: the key-statistics scorers score only tokens without kept scores (*kept 1;
+ * skvi_kept_scores_store after the wait), the others everything (*kept 0). */
+skv_status skvi_scores_rdr(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, float *ksq,
+                           size_t held, int *deferred, int *kept);
 
 /* rdr.c: the kernels, and RDR on one layer (or all: ~0u) of a sequence; all or nothing */
 skv_status skvi_rdr_init(skv_cache *c);

@@ -9,6 +9,7 @@ const skvi_part skvi_parts[] = {
     {"key statistics", NULL, NULL, skvi_stats_alloc, skvi_stats_copy, skvi_stats_release},
     {"SnapKV windows", NULL, NULL, NULL, skvi_snap_copy, skvi_snap_release},
     {"observed attention", NULL, NULL, NULL, skvi_obs_copy, skvi_obs_release},
+    {"kept scores", NULL, NULL, NULL, skvi_kept_scores_copy, skvi_kept_scores_release},
     {"HeteroCache", skvi_hetero_cache_init, skvi_hetero_cache_release, NULL, NULL, skvi_hetero_seq_release},
     {"RDR", skvi_rdr_init, skvi_rdr_release, NULL, NULL, NULL},
 };

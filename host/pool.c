@@ -30,6 +30,7 @@ void skvi_pool_release(skv_cache *c, skvi_pool *p)
         clReleaseMemObject(p->chunk[i]);
     skvi_free(c->ctx->alloc, p->free_ids);
     skvi_free(c->ctx->alloc, p->refs);
+    skvi_free(c->ctx->alloc, p->gen);
     memset(p, 0, sizeof *p);
 }
 
@@ -49,11 +50,13 @@ static skv_status grow(skv_cache *c, skvi_pool *p)
     if (!p->refs) { /* id bookkeeping for every chunk the pool may ever have */
         size_t max_ids = (size_t)p->pages_per_chunk * SKVI_POOL_MAX_CHUNKS;
         p->refs = skvi_calloc(ctx->alloc, max_ids, sizeof *p->refs);
+        p->gen = skvi_calloc(ctx->alloc, max_ids, sizeof *p->gen);
         p->free_ids = skvi_calloc(ctx->alloc, max_ids, sizeof *p->free_ids);
-        if (!p->refs || !p->free_ids) {
+        if (!p->refs || !p->gen || !p->free_ids) {
             skvi_free(ctx->alloc, p->refs);
+            skvi_free(ctx->alloc, p->gen);
             skvi_free(ctx->alloc, p->free_ids);
-            p->refs = p->free_ids = NULL;
+            p->refs = p->gen = p->free_ids = NULL;
             return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "page pool: out of host memory");
         }
     }
@@ -94,6 +97,7 @@ uint32_t skvi_pool_take(skvi_pool *p)
 {
     uint32_t id = p->free_ids[--p->n_free];
     p->refs[id] = 1;
+    p->gen[id]++;
     p->used++;
     return id;
 }

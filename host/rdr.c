@@ -34,6 +34,7 @@ typedef struct lh_plan {
     int active;         /* RDR compresses this (layer, kv-head) */
     float *score, *ksq; /* [n], read back (plan_read) until the candidates are made */
     int32_t *pos;
+    int kept;           /* the scores go to the list's kept scores once read (score_cache.c) */
     uint64_t budget;    /* its bytes */
     skv_rdr_problem pr; /* the candidates (pr.n of them) */
     skv_rdr_item *items;
@@ -65,10 +66,8 @@ static skv_status plan_read(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t 
     lp->choice = skvi_calloc(a, held ? held : 1, sizeof *lp->choice);
     if (!lp->src || !lp->final || !lp->score || !lp->ksq || !lp->pos || !lp->items || !lp->item_of || !lp->choice)
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
-    size_t cnt;
     int deferred = 0;
-    skv_status st = held ? skvi_scores(c, seq, layer, head, c->desc.scorer, lp->score, held, &cnt, lp->ksq, &deferred)
-                         : SKV_OK;
+    skv_status st = held ? skvi_scores_rdr(c, seq, layer, head, lp->score, lp->ksq, held, &deferred, &lp->kept) : SKV_OK;
     c->compress_waits += held && !deferred; /* that scorer read its scores back with a wait */
     if (st == SKV_OK && held)
         st = skvi_positions_enqueue(c, s, layer, head, lp->pos);
@@ -158,7 +157,8 @@ static skv_status plan_prepare(skv_cache *c, skvi_seq *s, uint32_t layer, uint32
         pr.budget = budget > floor_bytes ? budget : floor_bytes;
         lp->pr = pr;
     }
-    plan_unread(c, lp);
+    skvi_free(c->ctx->alloc, lp->pos); /* the scores stay for the kept scores (keep_scores) */
+    lp->pos = NULL;
     return st;
 }
 
@@ -188,6 +188,32 @@ static skv_status plan_finish(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
         if (lp->rebuild[t] && !loses[t])
             lp->keep[t] = skvi_seq_list(c, s, layer, head, (skv_tier)t)->tokens / P;
     return SKV_OK;
+}
+
+/* The scores of (layer, head)'s lists as packed: a list that was not rebuilt holds its
+ * tokens as they were; a rebuilt one those already in it, then those coming in, each in
+ * cache order (the order of the packing jobs). A token that changed tier keeps the score
+ * its old code gave until the sequence's next refresh. */
+static skv_status keep_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, const lh_plan *lp)
+{
+    const skv_allocator *a = c->ctx->alloc;
+    float *sc = skvi_alloc(a, (lp->n ? lp->n : 1) * sizeof *sc), *kq = skvi_alloc(a, (lp->n ? lp->n : 1) * sizeof *kq);
+    skv_status st = sc && kq ? SKV_OK : skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
+        uint32_t d = 0;
+        for (int pass = 0; pass < 2; pass++)
+            for (uint32_t k = 0; k < lp->n; k++) {
+                const int here = lp->src[k].tier == t;
+                if ((lp->rebuild[t] ? lp->final[k] != t : !here) || here != (pass == 0))
+                    continue;
+                sc[d] = lp->score[k];
+                kq[d++] = lp->ksq[k];
+            }
+        st = skvi_kept_scores_set(c, s, layer, head, (skv_tier)t, sc, kq, d);
+    }
+    skvi_free(a, sc);
+    skvi_free(a, kq);
+    return st;
 }
 
 /* The solver of every planned (layer, kv-head) with candidates, on the device at once. */
@@ -452,7 +478,14 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         for (uint32_t l = 0; l < L; l++)
             if (only_layer == ~0u || l == only_layer)
                 s->rdr_mark[l] = s->len[l];
+        /* the scores stay with the packed lists (kept scores; a failure only means
+         * scoring every token next time) */
+        for (size_t i = 0; i < (size_t)L * H; i++)
+            if (plans[i].active && plans[i].kept && plans[i].n &&
+                keep_scores(c, s, (uint32_t)(i / H), (uint32_t)(i % H), &plans[i]) != SKV_OK)
+                skvi_kept_scores_release(c, s);
         c->compressions++;
+        s->rdr_runs++;
         /* HeteroCache: satellites to their device shares (a failed move changes nothing
          * and is retried at the next compression) */
         for (uint32_t l = 0; s->hetero && l < L; l++)

@@ -145,9 +145,11 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
 
 /* deferred (NULL: the call waits): for the key-statistics scorers with room for every
  * held token, the reads into out and energy are left in flight and *deferred set to 1;
- * the caller waits on the queue before reading them. */
+ * the caller waits on the queue before reading them. from (NULL: all): those scorers
+ * score only tokens from[t] on of each tier's list, leaving the others as they are. */
 static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer,
-                              float *out, size_t capacity, size_t *count, float *energy, int *deferred)
+                              float *out, size_t capacity, size_t *count, float *energy, int *deferred,
+                              const uint32_t *from)
 {
     if (deferred)
         *deferred = 0;
@@ -211,6 +213,10 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     uint32_t nw = 1;
     float *vecs = skvi_stats_vectors(c, s, layer, kv_head, &nw);
     const int defer = deferred && capacity >= held && held > 0; /* read straight into out, no wait */
+    if (from && !defer && held) { /* kept scores are in out already: only a deferred call reads there */
+        skvi_free(ctx->alloc, vecs);
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_scores: kept scores need a deferred call");
+    }
     float *scores = defer ? out : skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
     float *tables = NULL, *norms2 = NULL;
     if (!vecs || !scores) {
@@ -222,8 +228,10 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     size_t done = 0;
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
-        if (!l->tokens)
+        if (!l->tokens || (from && from[t] >= l->tokens)) { /* nothing, or every score kept */
+            done += l->tokens;
             continue;
+        }
         cl_int e;
         cl_mem bufs[5] = {0}; /* pages, scores, vectors or tables, norms2 (ADA), |k|^2 */
         cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
@@ -255,12 +263,13 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                     bufs[3] = clCreateBuffer(ctx->cl, ro, (nw + 1) * sizeof(float), norms2, &e);
             }
         }
-        if (st == SKV_OK && e == CL_SUCCESS) {
+        const cl_uint first = from ? from[t] : 0, n = l->tokens - first;
+        if (st == SKV_OK && e == CL_SUCCESS && n) {
             cl_kernel k = c->k_score[t];
-            cl_uint n = l->tokens;
             skvi_args a = skvi_args_begin(k, 0);
             skvi_pool_bind(&a, &c->pools[t][SKV_MEM_DEVICE]);
             skvi_arg_mem(&a, bufs[0]);
+            skvi_arg_u32(&a, first);
             skvi_arg_u32(&a, n);
             skvi_arg_u32(&a, (cl_uint)scorer);
             skvi_arg_mem(&a, bufs[2]);
@@ -279,13 +288,14 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                 st = skvi_args_fail(ctx->error, &a, "skv_seq_scores");
             else
                 e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
-            if (e == CL_SUCCESS && energy && done < capacity)
+            if (e == CL_SUCCESS && energy && done + first < capacity)
                 e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_FALSE, 0,
-                                        (n < capacity - done ? n : capacity - done) * sizeof(float), energy + done, 0,
-                                        NULL, NULL); /* in order: complete with the blocking read below */
+                                        (n < capacity - done - first ? n : capacity - done - first) * sizeof(float),
+                                        energy + done + first, 0, NULL,
+                                        NULL); /* in order: complete with the blocking read below */
             if (e == CL_SUCCESS)
                 e = clEnqueueReadBuffer(ctx->queue, bufs[1], defer ? CL_FALSE : CL_TRUE, 0, n * sizeof(float),
-                                        scores + done, 0, NULL, NULL);
+                                        scores + done + first, 0, NULL, NULL);
         }
         if (st == SKV_OK && e != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, e, "skv_seq_scores");
@@ -315,7 +325,7 @@ skv_status skv_seq_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t
     skvi_clear_error();
     if (!c)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_seq_scores: cache is NULL");
-    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count, NULL, NULL);
+    return scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, capacity, count, NULL, NULL, NULL);
 }
 
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
@@ -323,14 +333,34 @@ skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv
 {
     const int one_pass = scorer >= SKV_SCORER_KNORM && scorer <= SKV_SCORER_STREAMING;
     skv_status st =
-        scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count, one_pass ? energy : NULL, one_pass ? deferred : NULL);
+        scores_impl(c, seq, layer, kv_head, scorer, out, capacity, count, one_pass ? energy : NULL, one_pass ? deferred : NULL,
+                    NULL);
     if (deferred && !one_pass)
         *deferred = 0;
     if (st == SKV_OK && energy && !one_pass) { /* knorm = -|k| */
         size_t n = 0;
-        st = scores_impl(c, seq, layer, kv_head, SKV_SCORER_KNORM, energy, capacity, &n, NULL, NULL);
+        st = scores_impl(c, seq, layer, kv_head, SKV_SCORER_KNORM, energy, capacity, &n, NULL, NULL, NULL);
         for (size_t i = 0; st == SKV_OK && i < n && i < capacity; i++)
             energy[i] *= energy[i];
     }
+    return st;
+}
+
+skv_status skvi_scores_rdr(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, float *ksq,
+                           size_t held, int *deferred, int *kept)
+{
+    const skv_scorer scorer = c->desc.scorer;
+    *kept = 0;
+    if (!(scorer >= SKV_SCORER_KNORM && scorer <= SKV_SCORER_STREAMING)) /* the others score everything, waiting */
+        return skvi_scores(c, seq, layer, kv_head, scorer, out, held, &(size_t){0}, ksq, deferred);
+    skvi_seq *s = NULL;
+    skv_status st = skvi_seq_get(c, seq, "skv_compress", &s);
+    uint32_t from[SKV_TIER_COUNT];
+    if (st == SKV_OK)
+        st = skvi_kept_scores_load(c, s, layer, kv_head, out, ksq, from);
+    size_t count = 0;
+    if (st == SKV_OK)
+        st = scores_impl(c, seq, layer, kv_head, scorer, out, held, &count, ksq, deferred, from);
+    *kept = st == SKV_OK;
     return st;
 }

@@ -5,6 +5,13 @@
 #include "cache_internal.h"
 #include "skv_ref.h"
 
+/* test_kept_scores' bounds, from its measured spread (SKV_TEST_SEEDS=6: 6 seeds x 4
+ * compressions x 2 heads): a kept score differs from a fresh scoring by at most 0.227 of
+ * the largest |score| (tokens moved to an ADA tier keep their F16 key's score), and the
+ * tokens kept overlap a full scoring's by at least 0.9675 */
+#define KEPT_SCORE_DRIFT 0.35
+#define KEPT_SET_OVERLAP 0.93
+
 static skv_context *ctx;
 static counting_allocator counter;
 
@@ -650,6 +657,141 @@ static void test_budget_per_layer_length(void **state)
     }
 }
 
+/* Appends n tokens at positions first.. to every layer (keys as fill's). */
+static void append_at(skv_cache *c, skv_seq_id s, uint32_t n, int32_t first, test_rng *r)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
+    float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4);
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = first + (int32_t)t;
+    for (uint32_t l = 0; l < c->desc.layers; l++) {
+        for (size_t i = 0; i < (size_t)n * H * D; i++) {
+            k[i] = test_gauss(r) + (i % D == 1 ? 3.0f : 0.5f);
+            v[i] = test_gauss(r);
+        }
+        assert_ok(skv_append(c, s, l, n, SKV_F32, k, v, pos));
+    }
+    free(k), free(v), free(pos);
+}
+
+/* The positions RDR left in each tier of (layer 0, head h), as a sorted list per tier. */
+static size_t kept_positions(skv_cache *c, skv_seq_id s, uint32_t h, int32_t *out)
+{
+    size_t n = 0;
+    assert_ok(skv_seq_positions(c, s, 0, h, out, 4096, &n));
+    return n;
+}
+
+/* Kept scores (score_refresh): a compression scores only the tokens without a kept
+ * score. Those are scored exactly as a full scoring would; kept ones carry the scores of
+ * the compression that read them (they differ from a fresh scoring by the statistics'
+ * drift), and the compression's result stays close to one that scores everything: the
+ * same choice of tokens up to the measured drift. score_refresh 1 scores everything, as
+ * does every refresh-th compression. */
+static void test_kept_scores(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, D = 64, P = 16;
+    test_rng r = {41};
+    const int seeds = getenv("SKV_TEST_SEEDS") ? atoi(getenv("SKV_TEST_SEEDS")) : 1; /* more to measure the spread */
+    for (int seed = 0; seed < seeds; seed++)
+    for (uint32_t refresh = 1; refresh <= 3; refresh += 2) {
+        skv_cache_desc d = make_desc(0xF, 0.25f, 1, H, D, P);
+        d.score_refresh = refresh;
+        skv_cache *c;
+        assert_ok(skv_cache_create(ctx, &d, &c));
+        skv_seq_id s;
+        assert_ok(skv_seq_create(c, &s));
+        append_at(c, s, 700, 0, &r);
+        assert_ok(skv_compress(c, s));
+        int32_t next = 700;
+        for (uint32_t run = 1; run <= 4; run++) {
+            append_at(c, s, 61, next, &r);
+            next += 61;
+            /* a twin that keeps nothing: it scores every token */
+            skv_seq_id twin;
+            assert_ok(skv_seq_fork(c, s, &twin));
+            for (uint32_t h = 0; h < H; h++) { /* a fork keeps its parent's kept scores */
+                size_t held = 0;
+                assert_ok(skv_seq_scores(c, s, 0, h, NULL, 0, &held));
+                float *pa = malloc(held * 4), *pb = malloc(held * 4), *q = malloc(held * 4);
+                uint32_t fa[SKV_TIER_COUNT], fb[SKV_TIER_COUNT];
+                assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, pa, q, fa));
+                assert_ok(skvi_kept_scores_load(c, &c->seqs[twin], 0, h, pb, q, fb));
+                assert_memory_equal(fa, fb, sizeof fa);
+                for (int t = 0, i = 0; t < SKV_TIER_COUNT; i += skvi_seq_list(c, &c->seqs[s], 0, h, (skv_tier)t)->tokens, t++)
+                    assert_memory_equal(pa + i, pb + i, fa[t] * 4);
+                free(pa), free(pb), free(q);
+            }
+            skvi_kept_scores_release(c, &c->seqs[twin]);
+            double most = 0;
+            size_t kept_total = 0, differ = 0;
+            for (uint32_t h = 0; h < H; h++) {
+                size_t held = 0;
+                assert_ok(skv_seq_scores(c, s, 0, h, NULL, 0, &held));
+                float *full = malloc(held * 4), *inc = malloc(held * 4), *ksq = malloc(held * 4);
+                size_t n;
+                assert_ok(skv_seq_scores(c, s, 0, h, full, held, &n));
+                uint32_t from[SKV_TIER_COUNT];
+                assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, inc, ksq, from));
+                memset(inc, 0xFF, held * 4); /* poisoned: every score must be written */
+                int deferred = 0, kept = 0;
+                assert_ok(skvi_scores_rdr(c, s, 0, h, inc, ksq, held, &deferred, &kept));
+                assert_ok(skv_context_finish(ctx));
+                assert_int_equal(kept, 1);
+                const int refreshing = run % refresh == 0; /* rdr_runs == run: a new epoch */
+                double scale = 1e-30; /* the largest |score| of a fresh scoring */
+                for (size_t x = 0; x < held; x++)
+                    scale = fabs(full[x]) > scale ? fabs(full[x]) : scale;
+                size_t i = 0;
+                for (int t = 0; t < SKV_TIER_COUNT; t++) {
+                    const uint32_t tokens = skvi_seq_list(c, &c->seqs[s], 0, h, (skv_tier)t)->tokens;
+                    if (refreshing || refresh == 1)
+                        assert_int_equal(from[t], 0);
+                    for (uint32_t j = 0; j < tokens; j++, i++) {
+                        if (j >= from[t]) { /* scored now: exactly a full scoring's */
+                            if (memcmp(&inc[i], &full[i], 4) != 0)
+                                fail_msg("refresh %u run %u head %u tier %d token %u: %.9g scored now, %.9g in full",
+                                         refresh, run, h, t, j, inc[i], full[i]);
+                            continue;
+                        }
+                        kept_total++;
+                        differ += inc[i] != full[i];
+                        double e = fabs((double)inc[i] - full[i]) / scale;
+                        most = e > most ? e : most;
+                    }
+                }
+                free(full), free(inc), free(ksq);
+            }
+            printf("refresh %u run %u: %zu kept scores, %zu differ from a fresh scoring, by at most %.3g of the largest\n", refresh,
+                   run, kept_total, differ, most);
+            if (refresh > 1 && run % refresh != 0)
+                assert_true(kept_total > 0 && differ > 0); /* they are kept, and they drifted */
+            assert_true(most <= KEPT_SCORE_DRIFT);
+            assert_ok(skv_compress(c, s));
+            assert_ok(skv_compress(c, twin));
+            /* the two compressions keep nearly the same tokens */
+            for (uint32_t h = 0; h < H; h++) {
+                int32_t a[4096], b[4096];
+                size_t na = kept_positions(c, s, h, a), nb = kept_positions(c, twin, h, b), common = 0;
+                for (size_t x = 0; x < na; x++)
+                    for (size_t y = 0; y < nb; y++)
+                        common += a[x] == b[y];
+                double overlap = (double)common / (double)(na > nb ? na : nb);
+                printf("  head %u: %zu and %zu tokens kept, overlap %.4f\n", h, na, nb, overlap);
+                if (refresh == 1)
+                    assert_true(na == nb && common == na); /* everything scored: the same result */
+                else if (!(overlap >= KEPT_SET_OVERLAP))
+                    fail_msg("refresh %u run %u head %u: kept scores keep %zu tokens, a full scoring %zu, %.3f in "
+                             "common", refresh, run, h, na, nb, overlap);
+            }
+            assert_ok(skv_seq_free(c, twin));
+        }
+        skv_cache_destroy(c);
+    }
+}
+
 /* "--only PATTERN" or "--skip PATTERN" (cmocka patterns): CTest runs the bit-exact
  * tests again with other build options. */
 int main(int argc, char **argv)
@@ -659,6 +801,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_holds),
         cmocka_unit_test(test_budget_per_layer_length),
+        cmocka_unit_test(test_kept_scores),
         cmocka_unit_test(test_absolute_budget),
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),

@@ -314,6 +314,12 @@ typedef struct skv_cache_desc {
      * (0 = none); with budget_ratio, the smaller budget applies. It is split like the
      * ratio's (budget_rule), in whole F16 token equivalents per (layer, kv-head). */
     uint64_t budget_bytes;
+    /* RDR with a key-statistics scorer (knorm .. streaming) keeps each held token's score
+     * and scores only the tokens new since the last compression; every score_refresh-th
+     * compression of a sequence scores every token again, against the statistics of the
+     * moment (default 8; 1 = always every token). Between refreshes an older token's
+     * score is the one its statistics gave when it was scored. */
+    uint32_t score_refresh;
 } skv_cache_desc;
 
 /* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
