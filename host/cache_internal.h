@@ -131,9 +131,10 @@ typedef struct skvi_decode_ws {
  * |k|^2, valid while the list still starts with the same page allocations (ids and
  * generations) and the sequence's score epoch has not moved on. */
 typedef struct skvi_list_scores {
-    float *score, *ksq;   /* [cap] by token index in the list */
-    uint32_t *page, *gen; /* [cap_pages]: the pages they were read from */
-    size_t cap_score, cap_ksq, cap_page, cap_gen;
+    float *score, *ksq;   /* by token index in the list */
+    int32_t *pos;
+    uint32_t *page, *gen; /* the pages they were read from */
+    size_t cap_score, cap_ksq, cap_pos, cap_page, cap_gen;
     uint32_t tokens, n_pages;
     uint64_t epoch;
 } skvi_list_scores;
@@ -293,13 +294,13 @@ skv_status skvi_observed_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint3
 
 /* score_cache.c: the scores RDR keeps per list. load: from[t] (per tier list of
  * (layer, kv_head)) is how many leading tokens have kept scores, copied into out/ksq in
- * cache order (tier after tier). set: the scores of all n tokens of one list as it is
+ * cache order (tier after tier), with |k|^2 and positions. set: all n of one list as it is
  * now (after a compression packed it; n other than its count keeps none). A fork keeps
  * its parent's (the same statistics). */
 skv_status skvi_kept_scores_load(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, float *out, float *ksq,
-                                 uint32_t *from);
+                                 int32_t *pos, uint32_t *from);
 skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier,
-                                const float *score, const float *ksq, uint32_t n);
+                                const float *score, const float *ksq, const int32_t *pos, uint32_t n);
 skv_status skvi_kept_scores_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
 void skvi_kept_scores_release(skv_cache *c, skvi_seq *s);
 
@@ -315,10 +316,13 @@ void skvi_score_release(skv_cache *c);
 skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, skv_scorer scorer, float *out,
                        size_t capacity, size_t *count, float *energy, int *deferred);
 /* RDR's scores of every held token into out[held] and ksq[held], in flight when
- * *deferred: the key-statistics scorers score only tokens without kept scores (*kept 1;
- * skvi_kept_scores_store after the wait), the others everything (*kept 0). */
+ * *deferred: the key-statistics scorers score only tokens from[t] on of each tier's list
+ * (the others' kept scores are in out already; *kept 1), the others everything (*kept
+ * 0, from ignored). */
 skv_status skvi_scores_rdr(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, float *ksq,
-                           size_t held, int *deferred, int *kept);
+                           size_t held, const uint32_t *from, int *deferred, int *kept);
+/* Whether RDR keeps this cache's scores (the key-statistics scorers). */
+int skvi_scores_kept(const skv_cache *c);
 
 /* rdr.c: the kernels, and RDR on one layer (or all: ~0u) of a sequence; all or nothing */
 skv_status skvi_rdr_init(skv_cache *c);
@@ -383,8 +387,10 @@ skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
 /* Enqueues the reads of the positions of (layer, kv_head)'s held tokens, in cache order,
  * into out[held] without a wait (the caller waits on the compute queue; work on it that
- * wrote the pages came first, and moves of the pages must be complete or waited for). */
-skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out);
+ * wrote the pages came first, and moves of the pages must be complete or waited for).
+ * from (NULL: all): each tier's list from token from[t] on, out's other entries kept. */
+skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out,
+                                  const uint32_t *from);
 /* Unreferences the pages and frees everything of a sequence (its slot becomes free). */
 void skvi_seq_release(skv_cache *c, skvi_seq *s);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);

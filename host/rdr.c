@@ -66,11 +66,17 @@ static skv_status plan_read(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t 
     lp->choice = skvi_calloc(a, held ? held : 1, sizeof *lp->choice);
     if (!lp->src || !lp->final || !lp->score || !lp->ksq || !lp->pos || !lp->items || !lp->item_of || !lp->choice)
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    if (!held)
+        return SKV_OK;
+    uint32_t from[SKV_TIER_COUNT] = {0}; /* tokens with kept scores and positions, per tier list */
+    skv_status st = skvi_scores_kept(c) ? skvi_kept_scores_load(c, s, layer, head, lp->score, lp->ksq, lp->pos, from)
+                                        : SKV_OK;
     int deferred = 0;
-    skv_status st = held ? skvi_scores_rdr(c, seq, layer, head, lp->score, lp->ksq, held, &deferred, &lp->kept) : SKV_OK;
-    c->compress_waits += held && !deferred; /* that scorer read its scores back with a wait */
-    if (st == SKV_OK && held)
-        st = skvi_positions_enqueue(c, s, layer, head, lp->pos);
+    if (st == SKV_OK)
+        st = skvi_scores_rdr(c, seq, layer, head, lp->score, lp->ksq, held, from, &deferred, &lp->kept);
+    c->compress_waits += !deferred; /* that scorer read its scores back with a wait */
+    if (st == SKV_OK)
+        st = skvi_positions_enqueue(c, s, layer, head, lp->pos, lp->kept ? from : NULL);
     return st;
 }
 
@@ -198,7 +204,9 @@ static skv_status keep_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
 {
     const skv_allocator *a = c->ctx->alloc;
     float *sc = skvi_alloc(a, (lp->n ? lp->n : 1) * sizeof *sc), *kq = skvi_alloc(a, (lp->n ? lp->n : 1) * sizeof *kq);
-    skv_status st = sc && kq ? SKV_OK : skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
+    int32_t *ps = skvi_alloc(a, (lp->n ? lp->n : 1) * sizeof *ps);
+    skv_status st =
+        sc && kq && ps ? SKV_OK : skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     for (int t = 0; st == SKV_OK && t < SKV_TIER_COUNT; t++) {
         uint32_t d = 0;
         for (int pass = 0; pass < 2; pass++)
@@ -207,12 +215,14 @@ static skv_status keep_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
                 if ((lp->rebuild[t] ? lp->final[k] != t : !here) || here != (pass == 0))
                     continue;
                 sc[d] = lp->score[k];
+                ps[d] = lp->src[k].pos;
                 kq[d++] = lp->ksq[k];
             }
-        st = skvi_kept_scores_set(c, s, layer, head, (skv_tier)t, sc, kq, d);
+        st = skvi_kept_scores_set(c, s, layer, head, (skv_tier)t, sc, kq, ps, d);
     }
     skvi_free(a, sc);
     skvi_free(a, kq);
+    skvi_free(a, ps);
     return st;
 }
 

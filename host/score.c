@@ -346,21 +346,19 @@ skv_status skvi_scores(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv
     return st;
 }
 
-skv_status skvi_scores_rdr(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, float *ksq,
-                           size_t held, int *deferred, int *kept)
+int skvi_scores_kept(const skv_cache *c)
 {
-    const skv_scorer scorer = c->desc.scorer;
+    return c->desc.scorer >= SKV_SCORER_KNORM && c->desc.scorer <= SKV_SCORER_STREAMING;
+}
+
+skv_status skvi_scores_rdr(skv_cache *c, skv_seq_id seq, uint32_t layer, uint32_t kv_head, float *out, float *ksq,
+                           size_t held, const uint32_t *from, int *deferred, int *kept)
+{
     *kept = 0;
-    if (!(scorer >= SKV_SCORER_KNORM && scorer <= SKV_SCORER_STREAMING)) /* the others score everything, waiting */
-        return skvi_scores(c, seq, layer, kv_head, scorer, out, held, &(size_t){0}, ksq, deferred);
-    skvi_seq *s = NULL;
-    skv_status st = skvi_seq_get(c, seq, "skv_compress", &s);
-    uint32_t from[SKV_TIER_COUNT];
-    if (st == SKV_OK)
-        st = skvi_kept_scores_load(c, s, layer, kv_head, out, ksq, from);
+    if (!skvi_scores_kept(c)) /* the others score everything, waiting */
+        return skvi_scores(c, seq, layer, kv_head, c->desc.scorer, out, held, &(size_t){0}, ksq, deferred);
     size_t count = 0;
-    if (st == SKV_OK)
-        st = scores_impl(c, seq, layer, kv_head, scorer, out, held, &count, ksq, deferred, from);
+    skv_status st = scores_impl(c, seq, layer, kv_head, c->desc.scorer, out, held, &count, ksq, deferred, from);
     *kept = st == SKV_OK;
     return st;
 }

@@ -1,5 +1,5 @@
-/* The scores RDR keeps between compressions (skvi_list_scores): a compression scores only
- * the tokens appended since the last one. A kept score stays valid while its list still
+/* The scores RDR keeps between compressions (skvi_list_scores), with the tokens' |k|^2
+ * and positions: a compression scores and reads only the tokens new since the last one. A kept score stays valid while its list still
  * starts with the same page allocations: page contents never change while a page is held
  * (appends fill slots past the list's tokens; compaction, transcoding and moves write
  * fresh pages, and a page taken again gets a new generation). Every score_refresh-th
@@ -31,7 +31,7 @@ static uint32_t valid_prefix(const skv_cache *c, const skvi_seq *s, const skvi_p
 }
 
 skv_status skvi_kept_scores_load(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, float *out, float *ksq,
-                                 uint32_t *from)
+                                 int32_t *pos, uint32_t *from)
 {
     size_t done = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
@@ -41,6 +41,7 @@ skv_status skvi_kept_scores_load(skv_cache *c, skvi_seq *s, uint32_t layer, uint
         if (from[t]) {
             memcpy(out + done, s->kept_scores[i].score, from[t] * sizeof *out);
             memcpy(ksq + done, s->kept_scores[i].ksq, from[t] * sizeof *ksq);
+            memcpy(pos + done, s->kept_scores[i].pos, from[t] * sizeof *pos);
         }
         done += l->tokens;
     }
@@ -48,7 +49,7 @@ skv_status skvi_kept_scores_load(skv_cache *c, skvi_seq *s, uint32_t layer, uint
 }
 
 skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier,
-                                const float *score, const float *ksq, uint32_t n)
+                                const float *score, const float *ksq, const int32_t *pos, uint32_t n)
 {
     const skv_allocator *a = c->ctx->alloc;
     if (!s->kept_scores && !(s->kept_scores = skvi_calloc(a, skvi_list_count(c), sizeof *s->kept_scores)))
@@ -60,12 +61,14 @@ skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint3
         return SKV_OK; /* not this list's scores: keep none */
     if (skvi_array_reserve(a, (void **)&k->score, &k->cap_score, 0, l->tokens, sizeof *k->score, 64) != 0 ||
         skvi_array_reserve(a, (void **)&k->ksq, &k->cap_ksq, 0, l->tokens, sizeof *k->ksq, 64) != 0 ||
+        skvi_array_reserve(a, (void **)&k->pos, &k->cap_pos, 0, l->tokens, sizeof *k->pos, 64) != 0 ||
         skvi_array_reserve(a, (void **)&k->page, &k->cap_page, 0, l->n, sizeof *k->page, 16) != 0 ||
         skvi_array_reserve(a, (void **)&k->gen, &k->cap_gen, 0, l->n, sizeof *k->gen, 16) != 0)
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     if (l->tokens) {
         memcpy(k->score, score, l->tokens * sizeof *score);
         memcpy(k->ksq, ksq, l->tokens * sizeof *ksq);
+        memcpy(k->pos, pos, l->tokens * sizeof *pos);
     }
     const skvi_pool *pool = &c->pools[tier][SKV_MEM_DEVICE];
     for (uint32_t j = 0; j < l->n; j++) {
@@ -95,11 +98,13 @@ skv_status skvi_kept_scores_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *sr
             continue;
         if (skvi_array_reserve(a, (void **)&to->score, &to->cap_score, 0, from->tokens, sizeof *to->score, 64) != 0 ||
             skvi_array_reserve(a, (void **)&to->ksq, &to->cap_ksq, 0, from->tokens, sizeof *to->ksq, 64) != 0 ||
+            skvi_array_reserve(a, (void **)&to->pos, &to->cap_pos, 0, from->tokens, sizeof *to->pos, 64) != 0 ||
             skvi_array_reserve(a, (void **)&to->page, &to->cap_page, 0, from->n_pages, sizeof *to->page, 16) != 0 ||
             skvi_array_reserve(a, (void **)&to->gen, &to->cap_gen, 0, from->n_pages, sizeof *to->gen, 16) != 0)
             return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_fork: out of memory");
         memcpy(to->score, from->score, from->tokens * sizeof *to->score);
         memcpy(to->ksq, from->ksq, from->tokens * sizeof *to->ksq);
+        memcpy(to->pos, from->pos, from->tokens * sizeof *to->pos);
         if (from->n_pages) {
             memcpy(to->page, from->page, from->n_pages * sizeof *to->page);
             memcpy(to->gen, from->gen, from->n_pages * sizeof *to->gen);
@@ -117,6 +122,7 @@ void skvi_kept_scores_release(skv_cache *c, skvi_seq *s)
         skvi_list_scores *k = &s->kept_scores[i];
         skvi_free(c->ctx->alloc, k->score);
         skvi_free(c->ctx->alloc, k->ksq);
+        skvi_free(c->ctx->alloc, k->pos);
         skvi_free(c->ctx->alloc, k->page);
         skvi_free(c->ctx->alloc, k->gen);
     }

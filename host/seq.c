@@ -188,26 +188,28 @@ skv_status skv_seq_length(const skv_cache *c, skv_seq_id seq, uint32_t layer, ui
     return SKV_OK;
 }
 
-skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out)
+skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out,
+                                  const uint32_t *from)
 {
     const uint32_t P = c->desc.page_tokens;
-    size_t written = 0;
+    size_t done = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++) { /* cache order: tier by tier */
         const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
         size_t pos_offset = (size_t)(skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P) - 4ull * P);
-        for (uint32_t t0 = 0; t0 < l->tokens; t0 += P) {
-            uint32_t e = l->ids[t0 / P];
+        for (uint32_t t0 = from ? from[t] : 0; t0 < l->tokens;) {
+            uint32_t e = l->ids[t0 / P], slot = t0 % P;
             size_t off;
             cl_mem buf = skvi_pool_locate(skvi_entry_pool(c, (skv_tier)t, e), e & ~SKVI_HOST_BIT, &off);
-            size_t n = l->tokens - t0 < P ? (size_t)(l->tokens - t0) : P;
-            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset, n * 4, out + written, 0,
-                                            NULL, NULL);
+            uint32_t n = l->tokens - t0 < P - slot ? l->tokens - t0 : P - slot;
+            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset + 4ull * slot, n * 4ull,
+                                            out + done + t0, 0, NULL, NULL);
             if (e2 != CL_SUCCESS) {
                 clFinish(c->ctx->queue); /* the earlier reads write into out */
                 return skvi_cl_fail(c->ctx->error, e2, "reading positions: clEnqueueReadBuffer");
             }
-            written += n;
+            t0 += n;
         }
+        done += l->tokens;
     }
     return SKV_OK;
 }
@@ -237,7 +239,7 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_positions: out of memory");
     st = skvi_finish(c->ctx); /* appends and moves complete */
     if (st == SKV_OK)
-        st = skvi_positions_enqueue(c, s, layer, kv_head, all);
+        st = skvi_positions_enqueue(c, s, layer, kv_head, all, NULL);
     if (st == SKV_OK) {
         cl_int e = clFinish(c->ctx->queue);
         if (e != CL_SUCCESS)

@@ -717,8 +717,10 @@ static void test_kept_scores(void **state)
                 assert_ok(skv_seq_scores(c, s, 0, h, NULL, 0, &held));
                 float *pa = malloc(held * 4), *pb = malloc(held * 4), *q = malloc(held * 4);
                 uint32_t fa[SKV_TIER_COUNT], fb[SKV_TIER_COUNT];
-                assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, pa, q, fa));
-                assert_ok(skvi_kept_scores_load(c, &c->seqs[twin], 0, h, pb, q, fb));
+                int32_t *qp = malloc(held * 4);
+                assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, pa, q, qp, fa));
+                assert_ok(skvi_kept_scores_load(c, &c->seqs[twin], 0, h, pb, q, qp, fb));
+                free(qp);
                 assert_memory_equal(fa, fb, sizeof fa);
                 for (int t = 0, i = 0; t < SKV_TIER_COUNT; i += skvi_seq_list(c, &c->seqs[s], 0, h, (skv_tier)t)->tokens, t++)
                     assert_memory_equal(pa + i, pb + i, fa[t] * 4);
@@ -734,12 +736,18 @@ static void test_kept_scores(void **state)
                 size_t n;
                 assert_ok(skv_seq_scores(c, s, 0, h, full, held, &n));
                 uint32_t from[SKV_TIER_COUNT];
-                assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, inc, ksq, from));
+                int32_t *kp = malloc(held * 4), *fp = malloc(held * 4);
                 memset(inc, 0xFF, held * 4); /* poisoned: every score must be written */
+                memset(kp, 0xFF, held * 4);
+                assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, inc, ksq, kp, from));
                 int deferred = 0, kept = 0;
-                assert_ok(skvi_scores_rdr(c, s, 0, h, inc, ksq, held, &deferred, &kept));
+                assert_ok(skvi_scores_rdr(c, s, 0, h, inc, ksq, held, from, &deferred, &kept));
+                assert_ok(skvi_positions_enqueue(c, &c->seqs[s], 0, h, kp, from));
                 assert_ok(skv_context_finish(ctx));
                 assert_int_equal(kept, 1);
+                assert_ok(skv_seq_positions(c, s, 0, h, fp, held, &n)); /* kept positions are the tokens' */
+                assert_memory_equal(kp, fp, held * 4);
+                free(kp), free(fp);
                 const int refreshing = run % refresh == 0; /* rdr_runs == run: a new epoch */
                 double scale = 1e-30; /* the largest |score| of a fresh scoring */
                 for (size_t x = 0; x < held; x++)
