@@ -74,6 +74,7 @@ static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages
     uint64_t cap_rows = rows * 2 > w->cap_rows ? rows * 2 : w->cap_rows, cap_pages[SKV_TIER_COUNT];
     uint64_t words = 0;
     size_t off[SKV_TIER_COUNT][3] = {{0}};
+    uint64_t len[SKV_TIER_COUNT][3] = {{0}}; /* indptr, indices, lens; 0: tier not enabled */
     for (int t = 0; t < SKV_TIER_COUNT; t++) {
         cap_pages[t] = 0;
         if (!c->k_decode[t])
@@ -81,11 +82,11 @@ static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages
         cap_pages[t] = pages[t] * 2 > w->cap_pages[t] ? pages[t] * 2 : w->cap_pages[t];
         if (cap_pages[t] == 0)
             cap_pages[t] = 1;
-        const uint64_t len[3] = {cap_rows + 1, cap_pages[t], cap_rows};
+        len[t][0] = cap_rows + 1, len[t][1] = cap_pages[t], len[t][2] = cap_rows;
         for (int k = 0; k < 3; k++) {
             words = (words + align - 1) / align * align;
             off[t][k] = (size_t)words;
-            words += len[k];
+            words += len[t][k];
         }
     }
     const uint64_t cap_q = (q_bytes + 3) / 4 * 2 > w->cap_q ? (q_bytes + 3) / 4 * 2 : w->cap_q;
@@ -100,8 +101,7 @@ static skv_status grow_tables(skv_cache *c, uint64_t rows, const uint64_t *pages
     w->objects += e == CL_SUCCESS;
     for (int t = 0; e == CL_SUCCESS && t < SKV_TIER_COUNT; t++)
         for (int k = 0; e == CL_SUCCESS && cap_pages[t] && k < 3; k++) {
-            const uint64_t len[3] = {cap_rows + 1, cap_pages[t], cap_rows};
-            cl_buffer_region r = {off[t][k] * 4, (size_t)len[k] * 4};
+            cl_buffer_region r = {off[t][k] * 4, (size_t)len[t][k] * 4};
             w->sub[t][k] = clCreateSubBuffer(w->table, CL_MEM_READ_ONLY, CL_BUFFER_CREATE_TYPE_REGION, &r, &e);
             w->objects += e == CL_SUCCESS;
         }

@@ -147,10 +147,8 @@ skvi_args skvi_args_begin(cl_kernel k, cl_uint first);
 void skvi_arg(skvi_args *a, size_t size, const void *value);
 void skvi_arg_mem(skvi_args *a, cl_mem m);
 void skvi_arg_u32(skvi_args *a, cl_uint v);
-void skvi_arg_i32(skvi_args *a, cl_int v);
 void skvi_arg_u64(skvi_args *a, cl_ulong v);
 void skvi_arg_f32(skvi_args *a, cl_float v);
-void skvi_arg_local(skvi_args *a, size_t bytes);
 cl_int skvi_args_end(skvi_args *a);
 skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what);
 

@@ -30,11 +30,6 @@ void skvi_arg_u32(skvi_args *a, cl_uint v)
     skvi_arg(a, sizeof v, &v);
 }
 
-void skvi_arg_i32(skvi_args *a, cl_int v)
-{
-    skvi_arg(a, sizeof v, &v);
-}
-
 void skvi_arg_u64(skvi_args *a, cl_ulong v)
 {
     skvi_arg(a, sizeof v, &v);
@@ -43,11 +38,6 @@ void skvi_arg_u64(skvi_args *a, cl_ulong v)
 void skvi_arg_f32(skvi_args *a, cl_float v)
 {
     skvi_arg(a, sizeof v, &v);
-}
-
-void skvi_arg_local(skvi_args *a, size_t bytes)
-{
-    skvi_arg(a, bytes, NULL);
 }
 
 cl_int skvi_args_end(skvi_args *a)

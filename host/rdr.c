@@ -196,6 +196,14 @@ static skv_status plan_finish(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
     return SKV_OK;
 }
 
+/* Whether token k of a plan goes to tier t's list on pass `pass` of the packing order:
+ * the tokens already in the list (pass 0), then those coming in (pass 1), each in cache
+ * order. */
+static int packed_in(const lh_plan *lp, uint32_t k, int t, int pass)
+{
+    return lp->final[k] == t && (lp->src[k].tier == t) == (pass == 0);
+}
+
 /* The scores of (layer, head)'s lists as packed: a list that was not rebuilt holds its
  * tokens as they were; a rebuilt one those already in it, then those coming in, each in
  * cache order (the order of the packing jobs). A token that changed tier keeps the score
@@ -211,8 +219,7 @@ static skv_status keep_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
         uint32_t d = 0;
         for (int pass = 0; pass < 2; pass++)
             for (uint32_t k = 0; k < lp->n; k++) {
-                const int here = lp->src[k].tier == t;
-                if ((lp->rebuild[t] ? lp->final[k] != t : !here) || here != (pass == 0))
+                if (!packed_in(lp, k, t, pass)) /* a list not rebuilt: its own tokens, as they were */
                     continue;
                 sc[d] = lp->score[k];
                 ps[d] = lp->src[k].pos;
@@ -415,7 +422,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             for (int pass = 0; pass < 2; pass++)
                 for (uint32_t k = 0; k < plans[i].n; k++) {
                     const src_token *sr = &plans[i].src[k];
-                    if (plans[i].final[k] != t || (sr->tier == t) != (pass == 0))
+                    if (!packed_in(&plans[i], k, t, pass))
                         continue;
                     if (d < skip) {
                         d++;

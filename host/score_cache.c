@@ -1,6 +1,6 @@
 /* The scores RDR keeps between compressions (skvi_list_scores), with the tokens' |k|^2
- * and positions: a compression scores and reads only the tokens new since the last one. A kept score stays valid while its list still
- * starts with the same page allocations: page contents never change while a page is held
+ * and positions: a compression scores and reads only the tokens new since the last one.
+ * A kept score stays valid while its list still starts with the same page allocations: page contents never change while a page is held
  * (appends fill slots past the list's tokens; compaction, transcoding and moves write
  * fresh pages, and a page taken again gets a new generation). Every score_refresh-th
  * compression of the sequence moves its epoch on, and everything is scored again against
@@ -48,6 +48,27 @@ skv_status skvi_kept_scores_load(skv_cache *c, skvi_seq *s, uint32_t layer, uint
     return SKV_OK;
 }
 
+/* Room in k for `tokens` values and `n_pages` pages, the values copied in; k keeps
+ * nothing (tokens 0) until the caller has set its pages. -1: out of memory. */
+static int keep_values(const skv_allocator *a, skvi_list_scores *k, const float *score, const float *ksq,
+                       const int32_t *pos, uint32_t tokens, uint32_t n_pages)
+{
+    k->tokens = 0;
+    if (skvi_array_reserve(a, (void **)&k->score, &k->cap_score, 0, tokens, sizeof *k->score, 64) != 0 ||
+        skvi_array_reserve(a, (void **)&k->ksq, &k->cap_ksq, 0, tokens, sizeof *k->ksq, 64) != 0 ||
+        skvi_array_reserve(a, (void **)&k->pos, &k->cap_pos, 0, tokens, sizeof *k->pos, 64) != 0 ||
+        skvi_array_reserve(a, (void **)&k->page, &k->cap_page, 0, n_pages, sizeof *k->page, 16) != 0 ||
+        skvi_array_reserve(a, (void **)&k->gen, &k->cap_gen, 0, n_pages, sizeof *k->gen, 16) != 0)
+        return -1;
+    if (tokens) {
+        memcpy(k->score, score, tokens * sizeof *score);
+        memcpy(k->ksq, ksq, tokens * sizeof *ksq);
+        memcpy(k->pos, pos, tokens * sizeof *pos);
+    }
+    k->n_pages = n_pages;
+    return 0;
+}
+
 skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier,
                                 const float *score, const float *ksq, const int32_t *pos, uint32_t n)
 {
@@ -59,23 +80,13 @@ skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint3
     k->tokens = 0; /* nothing kept unless all of it is */
     if (n != l->tokens)
         return SKV_OK; /* not this list's scores: keep none */
-    if (skvi_array_reserve(a, (void **)&k->score, &k->cap_score, 0, l->tokens, sizeof *k->score, 64) != 0 ||
-        skvi_array_reserve(a, (void **)&k->ksq, &k->cap_ksq, 0, l->tokens, sizeof *k->ksq, 64) != 0 ||
-        skvi_array_reserve(a, (void **)&k->pos, &k->cap_pos, 0, l->tokens, sizeof *k->pos, 64) != 0 ||
-        skvi_array_reserve(a, (void **)&k->page, &k->cap_page, 0, l->n, sizeof *k->page, 16) != 0 ||
-        skvi_array_reserve(a, (void **)&k->gen, &k->cap_gen, 0, l->n, sizeof *k->gen, 16) != 0)
+    if (keep_values(a, k, score, ksq, pos, l->tokens, l->n) != 0)
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
-    if (l->tokens) {
-        memcpy(k->score, score, l->tokens * sizeof *score);
-        memcpy(k->ksq, ksq, l->tokens * sizeof *ksq);
-        memcpy(k->pos, pos, l->tokens * sizeof *pos);
-    }
     const skvi_pool *pool = &c->pools[tier][SKV_MEM_DEVICE];
     for (uint32_t j = 0; j < l->n; j++) {
         k->page[j] = l->ids[j];
         k->gen[j] = l->ids[j] & SKVI_HOST_BIT ? 0 : pool->gen[l->ids[j]];
     }
-    k->n_pages = l->n;
     k->tokens = l->tokens;
     k->epoch = epoch(c, s);
     return SKV_OK;
@@ -96,21 +107,13 @@ skv_status skvi_kept_scores_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *sr
         skvi_list_scores *to = &dst->kept_scores[i];
         if (!from->tokens || from->epoch != epoch(c, src)) /* the child's statistics are the parent's */
             continue;
-        if (skvi_array_reserve(a, (void **)&to->score, &to->cap_score, 0, from->tokens, sizeof *to->score, 64) != 0 ||
-            skvi_array_reserve(a, (void **)&to->ksq, &to->cap_ksq, 0, from->tokens, sizeof *to->ksq, 64) != 0 ||
-            skvi_array_reserve(a, (void **)&to->pos, &to->cap_pos, 0, from->tokens, sizeof *to->pos, 64) != 0 ||
-            skvi_array_reserve(a, (void **)&to->page, &to->cap_page, 0, from->n_pages, sizeof *to->page, 16) != 0 ||
-            skvi_array_reserve(a, (void **)&to->gen, &to->cap_gen, 0, from->n_pages, sizeof *to->gen, 16) != 0)
+        if (keep_values(a, to, from->score, from->ksq, from->pos, from->tokens, from->n_pages) != 0)
             return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_fork: out of memory");
-        memcpy(to->score, from->score, from->tokens * sizeof *to->score);
-        memcpy(to->ksq, from->ksq, from->tokens * sizeof *to->ksq);
-        memcpy(to->pos, from->pos, from->tokens * sizeof *to->pos);
         if (from->n_pages) {
             memcpy(to->page, from->page, from->n_pages * sizeof *to->page);
             memcpy(to->gen, from->gen, from->n_pages * sizeof *to->gen);
         }
         to->tokens = from->tokens;
-        to->n_pages = from->n_pages;
         to->epoch = from->epoch;
     }
     return SKV_OK;
