@@ -388,9 +388,10 @@ skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_
 /* Enqueues the reads of the positions of (layer, kv_head)'s held tokens, in cache order,
  * into out[held] without a wait (the caller waits on the compute queue; work on it that
  * wrote the pages came first, and moves of the pages must be complete or waited for).
- * from (NULL: all): each tier's list from token from[t] on, out's other entries kept. */
+ * from (NULL: all): each tier's list from token from[t] on, out's other entries kept;
+ * nothing past out[capacity - 1] is written. */
 skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out,
-                                  const uint32_t *from);
+                                  size_t capacity, const uint32_t *from);
 /* Unreferences the pages and frees everything of a sequence (its slot becomes free). */
 void skvi_seq_release(skv_cache *c, skvi_seq *s);
 skvi_page_list *skvi_seq_list(const skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, skv_tier tier);

@@ -76,7 +76,7 @@ static skv_status plan_read(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t 
         st = skvi_scores_rdr(c, seq, layer, head, lp->score, lp->ksq, held, from, &deferred, &lp->kept);
     c->compress_waits += !deferred; /* that scorer read its scores back with a wait */
     if (st == SKV_OK)
-        st = skvi_positions_enqueue(c, s, layer, head, lp->pos, lp->kept ? from : NULL);
+        st = skvi_positions_enqueue(c, s, layer, head, lp->pos, held, lp->kept ? from : NULL);
     return st;
 }
 

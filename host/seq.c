@@ -189,18 +189,20 @@ skv_status skv_seq_length(const skv_cache *c, skv_seq_id seq, uint32_t layer, ui
 }
 
 skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t kv_head, int32_t *out,
-                                  const uint32_t *from)
+                                  size_t capacity, const uint32_t *from)
 {
     const uint32_t P = c->desc.page_tokens;
     size_t done = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++) { /* cache order: tier by tier */
         const skvi_page_list *l = skvi_seq_list(c, s, layer, kv_head, (skv_tier)t);
         size_t pos_offset = (size_t)(skvi_tier_page_bytes((skv_tier)t, c->desc.head_dim, P) - 4ull * P);
-        for (uint32_t t0 = from ? from[t] : 0; t0 < l->tokens;) {
+        for (uint32_t t0 = from ? from[t] : 0; t0 < l->tokens && done + t0 < capacity;) {
             uint32_t e = l->ids[t0 / P], slot = t0 % P;
             size_t off;
             cl_mem buf = skvi_pool_locate(skvi_entry_pool(c, (skv_tier)t, e), e & ~SKVI_HOST_BIT, &off);
             uint32_t n = l->tokens - t0 < P - slot ? l->tokens - t0 : P - slot;
+            if (n > capacity - done - t0)
+                n = (uint32_t)(capacity - done - t0);
             cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset + 4ull * slot, n * 4ull,
                                             out + done + t0, 0, NULL, NULL);
             if (e2 != CL_SUCCESS) {
@@ -234,21 +236,13 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
     *count = held;
     if (held == 0 || capacity == 0)
         return SKV_OK;
-    int32_t *all = out;
-    if (capacity < held && !(all = skvi_alloc(c->ctx->alloc, held * sizeof *all)))
-        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_positions: out of memory");
     st = skvi_finish(c->ctx); /* appends and moves complete */
     if (st == SKV_OK)
-        st = skvi_positions_enqueue(c, s, layer, kv_head, all, NULL);
+        st = skvi_positions_enqueue(c, s, layer, kv_head, out, capacity, NULL);
     if (st == SKV_OK) {
         cl_int e = clFinish(c->ctx->queue);
         if (e != CL_SUCCESS)
             st = skvi_cl_fail(c->ctx->error, e, "skv_seq_positions: clFinish");
-    }
-    if (all != out) {
-        if (st == SKV_OK)
-            memcpy(out, all, capacity * sizeof *out);
-        skvi_free(c->ctx->alloc, all);
     }
     return st;
 }

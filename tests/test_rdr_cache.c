@@ -742,7 +742,7 @@ static void test_kept_scores(void **state)
                 assert_ok(skvi_kept_scores_load(c, &c->seqs[s], 0, h, inc, ksq, kp, from));
                 int deferred = 0, kept = 0;
                 assert_ok(skvi_scores_rdr(c, s, 0, h, inc, ksq, held, from, &deferred, &kept));
-                assert_ok(skvi_positions_enqueue(c, &c->seqs[s], 0, h, kp, from));
+                assert_ok(skvi_positions_enqueue(c, &c->seqs[s], 0, h, kp, held, from));
                 assert_ok(skv_context_finish(ctx));
                 assert_int_equal(kept, 1);
                 assert_ok(skv_seq_positions(c, s, 0, h, fp, held, &n)); /* kept positions are the tokens' */
