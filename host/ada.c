@@ -130,7 +130,10 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads;
     const size_t n_lh = (size_t)c->desc.layers * H;
     skvi_pool *f16 = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE], *tp = &c->pools[tier][SKV_MEM_DEVICE];
-    st = skvi_stats_flush(c, s); /* pending tokens are read from F16 pages: before they move */
+    st = skvi_stats_flush(c, s, ~0u); /* pending tokens are read from F16 pages: before they move */
+    /* a deferred compression must not read pages this rewrites: the sequence's next
+     * appends defer it again, after the rewrite */
+    skvi_rdr_ungate(c, s, ~0u);
     if (st != SKV_OK)
         return st;
 

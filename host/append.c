@@ -133,6 +133,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     skvi_clear_error();
     if (!c)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    skvi_rdr_run_deferred(c);
     char *err = c->ctx->error;
     skvi_seq *s = NULL;
     skv_status st = skvi_seq_get(c, seq, fn, &s);
@@ -193,6 +194,10 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     cl_event *owned = NULL;
     if (st == SKV_OK)
         st = skvi_compute_waits(c, NULL, 0, num_wait, wait_list, &n_waits, &waits, &owned);
+    /* an interop append defers the compression it makes due (rdr_defer.c), and an append
+     * to a layer with one deferred moves its gate on: both need the append's event */
+    const int gated = c->desc.retention == SKV_RETENTION_RDR && (k_mem || s->rdr_gate[layer]);
+    cl_event mine = NULL, *done = event ? event : gated ? &mine : NULL;
 
     /* Commit: the sequence changes from here; enqueue errors roll it back. */
     skvi_pool *pool = &c->pools[SKV_TIER_F16][SKV_MEM_DEVICE];
@@ -233,7 +238,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         size_t global[3] = {D, n, H};
         e = skvi_args_end(&a);
         if (e == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 3, NULL, global, NULL, n_waits, waits, event);
+            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 3, NULL, global, NULL, n_waits, waits, done);
     }
     if (st == SKV_OK && e != CL_SUCCESS) { /* roll back what was committed */
         for (uint32_t h = 0; h < committed; h++) {
@@ -271,17 +276,22 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     if (pos)
         clReleaseMemObject(pos);
     plan_free(c, &p);
-    /* RDR runs once recent_window + slack tokens have come since it last ran. A failure
-     * there leaves the sequence as this append made it (compression is all or nothing)
-     * and is retried on the next append; skv_compress reports it. */
-    if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR &&
-        s->len[layer] - s->rdr_mark[layer] >= (uint64_t)c->desc.recent_window + c->desc.slack) {
+    /* RDR runs once recent_window + slack tokens have come since it last ran: here, or
+     * after this append completes when deferred. A failure there leaves the sequence as
+     * this append made it (compression is all or nothing) and is retried on the next
+     * append; skv_compress reports it. */
+    const int due = st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR && skvi_rdr_due(c, s, layer);
+    if (st == SKV_OK && gated && (due || s->rdr_gate[layer])) {
+        skvi_rdr_gate(c, s, layer, *done);
+    } else if (due) {
         char saved[SKVI_ERROR_MAX];
         memcpy(saved, c->ctx->error, sizeof saved);
         skvi_compress(c, seq, s, layer);
         memcpy(c->ctx->error, saved, sizeof saved);
         skvi_clear_error();
     }
+    if (mine)
+        clReleaseEvent(mine);
     return st;
 }
 

@@ -475,6 +475,7 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
     skv_status st = check_args(c, a);
     if (st != SKV_OK)
         return st;
+    skvi_rdr_run_deferred(c);
     const uint32_t H = c->desc.kv_heads, B = a->B;
     c->ws.calls++;
 

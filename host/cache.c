@@ -105,6 +105,7 @@ skv_status skv_cache_create(skv_context *ctx, const skv_cache_desc *desc, skv_ca
     if (!c)
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_cache_create: out of memory");
     c->ctx = ctx;
+    c->rq = ctx->queue;
     c->desc = *desc;
     c->group = desc->q_heads / desc->kv_heads;
     c->budget[SKV_MEM_DEVICE] = desc->device_budget_bytes ? desc->device_budget_bytes : ctx->profile.global_mem_bytes / 2;
@@ -207,6 +208,8 @@ skv_status skv_cache_get_stats(const skv_cache *c, skv_cache_stats *out)
     out->decode_cl_objects = c->ws.objects;
     out->compressions = c->compressions;
     out->compress_host_waits = c->compress_waits;
+    out->deferred_compressions = c->deferred_runs;
+    out->deferred_pending = c->deferred;
     out->device_budget_bytes = c->budget[SKV_MEM_DEVICE];
     out->host_budget_bytes = c->budget[SKV_MEM_HOST];
     uint64_t used = 0, f16_pages = 0;

@@ -158,6 +158,7 @@ typedef struct skvi_seq {
     cl_mem *obs_acc;
     uint32_t *obs_cap;
     uint64_t *rdr_mark; /* per layer: tokens appended when RDR last ran */
+    cl_event *rdr_gate; /* per layer: the append a deferred compression waits for (NULL: none; rdr_defer.c) */
     cl_event moved;     /* the last page move of this sequence's pages (NULL: none pending) */
     skvi_hetero *hetero; /* NULL: HeteroCache does not run on the sequence */
     skvi_list_scores *kept_scores; /* [layer][kv_head][tier] (NULL until RDR first scores) */
@@ -197,6 +198,11 @@ struct skv_cache {
     size_t rdr_wg;                         /* its work-group size: 64, or what the kernel allows (>= 8) */
     uint64_t rdr_waits;                    /* solver steps (each a host wait), over every compression */
     uint64_t compressions, compress_waits; /* RDR runs; their host waits (statistics, scores, positions, steps) */
+    /* the queue compression reads, scores and solves on: the compute queue, or the
+     * context's background queue while a deferred compression runs (rdr_defer.c) */
+    cl_command_queue rq;
+    uint32_t deferred;       /* (sequence, layer)s with a deferred compression pending */
+    uint64_t deferred_runs;  /* deferred compressions that completed */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
@@ -272,8 +278,9 @@ skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
 /* Room for n more pending positions of `layer` (before an append commits). */
 skv_status skvi_stats_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);
 void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);
-/* Adds every pending token of the sequence to its statistics (reads keys back: waits). */
-skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s);
+/* Adds every pending token of `layer` (~0u: of every layer) to the statistics (reads keys
+ * back on c->rq: waits). */
+skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer);
 /* The statistics of (layer, head) as floats: rows 0..nw-1 the means (one row, the global
  * mean, unless windowed), row nw the unit mean; the caller frees them. */
 float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out);
@@ -328,6 +335,18 @@ int skvi_scores_kept(const skv_cache *c);
 skv_status skvi_rdr_init(skv_cache *c);
 void skvi_rdr_release(skv_cache *c);
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer);
+
+/* rdr_defer.c: compression deferred from skv_append_cl */
+/* Whether `layer` of the sequence is due for RDR (recent_window + slack tokens since it
+ * last ran). */
+int skvi_rdr_due(const skv_cache *c, const skvi_seq *s, uint32_t layer);
+/* The layer's deferred compression waits for `append` (retained; replaces the last). */
+void skvi_rdr_gate(skv_cache *c, skvi_seq *s, uint32_t layer, cl_event append);
+/* Drops the deferred compression of `layer` (~0u: of every layer) of the sequence. */
+void skvi_rdr_ungate(skv_cache *c, skvi_seq *s, uint32_t layer);
+/* Runs every deferred compression whose append completed (no wait on the compute
+ * queue); a failure leaves its layer as it was, to be retried at its next append. */
+void skvi_rdr_run_deferred(skv_cache *c);
 /* skv_rdr_solve_with on the device (cl/rdr.cl); the choices equal the host solver's. */
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
 /* The same for n problems of one cache (the same tiers, codec errors and rates) at once:

@@ -153,6 +153,8 @@ skv_status skv_context_create(const skv_context_desc *desc, skv_context **out)
     if (st == SKV_OK)
         st = make_queue(ctx, &ctx->transfer);
     if (st == SKV_OK)
+        st = make_queue(ctx, &ctx->background);
+    if (st == SKV_OK)
         st = skvi_tuning_load(ctx);
     if (st == SKV_OK && desc && desc->build_list)
         st = build_list_setup(ctx, desc->build_list);
@@ -295,6 +297,8 @@ skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx
     if (st == SKV_OK)
         st = make_queue(ctx, &ctx->transfer);
     if (st == SKV_OK)
+        st = make_queue(ctx, &ctx->background);
+    if (st == SKV_OK)
         st = skvi_tuning_load(ctx);
     if (st == SKV_OK && desc && desc->build_list)
         st = build_list_setup(ctx, desc->build_list);
@@ -314,10 +318,14 @@ void skv_context_destroy(skv_context *ctx)
         clFinish(ctx->queue);
     if (ctx->transfer)
         clFinish(ctx->transfer);
+    if (ctx->background)
+        clFinish(ctx->background);
     skvi_programs_release(ctx);
     skvi_tuning_release(ctx);
     if (ctx->transfer)
         clReleaseCommandQueue(ctx->transfer);
+    if (ctx->background)
+        clReleaseCommandQueue(ctx->background);
     if (ctx->queue)
         clReleaseCommandQueue(ctx->queue);
     if (ctx->cl)

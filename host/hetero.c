@@ -311,7 +311,7 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
         if (!want[j] && !(l->ids[j] & SKVI_HOST_BIT) && !in_flight(x, li, j))
             lists[n] = li, entries[n++] = j;
     if (n) {
-        st = skvi_stats_flush(c, s); /* pending statistics read device pages: before they move */
+        st = skvi_stats_flush(c, s, layer); /* pending statistics read device pages: before they move */
         if (st == SKV_OK)
             st = skvi_move_entries(c, s, lists, entries, n, SKV_MEM_HOST, 0, NULL, "HeteroCache eviction");
         if (st == SKV_OK)

@@ -49,6 +49,7 @@ struct skv_context {
     cl_context cl;
     cl_command_queue queue;    /* compute: the caller's, or ours */
     cl_command_queue transfer; /* page moves; always ours */
+    cl_command_queue background; /* deferred compressions' reads and solver steps; always ours */
     int profiling;
 
     char *cache_dir; /* NULL: program cache disabled */

@@ -206,7 +206,7 @@ static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
             size_t g[2] = {m, H};
             e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
-                e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+                e = clEnqueueNDRangeKernel(c->rq, k, 2, NULL, g, NULL, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS) {
             cl_kernel k = c->k_key_stats;
@@ -223,10 +223,10 @@ static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
             size_t g[2] = {D, H};
             e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
-                e = clEnqueueNDRangeKernel(ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+                e = clEnqueueNDRangeKernel(c->rq, k, 2, NULL, g, NULL, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS)
-            e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_TRUE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
+            e = clEnqueueReadBuffer(c->rq, bufs[4], CL_TRUE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
         if (args.err != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &args, "key statistics");
         else if (e != CL_SUCCESS)
@@ -258,10 +258,10 @@ static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
     return st;
 }
 
-skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s)
+skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer)
 {
     for (uint32_t l = 0; s->stats && l < c->desc.layers; l++)
-        if (s->pending_n[l]) {
+        if (s->pending_n[l] && (layer == ~0u || l == layer)) {
             skv_status st = flush_layer(c, s, l);
             if (st != SKV_OK)
                 return st;

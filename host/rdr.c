@@ -296,8 +296,9 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     const skv_allocator *a = ctx->alloc;
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads, L = c->desc.layers;
     for (uint32_t l = 0; s->stats && l < L; l++) /* the flush reads a layer's pending keys back: a wait */
-        c->compress_waits += s->pending_n[l] != 0;
-    skv_status st = skvi_stats_flush(c, s); /* pending statistics read F16 pages that may move */
+        c->compress_waits += s->pending_n[l] != 0 && (only_layer == ~0u || l == only_layer);
+    /* pending statistics read F16 pages that may move: those of the layers compressed */
+    skv_status st = skvi_stats_flush(c, s, only_layer);
     if (st != SKV_OK)
         return st;
     lh_plan *plans = skvi_calloc(a, (size_t)L * H, sizeof *plans);
@@ -352,7 +353,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
          * arrays of about 4M tokens at most held at once) */
         const int last = only_layer != ~0u ? l == only_layer : l + 1 == L;
         if (st == SKV_OK && (wave_tokens >= (1u << 22) || last) && wave_tokens) {
-            cl_int e = clFinish(ctx->queue);
+            cl_int e = clFinish(c->rq);
             c->compress_waits++;
             if (e != CL_SUCCESS)
                 st = skvi_cl_fail(ctx->error, e, "skv_compress: clFinish");
@@ -366,7 +367,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         }
     }
     if (st != SKV_OK) /* reads may still be writing into the plans' arrays */
-        clFinish(ctx->queue);
+        clFinish(c->rq);
     skvi_free(a, per_head);
     if (st == SKV_OK) /* every (layer, kv-head)'s solver together */
         st = solve_plans(c, plans, (size_t)L * H);
@@ -556,7 +557,10 @@ skv_status skv_compress(skv_cache *c, skv_seq_id seq)
                         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
                                          "skv_compress: pages in host memory: skv_seq_fetch them first");
             }
-    return skvi_compress(c, seq, s, ~0u);
+    st = skvi_compress(c, seq, s, ~0u);
+    if (st == SKV_OK) /* it did what the sequence's deferred compressions would */
+        skvi_rdr_ungate(c, s, ~0u);
+    return st;
 }
 
 /* RDR's kernels: the solver step (rdr_choose, work-groups of 64 where the device allows)

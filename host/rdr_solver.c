@@ -115,7 +115,7 @@ static void many_release(many_solver *m)
 static skv_status many_step(many_solver *m, const skv_rdr_search *s, uint8_t *const *choices, uint64_t *counts)
 {
     skv_cache *c = m->c;
-    cl_command_queue q = c->ctx->queue;
+    cl_command_queue q = c->rq;
     const size_t P = m->n_probs;
     for (size_t i = 0; i < P; i++)
         m->lambdas[i] = s[i].state == SKV_RDR_SEARCH_DONE ? -1.0f : s[i].lambda;

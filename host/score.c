@@ -107,9 +107,9 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
             if (e != CL_SUCCESS)
                 st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (triattention)");
             else
-                e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &gsz, NULL, 0, NULL, NULL);
+                e = clEnqueueNDRangeKernel(c->rq, k, 1, NULL, &gsz, NULL, 0, NULL, NULL);
             if (e == CL_SUCCESS)
-                e = clEnqueueReadBuffer(ctx->queue, out, CL_TRUE, 0, (size_t)G * n * 4, part, 0, NULL, NULL);
+                e = clEnqueueReadBuffer(c->rq, out, CL_TRUE, 0, (size_t)G * n * 4, part, 0, NULL, NULL);
             for (uint32_t g = 0; e == CL_SUCCESS && g < G; g++)
                 memcpy(raw + (size_t)g * held + done, part + (size_t)g * n, n * sizeof *part);
         }
@@ -206,7 +206,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         skvi_free(ctx->alloc, scores);
         return st;
     }
-    st = skvi_stats_flush(c, s);
+    st = skvi_stats_flush(c, s, layer);
     if (st != SKV_OK)
         return st;
     const uint32_t D = c->desc.head_dim;
@@ -287,14 +287,14 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             if (e != CL_SUCCESS)
                 st = skvi_args_fail(ctx->error, &a, "skv_seq_scores");
             else
-                e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+                e = clEnqueueNDRangeKernel(c->rq, k, 1, NULL, &g, NULL, 0, NULL, NULL);
             if (e == CL_SUCCESS && energy && done + first < capacity)
-                e = clEnqueueReadBuffer(ctx->queue, bufs[4], CL_FALSE, 0,
+                e = clEnqueueReadBuffer(c->rq, bufs[4], CL_FALSE, 0,
                                         (n < capacity - done - first ? n : capacity - done - first) * sizeof(float),
                                         energy + done + first, 0, NULL,
                                         NULL); /* in order: complete with the blocking read below */
             if (e == CL_SUCCESS)
-                e = clEnqueueReadBuffer(ctx->queue, bufs[1], defer ? CL_FALSE : CL_TRUE, 0, n * sizeof(float),
+                e = clEnqueueReadBuffer(c->rq, bufs[1], defer ? CL_FALSE : CL_TRUE, 0, n * sizeof(float),
                                         scores + done + first, 0, NULL, NULL);
         }
         if (st == SKV_OK && e != CL_SUCCESS)
@@ -308,7 +308,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         tables = norms2 = NULL;
     }
     if (defer && st != SKV_OK)
-        clFinish(ctx->queue); /* no read is left writing into the caller's arrays */
+        clFinish(c->rq); /* no read is left writing into the caller's arrays */
     else if (defer)
         *deferred = 1;
     else if (st == SKV_OK && capacity)

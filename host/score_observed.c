@@ -93,7 +93,7 @@ skv_status skvi_observed_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint3
     float *acc = skvi_calloc(ctx->alloc, cap ? cap : 1, sizeof *acc);
     if (!acc)
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
-    cl_int e = cap ? clEnqueueReadBuffer(ctx->queue, s->obs_acc[layer], CL_TRUE, (size_t)head * cap * sizeof(float),
+    cl_int e = cap ? clEnqueueReadBuffer(c->rq, s->obs_acc[layer], CL_TRUE, (size_t)head * cap * sizeof(float),
                                          cap * sizeof(float), acc, 0, NULL, NULL)
                    : CL_SUCCESS;
     for (size_t i = 0; e == CL_SUCCESS && i < held; i++) {

@@ -156,13 +156,13 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
         else
-            e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+            e = clEnqueueNDRangeKernel(c->rq, k, 1, NULL, &g, NULL, 0, NULL, NULL);
         clReleaseMemObject(pages);
         off += n;
     }
     if (st == SKV_OK && e == CL_SUCCESS) {
         CLBlastStatusCode b = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, rows, held, D,
-                                           1.0f / sqrtf((float)D), qb, 0, D, keys, 0, D, 0.0f, S, 0, held, &ctx->queue,
+                                           1.0f / sqrtf((float)D), qb, 0, D, keys, 0, D, 0.0f, S, 0, held, &c->rq,
                                            NULL);
         if (b != CLBlastSuccess)
             st = skvi_fail(ctx->error, SKV_ERR_OPENCL, "skv_seq_scores: CLBlastSgemm failed (%d)", (int)b);
@@ -182,7 +182,7 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
         else
-            e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+            e = clEnqueueNDRangeKernel(c->rq, k, 1, NULL, &g, NULL, 0, NULL, NULL);
     }
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_snap_vote;
@@ -201,11 +201,11 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
         else
-            e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL);
+            e = clEnqueueNDRangeKernel(c->rq, k, 1, NULL, &g, NULL, 0, NULL, NULL);
         if (e == CL_SUCCESS)
-            e = clEnqueueReadBuffer(ctx->queue, vote, CL_TRUE, 0, held * sizeof(float), votes, 0, NULL, NULL);
+            e = clEnqueueReadBuffer(c->rq, vote, CL_TRUE, 0, held * sizeof(float), votes, 0, NULL, NULL);
         if (e == CL_SUCCESS)
-            e = clEnqueueReadBuffer(ctx->queue, pos, CL_TRUE, 0, held * sizeof(int32_t), kpos, 0, NULL, NULL);
+            e = clEnqueueReadBuffer(c->rq, pos, CL_TRUE, 0, held * sizeof(int32_t), kpos, 0, NULL, NULL);
     }
     if (st == SKV_OK && e != CL_SUCCESS)
         st = skvi_cl_fail(ctx->error, e, "skv_seq_scores (snapkv)");

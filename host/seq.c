@@ -23,6 +23,9 @@ void skvi_seq_release(skv_cache *c, skvi_seq *s)
     skvi_free(c->ctx->alloc, s->len);
     skvi_free(c->ctx->alloc, s->next_pos);
     skvi_free(c->ctx->alloc, s->rdr_mark);
+    if (s->rdr_gate)
+        skvi_rdr_ungate(c, s, ~0u);
+    skvi_free(c->ctx->alloc, s->rdr_gate);
     for (size_t i = skvi_part_count; i-- > 0;)
         if (skvi_parts[i].seq_release)
             skvi_parts[i].seq_release(c, s);
@@ -83,8 +86,9 @@ static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
     s->len = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->len);
     s->next_pos = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->next_pos);
     s->rdr_mark = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->rdr_mark);
+    s->rdr_gate = skvi_calloc(c->ctx->alloc, c->desc.layers, sizeof *s->rdr_gate);
     s->lists = skvi_calloc(c->ctx->alloc, skvi_list_count(c), sizeof *s->lists);
-    int ok = s->len && s->next_pos && s->rdr_mark && s->lists;
+    int ok = s->len && s->next_pos && s->rdr_mark && s->rdr_gate && s->lists;
     for (size_t i = 0; ok && i < skvi_part_count; i++)
         ok = !skvi_parts[i].seq_init || skvi_parts[i].seq_init(c, s) == SKV_OK;
     if (!ok) {
@@ -166,6 +170,9 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
     memcpy(s->len, p->len, c->desc.layers * sizeof *s->len);
     memcpy(s->next_pos, p->next_pos, c->desc.layers * sizeof *s->next_pos);
     memcpy(s->rdr_mark, p->rdr_mark, c->desc.layers * sizeof *s->rdr_mark);
+    for (uint32_t l = 0; l < c->desc.layers; l++) /* the parent's deferred compressions are the child's too */
+        if (p->rdr_gate[l])
+            skvi_rdr_gate(c, s, l, p->rdr_gate[l]);
     if (p->moved) /* the shared pages may still be arriving */
         clRetainEvent(s->moved = p->moved);
     s->live = 1;
@@ -203,10 +210,10 @@ skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uin
             uint32_t n = l->tokens - t0 < P - slot ? l->tokens - t0 : P - slot;
             if (n > capacity - done - t0)
                 n = (uint32_t)(capacity - done - t0);
-            cl_int e2 = clEnqueueReadBuffer(c->ctx->queue, buf, CL_FALSE, off + pos_offset + 4ull * slot, n * 4ull,
+            cl_int e2 = clEnqueueReadBuffer(c->rq, buf, CL_FALSE, off + pos_offset + 4ull * slot, n * 4ull,
                                             out + done + t0, 0, NULL, NULL);
             if (e2 != CL_SUCCESS) {
-                clFinish(c->ctx->queue); /* the earlier reads write into out */
+                clFinish(c->rq); /* the earlier reads write into out */
                 return skvi_cl_fail(c->ctx->error, e2, "reading positions: clEnqueueReadBuffer");
             }
             t0 += n;

@@ -109,7 +109,7 @@ static skv_status move_pages(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
     const uint32_t P = c->desc.page_tokens;
     const skv_memory from = to == SKV_MEM_HOST ? SKV_MEM_DEVICE : SKV_MEM_HOST;
     if (to == SKV_MEM_HOST) { /* pending statistics read device pages: before they move */
-        st = skvi_stats_flush(c, s);
+        st = skvi_stats_flush(c, s, layer);
         if (st != SKV_OK)
             return st;
     }

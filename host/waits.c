@@ -66,6 +66,8 @@ skv_status skvi_finish(skv_context *ctx)
     cl_int e = clFinish(ctx->transfer);
     if (e == CL_SUCCESS)
         e = clFinish(ctx->queue);
+    if (e == CL_SUCCESS)
+        e = clFinish(ctx->background);
     return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(ctx->error, e, "clFinish");
 }
 

@@ -802,6 +802,155 @@ static void test_kept_scores(void **state)
 
 /* "--only PATTERN" or "--skip PATTERN" (cmocka patterns): CTest runs the bit-exact
  * tests again with other build options. */
+/* Caches A (skv_append: compressions run in the call) and B (skv_append_cl: deferred)
+ * given the same tokens. */
+typedef struct defer_pair {
+    skv_cache *a, *b;
+    skv_seq_id sa, sb;
+    cl_context clc;
+    cl_command_queue q;
+    test_rng r;
+} defer_pair;
+
+/* n tokens of a layer from position `first` (drawn from those two): to A in one call
+ * (to_b 0), or to B in calls of `split` tokens (0: one), the first after `wait`. */
+static void defer_append(defer_pair *p, int to_b, uint32_t layer, uint32_t n, int32_t first, uint32_t split,
+                         cl_event *wait)
+{
+    const size_t row = (size_t)p->a->desc.kv_heads * p->a->desc.head_dim;
+    float *k = malloc(n * row * 4), *v = malloc(n * row * 4);
+    int32_t *pos = malloc(n * 4);
+    test_rng r = {1000u + 7u * (uint64_t)first + layer};
+    for (size_t i = 0; i < n * row; i++)
+        k[i] = test_gauss(&r) + (i % 64 == 1 ? 3.0f : 0.5f), v[i] = test_gauss(&r);
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = first + (int32_t)t;
+    if (!to_b) {
+        assert_ok(skv_append(p->a, p->sa, layer, n, SKV_F32, k, v, pos));
+        free(k), free(v), free(pos);
+        return;
+    }
+    cl_int e;
+    cl_mem kb = clCreateBuffer(p->clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n * row * 4, k, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_mem vb = clCreateBuffer(p->clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n * row * 4, v, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    for (uint32_t done = 0; done < n;) {
+        uint32_t m = split && split < n - done ? split : n - done;
+        assert_ok(skv_append_cl(p->b, p->sb, layer, m, SKV_F32, kb, done * row * 4, vb, done * row * 4, pos + done,
+                                wait && !done ? 1 : 0, wait && !done ? wait : NULL, NULL));
+        done += m;
+    }
+    clReleaseMemObject(kb); /* the enqueued appends keep them */
+    clReleaseMemObject(vb);
+    free(k), free(v), free(pos);
+}
+
+/* Once every append completed, B decodes what A does: its deferred compressions ran, in
+ * the decode calls, on the tokens A's ran on in the appends. */
+static void defer_compare(defer_pair *p, uint64_t compressions)
+{
+    assert_int_equal(clFinish(p->q), CL_SUCCESS);
+    const uint32_t QH = p->a->desc.q_heads, D = p->a->desc.head_dim;
+    float *q = malloc((size_t)QH * D * 4), *oa = malloc((size_t)QH * D * 4), *ob = malloc((size_t)QH * D * 4);
+    for (uint32_t l = 0; l < p->a->desc.layers; l++) {
+        for (size_t i = 0; i < (size_t)QH * D; i++)
+            q[i] = test_gauss(&p->r), ob[i] = NAN;
+        assert_ok(skv_attention_decode(p->a, l, &p->sa, 1, SKV_F32, q, 0.125f, SKV_F32, oa));
+        assert_ok(skv_attention_decode(p->b, l, &p->sb, 1, SKV_F32, q, 0.125f, SKV_F32, ob));
+        for (uint32_t h = 0; h < p->a->desc.kv_heads; h++)
+            for (int t = 0; t < SKV_TIER_COUNT; t++)
+                assert_int_equal(skvi_seq_list(p->a, &p->a->seqs[p->sa], l, h, (skv_tier)t)->tokens,
+                                 skvi_seq_list(p->b, &p->b->seqs[p->sb], l, h, (skv_tier)t)->tokens);
+        for (size_t i = 0; i < (size_t)QH * D; i++)
+            if (!(fabsf(oa[i] - ob[i]) <= 1e-6f))
+                fail_msg("after %llu compressions: layer %u: output %zu: %g in the call, %g deferred",
+                         (unsigned long long)compressions, l, i, oa[i], ob[i]);
+    }
+    skv_cache_stats sa = {.struct_size = sizeof sa}, sb = {.struct_size = sizeof sb};
+    assert_ok(skv_cache_get_stats(p->a, &sa));
+    assert_ok(skv_cache_get_stats(p->b, &sb));
+    assert_int_equal(sa.compressions, compressions);
+    assert_int_equal(sb.compressions, compressions);
+    assert_int_equal(sb.deferred_compressions, compressions);
+    assert_int_equal(sb.deferred_pending, 0);
+    free(q), free(oa), free(ob);
+}
+
+/* skv_append_cl returns without a host wait when it makes RDR due: with its input gated
+ * on an unsignalled user event, the calls (and a decode queued behind them) return,
+ * nothing is compressed and nothing waited; once the event is set, the compressions run
+ * in later calls and give what compressions inside skv_append give. A later append to a
+ * layer moves its deferred compression on to include its tokens; freeing a sequence drops
+ * its deferred compressions. */
+static void test_append_cl_defers(void **state)
+{
+    (void)state;
+    const skv_scorer scorers[] = {SKV_SCORER_KEYDIFF, SKV_SCORER_OBSERVED};
+    for (size_t sc = 0; sc < sizeof scorers / sizeof scorers[0]; sc++) {
+        defer_pair p = {.r = {41 + sc}};
+        assert_ok(skv_context_cl_objects(ctx, &p.clc, NULL, &p.q, NULL));
+        skv_cache_desc d = make_desc(0xF, 0.25f, 2, 2, 64, 16);
+        d.scorer = scorers[sc];
+        d.slack = 24; /* due every 56 tokens */
+        assert_ok(skv_cache_create(ctx, &d, &p.a));
+        assert_ok(skv_cache_create(ctx, &d, &p.b));
+        assert_ok(skv_seq_create(p.a, &p.sa));
+        assert_ok(skv_seq_create(p.b, &p.sb));
+        cl_int e;
+        cl_event gate = clCreateUserEvent(p.clc, &e);
+        assert_int_equal(e, CL_SUCCESS);
+        for (int b = 0; b < 2; b++) /* 100 tokens: due in each layer's append; A's first (B's queue behind the gate) */
+            for (uint32_t l = 0; l < 2; l++)
+                defer_append(&p, b, l, 100, 0, 0, b && l == 0 ? &gate : NULL);
+        const size_t QD = (size_t)d.q_heads * d.head_dim;
+        float *q = calloc(QD, 4);
+        cl_mem qb = clCreateBuffer(p.clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, QD * 4, q, &e);
+        cl_mem ob = clCreateBuffer(p.clc, CL_MEM_READ_WRITE, QD * 4, NULL, &e);
+        /* a decode queued behind them returns too (not with observed attention: it would
+         * observe what A's compressions did not) */
+        cl_event decoded = NULL;
+        if (scorers[sc] != SKV_SCORER_OBSERVED) {
+            assert_ok(
+                skv_attention_decode_cl(p.b, 1, &p.sb, 1, SKV_F32, qb, 0, 0.125f, SKV_F32, ob, 0, 0, NULL, &decoded));
+            cl_int status = CL_COMPLETE;
+            assert_int_equal(clGetEventInfo(decoded, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL),
+                             CL_SUCCESS);
+            assert_true(status > CL_COMPLETE); /* all of it waits for the gate */
+        }
+        skv_cache_stats st = {.struct_size = sizeof st};
+        assert_ok(skv_cache_get_stats(p.b, &st));
+        assert_int_equal(st.compressions, 0);
+        assert_int_equal(st.compress_host_waits, 0);
+        assert_int_equal(st.deferred_pending, 2);
+        assert_int_equal(clSetUserEventStatus(gate, CL_COMPLETE), CL_SUCCESS);
+        defer_compare(&p, 2);
+        /* 70 tokens, to B as 60 (due) + 10 behind a gate: its compression moves on to the 10 */
+        cl_event gate2 = clCreateUserEvent(p.clc, &e);
+        for (int b = 0; b < 2; b++)
+            for (uint32_t l = 0; l < 2; l++)
+                defer_append(&p, b, l, 70, 100, 60, b && l == 0 ? &gate2 : NULL);
+        assert_int_equal(clSetUserEventStatus(gate2, CL_COMPLETE), CL_SUCCESS);
+        clReleaseEvent(gate2);
+        defer_compare(&p, 4);
+        for (uint32_t l = 0; l < 2; l++)
+            defer_append(&p, 1, l, 60, 170, 0, NULL);
+        assert_ok(skv_cache_get_stats(p.b, &st));
+        assert_true(st.deferred_pending <= 2);
+        assert_ok(skv_seq_free(p.b, p.sb));
+        assert_ok(skv_cache_get_stats(p.b, &st));
+        assert_int_equal(st.deferred_pending, 0);
+        if (decoded)
+            clReleaseEvent(decoded);
+        clReleaseEvent(gate);
+        clReleaseMemObject(qb);
+        clReleaseMemObject(ob);
+        free(q);
+        skv_cache_destroy(p.a);
+        skv_cache_destroy(p.b);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (test_filter_args(argc, argv) != 0)
@@ -813,6 +962,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_absolute_budget),
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
+        cmocka_unit_test(test_append_cl_defers),
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),

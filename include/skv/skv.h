@@ -448,9 +448,15 @@ typedef struct skv_cache_stats {
      * of all compressions: one per layer whose pending key statistics are read back; one
      * per wave of layers (up to ~4M held tokens) for their scores and positions, plus one
      * per (layer, kv-head) whose scorer waits itself (SnapKV, TriAttention, observed);
-     * one per step of the solver, which runs every (layer, kv-head) together */
+     * one per step of the solver, which runs every (layer, kv-head) together. A
+     * compression an skv_append_cl makes due is deferred (no wait in that call): it runs
+     * in a later append or decode call on the cache once the layer's last append has
+     * completed, its waits on a queue of skv's own; deferred_compressions counts those
+     * that completed (also in compressions) and deferred_pending those not yet run. */
     uint64_t compressions;
     uint64_t compress_host_waits;
+    uint64_t deferred_compressions;
+    uint32_t deferred_pending;
 } skv_cache_stats;
 
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);

@@ -1,0 +1,73 @@
+/* Compression deferred from skv_append_cl. An interop append that makes a layer due for
+ * RDR returns without waiting: the layer's compression waits for the append's event
+ * (its gate; a later append to the layer moves the gate on) and runs inside a later
+ * append or decode call on the cache, once the gate completed. Then every token of the
+ * layer is written, so the compression reads, scores and solves on the context's
+ * background queue, which holds only skv's own work and so never waits behind the
+ * caller's queue, and enqueues its packing on the compute queue, in order with the
+ * caller's work. Nothing here waits on the compute queue. */
+#include <string.h>
+
+#include "cache_internal.h"
+
+int skvi_rdr_due(const skv_cache *c, const skvi_seq *s, uint32_t layer)
+{
+    return s->len[layer] - s->rdr_mark[layer] >= (uint64_t)c->desc.recent_window + c->desc.slack;
+}
+
+void skvi_rdr_gate(skv_cache *c, skvi_seq *s, uint32_t layer, cl_event append)
+{
+    clRetainEvent(append);
+    if (s->rdr_gate[layer])
+        clReleaseEvent(s->rdr_gate[layer]);
+    else
+        c->deferred++;
+    s->rdr_gate[layer] = append;
+}
+
+void skvi_rdr_ungate(skv_cache *c, skvi_seq *s, uint32_t layer)
+{
+    for (uint32_t l = 0; l < c->desc.layers; l++)
+        if (s->rdr_gate[l] && (layer == ~0u || l == layer)) {
+            clReleaseEvent(s->rdr_gate[l]);
+            s->rdr_gate[l] = NULL;
+            c->deferred--;
+        }
+}
+
+/* The command's execution status; an error reads as a failed command. */
+static cl_int status_of(cl_event ev)
+{
+    cl_int status = CL_QUEUED;
+    return clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) == CL_SUCCESS ? status
+                                                                                                              : -1;
+}
+
+void skvi_rdr_run_deferred(skv_cache *c)
+{
+    if (!c->deferred)
+        return;
+    skv_context *ctx = c->ctx;
+    char saved[SKVI_ERROR_MAX]; /* the caller's call reports its own errors only */
+    memcpy(saved, ctx->error, sizeof saved);
+    for (uint32_t id = 0; id < c->seq_cap && c->deferred; id++) {
+        skvi_seq *s = &c->seqs[id];
+        for (uint32_t l = 0; s->live && l < c->desc.layers; l++) {
+            if (!s->rdr_gate[l])
+                continue;
+            const cl_int status = status_of(s->rdr_gate[l]);
+            /* the append still queued or running, or pages of the sequence still moving */
+            if (status > CL_COMPLETE || (status == CL_COMPLETE && s->moved && status_of(s->moved) > CL_COMPLETE))
+                continue;
+            skvi_rdr_ungate(c, s, l);
+            if (status < 0 || !skvi_rdr_due(c, s, l)) /* a failed append; or compressed since */
+                continue;
+            c->rq = ctx->background;
+            if (skvi_compress(c, id, s, l) == SKV_OK)
+                c->deferred_runs++;
+            c->rq = ctx->queue;
+        }
+    }
+    memcpy(ctx->error, saved, sizeof saved);
+    skvi_clear_error();
+}
