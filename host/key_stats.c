@@ -140,8 +140,15 @@ static uint32_t window_of(const skv_cache *c, int32_t position)
     return (uint32_t)position / c->desc.score_window;
 }
 
-/* One layer's pending tokens into the statistics. */
-static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
+/* One layer's flush: its pending tokens' key sums (per head and window) read into out. */
+typedef struct flush_job {
+    uint32_t layer, m, w_lo, nw;
+    uint32_t *win; /* [m]: each token's window - w_lo */
+    float *out;    /* [H][nw][2][D] */
+} flush_job;
+
+/* Enqueues one layer's flush, its read left in flight into job->out. */
+static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush_job *job)
 {
     const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim, P = c->desc.page_tokens, m = s->pending_n[layer];
     const skv_allocator *a = c->ctx->alloc;
@@ -226,47 +233,70 @@ static skv_status flush_layer(skv_cache *c, skvi_seq *s, uint32_t layer)
                 e = clEnqueueNDRangeKernel(c->rq, k, 2, NULL, g, NULL, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS)
-            e = clEnqueueReadBuffer(c->rq, bufs[4], CL_TRUE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
+            e = clEnqueueReadBuffer(c->rq, bufs[4], CL_FALSE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);
         if (args.err != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &args, "key statistics");
         else if (e != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, e, "key statistics");
     }
-    if (st == SKV_OK) { /* commit */
-        for (uint32_t h = 0; h < H; h++) {
-            skvi_key_stats *k = &s->stats[(size_t)layer * H + h];
-            for (uint32_t w = 0; w < nw; w++) {
-                const float *o = out + ((size_t)h * nw + w) * 2 * D;
-                for (uint32_t d = 0; d < D; d++) {
-                    k->sum[(size_t)(w_lo + w) * D + d] += o[d];
-                    k->sum_unit[(size_t)(w_lo + w) * D + d] += o[D + d];
-                }
-            }
-            for (uint32_t t = 0; t < m; t++)
-                k->count[w_lo + win[t]]++;
-        }
-        s->pending_n[layer] = 0;
-    }
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 5; i++) /* the enqueued commands keep what they use */
         if (bufs[i])
             clReleaseMemObject(bufs[i]);
     skvi_free(a, pages);
     skvi_free(a, tokens);
-    skvi_free(a, win);
-    skvi_free(a, out);
+    *job = (flush_job){layer, m, w_lo, nw, win, out};
     (void)P;
     return st;
 }
 
+/* A completed flush into the statistics. */
+static void flush_commit(skv_cache *c, skvi_seq *s, const flush_job *job)
+{
+    const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
+    for (uint32_t h = 0; h < H; h++) {
+        skvi_key_stats *k = &s->stats[(size_t)job->layer * H + h];
+        for (uint32_t w = 0; w < job->nw; w++) {
+            const float *o = job->out + ((size_t)h * job->nw + w) * 2 * D;
+            for (uint32_t d = 0; d < D; d++) {
+                k->sum[(size_t)(job->w_lo + w) * D + d] += o[d];
+                k->sum_unit[(size_t)(job->w_lo + w) * D + d] += o[D + d];
+            }
+        }
+        for (uint32_t t = 0; t < job->m; t++)
+            k->count[job->w_lo + job->win[t]]++;
+    }
+    s->pending_n[job->layer] = 0;
+}
+
+/* Every layer's flush enqueued, then one wait, then the commits; nothing changes unless
+ * all were enqueued and completed. */
 skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer)
 {
+    const skv_allocator *a = c->ctx->alloc;
+    uint32_t n = 0;
     for (uint32_t l = 0; s->stats && l < c->desc.layers; l++)
-        if (s->pending_n[l] && (layer == ~0u || l == layer)) {
-            skv_status st = flush_layer(c, s, l);
-            if (st != SKV_OK)
-                return st;
-        }
-    return SKV_OK;
+        n += s->pending_n[l] && (layer == ~0u || l == layer);
+    if (!n)
+        return SKV_OK;
+    flush_job *jobs = skvi_calloc(a, n, sizeof *jobs);
+    if (!jobs)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    skv_status st = SKV_OK;
+    uint32_t done = 0;
+    for (uint32_t l = 0; st == SKV_OK && l < c->desc.layers; l++)
+        if (s->pending_n[l] && (layer == ~0u || l == layer))
+            st = flush_enqueue(c, s, l, &jobs[done++]);
+    cl_int e = clFinish(c->rq); /* the one wait; after a failure, no read is left writing */
+    if (st == SKV_OK && e != CL_SUCCESS)
+        st = skvi_cl_fail(c->ctx->error, e, "key statistics: clFinish");
+    for (uint32_t i = 0; st == SKV_OK && i < done; i++)
+        flush_commit(c, s, &jobs[i]);
+    for (uint32_t i = 0; i < done; i++) {
+        skvi_free(a, jobs[i].win);
+        skvi_free(a, jobs[i].out);
+    }
+    skvi_free(a, jobs);
+    return st;
 }
 
 /* The statistics vectors of (layer, head) as floats: rows 0..nw-1 the means (one row,

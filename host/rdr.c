@@ -295,8 +295,10 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     skv_context *ctx = c->ctx;
     const skv_allocator *a = ctx->alloc;
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads, L = c->desc.layers;
-    for (uint32_t l = 0; s->stats && l < L; l++) /* the flush reads a layer's pending keys back: a wait */
-        c->compress_waits += s->pending_n[l] != 0 && (only_layer == ~0u || l == only_layer);
+    int flush = 0; /* the flush reads the pending keys' sums back: one wait */
+    for (uint32_t l = 0; s->stats && l < L; l++)
+        flush |= s->pending_n[l] != 0 && (only_layer == ~0u || l == only_layer);
+    c->compress_waits += flush;
     /* pending statistics read F16 pages that may move: those of the layers compressed */
     skv_status st = skvi_stats_flush(c, s, only_layer);
     if (st != SKV_OK)

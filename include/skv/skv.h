@@ -445,7 +445,7 @@ typedef struct skv_cache_stats {
     uint64_t decode_calls;
     uint64_t decode_cl_objects;
     /* RDR compressions that completed (skv_compress and on append), and the host waits
-     * of all compressions: one per layer whose pending key statistics are read back; one
+     * of all compressions: one for the pending key statistics of every layer; one
      * per wave of layers (up to ~4M held tokens) for their scores and positions, plus one
      * per (layer, kv-head) whose scorer waits itself (SnapKV, TriAttention, observed);
      * one per step of the solver, which runs every (layer, kv-head) together. A
