@@ -194,9 +194,9 @@ struct skv_cache {
     cl_kernel k_observe[SKV_TIER_COUNT];
     cl_kernel k_logits[SKV_TIER_COUNT]; /* decode kernels that keep logits (skv_attention_logits) */
     cl_kernel k_slot_copy[SKV_TIER_COUNT]; /* RDR's compaction */
-    cl_kernel k_rdr_choose;                /* RDR's solver step on the device */
-    size_t rdr_wg;                         /* its work-group size: 64, or what the kernel allows (>= 8) */
-    uint64_t rdr_waits;                    /* solver steps (each a host wait), over every compression */
+    cl_kernel k_rdr_search;                /* RDR's solver on the device */
+    size_t rdr_wg;                         /* its work-group size: 256, or what the kernel allows (>= 8) */
+    uint64_t rdr_waits;                    /* solver launches (each a host wait), over every compression */
     uint64_t compressions, compress_waits; /* RDR runs; their host waits (statistics, scores, positions, steps) */
     /* the queue compression reads, scores and solves on: the compute queue, or the
      * context's background queue while a deferred compression runs (rdr_defer.c) */
@@ -347,10 +347,10 @@ void skvi_rdr_ungate(skv_cache *c, skvi_seq *s, uint32_t layer);
 /* Runs every deferred compression whose append completed (no wait on the compute
  * queue); a failure leaves its layer as it was, to be retried at its next append. */
 void skvi_rdr_run_deferred(skv_cache *c);
-/* skv_rdr_solve_with on the device (cl/rdr.cl); the choices equal the host solver's. */
+/* skv_rdr_solve on the device (cl/rdr.cl); the choices equal the host solver's. */
 skv_status skvi_rdr_solve_device(skv_cache *c, const skv_rdr_problem *p, uint8_t *choice, int *rc);
 /* The same for n problems of one cache (the same tiers, codec errors and rates) at once:
- * one launch and one wait per step of their searches; rcs[i] as skv_rdr_solve_with's. */
+ * one launch and one wait for all of them; rcs[i] as skv_rdr_solve_with's. */
 skv_status skvi_rdr_solve_many(skv_cache *c, const skv_rdr_problem *const *probs, uint8_t *const *choices, int *rcs,
                                size_t n);
 

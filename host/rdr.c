@@ -565,24 +565,24 @@ skv_status skv_compress(skv_cache *c, skv_seq_id seq)
     return st;
 }
 
-/* RDR's kernels: the solver step (rdr_choose, work-groups of 64 where the device allows)
+/* RDR's kernels: the solver (rdr_search, work-groups of 256 where the device allows)
  * and the transcodes between ADA tiers. */
 skv_status skvi_rdr_init(skv_cache *c)
 {
     skv_status st = SKV_OK;
     if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR)
-        st = skvi_kernel_create(c->ctx, "rdr.cl", NULL, "rdr_choose", &c->k_rdr_choose);
-    if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR) { /* work-groups of 64 where the kernel allows */
+        st = skvi_kernel_create(c->ctx, "rdr.cl", NULL, "rdr_search", &c->k_rdr_search);
+    if (st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR) { /* work-groups of 256 where the kernel allows */
         size_t wg = 0;
-        cl_int e = clGetKernelWorkGroupInfo(c->k_rdr_choose, c->ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
-        c->rdr_wg = 64;
+        cl_int e = clGetKernelWorkGroupInfo(c->k_rdr_search, c->ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+        c->rdr_wg = 256;
         while (c->rdr_wg > wg && c->rdr_wg > 8)
             c->rdr_wg /= 2;
         if (e != CL_SUCCESS)
-            st = skvi_cl_fail(c->ctx->error, e, "skv_cache_create: clGetKernelWorkGroupInfo(rdr_choose)");
+            st = skvi_cl_fail(c->ctx->error, e, "skv_cache_create: clGetKernelWorkGroupInfo(rdr_search)");
         else if (c->rdr_wg > wg) /* its per-group counts need 5 work-items, 8 as a power of two */
             st = skvi_fail(c->ctx->error, SKV_ERR_UNSUPPORTED,
-                           "skv_cache_create: rdr_choose runs at most %zu work-items per group on this device, needs 8",
+                           "skv_cache_create: rdr_search runs at most %zu work-items per group on this device, needs 8",
                            wg);
     }
     for (int f = SKV_TIER_F16 + 1; st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR && f < SKV_TIER_COUNT; f++)
@@ -601,8 +601,8 @@ skv_status skvi_rdr_init(skv_cache *c)
 
 void skvi_rdr_release(skv_cache *c)
 {
-    if (c->k_rdr_choose)
-        clReleaseKernel(c->k_rdr_choose);
+    if (c->k_rdr_search)
+        clReleaseKernel(c->k_rdr_search);
     for (int f = 0; f < SKV_TIER_COUNT; f++)
         for (int t = 0; t < SKV_TIER_COUNT; t++)
             if (c->k_transcode[f][t])

@@ -200,12 +200,13 @@ int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice)
     return downgrade_until_fits(p, choice);
 }
 
-/* Bytes without page rounding: non-increasing in lambda, so it can be bisected. */
-static double unrounded(const skv_rdr_problem *p, const uint64_t *count)
+/* Bytes without page rounding, times page_tokens (exact in integers, as cl/rdr.cl's
+ * rdr_search computes it): non-increasing in lambda, so it can be bisected. */
+static uint64_t unrounded(const skv_rdr_problem *p, const uint64_t *count)
 {
-    double b = 0;
+    uint64_t b = 0;
     for (int t = 0; t < SKV_TIER_COUNT; t++)
-        b += (double)count[t] * p->token_bytes[t];
+        b += count[t] * p->page_bytes[t];
     return b;
 }
 
@@ -305,13 +306,26 @@ static int fill(const skv_rdr_problem *p, uint8_t *choice)
     return 0;
 }
 
+int skv_rdr_finish(const skv_rdr_problem *p, uint8_t *choice)
+{
+    int rc = downgrade_until_fits(p, choice);
+    if (rc == 0)
+        rc = fill(p, choice);
+    if (rc == 0)
+        rc = skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
+    return rc;
+}
+
 /* The solver as a sequence of requests: choose(lambda) with the counts (and the choices
  * when asked) fed back. Bracket lambda (in float, the backends' arithmetic) on the
- * unrounded bytes against the budget, by factors of 4 from 1, then bisect it geometrically
- * (lambda spans many decades) until the bytes at the two ends are within a page of the
- * largest tier; lambda_lo's choice, the best that did not fit, is then finished by the
- * cheapest downgrades (page rounding makes the last steps a knapsack over whole pages),
- * and any slack goes to the best upgrades. */
+ * unrounded bytes against the budget, by factors of 4 from 1, then bisect it on the
+ * float's bit pattern, a nearly geometric midpoint (lambda spans many decades) that
+ * integer arithmetic computes the same everywhere, until the bytes at the two ends are
+ * within a page of the largest tier; lambda_lo's choice, the best that did not fit, is
+ * then finished by the cheapest downgrades (page rounding makes the last steps a
+ * knapsack over whole pages), and any slack goes to the best upgrades. Every decision
+ * is in integers or exact float operations, so cl/rdr.cl's rdr_search, which runs this
+ * whole search in one kernel, requests the same lambdas and makes the same choices. */
 enum { S_ZERO, S_HI, S_DOWN, S_UP, S_BISECT, S_FINAL, S_DONE = SKV_RDR_SEARCH_DONE };
 
 static void request(skv_rdr_search *s, int state, float lambda, int want_choice)
@@ -340,11 +354,17 @@ static void up(skv_rdr_search *s)
  * final choice at lambda_lo. */
 static void finish_bracket(skv_rdr_search *s)
 {
-    if (s->i < 64 && s->b_lo - s->b_hi > s->page) {
-        float mid = s->lo > 0.0f ? (float)sqrt((double)s->lo * (double)s->hi) : 0.5f * s->hi;
-        if (!(mid <= s->lo || mid >= s->hi)) {
-            s->x = mid;
-            request(s, S_BISECT, mid, 0);
+    if (s->i < 64 && (s->b_lo == UINT64_MAX || s->b_lo - s->b_hi > s->page)) {
+        union {
+            float f;
+            uint32_t u;
+        } lo = {s->lo}, hi = {s->hi}, mid;
+        mid.u = lo.u + (hi.u - lo.u) / 2; /* positive floats: their order is their bits' */
+        if (s->lo == 0.0f)
+            mid.f = 0.5f * s->hi;
+        if (!(mid.f <= s->lo || mid.f >= s->hi)) {
+            s->x = mid.f;
+            request(s, S_BISECT, mid.f, 0);
             return;
         }
     }
@@ -360,7 +380,7 @@ void skv_rdr_search_begin(skv_rdr_search *s, const skv_rdr_problem *p)
 
 int skv_rdr_search_step(skv_rdr_search *s, const skv_rdr_problem *p, const uint64_t *count, uint8_t *choice)
 {
-    const double b = unrounded(p, count);
+    const uint64_t b = unrounded(p, count);
     switch (s->state) {
     case S_ZERO:
         if (bytes_of(p, count) <= p->budget) {
@@ -372,11 +392,12 @@ int skv_rdr_search_step(skv_rdr_search *s, const skv_rdr_problem *p, const uint6
             s->rc = -1;
             break;
         }
-        s->target = (double)p->budget;
+        s->target = p->budget * p->page_tokens;
         s->page = 0;
         for (int t = 0; t < SKV_TIER_COUNT; t++)
-            s->page = (double)p->page_bytes[t] > s->page ? (double)p->page_bytes[t] : s->page;
-        s->lo = 0.0f, s->hi = 1.0f, s->b_lo = INFINITY;
+            s->page = p->page_bytes[t] > s->page ? p->page_bytes[t] : s->page;
+        s->page *= p->page_tokens;
+        s->lo = 0.0f, s->hi = 1.0f, s->b_lo = UINT64_MAX;
         if (b > s->target) /* else only the page rounding is over: lambda 0, then the finish */
             request(s, S_HI, s->hi, 0);
         else
@@ -422,11 +443,7 @@ int skv_rdr_search_step(skv_rdr_search *s, const skv_rdr_problem *p, const uint6
         finish_bracket(s);
         return 1;
     case S_FINAL:
-        s->rc = downgrade_until_fits(p, choice);
-        if (s->rc == 0)
-            s->rc = fill(p, choice);
-        if (s->rc == 0)
-            s->rc = skv_rdr_bytes(p, choice) <= p->budget ? 0 : -1;
+        s->rc = skv_rdr_finish(p, choice);
         break;
     default:
         s->rc = -2;

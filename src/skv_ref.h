@@ -137,12 +137,16 @@ typedef struct skv_rdr_search {
     int want_choice;
     int rc;          /* when done */
     float lo, hi, x;
-    double b_lo, b_hi, target, page;
+    uint64_t b_lo, b_hi, target, page; /* bytes times page_tokens (b_lo UINT64_MAX: none yet) */
     int i;
 } skv_rdr_search;
 #define SKV_RDR_SEARCH_DONE 6 /* state once step returned 0 */
 void skv_rdr_search_begin(skv_rdr_search *s, const skv_rdr_problem *p);
 int skv_rdr_search_step(skv_rdr_search *s, const skv_rdr_problem *p, const uint64_t *count, uint8_t *choice);
+/* The search's finish from the choices at the last lambda that did not fit: the cheapest
+ * downgrades until the budget holds, then the best upgrades into the slack; 0, -1 (does
+ * not fit), -2 (out of memory). */
+int skv_rdr_finish(const skv_rdr_problem *p, uint8_t *choice);
 /* The greedy reference: 0, -1 (does not fit), -2 (out of memory). */
 int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice);
 

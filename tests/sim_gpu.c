@@ -5,7 +5,7 @@
  *
  * Families: append_f16, ada_encode, ada_transcode, ada_query, decode_gpu (F16 and ADA,
  * with and without OBSERVE), decode_merge, observe, score_f16/score_ada, key_inv_norms,
- * key_stats, tri_f16/tri_ada, rdr_choose, slot_copy, stream_read. (SnapKV's GEMM is
+ * key_stats, tri_f16/tri_ada, rdr_search, slot_copy, stream_read. (SnapKV's GEMM is
  * CLBlast's, not skv's: not simulated.)
  *
  * Usage: sim_gpu [LANES]   LANES: also run the CPU schedule (lanes 4) after the GPU one.

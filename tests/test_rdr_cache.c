@@ -464,9 +464,9 @@ static int counting_choose(void *user, float lambda, uint8_t *choice, uint64_t *
 }
 
 /* Many problems solved together on the device (a compression's every (layer, kv-head):
- * one launch per step for all of them, each its own lambda) choose exactly what each
- * alone chooses on the host, in as many steps as the longest search; awkward sizes,
- * budgets from dropping all to keeping most, poisoned outputs. */
+ * one launch and one wait for all of their searches, however many steps the longest
+ * takes) choose exactly what each alone chooses on the host; awkward sizes, budgets from
+ * dropping all to keeping most, poisoned outputs. */
 static void test_device_solver_many(void **state)
 {
     (void)state;
@@ -504,14 +504,15 @@ static void test_device_solver_many(void **state)
     }
     const uint64_t waits = c->rdr_waits;
     assert_ok(skvi_rdr_solve_many(c, pp, dev, rc_dev, M));
-    uint32_t most = 0; /* steps: as many as the longest search alone takes */
+    uint32_t most = 0; /* the longest search's steps, all in one launch */
     for (int m = 0; m < M; m++) {
         counting_backend cb = {&probs[m], 0};
         skv_rdr_backend be = {counting_choose, &cb};
         assert_int_equal(skv_rdr_solve_with(&probs[m], &be, host[m]), skv_rdr_solve(&probs[m], host[m]));
         most = cb.calls > most ? cb.calls : most;
     }
-    assert_int_equal(c->rdr_waits - waits, most);
+    assert_int_equal(c->rdr_waits - waits, 1);
+    assert_true(most >= 10); /* the budgets make searches of many steps */
     for (int m = 0; m < M; m++) {
         int rc_host = skv_rdr_solve(&probs[m], host[m]);
         assert_int_equal(rc_dev[m], rc_host);
@@ -627,10 +628,10 @@ static void test_budget_per_layer_length(void **state)
         assert_ok(skv_cache_get_stats(c, &cs));
         assert_int_equal(cs.compressions, 1);
         /* one wait for the flush of both layers' pending key statistics, one for the
-         * scores and positions of all 2 x 2 (layer, kv-head)s, and the solver's steps (all
-         * heads together, a handful) */
-        assert_int_equal(cs.compress_host_waits, 1 + 1 + c->rdr_waits);
-        assert_true(c->rdr_waits >= 1 && c->rdr_waits <= 40);
+         * scores and positions of all 2 x 2 (layer, kv-head)s, one for the solver (all
+         * heads' searches in one launch) */
+        assert_int_equal(cs.compress_host_waits, 3);
+        assert_int_equal(c->rdr_waits, 1);
         uint64_t f16_page;
         assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &f16_page));
         for (uint32_t l = 0; l < 2; l++)
