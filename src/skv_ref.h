@@ -126,8 +126,8 @@ typedef struct skv_rdr_backend {
 int skv_rdr_solve_with(const skv_rdr_problem *p, const skv_rdr_backend *be, uint8_t *choice);
 /* The same on the host. */
 int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice);
-/* The solver as steps, for a caller that solves many problems together (host/rdr.c: one
- * launch per step for every (layer, kv-head) of a compression): after begin, evaluate
+/* The solver as steps (cl/rdr.cl's rdr_search takes the same steps on the device, every
+ * (layer, kv-head) of a compression in one launch): after begin, evaluate
  * choose(s->lambda), with the choices when s->want_choice, and pass the counts (and
  * choices) to step; step returns 1 while another request follows, 0 when done with s->rc
  * (as skv_rdr_solve_with's) and the final choices in `choice`. */
