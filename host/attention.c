@@ -478,6 +478,8 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
     skvi_rdr_run_deferred(c);
     const uint32_t H = c->desc.kv_heads, B = a->B;
     c->ws.calls++;
+    if (a->q_host) /* RDR's distortion model learns the query energy (rdr_model.c) */
+        skvi_rdr_note_queries(c, a->layer, a->q_dtype, a->q_host, B, a->scale);
 
     /* HeteroCache: arrived pages, the last drift check (retrieval); then which
      * sequences want this step's top-k (the kept logits) */

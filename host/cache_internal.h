@@ -202,6 +202,8 @@ struct skv_cache {
      * context's background queue while a deferred compression runs (rdr_defer.c) */
     cl_command_queue rq;
     uint32_t deferred;       /* (sequence, layer)s with a deferred compression pending */
+    double *q_energy;        /* RDR: per (layer, kv-head), the sum of scale^2 |q|^2 (rdr_model.c) */
+    uint64_t *q_seen;        /* and the queries summed */
     uint64_t deferred_runs;  /* deferred compressions that completed */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
@@ -335,6 +337,15 @@ int skvi_scores_kept(const skv_cache *c);
 skv_status skvi_rdr_init(skv_cache *c);
 void skvi_rdr_release(skv_cache *c);
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer);
+
+/* rdr_model.c: the key-error weight of RDR's distortion from the queries seen */
+#define SKVI_KAPPA_DEFAULT 8.0 /* kappa of a (layer, kv-head) that has seen no query */
+skv_status skvi_rdr_model_init(skv_cache *c);
+void skvi_rdr_model_release(skv_cache *c);
+/* rows x q_heads host queries of `layer` at logit scale `scale` into the running means. */
+void skvi_rdr_note_queries(skv_cache *c, uint32_t layer, skv_dtype dtype, const void *q, uint32_t rows, float scale);
+/* kappa / 2 for (layer, head) whose candidates' mean |k|^2 is mean_ksq. */
+double skvi_rdr_key_weight(const skv_cache *c, uint32_t layer, uint32_t head, double mean_ksq);
 
 /* rdr_defer.c: compression deferred from skv_append_cl */
 /* Whether `layer` of the sequence is due for RDR (recent_window + slack tokens since it

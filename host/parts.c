@@ -12,5 +12,6 @@ const skvi_part skvi_parts[] = {
     {"kept scores", NULL, NULL, NULL, skvi_kept_scores_copy, skvi_kept_scores_release},
     {"HeteroCache", skvi_hetero_cache_init, skvi_hetero_cache_release, NULL, NULL, skvi_hetero_seq_release},
     {"RDR", skvi_rdr_init, skvi_rdr_release, NULL, NULL, NULL},
+    {"RDR's distortion model", skvi_rdr_model_init, skvi_rdr_model_release, NULL, NULL, NULL},
 };
 const size_t skvi_part_count = sizeof skvi_parts / sizeof skvi_parts[0];

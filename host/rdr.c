@@ -6,8 +6,8 @@
  * Utility mapping: scores are z-scored over the candidates and u = softmax(z), an
  * estimate of each token's share of future attention (monotone in the score, so with
  * tiers {F16, drop} RDR keeps exactly the top tokens by score). Distortion of tier t:
- * u (MSE_K,t |k|^2 / mean |k|^2 + MSE_V,t) with the measured codec errors below; drop
- * costs u. */
+ * u (kappa/2 MSE_K,t |k|^2 / mean |k|^2 + MSE_V,t) with the measured codec errors below
+ * and kappa the head's logit variance (rdr_model.c); drop costs u. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -140,10 +140,11 @@ static skv_status plan_prepare(skv_cache *c, skvi_seq *s, uint32_t layer, uint32
         }
         for (uint32_t k = 0; k < n; k++)
             zsum += exp(items[k].u - zmax);
+        const double w = skvi_rdr_key_weight(c, layer, head, energy); /* rdr_model.c */
         for (uint32_t k = 0; k < n; k++) {
             items[k].u = (float)(exp(items[k].u - zmax) / zsum);
             double e = ksq[item_of[k]];
-            items[k].key_energy = (float)(energy > 0 ? e / energy : 1);
+            items[k].key_energy = (float)(w * (energy > 0 ? e / energy : 1));
         }
         pr.items = items;
         pr.n = n;

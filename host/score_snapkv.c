@@ -85,7 +85,10 @@ skv_status skv_seq_observe_window(skv_cache *c, skv_seq_id seq, uint32_t layer, 
     if (c->desc.scorer != SKV_SCORER_SNAPKV)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
                          "skv_seq_observe_window: the cache's scorer is not snapkv");
-    return snap_store(c, s, layer, n_queries, dtype, q, positions);
+    st = snap_store(c, s, layer, n_queries, dtype, q, positions);
+    if (st == SKV_OK) /* SnapKV scores at 1/sqrt(d), as attention does */
+        skvi_rdr_note_queries(c, layer, dtype, q, n_queries, 1.0f / sqrtf((float)c->desc.head_dim));
+    return st;
 }
 
 /* SnapKV for (layer, head): dense keys of every held token, S = q K^T / sqrt(d) by
