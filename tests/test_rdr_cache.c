@@ -803,6 +803,53 @@ static void test_kept_scores(void **state)
 
 /* "--only PATTERN" or "--skip PATTERN" (cmocka patterns): CTest runs the bit-exact
  * tests again with other build options. */
+/* RDR's key-error weight follows the queries the cache has seen (rdr_model.c): kappa/2
+ * with kappa = E[scale^2 |q|^2] mean|k|^2 / d, SKVI_KAPPA_DEFAULT before any; a head
+ * whose queries are strong (peaked attention: logit noise costs more) keeps fewer tokens
+ * at the low tiers than one that has seen none. */
+static void test_query_energy(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, D = 64, n = 700;
+    skv_cache *a = make(0xF, 0.25f, 1, H, D, 16), *b = make(0xF, 0.25f, 1, H, D, 16);
+    skv_seq_id sa, sb;
+    assert_ok(skv_seq_create(a, &sa));
+    assert_ok(skv_seq_create(b, &sb));
+    test_rng ra = {77}, rb = {77};
+    fill(a, sa, n, &ra, NULL, NULL);
+    fill(b, sb, n, &rb, NULL, NULL);
+    assert_true(fabs(skvi_rdr_key_weight(b, 0, 1, 3.0) - SKVI_KAPPA_DEFAULT / 2) < 1e-12);
+    /* queries of |q|^2 = D c^2 at scale 1/8, kv-head 1's twice as strong as kv-head 0's */
+    float q[4 * 64];
+    const float c0 = 0.5f, c1 = 0.5f * sqrtf(2.0f);
+    for (uint32_t i = 0; i < 4 * D; i++)
+        q[i] = (i / D < 2 ? c0 : c1) * (i % 2 ? 1.0f : -1.0f);
+    float o[4 * 64];
+    for (int step = 0; step < 3; step++)
+        assert_ok(skv_attention_decode(b, 0, &sb, 1, SKV_F32, q, 0.125f, SKV_F32, o));
+    const double m = 3.0, want0 = 0.125 * 0.125 * D * c0 * c0 * m / D / 2;
+    assert_true(fabs(skvi_rdr_key_weight(b, 0, 0, m) - want0) < 1e-9 * want0);
+    assert_true(fabs(skvi_rdr_key_weight(b, 0, 1, m) - 2 * want0) < 1e-6 * want0);
+    /* strong queries: kappa in the hundreds on these keys, against the default 8 */
+    for (uint32_t i = 0; i < 4 * D; i++)
+        q[i] *= 40.0f;
+    for (int step = 0; step < 300; step++)
+        assert_ok(skv_attention_decode(b, 0, &sb, 1, SKV_F32, q, 0.125f, SKV_F32, o));
+    assert_ok(skv_compress(a, sa));
+    assert_ok(skv_compress(b, sb));
+    for (uint32_t h = 0; h < H; h++) {
+        uint32_t low_a = 0, low_b = 0;
+        for (int t = SKV_TIER_A3V4; t < SKV_TIER_COUNT; t++) {
+            low_a += skvi_seq_list(a, &a->seqs[sa], 0, h, (skv_tier)t)->tokens;
+            low_b += skvi_seq_list(b, &b->seqs[sb], 0, h, (skv_tier)t)->tokens;
+        }
+        printf("head %u: tokens at A3V4 or A2V2: %u with no queries, %u after strong ones\n", h, low_a, low_b);
+        assert_true(low_b < low_a);
+    }
+    skv_cache_destroy(a);
+    skv_cache_destroy(b);
+}
+
 /* Caches A (skv_append: compressions run in the call) and B (skv_append_cl: deferred)
  * given the same tokens. */
 typedef struct defer_pair {
@@ -964,6 +1011,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
         cmocka_unit_test(test_append_cl_defers),
+        cmocka_unit_test(test_query_energy),
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),
