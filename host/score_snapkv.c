@@ -82,11 +82,12 @@ skv_status skv_seq_observe_window(skv_cache *c, skv_seq_id seq, uint32_t layer, 
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
                          "skv_seq_observe_window: layer %u, n_queries %u (1..4096) or dtype %d out of range", layer,
                          n_queries, (int)dtype);
-    if (c->desc.scorer != SKV_SCORER_SNAPKV)
+    if (c->desc.scorer != SKV_SCORER_SNAPKV && c->desc.retention != SKV_RETENTION_RDR)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
-                         "skv_seq_observe_window: the cache's scorer is not snapkv");
-    st = snap_store(c, s, layer, n_queries, dtype, q, positions);
-    if (st == SKV_OK) /* SnapKV scores at 1/sqrt(d), as attention does */
+                         "skv_seq_observe_window: the cache's scorer is not snapkv and it runs no RDR");
+    if (c->desc.scorer == SKV_SCORER_SNAPKV)
+        st = snap_store(c, s, layer, n_queries, dtype, q, positions);
+    if (st == SKV_OK) /* RDR's query energy (rdr_model.c), at attention's 1/sqrt(d) */
         skvi_rdr_note_queries(c, layer, dtype, q, n_queries, 1.0f / sqrtf((float)c->desc.head_dim));
     return st;
 }

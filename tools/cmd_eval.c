@@ -25,7 +25,9 @@ void usage_eval(FILE *out)
             "  1/8, 1/16 of F16 x tier sets drop (F16 or drop), ada (F16 or A3V4 or drop),\n"
             "  rdr (every tier). The query scorers see the prefill's last 64 queries: SnapKV's\n"
             "  observation window, observed attention's 64 decode steps before compression,\n"
-            "  TriAttention's query statistics (calibrated on them, RoPE inverted).\n"
+            "  TriAttention's query statistics (calibrated on them, RoPE inverted); every\n"
+            "  cell passes them to skv_seq_observe_window, so RDR's distortion model knows\n"
+            "  the query energy (README: RDR).\n"
             "  Per cell: bytes_ratio (achieved fraction of F16 bytes), out_rel_err (decode\n"
             "  output vs exact attention, relative L2, mean over 8 queries and both layers),\n"
             "  logit_rel_err (the logits decode computes for the held tokens, from their\n"
@@ -411,9 +413,10 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     for (uint32_t l = 0; l < L; l++)
         CHECK(skv_append(c, s, l, (uint32_t)tokens, SKV_F32, kall + (size_t)l * tokens * H * D,
                          vall + (size_t)l * tokens * H * D, pos));
-    /* what the query scorers see before compression: the prefill's last queries */
+    /* what the query scorers see before compression: the prefill's last queries (and
+     * RDR's distortion model, their energy, whatever the scorer) */
     const uint32_t W = e->n_window;
-    for (uint32_t l = 0; l < L && out->scorer == SKV_SCORER_SNAPKV; l++)
+    for (uint32_t l = 0; l < L && W; l++)
         CHECK(skv_seq_observe_window(c, s, l, W, SKV_F32, e->wq + (size_t)l * W * QH * D, pos + tokens - W));
     for (uint32_t l = 0; l < L && out->scorer == SKV_SCORER_OBSERVED; l++)
         for (uint32_t wi = 0; wi < W; wi++)

@@ -403,6 +403,9 @@ SKV_API skv_status skv_cache_last_decode_ms(skv_cache *cache, double *ms);
 /* SnapKV's observation window for `layer`: the last n_queries queries of the prefill,
  * q[n_queries][q_heads][head_dim] (post-RoPE, as decode takes them) at `positions`.
  * Replaces the layer's previous window; kept (host memory) until the sequence is freed.
+ * With RDR (any scorer) the queries also teach RDR's distortion model the layer's query
+ * energy, as decode calls with host queries do (README: RDR): a runtime that prefills
+ * outside skv passes its last prefill queries here before the first compression.
  * Scores: softmax(q K^T / sqrt(d)) of each window query over the keys at or before its
  * position (a CLBlast GEMM), the mean over the window and the GQA group, average-pooled
  * over 5 neighbours in position order; keys inside the window score +inf. */
