@@ -60,7 +60,7 @@ skv_status skvi_ada_init(skv_cache *c)
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_cache_create: out of memory");
     for (uint32_t l = 0; l < c->desc.layers; l++)
         for (uint32_t h = 0; h < c->desc.kv_heads; h++)
-            skv_ref_ada_signs(l, h, D, signs + ((size_t)l * c->desc.kv_heads + h) * D);
+            skv_ref_ada_signs_seeded(c->desc.rotation_seed, l, h, D, signs + ((size_t)l * c->desc.kv_heads + h) * D);
     cl_int e;
     c->signs = clCreateBuffer(ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n_signs, signs, &e);
     skvi_free(ctx->alloc, signs);

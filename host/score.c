@@ -250,7 +250,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                 st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
             } else {
                 int8_t signs[256];
-                skv_ref_ada_signs(layer, kv_head, D, signs);
+                skv_ref_ada_signs_seeded(c->desc.rotation_seed, layer, kv_head, D, signs);
                 for (uint32_t r = 0; r <= nw; r++) {
                     skv_ref_ada_query_table(&c->ada[t], signs, vecs + (size_t)r * D, tables + (size_t)r * (D / 2) * S);
                     double n2 = 0;

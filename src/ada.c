@@ -107,7 +107,13 @@ void skv_ref_ada_params_init(skv_ref_ada_params *p, uint32_t head_dim, unsigned 
 
 void skv_ref_ada_signs(uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs)
 {
-    uint64_t x = 0x5EED5EED12345678ull ^ ((uint64_t)layer << 32) ^ ((uint64_t)kv_head * 0x9E3779B97F4A7C15ull);
+    skv_ref_ada_signs_seeded(0, layer, kv_head, head_dim, signs);
+}
+
+void skv_ref_ada_signs_seeded(uint64_t seed, uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs)
+{
+    uint64_t x = 0x5EED5EED12345678ull ^ ((uint64_t)layer << 32) ^ ((uint64_t)kv_head * 0x9E3779B97F4A7C15ull) ^
+                 (seed * 0xD1B54A32D192ED03ull); /* seed 0: the built-in draw */
     for (uint32_t i = 0; i < head_dim; i += 64) {
         x += 0x9E3779B97F4A7C15ull; /* splitmix64 */
         uint64_t z = x;

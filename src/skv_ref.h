@@ -180,8 +180,11 @@ typedef struct skv_ref_ada_params {
 void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds);
 void skv_ref_ada_params_init(skv_ref_ada_params *p, uint32_t head_dim, unsigned radius_bits,
                              unsigned angle_bits);
-/* The +-1 signs of the randomized Hadamard transform for (layer, kv_head). */
+/* The +-1 signs of the randomized Hadamard transform for (layer, kv_head): the draw of
+ * rotation seed `seed` (skv_cache_desc.rotation_seed; 0 is the built-in draw, which
+ * skv_ref_ada_signs gives). */
 void skv_ref_ada_signs(uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs);
+void skv_ref_ada_signs_seeded(uint64_t seed, uint32_t layer, uint32_t kv_head, uint32_t head_dim, int8_t *signs);
 /* y = H diag(signs) x / sqrt(d), butterflies in the kernels' order. */
 void skv_ref_ada_transform(const skv_ref_ada_params *p, const int8_t *signs, const float *x, float *y);
 uint16_t skv_ref_ada_norm_code(float norm_squared);

@@ -16,7 +16,8 @@
 void usage_eval(FILE *out)
 {
     fprintf(out,
-            "usage: skv eval [--tokens N | --kv FILE] [--json FILE] [--csv FILE] [--svg FILE] [--device SEL]\n"
+            "usage: skv eval [--tokens N | --kv FILE] [--seeds N] [--json FILE] [--csv FILE] [--svg FILE]\n"
+            "                [--device SEL]\n"
             "       skv eval [--tokens N] --save-kv FILE [--save-dtype f32|f16]\n"
             "  The quality matrix on the synthetic model (2 layers, 4 kv-heads, 16 q-heads,\n"
             "  head_dim 128; default 4096 tokens, 4 single needles and 2 groups of 3 similar\n"
@@ -37,6 +38,9 @@ void usage_eval(FILE *out)
             "  value), multikey_recall (the same for the needles in groups of 3 whose keys\n"
             "  have cosine ~0.81, like RULER's multi-key NIAH: the query aimed at one must not\n"
             "  pull in its neighbours' values).\n"
+            "  --seeds N: every cell run with ADA rotation seeds 0..N-1 (skv_cache_desc.\n"
+            "  rotation_seed; default 1: seed 0, the built-in draw): each metric is the mean\n"
+            "  over the seeds, and sd (out_rel_err_sd) is out_rel_err's standard deviation.\n"
             "  --svg FILE: output error and top-32 recall vs achieved bytes, a line per method.\n"
             "  --kv FILE: the same matrix on your model's keys, values and queries (no needles:\n"
             "  needle_recall and multikey_recall are null). The file: nine little-endian uint32\n"
@@ -72,6 +76,7 @@ typedef struct cell {
     uint32_t tiers;
     double budget;
     double bytes_ratio, out_err, logit_err, topk, needles, multikey;
+    double out_sd; /* out_err's standard deviation over the rotation seeds (0 with one) */
 } cell;
 
 /* What a cell runs on: keys and values of every layer ([layer][token][kv_head][d], at
@@ -372,7 +377,7 @@ static const char *fmt_metric(char buf[32], int precision, int general, const ch
 }
 
 /* One cell: a cache, the context, compression, measurements. */
-static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
+static int run_cell(skv_context *ctx, const eval_data *e, uint64_t seed, cell *out)
 {
     const synth_model *m = e->m;
     const uint64_t tokens = e->tokens;
@@ -398,6 +403,7 @@ static int run_cell(skv_context *ctx, const eval_data *e, cell *out)
     d.rope = e->rope;
     d.query_mean = e->q_mean;
     d.query_abs = e->q_abs;
+    d.rotation_seed = seed;
     const size_t cap = tokens;
     float *lg = malloc((size_t)QH * cap * sizeof *lg);
     size_t *counts = malloc(H * sizeof *counts);
@@ -512,7 +518,7 @@ int cmd_eval(int argc, char **argv)
             return eval_late_shift(argc, argv);
     uint64_t tokens = 4096;
     int tokens_set = 0;
-    uint32_t save_dtype = 0;
+    uint32_t save_dtype = 0, seeds = 1;
     const char *json = NULL, *csv = NULL, *svg = NULL, *device = NULL, *kv_file = NULL, *save_file = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -542,6 +548,13 @@ int cmd_eval(int argc, char **argv)
             svg = v;
         } else if (strcmp(a, "--device") == 0) {
             device = v;
+        } else if (strcmp(a, "--seeds") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long n = strtoul(v, &end, 10);
+            if (errno || *end || n < 1 || n > 64)
+                return tool_usage_error(usage_eval, "eval: --seeds must be in 1..64");
+            seeds = (uint32_t)n;
         } else {
             return tool_usage_error(usage_eval, "eval: unknown option '%s'", a);
         }
@@ -595,8 +608,8 @@ int cmd_eval(int argc, char **argv)
     else
         printf("skv eval — %s (%s); synthetic model, %llu tokens\n\n", prof.name, prof.platform,
                (unsigned long long)tokens);
-    printf("%-18s %-5s %7s %8s %11s %13s %6s %7s %8s\n", "scorer", "tiers", "budget", "bytes", "out_rel_err",
-           "logit_rel_err", "top32", "needle", "multikey");
+    printf("%-18s %-5s %7s %8s %11s %9s %13s %6s %7s %8s\n", "scorer", "tiers", "budget", "bytes", "out_rel_err",
+           "sd", "logit_rel_err", "top32", "needle", "multikey");
     int n = 0, n_scorers = 0;
     for (int sc = 1; sc <= N_SCORERS; sc++)
         n_scorers += e.wq || !needs_queries(sc);
@@ -606,15 +619,28 @@ int cmd_eval(int argc, char **argv)
         for (int si = 0; si < 3; si++)
             for (int bi = 0; bi < 4; bi++) {
                 cell *c = &cells[n++];
-                *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0, 0, 0};
-                tool_progress("eval %d/%d: %s %s %.4g", n, n_scorers * 12, scorer_names[sc], sets[si].name,
-                              budgets[bi]);
-                if (run_cell(ctx, &e, c) != 0)
-                    goto done;
+                *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0, 0, 0, 0};
+                double sq = 0; /* the mean of every metric over the seeds, out_err's spread */
+                for (uint32_t seed = 0; seed < seeds; seed++) {
+                    tool_progress("eval %d/%d: %s %s %.4g, seed %u", n, n_scorers * 12, scorer_names[sc],
+                                  sets[si].name, budgets[bi], seed);
+                    cell one = *c;
+                    if (run_cell(ctx, &e, seed, &one) != 0)
+                        goto done;
+                    c->bytes_ratio += one.bytes_ratio / seeds;
+                    c->out_err += one.out_err / seeds;
+                    c->logit_err += one.logit_err / seeds;
+                    c->topk += one.topk / seeds;
+                    c->needles += one.needles / seeds;
+                    c->multikey += one.multikey / seeds;
+                    sq += one.out_err * one.out_err;
+                }
+                const double var = sq / seeds - c->out_err * c->out_err;
+                c->out_sd = seeds > 1 && var > 0 ? sqrt(var * seeds / (seeds - 1)) : 0;
                 tool_progress("");
                 char nb[32], mb[32];
-                printf("%-18s %-5s %7.4f %8.4f %11.3e %13.3e %6.3f %7s %8s\n", scorer_names[sc], c->tiers_name,
-                       c->budget, c->bytes_ratio, c->out_err, c->logit_err, c->topk,
+                printf("%-18s %-5s %7.4f %8.4f %11.3e %9.1e %13.3e %6.3f %7s %8s\n", scorer_names[sc], c->tiers_name,
+                       c->budget, c->bytes_ratio, c->out_err, c->out_sd, c->logit_err, c->topk,
                        fmt_metric(nb, 2, 0, "-", c->needles), fmt_metric(mb, 2, 0, "-", c->multikey));
                 fflush(stdout);
             }
@@ -631,7 +657,7 @@ int cmd_eval(int argc, char **argv)
     if (csv_text)
         used = (size_t)snprintf(csv_text, csv_len,
                                 "scorer,tiers,budget,bytes_ratio,out_rel_err,logit_rel_err,topk_recall,needle_recall,"
-                                "multikey_recall\n");
+                                "multikey_recall,out_rel_err_sd\n");
     for (int i = 0; i < n; i++) {
         const cell *c = &cells[i];
         char nb[32], mb[32];
@@ -641,15 +667,17 @@ int cmd_eval(int argc, char **argv)
         cJSON_AddNumberToObject(r, "budget", c->budget);
         cJSON_AddNumberToObject(r, "bytes_ratio", c->bytes_ratio);
         cJSON_AddNumberToObject(r, "out_rel_err", c->out_err);
+        cJSON_AddNumberToObject(r, "out_rel_err_sd", c->out_sd);
         cJSON_AddNumberToObject(r, "logit_rel_err", c->logit_err);
         cJSON_AddNumberToObject(r, "topk_recall", c->topk);
         add_metric(r, "needle_recall", c->needles);
         add_metric(r, "multikey_recall", c->multikey);
         cJSON_AddItemToArray(results, r);
         if (csv_text && used < csv_len)
-            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,%.6g,%.6g,%s,%s\n",
+            used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,%.6g,%.6g,%s,%s,%.6g\n",
                                      scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
-                                     c->logit_err, c->topk, fmt_metric(nb, 6, 1, "", c->needles), fmt_metric(mb, 6, 1, "", c->multikey));
+                                     c->logit_err, c->topk, fmt_metric(nb, 6, 1, "", c->needles),
+                                     fmt_metric(mb, 6, 1, "", c->multikey), c->out_sd);
     }
     rc = 0;
     if (json) {

@@ -320,6 +320,11 @@ typedef struct skv_cache_desc {
      * moment (default 8; 1 = always every token). Between refreshes an older token's
      * score is the one its statistics gave when it was scored. */
     uint32_t score_refresh;
+    /* ADA's random rotation: the Hadamard signs of every (layer, kv-head) are drawn from
+     * this seed (default 0, the built-in draw). One draw decides a lot on real keys
+     * (README: RDR), so quality comparisons average over several seeds (skv eval
+     * --seeds). Pages carry no seed: caches that exchange pages must share it. */
+    uint64_t rotation_seed;
 } skv_cache_desc;
 
 /* Zero geometry (the caller sets layers, heads, head_dim), page_tokens 64, tiers F16,
