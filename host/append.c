@@ -257,6 +257,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
                 skvi_pool_unref(pool, p.cow_old[h]); /* the sequence's reference moved to the copy */
         s->len[layer] += n;
         skvi_stats_note(c, s, layer, positions, n);
+        skvi_obs_note(c, s, layer, positions, n);
         skvi_hetero_note(c, s, layer, positions, n);
         for (uint32_t t = 0; t < n; t++)
             if ((int64_t)positions[t] + 1 > s->next_pos[layer])

@@ -452,6 +452,8 @@ static skv_status run(skv_cache *c, const decode_args *a, const decode_plan *p, 
     for (uint32_t b = 0; observe && st == SKV_OK && e == CL_SUCCESS && b < B; b++) { /* after the merge */
         skvi_seq *s = &c->seqs[a->seqs[b]];
         e = observe_rows(&oa, b, s->obs_acc[layer], s->obs_cap[layer]);
+        if (e == CL_SUCCESS) /* the step the observed scores divide by (score_observed.c) */
+            s->obs_steps[layer]++;
     }
     for (uint32_t b = 0; !a->logits_host && st == SKV_OK && e == CL_SUCCESS && b < B; b++)
         if (!repeated(a->seqs, b))

@@ -157,6 +157,8 @@ typedef struct skvi_seq {
     /* observed attention: per layer [kv_heads][cap] accumulated probability by position */
     cl_mem *obs_acc;
     uint32_t *obs_cap;
+    uint32_t **obs_from;  /* per layer [obs_cap]: obs_steps when the token at each position arrived */
+    uint32_t *obs_steps;  /* per layer: decode steps that observed the sequence */
     uint64_t *rdr_mark; /* per layer: tokens appended when RDR last ran */
     cl_event *rdr_gate; /* per layer: the append a deferred compression waits for (NULL: none; rdr_defer.c) */
     cl_event moved;     /* the last page move of this sequence's pages (NULL: none pending) */
@@ -298,6 +300,8 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
 skv_status skvi_obs_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, int64_t need);
 skv_status skvi_obs_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
 void skvi_obs_release(skv_cache *c, skvi_seq *s);
+/* An append's positions arrive at the layer's current step count (after it commits). */
+void skvi_obs_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);
 skv_status skvi_observed_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, size_t held,
                                 const int32_t *positions, float *scores);
 

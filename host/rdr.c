@@ -326,10 +326,16 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         const uint64_t cap = (uint64_t)((double)c->desc.budget_bytes / (f16_token * L * H));
         mean_tokens = cap < mean_tokens ? cap : mean_tokens;
     }
-    st = skv_budget_layers(c->desc.budget_rule == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L,
-                           mean_tokens, per_layer);
+    int pyramid = c->desc.budget_rule == SKV_BUDGET_PYRAMID;
+    st = skv_budget_layers(pyramid ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L, mean_tokens, per_layer);
+    for (uint32_t l = 0; st == SKV_OK && pyramid && l < L; l++) /* kvpress: a pyramid whose base cannot hold */
+        pyramid = per_layer[l] >= (uint64_t)c->desc.n_sink + c->desc.recent_window; /* the window is uniform */
+    if (st == SKV_OK && c->desc.budget_rule == SKV_BUDGET_PYRAMID && !pyramid)
+        st = skv_budget_layers(SKV_BUDGET_UNIFORM, L, mean_tokens, per_layer);
     for (uint32_t l = 0; st == SKV_OK && mean_len > 0 && l < L; l++) /* exact when the lengths are equal */
         per_layer[l] = (uint64_t)((double)per_layer[l] * (double)s->len[l] / mean_len);
+    if (st == SKV_OK) /* no layer's budget above what it holds: the excess to the others */
+        skvi_budget_fit(per_layer, s->len, L);
     uint64_t *per_head = skvi_calloc(a, H, sizeof *per_head);
     if (st == SKV_OK && !per_head)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");

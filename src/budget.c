@@ -42,6 +42,37 @@ skv_status skv_budget_layers(skv_budget_rule rule, uint32_t layers, uint64_t mea
     return SKV_OK;
 }
 
+void skvi_budget_fit(uint64_t *per_layer, const uint64_t *held, uint32_t layers)
+{
+    uint64_t excess = 0;
+    for (uint32_t l = 0; l < layers; l++)
+        if (per_layer[l] > held[l]) {
+            excess += per_layer[l] - held[l];
+            per_layer[l] = held[l];
+        }
+    while (excess > 0) { /* water-filling: in proportion to room, the remainder a token at a time */
+        uint64_t room = 0;
+        for (uint32_t l = 0; l < layers; l++)
+            room += held[l] - per_layer[l];
+        if (room == 0)
+            return; /* every layer full: the rest of the budget has nothing to hold */
+        uint64_t given = 0;
+        for (uint32_t l = 0; l < layers; l++) {
+            const uint64_t r = held[l] - per_layer[l];
+            const uint64_t add = (uint64_t)((double)excess * (double)r / (double)room);
+            const uint64_t take = add < r ? add : r;
+            per_layer[l] += take;
+            given += take;
+        }
+        for (uint32_t l = 0; given < excess && l < layers; l++)
+            if (per_layer[l] < held[l]) {
+                per_layer[l]++;
+                given++;
+            }
+        excess -= given;
+    }
+}
+
 typedef struct scored {
     float score;
     uint32_t head;

@@ -89,6 +89,12 @@ typedef struct skvi_tier_desc {
 
 extern const skvi_tier_desc skvi_tiers[SKV_TIER_COUNT];
 /* Bytes of keys and values per token and kv-head. */
+/* Budgets per layer fitted to what each layer holds (held[l], in the same units): a
+ * budget above its layer's holding is cut to it and the excess goes to the layers with
+ * room, in proportion to their room; what no layer can hold is dropped (PyramidKV's
+ * first layers on a short sequence). */
+void skvi_budget_fit(uint64_t *per_layer, const uint64_t *held, uint32_t layers);
+
 uint64_t skvi_tier_token_bytes(skv_tier tier, uint32_t head_dim);
 /* Bytes of one page: page_tokens slots of keys, values and positions. */
 uint64_t skvi_tier_page_bytes(skv_tier tier, uint32_t head_dim, uint32_t page_tokens);

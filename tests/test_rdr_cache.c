@@ -351,47 +351,80 @@ static void test_needles_at_one_eighth(void **state)
     skv_cache_destroy(c);
 }
 
-/* PyramidKV spreads the budget over layers (more to the first), AdaKV over heads; the
- * totals hold. */
+/* AdaKV spreads each layer's budget over its heads; every layer's total holds. */
 static void test_budget_rules(void **state)
 {
     (void)state;
-    const skv_budget_rule rules[2] = {SKV_BUDGET_PYRAMID, SKV_BUDGET_ADAKV};
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 3, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
+    d.device_budget_bytes = 32u << 20;
+    d.tiers = 0xF;
+    d.scorer = SKV_SCORER_KEYDIFF;
+    d.retention = SKV_RETENTION_RDR;
+    d.budget_ratio = 0.25f;
+    d.recent_window = 32;
+    d.slack = 1u << 30;
+    d.budget_rule = SKV_BUDGET_ADAKV;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {6};
+    const uint32_t n = 800;
+    fill(c, s, n, &r, NULL, NULL);
+    assert_ok(skv_compress(c, s));
+    uint64_t pb;
+    assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
+    const uint64_t floor_bytes = 2 * (uint64_t)((4 + 15) / 16 + (32 + 15) / 16) * pb; /* sinks + window, 2 heads */
+    const uint64_t budget = (uint64_t)(2 * (uint64_t)(0.25f * n) * ((double)pb / 16));
+    for (uint32_t l = 0; l < 3; l++) {
+        const uint64_t layer_bytes = list_bytes(c, s, l, 0) + list_bytes(c, s, l, 1);
+        printf("adakv: layer %u: %llu bytes (heads %llu, %llu)\n", l, (unsigned long long)layer_bytes,
+               (unsigned long long)list_bytes(c, s, l, 0), (unsigned long long)list_bytes(c, s, l, 1));
+        assert_true(layer_bytes <= (budget > floor_bytes ? budget : floor_bytes));
+    }
+    skv_cache_destroy(c);
+}
+
+/* PyramidKV as kvpress has it: budgets falling linearly over the layers (mean B, from
+ * 2B - B/20 to B/20), each cut to what its layer holds with the excess given to layers
+ * with room, so the whole budget is used (at 90% of 800 tokens, layer 0's 1404 would
+ * leave 604 unused: 1556 of 2160 F16 tokens kept); and uniform when the pyramid's last
+ * layer could not hold its sinks and recent window (at 25%: B/20 = 10 < 36). */
+static void test_pyramid(void **state)
+{
+    (void)state;
+    const float ratios[2] = {0.9f, 0.25f};
+    const uint32_t n = 800, L = 3;
     for (int ri = 0; ri < 2; ri++) {
-        skv_cache_desc d;
-        skv_cache_desc_init(&d);
-        d.layers = 3, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
-        d.device_budget_bytes = 32u << 20;
-        d.tiers = 0xF;
-        d.scorer = SKV_SCORER_KEYDIFF;
-        d.retention = SKV_RETENTION_RDR;
-        d.budget_ratio = 0.25f;
-        d.recent_window = 32;
-        d.slack = 1u << 30;
-        d.budget_rule = rules[ri];
+        skv_cache_desc d = make_desc(0x1, ratios[ri], L, 2, 64, 16);
+        d.budget_rule = SKV_BUDGET_PYRAMID;
         skv_cache *c;
         assert_ok(skv_cache_create(ctx, &d, &c));
         skv_seq_id s;
         assert_ok(skv_seq_create(c, &s));
         test_rng r = {6};
-        const uint32_t n = 800;
         fill(c, s, n, &r, NULL, NULL);
         assert_ok(skv_compress(c, s));
-        uint64_t pb, per_layer[3];
+        uint64_t pb, held[3], total = 0;
         assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
-        assert_ok(skv_budget_layers(rules[ri] == SKV_BUDGET_PYRAMID ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, 3,
-                                    (uint64_t)(0.25f * n), per_layer));
-        uint64_t layer_bytes[3];
-        const uint64_t floor_bytes = 2 * (uint64_t)((4 + 15) / 16 + (32 + 15) / 16) * pb; /* sinks + window, 2 heads */
-        for (uint32_t l = 0; l < 3; l++) {
-            layer_bytes[l] = list_bytes(c, s, l, 0) + list_bytes(c, s, l, 1);
-            uint64_t budget = (uint64_t)(2 * per_layer[l] * ((double)pb / 16));
-            assert_true(layer_bytes[l] <= (budget > floor_bytes ? budget : floor_bytes));
+        for (uint32_t l = 0; l < L; l++) {
+            held[l] = skvi_seq_list(c, &c->seqs[s], l, 0, SKV_TIER_F16)->tokens;
+            assert_int_equal(held[l], skvi_seq_list(c, &c->seqs[s], l, 1, SKV_TIER_F16)->tokens);
+            total += held[l];
         }
-        if (rules[ri] == SKV_BUDGET_PYRAMID)
-            assert_true(layer_bytes[0] > layer_bytes[2]);
-        printf("%s: bytes per layer %llu %llu %llu\n", ri ? "adakv" : "pyramid", (unsigned long long)layer_bytes[0],
-               (unsigned long long)layer_bytes[1], (unsigned long long)layer_bytes[2]);
+        printf("pyramid at %.2f: tokens kept per layer %llu %llu %llu\n", ratios[ri], (unsigned long long)held[0],
+               (unsigned long long)held[1], (unsigned long long)held[2]);
+        const uint64_t budget = (uint64_t)(L * ratios[ri] * n);
+        assert_true(total <= budget && total + L * 16 > budget); /* all of it, less page rounding */
+        if (ri == 0) {
+            assert_int_equal(held[0], n);
+            assert_true(held[1] > held[2] && held[2] > (uint64_t)(ratios[ri] * n / 20) + 16);
+        } else {
+            for (uint32_t l = 1; l < L; l++) /* uniform */
+                assert_true(held[l] + 16 > held[0] && held[0] + 16 > held[l]);
+        }
         skv_cache_destroy(c);
     }
 }
@@ -1015,6 +1048,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),
+        cmocka_unit_test(test_pyramid),
         cmocka_unit_test(test_device_solver_equals_reference),
         cmocka_unit_test(test_device_solver_many),
         cmocka_unit_test(test_transcode_exact),
