@@ -80,8 +80,9 @@ double skv_ref_triattention(const skv_rope_desc *r, uint32_t d, const float *eff
  * out[n] = pooled mean attention (src/ref/ref_snapkv.c). Returns 0, -1 on out of memory. */
 int skv_ref_snapkv(const float *q, const int32_t *qpos, uint32_t w, uint32_t group, const float *k,
                    const int32_t *kpos, uint64_t n, uint32_t d, float *out);
-/* Library (src/snapkv.c): the pooling step alone: votes[n] of tokens at kpos[n] averaged
- * over 5 neighbours in position order (zero padding, divided by 5); tokens at or after
+/* Library (src/snapkv.c): the pooling step alone: the votes[n] of the tokens at kpos[n]
+ * before window_start averaged over 5 neighbours among them in position order (zero
+ * padding, divided by 5; the window's votes pooled into none); tokens at or after
  * window_start: +inf. */
 int skv_ref_snapkv_pool(const float *votes, const int32_t *kpos, uint64_t n, int32_t window_start,
                         float *out);

@@ -385,6 +385,27 @@ static void test_triattention_kernel(void **state)
     skv_cache_destroy(c);
 }
 
+/* SnapKV's pooling is kvpress's: over the tokens before the window only, so the
+ * window's own (large) votes reach none of its neighbours; held tokens in position order
+ * (an evicted token leaves no gap), zero padding at both ends. */
+static void test_snapkv_pooling(void **state)
+{
+    (void)state;
+    /* positions shuffled; 13 is evicted; the window starts at 20 */
+    const int32_t kpos[9] = {21, 11, 12, 20, 10, 15, 14, 22, 16};
+    const float votes[9] = {100, 1, 2, 100, 3, 4, 5, 100, 6};
+    float out[9];
+    for (int i = 0; i < 9; i++)
+        out[i] = NAN;
+    assert_int_equal(skv_ref_snapkv_pool(votes, kpos, 9, 20, out), 0);
+    /* in position order 10 11 12 14 15 16 | 20 21 22 the votes are 3 1 2 5 4 6 | window */
+    const float want[9] = {INFINITY, (3 + 1 + 2 + 5) / 5.0f, (3 + 1 + 2 + 5 + 4) / 5.0f, INFINITY, (3 + 1 + 2) / 5.0f,
+                           (2 + 5 + 4 + 6) / 5.0f, (1 + 2 + 5 + 4 + 6) / 5.0f, INFINITY, (5 + 4 + 6) / 5.0f};
+    for (int i = 0; i < 9; i++)
+        if (!(out[i] == want[i] || fabsf(out[i] - want[i]) <= 1e-6f))
+            fail_msg("token at %d: %g, want %g", kpos[i], out[i], want[i]);
+}
+
 static void test_snapkv(void **state)
 {
     (void)state;
@@ -572,6 +593,7 @@ int main(void)
         cmocka_unit_test(test_needle_retention),
         cmocka_unit_test(test_rope_and_triattention_reference),
         cmocka_unit_test(test_triattention_kernel),
+        cmocka_unit_test(test_snapkv_pooling),
         cmocka_unit_test(test_snapkv),
         cmocka_unit_test(test_observed),
     };

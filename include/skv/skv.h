@@ -259,7 +259,10 @@ typedef enum skv_retention {
     SKV_RETENTION_RDR = 1   /* Rate-Distortion Retention under desc.budget_ratio */
 } skv_retention;
 
-/* Retention scorers (DESIGN.md §7): per (token, kv-head), higher = keep. */
+/* Retention scorers (DESIGN.md §7): per (token, kv-head), higher = keep. The means of
+ * keydiff and manifold run over every key appended to the sequence, evicted ones too:
+ * they describe the whole context, as kvpress's one compression of a prefill sees it, and
+ * need no key back when one is dropped. */
 typedef enum skv_scorer {
     SKV_SCORER_NONE = 0,
     SKV_SCORER_KNORM = 1,             /* -|k| */
@@ -269,7 +272,7 @@ typedef enum skv_scorer {
     SKV_SCORER_STREAMING = 5,         /* +inf for the first n_sink positions, else the position */
     SKV_SCORER_TRIATTENTION = 6,      /* TriAttention: needs desc.rope and the query statistics */
     SKV_SCORER_SNAPKV = 7,            /* SnapKV: attention of an observation window of queries */
-    SKV_SCORER_OBSERVED = 8           /* H2O: attention accumulated by decode / steps since arrival */
+    SKV_SCORER_OBSERVED = 8           /* H2O: attention accumulated by decode / the steps that observed it */
 } skv_scorer;
 
 /* How the model applied RoPE to the keys it appends (TriAttention inverts it). */
@@ -413,7 +416,8 @@ SKV_API skv_status skv_cache_last_decode_ms(skv_cache *cache, double *ms);
  * outside skv passes its last prefill queries here before the first compression.
  * Scores: softmax(q K^T / sqrt(d)) of each window query over the keys at or before its
  * position (a CLBlast GEMM), the mean over the window and the GQA group, average-pooled
- * over 5 neighbours in position order; keys inside the window score +inf. */
+ * over 5 neighbours among the held keys before the window, in position order (kvpress);
+ * keys inside the window score +inf. */
 SKV_API skv_status skv_seq_observe_window(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t n_queries,
                                           skv_dtype dtype, const void *q, const int32_t *positions);
 
