@@ -73,7 +73,7 @@ static void check_tier_pages(skv_cache *c, skv_seq_id s, skv_tier tier, uint32_t
             skvi_page_list *tl = skvi_seq_list(c, &c->seqs[s], l, h, tier);
             assert_int_equal(tl->tokens, count);
             int8_t signs[256];
-            skv_ref_ada_signs(l, h, D, signs);
+            skv_ref_ada_signs_seeded(c->desc.rotation_seed, l, h, D, signs);
             for (uint32_t j = 0; j < tl->n; j++) {
                 size_t off;
                 cl_mem buf = skvi_pool_locate(&c->pools[tier][SKV_MEM_DEVICE], tl->ids[j], &off);
@@ -141,6 +141,42 @@ static void test_encode_matches_reference(void **state)
             free(v);
             skv_cache_destroy(c);
         }
+}
+
+/* skv_cache_desc.rotation_seed draws other Hadamard signs (seed 0: the built-in draw,
+ * skv_ref_ada_signs'), and the cache encodes with the seed's: its pages equal the C
+ * reference's built with the same seed, byte for byte. */
+static void test_encode_rotation_seed(void **state)
+{
+    (void)state;
+    int8_t a[128], b[128], z[128];
+    skv_ref_ada_signs(2, 1, 128, a);
+    skv_ref_ada_signs_seeded(0, 2, 1, 128, z);
+    skv_ref_ada_signs_seeded(7, 2, 1, 128, b);
+    assert_memory_equal(a, z, sizeof a);
+    int differ = 0;
+    for (int i = 0; i < 128; i++)
+        differ += a[i] != b[i];
+    assert_true(differ > 32 && differ < 96); /* an independent draw: about half */
+    skv_cache_desc desc;
+    skv_cache_desc_init(&desc);
+    desc.layers = 2, desc.q_heads = 4, desc.kv_heads = 2, desc.head_dim = 64, desc.page_tokens = 16;
+    desc.device_budget_bytes = 64u << 20;
+    desc.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    desc.rotation_seed = 0x5EEDull;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &desc, &c));
+    const uint32_t n = 3 * 16 + 7;
+    float *k = malloc((size_t)2 * n * 2 * 64 * 4), *v = malloc((size_t)2 * n * 2 * 64 * 4);
+    test_rng r = {777};
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    fill(c, s, n, &r, k, v);
+    assert_ok(skv_seq_quantize(c, s, 0, 2 * 16, SKV_TIER_A3V4));
+    check_tier_pages(c, s, SKV_TIER_A3V4, n, k, v, 0, 2 * 16);
+    free(k);
+    free(v);
+    skv_cache_destroy(c);
 }
 
 /* Tiny keys and values (fp16 subnormals among them) encode bit-exactly too; CTest also
@@ -478,6 +514,7 @@ int main(int argc, char **argv)
         return 2;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_matches_reference),
+        cmocka_unit_test(test_encode_rotation_seed),
         cmocka_unit_test(test_encode_tiny_values),
         cmocka_unit_test(test_quantize_errors_change_nothing),
         cmocka_unit_test(test_mixed_tier_decode_d128_g4),
