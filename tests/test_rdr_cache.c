@@ -355,16 +355,7 @@ static void test_needles_at_one_eighth(void **state)
 static void test_budget_rules(void **state)
 {
     (void)state;
-    skv_cache_desc d;
-    skv_cache_desc_init(&d);
-    d.layers = 3, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
-    d.device_budget_bytes = 32u << 20;
-    d.tiers = 0xF;
-    d.scorer = SKV_SCORER_KEYDIFF;
-    d.retention = SKV_RETENTION_RDR;
-    d.budget_ratio = 0.25f;
-    d.recent_window = 32;
-    d.slack = 1u << 30;
+    skv_cache_desc d = make_desc(0xF, 0.25f, 3, 2, 64, 16);
     d.budget_rule = SKV_BUDGET_ADAKV;
     skv_cache *c;
     assert_ok(skv_cache_create(ctx, &d, &c));
