@@ -171,3 +171,37 @@ __kernel void rdr_search(__global const float *u, __global const float *energy, 
             break;
     }
 }
+
+/* RDR's query energy from the queries of an interop decode call (host/rdr_model.c): for
+ * each kv-head (one work-item), the mean of scale^2 |q|^2 over the call's rows and the
+ * head's q-heads folded into the running mean acc[base + head][0] over acc[base +
+ * head][1] queries (base: the layer's first (layer, kv-head)).
+ * q: [rows][q_heads][d] from byte q_off, dtype 0 f32, 1 f16, 2 bf16. Calls run in queue
+ * order, so no two update acc at once. */
+__kernel void q_energy(__global const uchar *q, ulong q_off, uint dtype, uint rows, uint q_heads, uint group, uint d,
+                       float scale, __global float *acc, uint base)
+{
+    const uint h = get_global_id(0), at = 2 * (base + h);
+    float sum = 0.0f;
+    for (uint r = 0; r < rows; r++)
+        for (uint g = 0; g < group; g++) {
+            const ulong row = ((ulong)r * q_heads + (ulong)h * group + g) * d;
+            float e = 0.0f;
+            for (uint i = 0; i < d; i++) {
+                float x;
+                if (dtype == 0)
+                    x = *(__global const float *)(q + q_off + (row + i) * 4);
+                else if (dtype == 1)
+                    x = vload_half(0, (__global const half *)(q + q_off + (row + i) * 2));
+                else
+                    x = as_float((uint)(*(__global const ushort *)(q + q_off + (row + i) * 2)) << 16);
+                e += x * x;
+            }
+            sum += e * scale * scale;
+        }
+    const float n = (float)(rows * group), seen = acc[at + 1];
+    if (isfinite(sum)) {
+        acc[at] += (sum / n - acc[at]) * (n / (seen + n));
+        acc[at + 1] = seen + n;
+    }
+}

@@ -523,6 +523,8 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
     int want_done = a->event || c->ctx->profiling || !host;
     if (st == SKV_OK)
         st = run(c, a, &p, &r, observe, c->ctx->profiling ? &first : NULL, want_done ? &done : NULL);
+    if (st == SKV_OK && a->q_mem) /* RDR's query energy (rdr_model.c), after the call's work in queue order */
+        skvi_rdr_note_queries_cl(c, a->layer, a->q_dtype, a->q_mem, a->q_off, B, a->scale);
     if (st == SKV_OK && host) {
         skvi_ws_fence(c, p.slot, NULL); /* the call waited on its reads */
     } else if (done) {

@@ -206,6 +206,10 @@ struct skv_cache {
     uint32_t deferred;       /* (sequence, layer)s with a deferred compression pending */
     double *q_energy;        /* RDR: per (layer, kv-head), the sum of scale^2 |q|^2 (rdr_model.c) */
     uint64_t *q_seen;        /* and the queries summed */
+    cl_kernel k_q_energy;    /* interop decode calls' queries: their running means on the device, */
+    cl_mem q_dev;            /* [layer][kv_head][mean, count] (NULL until the first) */
+    float *q_dev_host;       /* read back by each compression */
+    uint32_t *q_dev_calls;   /* per layer: interop decode calls (every 16th is measured) */
     uint64_t deferred_runs;  /* deferred compressions that completed */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
@@ -348,6 +352,13 @@ skv_status skvi_rdr_model_init(skv_cache *c);
 void skvi_rdr_model_release(skv_cache *c);
 /* rows x q_heads host queries of `layer` at logit scale `scale` into the running means. */
 void skvi_rdr_note_queries(skv_cache *c, uint32_t layer, skv_dtype dtype, const void *q, uint32_t rows, float scale);
+/* The same for an interop call's device queries: every 16th call per layer, on the
+ * compute queue after the call's work (no wait; failures only skip the sample). */
+void skvi_rdr_note_queries_cl(skv_cache *c, uint32_t layer, skv_dtype dtype, cl_mem q, size_t q_off, uint32_t rows,
+                              float scale);
+/* Enqueues the read of the device means into the host's on c->rq (a compression's first
+ * wait completes it). */
+skv_status skvi_rdr_model_fetch(skv_cache *c);
 /* kappa / 2 for (layer, head) whose candidates' mean |k|^2 is mean_ksq. */
 double skvi_rdr_key_weight(const skv_cache *c, uint32_t layer, uint32_t head, double mean_ksq);
 

@@ -302,6 +302,8 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     c->compress_waits += flush;
     /* pending statistics read F16 pages that may move: those of the layers compressed */
     skv_status st = skvi_stats_flush(c, s, only_layer);
+    if (st == SKV_OK) /* the interop queries' energy, read with the first wave */
+        st = skvi_rdr_model_fetch(c);
     if (st != SKV_OK)
         return st;
     lh_plan *plans = skvi_calloc(a, (size_t)L * H, sizeof *plans);

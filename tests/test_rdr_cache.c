@@ -870,8 +870,35 @@ static void test_query_energy(void **state)
         printf("head %u: tokens at A3V4 or A2V2: %u with no queries, %u after strong ones\n", h, low_a, low_b);
         assert_true(low_b < low_a);
     }
-    skv_cache_destroy(a);
     skv_cache_destroy(b);
+    /* interop decode calls: every 16th call's device queries (f16 here), on the device,
+     * read by the next compression; 33 calls are 3 samples */
+    skv_cache *ci = make(0xF, 0.25f, 1, H, D, 16);
+    skv_seq_id si;
+    assert_ok(skv_seq_create(ci, &si));
+    test_rng ri = {77};
+    fill(ci, si, n, &ri, NULL, NULL);
+    cl_context clc;
+    cl_command_queue cq;
+    assert_ok(skv_context_cl_objects(ctx, &clc, NULL, &cq, NULL));
+    uint16_t qh[4 * 64];
+    for (uint32_t i = 0; i < 4 * D; i++)
+        qh[i] = skv_ref_f32_to_f16((i / D < 2 ? c0 : c1) * (i % 2 ? 1.0f : -1.0f));
+    cl_int e;
+    cl_mem qb = clCreateBuffer(clc, CL_MEM_READ_ONLY, sizeof qh + 64, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    assert_int_equal(clEnqueueWriteBuffer(cq, qb, CL_TRUE, 64, sizeof qh, qh, 0, NULL, NULL), CL_SUCCESS);
+    cl_mem ob = clCreateBuffer(clc, CL_MEM_READ_WRITE, 4 * 64 * 4, NULL, &e);
+    for (int step = 0; step < 33; step++)
+        assert_ok(skv_attention_decode_cl(ci, 0, &si, 1, SKV_F16, qb, 64, 0.125f, SKV_F32, ob, 0, 0, NULL, NULL));
+    assert_ok(skv_compress(ci, si));
+    assert_true(fabs(skvi_rdr_key_weight(ci, 0, 0, m) - want0) < 1e-5 * want0);
+    const double c1h = skv_ref_f16_to_f32(skv_ref_f32_to_f16(c1)), want1 = 0.125 * 0.125 * D * c1h * c1h * m / D / 2;
+    assert_true(fabs(skvi_rdr_key_weight(ci, 0, 1, m) - want1) < 1e-5 * want1);
+    clReleaseMemObject(qb);
+    clReleaseMemObject(ob);
+    skv_cache_destroy(ci);
+    skv_cache_destroy(a);
 }
 
 /* Caches A (skv_append: compressions run in the call) and B (skv_append_cl: deferred)
