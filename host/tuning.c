@@ -19,9 +19,12 @@
  * informational. Anything malformed rejects the whole file. */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "host_internal.h"
 
@@ -307,9 +310,22 @@ skv_status skvi_tuning_load(skv_context *ctx)
         snprintf(tu->path, sizeof tu->path, "%s/tuning.json", ctx->cache_dir);
     else
         return SKV_OK;
-    FILE *f = fopen(tu->path, "rb");
-    if (!f)
+    /* non-blocking, and only a regular file: a FIFO in the folder must not stall us */
+    int fd = open(tu->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
         return SKV_OK; /* no database: the built-in entries */
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(tu->note, sizeof tu->note, "ignored: not a regular file");
+        return SKV_OK;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        snprintf(tu->note, sizeof tu->note, "ignored: could not be read");
+        return SKV_OK;
+    }
     char *text = skvi_alloc(ctx->alloc, MAX_FILE_BYTES + 1);
     if (!text) {
         fclose(f);

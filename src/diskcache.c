@@ -86,7 +86,8 @@ skvi_cache_result skvi_cache_read(const skv_allocator *a, const char *dir, const
     char *path = join_path(a, dir, key_hex, ".bin");
     if (!path)
         return SKVI_CACHE_ERROR;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* non-blocking: a FIFO planted in a shared cache folder must not stall the open */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         skvi_free(a, path);
         return SKVI_CACHE_MISS;
@@ -95,7 +96,8 @@ skvi_cache_result skvi_cache_read(const skv_allocator *a, const char *dir, const
     unsigned char *payload = NULL;
     entry_header h;
     struct stat st;
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < sizeof h || read_all(fd, &h, sizeof h) != 0)
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < sizeof h ||
+        read_all(fd, &h, sizeof h) != 0) /* only a regular file is an entry */
         goto done;
     if (memcmp(h.magic, ENTRY_MAGIC, sizeof h.magic) != 0 || h.version != ENTRY_VERSION ||
         memcmp(h.key, key_hex, sizeof h.key) != 0 || h.payload_size == 0 ||

@@ -1,5 +1,5 @@
 /* The on-disk program-binary cache: a second context is served from disk, a corrupt or
- * truncated entry is rebuilt silently, SKV_NO_CACHE and the descriptor switch are
+ * truncated entry (or a FIFO in its place) is rebuilt silently, SKV_NO_CACHE and the descriptor switch are
  * honoured, and a kernel that fails to build reports its build log. */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -114,14 +114,19 @@ static void test_corrupt_entry_rebuilt(void **state)
     prepare_in(dir, 0);
     char paths[16][600];
     assert_int_equal(list_entries(dir, paths, 16), n);
-    for (int how = 0; how < 3; how++) {
+    for (int how = 0; how < 4; how++) {
         if (how < 2) {
             corrupt_file(paths[0], how);
-        } else { /* a zero-length file, e.g. from a full disk */
+        } else if (how == 2) { /* a zero-length file, e.g. from a full disk */
             FILE *f = fopen(paths[0], "wb");
             fclose(f);
+        } else { /* a FIFO planted in the folder: read without blocking, then replaced */
+            assert_int_equal(unlink(paths[0]), 0);
+            assert_int_equal(mkfifo(paths[0], 0644), 0);
         }
+        alarm(300); /* a hang is a failure, not a stuck test run */
         skv_context_stats s = prepare_in(dir, 0);
+        alarm(0);
         assert_int_equal(s.cache_rejected, 1);
         assert_int_equal(s.programs_built, 1);
         assert_int_equal(s.programs_from_cache, n - 1);

@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_util.h"
 #include "skv_ref.h"
@@ -418,6 +419,16 @@ static void test_malformed_files(void **state)
     memset(huge + len, ' ', big - len - 1);
     huge[big - 1] = '}';
     expect_ignored(write_file("bad_big.json", huge, big), "larger than", &builtin);
+
+    /* a FIFO (or a folder) where the file should be: ignored, and never waited on */
+    char fifo[700];
+    snprintf(fifo, sizeof fifo, "%s/fifo.json", tmp);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    alarm(300); /* a hang is a failure, not a stuck test run */
+    expect_ignored(fifo, "not a regular file", &builtin);
+    expect_ignored(tmp, "not a regular file", &builtin);
+    alarm(0);
+    unlink(fifo);
     free(huge);
 
     /* the same good entry alone is used: what made each file bad was the rest */
