@@ -63,10 +63,10 @@ static skv_status plan(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n, ap
         plan_free(c, p);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_append: out of memory");
     }
-    uint32_t need = 0;
+    uint64_t need = 0; /* up to kv_heads x 2^31 / page_tokens: wider than a page id */
     for (uint32_t h = 0; h < H; h++) {
         const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
-        uint32_t fs = l->tokens % P, pages = (fs + n + P - 1) / P;
+        uint32_t fs = l->tokens % P, pages = (uint32_t)(((uint64_t)fs + n + P - 1) / P);
         p->first_slot[h] = fs;
         p->fresh[h] = pages - (fs ? 1 : 0);
         p->cow_old[h] = ~0u;
@@ -83,8 +83,14 @@ static skv_status plan(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n, ap
         if (pages > p->pages_per_head)
             p->pages_per_head = pages;
     }
+    if (need > 0x7FFFFFFFull || need > c->budget[SKV_MEM_DEVICE] / pool->page_bytes) { /* before any allocation */
+        plan_free(c, p);
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY,
+                         "skv_append: %u tokens need %llu new pages, more than the device budget holds", n,
+                         (unsigned long long)need);
+    }
     p->dest = skvi_calloc(a, (size_t)H * p->pages_per_head, sizeof *p->dest);
-    p->taken = skvi_calloc(a, need ? need : 1, sizeof *p->taken);
+    p->taken = skvi_calloc(a, need ? (size_t)need : 1, sizeof *p->taken);
     if (!p->dest || !p->taken) {
         plan_free(c, p);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_append: out of memory");
@@ -96,11 +102,11 @@ static skv_status plan(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n, ap
             return st;
         }
     }
-    skv_status st = skvi_pool_reserve(c, pool, need);
+    skv_status st = skvi_pool_reserve(c, pool, (uint32_t)need);
     if (st != SKV_OK) {
         plan_free(c, p);
-        return skvi_fail(c->ctx->error, st, "skv_append: %u tokens need %u new pages: %s", n, need,
-                         skv_context_last_error(c->ctx));
+        return skvi_fail(c->ctx->error, st, "skv_append: %u tokens need %llu new pages: %s", n,
+                         (unsigned long long)need, skv_context_last_error(c->ctx));
     }
     for (uint32_t h = 0; h < H; h++) {
         const skvi_page_list *l = skvi_seq_list(c, s, layer, h, SKV_TIER_F16);
@@ -164,7 +170,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     st = skvi_stats_reserve(c, s, layer, n); /* room for the positions the statistics will need */
     int64_t top = 0;
     for (uint32_t t = 0; t < n; t++)
-        top = positions[t] + 1 > top ? positions[t] + 1 : top;
+        top = (int64_t)positions[t] + 1 > top ? (int64_t)positions[t] + 1 : top; /* INT32_MAX + 1 fits */
     if (st == SKV_OK)
         st = skvi_obs_reserve(c, s, layer, top);
     if (st == SKV_OK)

@@ -407,6 +407,20 @@ static void test_out_of_memory_append_changes_nothing(void **state)
     assert_ok(skv_seq_length(c, s, 0, &len));
     assert_int_equal(len, 40);
 
+    /* positions at the ends of int32 are stored as they are (no overflow computing past them) */
+    skv_seq_id g;
+    assert_ok(skv_seq_create(c, &g));
+    const int32_t ends[2] = {INT32_MAX, INT32_MIN};
+    float kv2[2 * 2 * 64] = {0}; /* 2 tokens x 2 kv-heads */
+    assert_ok(skv_append(c, g, 0, 2, SKV_F32, kv2, kv2, ends));
+    int32_t back[2];
+    size_t held;
+    assert_ok(skv_seq_positions(c, g, 0, 1, back, 2, &held));
+    assert_int_equal(held, 2);
+    assert_int_equal(back[0], INT32_MAX);
+    assert_int_equal(back[1], INT32_MIN);
+    assert_ok(skv_seq_free(c, g));
+
     /* a smaller append that fits still works, and freeing gives everything back */
     assert_ok(append_random(c, s, 0, 9, SKV_F32, &r, &m));
     check_decode(c, 0, &s, ms, 1, SKV_F32, SKV_F32, &r);
@@ -416,6 +430,23 @@ static void test_out_of_memory_append_changes_nothing(void **state)
     assert_int_equal(after.pools[0][0].pages_used, 0);
     assert_true(after.pools[0][0].bytes_allocated <= d.device_budget_bytes);
     mirror_free(&m);
+    skv_cache_destroy(c);
+
+    /* 2^26 tokens on 1024 kv-heads need 2^32 pages of 16 tokens: counted in 64 bits and
+     * refused before anything is read or allocated (it wrapped to 0 and popped an empty
+     * free list) */
+    d = geometry(1, 1024, 1024, 64, 16);
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    assert_ok(skv_seq_create(c, &s));
+    int32_t *pos = malloc((1u << 26) * sizeof *pos);
+    assert_non_null(pos);
+    for (uint32_t t = 0; t < (1u << 26); t++)
+        pos[t] = (int32_t)t;
+    assert_int_equal(skv_append(c, s, 0, 1u << 26, SKV_F32, x, x, pos), SKV_ERR_OUT_OF_MEMORY);
+    assert_non_null(strstr(skv_last_error(), "budget"));
+    assert_ok(skv_seq_length(c, s, 0, &len));
+    assert_int_equal(len, 0);
+    free(pos);
     skv_cache_destroy(c);
 }
 
