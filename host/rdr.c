@@ -107,16 +107,18 @@ static skv_status plan_prepare(skv_cache *c, skvi_seq *s, uint32_t layer, uint32
             for (uint32_t k = 0; k < l->tokens; k++, i++)
                 lp->src[i] = (src_token){(uint8_t)t, l->ids[k / P], k % P, pos[i]};
         }
-        /* candidates: all but the sinks, the recent window and +inf scores */
+        /* candidates: all but the sinks, the recent window and +inf scores. A score of
+         * -inf or NaN (a key that overflowed fp16) is a candidate of no utility, and a
+         * non-finite |k|^2 weighs nothing in the key energies */
         skv_rdr_problem pr;
         memset(&pr, 0, sizeof pr);
         lp->rc = 0;
         double mean = 0, var = 0, energy = 0;
-        uint32_t n = 0;
+        uint32_t n = 0, n_finite = 0, n_energy = 0;
         for (size_t k = 0; k < held; k++) {
             int64_t p = lp->src[k].pos;
             int prot = p < (int64_t)c->desc.n_sink || p >= s->next_pos[layer] - (int64_t)c->desc.recent_window ||
-                       isinf(score[k]);
+                       score[k] == INFINITY;
             lp->final[k] = lp->src[k].tier; /* by default a token stays where it is */
             if (prot) {
                 pr.fixed[lp->src[k].tier]++;
@@ -124,27 +126,31 @@ static skv_status plan_prepare(skv_cache *c, skvi_seq *s, uint32_t layer, uint32
             }
             item_of[n] = (uint32_t)k;
             items[n].current = lp->src[k].tier;
-            mean += score[k];
-            energy += ksq[k];
+            if (isfinite(score[k]))
+                mean += score[k], n_finite++;
+            if (isfinite(ksq[k]))
+                energy += ksq[k], n_energy++;
             n++;
         }
-        mean = n ? mean / n : 0;
-        energy = n ? energy / n : 1;
+        mean = n_finite ? mean / n_finite : 0;
+        energy = n_energy ? energy / n_energy : 1;
         for (uint32_t k = 0; k < n; k++)
-            var += (score[item_of[k]] - mean) * (score[item_of[k]] - mean);
-        double sd = n ? sqrt(var / n) : 1, zmax = -INFINITY, zsum = 0;
+            if (isfinite(score[item_of[k]]))
+                var += (score[item_of[k]] - mean) * (score[item_of[k]] - mean);
+        double sd = n_finite ? sqrt(var / n_finite) : 1, zmax = -INFINITY, zsum = 0;
         for (uint32_t k = 0; k < n; k++) {
-            double z = sd > 0 ? (score[item_of[k]] - mean) / sd : 0;
+            const double sk = score[item_of[k]];
+            double z = !isfinite(sk) ? -INFINITY : sd > 0 ? (sk - mean) / sd : 0;
             items[k].u = (float)z;
             zmax = z > zmax ? z : zmax;
         }
-        for (uint32_t k = 0; k < n; k++)
+        for (uint32_t k = 0; n_finite && k < n; k++)
             zsum += exp(items[k].u - zmax);
         const double w = skvi_rdr_key_weight(c, layer, head, energy); /* rdr_model.c */
         for (uint32_t k = 0; k < n; k++) {
-            items[k].u = (float)(exp(items[k].u - zmax) / zsum);
+            items[k].u = n_finite ? (float)(exp(items[k].u - zmax) / zsum) : 0.0f; /* exp(-inf) = 0 */
             double e = ksq[item_of[k]];
-            items[k].key_energy = (float)(w * (energy > 0 ? e / energy : 1));
+            items[k].key_energy = isfinite(e) ? (float)(w * (energy > 0 ? e / energy : 1)) : 0.0f;
         }
         pr.items = items;
         pr.n = n;

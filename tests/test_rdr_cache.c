@@ -378,6 +378,48 @@ static void test_budget_rules(void **state)
     skv_cache_destroy(c);
 }
 
+/* Keys that overflow fp16 score -inf under knorm: candidates of no utility, dropped
+ * first (RDR used to protect every infinite score, so they stayed and the compression
+ * freed nothing of them); the decode of what is held stays finite. */
+static void test_infinite_scores_dropped(void **state)
+{
+    (void)state;
+    skv_cache_desc d = make_desc(0x1, 0.5f, 1, 1, 64, 16);
+    d.scorer = SKV_SCORER_KNORM;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    const uint32_t n = 200;
+    float *k = malloc(n * 64 * 4), *v = malloc(n * 64 * 4);
+    int32_t pos[200];
+    test_rng r = {99};
+    for (uint32_t t = 0; t < n; t++) {
+        pos[t] = (int32_t)t;
+        for (uint32_t i = 0; i < 64; i++) {
+            k[t * 64 + i] = t >= 10 && t < 60 && i == 3 ? 1e6f : test_gauss(&r); /* 1e6: inf in fp16 */
+            v[t * 64 + i] = test_gauss(&r);
+        }
+    }
+    assert_ok(skv_append(c, s, 0, n, SKV_F32, k, v, pos));
+    assert_ok(skv_compress(c, s));
+    int32_t held_pos[200];
+    size_t held;
+    assert_ok(skv_seq_positions(c, s, 0, 0, held_pos, n, &held));
+    assert_true(held <= n / 2);
+    for (size_t i = 0; i < held; i++)
+        if (held_pos[i] >= 10 && held_pos[i] < 60)
+            fail_msg("position %d (an infinite key) is still held", held_pos[i]);
+    float q[2 * 64], o[2 * 64];
+    for (int i = 0; i < 2 * 64; i++)
+        q[i] = test_gauss(&r);
+    assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.125f, SKV_F32, o));
+    for (int i = 0; i < 2 * 64; i++)
+        assert_true(isfinite(o[i]));
+    free(k), free(v);
+    skv_cache_destroy(c);
+}
+
 /* PyramidKV as kvpress has it: budgets falling linearly over the layers (mean B, from
  * 2B - B/20 to B/20), each cut to what its layer holds with the excess given to layers
  * with room, so the whole budget is used (at 90% of 800 tokens, layer 0's 1404 would
@@ -1067,6 +1109,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_needles_at_one_eighth),
         cmocka_unit_test(test_budget_rules),
         cmocka_unit_test(test_pyramid),
+        cmocka_unit_test(test_infinite_scores_dropped),
         cmocka_unit_test(test_device_solver_equals_reference),
         cmocka_unit_test(test_device_solver_many),
         cmocka_unit_test(test_transcode_exact),
