@@ -531,7 +531,7 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
         skvi_ws_fence(c, p.slot, done);
         c->ws.objects += !a->event && !c->ctx->profiling;
     } else {
-        clFinish(c->ctx->queue); /* a failed call: its uploads may still read the staging */
+        skvi_drain(c->ctx->queue); /* a failed call: its uploads may still read the staging */
         skvi_ws_fence(c, p.slot, NULL);
     }
     if (st == SKV_OK && first && done) { /* kept for skv_cache_last_decode_ms */

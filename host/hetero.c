@@ -522,7 +522,7 @@ skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, u
                 e = clEnqueueReadBuffer(c->ctx->queue, c->h_counts, CL_FALSE, 0, (size_t)H * sizeof(cl_uint),
                                         x->now_n + (size_t)layer * H, 0, NULL, &x->now_read[layer]);
             if (st == SKV_OK && e != CL_SUCCESS) {
-                clFinish(c->ctx->queue); /* a read may have been enqueued into x->now */
+                skvi_drain(c->ctx->queue); /* a read may have been enqueued into x->now */
                 st = skvi_cl_fail(c->ctx->error, e, "HeteroCache: clEnqueueReadBuffer");
             }
             if (st == SKV_OK)

@@ -286,9 +286,11 @@ skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer)
     for (uint32_t l = 0; st == SKV_OK && l < c->desc.layers; l++)
         if (s->pending_n[l] && (layer == ~0u || l == layer))
             st = flush_enqueue(c, s, l, &jobs[done++]);
-    cl_int e = clFinish(c->rq); /* the one wait; after a failure, no read is left writing */
+    cl_int e = clFinish(c->rq); /* the one wait */
     if (st == SKV_OK && e != CL_SUCCESS)
         st = skvi_cl_fail(c->ctx->error, e, "key statistics: clFinish");
+    if (st != SKV_OK) /* no read is left writing into the jobs' arrays */
+        skvi_drain(c->rq);
     for (uint32_t i = 0; st == SKV_OK && i < done; i++)
         flush_commit(c, s, &jobs[i]);
     for (uint32_t i = 0; i < done; i++) {

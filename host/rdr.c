@@ -384,7 +384,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
         }
     }
     if (st != SKV_OK) /* reads may still be writing into the plans' arrays */
-        clFinish(c->rq);
+        skvi_drain(c->rq);
     skvi_free(a, per_head);
     if (st == SKV_OK) /* every (layer, kv-head)'s solver together */
         st = solve_plans(c, plans, (size_t)L * H);

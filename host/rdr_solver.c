@@ -102,7 +102,7 @@ skv_status skvi_rdr_solve_many(skv_cache *c, const skv_rdr_problem *const *probs
     if (st == SKV_OK && e == CL_SUCCESS) /* the one wait; the reads above come first */
         e = clEnqueueReadBuffer(c->rq, codes, CL_TRUE, 0, P * sizeof *code, code, 0, NULL, NULL);
     if (st == SKV_OK && e != CL_SUCCESS) {
-        clFinish(c->rq); /* no read still writes into the caller's arrays */
+        skvi_drain(c->rq); /* no read still writes into the caller's arrays */
         st = skvi_cl_fail(ctx->error, e, "RDR solver: rdr_search");
     }
     if (st == SKV_OK) {

@@ -308,7 +308,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         tables = norms2 = NULL;
     }
     if (defer && st != SKV_OK)
-        clFinish(c->rq); /* no read is left writing into the caller's arrays */
+        skvi_drain(c->rq); /* no read is left writing into the caller's arrays */
     else if (defer)
         *deferred = 1;
     else if (st == SKV_OK && capacity)

@@ -213,7 +213,7 @@ skv_status skvi_positions_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, uin
             cl_int e2 = clEnqueueReadBuffer(c->rq, buf, CL_FALSE, off + pos_offset + 4ull * slot, n * 4ull,
                                             out + done + t0, 0, NULL, NULL);
             if (e2 != CL_SUCCESS) {
-                clFinish(c->rq); /* the earlier reads write into out */
+                skvi_drain(c->rq); /* the earlier reads write into out */
                 return skvi_cl_fail(c->ctx->error, e2, "reading positions: clEnqueueReadBuffer");
             }
             t0 += n;
@@ -248,8 +248,10 @@ skv_status skv_seq_positions(skv_cache *c, skv_seq_id seq, uint32_t layer, uint3
         st = skvi_positions_enqueue(c, s, layer, kv_head, out, capacity, NULL);
     if (st == SKV_OK) {
         cl_int e = clFinish(c->ctx->queue);
-        if (e != CL_SUCCESS)
+        if (e != CL_SUCCESS) {
+            skvi_drain(c->ctx->queue); /* no read is left writing into the caller's out */
             st = skvi_cl_fail(c->ctx->error, e, "skv_seq_positions: clFinish");
+        }
     }
     return st;
 }

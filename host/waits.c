@@ -61,6 +61,12 @@ skv_status skvi_wait_moves(skv_cache *c, skv_seq_id seq)
     return st;
 }
 
+void skvi_drain(cl_command_queue q)
+{
+    if (clFinish(q) != CL_SUCCESS)
+        clFinish(q); /* a wait that failed once (resources) is retried before memory is freed */
+}
+
 skv_status skvi_finish(skv_context *ctx)
 {
     cl_int e = clFinish(ctx->transfer);

@@ -1,0 +1,205 @@
+/* OpenCL fault injection: the test binary links skv statically with the linker wrapping
+ * skv's OpenCL calls (-Wl,--wrap, tests/CMakeLists.txt), so the N-th call of an operation
+ * can fail with a chosen error. For an append, a compression and a decode, every call
+ * fails in turn: the operation returns an error naming the call's OpenCL code, the cache
+ * is unchanged (length, pages in use, decode output bit for bit), and under ASan nothing
+ * is touched after it is freed (a read still in flight into a freed array was issue 17's
+ * first defect). Then the same operation succeeds. */
+#include "test_util.h"
+#include "cache_internal.h"
+
+static skv_context *ctx;
+
+TEST_SUITE_SETUP_WITH(ctx, NULL, 0)
+
+/* -1: no fault; else the index (from 0) of the call that fails, counted in `calls` */
+static long fault_at = -1, calls;
+static const cl_int fault_code = CL_OUT_OF_RESOURCES;
+
+static int fail_now(void) { return fault_at >= 0 && calls++ == fault_at; }
+
+#define WRAP_STATUS(name, params, args)                                                                                \
+    cl_int __real_##name params;                                                                                       \
+    cl_int __wrap_##name params;                                                                                       \
+    cl_int __wrap_##name params { return fail_now() ? fault_code : __real_##name args; }
+
+WRAP_STATUS(clEnqueueReadBuffer,
+            (cl_command_queue q, cl_mem m, cl_bool b, size_t o, size_t n, void *p, cl_uint nw, const cl_event *w,
+             cl_event *e),
+            (q, m, b, o, n, p, nw, w, e))
+WRAP_STATUS(clEnqueueWriteBuffer,
+            (cl_command_queue q, cl_mem m, cl_bool b, size_t o, size_t n, const void *p, cl_uint nw,
+             const cl_event *w, cl_event *e),
+            (q, m, b, o, n, p, nw, w, e))
+WRAP_STATUS(clEnqueueNDRangeKernel,
+            (cl_command_queue q, cl_kernel k, cl_uint d, const size_t *o, const size_t *g, const size_t *l, cl_uint nw,
+             const cl_event *w, cl_event *e),
+            (q, k, d, o, g, l, nw, w, e))
+WRAP_STATUS(clEnqueueCopyBuffer,
+            (cl_command_queue q, cl_mem s, cl_mem d, size_t so, size_t dof, size_t n, cl_uint nw, const cl_event *w,
+             cl_event *e),
+            (q, s, d, so, dof, n, nw, w, e))
+WRAP_STATUS(clEnqueueFillBuffer,
+            (cl_command_queue q, cl_mem m, const void *p, size_t ps, size_t o, size_t n, cl_uint nw,
+             const cl_event *w, cl_event *e),
+            (q, m, p, ps, o, n, nw, w, e))
+WRAP_STATUS(clFinish, (cl_command_queue q), (q))
+WRAP_STATUS(clSetKernelArg, (cl_kernel k, cl_uint i, size_t n, const void *v), (k, i, n, v))
+
+cl_mem __real_clCreateBuffer(cl_context c, cl_mem_flags f, size_t n, void *p, cl_int *err);
+cl_mem __wrap_clCreateBuffer(cl_context c, cl_mem_flags f, size_t n, void *p, cl_int *err);
+cl_mem __wrap_clCreateBuffer(cl_context c, cl_mem_flags f, size_t n, void *p, cl_int *err)
+{
+    if (fail_now()) {
+        if (err)
+            *err = CL_MEM_OBJECT_ALLOCATION_FAILURE;
+        return NULL;
+    }
+    return __real_clCreateBuffer(c, f, n, p, err);
+}
+
+typedef struct world {
+    skv_cache *c;
+    skv_seq_id s;
+    float q[4 * 64];
+} world;
+
+static skv_status append_n(world *w, uint32_t layer, uint32_t n, int32_t first, uint64_t seed)
+{
+    test_rng r = {seed};
+    float *k = malloc(n * 2 * 64 * 4), *v = malloc(n * 2 * 64 * 4);
+    int32_t *pos = malloc(n * 4);
+    for (uint32_t i = 0; i < n * 2 * 64; i++) {
+        k[i] = test_gauss(&r) + (i % 64 == 1 ? 3.0f : 0.0f);
+        v[i] = test_gauss(&r);
+    }
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = first + (int32_t)t;
+    skv_status st = skv_append(w->c, w->s, layer, n, SKV_F32, k, v, pos);
+    free(k), free(v), free(pos);
+    return st;
+}
+
+/* A cache of 2 layers under RDR (keydiff, every tier) holding 150 tokens per layer. */
+static void world_make(world *w)
+{
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 2, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
+    d.device_budget_bytes = 32u << 20;
+    d.tiers = 0xF;
+    d.scorer = SKV_SCORER_KEYDIFF;
+    d.retention = SKV_RETENTION_RDR;
+    d.budget_ratio = 0.3f;
+    d.recent_window = 32;
+    d.slack = 1u << 30; /* compression only when asked */
+    assert_ok(skv_cache_create(ctx, &d, &w->c));
+    assert_ok(skv_seq_create(w->c, &w->s));
+    for (uint32_t l = 0; l < 2; l++)
+        assert_ok(append_n(w, l, 150, 0, 10 + l));
+    test_rng r = {5};
+    for (int i = 0; i < 4 * 64; i++)
+        w->q[i] = test_gauss(&r);
+}
+
+/* What must not change: lengths, pages in use, the decode output of both layers. */
+typedef struct snapshot {
+    uint64_t len[2], pages;
+    float out[2][4 * 64];
+} snapshot;
+
+static void snap(world *w, snapshot *s)
+{
+    memset(s, 0, sizeof *s);
+    for (uint32_t l = 0; l < 2; l++) {
+        assert_ok(skv_seq_length(w->c, w->s, l, &s->len[l]));
+        assert_ok(skv_attention_decode(w->c, l, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, s->out[l]));
+    }
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(w->c, &st));
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        s->pages += st.pools[t][SKV_MEM_DEVICE].pages_used;
+}
+
+enum { OP_APPEND, OP_COMPRESS, OP_DECODE };
+static const char *const op_names[] = {"append", "compress", "decode"};
+
+static skv_status run_op(world *w, int op)
+{
+    if (op == OP_APPEND)
+        return append_n(w, 1, 50, 150, 77);
+    if (op == OP_COMPRESS)
+        return skv_compress(w->c, w->s);
+    float out[4 * 64];
+    return skv_attention_decode(w->c, 0, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, out);
+}
+
+/* Every OpenCL call of the operation fails in turn (a fresh world each time). */
+static void every_call_fails(int op)
+{
+    long n_calls = -1;
+    for (long i = 0; n_calls < 0 || i < n_calls; i++) {
+        world w;
+        world_make(&w);
+        snapshot before, after;
+        snap(&w, &before);
+        assert_ok(skv_context_finish(ctx));
+        calls = 0;
+        fault_at = i;
+        skv_status st = run_op(&w, op);
+        fault_at = -1;
+        if (calls <= i) { /* never reached call i: the operation makes i calls */
+            assert_ok(st);
+            n_calls = i;
+            skv_cache_destroy(w.c);
+            break;
+        }
+        if (st == SKV_OK)
+            fail_msg("%s: call %ld of OpenCL failed, the operation returned OK", op_names[op], i);
+        const char *why = skv_last_error();
+        if (!strstr(why, "CL_OUT_OF_RESOURCES") && !strstr(why, "CL_MEM_OBJECT_ALLOCATION_FAILURE") &&
+            !strstr(why, "argument"))
+            fail_msg("%s: call %ld failed; the error does not name the OpenCL code: %s", op_names[op], i, why);
+        assert_ok(skv_context_finish(ctx));
+        snap(&w, &after);
+        if (memcmp(&before, &after, sizeof before) != 0)
+            fail_msg("%s: after call %ld failed, the cache changed (length %llu/%llu -> %llu/%llu, pages %llu -> %llu)",
+                     op_names[op], i, (unsigned long long)before.len[0], (unsigned long long)before.len[1],
+                     (unsigned long long)after.len[0], (unsigned long long)after.len[1],
+                     (unsigned long long)before.pages, (unsigned long long)after.pages);
+        assert_ok(run_op(&w, op)); /* and then it works */
+        skv_cache_destroy(w.c);
+    }
+    printf("%s: each of its %ld OpenCL calls failed in turn\n", op_names[op], n_calls);
+    assert_true(n_calls > 3);
+}
+
+static void test_append_faults(void **state)
+{
+    (void)state;
+    every_call_fails(OP_APPEND);
+}
+
+static void test_compress_faults(void **state)
+{
+    (void)state;
+    every_call_fails(OP_COMPRESS);
+}
+
+static void test_decode_faults(void **state)
+{
+    (void)state;
+    every_call_fails(OP_DECODE);
+}
+
+int main(int argc, char **argv)
+{
+    if (test_filter_args(argc, argv) != 0)
+        return 2;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_append_faults),
+        cmocka_unit_test(test_compress_faults),
+        cmocka_unit_test(test_decode_faults),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
