@@ -1,7 +1,7 @@
 /* OpenCL fault injection: the test binary links skv statically with the linker wrapping
  * skv's OpenCL calls (-Wl,--wrap, tests/CMakeLists.txt), so the N-th call of an operation
- * can fail with a chosen error. For an append, a compression and a decode, every call
- * fails in turn: the operation returns an error naming the call's OpenCL code, the cache
+ * can fail with a chosen error. For an append, a compression, a decode, the logits, an
+ * offload and a fetch, every call fails in turn: the operation returns an error naming the call's OpenCL code, the cache
  * is unchanged (length, pages in use, decode output bit for bit), and under ASan nothing
  * is touched after it is freed (a read still in flight into a freed array was issue 17's
  * first defect). Then the same operation succeeds. */
@@ -80,14 +80,15 @@ static skv_status append_n(world *w, uint32_t layer, uint32_t n, int32_t first, 
     return st;
 }
 
-/* A cache of 2 layers under RDR (keydiff, every tier) holding 150 tokens per layer. */
+/* A cache of 2 layers under RDR (keydiff; F16, A3V4 or drop) holding 150 tokens per layer. */
 static void world_make(world *w)
 {
     skv_cache_desc d;
     skv_cache_desc_init(&d);
     d.layers = 2, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
     d.device_budget_bytes = 32u << 20;
-    d.tiers = 0xF;
+    d.host_budget_bytes = 8u << 20;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4); /* each ADA tier adds ~50 ms to a cache's creation */
     d.scorer = SKV_SCORER_KEYDIFF;
     d.retention = SKV_RETENTION_RDR;
     d.budget_ratio = 0.3f;
@@ -118,11 +119,20 @@ static void snap(world *w, snapshot *s)
     skv_cache_stats st = {.struct_size = sizeof st};
     assert_ok(skv_cache_get_stats(w->c, &st));
     for (int t = 0; t < SKV_TIER_COUNT; t++)
-        s->pages += st.pools[t][SKV_MEM_DEVICE].pages_used;
+        s->pages += st.pools[t][SKV_MEM_DEVICE].pages_used + 1000000 * st.pools[t][SKV_MEM_HOST].pages_used;
 }
 
-enum { OP_APPEND, OP_COMPRESS, OP_DECODE };
-static const char *const op_names[] = {"append", "compress", "decode"};
+enum { OP_APPEND, OP_COMPRESS, OP_DECODE, OP_LOGITS, OP_OFFLOAD, OP_FETCH };
+static const char *const op_names[] = {"append", "compress", "decode", "logits", "offload", "fetch"};
+
+/* What an operation needs done first (not faulted): a fetch, pages offloaded. */
+static void prepare_op(world *w, int op)
+{
+    if (op == OP_FETCH) {
+        assert_ok(skv_seq_offload(w->c, w->s, 0, 64));
+        assert_ok(skv_context_finish(ctx));
+    }
+}
 
 static skv_status run_op(world *w, int op)
 {
@@ -130,6 +140,15 @@ static skv_status run_op(world *w, int op)
         return append_n(w, 1, 50, 150, 77);
     if (op == OP_COMPRESS)
         return skv_compress(w->c, w->s);
+    if (op == OP_OFFLOAD)
+        return skv_seq_offload(w->c, w->s, 0, 64);
+    if (op == OP_FETCH)
+        return skv_seq_fetch(w->c, w->s, 0, 64);
+    if (op == OP_LOGITS) {
+        static float logits[4 * 200];
+        size_t counts[2];
+        return skv_attention_logits(w->c, 0, w->s, SKV_F32, w->q, 0.125f, logits, 200, counts);
+    }
     float out[4 * 64];
     return skv_attention_decode(w->c, 0, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, out);
 }
@@ -141,6 +160,7 @@ static void every_call_fails(int op)
     for (long i = 0; n_calls < 0 || i < n_calls; i++) {
         world w;
         world_make(&w);
+        prepare_op(&w, op);
         snapshot before, after;
         snap(&w, &before);
         assert_ok(skv_context_finish(ctx));
@@ -190,6 +210,14 @@ static void test_decode_faults(void **state)
 {
     (void)state;
     every_call_fails(OP_DECODE);
+    every_call_fails(OP_LOGITS);
+}
+
+static void test_move_faults(void **state)
+{
+    (void)state;
+    every_call_fails(OP_OFFLOAD);
+    every_call_fails(OP_FETCH);
 }
 
 int main(int argc, char **argv)
@@ -200,6 +228,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_append_faults),
         cmocka_unit_test(test_compress_faults),
         cmocka_unit_test(test_decode_faults),
+        cmocka_unit_test(test_move_faults),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
