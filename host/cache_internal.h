@@ -455,6 +455,9 @@ skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);
 skv_status skvi_compute_waits(skv_cache *c, const skv_seq_id *seqs, uint32_t n_seqs, cl_uint n_user,
                               const cl_event *user, cl_uint *n_out, const cl_event **out, cl_event **owned);
 /* Compute work enqueued after this waits for the moves of seq's pages (a barrier). */
+/* A command's execution status (CL_COMPLETE, CL_RUNNING, ...); negative when it failed
+ * or its status cannot be read. */
+cl_int skvi_event_status(cl_event ev);
 /* Before host memory that reads on q may still write is freed, after an error: waits
  * for q even if one wait fails. */
 void skvi_drain(cl_command_queue q);

@@ -35,9 +35,7 @@ static int slot_free(skvi_stage *st)
 {
     if (!st->fence)
         return 1;
-    cl_int status = CL_QUEUED;
-    if (clGetEventInfo(st->fence, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) != CL_SUCCESS)
-        status = -1;
+    const cl_int status = skvi_event_status(st->fence);
     if (status != CL_COMPLETE && status >= 0)
         return 0;
     clReleaseEvent(st->fence);

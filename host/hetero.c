@@ -418,10 +418,7 @@ void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer)
     const uint32_t per_layer = c->desc.kv_heads * SKV_TIER_COUNT;
     size_t kept = 0;
     for (size_t i = 0; i < x->n_fl; i++) {
-        cl_int status = CL_QUEUED;
-        if (x->fl[i].done &&
-            clGetEventInfo(x->fl[i].done, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) != CL_SUCCESS)
-            status = -1;
+        const cl_int status = x->fl[i].done ? skvi_event_status(x->fl[i].done) : CL_QUEUED;
         if (status == CL_COMPLETE) {
             clReleaseEvent(x->fl[i].done);
             continue;

@@ -147,6 +147,19 @@ typedef struct flush_job {
     float *out;    /* [H][nw][2][D] */
 } flush_job;
 
+/* The arguments key_inv_norms and key_stats begin with: the F16 pool, the pending
+ * tokens' pages (bufs[0], pph per head) and counts (bufs[1]), m, and the inverse norms
+ * (bufs[3]). */
+static void bind_pending(skvi_args *a, const skvi_pool *pool, const cl_mem *bufs, uint32_t pph, uint32_t m)
+{
+    skvi_pool_bind(a, pool);
+    skvi_arg_mem(a, bufs[0]);
+    skvi_arg_u32(a, pph);
+    skvi_arg_mem(a, bufs[1]);
+    skvi_arg_u32(a, m);
+    skvi_arg_mem(a, bufs[3]);
+}
+
 /* Enqueues one layer's flush, its read left in flight into job->out. */
 static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush_job *job)
 {
@@ -204,12 +217,7 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
         skvi_args args = skvi_args_begin(c->k_inv_norms, 0);
         if (e == CL_SUCCESS) {
             cl_kernel k = c->k_inv_norms;
-            skvi_pool_bind(&args, pool);
-            skvi_arg_mem(&args, bufs[0]);
-            skvi_arg_u32(&args, pph);
-            skvi_arg_mem(&args, bufs[1]);
-            skvi_arg_u32(&args, m);
-            skvi_arg_mem(&args, bufs[3]);
+            bind_pending(&args, pool, bufs, pph, m);
             size_t g[2] = {m, H};
             e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
@@ -218,12 +226,7 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
         if (e == CL_SUCCESS) {
             cl_kernel k = c->k_key_stats;
             args = skvi_args_begin(k, 0);
-            skvi_pool_bind(&args, pool);
-            skvi_arg_mem(&args, bufs[0]);
-            skvi_arg_u32(&args, pph);
-            skvi_arg_mem(&args, bufs[1]);
-            skvi_arg_u32(&args, m);
-            skvi_arg_mem(&args, bufs[3]);
+            bind_pending(&args, pool, bufs, pph, m);
             skvi_arg_mem(&args, bufs[2]);
             skvi_arg_u32(&args, nw);
             skvi_arg_mem(&args, bufs[4]);

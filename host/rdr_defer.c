@@ -35,14 +35,6 @@ void skvi_rdr_ungate(skv_cache *c, skvi_seq *s, uint32_t layer)
         }
 }
 
-/* The command's execution status; an error reads as a failed command. */
-static cl_int status_of(cl_event ev)
-{
-    cl_int status = CL_QUEUED;
-    return clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) == CL_SUCCESS ? status
-                                                                                                              : -1;
-}
-
 void skvi_rdr_run_deferred(skv_cache *c)
 {
     if (!c->deferred)
@@ -55,9 +47,9 @@ void skvi_rdr_run_deferred(skv_cache *c)
         for (uint32_t l = 0; s->live && l < c->desc.layers; l++) {
             if (!s->rdr_gate[l])
                 continue;
-            const cl_int status = status_of(s->rdr_gate[l]);
+            const cl_int status = skvi_event_status(s->rdr_gate[l]);
             /* the append still queued or running, or pages of the sequence still moving */
-            if (status > CL_COMPLETE || (status == CL_COMPLETE && s->moved && status_of(s->moved) > CL_COMPLETE))
+            if (status > CL_COMPLETE || (status == CL_COMPLETE && s->moved && skvi_event_status(s->moved) > CL_COMPLETE))
                 continue;
             skvi_rdr_ungate(c, s, l);
             if (status < 0 || !skvi_rdr_due(c, s, l)) /* a failed append; or compressed since */

@@ -79,7 +79,7 @@ void skvi_rdr_note_queries_cl(skv_cache *c, uint32_t layer, skv_dtype dtype, cl_
             clReleaseMemObject(c->q_dev);
             c->q_dev = NULL;
         }
-        c->ws.objects++; /* counted with the decode calls' objects: once per cache */
+        c->ws.objects += e == CL_SUCCESS; /* counted with the decode calls' objects: once per cache */
     }
     if (e != CL_SUCCESS)
         return;
@@ -118,10 +118,8 @@ void skvi_rdr_note_queries(skv_cache *c, uint32_t layer, skv_dtype dtype, const 
             const size_t at = ((size_t)r * QH + qh) * D;
             double e = 0;
             for (uint32_t d = 0; d < D; d++) {
-                float x = dtype == SKV_F32    ? ((const float *)q)[at + d]
-                          : dtype == SKV_F16 ? skv_ref_f16_to_f32(((const uint16_t *)q)[at + d])
-                                             : skv_ref_bf16_to_f32(((const uint16_t *)q)[at + d]);
-                e += (double)x * x;
+                const double x = skv_ref_load(dtype, q, at + d);
+                e += x * x;
             }
             const size_t i = (size_t)layer * c->desc.kv_heads + qh / c->group;
             if (isfinite(e)) {

@@ -4,13 +4,18 @@
 
 #include "cache_internal.h"
 
+cl_int skvi_event_status(cl_event ev)
+{
+    cl_int status = CL_QUEUED;
+    return clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) == CL_SUCCESS ? status
+                                                                                                              : -1;
+}
+
 /* Drops a move event once complete: nothing left to wait for. Returns it, or NULL. */
 static cl_event pending(cl_event *ev)
 {
     if (*ev) {
-        cl_int status = CL_QUEUED;
-        clGetEventInfo(*ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL);
-        if (status == CL_COMPLETE) {
+        if (skvi_event_status(*ev) == CL_COMPLETE) {
             clReleaseEvent(*ev);
             *ev = NULL;
         }
