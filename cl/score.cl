@@ -72,18 +72,37 @@ static inline float score_of(uint scorer, float kk, float km, float mm, float ka
     return 0.0f;
 }
 
-/* vecs: [n_windows + 1][D]: the window means, then the unit mean. */
+/* The statistics row of a token at `position`: manifold_windowed's rows are the windows
+ * that hold tokens (wins, ascending), and a token takes the last row at or below its
+ * window; the other scorers have one mean, row n_windows - 1. */
+static inline uint stats_row(uint scorer, __global const uint *wins, uint n_windows, int position, uint window)
+{
+    if (scorer != 4)
+        return n_windows - 1;
+    const uint w = position < 0 ? 0 : (uint)position / window;
+    uint lo = 0, hi = n_windows; /* the first row past w */
+    while (lo < hi) {
+        const uint mid = lo + (hi - lo) / 2;
+        if (wins[mid] <= w)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo ? lo - 1 : 0;
+}
+
+/* vecs: [n_windows + 1][D]: the window means (of the windows wins names), then the unit
+ * mean. */
 __kernel void score_f16(SKV_POOL_PARAMS, __global const uint *pages, uint first, uint n_tokens, uint scorer,
-                        __global const float *vecs, uint n_windows, uint window, uint n_sink,
-                        __global float *scores, __global float *energy)
+                        __global const float *vecs, uint n_windows, __global const uint *wins, uint window,
+                        uint n_sink, __global float *scores, __global float *energy)
 {
     if (get_global_id(0) >= n_tokens) /* tokens first .. first + n_tokens - 1 of the list */
         return;
     const uint t = first + (uint)get_global_id(0), o = (uint)get_global_id(0);
     __global const uchar *page = SKV_PAGE(pages[t / P], F16_PAGE_BYTES);
     const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(F16_PAGE_BYTES, P)))[t % P];
-    uint w = position < 0 ? 0 : (uint)position / window;
-    w = scorer == 4 ? min(w, n_windows - 1) : n_windows - 1; /* global mean: the last row */
+    const uint w = stats_row(scorer, wins, n_windows, position, window);
     __global const float *mu = vecs + (size_t)w * D, *a = vecs + (size_t)n_windows * D;
     float kk = 0.0f, km = 0.0f, mm = 0.0f, ka = 0.0f, aa = 0.0f;
     for (uint d = 0; d < D; d++) {
@@ -179,8 +198,8 @@ __kernel void snap_vote(__global const float *S, uint n, uint rows, __global con
 /* tables: [n_windows + 1][D/2][NS], T_v[j][c] of each statistics vector v (host-built,
  * skv_ref_ada_query_table); norms2: |v|^2 per row; radius: the tier's codebook. */
 __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint first, uint n_tokens, uint scorer,
-                        __global const float *tables, __global const float *norms2, uint n_windows, uint window,
-                        uint n_sink, __constant float *radius, __global float *scores, __global float *energy)
+                        __global const float *tables, __global const float *norms2, uint n_windows,
+                        __global const uint *wins, uint window, uint n_sink, __constant float *radius, __global float *scores, __global float *energy)
 {
     if (get_global_id(0) >= n_tokens) /* tokens first .. first + n_tokens - 1 of the list */
         return;
@@ -188,8 +207,7 @@ __kernel void score_ada(SKV_POOL_PARAMS, __global const uint *pages, uint first,
     __global const uchar *page = SKV_PAGE(pages[t / P], ADA_PAGE_BYTES);
     const uint slot = t % P;
     const int position = ((__global const int *)(page + SKV_POSITIONS_OFFSET(ADA_PAGE_BYTES, P)))[slot];
-    uint w = position < 0 ? 0 : (uint)position / window;
-    w = scorer == 4 ? min(w, n_windows - 1) : n_windows - 1;
+    const uint w = stats_row(scorer, wins, n_windows, position, window);
     __global const float *tm = tables + (size_t)w * (D / 2) * NS, *ta = tables + (size_t)n_windows * (D / 2) * NS;
     __global const uint *kw = (__global const uint *)page + slot;
     uint words[KW];

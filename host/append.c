@@ -33,20 +33,6 @@ static skv_status buffer_from_host(skv_cache *c, const void *src, size_t bytes, 
     return e == CL_SUCCESS ? SKV_OK : skvi_cl_fail(c->ctx->error, e, "skv_append: clCreateBuffer");
 }
 
-static skv_status check_buffer(skv_cache *c, cl_mem m, size_t offset, size_t bytes, const char *name)
-{
-    size_t size = 0;
-    cl_int e = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL);
-    if (e != CL_SUCCESS)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_append_cl: %s is not a valid cl_mem (%s)", name,
-                         skvi_cl_error_name(e));
-    if (offset > size || size - offset < bytes)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
-                         "skv_append_cl: %s holds %zu bytes, the append reads %zu from offset %zu", name, size, bytes,
-                         offset);
-    return SKV_OK;
-}
-
 /* Takes every page the append needs and fills the destination table; on failure the
  * pool is exactly as before. Heads may hold different numbers of F16 tokens (retention
  * drops per head), so each has its own first slot. */
@@ -159,18 +145,26 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: a sequence holds at most 2^31 - 1 tokens per layer", fn);
     const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
     size_t bytes = (size_t)n * H * D * dtype_size(dtype);
+
     if (k_mem) {
-        st = check_buffer(c, k_mem, k_off, bytes, "k");
+        st = skvi_check_mem(c->ctx, k_mem, k_off, bytes, fn, "k");
         if (st == SKV_OK)
-            st = check_buffer(c, v_mem, v_off, bytes, "v");
+            st = skvi_check_mem(c->ctx, v_mem, v_off, bytes, fn, "v");
         if (st != SKV_OK)
             return st;
     }
 
-    st = skvi_stats_reserve(c, s, layer, n); /* room for the positions the statistics will need */
     int64_t top = 0;
     for (uint32_t t = 0; t < n; t++)
         top = (int64_t)positions[t] + 1 > top ? (int64_t)positions[t] + 1 : top; /* INT32_MAX + 1 fits */
+    if ((c->desc.scorer == SKV_SCORER_OBSERVED || s->hetero) && top > skvi_position_span(s->len[layer] + n))
+        return skvi_fail(err, SKV_ERR_UNSUPPORTED,
+                         "%s: position %lld after %llu tokens: the %s keeps per-position state, so positions may run "
+                         "at most %dx ahead of the tokens appended (or up to %d)",
+                         fn, (long long)top - 1, (unsigned long long)(s->len[layer] + n),
+                         s->hetero ? "HeteroCache" : "observed scorer", SKVI_POSITION_SPAN_RATIO,
+                         SKVI_POSITION_SPAN_MIN);
+    st = skvi_stats_reserve(c, s, layer, n); /* room for the positions the statistics will need */
     if (st == SKV_OK)
         st = skvi_obs_reserve(c, s, layer, top);
     if (st == SKV_OK)
@@ -181,8 +175,16 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     st = plan(c, s, layer, n, &p);
     if (st != SKV_OK)
         return st;
+    /* a NaN key or value would poison its head's every decode; checked once the budget
+     * has room, so a refused append reads nothing */
+    for (int i = 0; !k_mem && st == SKV_OK && i < 2; i++) {
+        const size_t count = (size_t)n * H * D, bad = skvi_first_nonfinite(dtype, i ? v_host : k_host, count);
+        if (bad < count)
+            st = skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: %s of token %zu, kv-head %zu holds NaN or Inf (element %zu)", fn,
+                           i ? "v" : "k", bad / ((size_t)H * D), bad / D % H, bad % D);
+    }
     cl_mem kbuf = k_mem, vbuf = v_mem, dest = NULL, pos = NULL;
-    if (!k_mem) {
+    if (!k_mem && st == SKV_OK) {
         k_off = v_off = 0;
         st = buffer_from_host(c, k_host, bytes, &kbuf);
         if (st == SKV_OK)

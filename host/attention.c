@@ -173,17 +173,6 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
     return SKV_OK;
 }
 
-static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes, const char *what)
-{
-    size_t size = 0;
-    cl_int e = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL);
-    if (e != CL_SUCCESS || offset > size || size - offset < bytes)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
-                         "skv_attention_decode_cl: %s is not a cl_mem of at least %zu bytes past offset %zu", what,
-                         bytes, offset);
-    return SKV_OK;
-}
-
 /* The buffers and kernels of one call. */
 typedef struct decode_run {
     cl_mem q, out;        /* the caller's, or the workspace's staging */
@@ -355,11 +344,16 @@ static skv_status check_args(skv_cache *c, const decode_args *a)
     if ((a->num_wait == 0) != (a->wait_list == NULL))
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: num_wait and wait_list disagree", fn);
     const size_t per_q = (size_t)a->B * c->desc.q_heads * c->desc.head_dim;
+    const size_t bad = a->q_host ? skvi_first_nonfinite(a->q_dtype, a->q_host, per_q) : per_q;
+    if (bad < per_q) /* it would turn its head's softmax into NaN */
+        return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: q of sequence %zu, q-head %zu holds NaN or Inf (element %zu)", fn,
+                         bad / ((size_t)c->desc.q_heads * c->desc.head_dim), bad / c->desc.head_dim % c->desc.q_heads,
+                         bad % c->desc.head_dim);
     skv_status st = SKV_OK;
     if (a->q_mem)
-        st = check_mem(c, a->q_mem, a->q_off, per_q * (a->q_dtype == SKV_F32 ? 4 : 2), "q");
+        st = skvi_check_mem(c->ctx, a->q_mem, a->q_off, per_q * (a->q_dtype == SKV_F32 ? 4 : 2), a->fn, "q");
     if (st == SKV_OK && a->out_mem)
-        st = check_mem(c, a->out_mem, a->out_off, per_q * (a->out_dtype == SKV_F32 ? 4 : 2), "out");
+        st = skvi_check_mem(c->ctx, a->out_mem, a->out_off, per_q * (a->out_dtype == SKV_F32 ? 4 : 2), a->fn, "out");
     return st;
 }
 

@@ -34,11 +34,13 @@ typedef struct skvi_page_list {
 } skvi_page_list;
 
 /* Running key statistics of one (layer, kv-head), by position window (one window when
- * the scorer is not windowed), in double on the host. */
+ * the scorer is not windowed), in double on the host. Only windows that hold a token
+ * have a row, so memory follows the tokens, not the largest position. */
 typedef struct skvi_key_stats {
     double *sum;      /* [n_windows][D] sum of k */
     double *sum_unit; /* [n_windows][D] sum of k / |k| */
     uint64_t *count;  /* [n_windows] */
+    uint32_t *win;    /* [n_windows] each row's window (position / score_window), ascending */
     uint32_t n_windows;
 } skvi_key_stats;
 
@@ -290,8 +292,10 @@ void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *p
  * back on c->rq: waits). */
 skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer);
 /* The statistics of (layer, head) as floats: rows 0..nw-1 the means (one row, the global
- * mean, unless windowed), row nw the unit mean; the caller frees them. */
-float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out);
+ * mean, unless windowed), row nw the unit mean; *win_out the rows' windows, ascending
+ * ({0} unless windowed). The caller frees both. */
+float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out,
+                          uint32_t **win_out);
 
 /* score_snapkv.c: SnapKV's observation windows and scores */
 skv_status skvi_snap_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
@@ -301,6 +305,17 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
 /* score_observed.c: observed attention; accumulators covering positions < need (grown
  * before an append commits), fork copies, release, and the scores of `held` tokens at
  * `positions` */
+/* The observed scorer and HeteroCache keep state per position (accumulators, attention
+ * rows), so a layer's positions may run at most SKVI_POSITION_SPAN_RATIO times ahead of
+ * the tokens appended to it, or up to SKVI_POSITION_SPAN_MIN: memory follows the tokens.
+ * skvi_position_span(n) is the largest position + 1 allowed after n tokens. */
+#define SKVI_POSITION_SPAN_RATIO 4
+#define SKVI_POSITION_SPAN_MIN 65536
+static inline int64_t skvi_position_span(uint64_t tokens)
+{
+    const uint64_t span = tokens * SKVI_POSITION_SPAN_RATIO;
+    return span > SKVI_POSITION_SPAN_MIN ? (int64_t)span : SKVI_POSITION_SPAN_MIN;
+}
 skv_status skvi_obs_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, int64_t need);
 skv_status skvi_obs_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
 void skvi_obs_release(skv_cache *c, skvi_seq *s);

@@ -249,6 +249,17 @@ skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx
     if (e != CL_SUCCESS)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: cl_ctx is not a valid cl_context (%s)",
                          skvi_cl_error_name(e));
+    cl_device_id *devs = ndev ? calloc(ndev, sizeof *devs) : NULL;
+    e = devs ? clGetContextInfo(cl_ctx, CL_CONTEXT_DEVICES, ndev * sizeof *devs, devs, NULL) : CL_OUT_OF_HOST_MEMORY;
+    int member = 0;
+    for (cl_uint i = 0; e == CL_SUCCESS && i < ndev; i++)
+        member |= devs[i] == device;
+    free(devs);
+    if (e != CL_SUCCESS)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: clGetContextInfo(CL_CONTEXT_DEVICES) failed (%s)",
+                         skvi_cl_error_name(e));
+    if (!member)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_context_create_cl: device is not one of cl_ctx's devices");
     if (queue) {
         cl_context qc;
         cl_device_id qd;
@@ -307,6 +318,25 @@ skv_status skv_context_create_cl(const skv_context_desc *desc, cl_context cl_ctx
         return st;
     }
     *out = ctx;
+    return SKV_OK;
+}
+
+skv_status skvi_check_mem(skv_context *ctx, cl_mem m, size_t offset, size_t bytes, const char *fn, const char *what)
+{
+    size_t size = 0;
+    cl_context owner = NULL;
+    cl_int e = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL);
+    if (e == CL_SUCCESS)
+        e = clGetMemObjectInfo(m, CL_MEM_CONTEXT, sizeof owner, &owner, NULL);
+    if (e != CL_SUCCESS)
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "%s: %s is not a valid cl_mem (%s)", fn, what,
+                         skvi_cl_error_name(e));
+    if (owner != ctx->cl)
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "%s: %s belongs to another cl_context than the skv context's",
+                         fn, what);
+    if (offset > size || size - offset < bytes)
+        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "%s: %s holds %zu bytes, the call uses %zu from offset %zu", fn,
+                         what, size, bytes, offset);
     return SKV_OK;
 }
 

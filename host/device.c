@@ -327,11 +327,30 @@ skv_status skv_devices_list(skv_device_profile *out, size_t capacity, size_t *co
 
 /* Index into t of the device `sel` picks, or -1. Selection looks only at device type
  * and vendor, so it needs no full profile. */
+/* Reads "P:D" (decimal digits only, each below 2^32) into p and d. */
+static int parse_index_pair(const char *sel, unsigned *p, unsigned *d)
+{
+    unsigned long long v[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        if (*sel < '0' || *sel > '9')
+            return 0;
+        for (; *sel >= '0' && *sel <= '9'; sel++) {
+            v[i] = v[i] * 10 + (unsigned)(*sel - '0');
+            if (v[i] > 0xFFFFFFFFull)
+                return 0;
+        }
+        if (*sel++ != (i == 0 ? ':' : '\0'))
+            return 0;
+    }
+    *p = (unsigned)v[0];
+    *d = (unsigned)v[1];
+    return 1;
+}
+
 static long pick(const device_table *t, const char *sel)
 {
     unsigned p, d;
-    char tail;
-    if (sscanf(sel, "%u:%u%c", &p, &d, &tail) == 2) {
+    if (parse_index_pair(sel, &p, &d)) {
         for (size_t i = 0; i < t->count; i++)
             if (t->pi[i] == p && t->di[i] == d)
                 return (long)i;

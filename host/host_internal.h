@@ -3,6 +3,8 @@
 #ifndef SKV_HOST_INTERNAL_H
 #define SKV_HOST_INTERNAL_H
 
+#include <math.h>
+#include "skv_ref.h"
 #include "skv/skv_cl.h"
 #include "skv_internal.h"
 
@@ -79,6 +81,17 @@ void skvi_decode_params_merge(skv_decode_params *base, const skv_decode_params *
 
 /* clFinish on both queues; unlike skv_context_finish it keeps the thread's last error. */
 skv_status skvi_finish(skv_context *ctx);
+/* The index of the first of base[0..n) (in dtype) that is NaN or infinite, or n. */
+static inline size_t skvi_first_nonfinite(skv_dtype dtype, const void *base, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(skv_ref_load(dtype, base, i)))
+            return i;
+    return n;
+}
+/* A caller's cl_mem, checked to be of the skv context's cl_context and to hold `bytes`
+ * from `offset` (fn and what name it in the message). */
+skv_status skvi_check_mem(skv_context *ctx, cl_mem m, size_t offset, size_t bytes, const char *fn, const char *what);
 
 /* The OpenCL name of an error code ("CL_OUT_OF_RESOURCES"). */
 const char *skvi_cl_error_name(cl_int err);

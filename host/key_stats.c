@@ -38,6 +38,7 @@ void skvi_stats_release(skv_cache *c, skvi_seq *s)
         skvi_free(a, s->stats[i].sum);
         skvi_free(a, s->stats[i].sum_unit);
         skvi_free(a, s->stats[i].count);
+        skvi_free(a, s->stats[i].win);
     }
     for (uint32_t l = 0; s->pending_pos && l < c->desc.layers; l++)
         skvi_free(a, s->pending_pos[l]);
@@ -50,33 +51,64 @@ void skvi_stats_release(skv_cache *c, skvi_seq *s)
     s->pending_n = s->pending_cap = NULL;
 }
 
-/* Grows one (layer, head)'s window arrays to n windows. */
-static skv_status stats_grow(skv_cache *c, skvi_key_stats *k, uint32_t n)
+/* The row of window w in k (k->n_windows if it has none). */
+static uint32_t row_of(const skvi_key_stats *k, uint32_t w)
 {
-    if (n <= k->n_windows)
+    uint32_t lo = 0, hi = k->n_windows;
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        if (k->win[mid] < w)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < k->n_windows && k->win[lo] == w ? lo : k->n_windows;
+}
+
+/* Gives (layer, head) a zero row for each of the n windows in w (ascending, distinct)
+ * that it lacks; nothing changes on failure. */
+static skv_status stats_add_windows(skv_cache *c, skvi_key_stats *k, const uint32_t *w, uint32_t n)
+{
+    uint32_t fresh = 0;
+    for (uint32_t i = 0; i < n; i++)
+        fresh += row_of(k, w[i]) == k->n_windows;
+    if (!fresh)
         return SKV_OK;
     const skv_allocator *a = c->ctx->alloc;
-    const uint32_t D = c->desc.head_dim;
-    double *sum = skvi_calloc(a, (size_t)n * D, sizeof *sum), *unit = skvi_calloc(a, (size_t)n * D, sizeof *unit);
-    uint64_t *count = skvi_calloc(a, n, sizeof *count);
-    if (!sum || !unit || !count) {
+    const uint32_t D = c->desc.head_dim, total = k->n_windows + fresh;
+    double *sum = skvi_calloc(a, (size_t)total * D, sizeof *sum), *unit = skvi_calloc(a, (size_t)total * D, sizeof *unit);
+    uint64_t *count = skvi_calloc(a, total, sizeof *count);
+    uint32_t *win = skvi_calloc(a, total, sizeof *win);
+    if (!sum || !unit || !count || !win) {
         skvi_free(a, sum);
         skvi_free(a, unit);
         skvi_free(a, count);
+        skvi_free(a, win);
         return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
     }
-    if (k->n_windows) {
-        memcpy(sum, k->sum, (size_t)k->n_windows * D * sizeof *sum);
-        memcpy(unit, k->sum_unit, (size_t)k->n_windows * D * sizeof *unit);
-        memcpy(count, k->count, k->n_windows * sizeof *count);
+    /* merge the two ascending lists; the old rows keep their sums */
+    for (uint32_t i = 0, j = 0, r = 0; r < total; r++) {
+        if (i < k->n_windows && (j >= n || k->win[i] <= w[j])) {
+            if (j < n && k->win[i] == w[j])
+                j++;
+            win[r] = k->win[i];
+            count[r] = k->count[i];
+            memcpy(sum + (size_t)r * D, k->sum + (size_t)i * D, D * sizeof *sum);
+            memcpy(unit + (size_t)r * D, k->sum_unit + (size_t)i * D, D * sizeof *unit);
+            i++;
+        } else {
+            win[r] = w[j++];
+        }
     }
     skvi_free(a, k->sum);
     skvi_free(a, k->sum_unit);
     skvi_free(a, k->count);
+    skvi_free(a, k->win);
     k->sum = sum;
     k->sum_unit = unit;
     k->count = count;
-    k->n_windows = n;
+    k->win = win;
+    k->n_windows = total;
     return SKV_OK;
 }
 
@@ -86,13 +118,15 @@ skv_status skvi_stats_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src)
         return SKV_OK;
     const uint32_t D = c->desc.head_dim;
     for (size_t i = 0; i < n_lh(c); i++) {
-        skv_status st = stats_grow(c, &dst->stats[i], src->stats[i].n_windows);
+        const skvi_key_stats *from = &src->stats[i];
+        skvi_key_stats *to = &dst->stats[i];
+        skv_status st = stats_add_windows(c, to, from->win, from->n_windows);
         if (st != SKV_OK)
             return st;
-        if (src->stats[i].n_windows) {
-            memcpy(dst->stats[i].sum, src->stats[i].sum, (size_t)src->stats[i].n_windows * D * sizeof(double));
-            memcpy(dst->stats[i].sum_unit, src->stats[i].sum_unit, (size_t)src->stats[i].n_windows * D * sizeof(double));
-            memcpy(dst->stats[i].count, src->stats[i].count, src->stats[i].n_windows * sizeof(uint64_t));
+        if (to->n_windows) { /* a fresh sequence: the same rows */
+            memcpy(to->sum, from->sum, (size_t)from->n_windows * D * sizeof(double));
+            memcpy(to->sum_unit, from->sum_unit, (size_t)from->n_windows * D * sizeof(double));
+            memcpy(to->count, from->count, from->n_windows * sizeof(uint64_t));
         }
     }
     for (uint32_t l = 0; l < c->desc.layers; l++) {
@@ -133,6 +167,12 @@ void skvi_stats_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *p
     s->pending_n[layer] += n;
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
 static uint32_t window_of(const skv_cache *c, int32_t position)
 {
     if (c->desc.scorer != SKV_SCORER_MANIFOLD_WINDOWED || position < 0)
@@ -142,8 +182,10 @@ static uint32_t window_of(const skv_cache *c, int32_t position)
 
 /* One layer's flush: its pending tokens' key sums (per head and window) read into out. */
 typedef struct flush_job {
-    uint32_t layer, m, w_lo, nw;
-    uint32_t *win; /* [m]: each token's window - w_lo */
+    uint32_t layer, m, nw;
+    uint32_t *win;   /* [m]: each token's index in uw */
+    uint32_t *uw;  /* [nw]: the distinct windows of the tokens, ascending */
+    uint32_t *row; /* [nw]: scratch, their rows in one head's statistics */
     float *out;    /* [H][nw][2][D] */
 } flush_job;
 
@@ -166,16 +208,25 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
     const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim, P = c->desc.page_tokens, m = s->pending_n[layer];
     const skv_allocator *a = c->ctx->alloc;
     skv_context *ctx = c->ctx;
-    /* compact window indices of the new tokens */
-    uint32_t w_lo = UINT32_MAX, w_hi = 0;
-    for (uint32_t t = 0; t < m; t++) {
-        uint32_t w = window_of(c, s->pending_pos[layer][t]);
-        w_lo = w < w_lo ? w : w_lo;
-        w_hi = w > w_hi ? w : w_hi;
-    }
-    const uint32_t nw = w_hi - w_lo + 1;
+    /* the distinct windows of the new tokens, and each token's index among them */
+    uint32_t *win = skvi_calloc(a, m, sizeof *win), *uw = skvi_calloc(a, m, sizeof *uw);
+    uint32_t *row = skvi_calloc(a, m, sizeof *row);
+    *job = (flush_job){layer, m, 0, win, uw, row, NULL}; /* flush frees them */
+    if (!win || !uw || !row)
+        return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
+    for (uint32_t t = 0; t < m; t++)
+        uw[t] = window_of(c, s->pending_pos[layer][t]);
+    qsort(uw, m, sizeof *uw, cmp_u32);
+    uint32_t nw = 0;
+    for (uint32_t t = 0; t < m; t++)
+        if (!nw || uw[t] != uw[nw - 1])
+            uw[nw++] = uw[t];
+    skvi_key_stats distinct = {.win = uw, .n_windows = nw};
+    for (uint32_t t = 0; t < m; t++)
+        win[t] = row_of(&distinct, window_of(c, s->pending_pos[layer][t]));
+    job->nw = nw;
     for (uint32_t h = 0; h < H; h++) {
-        skv_status st = stats_grow(c, &s->stats[(size_t)layer * H + h], w_hi + 1);
+        skv_status st = stats_add_windows(c, &s->stats[(size_t)layer * H + h], uw, nw);
         if (st != SKV_OK)
             return st;
     }
@@ -187,11 +238,10 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
         pph = l->n > pph ? l->n : pph;
     }
     uint32_t *pages = skvi_calloc(a, (size_t)H * pph, sizeof *pages), *tokens = skvi_calloc(a, H, sizeof *tokens);
-    uint32_t *win = skvi_calloc(a, m, sizeof *win);
-    float *out = skvi_calloc(a, (size_t)H * nw * 2 * D, sizeof *out);
+    float *out = job->out = skvi_calloc(a, (size_t)H * nw * 2 * D, sizeof *out);
     skv_status st = SKV_OK;
     cl_mem bufs[5] = {0};
-    if (!pages || !tokens || !win || !out)
+    if (!pages || !tokens || !out)
         st = skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "key statistics: out of memory");
     cl_int e = CL_SUCCESS;
     if (st == SKV_OK) {
@@ -201,8 +251,6 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
                 pages[(size_t)h * pph + j] = l->ids[j]; /* device pages: offload and quantize flush first */
             tokens[h] = l->tokens;
         }
-        for (uint32_t t = 0; t < m; t++)
-            win[t] = window_of(c, s->pending_pos[layer][t]) - w_lo;
         cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
         bufs[0] = clCreateBuffer(ctx->cl, ro, (size_t)H * pph * 4, pages, &e);
         if (e == CL_SUCCESS)
@@ -247,7 +295,6 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
             clReleaseMemObject(bufs[i]);
     skvi_free(a, pages);
     skvi_free(a, tokens);
-    *job = (flush_job){layer, m, w_lo, nw, win, out};
     (void)P;
     return st;
 }
@@ -258,15 +305,17 @@ static void flush_commit(skv_cache *c, skvi_seq *s, const flush_job *job)
     const uint32_t H = c->desc.kv_heads, D = c->desc.head_dim;
     for (uint32_t h = 0; h < H; h++) {
         skvi_key_stats *k = &s->stats[(size_t)job->layer * H + h];
+        uint32_t *row = job->row;
         for (uint32_t w = 0; w < job->nw; w++) {
+            row[w] = row_of(k, job->uw[w]); /* flush_enqueue added every window */
             const float *o = job->out + ((size_t)h * job->nw + w) * 2 * D;
             for (uint32_t d = 0; d < D; d++) {
-                k->sum[(size_t)(job->w_lo + w) * D + d] += o[d];
-                k->sum_unit[(size_t)(job->w_lo + w) * D + d] += o[D + d];
+                k->sum[(size_t)row[w] * D + d] += o[d];
+                k->sum_unit[(size_t)row[w] * D + d] += o[D + d];
             }
         }
         for (uint32_t t = 0; t < job->m; t++)
-            k->count[job->w_lo + job->win[t]]++;
+            k->count[row[job->win[t]]]++;
     }
     s->pending_n[job->layer] = 0;
 }
@@ -298,6 +347,8 @@ skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer)
         flush_commit(c, s, &jobs[i]);
     for (uint32_t i = 0; i < done; i++) {
         skvi_free(a, jobs[i].win);
+        skvi_free(a, jobs[i].uw);
+        skvi_free(a, jobs[i].row);
         skvi_free(a, jobs[i].out);
     }
     skvi_free(a, jobs);
@@ -306,19 +357,26 @@ skv_status skvi_stats_flush(skv_cache *c, skvi_seq *s, uint32_t layer)
 
 /* The statistics vectors of (layer, head) as floats: rows 0..nw-1 the means (one row,
  * the global mean, unless windowed), row nw the unit mean. */
-float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out)
+float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint32_t head, uint32_t *nw_out,
+                          uint32_t **win_out)
 {
     const uint32_t D = c->desc.head_dim;
     const skvi_key_stats *k = s->stats ? &s->stats[(size_t)layer * c->desc.kv_heads + head] : NULL;
     int windowed = c->desc.scorer == SKV_SCORER_MANIFOLD_WINDOWED;
     uint32_t nw = windowed && k && k->n_windows ? k->n_windows : 1;
     float *v = skvi_calloc(c->ctx->alloc, (size_t)(nw + 1) * D, sizeof *v);
-    if (!v)
+    uint32_t *win = skvi_calloc(c->ctx->alloc, nw, sizeof *win);
+    if (!v || !win) {
+        skvi_free(c->ctx->alloc, v);
+        skvi_free(c->ctx->alloc, win);
         return NULL;
+    }
     if (k && k->n_windows) {
         uint64_t total = 0;
         for (uint32_t w = 0; w < k->n_windows; w++)
             total += k->count[w];
+        for (uint32_t w = 0; windowed && w < nw; w++)
+            win[w] = k->win[w];
         for (uint32_t d = 0; d < D; d++) {
             double all = 0, unit = 0;
             for (uint32_t w = 0; w < k->n_windows; w++) {
@@ -333,5 +391,6 @@ float *skvi_stats_vectors(skv_cache *c, const skvi_seq *s, uint32_t layer, uint3
         }
     }
     *nw_out = nw;
+    *win_out = win;
     return v;
 }

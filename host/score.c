@@ -210,17 +210,19 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     if (st != SKV_OK)
         return st;
     const uint32_t D = c->desc.head_dim;
-    uint32_t nw = 1;
-    float *vecs = skvi_stats_vectors(c, s, layer, kv_head, &nw);
+    uint32_t nw = 1, *wins = NULL;
+    float *vecs = skvi_stats_vectors(c, s, layer, kv_head, &nw, &wins);
     const int defer = deferred && capacity >= held && held > 0; /* read straight into out, no wait */
     if (from && !defer && held) { /* kept scores are in out already: only a deferred call reads there */
         skvi_free(ctx->alloc, vecs);
+        skvi_free(ctx->alloc, wins);
         return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG, "skv_seq_scores: kept scores need a deferred call");
     }
     float *scores = defer ? out : skvi_calloc(ctx->alloc, held ? held : 1, sizeof *scores);
     float *tables = NULL, *norms2 = NULL;
     if (!vecs || !scores) {
         skvi_free(ctx->alloc, vecs);
+        skvi_free(ctx->alloc, wins);
         if (!defer)
             skvi_free(ctx->alloc, scores);
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_scores: out of memory");
@@ -233,13 +235,15 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             continue;
         }
         cl_int e;
-        cl_mem bufs[5] = {0}; /* pages, scores, vectors or tables, norms2 (ADA), |k|^2 */
+        cl_mem bufs[6] = {0}; /* pages, scores, vectors or tables, norms2 (ADA), |k|^2, windows */
         cl_mem_flags ro = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
         bufs[0] = clCreateBuffer(ctx->cl, ro, l->n * sizeof *l->ids, l->ids, &e);
         if (e == CL_SUCCESS)
             bufs[1] = clCreateBuffer(ctx->cl, CL_MEM_WRITE_ONLY, l->tokens * sizeof(float), NULL, &e);
         if (e == CL_SUCCESS)
             bufs[4] = clCreateBuffer(ctx->cl, CL_MEM_WRITE_ONLY, l->tokens * sizeof(float), NULL, &e);
+        if (e == CL_SUCCESS)
+            bufs[5] = clCreateBuffer(ctx->cl, ro, nw * sizeof *wins, wins, &e);
         if (e == CL_SUCCESS && t == SKV_TIER_F16) {
             bufs[2] = clCreateBuffer(ctx->cl, ro, (size_t)(nw + 1) * D * sizeof(float), vecs, &e);
         } else if (e == CL_SUCCESS) { /* ADA: the vectors enter as query tables, as in decode */
@@ -276,6 +280,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             if (t != SKV_TIER_F16)
                 skvi_arg_mem(&a, bufs[3]);
             skvi_arg_u32(&a, nw);
+            skvi_arg_mem(&a, bufs[5]);
             skvi_arg_u32(&a, c->desc.score_window);
             skvi_arg_u32(&a, c->desc.n_sink);
             if (t != SKV_TIER_F16)
@@ -300,7 +305,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         if (st == SKV_OK && e != CL_SUCCESS)
             st = skvi_cl_fail(ctx->error, e, "skv_seq_scores");
         done += l->tokens;
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < 6; i++)
             if (bufs[i])
                 clReleaseMemObject(bufs[i]);
         skvi_free(ctx->alloc, tables);
@@ -314,6 +319,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     else if (st == SKV_OK && capacity)
         memcpy(out, scores, (held < capacity ? held : capacity) * sizeof *out);
     skvi_free(ctx->alloc, vecs);
+    skvi_free(ctx->alloc, wins);
     if (!defer)
         skvi_free(ctx->alloc, scores);
     return st;

@@ -465,6 +465,47 @@ static void read_pages(skv_cache *c, skv_seq_id s, unsigned char *out)
         }
 }
 
+/* NaN or Inf in host keys, values or queries would turn every decode of their head into
+ * NaN: they are refused with a message naming the token and head, and the sequence
+ * still decodes what it held. */
+static void test_nonfinite_inputs_refused(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(1, 4, 2, 64, 16);
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {5};
+    mirror m = {.H = 2, .D = 64};
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(append_random(c, s, 0, 21, SKV_F32, &r, &m));
+    float k[3 * 2 * 64] = {0}, v[3 * 2 * 64] = {0};
+    uint16_t kh[3 * 2 * 64] = {0};
+    int32_t pos[3] = {100, 101, 102};
+    k[(2 * 2 + 1) * 64 + 7] = NAN; /* token 2, kv-head 1 */
+    assert_int_equal(skv_append(c, s, 0, 3, SKV_F32, k, v, pos), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "k of token 2, kv-head 1"));
+    k[(2 * 2 + 1) * 64 + 7] = 0;
+    v[5] = -INFINITY;
+    assert_int_equal(skv_append(c, s, 0, 3, SKV_F32, k, v, pos), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "v of token 0, kv-head 0"));
+    kh[64] = 0x7C00; /* fp16 +Inf */
+    assert_int_equal(skv_append(c, s, 0, 3, SKV_F16, kh, kh, pos), SKV_ERR_INVALID_ARG);
+    uint64_t len;
+    assert_ok(skv_seq_length(c, s, 0, &len));
+    assert_int_equal(len, 21);
+    float q[4 * 64], out[4 * 64];
+    for (int i = 0; i < 4 * 64; i++)
+        q[i] = test_gauss(&r);
+    q[2 * 64 + 3] = NAN;
+    assert_int_equal(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.125f, SKV_F32, out), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "q-head 2"));
+    const mirror *ms[1] = {&m};
+    check_decode(c, 0, &s, ms, 1, SKV_F32, SKV_F32, &r);
+    mirror_free(&m);
+    skv_cache_destroy(c);
+}
+
 static void test_offload_fetch(void **state)
 {
     (void)state;
@@ -745,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_decode_shapes),
         cmocka_unit_test(test_fork_copy_on_write),
         cmocka_unit_test(test_out_of_memory_append_changes_nothing),
+        cmocka_unit_test(test_nonfinite_inputs_refused),
         cmocka_unit_test(test_offload_fetch),
         cmocka_unit_test(test_cl_buffers_and_events),
         cmocka_unit_test(test_decode_creates_nothing),

@@ -108,6 +108,11 @@ static void test_selection(void **state)
     assert_int_equal(skv_device_select("fastest", &p), SKV_ERR_INVALID_ARG);
     assert_non_null(strstr(skv_last_error(), "not a device selector"));
     assert_int_equal(skv_device_select("0:0x", &p), SKV_ERR_INVALID_ARG);
+    /* indices past 2^32 - 1 or with signs and spaces are not indices (2^32 wrapped to 0) */
+    const char *bad[] = {"0:4294967296", "4294967296:0", "0:18446744073709551616", "0:-0", " 0:0", "0: 0", "0:+0", ":0", "0:"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(skv_device_select(bad[i], &p), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_device_select("0:4294967295", &p), SKV_ERR_NO_DEVICE);
     free(devs);
 }
 

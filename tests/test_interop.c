@@ -130,6 +130,44 @@ static void test_mismatched_objects(void **state)
     skv_context_desc_init(&desc);
     desc.struct_size = 3;
     assert_int_equal(skv_context_create_cl(&desc, c1, d, NULL, &ctx), SKV_ERR_INVALID_ARG);
+    /* a device outside cl_ctx: a sub-device, where the device can be partitioned */
+    cl_device_partition_property parts[] = {CL_DEVICE_PARTITION_EQUALLY, 1, 0};
+    cl_device_id sub[64];
+    cl_uint n_sub = 0;
+    if (clCreateSubDevices(d, parts, 64, sub, &n_sub) == CL_SUCCESS && n_sub > 0) {
+        assert_int_equal(skv_context_create_cl(NULL, c1, sub[0], NULL, &ctx), SKV_ERR_INVALID_ARG);
+        assert_non_null(strstr(skv_last_error(), "not one of cl_ctx's devices"));
+        for (cl_uint i = 0; i < n_sub; i++)
+            clReleaseDevice(sub[i]);
+    }
+    /* a cl_mem of another cl_context, in an append and a decode */
+    assert_ok(skv_context_create_cl(NULL, c1, d, NULL, &ctx));
+    skv_cache_desc cd;
+    skv_cache_desc_init(&cd);
+    cd.layers = 1, cd.q_heads = 2, cd.kv_heads = 1, cd.head_dim = 64, cd.page_tokens = 16;
+    cd.device_budget_bytes = 1u << 20;
+    skv_cache *cache;
+    assert_ok(skv_cache_create(ctx, &cd, &cache));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(cache, &s));
+    cl_mem own = clCreateBuffer(c1, CL_MEM_READ_WRITE, 4096, NULL, &e), other = clCreateBuffer(c2, CL_MEM_READ_WRITE, 4096, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    int32_t pos[4] = {0, 1, 2, 3};
+    assert_int_equal(skv_append_cl(cache, s, 0, 4, SKV_F32, other, 0, own, 0, pos, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "another cl_context"));
+    assert_int_equal(skv_append_cl(cache, s, 0, 4, SKV_F32, own, 0, other, 0, pos, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_append_cl(cache, s, 0, 4, SKV_F32, own, 0, own, 0, pos, 0, NULL, NULL));
+    assert_int_equal(skv_attention_decode_cl(cache, 0, &s, 1, SKV_F32, other, 0, 0.125f, SKV_F32, own, 0, 0, NULL, NULL),
+                     SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "another cl_context"));
+    assert_int_equal(skv_attention_decode_cl(cache, 0, &s, 1, SKV_F32, own, 0, 0.125f, SKV_F32, other, 0, 0, NULL, NULL),
+                     SKV_ERR_INVALID_ARG);
+    assert_ok(skv_attention_decode_cl(cache, 0, &s, 1, SKV_F32, own, 0, 0.125f, SKV_F32, own, 1024, 0, NULL, NULL));
+    assert_ok(skv_context_finish(ctx));
+    clReleaseMemObject(own);
+    clReleaseMemObject(other);
+    skv_cache_destroy(cache);
+    skv_context_destroy(ctx);
     clReleaseCommandQueue(q2);
     clReleaseContext(c2);
     clReleaseContext(c1);

@@ -142,6 +142,103 @@ static void test_scorers_match_reference(void **state)
     free(k);
 }
 
+/* manifold_windowed keeps a row per window that holds tokens, not per window up to the
+ * largest position: tokens near 0, near 10^6 and near 2^31 (in two appends, out of
+ * order, some quantised) score against their own window's mean, and the statistics
+ * hold as many rows as distinct windows. Before, the rows ran densely to the largest
+ * position's window (2^31 / 64 windows of 1 KiB: the allocation failed). */
+static void test_windowed_sparse_positions(void **state)
+{
+    (void)state;
+    const uint32_t H = 2, D = 64, P = 16, W = 64, n = 45;
+    skv_cache *c = make(SKV_SCORER_MANIFOLD_WINDOWED, H, D, P, W);
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {77};
+    float *k = malloc((size_t)n * H * D * 4);
+    int32_t pos[45];
+    for (size_t i = 0; i < (size_t)n * H * D; i++)
+        k[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(test_gauss(&r) + (i % D == 5 ? 3.0f : 0.2f)));
+    for (uint32_t t = 0; t < n; t++)
+        pos[t] = t % 3 == 0 ? (int32_t)(t * 5) : t % 3 == 1 ? 1000000 + 9 * (int32_t)t : INT32_MAX - 1 - (int32_t)t;
+    assert_ok(skv_append(c, s, 1, 20, SKV_F32, k, k, pos));
+    float got[45];
+    size_t held;
+    assert_ok(skv_seq_scores(c, s, 1, 0, got, n, &held)); /* the first 20 enter the statistics */
+    assert_ok(skv_seq_quantize(c, s, 0, 16, SKV_TIER_A3V4));
+    assert_ok(skv_append(c, s, 1, n - 20, SKV_F32, k + (size_t)20 * H * D, k + (size_t)20 * H * D, pos + 20));
+    /* the reference: means by window over every key, the unit mean over all */
+    uint32_t wins[45], nw = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        uint32_t w = (uint32_t)pos[t] / W, i = 0;
+        while (i < nw && wins[i] != w)
+            i++;
+        if (i == nw)
+            wins[nw++] = w;
+    }
+    for (uint32_t h = 0; h < H; h++) {
+        double mean[45][64] = {{0}}, unit[64] = {0};
+        uint32_t cnt[45] = {0};
+        for (uint32_t t = 0; t < n; t++) {
+            const float *kt = k + ((size_t)t * H + h) * D;
+            uint32_t i = 0;
+            while (wins[i] != (uint32_t)pos[t] / W)
+                i++;
+            cnt[i]++;
+            double n2 = 0;
+            for (uint32_t d = 0; d < D; d++)
+                n2 += (double)kt[d] * kt[d];
+            for (uint32_t d = 0; d < D; d++) {
+                mean[i][d] += kt[d];
+                unit[d] += kt[d] / sqrt(n2);
+            }
+        }
+        for (uint32_t i = 0; i < nw; i++)
+            for (uint32_t d = 0; d < D; d++)
+                mean[i][d] /= cnt[i];
+        int32_t held_pos[45];
+        size_t pc;
+        for (uint32_t i = 0; i < n; i++)
+            got[i] = NAN;
+        assert_ok(skv_seq_scores(c, s, 1, h, got, n, &held));
+        assert_int_equal(held, n);
+        assert_ok(skv_seq_positions(c, s, 1, h, held_pos, n, &pc));
+        assert_int_equal(c->seqs[s].stats[(size_t)1 * H + h].n_windows, nw);
+        const skvi_page_list *f16 = skvi_seq_list(c, &c->seqs[s], 1, h, SKV_TIER_F16);
+        int8_t signs[256];
+        skv_ref_ada_signs(1, h, D, signs);
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t t = 0, w = 0;
+            while (pos[t] != held_pos[i])
+                t++;
+            while (wins[w] != (uint32_t)pos[t] / W)
+                w++;
+            float key[64], mu[64], uf[64];
+            memcpy(key, k + ((size_t)t * H + h) * D, D * 4);
+            if (i >= f16->tokens) { /* an A3V4 token: the reference scores its decoded key */
+                uint32_t words[64];
+                uint16_t norm;
+                skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
+                skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
+            }
+            for (uint32_t d = 0; d < D; d++) {
+                mu[d] = (float)mean[w][d];
+                uf[d] = (float)(unit[d] / n);
+            }
+            float want = skv_ref_score_key(SKV_SCORER_MANIFOLD_WINDOWED, key, D, mu, uf, pos[t], c->desc.n_sink);
+            if (!(fabsf(got[i] - want) <= 2e-4f * fmaxf(1.0f, fabsf(want))))
+                fail_msg("head %u position %d (%s): %.7g, reference %.7g", h, pos[t], i >= f16->tokens ? "a3v4" : "f16",
+                         got[i], want);
+        }
+    }
+    /* a fork carries the sparse rows */
+    skv_seq_id f;
+    assert_ok(skv_seq_fork(c, s, &f));
+    assert_int_equal(c->seqs[f].stats[H].n_windows, nw);
+    free(k);
+    skv_cache_destroy(c);
+}
+
 static void test_hand_computed(void **state)
 {
     (void)state;
@@ -483,6 +580,32 @@ static void test_snapkv(void **state)
  * the 200 prefill tokens, all observed by the 5 steps, score their mean attention, with
  * no penalty by age. Both decode kernel variants, F16 and A3V4 tokens, against fp64
  * probabilities over the stored keys. */
+/* The observed scorer's accumulators are per position: a position far ahead of the
+ * tokens is refused before anything changes (it asked for 8 GiB before), one within the
+ * span is taken. */
+static void test_observed_position_span(void **state)
+{
+    (void)state;
+    skv_cache *c = make(SKV_SCORER_OBSERVED, 2, 64, 16, 64);
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    float k[2 * 2 * 64] = {0};
+    int32_t far[2] = {0, INT32_MAX - 1}, edge[2] = {1, 65535}, past[1] = {65536};
+    assert_int_equal(skv_append(c, s, 0, 2, SKV_F32, k, k, far), SKV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(skv_last_error(), "per-position"));
+    uint64_t len;
+    assert_ok(skv_seq_length(c, s, 0, &len));
+    assert_int_equal(len, 0);
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(c, &st));
+    assert_int_equal(st.pools[SKV_TIER_F16][SKV_MEM_DEVICE].pages_used, 0);
+    assert_ok(skv_append(c, s, 0, 2, SKV_F32, k, k, edge));
+    assert_int_equal(skv_append(c, s, 0, 1, SKV_F32, k, k, past), SKV_ERR_UNSUPPORTED);
+    assert_ok(skv_seq_length(c, s, 0, &len));
+    assert_int_equal(len, 2);
+    skv_cache_destroy(c);
+}
+
 static void test_observed(void **state)
 {
     (void)state;
@@ -589,6 +712,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scorers_match_reference),
+        cmocka_unit_test(test_windowed_sparse_positions),
         cmocka_unit_test(test_hand_computed),
         cmocka_unit_test(test_needle_retention),
         cmocka_unit_test(test_rope_and_triattention_reference),
@@ -596,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_snapkv_pooling),
         cmocka_unit_test(test_snapkv),
         cmocka_unit_test(test_observed),
+        cmocka_unit_test(test_observed_position_span),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -274,6 +274,10 @@ typedef enum skv_scorer {
     SKV_SCORER_SNAPKV = 7,            /* SnapKV: attention of an observation window of queries */
     SKV_SCORER_OBSERVED = 8           /* H2O: attention accumulated by decode / the steps that observed it */
 } skv_scorer;
+/* manifold_windowed keeps a mean per window that holds a token, however far apart their
+ * positions. The observed scorer and HeteroCache keep state per position, so with them a
+ * layer's positions may run at most 4x ahead of the tokens appended to it (or up to
+ * 65535): skv_append refuses a position beyond with SKV_ERR_UNSUPPORTED. */
 
 /* How the model applied RoPE to the keys it appends (TriAttention inverts it). */
 typedef struct skv_rope_desc {
