@@ -443,12 +443,6 @@ static skv_status run(skv_cache *c, const decode_args *a, const decode_plan *p, 
             e = clEnqueueNDRangeKernel(c->ctx->queue, m.k, 2, NULL, global, NULL, 0, NULL, done);
     }
     observe_arg oa = {c, p, r->logits, r->ml};
-    for (uint32_t b = 0; observe && st == SKV_OK && e == CL_SUCCESS && b < B; b++) { /* after the merge */
-        skvi_seq *s = &c->seqs[a->seqs[b]];
-        e = observe_rows(&oa, b, s->obs_acc[layer], s->obs_cap[layer]);
-        if (e == CL_SUCCESS) /* the step the observed scores divide by (score_observed.c) */
-            s->obs_steps[layer]++;
-    }
     for (uint32_t b = 0; !a->logits_host && st == SKV_OK && e == CL_SUCCESS && b < B; b++)
         if (!repeated(a->seqs, b))
             st = skvi_hetero_after_decode(c, &c->seqs[a->seqs[b]], layer, b, observe_rows, &oa);
@@ -458,6 +452,14 @@ static skv_status run(skv_cache *c, const decode_args *a, const decode_plan *p, 
                                 a->out_host, 0, NULL, NULL);
     if (st == SKV_OK && e == CL_SUCCESS && a->logits_host)
         st = read_logits(c, p, r, a->logits_host, a->capacity, a->fn);
+    /* Observed attention last, once everything else has succeeded, so that a failed call
+     * has accumulated nothing and its retry counts the step once. */
+    for (uint32_t b = 0; observe && st == SKV_OK && e == CL_SUCCESS && b < B; b++) {
+        skvi_seq *s = &c->seqs[a->seqs[b]];
+        e = observe_rows(&oa, b, s->obs_acc[layer], s->obs_cap[layer]);
+        if (e == CL_SUCCESS) /* the step the observed scores divide by (score_observed.c) */
+            s->obs_steps[layer]++;
+    }
     if (st == SKV_OK && e != CL_SUCCESS)
         st = skvi_cl_fail(c->ctx->error, e, "decode attention: enqueue");
     return st;

@@ -2,6 +2,7 @@
  * (by API or by the SKV_DEVICE environment variable). */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -276,11 +277,31 @@ typedef struct device_table {
     size_t count;
 } device_table;
 
+/* PoCL 3.1 crashes when two threads make a process's first OpenCL calls at once: the
+ * first enumeration runs once, and every other waits for it. */
+static pthread_once_t first_calls_once = PTHREAD_ONCE_INIT;
+
+static void first_calls(void)
+{
+    cl_platform_id platforms[MAX_PLATFORMS];
+    cl_uint np = 0;
+    if (clGetPlatformIDs(MAX_PLATFORMS, platforms, &np) != CL_SUCCESS)
+        return;
+    for (cl_uint p = 0; p < np && p < MAX_PLATFORMS; p++) {
+        cl_device_id devs[MAX_DEVICES];
+        cl_uint nd = 0;
+        clGetDeviceIDs(platforms[p], CL_DEVICE_TYPE_ALL, MAX_DEVICES, devs, &nd);
+    }
+}
+
+void skvi_opencl_first_calls(void) { pthread_once(&first_calls_once, first_calls); }
+
 static skv_status enumerate(device_table *t, char *err)
 {
     cl_platform_id platforms[MAX_PLATFORMS];
     cl_uint np = 0;
     t->count = 0;
+    skvi_opencl_first_calls();
     cl_int e = clGetPlatformIDs(MAX_PLATFORMS, platforms, &np);
     if (e == -1001 /* CL_PLATFORM_NOT_FOUND_KHR: no ICD installed */ || (e == CL_SUCCESS && np == 0))
         return SKV_OK;

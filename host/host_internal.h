@@ -81,6 +81,9 @@ void skvi_decode_params_merge(skv_decode_params *base, const skv_decode_params *
 
 /* clFinish on both queues; unlike skv_context_finish it keeps the thread's last error. */
 skv_status skvi_finish(skv_context *ctx);
+/* The process's first OpenCL calls (platform and device enumeration), made once under
+ * pthread_once: every entry point that may be first calls this. */
+void skvi_opencl_first_calls(void);
 /* The index of the first of base[0..n) (in dtype) that is NaN or infinite, or n. */
 static inline size_t skvi_first_nonfinite(skv_dtype dtype, const void *base, size_t n)
 {

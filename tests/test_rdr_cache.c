@@ -1092,6 +1092,46 @@ static void test_append_cl_defers(void **state)
     }
 }
 
+/* A deferred compression whose gate fails (the append's input event ends in an error
+ * status): the compression is dropped, not run on pages that were never written, and
+ * the cache stays usable for what does not depend on the failed command. */
+static void test_failed_gate_drops_compression(void **state)
+{
+    (void)state;
+    defer_pair p = {.r = {43}};
+    assert_ok(skv_context_cl_objects(ctx, &p.clc, NULL, &p.q, NULL));
+    skv_cache_desc d = make_desc(0xF, 0.25f, 2, 2, 64, 16);
+    d.slack = 24;
+    assert_ok(skv_cache_create(ctx, &d, &p.a));
+    assert_ok(skv_cache_create(ctx, &d, &p.b));
+    assert_ok(skv_seq_create(p.b, &p.sb));
+    cl_int e;
+    cl_event gate = clCreateUserEvent(p.clc, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    defer_append(&p, 1, 0, 100, 0, 0, &gate);
+    skv_cache_stats st = {.struct_size = sizeof st};
+    assert_ok(skv_cache_get_stats(p.b, &st));
+    assert_int_equal(st.deferred_pending, 1);
+    assert_int_equal(clSetUserEventStatus(gate, -1), CL_SUCCESS); /* the caller's producer failed */
+    clFinish(p.q);                                                 /* its status: the driver's choice */
+    skv_seq_id other;
+    assert_ok(skv_seq_create(p.b, &other));
+    float kv[2 * 64] = {0};
+    int32_t at = 0;
+    skv_append(p.b, other, 1, 1, SKV_F32, kv, kv, &at); /* polls the deferred work (its own status: the driver's) */
+    assert_ok(skv_cache_get_stats(p.b, &st));
+    assert_int_equal(st.deferred_pending, 0);
+    assert_int_equal(st.compressions, 0);
+    assert_int_equal(st.deferred_compressions, 0);
+    assert_ok(skv_seq_free(p.b, p.sb));
+    assert_ok(skv_seq_free(p.b, other));
+    assert_ok(skv_cache_get_stats(p.b, &st));
+    assert_int_equal(st.pools[SKV_TIER_F16][SKV_MEM_DEVICE].pages_used, 0);
+    clReleaseEvent(gate);
+    skv_cache_destroy(p.a);
+    skv_cache_destroy(p.b);
+}
+
 int main(int argc, char **argv)
 {
     if (test_filter_args(argc, argv) != 0)
@@ -1104,6 +1144,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
         cmocka_unit_test(test_append_cl_defers),
+        cmocka_unit_test(test_failed_gate_drops_compression),
         cmocka_unit_test(test_query_energy),
         cmocka_unit_test(test_all_or_nothing),
         cmocka_unit_test(test_needles_at_one_eighth),

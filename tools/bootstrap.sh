@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bootstrap skv on a fresh Debian 12 machine: install build dependencies, then
-#   test  configure, build and run the test suites twice (RelWithDebInfo, then ASan/UBSan)
+#   test  configure, build and run the test suites twice (RelWithDebInfo, then ASan/UBSan),
+#         then the threads suite under ThreadSanitizer
 #   demo  build a release and run `skv demo`
 # Usage: tools/bootstrap.sh MODE [args passed to `skv demo`...]
 set -euo pipefail
@@ -107,6 +108,14 @@ case "$mode" in
         export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp:print_suppressions=0"
         export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
         run_ctest asan
+
+        # the concurrency contract under ThreadSanitizer: only the suite that tests it
+        banner "configure build/tsan (ThreadSanitizer, test_threads)"
+        cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSKV_TSAN=ON -DSKV_WERROR=ON
+        cmake --build build/tsan -j"$jobs" --target test_threads
+        banner "ctest build/tsan"
+        TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1" \
+            ctest --test-dir build/tsan -R '^test_threads$' --output-on-failure --no-tests=error
 
         banner "all test phases passed"
         ;;

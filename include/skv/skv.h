@@ -9,7 +9,15 @@
  *  - On error, a message saying what was wrong is kept per context
  *    (skv_context_last_error) and per calling thread (skv_last_error).
  *  - The library never prints, aborts or exits.
- *  - A context and everything created from it is used by one thread at a time.
+ *  - Threads: a context and everything created from it (caches, sequences) is used by
+ *    one thread at a time; it may move between threads when the caller orders the
+ *    handoff (a mutex, a join). Different contexts may be used from different threads
+ *    at once, and share the program cache folder safely (files are written whole and
+ *    renamed into place). The functions that take no context (skv_devices_list,
+ *    skv_device_select, skv_version*, skv_status_str) may be called from any thread,
+ *    and the skv_hetero_profile_* functions on different profiles. skv serialises the
+ *    process's first OpenCL calls (some drivers crash when two threads make them at
+ *    once). tests/test_threads.c checks this, under ThreadSanitizer in the test command.
  *
  * OpenCL interop (taking the caller's cl_context / queue, events) is in <skv/skv_cl.h>,
  * so this header needs no OpenCL headers. */
