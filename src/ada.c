@@ -12,6 +12,7 @@
  * the exact squares of fp16 midpoints. Both sides build with contraction off
  * (-ffp-contract=off here, #pragma OPENCL FP_CONTRACT OFF in the kernels). */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +27,56 @@ static double radius_pdf(double u, double m)
     return x <= 0 ? 0.0 : 2.0 * u * (m - 1.0) / m * pow(x, m - 2.0);
 }
 
+/* Codebooks already solved in this process (each costs tens of ms; every cache with an
+ * ADA tier needs one per tier), by (head_dim, radius_bits). The solve is deterministic,
+ * so two threads solving the same one at once store the same values. */
+typedef struct codebook_memo {
+    uint32_t head_dim;
+    unsigned radius_bits;
+    float centroids[16], bounds[15];
+} codebook_memo;
+static codebook_memo memo[32];
+static unsigned memo_n;
+static pthread_mutex_t memo_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int memo_find(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds)
+{
+    int found = 0;
+    pthread_mutex_lock(&memo_lock);
+    for (unsigned i = 0; i < memo_n && !found; i++)
+        if (memo[i].head_dim == head_dim && memo[i].radius_bits == radius_bits) {
+            memcpy(centroids, memo[i].centroids, (1u << radius_bits) * sizeof *centroids);
+            memcpy(bounds, memo[i].bounds, ((1u << radius_bits) - 1) * sizeof *bounds);
+            found = 1;
+        }
+    pthread_mutex_unlock(&memo_lock);
+    return found;
+}
+
+static void memo_store(uint32_t head_dim, unsigned radius_bits, const float *centroids, const float *bounds)
+{
+    pthread_mutex_lock(&memo_lock);
+    if (memo_n < sizeof memo / sizeof memo[0]) { /* full: later ones are solved each time */
+        codebook_memo *m = &memo[memo_n++];
+        m->head_dim = head_dim;
+        m->radius_bits = radius_bits;
+        memcpy(m->centroids, centroids, (1u << radius_bits) * sizeof *centroids);
+        memcpy(m->bounds, bounds, ((1u << radius_bits) - 1) * sizeof *bounds);
+    }
+    pthread_mutex_unlock(&memo_lock);
+}
+
+static void codebook_solve(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds);
+
 void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds)
+{
+    if (memo_find(head_dim, radius_bits, centroids, bounds))
+        return;
+    codebook_solve(head_dim, radius_bits, centroids, bounds);
+    memo_store(head_dim, radius_bits, centroids, bounds);
+}
+
+static void codebook_solve(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds)
 {
     enum { GRID = 40000 };
     const double m = head_dim / 2.0, top = sqrt(m) < 8.0 ? sqrt(m) : 8.0, du = top / GRID;

@@ -177,7 +177,8 @@ typedef struct skv_ref_ada_params {
 } skv_ref_ada_params;
 
 /* Lloyd–Max codebook (2^radius_bits centroids, boundaries between them) for the radius
- * of a coordinate pair of a direction uniform on the sphere in head_dim dimensions. */
+ * of a coordinate pair of a direction uniform on the sphere in head_dim dimensions.
+ * Solved once per (head_dim, radius_bits) in a process, then copied (thread-safe). */
 void skv_ref_ada_codebook(uint32_t head_dim, unsigned radius_bits, float *centroids, float *bounds);
 void skv_ref_ada_params_init(skv_ref_ada_params *p, uint32_t head_dim, unsigned radius_bits,
                              unsigned angle_bits);
