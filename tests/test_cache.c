@@ -506,6 +506,157 @@ static void test_nonfinite_inputs_refused(void **state)
     skv_cache_destroy(c);
 }
 
+/* call must give SKV_ERR_INVALID_ARG and a message containing `word`. */
+#define expect_invalid(call, word)                                                                                     \
+    do {                                                                                                               \
+        skv_status st_ = (call);                                                                                       \
+        if (st_ != SKV_ERR_INVALID_ARG || !skv_last_error()[0] || !strstr(skv_last_error(), word))                     \
+            fail_msg("%s: status %d, message '%s'", #call, (int)st_, skv_last_error());                                \
+    } while (0)
+
+/* Every call that takes a cache refuses a NULL cache, a NULL result pointer, a sequence
+ * that was freed (or never existed), and a stats struct of the wrong size, with
+ * SKV_ERR_INVALID_ARG and a message, and changes nothing. */
+static void test_every_call_refuses_bad_handles(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(2, 4, 2, 64, 16);
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.host_budget_bytes = 1u << 20;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s, gone;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_seq_create(c, &gone));
+    assert_ok(skv_seq_free(c, gone));
+    test_rng r = {3};
+    mirror m = {.H = 2, .D = 64};
+    assert_ok(append_random(c, s, 0, 40, SKV_F32, &r, &m));
+    float x[4 * 64] = {0}, out[4 * 64];
+    int32_t pos[1] = {0};
+    uint64_t u64;
+    size_t count;
+    double ms;
+    skv_seq_id id;
+    const skv_seq_id bad_ids[3] = {gone, 12345, (skv_seq_id)-1};
+    for (int i = 0; i < 3; i++) {
+        const skv_seq_id b = bad_ids[i];
+        expect_invalid(skv_seq_free(c, b), "");
+        expect_invalid(skv_seq_fork(c, b, &id), "");
+        expect_invalid(skv_seq_length(c, b, 0, &u64), "");
+        expect_invalid(skv_seq_positions(c, b, 0, 0, pos, 1, &count), "");
+        expect_invalid(skv_append(c, b, 0, 1, SKV_F32, x, x, pos), "");
+        expect_invalid(skv_seq_offload(c, b, 0, 16), "");
+        expect_invalid(skv_seq_fetch(c, b, 0, 16), "");
+        expect_invalid(skv_seq_quantize(c, b, 0, 16, SKV_TIER_A3V4), "");
+        expect_invalid(skv_seq_host_pages(c, b, &u64), "");
+        expect_invalid(skv_attention_decode(c, 0, &b, 1, SKV_F32, x, 0.125f, SKV_F32, out), "");
+        const skv_seq_id pair[2] = {s, b}; /* one bad sequence in a batch */
+        float out2[2 * 4 * 64];
+        expect_invalid(skv_attention_decode(c, 0, pair, 2, SKV_F32, x, 0.125f, SKV_F32, out2), "");
+        expect_invalid(skv_attention_logits(c, 0, b, SKV_F32, x, 0.125f, out, 64, &count), "");
+        expect_invalid(skv_seq_observe_window(c, b, 0, 1, SKV_F32, x, pos), "");
+        expect_invalid(skv_seq_scores(c, b, 0, 0, out, 64, &count), "");
+        expect_invalid(skv_compress(c, b), "");
+        expect_invalid(skv_seq_offload_head(c, b, 0, 0, 0, 16), "");
+        expect_invalid(skv_seq_fetch_head(c, b, 0, 0, 0, 16), "");
+        expect_invalid(skv_hetero_calibrate_abort(c, b), "");
+    }
+    /* NULL cache */
+    expect_invalid(skv_cache_page_bytes(NULL, SKV_TIER_F16, &u64), "");
+    expect_invalid(skv_seq_create(NULL, &id), "");
+    expect_invalid(skv_seq_free(NULL, s), "");
+    expect_invalid(skv_seq_fork(NULL, s, &id), "");
+    expect_invalid(skv_seq_length(NULL, s, 0, &u64), "");
+    expect_invalid(skv_seq_positions(NULL, s, 0, 0, pos, 1, &count), "");
+    expect_invalid(skv_append(NULL, s, 0, 1, SKV_F32, x, x, pos), "");
+    expect_invalid(skv_seq_offload(NULL, s, 0, 16), "");
+    expect_invalid(skv_seq_fetch(NULL, s, 0, 16), "");
+    expect_invalid(skv_seq_quantize(NULL, s, 0, 16, SKV_TIER_A3V4), "");
+    expect_invalid(skv_seq_host_pages(NULL, s, &u64), "");
+    expect_invalid(skv_attention_decode(NULL, 0, &s, 1, SKV_F32, x, 0.125f, SKV_F32, out), "");
+    expect_invalid(skv_attention_logits(NULL, 0, s, SKV_F32, x, 0.125f, out, 64, &count), "");
+    expect_invalid(skv_cache_last_decode_ms(NULL, &ms), "");
+    expect_invalid(skv_seq_observe_window(NULL, s, 0, 1, SKV_F32, x, pos), "");
+    expect_invalid(skv_seq_scores(NULL, s, 0, 0, out, 64, &count), "");
+    skv_cache_stats st = {.struct_size = sizeof st};
+    expect_invalid(skv_cache_get_stats(NULL, &st), "");
+    expect_invalid(skv_compress(NULL, s), "");
+    skv_hetero_stats hs = {.struct_size = sizeof hs};
+    expect_invalid(skv_cache_hetero_stats(NULL, &hs), "");
+    expect_invalid(skv_cache_set_decode_params(NULL, NULL), "");
+    skv_decode_params dp;
+    expect_invalid(skv_cache_decode_params(NULL, SKV_TIER_F16, &dp), "");
+    /* NULL results */
+    expect_invalid(skv_cache_page_bytes(c, SKV_TIER_F16, NULL), "");
+    expect_invalid(skv_cache_page_bytes(c, (skv_tier)9, &u64), "");
+    expect_invalid(skv_seq_create(c, NULL), "");
+    expect_invalid(skv_seq_fork(c, s, NULL), "");
+    expect_invalid(skv_seq_length(c, s, 0, NULL), "");
+    expect_invalid(skv_seq_positions(c, s, 0, 0, NULL, 1, &count), "");
+    expect_invalid(skv_seq_positions(c, s, 0, 0, pos, 1, NULL), "");
+    expect_invalid(skv_seq_host_pages(c, s, NULL), "");
+    expect_invalid(skv_attention_decode(c, 0, &s, 1, SKV_F32, x, 0.125f, SKV_F32, NULL), "");
+    expect_invalid(skv_attention_decode(c, 0, &s, 1, SKV_F32, NULL, 0.125f, SKV_F32, out), "");
+    expect_invalid(skv_attention_logits(c, 0, s, SKV_F32, x, 0.125f, out, 64, NULL), "");
+    expect_invalid(skv_cache_last_decode_ms(c, NULL), "");
+    expect_invalid(skv_seq_scores(c, s, 0, 0, out, 64, NULL), "");
+    expect_invalid(skv_cache_get_stats(c, NULL), "");
+    st.struct_size = 8;
+    expect_invalid(skv_cache_get_stats(c, &st), "struct_size");
+    hs.struct_size = 8;
+    expect_invalid(skv_cache_hetero_stats(c, &hs), "struct_size");
+    expect_invalid(skv_cache_decode_params(c, SKV_TIER_F16, NULL), "");
+    /* ranges out of order or past the end, layers and heads out of range */
+    expect_invalid(skv_seq_offload(c, s, 32, 16), "");
+    expect_invalid(skv_seq_quantize(c, s, 32, 16, SKV_TIER_A3V4), "");
+    expect_invalid(skv_seq_quantize(c, s, 0, 16, SKV_TIER_A4V8), ""); /* not one of the cache's tiers */
+    expect_invalid(skv_seq_positions(c, s, 2, 0, pos, 1, &count), "");
+    expect_invalid(skv_seq_positions(c, s, 0, 2, pos, 1, &count), "");
+    expect_invalid(skv_seq_scores(c, s, 0, 2, out, 64, &count), "");
+    expect_invalid(skv_seq_offload_head(c, s, 0, 2, 0, 16), "");
+    expect_invalid(skv_attention_decode(c, 2, &s, 1, SKV_F32, x, 0.125f, SKV_F32, out), "");
+    /* nothing changed */
+    assert_ok(skv_seq_length(c, s, 0, &u64));
+    assert_int_equal(u64, 40);
+    assert_ok(skv_seq_host_pages(c, s, &u64));
+    assert_int_equal(u64, 0);
+    const mirror *ms1[1] = {&m};
+    check_decode(c, 0, &s, ms1, 1, SKV_F32, SKV_F32, &r);
+    mirror_free(&m);
+    skv_cache_destroy(c);
+}
+
+/* Positions need no order: negative, repeated and decreasing positions are stored as
+ * given and read back, and decode (which never looks at them) equals the reference. */
+static void test_positions_in_any_order(void **state)
+{
+    (void)state;
+    skv_cache_desc d = geometry(1, 4, 2, 64, 16);
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {17};
+    mirror m = {.H = 2, .D = 64};
+    const int32_t pos[7] = {9, 9, 4, -3, INT32_MIN, 0, 9};
+    float k[7 * 2 * 64], v[7 * 2 * 64];
+    for (int i = 0; i < 7 * 2 * 64; i++)
+        k[i] = test_gauss(&r), v[i] = test_gauss(&r);
+    assert_ok(skv_append(c, s, 0, 4, SKV_F32, k, v, pos));
+    assert_ok(skv_append(c, s, 0, 3, SKV_F32, k + 4 * 128, v + 4 * 128, pos + 4));
+    mirror_push(&m, k, v, pos, 7);
+    int32_t back[8];
+    size_t n;
+    assert_ok(skv_seq_positions(c, s, 0, 1, back, 8, &n));
+    assert_int_equal(n, 7);
+    assert_memory_equal(back, pos, sizeof pos);
+    const mirror *ms1[1] = {&m};
+    check_decode(c, 0, &s, ms1, 1, SKV_F32, SKV_F32, &r);
+    mirror_free(&m);
+    skv_cache_destroy(c);
+}
+
 static void test_offload_fetch(void **state)
 {
     (void)state;
@@ -787,6 +938,8 @@ int main(void)
         cmocka_unit_test(test_fork_copy_on_write),
         cmocka_unit_test(test_out_of_memory_append_changes_nothing),
         cmocka_unit_test(test_nonfinite_inputs_refused),
+        cmocka_unit_test(test_every_call_refuses_bad_handles),
+        cmocka_unit_test(test_positions_in_any_order),
         cmocka_unit_test(test_offload_fetch),
         cmocka_unit_test(test_cl_buffers_and_events),
         cmocka_unit_test(test_decode_creates_nothing),

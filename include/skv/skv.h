@@ -370,7 +370,15 @@ SKV_API skv_status skv_seq_positions(skv_cache *cache, skv_seq_id seq, uint32_t 
 /* Appends n_tokens tokens of one layer. k and v are [n_tokens][kv_heads][head_dim] in
  * `dtype`; positions[n_tokens] are the tokens' positions. All or nothing: on any error
  * (SKV_ERR_OUT_OF_MEMORY when the budget has no room) the sequence is unchanged. The
- * host arrays may be reused as soon as the call returns. */
+ * host arrays may be reused as soon as the call returns.
+ * Positions need no order: they are stored as given (negative, repeated or decreasing
+ * ones too) and decode never reads them; they matter to what ranks tokens by position:
+ * RDR's sink and recent-window protection (positions below n_sink, or within
+ * recent_window of the largest), the streaming scorer, manifold_windowed's windows
+ * (a negative position is in window 0), the observed scorer (a negative position
+ * accumulates nothing) and TriAttention (the RoPE phase). Host keys and values holding
+ * NaN or Inf are refused (SKV_ERR_INVALID_ARG): one would turn every decode of its head
+ * into NaN. skv_append_cl cannot check the caller's buffers without a wait and does not. */
 SKV_API skv_status skv_append(skv_cache *cache, skv_seq_id seq, uint32_t layer, uint32_t n_tokens,
                               skv_dtype dtype, const void *k, const void *v, const int32_t *positions);
 
@@ -398,7 +406,12 @@ SKV_API skv_status skv_seq_host_pages(const skv_cache *cache, skv_seq_id seq, ui
  * q[n_seqs][q_heads][head_dim] (SKV_F32 or SKV_F16) attends over every token the
  * sequence holds for `layer`; out[n_seqs][q_heads][head_dim] (SKV_F32 or SKV_F16)
  * receives softmax(scale * q.K^T) V. Q head i reads kv head i / (q_heads / kv_heads).
- * Blocks until `out` is written; see skv_attention_decode_cl for the asynchronous form. */
+ * Blocks until `out` is written; see skv_attention_decode_cl for the asynchronous form.
+ * A sequence may appear more than once in a batch. A query holding NaN or Inf is refused
+ * (SKV_ERR_INVALID_ARG, naming the sequence and q-head); skv_attention_decode_cl does
+ * not read the caller's buffer, and such a query gives NaN or zeros in its head's output.
+ * A failed call leaves the cache as it was: the observed scorer counts a step only once
+ * everything else in the call succeeded. */
 SKV_API skv_status skv_attention_decode(skv_cache *cache, uint32_t layer, const skv_seq_id *seqs,
                                         uint32_t n_seqs, skv_dtype q_dtype, const void *q, float scale,
                                         skv_dtype out_dtype, void *out);
