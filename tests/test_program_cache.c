@@ -3,6 +3,8 @@
  * honoured, and a kernel that fails to build reports its build log. */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -182,6 +184,37 @@ static void test_unwritable_cache_is_not_an_error(void **state)
     free(dir);
 }
 
+/* A full disk (a file size limit stands in: writes past it fail with EFBIG): the entry
+ * is not written, no temporary is left behind, and a later write with room succeeds. */
+static void test_full_disk_leaves_nothing(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("full");
+    const char key[] = "0123456789abcdef0123456789abcdef";
+    static unsigned char data[1 << 16];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (unsigned char)(i * 131u);
+    struct rlimit old, small = {4096, 4096};
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    small.rlim_max = old.rlim_max;
+    void (*was)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    int rc = skvi_cache_write(NULL, dir, key, data, sizeof data);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, was);
+    assert_int_equal(rc, -1);
+    char paths[4][600];
+    assert_int_equal(list_entries(dir, paths, 4), 0); /* and no .tmp. (list_entries checks) */
+    assert_int_equal(skvi_cache_write(NULL, dir, key, data, sizeof data), 0);
+    unsigned char *back = NULL;
+    size_t size = 0;
+    assert_int_equal(skvi_cache_read(NULL, dir, key, &back, &size), SKVI_CACHE_HIT);
+    assert_int_equal(size, sizeof data);
+    assert_memory_equal(back, data, sizeof data);
+    free(back);
+    free(dir);
+}
+
 static void test_build_failure_reports_log(void **state)
 {
     (void)state;
@@ -210,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_entry_rebuilt),
         cmocka_unit_test(test_cache_disabled),
         cmocka_unit_test(test_unwritable_cache_is_not_an_error),
+        cmocka_unit_test(test_full_disk_leaves_nothing),
         cmocka_unit_test(test_build_failure_reports_log),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
