@@ -5,7 +5,8 @@
  *
  * Families: append_f16, ada_encode, ada_transcode, ada_query, decode_gpu (F16 and ADA,
  * with and without OBSERVE), decode_merge, observe, score_f16/score_ada, key_inv_norms,
- * key_stats, tri_f16/tri_ada, rdr_search, slot_copy, stream_read. (SnapKV's GEMM is
+ * key_stats, tri_f16/tri_ada, rdr_search, q_energy (an interop decode under RDR),
+ * slot_copy, stream_read. (SnapKV's GEMM is
  * CLBlast's, not skv's: not simulated.)
  *
  * Usage: sim_gpu [LANES]   LANES: also run the CPU schedule (lanes 4) after the GPU one.
@@ -15,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "skv/skv.h"
+#include "skv/skv_cl.h"
 
 static int trace;
 #define CHECK(call)                                                                                   \
@@ -130,6 +131,24 @@ static void run_shape(skv_context *ctx, const shape *s, int f16_check)
             CHECK(skv_compress(c, seq));
         for (int step = 0; step < 2; step++)
             CHECK(skv_attention_decode(c, 0, &seq, 1, SKV_F32, q, scale, SKV_F32, out));
+        if (pass == 1) { /* an interop decode: RDR measures its queries' energy (q_energy) */
+            cl_context clc;
+            cl_command_queue queue;
+            CHECK(skv_context_cl_objects(ctx, &clc, NULL, &queue, NULL));
+            const size_t bytes = (size_t)s->q_heads * D * sizeof *q;
+            cl_int e1, e2;
+            cl_mem qb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes, q, &e1);
+            cl_mem ob = clCreateBuffer(clc, CL_MEM_WRITE_ONLY, bytes, NULL, &e2);
+            if (e1 != CL_SUCCESS || e2 != CL_SUCCESS) {
+                fprintf(stderr, "sim_gpu: clCreateBuffer failed (%d, %d)\n", e1, e2);
+                exit(1);
+            }
+            CHECK(skv_attention_decode_cl(c, 0, &seq, 1, SKV_F32, qb, 0, scale, SKV_F32, ob, 0, 0, NULL, NULL));
+            CHECK(skv_context_finish(ctx));
+            clReleaseMemObject(qb);
+            clReleaseMemObject(ob);
+            CHECK(skv_compress(c, seq)); /* reads the energy back */
+        }
         size_t counts[8];
         CHECK(skv_attention_logits(c, 0, seq, SKV_F32, q, scale, logits, n, counts));
         if (pass == 1 && s->scorer != SKV_SCORER_NONE) {
