@@ -191,6 +191,9 @@ skv_status skvi_seq_format_parse(const void *buf, size_t size, skvi_seq_format *
             size_t off;
             if (!take32(&c, &n) || !take(&c, n, 4, &off))
                 return BAD("%s (key statistics)", cut);
+            for (uint32_t k = 0; k < n; k++)
+                if (skvi_le32(b + off + 4 * (size_t)k) > 0x7FFFFFFEu)
+                    return BAD("layer %u: pending position %d", l, (int32_t)skvi_le32(b + off + 4 * (size_t)k));
             for (uint32_t h = 0; h < H; h++) /* the pending tokens are the tail of each F16 list */
                 for (int t = 0; t < SKV_TIER_COUNT; t++) {
                     if (t == SKV_TIER_F16 && n > skvi_le32(b + lo))
