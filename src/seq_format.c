@@ -82,10 +82,13 @@ static skv_status parse_header(const uint8_t *b, size_t size, skvi_seq_format *f
         f->page_tokens < 16 || f->page_tokens > 256)
         return BAD("geometry out of range (layers %u, q_heads %u, kv_heads %u, head_dim %u, page_tokens %u)", f->layers,
                    f->q_heads, f->kv_heads, f->head_dim, f->page_tokens);
+    /* well formed, but not what this library stores: another version's pages */
     if (f->tiers >> SKV_TIER_COUNT)
-        return BAD("tier mask 0x%x names no tier", f->tiers);
+        return skvi_fail(err, SKV_ERR_UNSUPPORTED, "skv_seq_import: tier mask 0x%x names tiers this library lacks",
+                         f->tiers);
     if (f->dtype != SKV_F16)
-        return BAD("page dtype %u; pages are stored as F16 (%d)", f->dtype, SKV_F16);
+        return skvi_fail(err, SKV_ERR_UNSUPPORTED, "skv_seq_import: page dtype %u; this library stores pages as F16 (%d)",
+                         f->dtype, SKV_F16);
     if (f->scorer > SKV_SCORER_OBSERVED)
         return BAD("scorer %u is not an skv_scorer", f->scorer);
     if (f->flags & ~SKVI_SEQ_FLAGS_ALL)
@@ -100,8 +103,9 @@ static skv_status parse_header(const uint8_t *b, size_t size, skvi_seq_format *f
         return BAD("score_window is 0");
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         if (f->page_bytes[t] != skvi_tier_page_bytes((skv_tier)t, f->head_dim, f->page_tokens))
-            return BAD("tier %d's page is %llu bytes, this library's %llu", t, (unsigned long long)f->page_bytes[t],
-                       (unsigned long long)skvi_tier_page_bytes((skv_tier)t, f->head_dim, f->page_tokens));
+            return skvi_fail(err, SKV_ERR_UNSUPPORTED, "skv_seq_import: tier %d's page is %llu bytes, this library's %llu",
+                             t, (unsigned long long)f->page_bytes[t],
+                             (unsigned long long)skvi_tier_page_bytes((skv_tier)t, f->head_dim, f->page_tokens));
     return SKV_OK;
 }
 

@@ -53,7 +53,8 @@ typedef struct skvi_seq_format {
 
 /* Checks every byte of buf[size] (magic, version, size, checksum, every count against
  * the bytes that remain, every list, page position and statistic the import relies on)
- * and fills *out. SKV_ERR_UNSUPPORTED for another format version, else
+ * and fills *out. SKV_ERR_UNSUPPORTED for another format version, page dtype, tier or
+ * page layout (well formed, but not what this library stores), else
  * SKV_ERR_INVALID_ARG for anything malformed, with the reason through skvi_fail(err)
  * (err may be NULL). Allocates nothing, touches no device. */
 skv_status skvi_seq_format_parse(const void *buf, size_t size, skvi_seq_format *out, char *err);

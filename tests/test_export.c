@@ -474,6 +474,17 @@ static void test_mismatch_refused(void **state)
     refused(b, buf, size, SKV_ERR_UNSUPPORTED, "version", 2);
     assert_int_equal(skv_seq_import(b, buf, size, &t), SKV_ERR_UNSUPPORTED);
     assert_non_null(strstr(skv_last_error(), "format version 2"));
+    /* a page dtype, or a tier, this library does not store */
+    skvi_put32(buf + 8, 1);
+    skvi_put32(buf + SKVI_SEQ_OFF_DTYPE, SKV_BF16);
+    reseal(buf, size);
+    assert_int_equal(skv_seq_import(b, buf, size, &t), SKV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(skv_last_error(), "dtype"));
+    skvi_put32(buf + SKVI_SEQ_OFF_DTYPE, SKV_F16);
+    skvi_put32(buf + SKVI_SEQ_OFF_TIERS, skvi_le32(buf + SKVI_SEQ_OFF_TIERS) | 0x10);
+    reseal(buf, size);
+    assert_int_equal(skv_seq_import(b, buf, size, &t), SKV_ERR_UNSUPPORTED);
+    skvi_put32(buf + SKVI_SEQ_OFF_TIERS, skvi_le32(buf + SKVI_SEQ_OFF_TIERS) & 0xF);
     /* a scorer that keeps no state takes any export */
     skv_cache_desc k = d;
     k.scorer = SKV_SCORER_KNORM;
@@ -482,6 +493,25 @@ static void test_mismatch_refused(void **state)
     reseal(buf, size);
     assert_ok(skv_seq_import(c, buf, size, &t));
     /* HeteroCache sequences are not exported */
+    skv_cache_desc hd = d;
+    hd.retention = SKV_RETENTION_RDR, hd.budget_ratio = 0.5f;
+    skv_cache *hc = make(ctx, &hd);
+    skv_head_category cat[L * H];
+    uint32_t pivot[L * H];
+    for (uint32_t i = 0; i < L * H; i++)
+        cat[i] = SKV_HEAD_ANCHOR, pivot[i] = i % H;
+    skv_hetero_profile *prof;
+    assert_ok(skv_hetero_profile_create(L, H, cat, pivot, NULL, &prof));
+    skv_seq_id hs;
+    assert_ok(skv_seq_create(hc, &hs));
+    skv_hetero_desc hdesc;
+    skv_hetero_desc_init(&hdesc);
+    assert_ok(skv_seq_hetero(hc, hs, prof, &hdesc));
+    skv_hetero_profile_free(prof);
+    size_t hsize;
+    assert_int_equal(skv_seq_export(hc, hs, NULL, 0, &hsize), SKV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(skv_last_error(), "HeteroCache"));
+    skv_cache_destroy(hc);
     skv_cache_destroy(c);
     free(buf);
     skv_cache_destroy(a);
