@@ -169,6 +169,18 @@ static void test_round_trip_f16(void **state)
     skv_context *ctx2 = other_context();
     skv_cache *c2 = make(ctx2, &d);
     round_trip(a, s, c2);
+    /* the buffer needs no alignment */
+    size_t size0;
+    assert_ok(skv_seq_export(a, s, NULL, 0, &size0));
+    uint8_t *odd = malloc(size0 + 3);
+    assert_ok(skv_seq_export(a, s, odd + 3, size0, &size0));
+    skv_seq_id o;
+    assert_ok(skv_seq_import(b, odd + 3, size0, &o));
+    free(odd);
+    view vo;
+    look(a, s, &va);
+    look(b, o, &vo);
+    same_view(&va, &vo);
     /* an empty sequence round-trips too */
     skv_seq_id e;
     assert_ok(skv_seq_create(a, &e));
@@ -474,6 +486,19 @@ static void test_mismatch_refused(void **state)
     refused(b, buf, size, SKV_ERR_UNSUPPORTED, "version", 2);
     assert_int_equal(skv_seq_import(b, buf, size, &t), SKV_ERR_UNSUPPORTED);
     assert_non_null(strstr(skv_last_error(), "format version 2"));
+    /* another codebook for the ADA pages (another skv build), another page layout */
+    skvi_put32(buf + 8, 1);
+    uint64_t book = skvi_le64(buf + SKVI_SEQ_OFF_CODEBOOK + 8 * SKV_TIER_A3V4);
+    skvi_put64(buf + SKVI_SEQ_OFF_CODEBOOK + 8 * SKV_TIER_A3V4, book ^ 1);
+    reseal(buf, size);
+    assert_int_equal(skv_seq_import(b, buf, size, &t), SKV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(skv_last_error(), "codebook"));
+    skvi_put64(buf + SKVI_SEQ_OFF_CODEBOOK + 8 * SKV_TIER_A3V4, book);
+    uint64_t pb = skvi_le64(buf + SKVI_SEQ_OFF_PAGE_BYTES + 8 * SKV_TIER_A3V4);
+    skvi_put64(buf + SKVI_SEQ_OFF_PAGE_BYTES + 8 * SKV_TIER_A3V4, pb + 64);
+    reseal(buf, size);
+    assert_int_equal(skv_seq_import(b, buf, size, &t), SKV_ERR_UNSUPPORTED);
+    skvi_put64(buf + SKVI_SEQ_OFF_PAGE_BYTES + 8 * SKV_TIER_A3V4, pb);
     /* a page dtype, or a tier, this library does not store */
     skvi_put32(buf + 8, 1);
     skvi_put32(buf + SKVI_SEQ_OFF_DTYPE, SKV_BF16);
