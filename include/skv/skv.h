@@ -402,7 +402,8 @@ SKV_API skv_status skv_seq_quantize(skv_cache *cache, skv_seq_id seq, uint64_t t
  * cache cannot honour (another format version, geometry, page size, tiers, rotation
  * seed or codebook, a scorer whose state it lacks, host pages without a host tier);
  * SKV_ERR_OUT_OF_MEMORY when the budgets have no room. All or nothing: on any error the
- * cache is unchanged. buf may be freed as soon as the call returns. */
+ * cache is unchanged. Waits for the cache's pending work and for its own page writes:
+ * buf may be freed as soon as the call returns. The buffer needs no alignment. */
 SKV_API skv_status skv_seq_export(skv_cache *cache, skv_seq_id seq, void *buf, size_t cap, size_t *size);
 SKV_API skv_status skv_seq_import(skv_cache *cache, const void *buf, size_t size, skv_seq_id *out);
 
