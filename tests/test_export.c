@@ -669,6 +669,34 @@ static void test_bad_arguments(void **state)
     assert_int_equal(skv_seq_import(a, &byte, 1, NULL), SKV_ERR_INVALID_ARG);
     assert_int_equal(skv_seq_import(a, &byte, 0, &t), SKV_ERR_INVALID_ARG);
     assert_int_equal(skv_seq_import(a, &byte, 1, &t), SKV_ERR_INVALID_ARG);
+    /* the cl_mem forms: NULLs, wait lists that disagree, a buffer of another context */
+    skv_seq_id s;
+    assert_ok(skv_seq_create(a, &s));
+    cl_context clc;
+    assert_ok(skv_context_cl_objects(ctx, &clc, NULL, NULL, NULL));
+    cl_int e;
+    cl_mem m = clCreateBuffer(clc, CL_MEM_READ_WRITE, 4096, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_event ev = NULL;
+    assert_int_equal(skv_seq_export_cl(NULL, s, m, 0, 4096, &size, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_export_cl(a, s, m, 0, 4096, NULL, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_export_cl(a, s, m, 0, 4096, &size, 1, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_export_cl(a, s, m, 0, 4096, &size, 0, &ev, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_import_cl(NULL, m, 0, 100, &t, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_import_cl(a, NULL, 0, 100, &t, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_import_cl(a, m, 0, 100, NULL, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(skv_seq_import_cl(a, m, 4000, 100, &t, 0, NULL, NULL), SKV_ERR_INVALID_ARG); /* past the end */
+    skv_context *ctx2 = other_context();
+    cl_context clc2;
+    assert_ok(skv_context_cl_objects(ctx2, &clc2, NULL, NULL, NULL));
+    cl_mem m2 = clCreateBuffer(clc2, CL_MEM_READ_WRITE, 4096, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    assert_int_equal(skv_seq_export_cl(a, s, m2, 0, 4096, &size, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(skv_last_error(), "another cl_context"));
+    assert_int_equal(skv_seq_import_cl(a, m2, 0, 100, &t, 0, NULL, NULL), SKV_ERR_INVALID_ARG);
+    clReleaseMemObject(m2);
+    clReleaseMemObject(m);
+    skv_context_destroy(ctx2);
     skv_cache_destroy(a);
 }
 
