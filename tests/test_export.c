@@ -415,6 +415,31 @@ static void test_truncated_and_corrupt(void **state)
         }
     }
     printf("hostile fields: %d refused, %d harmless accepted\n", refusals, accepted);
+    /* random bytes anywhere, pages included (a few at a time, resealed) */
+    test_rng r = {77};
+    accepted = refusals = 0;
+    for (int it = 0; it < 400; it++) {
+        memcpy(bad, buf, size);
+        for (uint32_t k = 1 + rng_u32(&r) % 4; k-- > 0;)
+            bad[8 + rng_u32(&r) % (size - 16)] = (uint8_t)rng_u32(&r);
+        reseal(bad, size);
+        usage before = usage_of(b);
+        skv_seq_id t;
+        skv_status st = skv_seq_import(b, bad, size, &t);
+        if (st == SKV_OK) {
+            accepted++;
+            float q[QH * D] = {0};
+            float out[QH * D];
+            for (uint32_t l = 0; l < L; l++) /* whatever the pages hold, decode runs */
+                (void)skv_attention_decode(b, l, &t, 1, SKV_F32, q, 0.125f, SKV_F32, out);
+            assert_ok(skv_seq_free(b, t));
+        } else {
+            refusals++;
+        }
+        usage after = usage_of(b);
+        assert_memory_equal(&before, &after, sizeof before);
+    }
+    printf("random bytes: %d refused, %d accepted\n", refusals, accepted);
     /* a page position that is no position, behind a valid checksum */
     memcpy(bad, buf, size);
     skvi_put32(bad + f.off_pages + f.page_bytes[SKV_TIER_F16] - 4 * P, 0xFFFFFFFFu);
