@@ -46,6 +46,16 @@ size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t)
     return (size_t)c->desc.head_dim / 2 * c->group * row;
 }
 
+uint64_t skvi_ada_codebook(const skv_cache *c, skv_tier t)
+{
+    if (t == SKV_TIER_F16 || !(c->desc.tiers & (1u << t)))
+        return 0;
+    float table[257];
+    size_t n = pack_params(&c->ada[t], table);
+    table[n++] = (float)(skvi_tiers[t].value_bits * 1000 + skvi_tiers[t].value_group); /* the value codec too */
+    return skvi_hash64(table, n * sizeof *table);
+}
+
 skv_status skvi_ada_init(skv_cache *c)
 {
     skv_context *ctx = c->ctx;

@@ -279,6 +279,9 @@ skv_status skvi_ada_init(skv_cache *c);
 void skvi_ada_defines(const skv_cache *c, skv_tier t, char *out, size_t n);
 size_t skvi_ada_table_floats(const skv_cache *c, skv_tier t);
 void skvi_ada_release(skv_cache *c);
+/* The identity of tier t's codebook (a hash of the tables its kernels read; 0 for F16
+ * or a tier the cache lacks): caches exchange ADA pages only when theirs agree. */
+uint64_t skvi_ada_codebook(const skv_cache *c, skv_tier t);
 
 /* key_stats.c: the running key statistics */
 int skvi_scorer_has_stats(const skv_cache *c);
@@ -335,6 +338,11 @@ skv_status skvi_kept_scores_set(skv_cache *c, skvi_seq *s, uint32_t layer, uint3
                                 const float *score, const float *ksq, const int32_t *pos, uint32_t n);
 skv_status skvi_kept_scores_copy(skv_cache *c, skvi_seq *dst, const skvi_seq *src);
 void skvi_kept_scores_release(skv_cache *c, skvi_seq *s);
+/* Export and import (seq_export.c): how many leading tokens of list i keep valid scores
+ * now; and a list's first n kept scores (any alignment) over its current pages. */
+uint32_t skvi_kept_scores_valid(const skv_cache *c, const skvi_seq *s, size_t i);
+skv_status skvi_kept_scores_put(skv_cache *c, skvi_seq *s, size_t i, const void *score, const void *ksq,
+                                const void *pos, uint32_t n);
 
 /* score.c: the scorers' kernels and the dispatch */
 skv_status skvi_score_init(skv_cache *c);
@@ -445,6 +453,8 @@ skv_status skvi_cache_logits_kernel(skv_cache *c, skv_tier tier, cl_kernel *out)
 skv_status skvi_cache_observe_kernel(skv_cache *c, skv_tier tier, cl_kernel *out);
 /* seq.c */
 skv_status skvi_seq_get(const skv_cache *c, skv_seq_id id, const char *fn, skvi_seq **out);
+/* A free slot in the sequence table with its arrays allocated (not yet live). */
+skv_status skvi_seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out);
 /* Enqueues the reads of the positions of (layer, kv_head)'s held tokens, in cache order,
  * into out[held] without a wait (the caller waits on the compute queue; work on it that
  * wrote the pages came first, and moves of the pages must be complete or waited for).

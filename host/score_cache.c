@@ -132,3 +132,36 @@ void skvi_kept_scores_release(skv_cache *c, skvi_seq *s)
     skvi_free(c->ctx->alloc, s->kept_scores);
     s->kept_scores = NULL;
 }
+
+uint32_t skvi_kept_scores_valid(const skv_cache *c, const skvi_seq *s, size_t i)
+{
+    if (!s->kept_scores)
+        return 0;
+    return valid_prefix(c, s, &s->lists[i], SKVI_LIST_TIER(i), &s->kept_scores[i]);
+}
+
+skv_status skvi_kept_scores_put(skv_cache *c, skvi_seq *s, size_t i, const void *score, const void *ksq,
+                                const void *pos, uint32_t n)
+{
+    const skv_allocator *a = c->ctx->alloc;
+    if (!s->kept_scores && !(s->kept_scores = skvi_calloc(a, skvi_list_count(c), sizeof *s->kept_scores)))
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_import: out of memory");
+    const skvi_page_list *l = &s->lists[i];
+    skvi_list_scores *k = &s->kept_scores[i];
+    if (keep_values(a, k, NULL, NULL, NULL, 0, l->n) != 0 ||
+        skvi_array_reserve(a, (void **)&k->score, &k->cap_score, 0, n, sizeof *k->score, 64) != 0 ||
+        skvi_array_reserve(a, (void **)&k->ksq, &k->cap_ksq, 0, n, sizeof *k->ksq, 64) != 0 ||
+        skvi_array_reserve(a, (void **)&k->pos, &k->cap_pos, 0, n, sizeof *k->pos, 64) != 0)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_import: out of memory");
+    memcpy(k->score, score, (size_t)n * sizeof *k->score);
+    memcpy(k->ksq, ksq, (size_t)n * sizeof *k->ksq);
+    memcpy(k->pos, pos, (size_t)n * sizeof *k->pos);
+    const skvi_pool *pool = &c->pools[SKVI_LIST_TIER(i)][SKV_MEM_DEVICE];
+    for (uint32_t j = 0; j < l->n; j++) {
+        k->page[j] = l->ids[j];
+        k->gen[j] = l->ids[j] & SKVI_HOST_BIT ? 0 : pool->gen[l->ids[j]];
+    }
+    k->tokens = n;
+    k->epoch = epoch(c, s);
+    return SKV_OK;
+}

@@ -65,8 +65,7 @@ skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra)
     return SKV_OK;
 }
 
-/* A free slot in the sequence table with its arrays allocated (not yet live). */
-static skv_status seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
+skv_status skvi_seq_new(skv_cache *c, const char *fn, skv_seq_id *id_out)
 {
     uint32_t id = 0;
     while (id < c->seq_cap && c->seqs[id].live)
@@ -105,7 +104,7 @@ skv_status skv_seq_create(skv_cache *c, skv_seq_id *out)
     if (!c || !out)
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "skv_seq_create: cache or out is NULL");
     skv_seq_id id;
-    skv_status st = seq_new(c, "skv_seq_create", &id);
+    skv_status st = skvi_seq_new(c, "skv_seq_create", &id);
     if (st != SKV_OK)
         return st;
     c->seqs[id].live = 1;
@@ -140,7 +139,7 @@ skv_status skv_seq_fork(skv_cache *c, skv_seq_id parent, skv_seq_id *child)
                          parent);
     skv_seq_id id;
     if (st == SKV_OK)
-        st = seq_new(c, "skv_seq_fork", &id);
+        st = skvi_seq_new(c, "skv_seq_fork", &id);
     if (st != SKV_OK)
         return st;
     p = &c->seqs[parent]; /* seq_new may have moved the table */

@@ -1,7 +1,7 @@
 /* OpenCL fault injection: the test binary links skv statically with the linker wrapping
  * skv's OpenCL calls (-Wl,--wrap, tests/CMakeLists.txt), so the N-th call of an operation
  * can fail with a chosen error. For an append, a compression, a decode, the logits, an
- * offload and a fetch, every call fails in turn: the operation returns an error naming the call's OpenCL code, the cache
+ * offload, a fetch, an export and an import, every call fails in turn: the operation returns an error naming the call's OpenCL code, the cache
  * is unchanged (length, pages in use, decode output bit for bit), and under ASan nothing
  * is touched after it is freed (a read still in flight into a freed array was issue 17's
  * first defect). Then the same operation succeeds. */
@@ -105,7 +105,7 @@ static void world_make(world *w)
 
 /* What must not change: lengths, pages in use, the decode output of both layers. */
 typedef struct snapshot {
-    uint64_t len[2], pages;
+    uint64_t len[2], pages, sequences;
     float out[2][4 * 64];
 } snapshot;
 
@@ -120,10 +120,16 @@ static void snap(world *w, snapshot *s)
     assert_ok(skv_cache_get_stats(w->c, &st));
     for (int t = 0; t < SKV_TIER_COUNT; t++)
         s->pages += st.pools[t][SKV_MEM_DEVICE].pages_used + 1000000 * st.pools[t][SKV_MEM_HOST].pages_used;
+    s->sequences = st.sequences;
 }
 
-enum { OP_APPEND, OP_COMPRESS, OP_DECODE, OP_LOGITS, OP_OFFLOAD, OP_FETCH };
-static const char *const op_names[] = {"append", "compress", "decode", "logits", "offload", "fetch"};
+enum { OP_APPEND, OP_COMPRESS, OP_DECODE, OP_LOGITS, OP_OFFLOAD, OP_FETCH, OP_EXPORT, OP_IMPORT };
+static const char *const op_names[] = {"append", "compress", "decode", "logits", "offload", "fetch", "export", "import"};
+
+/* An export of the world's sequence (compressed, with pages in host memory), for the
+ * export and import operations. */
+static uint8_t *exported;
+static size_t exported_size;
 
 /* What an operation needs done first (not faulted): a fetch, pages offloaded. */
 static void prepare_op(world *w, int op)
@@ -131,6 +137,14 @@ static void prepare_op(world *w, int op)
     if (op == OP_FETCH) {
         assert_ok(skv_seq_offload(w->c, w->s, 0, 64));
         assert_ok(skv_context_finish(ctx));
+    }
+    if (op == OP_EXPORT || op == OP_IMPORT) { /* mixed tiers, host pages and kept scores */
+        assert_ok(skv_compress(w->c, w->s));
+        assert_ok(skv_seq_offload(w->c, w->s, 0, 32));
+        free(exported);
+        assert_ok(skv_seq_export(w->c, w->s, NULL, 0, &exported_size));
+        exported = malloc(exported_size);
+        assert_ok(skv_seq_export(w->c, w->s, exported, exported_size, &exported_size));
     }
 }
 
@@ -144,6 +158,19 @@ static skv_status run_op(world *w, int op)
         return skv_seq_offload(w->c, w->s, 0, 64);
     if (op == OP_FETCH)
         return skv_seq_fetch(w->c, w->s, 0, 64);
+    if (op == OP_EXPORT) { /* changes nothing; a failed read must not land in freed memory */
+        size_t n = exported_size;
+        uint8_t *buf = malloc(n);
+        skv_status st = skv_seq_export(w->c, w->s, buf, n, &n);
+        if (st == SKV_OK && memcmp(buf, exported, n) != 0)
+            fail_msg("export: the bytes differ from the first export");
+        free(buf);
+        return st;
+    }
+    if (op == OP_IMPORT) {
+        skv_seq_id t;
+        return skv_seq_import(w->c, exported, exported_size, &t);
+    }
     if (op == OP_LOGITS) {
         static float logits[4 * 200];
         size_t counts[2];
@@ -220,6 +247,15 @@ static void test_move_faults(void **state)
     every_call_fails(OP_FETCH);
 }
 
+static void test_export_import_faults(void **state)
+{
+    (void)state;
+    every_call_fails(OP_EXPORT);
+    every_call_fails(OP_IMPORT);
+    free(exported);
+    exported = NULL;
+}
+
 int main(int argc, char **argv)
 {
     if (test_filter_args(argc, argv) != 0)
@@ -229,6 +265,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_compress_faults),
         cmocka_unit_test(test_decode_faults),
         cmocka_unit_test(test_move_faults),
+        cmocka_unit_test(test_export_import_faults),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -18,6 +18,8 @@
  *    and the skv_hetero_profile_* functions on different profiles. skv serialises the
  *    process's first OpenCL calls (some drivers crash when two threads make them at
  *    once). tests/test_threads.c checks this, under ThreadSanitizer in the test command.
+ *  - A sequence leaves a cache as bytes and enters another (another context, process or
+ *    node) with skv_seq_export / skv_seq_import (docs/export.md).
  *
  * OpenCL interop (taking the caller's cl_context / queue, events) is in <skv/skv_cl.h>,
  * so this header needs no OpenCL headers. */
@@ -398,6 +400,32 @@ SKV_API skv_status skv_seq_fetch(skv_cache *cache, skv_seq_id seq, uint64_t toke
  * (retention) decides this per token and head; this call is the explicit form. */
 SKV_API skv_status skv_seq_quantize(skv_cache *cache, skv_seq_id seq, uint64_t token_begin, uint64_t token_end,
                                     skv_tier tier);
+
+/* Export and import of one sequence (docs/export.md): KV transfer between a prefill
+ * node and a decode node, or to disk. The export is a versioned, checksummed byte
+ * format holding every page of every tier as stored (F16 and ADA codes, positions),
+ * where each page lives (device or host tier: host pages are read from host memory and
+ * imported into the host tier), the per-layer lengths, the geometry, the ADA rotation
+ * seed and codebook identity, and the scorer state a later compression reads (key
+ * statistics and their pending tokens, SnapKV windows, observed attention, RDR's kept
+ * scores and counters), so that decode, and a later skv_compress, on the import equal
+ * the original's bit for bit. The query statistics RDR learns from decode calls are the
+ * cache's, not the sequence's, and are not exported. A HeteroCache sequence, or one
+ * calibrating, gives SKV_ERR_UNSUPPORTED. A compression deferred by skv_append_cl and
+ * not yet run is not part of the export (skv_compress first to include it).
+ *
+ * export: buf NULL gives the size in *size; else the export is written to buf[cap]
+ * (SKV_ERR_INVALID_ARG, with the size in *size, when cap is short). Waits for the
+ * cache's pending work. Changes nothing in the cache.
+ * import: a new sequence in *out. SKV_ERR_INVALID_ARG for a buffer that is truncated,
+ * corrupt (checksum) or malformed; SKV_ERR_UNSUPPORTED for a well-formed export the
+ * cache cannot honour (another format version, geometry, page size, tiers, rotation
+ * seed or codebook, a scorer whose state it lacks, host pages without a host tier);
+ * SKV_ERR_OUT_OF_MEMORY when the budgets have no room. All or nothing: on any error the
+ * cache is unchanged. Waits for the cache's pending work and for its own page writes:
+ * buf may be freed as soon as the call returns. The buffer needs no alignment. */
+SKV_API skv_status skv_seq_export(skv_cache *cache, skv_seq_id seq, void *buf, size_t cap, size_t *size);
+SKV_API skv_status skv_seq_import(skv_cache *cache, const void *buf, size_t size, skv_seq_id *out);
 
 /* Pages of the sequence (all layers and heads) currently in host memory. */
 SKV_API skv_status skv_seq_host_pages(const skv_cache *cache, skv_seq_id seq, uint64_t *pages);

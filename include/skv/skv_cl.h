@@ -49,6 +49,18 @@ SKV_API skv_status skv_attention_decode_cl(skv_cache *cache, uint32_t layer, con
                                            float scale, skv_dtype out_dtype, cl_mem out, size_t out_offset,
                                            cl_uint num_wait, const cl_event *wait_list, cl_event *event);
 
+/* skv_seq_export into the caller's buffer at byte offset `offset` (cap bytes from
+ * there; buf NULL: the size alone). The export is assembled in host memory (its
+ * checksum covers the page bytes), so the call waits: for the cache's work, then for
+ * the wait list and the write; *event (if not NULL) is the write's, complete on return. */
+SKV_API skv_status skv_seq_export_cl(skv_cache *cache, skv_seq_id seq, cl_mem buf, size_t offset, size_t cap,
+                                     size_t *size, cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+/* skv_seq_import from size bytes of the caller's buffer at `offset`, read after the
+ * wait list (the call waits for the read and the page writes); *event (if not NULL)
+ * is a marker on the compute queue after the import's writes. */
+SKV_API skv_status skv_seq_import_cl(skv_cache *cache, cl_mem buf, size_t offset, size_t size, skv_seq_id *out,
+                                     cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+
 /* The event of the last page move (offload or fetch) enqueued for the cache, or NULL
  * when none is in flight (retained for the caller). */
 SKV_API skv_status skv_cache_transfer_event(skv_cache *cache, cl_event *event);
