@@ -41,10 +41,10 @@ enum { L = 2, QH = 4, H = 2, D = 64, P = 16, GROUP = QH / H, MAX_SEQ = 4, MAX_LE
 #define RECENT 16u
 #define SLACK 32u
 #define RATIO 0.5f
-#define TOL_F16 2e-3   /* decode over F16 tokens: float accumulation only (relative L2) */
+#define TOL_F16 1e-4 /* decode over F16 tokens (fp16 values, held exactly): float accumulation only */
 /* decode with ADA tokens against the original K/V (relative L2), by the coarsest tier
  * held: measured on this geometry (docs/soak.md) */
-static const double tol_tier[SKV_TIER_COUNT] = {TOL_F16, 9, 9, 9};
+static const double tol_tier[SKV_TIER_COUNT] = {TOL_F16, 0.5, 0.5, 1.0};
 
 typedef struct layer_model {
     uint32_t n;               /* appended */
@@ -66,6 +66,9 @@ typedef struct seq_model {
     skv_seq_id id;
     layer_model lay[L];
     held hd[L][H];
+    /* RDR: an append's compression of the layer could not run (pages in host memory: it
+     * does not run then, and the layer may exceed its budget until one runs) */
+    int rdr_blocked[L];
 } seq_model;
 
 typedef struct cache_model {
@@ -224,7 +227,7 @@ static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l
         if (!cm->rdr || lm->pos[j] >= lm->pos[lm->n - 1] + 1 - (int32_t)RECENT)
             CHECK(seen[j], "%s: seq %u (%u, %u) lost position %d (last appended %d)", cm->name, sm->id, l, h,
                   lm->pos[j], lm->pos[lm->n - 1]);
-    if (cm->rdr) { /* the budget, loosely: what appends may add between compressions */
+    if (cm->rdr && !sm->rdr_blocked[l]) { /* the budget, loosely: what appends may add between compressions */
         double budget = RATIO * lm->n > N_SINK + RECENT ? RATIO * lm->n : N_SINK + RECENT;
         uint32_t host = 0;
         for (uint32_t i = 0; i < now->n; i++)
@@ -311,7 +314,7 @@ static void check_pools(cache_model *cm)
 /* ---- references ---------------------------------------------------------------------- */
 
 /* Decode of one sequence over what (layer) holds on the device, dense, in double; the
- * relative L2 error of `got` against it, F16 and ADA tokens told apart by *has_ada. */
+ * relative L2 error of `got` against it; *coarsest: the coarsest tier among those tokens. */
 static double decode_error(const seq_model *sm, uint32_t l, const float *q, const float *got, int *coarsest)
 {
     const layer_model *lm = &sm->lay[l];
@@ -660,6 +663,11 @@ static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_bef
     skv_cache_stats st = {.struct_size = sizeof st};
     CHECK_OK(skv_cache_get_stats(cm->c, &st));
     int compressed = st.compressions != compressions_before;
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t i = 0; i < sm->hd[a->layer][h].n; i++)
+            sm->rdr_blocked[a->layer] |= cm->rdr && sm->hd[a->layer][h].host[i];
+    if (compressed)
+        sm->rdr_blocked[a->layer] = 0;
     static held now[L][H];
     read_held(cm, sm, now);
     for (uint32_t l = 0; l < L; l++)
@@ -762,6 +770,7 @@ static void commit_compress(cache_model *cm, op_args *a)
                 }
             check_budget(cm, a->sm, l, nw);
             *old = *nw;
+            a->sm->rdr_blocked[l] = 0;
         }
 }
 
