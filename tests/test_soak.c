@@ -1072,6 +1072,11 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     cur_op = "teardown";
+    skv_context_stats cs = {.struct_size = sizeof cs};
+    CHECK_OK(skv_context_get_stats(ctx, &cs));
+    printf("soak: programs built %llu, from the cache %llu, cache entries rejected %llu\n",
+           (unsigned long long)cs.programs_built, (unsigned long long)cs.programs_from_cache,
+           (unsigned long long)cs.cache_rejected);
     for (int i = 0; i < 2; i++) {
         skv_cache_destroy(caches[i].c);
         for (int j = 0; j < MAX_SEQ; j++)
