@@ -302,6 +302,17 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
     skv_context *ctx = c->ctx;
     const skv_allocator *a = ctx->alloc;
     const uint32_t P = c->desc.page_tokens, H = c->desc.kv_heads, L = c->desc.layers;
+    /* RDR reads every page of its heads on the device: with pages in host memory it does
+     * not run (before any work: an append that makes it due pays nothing) */
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; (only_layer == ~0u || l == only_layer) && h < H; h++)
+            for (int t = 0; skvi_hetero_rdr_head(s, c, l, h) && t < SKV_TIER_COUNT; t++) {
+                const skvi_page_list *pl = skvi_seq_list(c, s, l, h, (skv_tier)t);
+                for (uint32_t k = 0; k < pl->n; k++)
+                    if (pl->ids[k] & SKVI_HOST_BIT)
+                        return skvi_fail(ctx->error, SKV_ERR_INVALID_ARG,
+                                         "skv_compress: pages in host memory: skv_seq_fetch them first");
+            }
     int flush = 0; /* the flush reads the pending keys' sums back: one wait */
     for (uint32_t l = 0; s->stats && l < L; l++)
         flush |= s->pending_n[l] != 0 && (only_layer == ~0u || l == only_layer);
@@ -565,15 +576,6 @@ skv_status skv_compress(skv_cache *c, skv_seq_id seq)
         return st;
     if (c->desc.retention != SKV_RETENTION_RDR)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "skv_compress: the cache has no retention policy");
-    for (uint32_t l = 0; l < c->desc.layers; l++)
-        for (uint32_t h = 0; h < c->desc.kv_heads; h++)
-            for (int t = 0; skvi_hetero_rdr_head(s, c, l, h) && t < SKV_TIER_COUNT; t++) {
-                const skvi_page_list *pl = skvi_seq_list(c, s, l, h, (skv_tier)t);
-                for (uint32_t k = 0; k < pl->n; k++)
-                    if (pl->ids[k] & SKVI_HOST_BIT)
-                        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
-                                         "skv_compress: pages in host memory: skv_seq_fetch them first");
-            }
     st = skvi_compress(c, seq, s, ~0u);
     if (st == SKV_OK) /* it did what the sequence's deferred compressions would */
         skvi_rdr_ungate(c, s, ~0u);

@@ -7,56 +7,11 @@
  * first defect). Then the same operation succeeds. */
 #include "test_util.h"
 #include "cache_internal.h"
+#include "cl_fault_wrap.h"
 
 static skv_context *ctx;
 
 TEST_SUITE_SETUP_WITH(ctx, NULL, 0)
-
-/* -1: no fault; else the index (from 0) of the call that fails, counted in `calls` */
-static long fault_at = -1, calls;
-static const cl_int fault_code = CL_OUT_OF_RESOURCES;
-
-static int fail_now(void) { return fault_at >= 0 && calls++ == fault_at; }
-
-#define WRAP_STATUS(name, params, args)                                                                                \
-    cl_int __real_##name params;                                                                                       \
-    cl_int __wrap_##name params;                                                                                       \
-    cl_int __wrap_##name params { return fail_now() ? fault_code : __real_##name args; }
-
-WRAP_STATUS(clEnqueueReadBuffer,
-            (cl_command_queue q, cl_mem m, cl_bool b, size_t o, size_t n, void *p, cl_uint nw, const cl_event *w,
-             cl_event *e),
-            (q, m, b, o, n, p, nw, w, e))
-WRAP_STATUS(clEnqueueWriteBuffer,
-            (cl_command_queue q, cl_mem m, cl_bool b, size_t o, size_t n, const void *p, cl_uint nw,
-             const cl_event *w, cl_event *e),
-            (q, m, b, o, n, p, nw, w, e))
-WRAP_STATUS(clEnqueueNDRangeKernel,
-            (cl_command_queue q, cl_kernel k, cl_uint d, const size_t *o, const size_t *g, const size_t *l, cl_uint nw,
-             const cl_event *w, cl_event *e),
-            (q, k, d, o, g, l, nw, w, e))
-WRAP_STATUS(clEnqueueCopyBuffer,
-            (cl_command_queue q, cl_mem s, cl_mem d, size_t so, size_t dof, size_t n, cl_uint nw, const cl_event *w,
-             cl_event *e),
-            (q, s, d, so, dof, n, nw, w, e))
-WRAP_STATUS(clEnqueueFillBuffer,
-            (cl_command_queue q, cl_mem m, const void *p, size_t ps, size_t o, size_t n, cl_uint nw,
-             const cl_event *w, cl_event *e),
-            (q, m, p, ps, o, n, nw, w, e))
-WRAP_STATUS(clFinish, (cl_command_queue q), (q))
-WRAP_STATUS(clSetKernelArg, (cl_kernel k, cl_uint i, size_t n, const void *v), (k, i, n, v))
-
-cl_mem __real_clCreateBuffer(cl_context c, cl_mem_flags f, size_t n, void *p, cl_int *err);
-cl_mem __wrap_clCreateBuffer(cl_context c, cl_mem_flags f, size_t n, void *p, cl_int *err);
-cl_mem __wrap_clCreateBuffer(cl_context c, cl_mem_flags f, size_t n, void *p, cl_int *err)
-{
-    if (fail_now()) {
-        if (err)
-            *err = CL_MEM_OBJECT_ALLOCATION_FAILURE;
-        return NULL;
-    }
-    return __real_clCreateBuffer(c, f, n, p, err);
-}
 
 typedef struct world {
     skv_cache *c;
@@ -191,11 +146,11 @@ static void every_call_fails(int op)
         snapshot before, after;
         snap(&w, &before);
         assert_ok(skv_context_finish(ctx));
-        calls = 0;
-        fault_at = i;
+        cl_fault_calls = 0;
+        cl_fault_at = i;
         skv_status st = run_op(&w, op);
-        fault_at = -1;
-        if (calls <= i) { /* never reached call i: the operation makes i calls */
+        cl_fault_at = -1;
+        if (cl_fault_calls <= i) { /* never reached call i: the operation makes i calls */
             assert_ok(st);
             n_calls = i;
             skv_cache_destroy(w.c);

@@ -750,6 +750,42 @@ static size_t kept_positions(skv_cache *c, skv_seq_id s, uint32_t h, int32_t *ou
     return n;
 }
 
+/* RDR does not run on a layer with pages in host memory (it reads every page on the
+ * device). An append that makes compression due there skips it without work: no key
+ * statistics flushed, no host wait (the soak test found each such append paying a
+ * flush and a wait for a compression bound to fail, issue 17). Once the pages are
+ * fetched, the next append compresses. */
+static void test_append_skips_rdr_with_host_pages(void **state)
+{
+    (void)state;
+    skv_cache_desc d = make_desc(1u << SKV_TIER_F16, 0.5f, 1, 1, 64, 16);
+    d.host_budget_bytes = 4u << 20;
+    d.recent_window = 16;
+    d.slack = 32;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {17};
+    append_at(c, s, 40, 0, &r); /* not yet due (48) */
+    assert_ok(skv_seq_offload(c, s, 0, 32));
+    skv_cache_stats before = {.struct_size = sizeof before}, after = {.struct_size = sizeof after};
+    assert_ok(skv_cache_get_stats(c, &before));
+    for (int i = 0; i < 4; i++) /* due from the first of these on */
+        append_at(c, s, 10, 40 + 10 * i, &r);
+    assert_ok(skv_cache_get_stats(c, &after));
+    assert_int_equal(after.compressions, before.compressions);
+    assert_int_equal(after.compress_host_waits, before.compress_host_waits);
+    assert_int_equal(skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens, 80);
+    assert_status(skv_compress(c, s), SKV_ERR_INVALID_ARG);
+    assert_ok(skv_seq_fetch(c, s, 0, 32));
+    append_at(c, s, 1, 80, &r); /* due, and every page on the device: compressed */
+    assert_ok(skv_cache_get_stats(c, &after));
+    assert_int_equal(after.compressions, before.compressions + 1);
+    assert_true(skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens <= 48);
+    skv_cache_destroy(c);
+}
+
 /* Kept scores (score_refresh): a compression scores only the tokens without a kept
  * score. Those are scored exactly as a full scoring would; kept ones carry the scores of
  * the compression that read them (they differ from a fresh scoring by the statistics'
@@ -1143,6 +1179,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_absolute_budget),
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
+        cmocka_unit_test(test_append_skips_rdr_with_host_pages),
         cmocka_unit_test(test_append_cl_defers),
         cmocka_unit_test(test_failed_gate_drops_compression),
         cmocka_unit_test(test_query_energy),

@@ -320,9 +320,13 @@ typedef struct skv_cache_desc {
     /* RDR (retention = SKV_RETENTION_RDR; needs a scorer): every (layer, kv-head) keeps
      * its tokens within budget_ratio of the F16 bytes of every token appended to it (page
      * rounding included), choosing per token F16, one of `tiers` or drop; the first
-     * n_sink positions and the recent_window newest stay F16 (a floor under any budget).
+     * n_sink positions and the last recent_window positions (from the newest appended
+     * position back: with gaps in the positions, fewer tokens) stay F16 (a floor under
+     * any budget).
      * It runs on append once recent_window + slack F16 tokens have accumulated past the
-     * last compression, and on skv_compress. */
+     * last compression, and on skv_compress. It does not run on a layer with pages in
+     * host memory (skv_seq_offload): such a layer keeps every token appended, beyond
+     * the budget, until its pages are fetched; the next append then compresses it. */
     float budget_ratio;           /* in (0, 1]; default 1 */
     uint32_t recent_window;       /* default 128 */
     uint32_t slack;               /* default 128 */
@@ -541,7 +545,8 @@ SKV_API skv_status skv_budget_adakv(const float *scores, uint32_t heads, uint64_
                                     float safeguard, uint64_t *per_head);
 
 /* Runs RDR now on every layer of the sequence (DESIGN.md §7): scores, utilities, the
- * solver, packing. All or nothing: on any error the sequence is exactly as it was. */
+ * solver, packing. All or nothing: on any error the sequence is exactly as it was.
+ * SKV_ERR_INVALID_ARG when pages of the sequence are in host memory. */
 SKV_API skv_status skv_compress(skv_cache *cache, skv_seq_id seq);
 
 /* ---- HeteroCache (DESIGN.md §7b) ------------------------------------------------------
