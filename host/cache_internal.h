@@ -480,8 +480,9 @@ skv_status skvi_list_reserve(skv_cache *c, skvi_page_list *l, uint32_t extra);
 skv_status skvi_compute_waits(skv_cache *c, const skv_seq_id *seqs, uint32_t n_seqs, cl_uint n_user,
                               const cl_event *user, cl_uint *n_out, const cl_event **out, cl_event **owned);
 /* Compute work enqueued after this waits for the moves of seq's pages (a barrier). */
-/* A command's execution status (CL_COMPLETE, CL_RUNNING, ...); negative when it failed
- * or its status cannot be read. */
+/* A command's execution status (CL_COMPLETE, CL_RUNNING, ...); negative when it failed.
+ * When the status cannot be read it waits for the command (never calls a command done
+ * that may still run), then CL_COMPLETE, or negative if that wait fails too. */
 cl_int skvi_event_status(cl_event ev);
 /* Before host memory that reads on q may still write is freed, after an error: waits
  * for q even if one wait fails. */

@@ -7,8 +7,11 @@
 cl_int skvi_event_status(cl_event ev)
 {
     cl_int status = CL_QUEUED;
-    return clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) == CL_SUCCESS ? status
-                                                                                                              : -1;
+    if (clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL) == CL_SUCCESS)
+        return status;
+    /* The query failed: the command's state is unknown, and calling it done could reuse
+     * memory it still reads. Wait for it (only on this failure path). */
+    return clWaitForEvents(1, &ev) == CL_SUCCESS ? CL_COMPLETE : -1;
 }
 
 /* Drops a move event once complete: nothing left to wait for. Returns it, or NULL. */

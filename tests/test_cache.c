@@ -552,8 +552,8 @@ static void test_every_call_refuses_bad_handles(void **state)
         expect_invalid(skv_seq_host_pages(c, b, &u64), "");
         expect_invalid(skv_attention_decode(c, 0, &b, 1, SKV_F32, x, 0.125f, SKV_F32, out), "");
         const skv_seq_id pair[2] = {s, b}; /* one bad sequence in a batch */
-        float out2[2 * 4 * 64];
-        expect_invalid(skv_attention_decode(c, 0, pair, 2, SKV_F32, x, 0.125f, SKV_F32, out2), "");
+        float q2[2 * 4 * 64] = {0}, out2[2 * 4 * 64];
+        expect_invalid(skv_attention_decode(c, 0, pair, 2, SKV_F32, q2, 0.125f, SKV_F32, out2), "");
         expect_invalid(skv_attention_logits(c, 0, b, SKV_F32, x, 0.125f, out, 64, &count), "");
         expect_invalid(skv_seq_observe_window(c, b, 0, 1, SKV_F32, x, pos), "");
         expect_invalid(skv_seq_scores(c, b, 0, 0, out, 64, &count), "");

@@ -1,10 +1,21 @@
 /* OpenCL fault injection: the test binary links skv statically with the linker wrapping
- * skv's OpenCL calls (-Wl,--wrap, tests/CMakeLists.txt), so the N-th call of an operation
- * can fail with a chosen error. For an append, a compression, a decode, the logits, an
- * offload, a fetch, an export and an import, every call fails in turn: the operation returns an error naming the call's OpenCL code, the cache
- * is unchanged (length, pages in use, decode output bit for bit), and under ASan nothing
- * is touched after it is freed (a read still in flight into a freed array was issue 17's
- * first defect). Then the same operation succeeds. */
+ * skv's OpenCL calls (-Wl,--wrap, tests/cl_fault_wrap.h), so the N-th call of an
+ * operation can fail with a chosen error. For an append, a compression, a fork, a
+ * decode, the logits, the scores, an offload, a fetch, an export and an import (on a
+ * keydiff cache, and the ones observed attention changes on an observed cache), every
+ * call fails in turn:
+ *  - the operation returns an error naming the call's OpenCL code;
+ *  - the cache is as an unfaulted twin's (lengths, pages in use, sequences, decode
+ *    output and scores bit for bit; on the observed cache this catches a failed decode
+ *    that had already accumulated attention);
+ *  - nothing leaks: the memory objects, kernels and programs skv holds return to their
+ *    count once the cache is destroyed;
+ *  - under ASan nothing is touched after it is freed (a read still in flight into a
+ *    freed array was issue 17's first defect);
+ *  - then the same operation succeeds.
+ * And every build call of a cache's creation (program from binary or source, build,
+ * kernel) fails in turn on a fresh context: the creation fails with the code or falls
+ * back (a binary that will not load is rebuilt from source), and a retry succeeds. */
 #include "test_util.h"
 #include "cache_internal.h"
 #include "cl_fault_wrap.h"
@@ -16,6 +27,7 @@ TEST_SUITE_SETUP_WITH(ctx, NULL, 0)
 typedef struct world {
     skv_cache *c;
     skv_seq_id s;
+    skv_scorer scorer;
     float q[4 * 64];
 } world;
 
@@ -35,16 +47,17 @@ static skv_status append_n(world *w, uint32_t layer, uint32_t n, int32_t first, 
     return st;
 }
 
-/* A cache of 2 layers under RDR (keydiff; F16, A3V4 or drop) holding 150 tokens per layer. */
-static void world_make(world *w)
+/* A cache of 2 layers under RDR (`scorer`; F16, A3V4 or drop) holding 150 tokens per
+ * layer (the observed one has decoded twice). */
+static void world_make(world *w, skv_scorer scorer)
 {
     skv_cache_desc d;
     skv_cache_desc_init(&d);
     d.layers = 2, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
     d.device_budget_bytes = 32u << 20;
     d.host_budget_bytes = 8u << 20;
-    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4); /* each ADA tier adds ~50 ms to a cache's creation */
-    d.scorer = SKV_SCORER_KEYDIFF;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.scorer = w->scorer = scorer;
     d.retention = SKV_RETENTION_RDR;
     d.budget_ratio = 0.3f;
     d.recent_window = 32;
@@ -56,12 +69,18 @@ static void world_make(world *w)
     test_rng r = {5};
     for (int i = 0; i < 4 * 64; i++)
         w->q[i] = test_gauss(&r);
+    float out[4 * 64];
+    for (int i = 0; scorer == SKV_SCORER_OBSERVED && i < 2; i++)
+        assert_ok(skv_attention_decode(w->c, i, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, out));
 }
 
-/* What must not change: lengths, pages in use, the decode output of both layers. */
+/* What must not change: lengths, pages in use, sequences, the decode output of both
+ * layers and two heads' scores. Taking it decodes (which the observed scorer counts). */
 typedef struct snapshot {
     uint64_t len[2], pages, sequences;
     float out[2][4 * 64];
+    float scores[2][200];
+    size_t held[2];
 } snapshot;
 
 static void snap(world *w, snapshot *s)
@@ -69,6 +88,10 @@ static void snap(world *w, snapshot *s)
     memset(s, 0, sizeof *s);
     for (uint32_t l = 0; l < 2; l++) {
         assert_ok(skv_seq_length(w->c, w->s, l, &s->len[l]));
+        uint64_t host;
+        assert_ok(skv_seq_host_pages(w->c, w->s, &host));
+        if (!host) /* scores need every page on the device */
+            assert_ok(skv_seq_scores(w->c, w->s, l, 1 - l, s->scores[l], 200, &s->held[l]));
         assert_ok(skv_attention_decode(w->c, l, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, s->out[l]));
     }
     skv_cache_stats st = {.struct_size = sizeof st};
@@ -78,8 +101,9 @@ static void snap(world *w, snapshot *s)
     s->sequences = st.sequences;
 }
 
-enum { OP_APPEND, OP_COMPRESS, OP_DECODE, OP_LOGITS, OP_OFFLOAD, OP_FETCH, OP_EXPORT, OP_IMPORT };
-static const char *const op_names[] = {"append", "compress", "decode", "logits", "offload", "fetch", "export", "import"};
+enum { OP_APPEND, OP_COMPRESS, OP_FORK, OP_DECODE, OP_LOGITS, OP_SCORES, OP_OFFLOAD, OP_FETCH, OP_EXPORT, OP_IMPORT };
+static const char *const op_names[] = {"append", "compress", "fork",  "decode", "logits",
+                                       "scores", "offload",  "fetch", "export", "import"};
 
 /* An export of the world's sequence (compressed, with pages in host memory), for the
  * export and import operations. */
@@ -103,12 +127,32 @@ static void prepare_op(world *w, int op)
     }
 }
 
+/* The error of an operation that cleaned up after itself with other calls ("": read
+ * skv_last_error). */
+static char op_error[512];
+
 static skv_status run_op(world *w, int op)
 {
+    op_error[0] = 0;
     if (op == OP_APPEND)
         return append_n(w, 1, 50, 150, 77);
     if (op == OP_COMPRESS)
         return skv_compress(w->c, w->s);
+    if (op == OP_FORK) { /* a fork's device work is its first append: the shared partial page is copied */
+        skv_seq_id child;
+        skv_status st = skv_seq_fork(w->c, w->s, &child);
+        if (st != SKV_OK)
+            return st;
+        skv_seq_id parent = w->s;
+        w->s = child;
+        st = append_n(w, 0, 5, 150, 99);
+        w->s = parent;
+        if (st != SKV_OK) { /* the parent must be as it was: the twin had no child */
+            snprintf(op_error, sizeof op_error, "%s", skv_last_error());
+            assert_ok(skv_seq_free(w->c, child));
+        }
+        return st;
+    }
     if (op == OP_OFFLOAD)
         return skv_seq_offload(w->c, w->s, 0, 64);
     if (op == OP_FETCH)
@@ -131,20 +175,74 @@ static skv_status run_op(world *w, int op)
         size_t counts[2];
         return skv_attention_logits(w->c, 0, w->s, SKV_F32, w->q, 0.125f, logits, 200, counts);
     }
+    if (op == OP_SCORES) {
+        float scores[200];
+        size_t held;
+        return skv_seq_scores(w->c, w->s, 0, 1, scores, 200, &held);
+    }
     float out[4 * 64];
     return skv_attention_decode(w->c, 0, &w->s, 1, SKV_F32, w->q, 0.125f, SKV_F32, out);
 }
 
-/* Every OpenCL call of the operation fails in turn (a fresh world each time). */
-static void every_call_fails(int op)
+typedef struct live {
+    long mem, kernel, program;
+} live;
+
+static live live_now(void) { return (live){cl_live_mem, cl_live_kernel, cl_live_program}; }
+
+static void same_live(live a, live b, const char *what, long call)
 {
-    long n_calls = -1;
+    if (a.mem != b.mem || a.kernel != b.kernel || a.program != b.program)
+        fail_msg("%s (call %ld): OpenCL objects leaked: memory objects %ld -> %ld, kernels %ld -> %ld, programs %ld -> %ld",
+                 what, call, a.mem, b.mem, a.kernel, b.kernel, a.program, b.program);
+}
+
+static void same_snapshot(const snapshot *want, const snapshot *got, int op, skv_scorer scorer, long call,
+                          const char *after)
+{
+    if (memcmp(want, got, sizeof *want) != 0)
+        fail_msg("%s (scorer %d): after call %ld %s, the cache is not the twin's (length %llu/%llu -> %llu/%llu, "
+                 "pages %llu -> %llu, sequences %llu -> %llu, decode %s, scores %s)",
+                 op_names[op], (int)scorer, call, after, (unsigned long long)want->len[0],
+                 (unsigned long long)want->len[1], (unsigned long long)got->len[0], (unsigned long long)got->len[1],
+                 (unsigned long long)want->pages, (unsigned long long)got->pages,
+                 (unsigned long long)want->sequences, (unsigned long long)got->sequences,
+                 memcmp(want->out, got->out, sizeof want->out) ? "differs" : "equal",
+                 memcmp(want->scores, got->scores, sizeof want->scores) ? "differ" : "equal");
+}
+
+/* Every OpenCL call of the operation fails in turn (a fresh world each time), on a
+ * world with `scorer`. A fault the operation absorbs (a failed flush, a status query
+ * answered by a wait) must leave what the operation's success leaves. */
+static void every_call_fails(int op, skv_scorer scorer)
+{
+    /* twins: the cache after the snapshots alone, and after the operation succeeded
+     * (which also makes every object the context makes lazily) */
+    snapshot want_before, want_failed, want_done, scratch;
+    world t;
+    world_make(&t, scorer);
+    prepare_op(&t, op);
+    snap(&t, &want_before);
+    assert_ok(skv_context_finish(ctx));
+    snap(&t, &want_failed);
+    skv_cache_destroy(t.c);
+    world_make(&t, scorer);
+    prepare_op(&t, op);
+    snap(&t, &scratch);
+    assert_ok(skv_context_finish(ctx));
+    assert_ok(run_op(&t, op));
+    assert_ok(skv_context_finish(ctx));
+    snap(&t, &want_done);
+    skv_cache_destroy(t.c);
+    const live base = live_now();
+    long n_calls = -1, absorbed = 0;
     for (long i = 0; n_calls < 0 || i < n_calls; i++) {
         world w;
-        world_make(&w);
+        world_make(&w, scorer);
         prepare_op(&w, op);
         snapshot before, after;
         snap(&w, &before);
+        assert_memory_equal(&before, &want_before, sizeof before);
         assert_ok(skv_context_finish(ctx));
         cl_fault_calls = 0;
         cl_fault_at = i;
@@ -156,59 +254,120 @@ static void every_call_fails(int op)
             skv_cache_destroy(w.c);
             break;
         }
-        if (st == SKV_OK)
-            fail_msg("%s: call %ld of OpenCL failed, the operation returned OK", op_names[op], i);
-        const char *why = skv_last_error();
+        char why[512];
+        snprintf(why, sizeof why, "%s", op_error[0] ? op_error : skv_last_error());
+        assert_ok(skv_context_finish(ctx));
+        snap(&w, &after);
+        if (st == SKV_OK) {
+            absorbed++;
+            same_snapshot(&want_done, &after, op, scorer, i, "failed and the operation absorbed it");
+            skv_cache_destroy(w.c);
+            same_live(base, live_now(), op_names[op], i);
+            continue;
+        }
         if (!strstr(why, "CL_OUT_OF_RESOURCES") && !strstr(why, "CL_MEM_OBJECT_ALLOCATION_FAILURE") &&
             !strstr(why, "argument"))
             fail_msg("%s: call %ld failed; the error does not name the OpenCL code: %s", op_names[op], i, why);
-        assert_ok(skv_context_finish(ctx));
-        snap(&w, &after);
-        if (memcmp(&before, &after, sizeof before) != 0)
-            fail_msg("%s: after call %ld failed, the cache changed (length %llu/%llu -> %llu/%llu, pages %llu -> %llu)",
-                     op_names[op], i, (unsigned long long)before.len[0], (unsigned long long)before.len[1],
-                     (unsigned long long)after.len[0], (unsigned long long)after.len[1],
-                     (unsigned long long)before.pages, (unsigned long long)after.pages);
+        same_snapshot(&want_failed, &after, op, scorer, i, "failed");
         assert_ok(run_op(&w, op)); /* and then it works */
         skv_cache_destroy(w.c);
+        same_live(base, live_now(), op_names[op], i);
     }
-    printf("%s: each of its %ld OpenCL calls failed in turn\n", op_names[op], n_calls);
+    printf("%s (scorer %d): each of its %ld OpenCL calls failed in turn (%ld absorbed)\n", op_names[op], (int)scorer,
+           n_calls, absorbed);
     assert_true(n_calls > 3);
+    assert_true(absorbed * 4 < n_calls); /* most faults are reported */
 }
 
 static void test_append_faults(void **state)
 {
     (void)state;
-    every_call_fails(OP_APPEND);
+    every_call_fails(OP_APPEND, SKV_SCORER_KEYDIFF);
 }
 
 static void test_compress_faults(void **state)
 {
     (void)state;
-    every_call_fails(OP_COMPRESS);
+    every_call_fails(OP_COMPRESS, SKV_SCORER_KEYDIFF);
+    every_call_fails(OP_COMPRESS, SKV_SCORER_OBSERVED);
+    every_call_fails(OP_FORK, SKV_SCORER_KEYDIFF);
+    every_call_fails(OP_SCORES, SKV_SCORER_KEYDIFF);
+    every_call_fails(OP_SCORES, SKV_SCORER_OBSERVED);
 }
 
 static void test_decode_faults(void **state)
 {
     (void)state;
-    every_call_fails(OP_DECODE);
-    every_call_fails(OP_LOGITS);
+    every_call_fails(OP_DECODE, SKV_SCORER_KEYDIFF);
+    every_call_fails(OP_DECODE, SKV_SCORER_OBSERVED);
+    every_call_fails(OP_LOGITS, SKV_SCORER_KEYDIFF);
 }
 
 static void test_move_faults(void **state)
 {
     (void)state;
-    every_call_fails(OP_OFFLOAD);
-    every_call_fails(OP_FETCH);
+    every_call_fails(OP_OFFLOAD, SKV_SCORER_KEYDIFF);
+    every_call_fails(OP_FETCH, SKV_SCORER_KEYDIFF);
 }
 
 static void test_export_import_faults(void **state)
 {
     (void)state;
-    every_call_fails(OP_EXPORT);
-    every_call_fails(OP_IMPORT);
+    every_call_fails(OP_EXPORT, SKV_SCORER_KEYDIFF);
+    every_call_fails(OP_IMPORT, SKV_SCORER_KEYDIFF);
     free(exported);
     exported = NULL;
+}
+
+/* Every build call of a cache's creation fails in turn, on a fresh context each time
+ * (its programs come from the disk cache, or from source when a binary will not load):
+ * the creation fails naming the code, or falls back and succeeds; a retry succeeds; and
+ * once the cache and the context are destroyed no program, kernel or memory object is
+ * left. */
+static void test_build_faults(void **state)
+{
+    (void)state;
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 2, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
+    d.device_budget_bytes = 8u << 20;
+    d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4);
+    d.scorer = SKV_SCORER_KEYDIFF;
+    d.retention = SKV_RETENTION_RDR;
+    long n_calls = -1, failed = 0, absorbed = 0;
+    for (long i = 0; n_calls < 0 || i < n_calls; i++) {
+        const live base = live_now();
+        skv_context_desc cd;
+        skv_context_desc_init(&cd);
+        cd.device = "cpu";
+        skv_context *fresh;
+        assert_ok(skv_context_create(&cd, &fresh));
+        skv_cache *c = NULL;
+        cl_build_calls = 0;
+        cl_build_fault_at = i;
+        skv_status st = skv_cache_create(fresh, &d, &c);
+        cl_build_fault_at = -1;
+        if (cl_build_calls <= i) { /* the creation makes i build calls */
+            assert_ok(st);
+            n_calls = i;
+        } else if (st == SKV_OK) {
+            absorbed++; /* a cached binary that would not load: rebuilt from source */
+        } else {
+            failed++;
+            const char *why = skv_last_error();
+            if (!strstr(why, "CL_BUILD_PROGRAM_FAILURE") && !strstr(why, "CL_OUT_OF_RESOURCES") &&
+                !strstr(why, "CL_OUT_OF_HOST_MEMORY"))
+                fail_msg("build call %ld failed; the error does not name the OpenCL code: %s", i, why);
+            assert_null(c);
+            assert_ok(skv_cache_create(fresh, &d, &c)); /* and then it works */
+        }
+        skv_cache_destroy(c);
+        skv_context_destroy(fresh);
+        same_live(base, live_now(), "cache creation", i);
+    }
+    printf("cache creation: each of its %ld build calls failed in turn (%ld failed the creation, %ld fell back)\n",
+           n_calls, failed, absorbed);
+    assert_true(n_calls > 3 && failed > 0);
 }
 
 int main(int argc, char **argv)
@@ -221,6 +380,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_decode_faults),
         cmocka_unit_test(test_move_faults),
         cmocka_unit_test(test_export_import_faults),
+        cmocka_unit_test(test_build_faults),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
