@@ -481,23 +481,6 @@ static skv_status check_waits(skv_cache *c, cl_uint num_wait, const cl_event *wa
     return SKV_OK;
 }
 
-static skv_status check_mem(skv_cache *c, cl_mem m, size_t offset, size_t bytes, const char *fn)
-{
-    size_t size = 0;
-    cl_context owner = NULL;
-    cl_int e = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof size, &size, NULL);
-    if (e == CL_SUCCESS)
-        e = clGetMemObjectInfo(m, CL_MEM_CONTEXT, sizeof owner, &owner, NULL);
-    if (e != CL_SUCCESS)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: buf is not a valid cl_mem (%s)", fn,
-                         skvi_cl_error_name(e));
-    if (owner != c->ctx->cl)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: buf belongs to another cl_context", fn);
-    if (offset > size || size - offset < bytes)
-        return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: buf holds %zu bytes, %zu needed from offset %zu", fn,
-                         size, bytes, offset);
-    return SKV_OK;
-}
 
 skv_status skv_seq_export_cl(skv_cache *c, skv_seq_id seq, cl_mem buf, size_t offset, size_t cap, size_t *size,
                              cl_uint num_wait, const cl_event *wait_list, cl_event *event)
@@ -514,7 +497,7 @@ skv_status skv_seq_export_cl(skv_cache *c, skv_seq_id seq, cl_mem buf, size_t of
     if (cap < *size)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "%s: the export needs %zu bytes, cap is %zu", fn, *size,
                          cap);
-    st = check_mem(c, buf, offset, *size, fn);
+    st = skvi_check_mem(c->ctx, buf, offset, *size, fn, "buf");
     if (st != SKV_OK)
         return st;
     uint8_t *stage = skvi_alloc(c->ctx->alloc, *size);
@@ -541,7 +524,7 @@ skv_status skv_seq_import_cl(skv_cache *c, cl_mem buf, size_t offset, size_t siz
         return skvi_fail(c ? c->ctx->error : NULL, SKV_ERR_INVALID_ARG, "%s: cache, buf or out is NULL", fn);
     skv_status st = check_waits(c, num_wait, wait_list, fn);
     if (st == SKV_OK)
-        st = check_mem(c, buf, offset, size, fn);
+        st = skvi_check_mem(c->ctx, buf, offset, size, fn, "buf");
     if (st != SKV_OK)
         return st;
     uint8_t *stage = skvi_alloc(c->ctx->alloc, size ? size : 1);

@@ -40,6 +40,19 @@ static void append_pieces(skv_cache *c, skv_seq_id s, const float *k, uint32_t f
     free(pos);
 }
 
+/* key as the cache stores it: src itself at F16 (fp16-exact inputs), else A3V4's
+ * decoded code of it, which the ADA scorers score. */
+static void stored_key(const skv_cache *c, const int8_t *signs, int ada, const float *src, float *key)
+{
+    memcpy(key, src, c->desc.head_dim * sizeof *key);
+    if (ada) {
+        uint32_t words[64];
+        uint16_t norm;
+        skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
+        skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
+    }
+}
+
 /* Scores of head h against the reference from scratch over all n appended keys. */
 static void check_scores(skv_cache *c, skv_seq_id s, uint32_t h, const float *k, uint32_t n)
 {
@@ -92,13 +105,7 @@ static void check_scores(skv_cache *c, skv_seq_id s, uint32_t h, const float *k,
     for (uint32_t i = 0; i < n; i++) {
         uint32_t t = (uint32_t)pos[i];
         float key[256];
-        memcpy(key, k + ((size_t)t * H + h) * D, D * 4);
-        if (i >= f16->tokens) { /* an A3V4 token: the reference scores its decoded key */
-            uint32_t words[64];
-            uint16_t norm;
-            skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
-            skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
-        }
+        stored_key(c, signs, i >= f16->tokens, k + ((size_t)t * H + h) * D, key);
         double kk = 0;
         for (uint32_t d = 0; d < D; d++)
             kk += (double)key[d] * key[d];
@@ -214,13 +221,7 @@ static void test_windowed_sparse_positions(void **state)
             while (wins[w] != (uint32_t)pos[t] / W)
                 w++;
             float key[64], mu[64], uf[64];
-            memcpy(key, k + ((size_t)t * H + h) * D, D * 4);
-            if (i >= f16->tokens) { /* an A3V4 token: the reference scores its decoded key */
-                uint32_t words[64];
-                uint16_t norm;
-                skv_ref_ada_encode_key(&c->ada[SKV_TIER_A3V4], signs, key, words, &norm);
-                skv_ref_ada_decode_key(&c->ada[SKV_TIER_A3V4], signs, words, norm, key);
-            }
+            stored_key(c, signs, i >= f16->tokens, k + ((size_t)t * H + h) * D, key);
             for (uint32_t d = 0; d < D; d++) {
                 mu[d] = (float)mean[w][d];
                 uf[d] = (float)(unit[d] / n);
