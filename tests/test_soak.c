@@ -20,7 +20,7 @@
  * Logits (every token, every tier) and scores (keydiff, knorm) likewise.
  *
  * Faults: an operation runs with probability 1/8 with its k-th host allocation failing
- * (the context's counting allocator), else with probability 1/56 with its i-th wrapped
+ * (the context's counting allocator) and with probability 1/8 with its i-th wrapped
  * OpenCL call failing (tests/cl_fault_wrap.h), k and i drawn below the most that
  * operation has made. A faulted operation must fail, and the sequence must come out
  * exactly as it was (pages in use and sequences too), with three exceptions by design,
