@@ -55,6 +55,8 @@ typedef struct layer_model {
     int32_t pos[MAX_LEN];     /* strictly increasing */
     float k[MAX_LEN][H][D];   /* fp16 values as float */
     float v[MAX_LEN][H][D];
+    uint8_t via[MAX_LEN][H]; /* the ADA tiers each token has been held in (bit per tier): RDR
+                              * transcodes from one to the next */
 } layer_model;
 
 typedef struct held {
@@ -78,7 +80,8 @@ typedef struct seq_model {
 typedef struct cache_model {
     const char *name;
     skv_cache *c;
-    int rdr; /* 1: RDR on F16 (keydiff); 0: ADA tiers, no retention (knorm) */
+    int rdr; /* 1: RDR (keydiff); 0: no retention (knorm) */
+    int ada; /* ADA tiers A3V4 and A2V2 besides F16 */
     seq_model *seq[MAX_SEQ];
 } cache_model;
 
@@ -110,7 +113,7 @@ static cache_model caches[2];
 static uint64_t seed = 1, step;
 static const char *cur_op = "setup";
 static char cur_detail[256];
-static int quiet;
+static int quiet, rdr_tiers;
 static test_rng rng;
 
 /* the most allocations and OpenCL calls each operation has made (per cache) */
@@ -151,6 +154,7 @@ static float f16(float x) { return skv_ref_f16_to_f32(skv_ref_f32_to_f16(x)); }
 /* ---- reading back what the cache holds ------------------------------------------------ */
 
 static skvi_seq *internal(const cache_model *cm, const seq_model *sm) { return &cm->c->seqs[sm->id]; }
+static int find_pos(const layer_model *lm, int32_t p);
 
 static void read_held(cache_model *cm, seq_model *sm, held out[L][H])
 {
@@ -174,6 +178,11 @@ static void read_held(cache_model *cm, seq_model *sm, held out[L][H])
                 }
             }
             CHECK(o->n == count, "%s: positions count %zu, lists hold %u", cm->name, count, o->n);
+            for (uint32_t i = 0; i < o->n; i++) {
+                int j = find_pos(&sm->lay[l], o->pos[i]);
+                if (j >= 0 && o->tier[i] != SKV_TIER_F16)
+                    sm->lay[l].via[j][h] |= (uint8_t)(1u << o->tier[i]);
+            }
         }
 }
 
@@ -215,6 +224,30 @@ static void check_unchanged(cache_model *cm, seq_model *sm, const char *why)
     }
 }
 
+static double page_bytes(int t) { return (double)skvi_tier_page_bytes((skv_tier)t, D, P); }
+
+/* Bytes of the pages a (layer, kv-head) holds. */
+static double held_bytes(const held *now)
+{
+    double b = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        b += (double)((now->count[t] + P - 1) / P) * page_bytes(t);
+    return b;
+}
+
+/* RDR's budget of a (layer, kv-head) in bytes: budget_ratio of the F16 bytes of every
+ * token appended, or the floor of its protected tokens (at most the sinks and the
+ * recent window, in whichever tiers hold them) when that is more. */
+static double rdr_limit(const layer_model *lm, const held *now)
+{
+    double budget = RATIO * lm->n * page_bytes(SKV_TIER_F16) / P, floor = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        uint32_t n = now->count[t] < N_SINK + RECENT ? now->count[t] : N_SINK + RECENT;
+        floor += (double)((n + P - 1) / P) * page_bytes(t);
+    }
+    return budget > floor ? budget : floor;
+}
+
 /* What any holding must satisfy: positions appended, each once, the newest RECENT held
  * (RDR: the recent window; without retention every token), sinks kept once held. */
 static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l, uint32_t h, const held *now)
@@ -234,13 +267,13 @@ static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l
             CHECK(seen[j], "%s: seq %u (%u, %u) lost position %d (last appended %d)", cm->name, sm->id, l, h,
                   lm->pos[j], lm->pos[lm->n - 1]);
     if (cm->rdr && !sm->rdr_blocked[l]) { /* the budget, loosely: what appends may add between compressions */
-        double budget = RATIO * lm->n > N_SINK + RECENT ? RATIO * lm->n : N_SINK + RECENT;
         uint32_t host = 0;
         for (uint32_t i = 0; i < now->n; i++)
             host += now->host[i];
-        CHECK(now->n <= budget + P + RECENT + SLACK + 48,
-              "%s: seq %u (%u, %u) holds %u of %u appended (%u of them in host pages)", cm->name, sm->id, l, h, now->n,
-              lm->n, host);
+        double slack = (double)(P + RECENT + SLACK + 48) * page_bytes(SKV_TIER_F16) / P + 3 * page_bytes(SKV_TIER_A4V8);
+        CHECK(held_bytes(now) <= rdr_limit(lm, now) + slack,
+              "%s: seq %u (%u, %u) holds %u of %u appended in %.0f bytes, budget %.0f (%u in host pages)", cm->name,
+              sm->id, l, h, now->n, lm->n, held_bytes(now), rdr_limit(lm, now), host);
     }
 }
 
@@ -248,11 +281,9 @@ static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l
  * window are a floor under it). */
 static void check_budget(const cache_model *cm, const seq_model *sm, uint32_t l, const held *now)
 {
-    double budget = RATIO * sm->lay[l].n, floor = (double)((N_SINK + RECENT + P - 1) / P * P);
-    double limit = budget > floor ? budget : floor;
-    uint32_t pages = (now->n + P - 1) / P;
-    CHECK(pages * (double)P <= limit + 1e-9, "%s: seq %u layer %u: %u pages (%u tokens) after RDR, budget %.1f tokens",
-          cm->name, sm->id, l, pages, now->n, limit);
+    CHECK(held_bytes(now) <= rdr_limit(&sm->lay[l], now) + 1e-6,
+          "%s: seq %u layer %u: %u tokens in %.0f bytes after RDR, budget %.0f", cm->name, sm->id, l, now->n,
+          held_bytes(now), rdr_limit(&sm->lay[l], now));
 }
 
 /* The page pools against the page lists of the live sequences. */
@@ -331,17 +362,23 @@ static void token_kv(const cache_model *cm, uint32_t l, uint32_t h, const layer_
         memcpy(v, lm->v[j][h], D * sizeof(float));
         return;
     }
-    const skv_ref_ada_params *p = &cm->c->ada[tier];
     int8_t signs[D];
     uint32_t words[D];
     uint16_t norm;
     uint8_t codes[2 * D + 64];
     skv_ref_ada_signs_seeded(0, l, h, D, signs);
-    skv_ref_ada_encode_key(p, signs, lm->k[j][h], words, &norm);
-    skv_ref_ada_decode_key(p, signs, words, norm, k);
-    const skvi_tier_desc *t = &skvi_tiers[tier];
-    skv_ref_value_encode(lm->v[j][h], D, t->value_bits, t->value_group, codes);
-    skv_ref_value_decode(codes, D, t->value_bits, t->value_group, v);
+    memcpy(k, lm->k[j][h], D * sizeof(float));
+    memcpy(v, lm->v[j][h], D * sizeof(float));
+    for (int u = SKV_TIER_F16 + 1; u <= tier; u++) { /* each tier it went through, in order */
+        if (u != tier && !(lm->via[j][h] & (1u << u)))
+            continue;
+        const skv_ref_ada_params *p = &cm->c->ada[u];
+        const skvi_tier_desc *t = &skvi_tiers[u];
+        skv_ref_ada_encode_key(p, signs, k, words, &norm);
+        skv_ref_ada_decode_key(p, signs, words, norm, k);
+        skv_ref_value_encode(v, D, t->value_bits, t->value_group, codes);
+        skv_ref_value_decode(codes, D, t->value_bits, t->value_group, v);
+    }
 }
 
 /* Decode of one sequence over what (layer) holds on the device, dense, in double; the
@@ -582,7 +619,7 @@ static int plan(cache_model *cm, op_args *a)
     case OP_FORK:
         return slot >= 0;
     case OP_QUANTIZE:
-        if (cm->rdr)
+        if (!cm->ada)
             return 0;
         a->begin = below(lm->n + 1);
         a->end = a->begin + below(lm->n + P);
@@ -700,6 +737,7 @@ static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_bef
     for (uint32_t t = 0; t < a->n; t++) {
         lm->pos[lm->n] = a->pos[t];
         for (uint32_t h = 0; h < H; h++) {
+            lm->via[lm->n][h] = 0;
             memcpy(lm->k[lm->n][h], a->k + ((size_t)t * H + h) * D, D * sizeof(float));
             memcpy(lm->v[lm->n][h], a->v + ((size_t)t * H + h) * D, D * sizeof(float));
         }
@@ -1069,8 +1107,11 @@ static void make_caches(void)
     d.recent_window = RECENT;
     d.slack = SLACK;
     d.n_sink = N_SINK;
+    if (rdr_tiers) /* RDR chooses F16, A3V4, A2V2 or drop per token */
+        d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4) | (1u << SKV_TIER_A2V2);
     caches[0].name = "rdr";
     caches[0].rdr = 1;
+    caches[0].ada = rdr_tiers;
     CHECK_OK(skv_cache_create(ctx, &d, &caches[0].c));
 
     skv_cache_desc_init(&d);
@@ -1080,6 +1121,7 @@ static void make_caches(void)
     d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4) | (1u << SKV_TIER_A2V2);
     d.scorer = SKV_SCORER_KNORM;
     caches[1].name = "ada";
+    caches[1].ada = 1;
     CHECK_OK(skv_cache_create(ctx, &d, &caches[1].c));
 }
 
@@ -1093,8 +1135,10 @@ int main(int argc, char **argv)
             ops = strtoull(argv[++i], NULL, 0);
         else if (strcmp(argv[i], "--quiet") == 0)
             quiet = 1;
+        else if (strcmp(argv[i], "--rdr-tiers") == 0)
+            rdr_tiers = 1;
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--ops M] [--quiet]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--ops M] [--quiet] [--rdr-tiers]\n", argv[0]);
             return 2;
         }
     }
