@@ -28,8 +28,11 @@
  * done), RDR's kept scores (a failed allocation only means scoring every token next
  * time), and a kernel's first load (a failed program-cache read falls back to a build).
  *
- * Usage: test_soak [--seed N] [--ops M] [--quiet]. Defaults: seed 1, 10,000 operations
- * (the CI run). The seed is printed at the start and with any failure, with the step and
+ * Usage: test_soak [--seed N] [--ops M] [--quiet] [--rdr-tiers] [--deferred]. Defaults:
+ * seed 1, 10,000 operations (the CI run). --rdr-tiers: the RDR cache has A3V4 and A2V2
+ * too (RDR transcodes). --deferred: skv_append_cl on the RDR cache too, so compressions
+ * are deferred to later append, decode and logits calls on any sequence; whatever
+ * changed then must be a compression. The seed is printed at the start and with any failure, with the step and
  * the operation, for replay. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <execinfo.h>
@@ -113,7 +116,7 @@ static cache_model caches[2];
 static uint64_t seed = 1, step;
 static const char *cur_op = "setup";
 static char cur_detail[256];
-static int quiet, rdr_tiers;
+static int quiet, rdr_tiers, deferred;
 static test_rng rng;
 
 /* the most allocations and OpenCL calls each operation has made (per cache) */
@@ -155,6 +158,7 @@ static float f16(float x) { return skv_ref_f16_to_f32(skv_ref_f32_to_f16(x)); }
 
 static skvi_seq *internal(const cache_model *cm, const seq_model *sm) { return &cm->c->seqs[sm->id]; }
 static int find_pos(const layer_model *lm, int32_t p);
+static void absorb(cache_model *cm, const seq_model *except);
 
 static void read_held(cache_model *cm, seq_model *sm, held out[L][H])
 {
@@ -458,7 +462,12 @@ static void check_decode(cache_model *cm, seq_model *sm, uint32_t l)
     float q[QH * D], out[QH * D];
     for (int i = 0; i < QH * D; i++)
         q[i] = test_gauss(&rng);
+    skv_cache_stats st0 = {.struct_size = sizeof st0}, st1 = {.struct_size = sizeof st1};
+    CHECK_OK(skv_cache_get_stats(cm->c, &st0));
     CHECK_OK(skv_attention_decode(cm->c, l, &sm->id, 1, SKV_F32, q, SCALE, SKV_F32, out));
+    CHECK_OK(skv_cache_get_stats(cm->c, &st1));
+    if (st1.compressions != st0.compressions) /* deferred compressions ran first (--deferred) */
+        absorb(cm, NULL);
     check_decode_result(cm, sm, l, q, out);
 }
 
@@ -610,8 +619,8 @@ static int plan(cache_model *cm, op_args *a)
     switch (a->op) {
     case OP_APPEND:
     case OP_APPEND_CL:
-        if (a->op == OP_APPEND_CL && cm->rdr)
-            return 0; /* deferred compressions would move the F16 cache's holdings at any later call */
+        if (a->op == OP_APPEND_CL && cm->rdr && !deferred)
+            return 0; /* its compressions are deferred to later calls (--deferred) */
         a->n = 1 + below(below(2) ? 8 : 40);
         if (lm->n + a->n > MAX_LEN)
             a->op = OP_FREE; /* long enough: start over */
@@ -730,6 +739,61 @@ static int may_refuse(const op_args *a, skv_status st)
 
 /* ---- what a successful operation must have done ------------------------------------------- */
 
+/* A (layer, kv-head) RDR compressed: a subset of what it held before (`old`) and of
+ * `extra` new positions, the sinks kept, within the budget. */
+static void check_compressed(const cache_model *cm, const seq_model *sm, uint32_t l, uint32_t h, const held *old,
+                             const int32_t *extra, uint32_t n_extra, const held *nw)
+{
+    for (uint32_t i = 0; i < nw->n; i++) {
+        int found = 0;
+        for (uint32_t j = 0; j < old->n && !found; j++)
+            found = old->pos[j] == nw->pos[i];
+        for (uint32_t j = 0; j < n_extra && !found; j++)
+            found = extra[j] == nw->pos[i];
+        CHECK(found, "%s: seq %u (%u, %u): compression brought back position %d", cm->name, sm->id, l, h, nw->pos[i]);
+    }
+    for (uint32_t j = 0; j < old->n; j++)
+        if (old->pos[j] < (int32_t)N_SINK) {
+            int found = 0;
+            for (uint32_t i = 0; i < nw->n && !found; i++)
+                found = nw->pos[i] == old->pos[j];
+            CHECK(found, "%s: seq %u (%u, %u): compression dropped sink position %d", cm->name, sm->id, l, h,
+                  old->pos[j]);
+        }
+    if (n_extra && deferred) { /* a deferred compression may have run before the append's tokens came */
+        double allowed = rdr_limit(&sm->lay[l], nw) + (n_extra + P) * page_bytes(SKV_TIER_F16) / P;
+        CHECK(held_bytes(nw) <= allowed, "%s: seq %u layer %u: %.0f bytes after RDR and an append, at most %.0f",
+              cm->name, sm->id, l, held_bytes(nw), allowed);
+    } else {
+        check_budget(cm, sm, l, nw);
+    }
+}
+
+/* Deferred compressions (--deferred: skv_append_cl on the RDR cache) run in later
+ * append and decode calls, on any sequence: what changed must be a compression. */
+static void absorb_one(cache_model *cm, seq_model *sm)
+{
+    static held now[L][H];
+    read_held(cm, sm, now);
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < H; h++)
+            if (!held_equal(&now[l][h], &sm->hd[l][h])) {
+                CHECK(deferred, "%s: seq %u (%u, %u) changed: %u tokens held -> %u", cm->name, sm->id, l, h,
+                      sm->hd[l][h].n, now[l][h].n);
+                check_holding(cm, sm, l, h, &now[l][h]);
+                check_compressed(cm, sm, l, h, &sm->hd[l][h], NULL, 0, &now[l][h]);
+                sm->hd[l][h] = now[l][h];
+                sm->rdr_blocked[l] = 0;
+            }
+}
+
+static void absorb(cache_model *cm, const seq_model *except)
+{
+    for (int i = 0; i < MAX_SEQ; i++)
+        if (cm->seq[i] && cm->seq[i]->live && cm->seq[i] != except)
+            absorb_one(cm, cm->seq[i]);
+}
+
 static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_before)
 {
     seq_model *sm = a->sm;
@@ -757,22 +821,22 @@ static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_bef
         for (uint32_t h = 0; h < H; h++) {
             held *old = &sm->hd[l][h], *nw = &now[l][h];
             check_holding(cm, sm, l, h, nw);
-            if (l != a->layer || !compressed) { /* the F16 list grew by the new tokens at its end */
-                held want = *old;
-                if (l == a->layer) {
-                    uint32_t at = old->count[SKV_TIER_F16];
-                    memmove(want.pos + at + a->n, want.pos + at, (old->n - at) * sizeof want.pos[0]);
-                    memmove(want.tier + at + a->n, want.tier + at, old->n - at);
-                    memmove(want.host + at + a->n, want.host + at, old->n - at);
-                    for (uint32_t t = 0; t < a->n; t++)
-                        want.pos[at + t] = a->pos[t], want.tier[at + t] = SKV_TIER_F16, want.host[at + t] = 0;
-                    want.n += a->n;
-                    want.count[SKV_TIER_F16] += a->n;
-                }
-                CHECK(held_equal(&want, nw), "%s: seq %u (%u, %u): append of %u made %u tokens held, expected %u",
-                      cm->name, sm->id, l, h, a->n, nw->n, want.n);
-            } else {
-                check_budget(cm, sm, l, nw);
+            held want = *old; /* the F16 list grew by the new tokens at its end */
+            if (l == a->layer) {
+                uint32_t at = old->count[SKV_TIER_F16];
+                memmove(want.pos + at + a->n, want.pos + at, (old->n - at) * sizeof want.pos[0]);
+                memmove(want.tier + at + a->n, want.tier + at, old->n - at);
+                memmove(want.host + at + a->n, want.host + at, old->n - at);
+                for (uint32_t t = 0; t < a->n; t++)
+                    want.pos[at + t] = a->pos[t], want.tier[at + t] = SKV_TIER_F16, want.host[at + t] = 0;
+                want.n += a->n;
+                want.count[SKV_TIER_F16] += a->n;
+            }
+            if (!held_equal(&want, nw)) { /* else a compression ran: this one's, or a deferred one */
+                CHECK(compressed && (l == a->layer || deferred),
+                      "%s: seq %u (%u, %u): append of %u made %u tokens held, expected %u", cm->name, sm->id, l, h,
+                      a->n, nw->n, want.n);
+                check_compressed(cm, sm, l, h, old, l == a->layer ? a->pos : NULL, l == a->layer ? a->n : 0, nw);
             }
             *old = *nw;
         }
@@ -1009,6 +1073,8 @@ static void one_step(void)
         int absorbs = cm->rdr && (a->op == OP_APPEND || (a->op == OP_COMPRESS && fault == FAULT_ALLOC));
         /* a kernel's first use: a program-cache read that fails falls back to a build */
         absorbs |= loaded;
+        /* a deferred compression that fails is retried at a later call (--deferred) */
+        absorbs |= deferred && before.deferred_pending > 0;
         CHECK(st != SKV_OK || absorbs, "%s %ld failed (%s), the operation returned OK",
               fault == FAULT_ALLOC ? "allocation" : "OpenCL call", at, fault == FAULT_ALLOC ? "NULL" : "error");
         n_absorbed[a->op] += st == SKV_OK;
@@ -1022,13 +1088,22 @@ static void one_step(void)
         n_refused[a->op]++;
     }
 
+    skv_cache_stats mid = {.struct_size = sizeof mid};
+    CHECK_OK(skv_cache_get_stats(cm->c, &mid));
+    int compressions_moved = mid.compressions != before.compressions;
+    if (compressions_moved && a->op != OP_COMPRESS) /* deferred compressions of other sequences */
+        absorb(cm, a->sm);
+    if (st == SKV_OK && compressions_moved && (a->op == OP_DECODE || a->op == OP_LOGITS || a->op == OP_SCORES))
+        absorb_one(cm, a->sm); /* deferred compressions ran before the call's work */
     if (st != SKV_OK) {
         CHECK_OK(skv_context_finish(ctx));
+        if (a->sm && compressions_moved && a->op != OP_COMPRESS)
+            absorb_one(cm, a->sm);
         if (a->sm)
             check_unchanged(cm, a->sm, "after a failed operation");
         skv_cache_stats after = {.struct_size = sizeof after};
         CHECK_OK(skv_cache_get_stats(cm->c, &after));
-        for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int t = 0; t < SKV_TIER_COUNT && !compressions_moved; t++)
             for (int m = 0; m < SKV_MEM_COUNT; m++)
                 CHECK(after.pools[t][m].pages_used == before.pools[t][m].pages_used,
                       "tier %d %s pages in use %llu -> %llu after a failed operation", t, m ? "host" : "device",
@@ -1137,8 +1212,10 @@ int main(int argc, char **argv)
             quiet = 1;
         else if (strcmp(argv[i], "--rdr-tiers") == 0)
             rdr_tiers = 1;
+        else if (strcmp(argv[i], "--deferred") == 0)
+            deferred = 1;
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--ops M] [--quiet] [--rdr-tiers]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--ops M] [--quiet] [--rdr-tiers] [--deferred]\n", argv[0]);
             return 2;
         }
     }
@@ -1164,6 +1241,10 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     cur_op = "teardown";
+    skv_cache_stats rs = {.struct_size = sizeof rs};
+    CHECK_OK(skv_cache_get_stats(caches[0].c, &rs));
+    printf("soak: RDR cache: %llu compressions, %llu of them deferred\n", (unsigned long long)rs.compressions,
+           (unsigned long long)rs.deferred_compressions);
     skv_context_stats cs = {.struct_size = sizeof cs};
     CHECK_OK(skv_context_get_stats(ctx, &cs));
     printf("soak: programs built %llu, from the cache %llu, cache entries rejected %llu\n",
