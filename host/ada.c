@@ -151,7 +151,8 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
     if (!ql)
         return skvi_fail(ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_seq_quantize: out of memory");
     uint64_t jobs = 0;
-    uint32_t need = 0;
+    uint32_t need = 0;  /* pages to take from the tier's pool */
+    uint32_t slots = 0; /* destination pages: those, and the tier's own partial tails */
     for (size_t i = 0; i < n_lh; i++) {
         const skvi_page_list *l = &s->lists[i * SKV_TIER_COUNT + SKV_TIER_F16];
         const skvi_page_list *tl = &s->lists[i * SKV_TIER_COUNT + tier];
@@ -175,6 +176,7 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
             need++;
         }
         need += ql[i].fresh;
+        slots += ql[i].fresh + (ql[i].tail_fill ? 1 : 0);
         jobs += moved;
     }
     if (jobs == 0) {
@@ -182,7 +184,7 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
         return SKV_OK;
     }
     /* Everything that can fail, before the sequence changes. */
-    uint32_t *dest = skvi_calloc(a, need, sizeof *dest);
+    uint32_t *dest = skvi_calloc(a, slots, sizeof *dest);
     uint32_t *job = skvi_calloc(a, jobs, 4 * sizeof *job);
     cl_mem jobs_buf = NULL;
     uint32_t taken = 0;

@@ -750,6 +750,80 @@ static size_t kept_positions(skv_cache *c, skv_seq_id s, uint32_t h, int32_t *ou
     return n;
 }
 
+/* An allocator that puts 16 guard bytes after every block and checks them on free. */
+static int guard_broken;
+static void *guard_alloc(void *user, size_t n)
+{
+    (void)user;
+    unsigned char *p = malloc(n + 32);
+    if (!p)
+        return NULL;
+    memcpy(p, &n, sizeof n);
+    memset(p + 16 + n, 0xA5, 16);
+    return p + 16;
+}
+static void guard_free(void *user, void *ptr)
+{
+    (void)user;
+    if (!ptr)
+        return;
+    unsigned char *p = (unsigned char *)ptr - 16;
+    size_t n;
+    memcpy(&n, p, sizeof n);
+    for (int i = 0; i < 16; i++)
+        guard_broken |= p[16 + n + i] != 0xA5;
+    free(p);
+}
+
+/* skv_seq_quantize into an ADA list whose last page RDR left partly filled: the new
+ * tokens fill that page first. The page-id array had no slot for it and was written one
+ * past its end (heap overflow; found by test_soak --rdr-tiers). */
+static void test_quantize_into_partial_ada_tail(void **state)
+{
+    (void)state;
+    skv_allocator guard = {guard_alloc, guard_free, NULL};
+    skv_context_desc cd;
+    skv_context_desc_init(&cd);
+    cd.device = getenv("SKV_TEST_DEVICE") && getenv("SKV_TEST_DEVICE")[0] ? getenv("SKV_TEST_DEVICE") : "cpu";
+    cd.allocator = &guard;
+    skv_context *gctx;
+    assert_ok(skv_context_create(&cd, &gctx));
+    skv_cache_desc d =
+        make_desc((1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4) | (1u << SKV_TIER_A2V2), 0.5f, 1, 1, 64, 16);
+    d.recent_window = 16;
+    d.slack = 32; /* compressions on append, every 48 tokens */
+    skv_cache *c;
+    assert_ok(skv_cache_create(gctx, &d, &c));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    test_rng r = {21};
+    const skvi_page_list *f16 = skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16), *ada = NULL;
+    skv_tier tier = SKV_TIER_A3V4;
+    for (int i = 0; i < 60; i++) { /* appends until RDR leaves a partly filled ADA page */
+        append_at(c, s, 10, 10 * i, &r);
+        for (tier = SKV_TIER_A3V4; tier <= SKV_TIER_A2V2; tier++) {
+            ada = skvi_seq_list(c, &c->seqs[s], 0, 0, tier);
+            if (ada->tokens % 16 != 0)
+                break;
+        }
+        if (tier <= SKV_TIER_A2V2 && f16->tokens >= 16)
+            break;
+    }
+    uint32_t ada_before = ada->tokens, f16_before = f16->tokens;
+    printf("after RDR: %u F16 tokens, %u in tier %d\n", f16_before, ada_before, (int)tier);
+    assert_true(ada_before % 16 != 0); /* the case: a partly filled ADA tail page */
+    assert_true(f16_before >= 16);
+    guard_broken = 0;
+    assert_ok(skv_seq_quantize(c, s, 0, 16, tier));
+    assert_false(guard_broken);
+    assert_int_equal(ada->tokens, ada_before + 16);
+    assert_int_equal(ada->n, (ada->tokens + 15) / 16);
+    assert_int_equal(f16->tokens, f16_before - 16);
+    skv_cache_destroy(c);
+    skv_context_destroy(gctx);
+    assert_false(guard_broken);
+}
+
 /* RDR does not run on a layer with pages in host memory (it reads every page on the
  * device). An append that makes compression due there skips it without work: no key
  * statistics flushed, no host wait (the soak test found each such append paying a
@@ -1180,6 +1254,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
         cmocka_unit_test(test_append_skips_rdr_with_host_pages),
+        cmocka_unit_test(test_quantize_into_partial_ada_tail),
         cmocka_unit_test(test_append_cl_defers),
         cmocka_unit_test(test_failed_gate_drops_compression),
         cmocka_unit_test(test_query_energy),

@@ -20,7 +20,7 @@
  * Logits (every token, every tier) and scores (keydiff, knorm) likewise.
  *
  * Faults: an operation runs with probability 1/8 with its k-th host allocation failing
- * (the context's counting allocator), else with probability 1/56 with its i-th wrapped
+ * (the context's counting allocator) and with probability 1/8 with its i-th wrapped
  * OpenCL call failing (tests/cl_fault_wrap.h), k and i drawn below the most that
  * operation has made. A faulted operation must fail, and the sequence must come out
  * exactly as it was (pages in use and sequences too), with three exceptions by design,
@@ -28,8 +28,11 @@
  * done), RDR's kept scores (a failed allocation only means scoring every token next
  * time), and a kernel's first load (a failed program-cache read falls back to a build).
  *
- * Usage: test_soak [--seed N] [--ops M] [--quiet]. Defaults: seed 1, 10,000 operations
- * (the CI run). The seed is printed at the start and with any failure, with the step and
+ * Usage: test_soak [--seed N] [--ops M] [--quiet] [--rdr-tiers] [--deferred]. Defaults:
+ * seed 1, 10,000 operations (the CI run). --rdr-tiers: the RDR cache has A3V4 and A2V2
+ * too (RDR transcodes). --deferred: skv_append_cl on the RDR cache too, so compressions
+ * are deferred to later append, decode and logits calls on any sequence; whatever
+ * changed then must be a compression. The seed is printed at the start and with any failure, with the step and
  * the operation, for replay. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <execinfo.h>
@@ -55,6 +58,8 @@ typedef struct layer_model {
     int32_t pos[MAX_LEN];     /* strictly increasing */
     float k[MAX_LEN][H][D];   /* fp16 values as float */
     float v[MAX_LEN][H][D];
+    uint8_t via[MAX_LEN][H]; /* the ADA tiers each token has been held in (bit per tier): RDR
+                              * transcodes from one to the next */
 } layer_model;
 
 typedef struct held {
@@ -78,7 +83,8 @@ typedef struct seq_model {
 typedef struct cache_model {
     const char *name;
     skv_cache *c;
-    int rdr; /* 1: RDR on F16 (keydiff); 0: ADA tiers, no retention (knorm) */
+    int rdr; /* 1: RDR (keydiff); 0: no retention (knorm) */
+    int ada; /* ADA tiers A3V4 and A2V2 besides F16 */
     seq_model *seq[MAX_SEQ];
 } cache_model;
 
@@ -110,7 +116,7 @@ static cache_model caches[2];
 static uint64_t seed = 1, step;
 static const char *cur_op = "setup";
 static char cur_detail[256];
-static int quiet;
+static int quiet, rdr_tiers, deferred;
 static test_rng rng;
 
 /* the most allocations and OpenCL calls each operation has made (per cache) */
@@ -151,6 +157,8 @@ static float f16(float x) { return skv_ref_f16_to_f32(skv_ref_f32_to_f16(x)); }
 /* ---- reading back what the cache holds ------------------------------------------------ */
 
 static skvi_seq *internal(const cache_model *cm, const seq_model *sm) { return &cm->c->seqs[sm->id]; }
+static int find_pos(const layer_model *lm, int32_t p);
+static void absorb(cache_model *cm, const seq_model *except);
 
 static void read_held(cache_model *cm, seq_model *sm, held out[L][H])
 {
@@ -174,6 +182,11 @@ static void read_held(cache_model *cm, seq_model *sm, held out[L][H])
                 }
             }
             CHECK(o->n == count, "%s: positions count %zu, lists hold %u", cm->name, count, o->n);
+            for (uint32_t i = 0; i < o->n; i++) {
+                int j = find_pos(&sm->lay[l], o->pos[i]);
+                if (j >= 0 && o->tier[i] != SKV_TIER_F16)
+                    sm->lay[l].via[j][h] |= (uint8_t)(1u << o->tier[i]);
+            }
         }
 }
 
@@ -215,6 +228,30 @@ static void check_unchanged(cache_model *cm, seq_model *sm, const char *why)
     }
 }
 
+static double page_bytes(int t) { return (double)skvi_tier_page_bytes((skv_tier)t, D, P); }
+
+/* Bytes of the pages a (layer, kv-head) holds. */
+static double held_bytes(const held *now)
+{
+    double b = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        b += (double)((now->count[t] + P - 1) / P) * page_bytes(t);
+    return b;
+}
+
+/* RDR's budget of a (layer, kv-head) in bytes: budget_ratio of the F16 bytes of every
+ * token appended, or the floor of its protected tokens (at most the sinks and the
+ * recent window, in whichever tiers hold them) when that is more. */
+static double rdr_limit(const layer_model *lm, const held *now)
+{
+    double budget = RATIO * lm->n * page_bytes(SKV_TIER_F16) / P, floor = 0;
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
+        uint32_t n = now->count[t] < N_SINK + RECENT ? now->count[t] : N_SINK + RECENT;
+        floor += (double)((n + P - 1) / P) * page_bytes(t);
+    }
+    return budget > floor ? budget : floor;
+}
+
 /* What any holding must satisfy: positions appended, each once, the newest RECENT held
  * (RDR: the recent window; without retention every token), sinks kept once held. */
 static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l, uint32_t h, const held *now)
@@ -234,13 +271,13 @@ static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l
             CHECK(seen[j], "%s: seq %u (%u, %u) lost position %d (last appended %d)", cm->name, sm->id, l, h,
                   lm->pos[j], lm->pos[lm->n - 1]);
     if (cm->rdr && !sm->rdr_blocked[l]) { /* the budget, loosely: what appends may add between compressions */
-        double budget = RATIO * lm->n > N_SINK + RECENT ? RATIO * lm->n : N_SINK + RECENT;
         uint32_t host = 0;
         for (uint32_t i = 0; i < now->n; i++)
             host += now->host[i];
-        CHECK(now->n <= budget + P + RECENT + SLACK + 48,
-              "%s: seq %u (%u, %u) holds %u of %u appended (%u of them in host pages)", cm->name, sm->id, l, h, now->n,
-              lm->n, host);
+        double slack = (double)(P + RECENT + SLACK + 48) * page_bytes(SKV_TIER_F16) / P + 3 * page_bytes(SKV_TIER_A4V8);
+        CHECK(held_bytes(now) <= rdr_limit(lm, now) + slack,
+              "%s: seq %u (%u, %u) holds %u of %u appended in %.0f bytes, budget %.0f (%u in host pages)", cm->name,
+              sm->id, l, h, now->n, lm->n, held_bytes(now), rdr_limit(lm, now), host);
     }
 }
 
@@ -248,11 +285,9 @@ static void check_holding(const cache_model *cm, const seq_model *sm, uint32_t l
  * window are a floor under it). */
 static void check_budget(const cache_model *cm, const seq_model *sm, uint32_t l, const held *now)
 {
-    double budget = RATIO * sm->lay[l].n, floor = (double)((N_SINK + RECENT + P - 1) / P * P);
-    double limit = budget > floor ? budget : floor;
-    uint32_t pages = (now->n + P - 1) / P;
-    CHECK(pages * (double)P <= limit + 1e-9, "%s: seq %u layer %u: %u pages (%u tokens) after RDR, budget %.1f tokens",
-          cm->name, sm->id, l, pages, now->n, limit);
+    CHECK(held_bytes(now) <= rdr_limit(&sm->lay[l], now) + 1e-6,
+          "%s: seq %u layer %u: %u tokens in %.0f bytes after RDR, budget %.0f", cm->name, sm->id, l, now->n,
+          held_bytes(now), rdr_limit(&sm->lay[l], now));
 }
 
 /* The page pools against the page lists of the live sequences. */
@@ -331,17 +366,23 @@ static void token_kv(const cache_model *cm, uint32_t l, uint32_t h, const layer_
         memcpy(v, lm->v[j][h], D * sizeof(float));
         return;
     }
-    const skv_ref_ada_params *p = &cm->c->ada[tier];
     int8_t signs[D];
     uint32_t words[D];
     uint16_t norm;
     uint8_t codes[2 * D + 64];
     skv_ref_ada_signs_seeded(0, l, h, D, signs);
-    skv_ref_ada_encode_key(p, signs, lm->k[j][h], words, &norm);
-    skv_ref_ada_decode_key(p, signs, words, norm, k);
-    const skvi_tier_desc *t = &skvi_tiers[tier];
-    skv_ref_value_encode(lm->v[j][h], D, t->value_bits, t->value_group, codes);
-    skv_ref_value_decode(codes, D, t->value_bits, t->value_group, v);
+    memcpy(k, lm->k[j][h], D * sizeof(float));
+    memcpy(v, lm->v[j][h], D * sizeof(float));
+    for (int u = SKV_TIER_F16 + 1; u <= tier; u++) { /* each tier it went through, in order */
+        if (u != tier && !(lm->via[j][h] & (1u << u)))
+            continue;
+        const skv_ref_ada_params *p = &cm->c->ada[u];
+        const skvi_tier_desc *t = &skvi_tiers[u];
+        skv_ref_ada_encode_key(p, signs, k, words, &norm);
+        skv_ref_ada_decode_key(p, signs, words, norm, k);
+        skv_ref_value_encode(v, D, t->value_bits, t->value_group, codes);
+        skv_ref_value_decode(codes, D, t->value_bits, t->value_group, v);
+    }
 }
 
 /* Decode of one sequence over what (layer) holds on the device, dense, in double; the
@@ -421,7 +462,12 @@ static void check_decode(cache_model *cm, seq_model *sm, uint32_t l)
     float q[QH * D], out[QH * D];
     for (int i = 0; i < QH * D; i++)
         q[i] = test_gauss(&rng);
+    skv_cache_stats st0 = {.struct_size = sizeof st0}, st1 = {.struct_size = sizeof st1};
+    CHECK_OK(skv_cache_get_stats(cm->c, &st0));
     CHECK_OK(skv_attention_decode(cm->c, l, &sm->id, 1, SKV_F32, q, SCALE, SKV_F32, out));
+    CHECK_OK(skv_cache_get_stats(cm->c, &st1));
+    if (st1.compressions != st0.compressions) /* deferred compressions ran first (--deferred) */
+        absorb(cm, NULL);
     check_decode_result(cm, sm, l, q, out);
 }
 
@@ -573,8 +619,8 @@ static int plan(cache_model *cm, op_args *a)
     switch (a->op) {
     case OP_APPEND:
     case OP_APPEND_CL:
-        if (a->op == OP_APPEND_CL && cm->rdr)
-            return 0; /* deferred compressions would move the F16 cache's holdings at any later call */
+        if (a->op == OP_APPEND_CL && cm->rdr && !deferred)
+            return 0; /* its compressions are deferred to later calls (--deferred) */
         a->n = 1 + below(below(2) ? 8 : 40);
         if (lm->n + a->n > MAX_LEN)
             a->op = OP_FREE; /* long enough: start over */
@@ -582,7 +628,7 @@ static int plan(cache_model *cm, op_args *a)
     case OP_FORK:
         return slot >= 0;
     case OP_QUANTIZE:
-        if (cm->rdr)
+        if (!cm->ada)
             return 0;
         a->begin = below(lm->n + 1);
         a->end = a->begin + below(lm->n + P);
@@ -693,6 +739,61 @@ static int may_refuse(const op_args *a, skv_status st)
 
 /* ---- what a successful operation must have done ------------------------------------------- */
 
+/* A (layer, kv-head) RDR compressed: a subset of what it held before (`old`) and of
+ * `extra` new positions, the sinks kept, within the budget. */
+static void check_compressed(const cache_model *cm, const seq_model *sm, uint32_t l, uint32_t h, const held *old,
+                             const int32_t *extra, uint32_t n_extra, const held *nw)
+{
+    for (uint32_t i = 0; i < nw->n; i++) {
+        int found = 0;
+        for (uint32_t j = 0; j < old->n && !found; j++)
+            found = old->pos[j] == nw->pos[i];
+        for (uint32_t j = 0; j < n_extra && !found; j++)
+            found = extra[j] == nw->pos[i];
+        CHECK(found, "%s: seq %u (%u, %u): compression brought back position %d", cm->name, sm->id, l, h, nw->pos[i]);
+    }
+    for (uint32_t j = 0; j < old->n; j++)
+        if (old->pos[j] < (int32_t)N_SINK) {
+            int found = 0;
+            for (uint32_t i = 0; i < nw->n && !found; i++)
+                found = nw->pos[i] == old->pos[j];
+            CHECK(found, "%s: seq %u (%u, %u): compression dropped sink position %d", cm->name, sm->id, l, h,
+                  old->pos[j]);
+        }
+    if (n_extra && deferred) { /* a deferred compression may have run before the append's tokens came */
+        double allowed = rdr_limit(&sm->lay[l], nw) + (n_extra + P) * page_bytes(SKV_TIER_F16) / P;
+        CHECK(held_bytes(nw) <= allowed, "%s: seq %u layer %u: %.0f bytes after RDR and an append, at most %.0f",
+              cm->name, sm->id, l, held_bytes(nw), allowed);
+    } else {
+        check_budget(cm, sm, l, nw);
+    }
+}
+
+/* Deferred compressions (--deferred: skv_append_cl on the RDR cache) run in later
+ * append and decode calls, on any sequence: what changed must be a compression. */
+static void absorb_one(cache_model *cm, seq_model *sm)
+{
+    static held now[L][H];
+    read_held(cm, sm, now);
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t h = 0; h < H; h++)
+            if (!held_equal(&now[l][h], &sm->hd[l][h])) {
+                CHECK(deferred, "%s: seq %u (%u, %u) changed: %u tokens held -> %u", cm->name, sm->id, l, h,
+                      sm->hd[l][h].n, now[l][h].n);
+                check_holding(cm, sm, l, h, &now[l][h]);
+                check_compressed(cm, sm, l, h, &sm->hd[l][h], NULL, 0, &now[l][h]);
+                sm->hd[l][h] = now[l][h];
+                sm->rdr_blocked[l] = 0;
+            }
+}
+
+static void absorb(cache_model *cm, const seq_model *except)
+{
+    for (int i = 0; i < MAX_SEQ; i++)
+        if (cm->seq[i] && cm->seq[i]->live && cm->seq[i] != except)
+            absorb_one(cm, cm->seq[i]);
+}
+
 static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_before)
 {
     seq_model *sm = a->sm;
@@ -700,6 +801,7 @@ static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_bef
     for (uint32_t t = 0; t < a->n; t++) {
         lm->pos[lm->n] = a->pos[t];
         for (uint32_t h = 0; h < H; h++) {
+            lm->via[lm->n][h] = 0;
             memcpy(lm->k[lm->n][h], a->k + ((size_t)t * H + h) * D, D * sizeof(float));
             memcpy(lm->v[lm->n][h], a->v + ((size_t)t * H + h) * D, D * sizeof(float));
         }
@@ -719,22 +821,22 @@ static void commit_append(cache_model *cm, op_args *a, uint64_t compressions_bef
         for (uint32_t h = 0; h < H; h++) {
             held *old = &sm->hd[l][h], *nw = &now[l][h];
             check_holding(cm, sm, l, h, nw);
-            if (l != a->layer || !compressed) { /* the F16 list grew by the new tokens at its end */
-                held want = *old;
-                if (l == a->layer) {
-                    uint32_t at = old->count[SKV_TIER_F16];
-                    memmove(want.pos + at + a->n, want.pos + at, (old->n - at) * sizeof want.pos[0]);
-                    memmove(want.tier + at + a->n, want.tier + at, old->n - at);
-                    memmove(want.host + at + a->n, want.host + at, old->n - at);
-                    for (uint32_t t = 0; t < a->n; t++)
-                        want.pos[at + t] = a->pos[t], want.tier[at + t] = SKV_TIER_F16, want.host[at + t] = 0;
-                    want.n += a->n;
-                    want.count[SKV_TIER_F16] += a->n;
-                }
-                CHECK(held_equal(&want, nw), "%s: seq %u (%u, %u): append of %u made %u tokens held, expected %u",
-                      cm->name, sm->id, l, h, a->n, nw->n, want.n);
-            } else {
-                check_budget(cm, sm, l, nw);
+            held want = *old; /* the F16 list grew by the new tokens at its end */
+            if (l == a->layer) {
+                uint32_t at = old->count[SKV_TIER_F16];
+                memmove(want.pos + at + a->n, want.pos + at, (old->n - at) * sizeof want.pos[0]);
+                memmove(want.tier + at + a->n, want.tier + at, old->n - at);
+                memmove(want.host + at + a->n, want.host + at, old->n - at);
+                for (uint32_t t = 0; t < a->n; t++)
+                    want.pos[at + t] = a->pos[t], want.tier[at + t] = SKV_TIER_F16, want.host[at + t] = 0;
+                want.n += a->n;
+                want.count[SKV_TIER_F16] += a->n;
+            }
+            if (!held_equal(&want, nw)) { /* else a compression ran: this one's, or a deferred one */
+                CHECK(compressed && (l == a->layer || deferred),
+                      "%s: seq %u (%u, %u): append of %u made %u tokens held, expected %u", cm->name, sm->id, l, h,
+                      a->n, nw->n, want.n);
+                check_compressed(cm, sm, l, h, old, l == a->layer ? a->pos : NULL, l == a->layer ? a->n : 0, nw);
             }
             *old = *nw;
         }
@@ -971,6 +1073,8 @@ static void one_step(void)
         int absorbs = cm->rdr && (a->op == OP_APPEND || (a->op == OP_COMPRESS && fault == FAULT_ALLOC));
         /* a kernel's first use: a program-cache read that fails falls back to a build */
         absorbs |= loaded;
+        /* a deferred compression that fails is retried at a later call (--deferred) */
+        absorbs |= deferred && before.deferred_pending > 0;
         CHECK(st != SKV_OK || absorbs, "%s %ld failed (%s), the operation returned OK",
               fault == FAULT_ALLOC ? "allocation" : "OpenCL call", at, fault == FAULT_ALLOC ? "NULL" : "error");
         n_absorbed[a->op] += st == SKV_OK;
@@ -984,13 +1088,22 @@ static void one_step(void)
         n_refused[a->op]++;
     }
 
+    skv_cache_stats mid = {.struct_size = sizeof mid};
+    CHECK_OK(skv_cache_get_stats(cm->c, &mid));
+    int compressions_moved = mid.compressions != before.compressions;
+    if (compressions_moved && a->op != OP_COMPRESS) /* deferred compressions of other sequences */
+        absorb(cm, a->sm);
+    if (st == SKV_OK && compressions_moved && (a->op == OP_DECODE || a->op == OP_LOGITS || a->op == OP_SCORES))
+        absorb_one(cm, a->sm); /* deferred compressions ran before the call's work */
     if (st != SKV_OK) {
         CHECK_OK(skv_context_finish(ctx));
+        if (a->sm && compressions_moved && a->op != OP_COMPRESS)
+            absorb_one(cm, a->sm);
         if (a->sm)
             check_unchanged(cm, a->sm, "after a failed operation");
         skv_cache_stats after = {.struct_size = sizeof after};
         CHECK_OK(skv_cache_get_stats(cm->c, &after));
-        for (int t = 0; t < SKV_TIER_COUNT; t++)
+        for (int t = 0; t < SKV_TIER_COUNT && !compressions_moved; t++)
             for (int m = 0; m < SKV_MEM_COUNT; m++)
                 CHECK(after.pools[t][m].pages_used == before.pools[t][m].pages_used,
                       "tier %d %s pages in use %llu -> %llu after a failed operation", t, m ? "host" : "device",
@@ -1069,8 +1182,11 @@ static void make_caches(void)
     d.recent_window = RECENT;
     d.slack = SLACK;
     d.n_sink = N_SINK;
+    if (rdr_tiers) /* RDR chooses F16, A3V4, A2V2 or drop per token */
+        d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4) | (1u << SKV_TIER_A2V2);
     caches[0].name = "rdr";
     caches[0].rdr = 1;
+    caches[0].ada = rdr_tiers;
     CHECK_OK(skv_cache_create(ctx, &d, &caches[0].c));
 
     skv_cache_desc_init(&d);
@@ -1080,6 +1196,7 @@ static void make_caches(void)
     d.tiers = (1u << SKV_TIER_F16) | (1u << SKV_TIER_A3V4) | (1u << SKV_TIER_A2V2);
     d.scorer = SKV_SCORER_KNORM;
     caches[1].name = "ada";
+    caches[1].ada = 1;
     CHECK_OK(skv_cache_create(ctx, &d, &caches[1].c));
 }
 
@@ -1093,8 +1210,12 @@ int main(int argc, char **argv)
             ops = strtoull(argv[++i], NULL, 0);
         else if (strcmp(argv[i], "--quiet") == 0)
             quiet = 1;
+        else if (strcmp(argv[i], "--rdr-tiers") == 0)
+            rdr_tiers = 1;
+        else if (strcmp(argv[i], "--deferred") == 0)
+            deferred = 1;
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--ops M] [--quiet]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--ops M] [--quiet] [--rdr-tiers] [--deferred]\n", argv[0]);
             return 2;
         }
     }
@@ -1120,6 +1241,10 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     cur_op = "teardown";
+    skv_cache_stats rs = {.struct_size = sizeof rs};
+    CHECK_OK(skv_cache_get_stats(caches[0].c, &rs));
+    printf("soak: RDR cache: %llu compressions, %llu of them deferred\n", (unsigned long long)rs.compressions,
+           (unsigned long long)rs.deferred_compressions);
     skv_context_stats cs = {.struct_size = sizeof cs};
     CHECK_OK(skv_context_get_stats(ctx, &cs));
     printf("soak: programs built %llu, from the cache %llu, cache entries rejected %llu\n",
