@@ -12,6 +12,7 @@
 #define CL_TARGET_OPENCL_VERSION 120
 #endif
 #include <CL/cl.h>
+#include <string.h>
 
 /* -1: no fault; else the index (from 0) of the call that fails, counted in cl_fault_calls */
 static long cl_fault_at = -1, cl_fault_calls;
@@ -20,10 +21,21 @@ static cl_int cl_fault_code = CL_OUT_OF_RESOURCES;
 /* called at the failing call (NULL: nothing), e.g. to print where it struck */
 static void (*cl_fault_hook)(void);
 
-static int cl_fail_now(void)
+/* The call that failed last (its name), and whether skv may absorb its failure: a flush
+ * is a hint (the commands stay queued and a later wait submits them), and a status
+ * query that fails is answered by waiting for the command. */
+static const char *cl_fault_name = "";
+
+static int cl_fault_absorbable(void)
+{
+    return !strcmp(cl_fault_name, "clFlush") || !strcmp(cl_fault_name, "clGetEventInfo");
+}
+
+static int cl_fail_now(const char *name)
 {
     if (cl_fault_calls++ != cl_fault_at)
         return 0;
+    cl_fault_name = name;
     if (cl_fault_hook)
         cl_fault_hook();
     return 1;
@@ -32,7 +44,7 @@ static int cl_fail_now(void)
 #define CL_FAULT_WRAP_STATUS(name, params, args)                                                                       \
     cl_int __real_##name params;                                                                                       \
     cl_int __wrap_##name params;                                                                                       \
-    cl_int __wrap_##name params { return cl_fail_now() ? cl_fault_code : __real_##name args; }
+    cl_int __wrap_##name params { return cl_fail_now(#name) ? cl_fault_code : __real_##name args; }
 
 CL_FAULT_WRAP_STATUS(clEnqueueReadBuffer,
                      (cl_command_queue q, cl_mem m, cl_bool b, size_t o, size_t n, void *p, cl_uint nw,
@@ -76,10 +88,11 @@ static long cl_live_mem, cl_live_kernel, cl_live_program;
  * do not rebuild programs. */
 static long cl_build_fault_at = -1, cl_build_calls;
 
-static int cl_build_fail_now(void)
+static int cl_build_fail_now(const char *name)
 {
     if (cl_build_calls++ != cl_build_fault_at)
         return 0;
+    cl_fault_name = name;
     if (cl_fault_hook)
         cl_fault_hook();
     return 1;
@@ -91,7 +104,7 @@ static int cl_build_fail_now(void)
     type __wrap_##name params;                                                                                         \
     type __wrap_##name params                                                                                          \
     {                                                                                                                  \
-        if (fail()) {                                                                                                  \
+        if (fail(#name)) {                                                                                             \
             if (err)                                                                                                   \
                 *err = code;                                                                                           \
             return NULL;                                                                                               \
@@ -121,7 +134,7 @@ cl_int __wrap_clBuildProgram(cl_program p, cl_uint n, const cl_device_id *d, con
 cl_int __wrap_clBuildProgram(cl_program p, cl_uint n, const cl_device_id *d, const char *o,
                              void(CL_CALLBACK *f)(cl_program, void *), void *u)
 {
-    return cl_build_fail_now() ? CL_BUILD_PROGRAM_FAILURE : __real_clBuildProgram(p, n, d, o, f, u);
+    return cl_build_fail_now("clBuildProgram") ? CL_BUILD_PROGRAM_FAILURE : __real_clBuildProgram(p, n, d, o, f, u);
 }
 
 /* Retains and releases: counted, never failed. */

@@ -259,6 +259,8 @@ static void every_call_fails(int op, skv_scorer scorer)
         assert_ok(skv_context_finish(ctx));
         snap(&w, &after);
         if (st == SKV_OK) {
+            if (!cl_fault_absorbable())
+                fail_msg("%s: call %ld (%s) failed, the operation returned OK", op_names[op], i, cl_fault_name);
             absorbed++;
             same_snapshot(&want_done, &after, op, scorer, i, "failed and the operation absorbed it");
             skv_cache_destroy(w.c);

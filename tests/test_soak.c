@@ -1075,6 +1075,8 @@ static void one_step(void)
         absorbs |= loaded;
         /* a deferred compression that fails is retried at a later call (--deferred) */
         absorbs |= deferred && before.deferred_pending > 0;
+        /* a failed flush (a hint) or status query (answered by a wait) */
+        absorbs |= fault == FAULT_CL && cl_fault_absorbable();
         CHECK(st != SKV_OK || absorbs, "%s %ld failed (%s), the operation returned OK",
               fault == FAULT_ALLOC ? "allocation" : "OpenCL call", at, fault == FAULT_ALLOC ? "NULL" : "error");
         n_absorbed[a->op] += st == SKV_OK;
