@@ -1259,6 +1259,9 @@ int main(int argc, char **argv)
     }
     skv_context_destroy(ctx);
     CHECK(counter.live == 0, "%ld host allocations leaked", counter.live);
+    CHECK(cl_live_mem == 0 && cl_live_kernel == 0 && cl_live_program == 0,
+          "OpenCL objects leaked: %ld memory objects, %ld kernels, %ld programs", cl_live_mem, cl_live_kernel,
+          cl_live_program);
     printf("soak: seed %llu, %llu operations in %.1f s (%.0f ops/s), no invariant broken\n",
            (unsigned long long)seed, (unsigned long long)ops, secs, (double)ops / secs);
     for (int op = 0; op < OP_COUNT; op++)
