@@ -29,6 +29,7 @@
 #include "host_internal.h"
 
 #define MAX_FILE_BYTES (4u << 20)
+#define MAX_ENTRIES 65536
 
 const char *skv_schedule_str(skv_schedule s)
 {
@@ -271,6 +272,8 @@ static int parse_db(const skv_allocator *a, const skv_device_profile *prof, cons
         snprintf(why, n, "version is not %d", SKVI_TUNING_VERSION);
     else if (!cJSON_IsArray(list))
         snprintf(why, n, "\"entries\" is not an array");
+    else if (cJSON_GetArraySize(list) > MAX_ENTRIES) /* each takes ~300 bytes here, "0," two in the file */
+        snprintf(why, n, "more than %d entries", MAX_ENTRIES);
     else {
         size_t total = (size_t)cJSON_GetArraySize(list), kept = 0, i = 0;
         skvi_tuning_entry *out = total ? skvi_calloc(a, total, sizeof *out) : NULL;
