@@ -616,9 +616,9 @@ SKV_API skv_status skv_seq_fetch_head(skv_cache *cache, skv_seq_id seq, uint32_t
  * one for its vendor class; among those, the entry naming more of the problem (tier,
  * head_dim, q-heads per kv-head) wins. A malformed file, one of another version, or one
  * over 4 MiB or 65536 entries is ignored whole (skv_tuning_info.note says why), never
- * half-trusted. A variant the
- * device cannot build or run falls back to the built-in choice, then to the most
- * portable one (the reason goes to skv_context_last_error, the call still succeeds). */
+ * half-trusted. A variant the device cannot build or run falls back to the built-in
+ * choice, then to the most portable one (the reason goes to skv_context_last_error, the
+ * call still succeeds). */
 typedef enum skv_schedule {
     SKV_SCHEDULE_DEFAULT = 0, /* in an override: keep the database's schedule */
     SKV_SCHEDULE_GROUP = 1,
