@@ -341,6 +341,8 @@ skv_status skv_kvfile_read(skv_kvfile *f, skv_kvfile_tensor tensor, uint32_t lay
                          "skv_kvfile_read: layer %u, rows %llu + %llu of a layer of %u with %llu rows", layer,
                          (unsigned long long)row_begin, (unsigned long long)n_rows, i->layers,
                          (unsigned long long)rows);
+    if (n_rows == 0)
+        return SKV_OK; /* out may be NULL */
     /* every product below is bounded by the file's size, checked at open */
     uint64_t per_layer = 0;
     layer_bytes(i, &per_layer);
