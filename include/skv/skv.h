@@ -711,7 +711,7 @@ typedef enum skv_kvfile_tensor {
 
 typedef struct skv_kvfile_info {
     size_t struct_size;  /* set by skv_kvfile_info_init, or sizeof(skv_kvfile_info) */
-    uint32_t version;    /* 1 or 2 (write: 1 needs n_window 0 and no RoPE) */
+    uint32_t version;    /* 1 or 2 (version 1 stores no window and no RoPE: n_window 0) */
     skv_dtype dtype;     /* as stored: SKV_F32 or SKV_F16 (reads always give float32) */
     uint32_t layers, kv_heads, q_heads, head_dim;
     uint32_t tokens, n_queries, n_window;
