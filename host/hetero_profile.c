@@ -1,9 +1,13 @@
 /* HeteroCache's settings and head profiles: skv_hetero_desc, and the versioned profile
  * files a runtime saves once per model ("skv-hetero-profile 1"). */
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cache_internal.h"
 
@@ -309,11 +313,24 @@ skv_status skv_hetero_profile_load(const char *path, uint32_t layers, uint32_t h
     skvi_clear_error();
     if (!path || !out)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: path or out is NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* non-blocking, and only a regular file: a FIFO must not stall the open or the read */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
         return skvi_fail(NULL, SKV_ERR_IO, "skv_hetero_profile_load: cannot open %s", path);
-    char *text = malloc(SKVI_PROFILE_MAX_BYTES + 1);
-    size_t n = text ? fread(text, 1, SKVI_PROFILE_MAX_BYTES + 1, f) : 0;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return skvi_fail(NULL, SKV_ERR_IO, "skv_hetero_profile_load: %s is not a regular file", path);
+    }
+    /* the file's size, up to one byte past the limit (the parse refuses that) */
+    const size_t cap = (uint64_t)sb.st_size > SKVI_PROFILE_MAX_BYTES ? SKVI_PROFILE_MAX_BYTES + 1 : (size_t)sb.st_size + 1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return skvi_fail(NULL, SKV_ERR_IO, "skv_hetero_profile_load: cannot read %s", path);
+    }
+    char *text = malloc(cap);
+    size_t n = text ? fread(text, 1, cap, f) : 0;
     fclose(f);
     if (!text)
         return skvi_fail(NULL, SKV_ERR_OUT_OF_MEMORY, "skv_hetero_profile_load: out of memory");
@@ -323,8 +340,9 @@ skv_status skv_hetero_profile_load(const char *path, uint32_t layers, uint32_t h
     if (st != SKV_OK)
         return st;
     if ((layers || heads) && (p->layers != layers || p->heads != heads)) {
-        st = skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: %s is for %u layers x %u kv-heads, not %u x %u", path,
-                                  p->layers, p->heads, layers, heads);
+        st = skvi_fail(NULL, SKV_ERR_INVALID_ARG,
+                       "skv_hetero_profile_load: %s is for %u layers x %u kv-heads, not %u x %u", path, p->layers,
+                       p->heads, layers, heads);
         skv_hetero_profile_free(p);
         return st;
     }

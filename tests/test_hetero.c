@@ -1,7 +1,10 @@
 /* HeteroCache's head statistics in C (src/hetero.c): top-k, set overlap, stability,
  * star clustering and per-head budgets, on synthetic heads built to be stable,
  * drifting and redundant. */
+#define _POSIX_C_SOURCE 200809L
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "test_util.h"
 #include "host_internal.h"
@@ -562,7 +565,8 @@ static double wall_ms(void)
 /* Large and hostile profile files: 64 layers x 4096 kv-heads (5.5 MB) load in linear time
  * (the parser once ran sscanf over the rest of the file for every head: 41 s for this
  * file, an hour for a 64 MiB one), and a header claiming 4096 x 4096 heads in a few bytes
- * is refused by its length before 200 MB are allocated for them. */
+ * is refused by its length before 200 MB are allocated for them; a FIFO at the path is
+ * refused, not waited on. */
 static void test_profile_file_large(void **state)
 {
     (void)state;
@@ -592,6 +596,15 @@ static void test_profile_file_large(void **state)
     assert_int_equal(skv_hetero_profile_load(path, 0, 0, &q), SKV_ERR_INVALID_ARG);
     assert_null(q);
     assert_non_null(strstr(skv_last_error(), "do not fit"));
+    /* a FIFO (and a folder) where the profile should be: an error at once, not a hang */
+    remove(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(300); /* a hang is a failure, not a stuck test run */
+    assert_int_equal(skv_hetero_profile_load(path, 0, 0, &q), SKV_ERR_IO);
+    assert_non_null(strstr(skv_last_error(), "not a regular file"));
+    assert_int_equal(skv_hetero_profile_load(dir, 0, 0, &q), SKV_ERR_IO);
+    alarm(0);
+    assert_null(q);
     remove(path);
     remove(dir);
     free(dir);
