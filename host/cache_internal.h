@@ -409,6 +409,11 @@ skv_status skvi_hetero_kernels(skv_cache *c);
 /* hetero_profile.c: a settings check with the caller's name; an empty profile. */
 skv_status skvi_hetero_check_desc(char *err, const skv_hetero_desc *d, const char *fn);
 skv_hetero_profile *skvi_hetero_profile_new(uint32_t layers, uint32_t heads);
+/* A profile file's bytes (not NUL-terminated; at most SKVI_PROFILE_MAX_BYTES), parsed
+ * and checked as skv_hetero_profile_load does, messages naming `name`; the step from bytes
+ * to a profile alone, for the fuzz harness. */
+#define SKVI_PROFILE_MAX_BYTES (1u << 26)
+skv_status skvi_hetero_profile_parse(const char *bytes, size_t len, const char *name, skv_hetero_profile **out);
 /* Decode hooks for the sequences of a batch that calibrate or run HeteroCache: before
  * the plan, processes the previous check's sets (drift, retrieval); after the merge,
  * computes this step's top-k sets from the kept logits (observe rows, cl/topk.cl). */

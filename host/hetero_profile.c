@@ -1,9 +1,13 @@
 /* HeteroCache's settings and head profiles: skv_hetero_desc, and the versioned profile
  * files a runtime saves once per model ("skv-hetero-profile 1"). */
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cache_internal.h"
 
@@ -187,26 +191,67 @@ static int category_from(const char *s, skv_head_category *c)
     return 0;
 }
 
-/* Parses a whole profile from text; NULL (and a message in err) when anything is off. */
-static skv_hetero_profile *profile_parse(const char *text, char *err, size_t err_size)
+/* The next whitespace-separated word of *text (at most cap - 1 bytes, else a word that
+ * matches nothing), copied into buf; 0 at the end. The parse reads each byte once (sscanf
+ * over the rest of a large file measures its length at every call). */
+static int next_word(const char **text, char *buf, size_t cap)
 {
-    char magic[32] = "", word[16];
-    int version = 0, used = 0;
-    unsigned L = 0, H = 0;
-    if (sscanf(text, "%31s %d%n", magic, &version, &used) != 2 || strcmp(magic, PROFILE_MAGIC) != 0) {
+    const char *p = *text + strspn(*text, " \t\r\n\v\f");
+    const size_t n = strcspn(p, " \t\r\n\v\f");
+    *text = p + n;
+    if (n == 0)
+        return 0;
+    const size_t c = n < cap ? n : cap - 1;
+    memcpy(buf, p, c);
+    buf[c] = '\0';
+    if (n >= cap)
+        buf[0] = '?'; /* too long to be any field */
+    return 1;
+}
+
+/* A decimal integer word in 0..max. */
+static int word_uint(const char **text, unsigned max, unsigned *out)
+{
+    char w[16];
+    if (!next_word(text, w, sizeof w) || strspn(w, "0123456789") != strlen(w))
+        return 0;
+    unsigned long x = strtoul(w, NULL, 10);
+    if (x > max)
+        return 0;
+    *out = (unsigned)x;
+    return 1;
+}
+
+static int word_is(const char **text, const char *want)
+{
+    char w[32];
+    return next_word(text, w, sizeof w) && strcmp(w, want) == 0;
+}
+
+/* Parses a whole profile from text (NUL-terminated, `len` bytes); NULL (and a message in
+ * err) when anything is off. */
+static skv_hetero_profile *profile_parse(const char *text, size_t len, char *err, size_t err_size)
+{
+    unsigned version = 0, L = 0, H = 0;
+    if (!word_is(&text, PROFILE_MAGIC)) {
         snprintf(err, err_size, "not a HeteroCache profile (no '%s' header)", PROFILE_MAGIC);
         return NULL;
     }
-    if (version != PROFILE_VERSION) {
-        snprintf(err, err_size, "version %d, this library reads version %d", version, PROFILE_VERSION);
+    if (!word_uint(&text, 1u << 30, &version) || version != PROFILE_VERSION) {
+        snprintf(err, err_size, "not version %d, the one this library reads", PROFILE_VERSION);
         return NULL;
     }
-    text += used;
-    if (sscanf(text, " layers %u kv_heads %u%n", &L, &H, &used) != 2 || L == 0 || H == 0 || L > 4096 || H > 4096) {
+    if (!word_is(&text, "layers") || !word_uint(&text, 4096, &L) || !word_is(&text, "kv_heads") ||
+        !word_uint(&text, 4096, &H) || L == 0 || H == 0) {
         snprintf(err, err_size, "a bad 'layers N kv_heads M' line");
         return NULL;
     }
-    text += used;
+    /* a head's line takes at least 13 bytes ("0 0 pivot 0 0" and a separator): a file too
+     * short for its heads is refused before anything is allocated for them */
+    if ((uint64_t)L * H > len / 14 + 1) {
+        snprintf(err, err_size, "%u x %u heads do not fit in %zu bytes", L, H, len);
+        return NULL;
+    }
     skv_hetero_profile *p = skvi_hetero_profile_new(L, H);
     if (!p) {
         snprintf(err, err_size, "out of memory");
@@ -214,19 +259,23 @@ static skv_hetero_profile *profile_parse(const char *text, char *err, size_t err
     }
     for (size_t i = 0; i < (size_t)L * H; i++) {
         unsigned l, h, pv;
-        float stab;
-        char name[16];
-        if (sscanf(text, " %u %u %15s %u %f%n", &l, &h, name, &pv, &stab, &used) != 5 || l != i / H || h != i % H ||
-            !category_from(name, &p->category[i])) {
+        char name[16], stab[48], *end = NULL;
+        int ok = word_uint(&text, 4096, &l) && word_uint(&text, 4096, &h) && next_word(&text, name, sizeof name) &&
+                 word_uint(&text, 1u << 30, &pv) && next_word(&text, stab, sizeof stab) && l == i / H && h == i % H &&
+                 category_from(name, &p->category[i]);
+        if (ok) {
+            p->stability[i] = strtof(stab, &end);
+            ok = end && end != stab && *end == '\0';
+        }
+        if (!ok) {
             snprintf(err, err_size, "line for layer %zu head %zu is missing or malformed", i / H, i % H);
             skv_hetero_profile_free(p);
             return NULL;
         }
         p->pivot[i] = pv;
-        p->stability[i] = stab;
-        text += used;
     }
-    if (sscanf(text, " %15s%n", word, &used) != 1 || strcmp(word, "end") != 0 || text[used + strspn(text + used, " \t\r\n")]) {
+    char rest[8];
+    if (!word_is(&text, "end") || next_word(&text, rest, sizeof rest)) {
         snprintf(err, err_size, "no 'end' line after the heads, or data after it");
         skv_hetero_profile_free(p);
         return NULL;
@@ -241,34 +290,59 @@ static skv_hetero_profile *profile_parse(const char *text, char *err, size_t err
     return p;
 }
 
+skv_status skvi_hetero_profile_parse(const char *bytes, size_t len, const char *name, skv_hetero_profile **out)
+{
+    if (len > SKVI_PROFILE_MAX_BYTES || memchr(bytes, 0, len))
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: %s: too large or not text", name);
+    char *text = malloc(len + 1);
+    if (!text)
+        return skvi_fail(NULL, SKV_ERR_OUT_OF_MEMORY, "skv_hetero_profile_load: out of memory");
+    memcpy(text, bytes, len);
+    text[len] = 0;
+    char why[256];
+    skv_hetero_profile *p = profile_parse(text, len, why, sizeof why);
+    free(text);
+    if (!p)
+        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: %s: %s", name, why);
+    *out = p;
+    return SKV_OK;
+}
+
 skv_status skv_hetero_profile_load(const char *path, uint32_t layers, uint32_t heads, skv_hetero_profile **out)
 {
     skvi_clear_error();
     if (!path || !out)
         return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: path or out is NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* non-blocking, and only a regular file: a FIFO must not stall the open or the read */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
         return skvi_fail(NULL, SKV_ERR_IO, "skv_hetero_profile_load: cannot open %s", path);
-    enum { MAX_BYTES = 1 << 26 };
-    char *text = malloc(MAX_BYTES + 1);
-    size_t n = text ? fread(text, 1, MAX_BYTES + 1, f) : 0;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return skvi_fail(NULL, SKV_ERR_IO, "skv_hetero_profile_load: %s is not a regular file", path);
+    }
+    /* the file's size, up to one byte past the limit (the parse refuses that) */
+    const size_t cap = (uint64_t)sb.st_size > SKVI_PROFILE_MAX_BYTES ? SKVI_PROFILE_MAX_BYTES + 1 : (size_t)sb.st_size + 1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return skvi_fail(NULL, SKV_ERR_IO, "skv_hetero_profile_load: cannot read %s", path);
+    }
+    char *text = malloc(cap);
+    size_t n = text ? fread(text, 1, cap, f) : 0;
     fclose(f);
     if (!text)
         return skvi_fail(NULL, SKV_ERR_OUT_OF_MEMORY, "skv_hetero_profile_load: out of memory");
-    if (n > MAX_BYTES || memchr(text, 0, n)) {
-        free(text);
-        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: %s: too large or not text", path);
-    }
-    text[n] = 0;
-    char why[256];
-    skv_hetero_profile *p = profile_parse(text, why, sizeof why);
+    skv_hetero_profile *p = NULL;
+    skv_status st = skvi_hetero_profile_parse(text, n, path, &p);
     free(text);
-    if (!p)
-        return skvi_fail(NULL, SKV_ERR_INVALID_ARG, "skv_hetero_profile_load: %s: %s", path, why);
+    if (st != SKV_OK)
+        return st;
     if ((layers || heads) && (p->layers != layers || p->heads != heads)) {
-        skv_status st = skvi_fail(NULL, SKV_ERR_INVALID_ARG,
-                                  "skv_hetero_profile_load: %s is for %u layers x %u kv-heads, not %u x %u", path,
-                                  p->layers, p->heads, layers, heads);
+        st = skvi_fail(NULL, SKV_ERR_INVALID_ARG,
+                       "skv_hetero_profile_load: %s is for %u layers x %u kv-heads, not %u x %u", path, p->layers,
+                       p->heads, layers, heads);
         skv_hetero_profile_free(p);
         return st;
     }

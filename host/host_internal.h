@@ -66,6 +66,12 @@ struct skv_context {
     size_t record_count, record_capacity;
 };
 
+/* tuning.c: a database file's text[len] (text has room for len + 1 bytes; it is
+ * terminated here), for the device `prof`: 1 and the entries that name it (free them with
+ * skvi_free(a, ...)), or 0 and why the whole file is refused ("out of memory" among the
+ * reasons). The bytes-to-entries step of skvi_tuning_load, alone for the fuzz harness. */
+int skvi_tuning_parse(const skv_allocator *a, const skv_device_profile *prof, char *text, size_t len,
+                      skvi_tuning_entry **entries, size_t *count, char *why, size_t n);
 /* tuning.c: reads the database file (a bad one leaves a note; only OOM fails). */
 skv_status skvi_tuning_load(skv_context *ctx);
 void skvi_tuning_release(skv_context *ctx);

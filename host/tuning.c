@@ -29,6 +29,7 @@
 #include "host_internal.h"
 
 #define MAX_FILE_BYTES (4u << 20)
+#define MAX_ENTRIES 65536
 
 const char *skv_schedule_str(skv_schedule s)
 {
@@ -251,7 +252,8 @@ static int parse_entry(const cJSON *o, const skv_device_profile *prof, skvi_tuni
 }
 
 /* Parses a whole file's text; on success *entries holds the entries for this device. */
-static int parse_db(skv_context *ctx, const char *text, skvi_tuning_entry **entries, size_t *count, char *why, size_t n)
+static int parse_db(const skv_allocator *a, const skv_device_profile *prof, const char *text,
+                    skvi_tuning_entry **entries, size_t *count, char *why, size_t n)
 {
     *entries = NULL;
     *count = 0;
@@ -270,16 +272,18 @@ static int parse_db(skv_context *ctx, const char *text, skvi_tuning_entry **entr
         snprintf(why, n, "version is not %d", SKVI_TUNING_VERSION);
     else if (!cJSON_IsArray(list))
         snprintf(why, n, "\"entries\" is not an array");
+    else if (cJSON_GetArraySize(list) > MAX_ENTRIES) /* each takes ~300 bytes here, "0," two in the file */
+        snprintf(why, n, "more than %d entries", MAX_ENTRIES);
     else {
         size_t total = (size_t)cJSON_GetArraySize(list), kept = 0, i = 0;
-        skvi_tuning_entry *out = total ? skvi_calloc(ctx->alloc, total, sizeof *out) : NULL;
+        skvi_tuning_entry *out = total ? skvi_calloc(a, total, sizeof *out) : NULL;
         if (total && !out) {
             snprintf(why, n, "out of memory");
         } else {
             ok = 1;
             for (const cJSON *o = list->child; ok && o; o = o->next, i++) {
                 char w[192];
-                if (!parse_entry(o, &ctx->profile, &out[kept], w, sizeof w)) {
+                if (!parse_entry(o, prof, &out[kept], w, sizeof w)) {
                     snprintf(why, n, "entry %zu: %.160s", i, w);
                     ok = 0;
                 } else if (out[kept].level != SKV_TUNING_DEFAULT) {
@@ -290,12 +294,29 @@ static int parse_db(skv_context *ctx, const char *text, skvi_tuning_entry **entr
                 *entries = out;
                 *count = kept;
             } else {
-                skvi_free(ctx->alloc, out);
+                skvi_free(a, out);
             }
         }
     }
     cJSON_Delete(root);
     return ok;
+}
+
+int skvi_tuning_parse(const skv_allocator *a, const skv_device_profile *prof, char *text, size_t len,
+                      skvi_tuning_entry **entries, size_t *count, char *why, size_t n)
+{
+    *entries = NULL;
+    *count = 0;
+    if (len > MAX_FILE_BYTES) {
+        snprintf(why, n, "larger than %u bytes", MAX_FILE_BYTES);
+        return 0;
+    }
+    if (memchr(text, '\0', len)) {
+        snprintf(why, n, "holds a NUL byte");
+        return 0;
+    }
+    text[len] = '\0';
+    return parse_db(a, prof, text, entries, count, why, n);
 }
 
 /* Reads the database file into ctx->tuning. A missing file is no database; anything
@@ -334,16 +355,11 @@ skv_status skvi_tuning_load(skv_context *ctx)
     size_t len = fread(text, 1, MAX_FILE_BYTES + 1, f);
     int bad_read = ferror(f);
     fclose(f);
-    text[len <= MAX_FILE_BYTES ? len : MAX_FILE_BYTES] = '\0';
     char why[240] = "";
     if (bad_read)
         snprintf(why, sizeof why, "could not be read");
-    else if (len > MAX_FILE_BYTES)
-        snprintf(why, sizeof why, "larger than %u bytes", MAX_FILE_BYTES);
-    else if (memchr(text, '\0', len))
-        snprintf(why, sizeof why, "holds a NUL byte");
     else
-        parse_db(ctx, text, &tu->entries, &tu->count, why, sizeof why);
+        skvi_tuning_parse(ctx->alloc, &ctx->profile, text, len, &tu->entries, &tu->count, why, sizeof why);
     skvi_free(ctx->alloc, text);
     if (why[0]) {
         if (strcmp(why, "out of memory") == 0)

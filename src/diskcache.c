@@ -78,6 +78,36 @@ static int write_all(int fd, const void *buf, size_t n)
     return 0;
 }
 
+/* The header at the start of an entry of `file_size` bytes, for `key_hex`: 1 and the
+ * payload's size and hash when it is one skv wrote for that key, else 0. */
+static int header_check(const unsigned char *bytes, const char *key_hex, uint64_t file_size, size_t *payload_size,
+                        uint64_t *payload_hash)
+{
+    entry_header h;
+    if (file_size < sizeof h)
+        return 0;
+    memcpy(&h, bytes, sizeof h);
+    if (memcmp(h.magic, ENTRY_MAGIC, sizeof h.magic) != 0 || h.version != ENTRY_VERSION ||
+        memcmp(h.key, key_hex, sizeof h.key) != 0 || h.payload_size == 0 ||
+        h.payload_size != file_size - sizeof h || h.payload_size > SIZE_MAX)
+        return 0;
+    *payload_size = (size_t)h.payload_size;
+    *payload_hash = h.payload_hash;
+    return 1;
+}
+
+int skvi_cache_entry_parse(const unsigned char *bytes, size_t size, const char *key_hex,
+                           const unsigned char **payload, size_t *payload_size)
+{
+    uint64_t hash;
+    size_t n;
+    if (!header_check(bytes, key_hex, size, &n, &hash) || skvi_hash64(bytes + sizeof(entry_header), n) != hash)
+        return 0;
+    *payload = bytes + sizeof(entry_header);
+    *payload_size = n;
+    return 1;
+}
+
 skvi_cache_result skvi_cache_read(const skv_allocator *a, const char *dir, const char *key_hex,
                                   unsigned char **data, size_t *size)
 {
@@ -93,26 +123,23 @@ skvi_cache_result skvi_cache_read(const skv_allocator *a, const char *dir, const
         return SKVI_CACHE_MISS;
     }
     skvi_cache_result result = SKVI_CACHE_CORRUPT;
-    unsigned char *payload = NULL;
-    entry_header h;
+    unsigned char *payload = NULL, header[sizeof(entry_header)];
+    size_t n = 0;
+    uint64_t hash = 0;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < sizeof h ||
-        read_all(fd, &h, sizeof h) != 0) /* only a regular file is an entry */
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < sizeof header ||
+        read_all(fd, header, sizeof header) != 0 || /* only a regular file is an entry */
+        !header_check(header, key_hex, (uint64_t)st.st_size, &n, &hash))
         goto done;
-    if (memcmp(h.magic, ENTRY_MAGIC, sizeof h.magic) != 0 || h.version != ENTRY_VERSION ||
-        memcmp(h.key, key_hex, sizeof h.key) != 0 || h.payload_size == 0 ||
-        h.payload_size != (uint64_t)st.st_size - sizeof h || h.payload_size > SIZE_MAX)
-        goto done;
-    payload = skvi_alloc(a, (size_t)h.payload_size);
+    payload = skvi_alloc(a, n);
     if (!payload) {
         result = SKVI_CACHE_ERROR;
         goto done;
     }
-    if (read_all(fd, payload, (size_t)h.payload_size) != 0 ||
-        skvi_hash64(payload, (size_t)h.payload_size) != h.payload_hash)
+    if (read_all(fd, payload, n) != 0 || skvi_hash64(payload, n) != hash)
         goto done;
     *data = payload;
-    *size = (size_t)h.payload_size;
+    *size = n;
     payload = NULL;
     result = SKVI_CACHE_HIT;
 done:

@@ -60,6 +60,10 @@ typedef enum skvi_cache_result {
 char *skvi_cache_dir_resolve(const skv_allocator *a, const char *explicit_dir);
 skvi_cache_result skvi_cache_read(const skv_allocator *a, const char *dir, const char *key_hex,
                                   unsigned char **data, size_t *size);
+/* The same validation over an entry's bytes in memory (the fuzz harness): 1 and where the
+ * payload lies in `bytes` when they are a whole, intact entry for key_hex, else 0. */
+int skvi_cache_entry_parse(const unsigned char *bytes, size_t size, const char *key_hex,
+                           const unsigned char **payload, size_t *payload_size);
 /* 0 on success; on failure nothing is left behind. Creates `dir` (and parents). */
 int skvi_cache_write(const skv_allocator *a, const char *dir, const char *key_hex,
                      const unsigned char *data, size_t size);

@@ -1,6 +1,11 @@
 /* HeteroCache's head statistics in C (src/hetero.c): top-k, set overlap, stability,
  * star clustering and per-head budgets, on synthetic heads built to be stable,
  * drifting and redundant. */
+#define _POSIX_C_SOURCE 200809L
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "test_util.h"
 #include "host_internal.h"
 #include "skv_ref.h"
@@ -550,6 +555,63 @@ static void test_profile_file(void **state)
     skv_hetero_profile_free(p);
 }
 
+static double wall_ms(void)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* Large and hostile profile files: 64 layers x 4096 kv-heads (5.5 MB) load in linear time
+ * (the parser once ran sscanf over the rest of the file for every head: 41 s for this
+ * file, an hour for a 64 MiB one), and a header claiming 4096 x 4096 heads in a few bytes
+ * is refused by its length before 200 MB are allocated for them; a FIFO at the path is
+ * refused, not waited on. */
+static void test_profile_file_large(void **state)
+{
+    (void)state;
+    const uint32_t L = 64, H = 4096;
+    skv_head_category *cat = malloc((size_t)L * H * sizeof *cat);
+    uint32_t *pivot = malloc((size_t)L * H * sizeof *pivot);
+    assert_non_null(cat), assert_non_null(pivot);
+    for (size_t i = 0; i < (size_t)L * H; i++)
+        cat[i] = i % 3 ? SKV_HEAD_ANCHOR : SKV_HEAD_VOLATILE, pivot[i] = (uint32_t)(i % H);
+    skv_hetero_profile *p = NULL, *q = NULL;
+    assert_ok(skv_hetero_profile_create(L, H, cat, pivot, NULL, &p));
+    char *dir = test_tmpdir("hetero_large"), path[600];
+    snprintf(path, sizeof path, "%s/profile.txt", dir);
+    assert_ok(skv_hetero_profile_save(p, path));
+    const double t0 = wall_ms();
+    assert_ok(skv_hetero_profile_load(path, L, H, &q));
+    const double ms = wall_ms() - t0;
+    if (ms > 3000)
+        fail_msg("loading a %u x %u profile took %.0f ms", L, H, ms);
+    skv_head_category c;
+    uint32_t pv;
+    assert_ok(skv_hetero_profile_head(q, L - 1, H - 1, &c, &pv, NULL));
+    assert_int_equal(c, cat[(size_t)L * H - 1]);
+    skv_hetero_profile_free(q);
+    write_text(path, "skv-hetero-profile 1\nlayers 4096 kv_heads 4096\n0 0 pivot 0 1\nend\n");
+    q = NULL;
+    assert_int_equal(skv_hetero_profile_load(path, 0, 0, &q), SKV_ERR_INVALID_ARG);
+    assert_null(q);
+    assert_non_null(strstr(skv_last_error(), "do not fit"));
+    /* a FIFO (and a folder) where the profile should be: an error at once, not a hang */
+    remove(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(300); /* a hang is a failure, not a stuck test run */
+    assert_int_equal(skv_hetero_profile_load(path, 0, 0, &q), SKV_ERR_IO);
+    assert_non_null(strstr(skv_last_error(), "not a regular file"));
+    assert_int_equal(skv_hetero_profile_load(dir, 0, 0, &q), SKV_ERR_IO);
+    alarm(0);
+    assert_null(q);
+    remove(path);
+    remove(dir);
+    free(dir);
+    skv_hetero_profile_free(p);
+    free(cat), free(pivot);
+}
+
 /* The planted shift: a needle no early query attends to, that a late query attends to
  * almost alone. A pivot (head 0, its whole cache on the device) and three satellites
  * with its keys; the satellites' shares hold the sinks, the recent pages and the newest
@@ -691,6 +753,7 @@ int main(void)
         cmocka_unit_test(test_decode_head_pages),
         cmocka_unit_test(test_calibration),
         cmocka_unit_test(test_profile_file),
+        cmocka_unit_test(test_profile_file_large),
         cmocka_unit_test(test_retrieval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -420,6 +420,15 @@ static void test_malformed_files(void **state)
     huge[big - 1] = '}';
     expect_ignored(write_file("bad_big.json", huge, big), "larger than", &builtin);
 
+    /* over 65536 entries (2 bytes each: the entries alone would take 290 times the file) */
+    snprintf(text, sizeof text, DB_HEAD "%s", good);
+    len = strlen(text);
+    memcpy(huge, text, len);
+    for (int i = 0; i < 65536; i++, len += 2)
+        memcpy(huge + len, ",0", 2);
+    memcpy(huge + len, "]}", 2);
+    expect_ignored(write_file("bad_count.json", huge, len + 2), "more than 65536 entries", &builtin);
+
     /* a FIFO (or a folder) where the file should be: ignored, and never waited on */
     char fifo[700];
     snprintf(fifo, sizeof fifo, "%s/fifo.json", tmp);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bootstrap skv on a fresh Debian 12 machine: install build dependencies, then
 #   test  configure, build and run the test suites twice (RelWithDebInfo, then ASan/UBSan),
-#         then the threads suite under ThreadSanitizer
+#         then the threads suite under ThreadSanitizer and the fuzz harnesses (fuzz/,
+#         docs/fuzzing.md) for 20 s each
 #   demo  build a release and run `skv demo`
 # Usage: tools/bootstrap.sh MODE [args passed to `skv demo`...]
 set -euo pipefail
@@ -11,7 +12,8 @@ usage() {
 usage: tools/bootstrap.sh MODE [args...]
 
 modes:
-  test   install dependencies, build build/ci and build/asan, run ctest in both
+  test   install dependencies, build build/ci and build/asan, run ctest in both, then
+         build the libFuzzer harnesses (build/fuzz) and fuzz each for 20 s
   demo   install dependencies, build build/release, run `skv demo [args...]`
 EOF
 }
@@ -39,6 +41,8 @@ packages=(
     libclblast-dev libcmocka-dev libcjson-dev libxxhash-dev
     # offline GPU checks (tests/offline_gpu.py) and the simulator (oclgrind)
     python3 clang-14 clang-15 llvm-14 lld lld-14 libclc-15 llvm-spirv-14 spirv-tools oclgrind
+    # libFuzzer for the fuzz harnesses (fuzz/)
+    libclang-rt-14-dev
 )
 
 # Prints the packages from "$@" that are not installed, one per line.
@@ -95,6 +99,29 @@ run_ctest() {
     ctest --test-dir "build/$name" --output-on-failure
 }
 
+# run_fuzz: the libFuzzer harnesses (fuzz/, a project of its own over the parser sources):
+# each seed corpus once, then SKV_FUZZ_SECONDS (20) of fuzzing per harness. Without a
+# clang that links -fsanitize=fuzzer the phase is skipped with a message, not failed.
+run_fuzz() {
+    local probe
+    probe="$(mktemp -d)"
+    printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n' \
+        > "$probe/probe.c"
+    if ! command -v clang-14 >/dev/null 2>&1 ||
+        ! clang-14 -fsanitize=fuzzer,address,undefined "$probe/probe.c" -o "$probe/probe" >/dev/null 2>&1; then
+        rm -rf "$probe"
+        banner "fuzz: SKIPPED (clang-14 cannot link -fsanitize=fuzzer; install clang-14 libclang-rt-14-dev)"
+        return 0
+    fi
+    rm -rf "$probe"
+    banner "configure build/fuzz (clang-14, libFuzzer + ASan/UBSan, the parser sources only)"
+    cmake -S fuzz -B build/fuzz -DCMAKE_C_COMPILER=clang-14 -DSKV_FUZZ_SECONDS="${SKV_FUZZ_SECONDS:-20}"
+    banner "build build/fuzz"
+    cmake --build build/fuzz -j"$jobs"
+    banner "ctest build/fuzz"
+    ctest --test-dir build/fuzz --output-on-failure
+}
+
 banner "dependencies"
 install_packages
 
@@ -116,6 +143,8 @@ case "$mode" in
         banner "ctest build/tsan"
         TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1" \
             ctest --test-dir build/tsan -R '^test_threads$' --output-on-failure --no-tests=error
+
+        run_fuzz
 
         banner "all test phases passed"
         ;;

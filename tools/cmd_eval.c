@@ -102,32 +102,6 @@ typedef struct eval_data {
     unsigned char *memo_have;
 } eval_data;
 
-/* The key/value file: nine little-endian uint32 (magic "SKKV", version 1 or 2, dtype 0 =
- * float32 or 1 = fp16, layers, kv_heads, q_heads, head_dim, tokens, n_queries); version 2
- * adds three (n_window, RoPE theta as float32 bits, RoPE layout 0 = pairs (i, i + d/2),
- * 1 = (2i, 2i + 1)); then per layer K[tokens][kv_heads][head_dim], V (the same shape),
- * Q[n_queries][q_heads][head_dim] and, version 2, W[n_window][q_heads][head_dim]: the
- * prefill's last queries, at positions tokens - n_window .. tokens - 1. */
-#define KV_MAGIC 0x564B4B53u
-#define KV_HEADER_WORDS 9
-#define KV_V2_WORDS 3 /* version 2: n_window, RoPE theta (float32 bits), RoPE layout */
-
-static int read_array(FILE *f, uint32_t dtype, size_t n, float *dst)
-{
-    uint16_t buf[4096];
-    if (dtype == 0)
-        return fread(dst, 4, n, f) == n ? 0 : -1;
-    for (size_t i = 0; i < n;) {
-        size_t c = n - i < 4096 ? n - i : 4096;
-        if (fread(buf, 2, c, f) != c)
-            return -1;
-        for (size_t j = 0; j < c; j++)
-            dst[i + j] = skv_ref_f16_to_f32(buf[j]);
-        i += c;
-    }
-    return 0;
-}
-
 static void free_data(eval_data *e)
 {
     free(e->k), free(e->v), free(e->q), free(e->wq), free(e->q_mean), free(e->q_abs);
@@ -227,55 +201,35 @@ static int calibrate(eval_data *e)
     return 0;
 }
 
-/* 0, or 1 with a message naming what is wrong with the file. */
+/* 0, or 1 with a message naming what is wrong with the file (the library's key/value
+ * file reader: include/skv/skv.h, "key/value files"). */
 static int load_kv(const char *path, eval_data *e)
 {
     memset(e, 0, sizeof *e);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "skv eval: cannot open %s: %s\n", path, strerror(errno));
+    skv_kvfile *f = NULL;
+    skv_kvfile_info in;
+    skv_kvfile_info_init(&in);
+    if (skv_kvfile_open(path, &f) != SKV_OK || skv_kvfile_get_info(f, &in) != SKV_OK) {
+        fprintf(stderr, "skv eval: %s\n", skv_last_error());
+        skv_kvfile_close(f);
         return 1;
     }
-    uint32_t h[KV_HEADER_WORDS] = {0}, x[KV_V2_WORDS] = {0}; /* x: version 2's n_window, rope theta, layout */
+    e->layers = in.layers, e->kv_heads = in.kv_heads, e->q_heads = in.q_heads, e->head_dim = in.head_dim;
+    e->tokens = in.tokens, e->n_queries = in.n_queries, e->n_window = in.n_window;
+    e->rope = in.rope;
     const char *why = NULL;
-    float theta = 0;
-    if (fread(h, 4, KV_HEADER_WORDS, f) != KV_HEADER_WORDS)
-        why = "shorter than the 36-byte header";
-    else if (h[0] != KV_MAGIC || (h[1] != 1 && h[1] != 2))
-        why = "not an skv key/value file (magic SKKV, version 1 or 2)";
-    else if (h[1] == 2 && fread(x, 4, KV_V2_WORDS, f) != KV_V2_WORDS)
-        why = "shorter than the 48-byte version-2 header";
-    else if ((memcpy(&theta, &x[1], 4), x[0] > 4096 || x[0] > h[7] || (x[0] && (!(theta > 0) || !isfinite(theta))) ||
-                                             x[2] > 1))
-        why = "the prefill window (at most 4096 queries and tokens) or its RoPE (theta > 0, layout 0 or 1) is "
-              "out of range";
-    else if (h[2] > 1)
-        why = "dtype must be 0 (float32) or 1 (fp16)";
-    else if (!h[3] || h[3] > 1024 || !h[4] || h[4] > 1024 || h[5] < h[4] || h[5] % h[4] || h[5] > 4096 || !h[6] ||
-             h[6] > 1024 || !h[7] || h[7] > (1u << 24) || !h[8] || h[8] > 1024)
-        why = "a dimension is zero or out of range (q_heads a multiple of kv_heads)";
-    const long header = 4L * (KV_HEADER_WORDS + (h[1] == 2 ? KV_V2_WORDS : 0));
-    if (!why) {
-        e->layers = h[3], e->kv_heads = h[4], e->q_heads = h[5], e->head_dim = h[6], e->tokens = h[7];
-        e->n_queries = h[8];
-        e->n_window = x[0];
-        e->rope = (skv_rope_desc){theta, h[6], x[2], 1.0f};
-        const uint64_t per_layer = 2ull * h[7] * h[4] * h[6] + ((uint64_t)h[8] + x[0]) * h[5] * h[6];
-        const uint64_t want = (uint64_t)header + (uint64_t)h[3] * per_layer * (h[2] ? 2 : 4);
-        if (fseek(f, 0, SEEK_END) != 0 || (uint64_t)ftell(f) != want || fseek(f, header, SEEK_SET) != 0)
-            why = "its size does not match the header";
-        else if (alloc_data(e) != 0 ||
-                 (e->n_window && !(e->wq = malloc((size_t)e->layers * e->n_window * e->q_heads * e->head_dim * 4))))
-            why = "out of memory";
-    }
-    for (uint32_t l = 0; !why && l < e->layers; l++) {
-        const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim,
-                     nw = (size_t)e->n_window * e->q_heads * e->head_dim;
-        if (read_array(f, h[2], kv, e->k + l * kv) || read_array(f, h[2], kv, e->v + l * kv) ||
-            read_array(f, h[2], nq, e->q + l * nq) || (nw && read_array(f, h[2], nw, e->wq + l * nw)))
-            why = "read error";
-    }
-    fclose(f);
+    if (alloc_data(e) != 0 ||
+        (e->n_window && !(e->wq = malloc((size_t)e->layers * e->n_window * e->q_heads * e->head_dim * 4))))
+        why = "out of memory";
+    const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim,
+                 nw = (size_t)e->n_window * e->q_heads * e->head_dim;
+    for (uint32_t l = 0; !why && l < e->layers; l++)
+        if (skv_kvfile_read(f, SKV_KVFILE_KEYS, l, 0, e->tokens, e->k + l * kv) != SKV_OK ||
+            skv_kvfile_read(f, SKV_KVFILE_VALUES, l, 0, e->tokens, e->v + l * kv) != SKV_OK ||
+            skv_kvfile_read(f, SKV_KVFILE_QUERIES, l, 0, e->n_queries, e->q + l * nq) != SKV_OK ||
+            (nw && skv_kvfile_read(f, SKV_KVFILE_WINDOW, l, 0, e->n_window, e->wq + l * nw) != SKV_OK))
+            why = skv_last_error();
+    skv_kvfile_close(f);
     if (!why && e->n_window && calibrate(e) != 0)
         why = "out of memory";
     if (!why)
@@ -315,42 +269,24 @@ static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
     return 0;
 }
 
-static unsigned char *put_array(unsigned char *p, uint32_t dtype, const float *x, size_t n)
-{
-    if (dtype == 0) {
-        memcpy(p, x, n * 4);
-        return p + n * 4;
-    }
-    for (size_t i = 0; i < n; i++, p += 2) {
-        uint16_t h = skv_ref_f32_to_f16(x[i]);
-        memcpy(p, &h, 2);
-    }
-    return p;
-}
-
-/* Writes `e` as a key/value file of `dtype` (0 float32, 1 fp16). */
+/* Writes `e` as a version-2 key/value file of `dtype` (0 float32, 1 fp16); "-" is stdout. */
 static int save_kv(const char *path, const eval_data *e, uint32_t dtype)
 {
-    const size_t kv = (size_t)e->tokens * e->kv_heads * e->head_dim, nq = (size_t)e->n_queries * e->q_heads * e->head_dim,
-                 nw = (size_t)e->n_window * e->q_heads * e->head_dim;
-    const size_t n = 4 * (KV_HEADER_WORDS + KV_V2_WORDS) + (size_t)e->layers * (2 * kv + nq + nw) * (dtype ? 2 : 4);
-    unsigned char *buf = malloc(n);
-    if (!buf)
+    skv_kvfile_info in;
+    skv_kvfile_info_init(&in);
+    in.dtype = dtype ? SKV_F16 : SKV_F32;
+    in.layers = e->layers, in.kv_heads = e->kv_heads, in.q_heads = e->q_heads, in.head_dim = e->head_dim;
+    in.tokens = (uint32_t)e->tokens, in.n_queries = e->n_queries, in.n_window = e->n_window;
+    in.rope = e->rope;
+    size_t n = 0;
+    if (skv_kvfile_write_memory(&in, e->k, e->v, e->q, e->wq, NULL, 0, &n) != SKV_OK) {
+        fprintf(stderr, "skv eval: %s\n", skv_last_error());
         return -1;
-    uint32_t h[KV_HEADER_WORDS + KV_V2_WORDS] = {KV_MAGIC, 2, dtype, e->layers, e->kv_heads, e->q_heads, e->head_dim,
-                                                 (uint32_t)e->tokens, e->n_queries, e->n_window, 0,
-                                                 e->rope.interleaved};
-    memcpy(&h[KV_HEADER_WORDS + 1], &e->rope.theta, 4);
-    memcpy(buf, h, sizeof h);
-    unsigned char *p = buf + sizeof h;
-    for (uint32_t l = 0; l < e->layers; l++) {
-        p = put_array(p, dtype, e->k + l * kv, kv);
-        p = put_array(p, dtype, e->v + l * kv, kv);
-        p = put_array(p, dtype, e->q + l * nq, nq);
-        if (nw)
-            p = put_array(p, dtype, e->wq + l * nw, nw);
     }
-    int rc = tool_write_bytes(path, buf, n);
+    unsigned char *buf = malloc(n);
+    int rc = buf && skv_kvfile_write_memory(&in, e->k, e->v, e->q, e->wq, buf, n, &n) == SKV_OK
+                 ? tool_write_bytes(path, buf, n)
+                 : -1;
     free(buf);
     return rc;
 }

@@ -672,10 +672,11 @@ SKV_API skv_status skv_seq_fetch_head(skv_cache *cache, skv_seq_id seq, uint32_t
  * `skv tune`), then the built-in entries. Within the file and the built-in table an
  * entry for this exact device and driver beats one for its architecture, which beats
  * one for its vendor class; among those, the entry naming more of the problem (tier,
- * head_dim, q-heads per kv-head) wins. A malformed file, or one of another version, is
- * ignored whole (skv_tuning_info.note says why), never half-trusted. A variant the
- * device cannot build or run falls back to the built-in choice, then to the most
- * portable one (the reason goes to skv_context_last_error, the call still succeeds). */
+ * head_dim, q-heads per kv-head) wins. A malformed file, one of another version, or one
+ * over 4 MiB or 65536 entries is ignored whole (skv_tuning_info.note says why), never
+ * half-trusted. A variant the device cannot build or run falls back to the built-in
+ * choice, then to the most portable one (the reason goes to skv_context_last_error, the
+ * call still succeeds). */
 typedef enum skv_schedule {
     SKV_SCHEDULE_DEFAULT = 0, /* in an override: keep the database's schedule */
     SKV_SCHEDULE_GROUP = 1,
@@ -738,6 +739,71 @@ SKV_API skv_status skv_cache_decode_params(const skv_cache *cache, skv_tier tier
 
 /* Blocks until all work skv enqueued on this context has completed. */
 SKV_API skv_status skv_context_finish(skv_context *ctx);
+
+/* ---- key/value files ------------------------------------------------------------------
+ * A model's keys, values and queries on disk, for offline evaluation (skv eval --kv) and
+ * for moving a prefill's cache between tools. The format, all little-endian:
+ *   nine uint32: magic 0x564B4B53 ("SKKV"), version (1 or 2), dtype (0 float32, 1 fp16),
+ *     layers, kv_heads, q_heads, head_dim, tokens, n_queries;
+ *   version 2 adds three: n_window, the RoPE theta as float32 bits, the RoPE layout
+ *     (0: pairs (i, i + d/2), 1: (2i, 2i + 1));
+ *   then per layer: K[tokens][kv_heads][head_dim], V of the same shape (positions
+ *     0..tokens-1, keys after RoPE), Q[n_queries][q_heads][head_dim] (decode queries
+ *     after RoPE, at position `tokens`) and, version 2, W[n_window][q_heads][head_dim]
+ *     (the prefill's last queries after RoPE, at positions tokens - n_window ..).
+ * Limits (a file outside them is refused): layers, kv_heads, head_dim and n_queries in
+ * 1..1024, q_heads a multiple of kv_heads up to 4096, tokens 1..2^24, n_window at most
+ * 4096 and at most tokens (when not 0, theta finite and > 0), and the file exactly as
+ * long as the header says. A file that cannot be read, or is shorter or longer than its
+ * header says, gives SKV_ERR_IO; a malformed header (magic, version, dtype, a field out
+ * of range) SKV_ERR_INVALID_ARG; the message says which. Reading allocates nothing the
+ * header sizes: tensors go into the caller's buffers. */
+typedef struct skv_kvfile skv_kvfile;
+
+typedef enum skv_kvfile_tensor {
+    SKV_KVFILE_KEYS = 0,    /* rows are tokens: [tokens][kv_heads][head_dim] */
+    SKV_KVFILE_VALUES = 1,  /* the same shape */
+    SKV_KVFILE_QUERIES = 2, /* rows are decode queries: [n_queries][q_heads][head_dim] */
+    SKV_KVFILE_WINDOW = 3   /* rows are prefill queries: [n_window][q_heads][head_dim] */
+} skv_kvfile_tensor;
+
+typedef struct skv_kvfile_info {
+    size_t struct_size;  /* set by skv_kvfile_info_init, or sizeof(skv_kvfile_info) */
+    uint32_t version;    /* 1 or 2 (version 1 stores no window and no RoPE: n_window 0) */
+    skv_dtype dtype;     /* as stored: SKV_F32 or SKV_F16 (reads always give float32) */
+    uint32_t layers, kv_heads, q_heads, head_dim;
+    uint32_t tokens, n_queries, n_window;
+    skv_rope_desc rope;  /* version 2: theta and interleaved (rotary_dims = head_dim, scaling 1) */
+    uint64_t file_bytes; /* read: the file's size; write: ignored */
+} skv_kvfile_info;
+
+/* Version 2, float32, zero geometry. */
+SKV_API void skv_kvfile_info_init(skv_kvfile_info *info);
+/* Opens a file and checks its header and size. */
+SKV_API skv_status skv_kvfile_open(const char *path, skv_kvfile **out);
+/* The same over `size` bytes at `data` (not copied: they must outlive the handle). */
+SKV_API skv_status skv_kvfile_open_memory(const void *data, size_t size, skv_kvfile **out);
+SKV_API void skv_kvfile_close(skv_kvfile *file);
+/* The header. out->struct_size must be set. */
+SKV_API skv_status skv_kvfile_get_info(const skv_kvfile *file, skv_kvfile_info *out);
+/* Rows [row_begin, row_begin + n_rows) of one tensor of one layer, as float32 in `out`
+ * (n_rows x heads x head_dim floats; heads = kv_heads for keys and values, q_heads for
+ * queries). Rows past the tensor's end are SKV_ERR_INVALID_ARG. */
+SKV_API skv_status skv_kvfile_read(skv_kvfile *file, skv_kvfile_tensor tensor, uint32_t layer, uint64_t row_begin,
+                                   uint64_t n_rows, float *out);
+/* The bytes a file of `info` takes (the header's limits are checked). */
+SKV_API skv_status skv_kvfile_size(const skv_kvfile_info *info, uint64_t *bytes);
+/* Writes a whole file: k and v are [layers][tokens][kv_heads][head_dim], q
+ * [layers][n_queries][q_heads][head_dim], w [layers][n_window][q_heads][head_dim] (NULL
+ * when n_window is 0), float32; stored in info->dtype (fp16 rounds to nearest even).
+ * The file is written to a temporary name beside `path` and renamed into place. */
+SKV_API skv_status skv_kvfile_write(const char *path, const skv_kvfile_info *info, const float *k, const float *v,
+                                    const float *q, const float *w);
+/* The same into `capacity` bytes at `buf`; *size receives the file's size (with buf NULL
+ * and capacity 0 only that; a smaller capacity is SKV_ERR_INVALID_ARG). */
+SKV_API skv_status skv_kvfile_write_memory(const skv_kvfile_info *info, const float *k, const float *v,
+                                           const float *q, const float *w, void *buf, size_t capacity,
+                                           size_t *size);
 
 #ifdef __cplusplus
 }
