@@ -6,16 +6,9 @@
 #include <string.h>
 
 #include "skv_internal.h"
-
-#define CHECK(x)                                                                                                   \
-    do {                                                                                                           \
-        if (!(x))                                                                                                  \
-            __builtin_trap();                                                                                      \
-    } while (0)
+#include "fuzz_check.h"
 
 #define KEY "0123456789abcdef0123456789abcdef"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

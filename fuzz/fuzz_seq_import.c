@@ -10,14 +10,7 @@
 
 #include "seq_format.h"
 #include "skv_internal.h"
-
-#define CHECK(x)                                                                                                   \
-    do {                                                                                                           \
-        if (!(x))                                                                                                  \
-            __builtin_trap();                                                                                      \
-    } while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_check.h"
 
 static void parse(const uint8_t *buf, size_t size)
 {
