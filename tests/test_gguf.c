@@ -3,7 +3,9 @@
  * every truncation and corrupted counts, lengths and offsets refused; the real model
  * (SmolLM2-135M-Instruct Q4_1) when $SKV_MODEL names it.
  *   test_gguf --write-seeds DIR   writes fuzz_gguf's seed corpus instead. */
+#define _POSIX_C_SOURCE 200809L
 #include <setjmp.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -280,6 +282,13 @@ static void test_open_file(void **state)
     assert_null(f);
     assert_non_null(strstr(gguf_last_error(), "test_gguf.gguf"));
     gguf_close(NULL);
+    /* a FIFO is refused at once (not read until a writer comes), a folder too */
+    snprintf(path, sizeof path, "%s/test_gguf.fifo", dir ? dir : ".");
+    remove(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_gguf(gguf_open_file(path, &f), GGUF_ERR_IO);
+    remove(path);
+    assert_gguf(gguf_open_file(dir ? dir : ".", &f), GGUF_ERR_IO);
 }
 
 static void test_every_truncation(void **state)

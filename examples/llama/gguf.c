@@ -6,6 +6,9 @@
 #include "gguf.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -451,28 +454,36 @@ gguf_status gguf_open_file(const char *path, gguf_file **out)
     if (!path || !out)
         return fail(GGUF_ERR_INVALID_ARG, "gguf_open_file: NULL argument");
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
+    /* without blocking (a FIFO would wait for a writer), and only a regular file */
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return fail(GGUF_ERR_IO, "%s: %s", path, strerror(errno));
-    long len = -1;
-    if (fseek(fp, 0, SEEK_END) == 0)
-        len = ftell(fp);
-    if (len < 0 || fseek(fp, 0, SEEK_SET) != 0) {
-        fclose(fp);
-        return fail(GGUF_ERR_IO, "%s: cannot find its size", path);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < 0 || (uint64_t)sb.st_size > SIZE_MAX) {
+        close(fd);
+        return fail(GGUF_ERR_IO, "%s: not a regular file", path);
     }
-    uint8_t *buf = malloc(len ? (size_t)len : 1);
+    const size_t len = (size_t)sb.st_size;
+    uint8_t *buf = malloc(len ? len : 1);
     if (!buf) {
-        fclose(fp);
-        return fail(GGUF_ERR_NOMEM, "%s: out of memory for %ld bytes", path, len);
+        close(fd);
+        return fail(GGUF_ERR_NOMEM, "%s: out of memory for %zu bytes", path, len);
     }
-    const size_t got = fread(buf, 1, (size_t)len, fp);
-    fclose(fp);
-    if (got != (size_t)len) {
+    size_t got = 0;
+    while (got < len) {
+        const ssize_t r = read(fd, buf + got, len - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (got != len) {
         free(buf);
-        return fail(GGUF_ERR_IO, "%s: read %zu of %ld bytes", path, got, len);
+        return fail(GGUF_ERR_IO, "%s: read %zu of %zu bytes", path, got, len);
     }
-    gguf_status st = gguf_open_memory(buf, (size_t)len, out);
+    gguf_status st = gguf_open_memory(buf, len, out);
     if (st) {
         free(buf);
         char msg[sizeof last_error];
