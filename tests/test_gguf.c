@@ -502,10 +502,32 @@ static void test_real_model(void **state)
     }
     assert_true(ss > 0);
     free(w);
+    float theta;
+    uint32_t ctx;
+    assert_gguf(gguf_get_f32(f, "llama.rope.freq_base", &theta), GGUF_OK);
+    assert_gguf(gguf_get_u32(f, "llama.context_length", &ctx), GGUF_OK);
+    assert_true(theta == 100000.0f && ctx == 8192);
+    /* every tensor: 7 Q4_1 matrices per layer, Q8_0 embeddings, F32 norms; all dequantise */
     int n_q41 = 0;
-    for (uint64_t i = 0; i < gguf_n_tensors(f); i++)
-        n_q41 += gguf_tensor_at(f, i)->type == GGUF_Q4_1;
-    assert_true(n_q41 >= 30 * 7);
+    uint64_t most = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        assert_true(t->type == GGUF_Q4_1 || t->type == GGUF_Q8_0 || t->type == GGUF_F32);
+        n_q41 += t->type == GGUF_Q4_1;
+        most = t->n_elements > most ? t->n_elements : most;
+    }
+    assert_int_equal(n_q41, 30 * 7);
+    const gguf_tensor *emb = gguf_find_tensor(f, "token_embd.weight");
+    assert_true(emb && emb->type == GGUF_Q8_0 && emb->ne[0] == 576 && emb->ne[1] == n_tok);
+    w = malloc(most * sizeof *w);
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        assert_gguf(gguf_dequantize(t, w, most), GGUF_OK);
+        for (uint64_t k = 0; k < t->n_elements; k += 97)
+            if (!isfinite(w[k]))
+                fail_msg("%s[%llu] = %g", t->name, (unsigned long long)k, w[k]);
+    }
+    free(w);
     gguf_close(f);
 }
 
