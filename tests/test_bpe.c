@@ -199,6 +199,9 @@ static const ref refs[] = {
      {1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198}, 16},
     {"I've we'll they're she'd don't", false, {57, 3543, 392, 3060, 502, 2316, 1041, 6737, 1326, 982}, 10},
     {"tabs\tand\r\nCRLF  \n  x", false, {100, 7366, 197, 397, 201, 198, 9088, 60, 54, 256, 3805, 1792}, 12},
+    /* symbols outside ASCII: a run of them swallows the apostrophe, so "'m" is no contraction */
+    {"it costs 4\xe2\x82\xac\xc2\xa3\xe2\x82\xac'm, a\xe2\x86\x92" "b \xe2\x98\x85 ok \xf0\x9f\x98\x80!", false,
+     {269, 3499, 216, 36, 14195, 37564, 14195, 23, 93, 28, 253, 35132, 82, 4636, 242, 223, 10907, 40303, 218, 17}, 20},
 };
 
 static void test_real_vocab(void **state) {

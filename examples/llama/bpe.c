@@ -265,6 +265,11 @@ static int cp_class(uint32_t c) {
     }
     if (c == 0xD7 || c == 0xF7) return C_OTHER;
     if ((c >= 0x2000 && c <= 0x206F) || (c >= 0x3001 && c <= 0x3003)) return C_OTHER;
+    /* currency, arrows, mathematical operators, technical, box drawing, shapes, dingbats,
+     * emoji: symbols, as far as the pattern cares */
+    if ((c >= 0x20A0 && c <= 0x20CF) || (c >= 0x2190 && c <= 0x23FF) || (c >= 0x2500 && c <= 0x27BF) ||
+        (c >= 0x2900 && c <= 0x2BFF) || (c >= 0x1F000 && c <= 0x1FAFF))
+        return C_OTHER;
     return C_LETTER;
 }
 
