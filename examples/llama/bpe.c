@@ -302,7 +302,7 @@ static size_t gpt2_match(const cpt *p, const unsigned char *s, size_t i, size_t 
     return j - 1;                        /* leave the last space to the next piece */
 }
 
-typedef struct sym { int32_t id, prev, next; } sym;
+typedef struct sym { int32_t id, next; } sym; /* a list of symbols, merged in place */
 
 typedef struct work {
     cpt *cp;
@@ -321,17 +321,21 @@ static void emit(sink *o, int32_t id) {
     o->n++;
 }
 
+/* buf (capacity *cap elements of `size` bytes) with room for n: buf itself, or a copy
+ * grown to 2n; NULL when that allocation fails (buf is then kept). */
+static void *reserve(void *buf, size_t *cap, size_t n, size_t size) {
+    if (n <= *cap) return buf;
+    void *p = realloc(buf, 2 * n * size);
+    if (p) *cap = 2 * n;
+    return p;
+}
+
 static bpe_status bpe_word(const bpe_vocab *v, const unsigned char *s, size_t n, work *w, sink *o) {
-    if (n > w->sy_cap) {
-        size_t cap = n * 2;
-        sym *p = realloc(w->sy, cap * sizeof *p);
-        if (!p) return BPE_ERR_NOMEM;
-        w->sy = p;
-        w->sy_cap = cap;
-    }
-    sym *y = w->sy;
+    sym *y = reserve(w->sy, &w->sy_cap, n, sizeof *y);
+    if (!y && n) return BPE_ERR_NOMEM;
+    w->sy = y;
     for (size_t i = 0; i < n; i++)
-        y[i] = (sym){v->byte_tok[s[i]], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1};
+        y[i] = (sym){v->byte_tok[s[i]], i + 1 < n ? (int32_t)i + 1 : -1};
     for (;;) { /* merge the lowest-ranked pair, leftmost first, until none applies */
         int32_t best = -1, best_rank = INT32_MAX, best_id = -1;
         for (int32_t i = 0; i >= 0; i = y[i].next) {
@@ -343,7 +347,6 @@ static bpe_status bpe_word(const bpe_vocab *v, const unsigned char *s, size_t n,
         int32_t r = y[best].next;
         y[best].id = best_id;
         y[best].next = y[r].next;
-        if (y[r].next >= 0) y[y[r].next].prev = best;
     }
     for (int32_t i = 0; i >= 0; i = y[i].next)
         if (y[i].id >= 0) emit(o, y[i].id); /* a byte the vocabulary lacks is dropped */
@@ -352,13 +355,9 @@ static bpe_status bpe_word(const bpe_vocab *v, const unsigned char *s, size_t n,
 
 /* Pre-tokenizes and encodes a span with no special tokens in it. */
 static bpe_status encode_text(const bpe_vocab *v, const unsigned char *s, size_t len, work *w, sink *o) {
-    if (len > w->cp_cap) {
-        size_t cap = len * 2;
-        cpt *p = realloc(w->cp, cap * sizeof *p);
-        if (!p) return BPE_ERR_NOMEM;
-        w->cp = p;
-        w->cp_cap = cap;
-    }
+    cpt *cp = reserve(w->cp, &w->cp_cap, len, sizeof *cp);
+    if (!cp && len) return BPE_ERR_NOMEM;
+    w->cp = cp;
     size_t n = 0;
     for (size_t i = 0; i < len;) {
         uint32_t c;
