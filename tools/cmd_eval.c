@@ -59,8 +59,6 @@ void usage_eval(FILE *out)
             "  device and host bytes, needle and multi-key recall, output error, retrievals.\n");
 }
 
-static const char *const scorer_names[] = {"none",      "knorm",       "keydiff", "manifold", "manifold_windowed",
-                                           "streaming", "triattention", "snapkv",  "observed"};
 #define N_SCORERS 8
 #define WINDOW 64 /* prefill queries: SnapKV's observation window, observed attention's steps */
 
@@ -558,7 +556,7 @@ int cmd_eval(int argc, char **argv)
                 *c = (cell){sc, sets[si].name, sets[si].tiers, budgets[bi], 0, 0, 0, 0, 0, 0, 0};
                 double sq = 0; /* the mean of every metric over the seeds, out_err's spread */
                 for (uint32_t seed = 0; seed < seeds; seed++) {
-                    tool_progress("eval %d/%d: %s %s %.4g, seed %u", n, n_scorers * 12, scorer_names[sc],
+                    tool_progress("eval %d/%d: %s %s %.4g, seed %u", n, n_scorers * 12, tool_scorer_names[sc],
                                   sets[si].name, budgets[bi], seed);
                     cell one = *c;
                     if (run_cell(ctx, &e, seed, &one) != 0)
@@ -575,7 +573,7 @@ int cmd_eval(int argc, char **argv)
                 c->out_sd = seeds > 1 && var > 0 ? sqrt(var * seeds / (seeds - 1)) : 0;
                 tool_progress("");
                 char nb[32], mb[32];
-                printf("%-18s %-5s %7.4f %8.4f %11.3e %9.1e %13.3e %6.3f %7s %8s\n", scorer_names[sc], c->tiers_name,
+                printf("%-18s %-5s %7.4f %8.4f %11.3e %9.1e %13.3e %6.3f %7s %8s\n", tool_scorer_names[sc], c->tiers_name,
                        c->budget, c->bytes_ratio, c->out_err, c->out_sd, c->logit_err, c->topk,
                        fmt_metric(nb, 2, 0, "-", c->needles), fmt_metric(mb, 2, 0, "-", c->multikey));
                 fflush(stdout);
@@ -598,7 +596,7 @@ int cmd_eval(int argc, char **argv)
         const cell *c = &cells[i];
         char nb[32], mb[32];
         cJSON *r = cJSON_CreateObject();
-        cJSON_AddStringToObject(r, "scorer", scorer_names[c->scorer]);
+        cJSON_AddStringToObject(r, "scorer", tool_scorer_names[c->scorer]);
         cJSON_AddStringToObject(r, "tiers", c->tiers_name);
         cJSON_AddNumberToObject(r, "budget", c->budget);
         cJSON_AddNumberToObject(r, "bytes_ratio", c->bytes_ratio);
@@ -611,7 +609,7 @@ int cmd_eval(int argc, char **argv)
         cJSON_AddItemToArray(results, r);
         if (csv_text && used < csv_len)
             used += (size_t)snprintf(csv_text + used, csv_len - used, "%s,%s,%g,%.6g,%.6g,%.6g,%.6g,%s,%s,%.6g\n",
-                                     scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
+                                     tool_scorer_names[c->scorer], c->tiers_name, c->budget, c->bytes_ratio, c->out_err,
                                      c->logit_err, c->topk, fmt_metric(nb, 6, 1, "", c->needles),
                                      fmt_metric(mb, 6, 1, "", c->multikey), c->out_sd);
     }
@@ -642,7 +640,7 @@ int cmd_eval(int argc, char **argv)
                 ye[mth][bi] = c->out_err;
                 yr[mth][bi] = c->topk;
             }
-            snprintf(names[mth], sizeof names[mth], "%s/%s", scorer_names[cells[mth * 4].scorer],
+            snprintf(names[mth], sizeof names[mth], "%s/%s", tool_scorer_names[cells[mth * 4].scorer],
                      cells[mth * 4].tiers_name);
             /* colour by scorer, line style by tier set (rdr solid, ada dotted, drop dashed) */
             int color = mth / 3, dash = mth % 3 == 0 ? 1 : mth % 3 == 1 ? 2 : 0;

@@ -16,6 +16,10 @@ static const skv_command commands[] = {
     {"bench", "measure decode attention against the device's read bandwidth", cmd_bench, usage_bench},
     {"tune", "measure decode variants on this device and write the fastest to the tuning database", cmd_tune,
      usage_tune},
+    {"generate", "run a Llama-architecture GGUF model with skv as its KV cache: greedy text", cmd_generate,
+     usage_generate},
+    {"perplexity", "next-token loss of a real model over a text, dense vs compressed caches", cmd_perplexity,
+     usage_perplexity},
     {"kernels", "list every OpenCL program skv builds for a device profile, with its exact options", cmd_kernels,
      usage_kernels},
 };
@@ -25,7 +29,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: skv <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
-        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\n`skv <command> --help` describes a command. skv %s\n", skv_version_string());
 }
 
@@ -75,6 +79,17 @@ int tool_write_bytes(const char *path, const void *data, size_t n)
 }
 
 const char *const tool_tier_names[SKV_TIER_COUNT] = {"f16", "a4v8", "a3v4", "a2v2"};
+const char *const tool_scorer_names[TOOL_N_SCORERS] = {"none",      "knorm",        "keydiff", "manifold",
+                                                       "manifold_windowed", "streaming", "triattention",
+                                                       "snapkv",    "observed"};
+
+int tool_scorer_index(const char *s)
+{
+    for (int i = 0; i < TOOL_N_SCORERS; i++)
+        if (strcmp(s, tool_scorer_names[i]) == 0)
+            return i;
+    return -1;
+}
 
 int tool_tier_index(const char *s, size_t len)
 {

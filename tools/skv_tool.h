@@ -32,6 +32,11 @@ void usage_bench(FILE *out);
 int cmd_tune(int argc, char **argv);
 void usage_tune(FILE *out);
 int cmd_kernels(int argc, char **argv);
+/* skv generate / skv perplexity: the Llama example (tools/cmd_llama.c, examples/llama) */
+int cmd_generate(int argc, char **argv);
+void usage_generate(FILE *out);
+int cmd_perplexity(int argc, char **argv);
+void usage_perplexity(FILE *out);
 void usage_kernels(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */
@@ -41,6 +46,11 @@ int tool_usage_error(void (*usage)(FILE *), const char *fmt, ...);
 void tool_progress(const char *fmt, ...);
 /* Tier names as the options and outputs spell them ("f16", "a4v8", "a3v4", "a2v2"). */
 extern const char *const tool_tier_names[SKV_TIER_COUNT];
+/* Scorer names, indexed by skv_scorer ("none", "knorm", "keydiff", ...), and the index of
+ * one, or -1. */
+#define TOOL_N_SCORERS 9
+extern const char *const tool_scorer_names[TOOL_N_SCORERS];
+int tool_scorer_index(const char *s);
 /* The tier named by the first `len` characters of s, or -1. */
 int tool_tier_index(const char *s, size_t len);
 /* A decimal integer in lo..hi, the whole string; 0 on success, -1 otherwise. */

@@ -1,0 +1,626 @@
+/* `skv generate` and `skv perplexity`: a real model (a Llama-architecture GGUF, e.g.
+ * SmolLM2-135M-Instruct) run by examples/llama with skv as its KV cache, on the runtime's
+ * own OpenCL context and queue (docs/llama.md). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bpe.h"
+#include "gguf.h"
+#include "llama.h"
+#include "skv_tool.h"
+
+#define MAX_RUNS 16
+
+void usage_generate(FILE *out)
+{
+    fprintf(out,
+            "usage: skv generate --model FILE (--prompt TEXT | --prompt-file FILE) [--max-tokens N]\n"
+            "                    [--policy P] [--budget F] [--scorer S] [--chat] [--chunk N] [--device SEL]\n"
+            "  Greedy decoding of a Llama-architecture GGUF (SmolLM2-135M-Instruct: docs/llama.md) with\n"
+            "  skv as the KV cache; streams the tokens, then prints tokens/s, the device time in\n"
+            "  attention and the KV bytes on the device, compressed vs dense.\n"
+            "  --model FILE     the GGUF (default $SKV_MODEL)\n"
+            "  --max-tokens N   tokens to generate (default 64; stops early at the end-of-turn token)\n"
+            "  --policy P       f16 (dense, default), a4v8, a3v4 or a2v2: every full page past the first\n"
+            "                   (the sinks) and outside the last 128 tokens is quantised to that tier\n"
+            "  --budget F       RDR in (0, 1]: per token and head F16, an ADA tier or drop, under F of\n"
+            "                   the F16 bytes (replaces --policy)\n"
+            "  --scorer S       RDR's scorer: keydiff (default), knorm, manifold, manifold_windowed,\n"
+            "                   streaming, observed\n"
+            "  --chat           wrap the prompt in the model's chat turns (<|im_start|>user ...)\n"
+            "  --chunk N        prompt tokens per matrix product (default 128)\n");
+}
+
+void usage_perplexity(FILE *out)
+{
+    fprintf(out,
+            "usage: skv perplexity --model FILE --text FILE [--tokens N] [--policy P]... [--budget F]...\n"
+            "                      [--scorer S] [--chunk N] [--json FILE] [--device SEL]\n"
+            "  Next-token loss over a text with a dense cache, then with each policy and budget given\n"
+            "  (default: a4v8, a3v4, a2v2 and RDR at 0.25), in one run: loss, its increase over dense,\n"
+            "  top-1 agreement with the dense run, KV bytes on the device at the end.\n"
+            "  --tokens N   tokens of the text (default 4096; at most the model's context)\n"
+            "  --policy P   a4v8, a3v4, a2v2 (repeatable); --budget F: RDR at F (repeatable)\n"
+            "  --json FILE  {\"results\":[{\"policy\",\"budget\",\"loss\",\"loss_delta\",\"top1_agreement\",\n"
+            "               \"kv_bytes\",\"kv_bytes_dense\", ...}]}\n"
+            "  --model, --scorer, --chunk, --device: as skv generate\n");
+}
+
+/* ---- what both commands open ---------------------------------------------------------- */
+
+typedef struct llama_env {
+    gguf_file *gguf;
+    bpe_vocab *bpe;
+    cl_context cl_ctx;
+    cl_device_id device;
+    cl_command_queue queue;
+    skv_context *skv;
+    llm_model *model;
+    skv_device_profile prof;
+    int32_t eos;
+} llama_env;
+
+static void env_close(llama_env *e)
+{
+    llm_model_free(e->model);
+    skv_context_destroy(e->skv);
+    if (e->queue)
+        clReleaseCommandQueue(e->queue);
+    if (e->cl_ctx)
+        clReleaseContext(e->cl_ctx);
+    if (e->device)
+        clReleaseDevice(e->device);
+    bpe_destroy(e->bpe);
+    gguf_close(e->gguf);
+    memset(e, 0, sizeof *e);
+}
+
+/* The model file, its tokenizer, the runtime's own OpenCL context and profiling queue on
+ * the device skv's selector picks, the weights on it, and an skv context on them. */
+static int env_open(const char *cmd, const char *path, const char *device, llama_env *e)
+{
+    memset(e, 0, sizeof *e);
+    gguf_status gs = gguf_open_file(path, &e->gguf);
+    if (gs != GGUF_OK) {
+        fprintf(stderr, "skv %s: %s: %s\n", cmd, path, gguf_last_error());
+        return -1;
+    }
+    const char *const *tokens = NULL, *const *merges = NULL;
+    uint64_t n_tokens = 0, n_merges = 0, n_types = 0;
+    int32_t *types = NULL;
+    if (gguf_get_strings(e->gguf, "tokenizer.ggml.tokens", &tokens, &n_tokens) != GGUF_OK ||
+        gguf_get_strings(e->gguf, "tokenizer.ggml.merges", &merges, &n_merges) != GGUF_OK) {
+        fprintf(stderr, "skv %s: %s: no byte-level BPE tokenizer (tokenizer.ggml.tokens/merges)\n", cmd, path);
+        goto fail;
+    }
+    if ((types = malloc(n_tokens * sizeof *types)) &&
+        gguf_get_i32s(e->gguf, "tokenizer.ggml.token_type", types, n_tokens, &n_types) != GGUF_OK) {
+        free(types);
+        types = NULL;
+    }
+    bpe_status bs = bpe_create(tokens, types, n_tokens, merges, n_merges, &e->bpe);
+    free(types);
+    if (bs != BPE_OK) {
+        fprintf(stderr, "skv %s: %s: the tokenizer: %s\n", cmd, path, bpe_status_str(bs));
+        goto fail;
+    }
+    uint32_t eos = 0;
+    e->eos = gguf_get_u32(e->gguf, "tokenizer.ggml.eos_token_id", &eos) == GGUF_OK ? (int32_t)eos : -1;
+
+    /* the device skv would choose for `device`, then the runtime's own objects on it */
+    skv_context *probe = NULL;
+    if (tool_open_context(cmd, device, 0, &probe, &e->prof) != SKV_OK)
+        goto fail;
+    skv_status st = skv_context_cl_objects(probe, NULL, &e->device, NULL, NULL);
+    if (st == SKV_OK)
+        clRetainDevice(e->device);
+    skv_context_destroy(probe);
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv %s: %s: %s\n", cmd, skv_status_str(st), skv_last_error());
+        e->device = NULL;
+        goto fail;
+    }
+    cl_int err;
+    e->cl_ctx = clCreateContext(NULL, 1, &e->device, NULL, NULL, &err);
+    if (err == CL_SUCCESS)
+        e->queue = clCreateCommandQueue(e->cl_ctx, e->device, CL_QUEUE_PROFILING_ENABLE, &err);
+    if (err != CL_SUCCESS) {
+        fprintf(stderr, "skv %s: creating the OpenCL context and queue failed (%d)\n", cmd, (int)err);
+        goto fail;
+    }
+    tool_progress("loading %s", path);
+    st = llm_model_load(e->gguf, e->cl_ctx, e->device, e->queue, &e->model);
+    tool_progress("");
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv %s: %s: %s: %s\n", cmd, path, skv_status_str(st), llm_last_error());
+        goto fail;
+    }
+    st = skv_context_create_cl(NULL, e->cl_ctx, e->device, e->queue, &e->skv);
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv %s: %s: %s\n", cmd, skv_status_str(st), skv_last_error());
+        goto fail;
+    }
+    return 0;
+fail:
+    env_close(e);
+    return -1;
+}
+
+/* Options both commands take. */
+typedef struct llama_opts {
+    const char *model, *device;
+    llm_policy policy[MAX_RUNS];
+    int n_policies;
+    skv_scorer scorer;
+    uint32_t chunk;
+} llama_opts;
+
+/* Parses --model, --device, --policy, --budget, --scorer, --chunk at argv[*i]: 1 taken, 0 not
+ * ours, -1 a usage error (printed). */
+static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*usage)(FILE *))
+{
+    const char *a = argv[*i];
+    int known = !strcmp(a, "--model") || !strcmp(a, "--device") || !strcmp(a, "--policy") ||
+                !strcmp(a, "--budget") || !strcmp(a, "--scorer") || !strcmp(a, "--chunk");
+    if (!known)
+        return 0;
+    if (*i + 1 >= argc) {
+        tool_usage_error(usage, "%s needs a value", a);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (!strcmp(a, "--model"))
+        o->model = v;
+    else if (!strcmp(a, "--device"))
+        o->device = v;
+    else if (!strcmp(a, "--chunk")) {
+        if (tool_parse_u32(v, 1, 4096, &o->chunk) != 0) {
+            tool_usage_error(usage, "--chunk must be 1..4096");
+            return -1;
+        }
+    } else if (!strcmp(a, "--scorer")) {
+        int sc = tool_scorer_index(v);
+        if (sc <= 0) {
+            tool_usage_error(usage, "unknown scorer '%s'", v);
+            return -1;
+        }
+        o->scorer = (skv_scorer)sc;
+    } else {
+        if (o->n_policies == MAX_RUNS) {
+            tool_usage_error(usage, "at most %d policies and budgets", MAX_RUNS);
+            return -1;
+        }
+        llm_policy *p = &o->policy[o->n_policies];
+        llm_policy_init(p);
+        if (!strcmp(a, "--policy")) {
+            int t = tool_tier_index(v, strlen(v));
+            if (t < 0) {
+                tool_usage_error(usage, "--policy must be f16, a4v8, a3v4 or a2v2");
+                return -1;
+            }
+            p->tier = (skv_tier)t;
+        } else {
+            char *end;
+            double b = strtod(v, &end);
+            if (*end || !(b > 0 && b <= 1)) {
+                tool_usage_error(usage, "--budget must be in (0, 1]");
+                return -1;
+            }
+            p->budget = (float)b;
+        }
+        o->n_policies++;
+    }
+    return 1;
+}
+
+static void policy_name(const llm_policy *p, char *out, size_t n)
+{
+    if (p->budget > 0)
+        snprintf(out, n, "rdr %.3g (%s)", (double)p->budget, tool_scorer_names[p->scorer]);
+    else
+        snprintf(out, n, "%s", tool_tier_names[p->tier]);
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t r; buf && (r = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += r;
+        if (n == cap) {
+            char *b = cap < (256u << 20) ? realloc(buf, cap * 2) : NULL;
+            if (!b)
+                free(buf);
+            buf = b, cap *= 2;
+        }
+    }
+    if (buf && ferror(f))
+        free(buf), buf = NULL;
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* The ids of text (control tokens matched); NULL on failure (printed). */
+static int32_t *tokenize(const char *cmd, const bpe_vocab *v, const char *text, size_t len, size_t *n)
+{
+    size_t cap = len + 16; /* a byte-level BPE gives at most one id per byte */
+    int32_t *ids = malloc(cap * sizeof *ids);
+    bpe_status bs = ids ? bpe_encode(v, text, len, true, ids, cap, n) : BPE_ERR_NOMEM;
+    if (bs != BPE_OK) {
+        fprintf(stderr, "skv %s: tokenizing: %s\n", cmd, bpe_status_str(bs));
+        free(ids);
+        return NULL;
+    }
+    return ids;
+}
+
+static void format_duration(double s, char *out, size_t n)
+{
+    if (!(s >= 0) || s > 1e6)
+        snprintf(out, n, "?");
+    else if (s >= 60)
+        snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else
+        snprintf(out, n, "%.0fs", s);
+}
+
+static double mb(uint64_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
+
+/* ---- skv generate ----------------------------------------------------------------------- */
+
+int cmd_generate(int argc, char **argv)
+{
+    llama_opts o = {.model = getenv("SKV_MODEL"), .chunk = 128, .scorer = SKV_SCORER_KEYDIFF};
+    const char *prompt = NULL, *prompt_file = NULL;
+    uint32_t max_tokens = 64;
+    int chat = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = common_option(argc, argv, &i, &o, usage_generate);
+        if (r < 0)
+            return SKV_EXIT_USAGE;
+        if (r)
+            continue;
+        const char *a = argv[i];
+        if (!strcmp(a, "--chat"))
+            chat = 1;
+        else if (i + 1 >= argc)
+            return tool_usage_error(usage_generate, "unknown option or missing value: %s", a);
+        else if (!strcmp(a, "--prompt"))
+            prompt = argv[++i];
+        else if (!strcmp(a, "--prompt-file"))
+            prompt_file = argv[++i];
+        else if (!strcmp(a, "--max-tokens")) {
+            if (tool_parse_u32(argv[++i], 1, 1u << 20, &max_tokens) != 0)
+                return tool_usage_error(usage_generate, "--max-tokens must be 1..1048576");
+        } else
+            return tool_usage_error(usage_generate, "unknown option %s", a);
+    }
+    if (!o.model)
+        return tool_usage_error(usage_generate, "--model FILE is needed (or SKV_MODEL)");
+    if (!prompt == !prompt_file)
+        return tool_usage_error(usage_generate, "give --prompt TEXT or --prompt-file FILE");
+    if (o.n_policies > 1)
+        return tool_usage_error(usage_generate, "one --policy or --budget");
+    llm_policy policy;
+    if (o.n_policies)
+        policy = o.policy[0];
+    else
+        llm_policy_init(&policy);
+    policy.scorer = o.scorer;
+
+    int rc = 1;
+    llama_env env;
+    llm_session *s = NULL;
+    char *text = NULL, *file_text = NULL;
+    int32_t *ids = NULL;
+    float *logits = NULL;
+    size_t len = 0, n_ids = 0;
+    if (prompt_file && !(file_text = read_file(prompt_file, &len))) {
+        fprintf(stderr, "skv generate: cannot read %s\n", prompt_file);
+        return 1;
+    }
+    const char *body = prompt ? prompt : file_text;
+    if (prompt)
+        len = strlen(prompt);
+    if (env_open("generate", o.model, o.device, &env) != 0) {
+        free(file_text);
+        return 1;
+    }
+    const llm_config *c = llm_model_config(env.model);
+    if (chat) {
+        const char *pre = "<|im_start|>user\n", *post = "<|im_end|>\n<|im_start|>assistant\n";
+        text = malloc(strlen(pre) + len + strlen(post) + 1);
+        if (text) {
+            memcpy(text, pre, strlen(pre));
+            memcpy(text + strlen(pre), body, len);
+            memcpy(text + strlen(pre) + len, post, strlen(post) + 1);
+            len += strlen(pre) + strlen(post);
+        }
+    } else if ((text = malloc(len + 1))) {
+        memcpy(text, body, len);
+        text[len] = 0;
+    }
+    if (!text || !(ids = tokenize("generate", env.bpe, text, len, &n_ids)))
+        goto done;
+    if (n_ids == 0) {
+        fprintf(stderr, "skv generate: the prompt has no tokens\n");
+        goto done;
+    }
+    if (n_ids + max_tokens > c->context) {
+        fprintf(stderr, "skv generate: %zu prompt tokens + %u to generate exceed the model's context (%u)\n", n_ids,
+                max_tokens, c->context);
+        goto done;
+    }
+    if (!(logits = malloc((size_t)c->vocab * sizeof *logits))) {
+        fprintf(stderr, "skv generate: out of memory\n");
+        goto done;
+    }
+    skv_status st = llm_session_create(env.model, env.skv, &policy, o.chunk, &s);
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv generate: %s: %s\n", skv_status_str(st), llm_last_error());
+        goto done;
+    }
+    char pname[64];
+    policy_name(&policy, pname, sizeof pname);
+    fprintf(stderr, "skv generate: %s (%s), %u layers, d_model %u; %zu prompt tokens; policy %s\n", env.prof.name,
+            env.prof.platform, c->layers, c->d_model, n_ids, pname);
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+
+    /* prefill, in chunks, with a progress line for long prompts */
+    double prefill_s = 0, prefill_att = 0;
+    for (size_t i = 0; i < n_ids; i += o.chunk) {
+        uint32_t k = n_ids - i < o.chunk ? (uint32_t)(n_ids - i) : o.chunk;
+        st = llm_forward(s, ids + i, k, i + k == n_ids ? logits : NULL, NULL, NULL, NULL);
+        if (st != SKV_OK)
+            break;
+        if (n_ids > o.chunk)
+            tool_progress("prefill %zu / %zu tokens", i + k, n_ids);
+    }
+    tool_progress("");
+    llm_session_stats ps;
+    if (st == SKV_OK && (st = llm_session_stats_get(s, &ps)) == SKV_OK)
+        prefill_s = ps.forward_s, prefill_att = ps.attention_s;
+    llm_session_reset_timing(s);
+    uint32_t generated = 0;
+    while (st == SKV_OK && generated < max_tokens) {
+        int32_t next = 0;
+        for (uint32_t v = 1; v < c->vocab; v++)
+            if (logits[v] > logits[next])
+                next = (int32_t)v;
+        generated++;
+        if (next == env.eos)
+            break;
+        char piece[256];
+        size_t plen = 0;
+        if (bpe_decode(env.bpe, &next, 1, piece, sizeof piece, &plen) == BPE_OK)
+            fwrite(piece, 1, plen, stdout), fflush(stdout);
+        if (generated < max_tokens)
+            st = llm_forward(s, &next, 1, logits, NULL, NULL, NULL);
+    }
+    printf("\n");
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv generate: %s: %s\n", skv_status_str(st), llm_last_error());
+        goto done;
+    }
+    llm_session_stats ds;
+    if ((st = llm_session_stats_get(s, &ds)) != SKV_OK) {
+        fprintf(stderr, "skv generate: %s: %s\n", skv_status_str(st), llm_last_error());
+        goto done;
+    }
+    uint32_t decoded = generated > 1 ? generated - 1 : 0; /* forward passes after the prompt's */
+    printf("--\n");
+    printf("prefill  %zu tokens in %.2f s (%.1f tokens/s), attention %.2f s of device time\n", n_ids, prefill_s,
+           (double)n_ids / prefill_s, prefill_att);
+    if (decoded)
+        printf("decode   %u tokens in %.2f s (%.2f tokens/s), attention %.3f s (%.1f%% of the step)\n", decoded,
+               ds.forward_s, decoded / ds.forward_s, ds.attention_s, 100.0 * ds.attention_s / ds.forward_s);
+    printf("KV cache %.2f MiB on the device for %llu tokens (%s) vs %.2f MiB dense F16: %.3fx\n", mb(ds.kv_bytes),
+           (unsigned long long)ds.tokens, pname, mb(ds.kv_bytes_dense),
+           ds.kv_bytes_dense ? (double)ds.kv_bytes / (double)ds.kv_bytes_dense : 0.0);
+    rc = 0;
+done:
+    llm_session_free(s);
+    env_close(&env);
+    free(logits), free(ids), free(text), free(file_text);
+    return rc;
+}
+
+/* ---- skv perplexity --------------------------------------------------------------------- */
+
+typedef struct ppl_result {
+    llm_policy policy;
+    double loss, top1_text, top1_agreement, seconds;
+    llm_session_stats stats;
+} ppl_result;
+
+int cmd_perplexity(int argc, char **argv)
+{
+    llama_opts o = {.model = getenv("SKV_MODEL"), .chunk = 128, .scorer = SKV_SCORER_KEYDIFF};
+    const char *text_path = NULL, *json_path = NULL;
+    uint32_t tokens = 4096;
+    for (int i = 1; i < argc; i++) {
+        int r = common_option(argc, argv, &i, &o, usage_perplexity);
+        if (r < 0)
+            return SKV_EXIT_USAGE;
+        if (r)
+            continue;
+        const char *a = argv[i];
+        if (i + 1 >= argc)
+            return tool_usage_error(usage_perplexity, "unknown option or missing value: %s", a);
+        if (!strcmp(a, "--text"))
+            text_path = argv[++i];
+        else if (!strcmp(a, "--json"))
+            json_path = argv[++i];
+        else if (!strcmp(a, "--tokens")) {
+            if (tool_parse_u32(argv[++i], 2, 1u << 20, &tokens) != 0)
+                return tool_usage_error(usage_perplexity, "--tokens must be 2..1048576");
+        } else
+            return tool_usage_error(usage_perplexity, "unknown option %s", a);
+    }
+    if (!o.model)
+        return tool_usage_error(usage_perplexity, "--model FILE is needed (or SKV_MODEL)");
+    if (!text_path)
+        return tool_usage_error(usage_perplexity, "--text FILE is needed");
+    /* the runs: dense first (the reference), then each policy asked for */
+    ppl_result runs[MAX_RUNS + 1];
+    int n_runs = 0;
+    memset(runs, 0, sizeof runs);
+    llm_policy_init(&runs[n_runs++].policy);
+    if (o.n_policies == 0) {
+        const skv_tier tiers[3] = {SKV_TIER_A4V8, SKV_TIER_A3V4, SKV_TIER_A2V2};
+        for (int i = 0; i < 4; i++) {
+            llm_policy_init(&o.policy[i]);
+            if (i < 3)
+                o.policy[i].tier = tiers[i];
+            else
+                o.policy[i].budget = 0.25f;
+        }
+        o.n_policies = 4;
+    }
+    for (int i = 0; i < o.n_policies; i++)
+        if (o.policy[i].budget > 0 || o.policy[i].tier != SKV_TIER_F16) {
+            runs[n_runs].policy = o.policy[i];
+            runs[n_runs++].policy.scorer = o.scorer;
+        }
+
+    int rc = 1;
+    llama_env env;
+    size_t len = 0, n_ids = 0;
+    char *text = read_file(text_path, &len);
+    int32_t *ids = NULL, *targets = NULL, *top = NULL, *dense_top = NULL;
+    float *loss = NULL;
+    if (!text) {
+        fprintf(stderr, "skv perplexity: cannot read %s\n", text_path);
+        return 1;
+    }
+    if (env_open("perplexity", o.model, o.device, &env) != 0) {
+        free(text);
+        return 1;
+    }
+    const llm_config *c = llm_model_config(env.model);
+    if (!(ids = tokenize("perplexity", env.bpe, text, len, &n_ids)))
+        goto done;
+    if (n_ids < tokens) {
+        fprintf(stderr, "skv perplexity: %s has %zu tokens, fewer than --tokens %u\n", text_path, n_ids, tokens);
+        goto done;
+    }
+    if (tokens > c->context) {
+        fprintf(stderr, "skv perplexity: --tokens %u exceeds the model's context (%u)\n", tokens, c->context);
+        goto done;
+    }
+    targets = malloc(tokens * sizeof *targets), top = malloc(tokens * sizeof *top);
+    dense_top = malloc(tokens * sizeof *dense_top), loss = malloc(tokens * sizeof *loss);
+    if (!targets || !top || !dense_top || !loss) {
+        fprintf(stderr, "skv perplexity: out of memory\n");
+        goto done;
+    }
+    for (uint32_t i = 0; i < tokens; i++)
+        targets[i] = i + 1 < tokens ? ids[i + 1] : -1;
+    printf("skv perplexity: %s (%s); %s, %u tokens (%u predictions), chunks of %u\n", env.prof.name,
+           env.prof.platform, text_path, tokens, tokens - 1, o.chunk);
+    double t_all = tool_now_s();
+    for (int r = 0; r < n_runs; r++) {
+        ppl_result *R = &runs[r];
+        char pname[64];
+        policy_name(&R->policy, pname, sizeof pname);
+        llm_session *s = NULL;
+        skv_status st = llm_session_create(env.model, env.skv, &R->policy, o.chunk, &s);
+        double t0 = tool_now_s();
+        for (uint32_t i = 0; st == SKV_OK && i < tokens; i += o.chunk) {
+            uint32_t k = tokens - i < o.chunk ? tokens - i : o.chunk;
+            st = llm_forward(s, ids + i, k, NULL, targets + i, loss + i, top + i);
+            /* the bar: this run's share, the ETA over all runs from the speed so far */
+            double done_tokens = (double)r * tokens + i + k, total = (double)n_runs * tokens;
+            double el = tool_now_s() - t_all, eta = el / done_tokens * (total - done_tokens);
+            char eta_s[16], bar[21];
+            int fill = (int)(20.0 * (i + k) / tokens);
+            for (int b = 0; b < 20; b++)
+                bar[b] = b < fill ? '#' : '.';
+            bar[20] = 0;
+            format_duration(eta, eta_s, sizeof eta_s);
+            tool_progress("[%s] run %d/%d %-18s %u/%u tokens, %.1f tokens/s, ETA %s", bar, r + 1, n_runs, pname,
+                          i + k, tokens, (i + k) / (tool_now_s() - t0), eta_s);
+        }
+        tool_progress("");
+        if (st == SKV_OK)
+            st = llm_session_stats_get(s, &R->stats);
+        llm_session_free(s);
+        if (st != SKV_OK) {
+            fprintf(stderr, "skv perplexity: %s: %s: %s\n", pname, skv_status_str(st), llm_last_error());
+            goto done;
+        }
+        R->seconds = tool_now_s() - t0;
+        double sum = 0;
+        uint32_t hits = 0, agree = 0;
+        for (uint32_t i = 0; i + 1 < tokens; i++) {
+            sum += loss[i];
+            hits += top[i] == targets[i];
+            agree += r == 0 ? 1 : top[i] == dense_top[i];
+        }
+        if (r == 0)
+            memcpy(dense_top, top, tokens * sizeof *top);
+        R->loss = sum / (tokens - 1);
+        R->top1_text = (double)hits / (tokens - 1);
+        R->top1_agreement = (double)agree / (tokens - 1);
+        if (!isfinite(R->loss)) {
+            fprintf(stderr, "skv perplexity: %s: the loss is not finite\n", pname);
+            goto done;
+        }
+    }
+    printf("\n%-22s %8s %10s %9s %9s %11s %11s %7s %8s\n", "policy", "loss", "delta", "top1-text", "top1-agree",
+           "KV MiB", "dense MiB", "ratio", "seconds");
+    cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "results");
+    cJSON_AddStringToObject(root, "model", o.model);
+    cJSON_AddStringToObject(root, "device", env.prof.name);
+    cJSON_AddStringToObject(root, "text", text_path);
+    cJSON_AddNumberToObject(root, "tokens", tokens);
+    for (int r = 0; r < n_runs; r++) {
+        ppl_result *R = &runs[r];
+        char pname[64];
+        policy_name(&R->policy, pname, sizeof pname);
+        double ratio = R->stats.kv_bytes_dense ? (double)R->stats.kv_bytes / (double)R->stats.kv_bytes_dense : 0;
+        printf("%-22s %8.4f %+10.4f %9.4f %9.4f %11.2f %11.2f %7.3f %8.1f\n", pname, R->loss, R->loss - runs[0].loss,
+               R->top1_text, R->top1_agreement, mb(R->stats.kv_bytes), mb(R->stats.kv_bytes_dense), ratio,
+               R->seconds);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "policy", R->policy.budget > 0 ? "rdr" : tool_tier_names[R->policy.tier]);
+        if (R->policy.budget > 0) {
+            cJSON_AddNumberToObject(j, "budget", R->policy.budget);
+            cJSON_AddStringToObject(j, "scorer", tool_scorer_names[R->policy.scorer]);
+        } else {
+            cJSON_AddNullToObject(j, "budget");
+        }
+        cJSON_AddNumberToObject(j, "loss", R->loss);
+        cJSON_AddNumberToObject(j, "loss_delta", R->loss - runs[0].loss);
+        cJSON_AddNumberToObject(j, "top1_agreement", R->top1_agreement);
+        cJSON_AddNumberToObject(j, "top1_accuracy", R->top1_text);
+        cJSON_AddNumberToObject(j, "kv_bytes", (double)R->stats.kv_bytes);
+        cJSON_AddNumberToObject(j, "kv_bytes_dense", (double)R->stats.kv_bytes_dense);
+        cJSON_AddNumberToObject(j, "seconds", R->seconds);
+        cJSON_AddItemToArray(arr, j);
+    }
+    printf("(loss in nats per token; top1-text: the argmax is the next token; top1-agree: the argmax\n"
+           " equals the dense run's; KV: device page bytes in use after the last token)\n");
+    rc = 0;
+    if (json_path) {
+        char *js = cJSON_Print(root);
+        if (!js || tool_write_file(json_path, js) != 0) {
+            fprintf(stderr, "skv perplexity: cannot write %s\n", json_path);
+            rc = 1;
+        }
+        free(js);
+    }
+    cJSON_Delete(root);
+done:
+    env_close(&env);
+    free(text), free(ids), free(targets), free(top), free(dense_top), free(loss);
+    return rc;
+}
