@@ -564,7 +564,7 @@ gguf_status gguf_get_i64(const gguf_file *f, const char *key, int64_t *out)
 
 gguf_status gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
 {
-    int64_t x;
+    int64_t x = 0;
     gguf_status st = gguf_get_i64(f, key, &x);
     if (st || !out)
         return st ? st : fail(GGUF_ERR_INVALID_ARG, "NULL argument");
@@ -675,7 +675,7 @@ gguf_status gguf_get_i32s(const gguf_file *f, const char *key, int32_t *out, uin
         return fail(GGUF_ERR_INVALID_ARG, "\"%.64s\" has %llu elements, room for %llu", key,
                     (unsigned long long)v->v.arr.n, (unsigned long long)cap);
     for (uint64_t i = 0; i < v->v.arr.n; i++) {
-        int64_t x;
+        int64_t x = 0;
         if ((st = gguf_array_int(v, i, &x)))
             return st;
         if (x < INT32_MIN || x > INT32_MAX)

@@ -45,9 +45,9 @@ static double now_s(void)
 
 /* ---- the model ----------------------------------------------------------------------- */
 
-enum { K_DEQ_Q4_1, K_DEQ_Q8_0, K_DEQ_F16, K_EMBED, K_RMS_NORM, K_ROPE, K_SILU, K_LOSS, K_COUNT };
+enum { K_DEQ_Q4_1, K_DEQ_Q8_0, K_DEQ_F16, K_EMBED, K_RMS_NORM, K_ROPE, K_SILU, K_LOSS, K_GEMV, K_GEMV_ROWS, K_COUNT };
 static const char *const kernel_names[K_COUNT] = {"dequant_q4_1", "dequant_q8_0", "dequant_f16",     "embed",
-                                                  "rms_norm",     "rope_split",   "silu_mul", "next_token_loss"};
+                                                  "rms_norm",     "rope_split",   "silu_mul", "next_token_loss", "gemv", "gemv_rows"};
 
 typedef struct llm_layer {
     cl_mem attn_norm; /* [d] */
@@ -70,6 +70,7 @@ struct llm_model {
     cl_mem out_norm; /* [d] */
     llm_layer *layers;
     uint64_t weight_bytes;
+    int cpu; /* a CPU device: decode's products use gemv_rows, else gemv */
 };
 
 const llm_config *llm_model_config(const llm_model *m) { return &m->cfg; }
@@ -222,7 +223,7 @@ static skv_status load_rows(llm_model *m, const gguf_file *f, const char *const 
                             const uint64_t *rows, uint64_t cols, cl_mem *out)
 {
     uint64_t total = 0;
-    const gguf_tensor *t[3];
+    const gguf_tensor *t[3] = {NULL, NULL, NULL};
     for (int i = 0; i < n_names; i++) {
         skv_status st = find_tensor(f, names[i], cols, rows[i], &t[i]);
         if (st)
@@ -271,6 +272,16 @@ skv_status llm_model_load(const gguf_file *f, cl_context cl_ctx, cl_device_id de
     m->ctx = cl_ctx, m->device = device, m->queue = queue;
     skv_status st = read_config(f, &m->cfg);
     const llm_config *c = &m->cfg;
+    cl_device_type type = 0;
+    clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    m->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+    if (m->cpu) {
+        /* CLBlast's direct GEMM (its choice below a size threshold) runs at half the speed
+         * of its indirect one on PoCL's CPU device (docs/perf.md): always indirect there */
+        const char *names[1] = {"XGEMM_MIN_INDIRECT_SIZE"};
+        const size_t vals[1] = {0};
+        CLBlastOverrideParameters(device, "GemmRoutine", CLBlastPrecisionSingle, 1, names, vals);
+    }
     if (st == SKV_OK)
         st = build_program(m);
     if (st == SKV_OK && !(m->layers = calloc(c->layers, sizeof *m->layers)))
@@ -442,18 +453,6 @@ static cl_int set_args(cl_kernel k, int n, const size_t *sizes, const void *cons
     set_args(k, (int)(sizeof((const void *[]){__VA_ARGS__}) / sizeof(void *)), arg_sizes,                         \
              (const void *const[]){__VA_ARGS__})
 
-/* y[rows][n] = x[rows][k] W[n][k]^T + beta y (row-major; W a model weight). */
-static skv_status gemm(llm_session *s, size_t rows, size_t n, size_t k, cl_mem x, size_t x_off, cl_mem w, float beta,
-                       cl_mem y, size_t y_off)
-{
-    cl_command_queue q = s->m->queue;
-    CLBlastStatusCode b = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, rows, n, k,
-                                       1.0f, x, x_off, k, w, 0, k, beta, y, y_off, n, &q, NULL);
-    if (b != CLBlastSuccess)
-        return fail(SKV_ERR_OPENCL, "CLBlastSgemm (%zu x %zu x %zu) failed (%d)", rows, n, k, (int)b);
-    return SKV_OK;
-}
-
 static skv_status launch(llm_session *s, cl_kernel k, cl_uint dims, const size_t *global, const size_t *local,
                          cl_event *ev, const char *what)
 {
@@ -462,6 +461,34 @@ static skv_status launch(llm_session *s, cl_kernel k, cl_uint dims, const size_t
 }
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/* y[rows][n] = x[rows][k] W[n][k]^T + beta y (row-major; W a model weight). */
+static skv_status gemm(llm_session *s, size_t rows, size_t n, size_t k, cl_mem x, size_t x_off, cl_mem w, float beta,
+                       cl_mem y, size_t y_off)
+{
+    cl_command_queue q = s->m->queue;
+    if (rows == 1 && s->m->cpu) {
+        cl_kernel kg = s->m->k[K_GEMV_ROWS];
+        cl_uint xo = (cl_uint)x_off, yo = (cl_uint)y_off, kk = (cl_uint)k, nn = (cl_uint)n;
+        const size_t arg_sizes[] = {sizeof(cl_mem), sizeof(cl_mem), 4, sizeof(cl_mem), 4, 4, 4, 4};
+        cl_int e = ARGS(kg, &w, &x, &xo, &y, &yo, &kk, &beta, &nn);
+        size_t global = round_up(n, 16), local = 16;
+        return e == CL_SUCCESS ? launch(s, kg, 1, &global, &local, NULL, "gemv_rows") : cl_fail(e, "gemv args");
+    }
+    if (rows == 1) {
+        cl_kernel kg = s->m->k[K_GEMV];
+        cl_uint xo = (cl_uint)x_off, yo = (cl_uint)y_off, kk = (cl_uint)k;
+        const size_t arg_sizes[] = {sizeof(cl_mem), sizeof(cl_mem), 4, sizeof(cl_mem), 4, 4, 4};
+        cl_int e = ARGS(kg, &w, &x, &xo, &y, &yo, &kk, &beta);
+        size_t global = n * WG, local = WG;
+        return e == CL_SUCCESS ? launch(s, kg, 1, &global, &local, NULL, "gemv") : cl_fail(e, "gemv args");
+    }
+    CLBlastStatusCode b = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, rows, n, k,
+                                       1.0f, x, x_off, k, w, 0, k, beta, y, y_off, n, &q, NULL);
+    if (b != CLBlastSuccess)
+        return fail(SKV_ERR_OPENCL, "CLBlastSgemm (%zu x %zu x %zu) failed (%d)", rows, n, k, (int)b);
+    return SKV_OK;
+}
 
 /* rows rows of x from row0 on, normalised into the same rows of y */
 static skv_status rms_norm(llm_session *s, cl_mem x, cl_mem w, cl_mem y, size_t rows, size_t row0)

@@ -160,3 +160,55 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void next_token_loss(__
         top[row] = best_i[0];
     }
 }
+
+/* Decode's matrix-vector products (one token: CLBlast's GEMM is slow for a single row on
+ * some devices): y[r] = W[r] . x + beta y[r], W [rows][k] row-major. One work-group per
+ * row; each work-item sums a strided share of float4s, then a tree. */
+__kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void gemv(__global const float *w,
+                                                                    __global const float *x, uint x_off,
+                                                                    __global float *y, uint y_off, uint k,
+                                                                    float beta)
+{
+    __local float part[WG];
+    size_t row = get_group_id(0);
+    uint lid = get_local_id(0);
+    __global const float *wr = w + row * k;
+    __global const float *xv = x + x_off;
+    float s = 0.0f;
+    uint k4 = k / 4;
+    for (uint i = lid; i < k4; i += WG) {
+        float4 a = vload4(i, wr), b = vload4(i, xv);
+        s += dot(a, b);
+    }
+    for (uint i = 4 * k4 + lid; i < k; i += WG)
+        s += wr[i] * xv[i];
+    part[lid] = s;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint h = WG / 2; h > 0; h /= 2) {
+        if (lid < h)
+            part[lid] += part[lid + h];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0)
+        y[y_off + row] = part[0] + (beta != 0.0f ? beta * y[y_off + row] : 0.0f);
+}
+
+/* gemv for CPUs: one work-item per row, no local memory or barriers (a work-group's rows
+ * stream side by side; the dot product is float4-wide). */
+__kernel void gemv_rows(__global const float *w, __global const float *x, uint x_off, __global float *y,
+                        uint y_off, uint k, float beta, uint rows)
+{
+    size_t row = get_global_id(0);
+    if (row >= rows)
+        return;
+    __global const float *wr = w + row * k;
+    __global const float *xv = x + x_off;
+    float4 s4 = (float4)(0.0f);
+    uint k4 = k / 4;
+    for (uint i = 0; i < k4; i++)
+        s4 += vload4(i, wr) * vload4(i, xv);
+    float s = s4.x + s4.y + s4.z + s4.w;
+    for (uint i = 4 * k4; i < k; i++)
+        s += wr[i] * xv[i];
+    y[y_off + row] = s + (beta != 0.0f ? beta * y[y_off + row] : 0.0f);
+}
