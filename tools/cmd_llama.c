@@ -18,10 +18,12 @@ void usage_generate(FILE *out)
 {
     fprintf(out,
             "usage: skv generate --model FILE (--prompt TEXT | --prompt-file FILE) [--max-tokens N]\n"
-            "                    [--policy P] [--budget F] [--scorer S] [--chat] [--chunk N] [--device SEL]\n"
+            "                    [--policy P]... [--budget F]... [--scorer S] [--chat] [--prompt-tokens N]\n"
+            "                    [--chunk N] [--device SEL]\n"
             "  Greedy decoding of a Llama-architecture GGUF (SmolLM2-135M-Instruct: docs/llama.md) with\n"
             "  skv as the KV cache; streams the tokens, then prints tokens/s, the device time in\n"
-            "  attention and the KV bytes on the device, compressed vs dense.\n"
+            "  attention and the KV bytes on the device, compressed vs dense. Several policies run\n"
+            "  one after another on the same prompt, then side by side in a table.\n"
             "  --model FILE     the GGUF (default $SKV_MODEL)\n"
             "  --max-tokens N   tokens to generate (default 64; stops early at the end-of-turn token)\n"
             "  --policy P       f16 (dense, default), a4v8, a3v4 or a2v2: every full page past the first\n"
@@ -31,6 +33,7 @@ void usage_generate(FILE *out)
             "  --scorer S       RDR's scorer: keydiff (default), knorm, manifold, manifold_windowed,\n"
             "                   streaming, observed\n"
             "  --chat           wrap the prompt in the model's chat turns (<|im_start|>user ...)\n"
+            "  --prompt-tokens N  keep the prompt's first N tokens (decode speed at a context length)\n"
             "  --chunk N        prompt tokens per matrix product (default 128)\n");
 }
 
@@ -275,11 +278,59 @@ static double mb(uint64_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
 
 /* ---- skv generate ----------------------------------------------------------------------- */
 
+typedef struct gen_result {
+    uint32_t decoded;
+    double prefill_s, prefill_att;
+    llm_session_stats stats; /* of the decode phase (timing), and the cache at the end */
+} gen_result;
+
+/* One policy: the prompt in chunks, then greedy decoding, streamed to stdout when `echo`. */
+static skv_status generate_one(llama_env *env, const llm_policy *policy, uint32_t chunk, const int32_t *ids,
+                               size_t n_ids, uint32_t max_tokens, float *logits, gen_result *out)
+{
+    const llm_config *c = llm_model_config(env->model);
+    llm_session *s = NULL;
+    memset(out, 0, sizeof *out);
+    skv_status st = llm_session_create(env->model, env->skv, policy, chunk, &s);
+    for (size_t i = 0; st == SKV_OK && i < n_ids; i += chunk) {
+        uint32_t k = n_ids - i < chunk ? (uint32_t)(n_ids - i) : chunk;
+        st = llm_forward(s, ids + i, k, i + k == n_ids ? logits : NULL, NULL, NULL, NULL);
+        if (n_ids > chunk)
+            tool_progress("prefill %zu / %zu tokens", i + k, n_ids);
+    }
+    tool_progress("");
+    llm_session_stats ps;
+    if (st == SKV_OK && (st = llm_session_stats_get(s, &ps)) == SKV_OK)
+        out->prefill_s = ps.forward_s, out->prefill_att = ps.attention_s;
+    llm_session_reset_timing(s);
+    for (uint32_t generated = 0; st == SKV_OK && generated < max_tokens; generated++) {
+        int32_t next = 0;
+        for (uint32_t v = 1; v < c->vocab; v++)
+            if (logits[v] > logits[next])
+                next = (int32_t)v;
+        if (next == env->eos)
+            break;
+        char piece[256];
+        size_t plen = 0;
+        if (bpe_decode(env->bpe, &next, 1, piece, sizeof piece, &plen) == BPE_OK)
+            fwrite(piece, 1, plen, stdout), fflush(stdout);
+        if (generated + 1 < max_tokens) {
+            st = llm_forward(s, &next, 1, logits, NULL, NULL, NULL);
+            out->decoded += st == SKV_OK;
+        }
+    }
+    printf("\n");
+    if (st == SKV_OK)
+        st = llm_session_stats_get(s, &out->stats);
+    llm_session_free(s);
+    return st;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     llama_opts o = {.model = getenv("SKV_MODEL"), .chunk = 128, .scorer = SKV_SCORER_KEYDIFF};
     const char *prompt = NULL, *prompt_file = NULL;
-    uint32_t max_tokens = 64;
+    uint32_t max_tokens = 64, prompt_tokens = 0;
     int chat = 0;
     for (int i = 1; i < argc; i++) {
         int r = common_option(argc, argv, &i, &o, usage_generate);
@@ -299,6 +350,9 @@ int cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--max-tokens")) {
             if (tool_parse_u32(argv[++i], 1, 1u << 20, &max_tokens) != 0)
                 return tool_usage_error(usage_generate, "--max-tokens must be 1..1048576");
+        } else if (!strcmp(a, "--prompt-tokens")) {
+            if (tool_parse_u32(argv[++i], 1, 1u << 20, &prompt_tokens) != 0)
+                return tool_usage_error(usage_generate, "--prompt-tokens must be 1..1048576");
         } else
             return tool_usage_error(usage_generate, "unknown option %s", a);
     }
@@ -306,22 +360,18 @@ int cmd_generate(int argc, char **argv)
         return tool_usage_error(usage_generate, "--model FILE is needed (or SKV_MODEL)");
     if (!prompt == !prompt_file)
         return tool_usage_error(usage_generate, "give --prompt TEXT or --prompt-file FILE");
-    if (o.n_policies > 1)
-        return tool_usage_error(usage_generate, "one --policy or --budget");
-    llm_policy policy;
-    if (o.n_policies)
-        policy = o.policy[0];
-    else
-        llm_policy_init(&policy);
-    policy.scorer = o.scorer;
+    if (o.n_policies == 0)
+        llm_policy_init(&o.policy[o.n_policies++]);
+    for (int i = 0; i < o.n_policies; i++)
+        o.policy[i].scorer = o.scorer;
 
     int rc = 1;
     llama_env env;
-    llm_session *s = NULL;
     char *text = NULL, *file_text = NULL;
     int32_t *ids = NULL;
     float *logits = NULL;
     size_t len = 0, n_ids = 0;
+    gen_result res[MAX_RUNS];
     if (prompt_file && !(file_text = read_file(prompt_file, &len))) {
         fprintf(stderr, "skv generate: cannot read %s\n", prompt_file);
         return 1;
@@ -334,21 +384,22 @@ int cmd_generate(int argc, char **argv)
         return 1;
     }
     const llm_config *c = llm_model_config(env.model);
-    if (chat) {
-        const char *pre = "<|im_start|>user\n", *post = "<|im_end|>\n<|im_start|>assistant\n";
-        text = malloc(strlen(pre) + len + strlen(post) + 1);
-        if (text) {
-            memcpy(text, pre, strlen(pre));
-            memcpy(text + strlen(pre), body, len);
-            memcpy(text + strlen(pre) + len, post, strlen(post) + 1);
-            len += strlen(pre) + strlen(post);
-        }
-    } else if ((text = malloc(len + 1))) {
-        memcpy(text, body, len);
-        text[len] = 0;
+    const char *pre = chat ? "<|im_start|>user\n" : "", *post = chat ? "<|im_end|>\n<|im_start|>assistant\n" : "";
+    size_t lp = strlen(pre), lq = strlen(post);
+    if ((text = malloc(lp + len + lq + 1))) {
+        memcpy(text, pre, lp), memcpy(text + lp, body, len), memcpy(text + lp + len, post, lq + 1);
+        len += lp + lq;
     }
     if (!text || !(ids = tokenize("generate", env.bpe, text, len, &n_ids)))
         goto done;
+    if (prompt_tokens) { /* a benchmark at a given context: the prompt's first tokens */
+        if (n_ids < prompt_tokens) {
+            fprintf(stderr, "skv generate: the prompt has %zu tokens, fewer than --prompt-tokens %u\n", n_ids,
+                    prompt_tokens);
+            goto done;
+        }
+        n_ids = prompt_tokens;
+    }
     if (n_ids == 0) {
         fprintf(stderr, "skv generate: the prompt has no tokens\n");
         goto done;
@@ -362,72 +413,57 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "skv generate: out of memory\n");
         goto done;
     }
-    skv_status st = llm_session_create(env.model, env.skv, &policy, o.chunk, &s);
-    if (st != SKV_OK) {
-        fprintf(stderr, "skv generate: %s: %s\n", skv_status_str(st), llm_last_error());
-        goto done;
+    for (int r = 0; r < o.n_policies; r++) {
+        char pname[64];
+        policy_name(&o.policy[r], pname, sizeof pname);
+        fprintf(stderr, "skv generate: %s (%s), %u layers, d_model %u; %zu prompt tokens; policy %s\n",
+                env.prof.name, env.prof.platform, c->layers, c->d_model, n_ids, pname);
+        if (n_ids <= 256) {
+            size_t plen = 0;
+            char *ptext = malloc(n_ids * 64 + 1);
+            if (ptext && bpe_decode(env.bpe, ids, n_ids, ptext, n_ids * 64, &plen) == BPE_OK)
+                fwrite(ptext, 1, plen, stdout);
+            free(ptext);
+        } else {
+            printf("[%zu prompt tokens] ...", n_ids);
+        }
+        fflush(stdout);
+        skv_status st = generate_one(&env, &o.policy[r], o.chunk, ids, n_ids, max_tokens, logits, &res[r]);
+        if (st != SKV_OK) {
+            fprintf(stderr, "skv generate: %s: %s: %s\n", pname, skv_status_str(st), llm_last_error());
+            goto done;
+        }
+        const gen_result *g = &res[r];
+        const llm_session_stats *d = &g->stats;
+        printf("--\n");
+        printf("prefill  %zu tokens in %.2f s (%.1f tokens/s), attention %.2f s of device time\n", n_ids,
+               g->prefill_s, (double)n_ids / g->prefill_s, g->prefill_att);
+        if (g->decoded)
+            printf("decode   %u tokens in %.2f s (%.2f tokens/s), attention %.3f s (%.1f%% of the step)\n",
+                   g->decoded, d->forward_s, g->decoded / d->forward_s, d->attention_s,
+                   100.0 * d->attention_s / d->forward_s);
+        printf("KV cache %.2f MiB on the device for %llu tokens (%s) vs %.2f MiB dense F16: %.3fx\n\n",
+               mb(d->kv_bytes), (unsigned long long)d->tokens, pname, mb(d->kv_bytes_dense),
+               d->kv_bytes_dense ? (double)d->kv_bytes / (double)d->kv_bytes_dense : 0.0);
     }
-    char pname[64];
-    policy_name(&policy, pname, sizeof pname);
-    fprintf(stderr, "skv generate: %s (%s), %u layers, d_model %u; %zu prompt tokens; policy %s\n", env.prof.name,
-            env.prof.platform, c->layers, c->d_model, n_ids, pname);
-    fwrite(text, 1, len, stdout);
-    fflush(stdout);
-
-    /* prefill, in chunks, with a progress line for long prompts */
-    double prefill_s = 0, prefill_att = 0;
-    for (size_t i = 0; i < n_ids; i += o.chunk) {
-        uint32_t k = n_ids - i < o.chunk ? (uint32_t)(n_ids - i) : o.chunk;
-        st = llm_forward(s, ids + i, k, i + k == n_ids ? logits : NULL, NULL, NULL, NULL);
-        if (st != SKV_OK)
-            break;
-        if (n_ids > o.chunk)
-            tool_progress("prefill %zu / %zu tokens", i + k, n_ids);
+    if (o.n_policies > 1) { /* side by side, as ratios to the first policy */
+        printf("%-22s %12s %10s %10s %9s %9s\n", "policy", "decode tok/s", "vs first", "attn ms", "attn %",
+               "KV ratio");
+        const gen_result *f = &res[0];
+        double base = f->decoded ? f->decoded / f->stats.forward_s : 0;
+        for (int r = 0; r < o.n_policies; r++) {
+            const gen_result *g = &res[r];
+            char pname[64];
+            policy_name(&o.policy[r], pname, sizeof pname);
+            double tps = g->decoded ? g->decoded / g->stats.forward_s : 0;
+            printf("%-22s %12.2f %10.3f %10.2f %9.1f %9.3f\n", pname, tps, base > 0 ? tps / base : 0,
+                   g->decoded ? 1e3 * g->stats.attention_s / g->decoded : 0,
+                   100.0 * g->stats.attention_s / g->stats.forward_s,
+                   (double)g->stats.kv_bytes / (double)g->stats.kv_bytes_dense);
+        }
     }
-    tool_progress("");
-    llm_session_stats ps;
-    if (st == SKV_OK && (st = llm_session_stats_get(s, &ps)) == SKV_OK)
-        prefill_s = ps.forward_s, prefill_att = ps.attention_s;
-    llm_session_reset_timing(s);
-    uint32_t generated = 0;
-    while (st == SKV_OK && generated < max_tokens) {
-        int32_t next = 0;
-        for (uint32_t v = 1; v < c->vocab; v++)
-            if (logits[v] > logits[next])
-                next = (int32_t)v;
-        generated++;
-        if (next == env.eos)
-            break;
-        char piece[256];
-        size_t plen = 0;
-        if (bpe_decode(env.bpe, &next, 1, piece, sizeof piece, &plen) == BPE_OK)
-            fwrite(piece, 1, plen, stdout), fflush(stdout);
-        if (generated < max_tokens)
-            st = llm_forward(s, &next, 1, logits, NULL, NULL, NULL);
-    }
-    printf("\n");
-    if (st != SKV_OK) {
-        fprintf(stderr, "skv generate: %s: %s\n", skv_status_str(st), llm_last_error());
-        goto done;
-    }
-    llm_session_stats ds;
-    if ((st = llm_session_stats_get(s, &ds)) != SKV_OK) {
-        fprintf(stderr, "skv generate: %s: %s\n", skv_status_str(st), llm_last_error());
-        goto done;
-    }
-    uint32_t decoded = generated > 1 ? generated - 1 : 0; /* forward passes after the prompt's */
-    printf("--\n");
-    printf("prefill  %zu tokens in %.2f s (%.1f tokens/s), attention %.2f s of device time\n", n_ids, prefill_s,
-           (double)n_ids / prefill_s, prefill_att);
-    if (decoded)
-        printf("decode   %u tokens in %.2f s (%.2f tokens/s), attention %.3f s (%.1f%% of the step)\n", decoded,
-               ds.forward_s, decoded / ds.forward_s, ds.attention_s, 100.0 * ds.attention_s / ds.forward_s);
-    printf("KV cache %.2f MiB on the device for %llu tokens (%s) vs %.2f MiB dense F16: %.3fx\n", mb(ds.kv_bytes),
-           (unsigned long long)ds.tokens, pname, mb(ds.kv_bytes_dense),
-           ds.kv_bytes_dense ? (double)ds.kv_bytes / (double)ds.kv_bytes_dense : 0.0);
     rc = 0;
 done:
-    llm_session_free(s);
     env_close(&env);
     free(logits), free(ids), free(text), free(file_text);
     return rc;
