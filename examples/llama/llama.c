@@ -356,7 +356,7 @@ struct llm_session {
     uint32_t max_chunk;
     uint32_t page_tokens;
     uint64_t length;       /* positions run */
-    uint64_t quantized_to; /* uniform ADA: tokens [page_tokens, quantized_to) are quantised */
+    uint64_t quantized;    /* uniform ADA: tokens quantised, from position page_tokens on */
     cl_mem a[A_COUNT];
     cl_event *events;      /* per layer: the q/k/v split's, the last attention's */
     double attention_s, forward_s;
@@ -565,21 +565,21 @@ static skv_status layer_forward(llm_session *s, uint32_t l, uint32_t n, int32_t 
 }
 
 /* Uniform ADA: quantise the full pages that have left the recent window (the first page,
- * the attention sinks', stays F16). */
+ * the attention sinks', stays F16). skv_seq_quantize counts a range in the F16 list's own
+ * order, where the tokens quantised before are no longer: the F16 list holds the first
+ * page, then the tokens from `quantized + page` on. */
 static skv_status quantize_behind(llm_session *s)
 {
     const llm_policy *p = &s->policy;
-    if (p->budget > 0 || p->tier == SKV_TIER_F16 || s->length < p->recent_window)
+    const uint64_t P = s->page_tokens, f16 = s->length - s->quantized;
+    if (p->budget > 0 || p->tier == SKV_TIER_F16 || f16 < P + p->recent_window + P)
         return SKV_OK;
-    uint64_t P = s->page_tokens, end = (s->length - p->recent_window) / P * P;
-    uint64_t begin = s->quantized_to > P ? s->quantized_to : P;
-    if (end <= begin)
-        return SKV_OK;
-    skv_status st = skv_seq_quantize(s->cache, s->seq, begin, end, p->tier);
+    const uint64_t pages = (f16 - P - p->recent_window) / P;
+    skv_status st = skv_seq_quantize(s->cache, s->seq, P, P + pages * P, p->tier);
     if (st != SKV_OK)
-        return fail(st, "skv_seq_quantize [%llu, %llu): %s", (unsigned long long)begin, (unsigned long long)end,
+        return fail(st, "skv_seq_quantize (%llu tokens after the first page): %s", (unsigned long long)(pages * P),
                     skv_last_error());
-    s->quantized_to = end;
+    s->quantized += pages * P;
     return SKV_OK;
 }
 
@@ -677,8 +677,10 @@ skv_status llm_session_stats_get(llm_session *s, llm_session_stats *out)
     skv_status st = skv_cache_get_stats(s->cache, &cs);
     if (st != SKV_OK)
         return fail(st, "skv_cache_get_stats: %s", skv_last_error());
-    for (int t = 0; t < SKV_TIER_COUNT; t++)
+    for (int t = 0; t < SKV_TIER_COUNT; t++) {
         out->kv_bytes += cs.pools[t][SKV_MEM_DEVICE].bytes_used;
+        out->held[t] = cs.tokens[t];
+    }
     uint64_t f16_page = 0;
     if ((st = skv_cache_page_bytes(s->cache, SKV_TIER_F16, &f16_page)) != SKV_OK)
         return fail(st, "skv_cache_page_bytes: %s", skv_last_error());

@@ -66,6 +66,7 @@ typedef struct llm_session_stats {
     uint64_t tokens;        /* positions run */
     uint64_t kv_bytes;      /* device bytes of the cache's pages in use */
     uint64_t kv_bytes_dense;/* what the same tokens take as F16 pages */
+    uint64_t held[SKV_TIER_COUNT]; /* tokens held per tier, over every layer and kv-head */
     double attention_s;     /* device time from each layer's q/k/v to its attention output
                              * (skv append + decode, and skv's compression work), summed */
     double forward_s;       /* wall time inside llm_forward */
