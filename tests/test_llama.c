@@ -60,6 +60,7 @@ typedef struct tiny_spec {
     const char *drop;       /* a tensor left out */
     const char *misshape;   /* a tensor with one row too many */
     const char *retype;     /* a tensor stored as Q5_0 (listed, not run) */
+    int tokenizer;          /* a byte-level BPE vocabulary, for the CLI (cli_llama) */
 } tiny_spec;
 
 static tiny_spec tiny_default(void)
@@ -85,6 +86,36 @@ typedef struct tiny_tensor {
 static size_t type_bytes(uint32_t type, uint64_t n)
 {
     return type == GGUF_F32 ? n * 4 : type == GGUF_F16 ? n * 2 : type == GGUF_Q8_0 ? n / 32 * 34 : n / 32 * 20;
+}
+
+/* A byte-level BPE vocabulary of `vocab` tokens: the 256 bytes (GPT-2's alphabet, in
+ * byte order), two control tokens (<|endoftext|>, <|im_end|> the end of a turn), two
+ * merges, then filler tokens. */
+static void write_tokenizer(gguf_writer *w, uint32_t vocab)
+{
+    char text[300][12];
+    for (uint32_t b = 0, next = 256; b < 256; b++) {
+        bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+        uint32_t cp = printable ? b : next++;
+        if (cp < 0x80)
+            text[b][0] = (char)cp, text[b][1] = 0;
+        else
+            text[b][0] = (char)(0xC0 | (cp >> 6)), text[b][1] = (char)(0x80 | (cp & 0x3F)), text[b][2] = 0;
+    }
+    assert_true(vocab >= 262 && vocab <= 300);
+    snprintf(text[256], 12, "<|e|>"), snprintf(text[257], 12, "<|t|>");
+    snprintf(text[258], 12, "\xc4\xa0t"), snprintf(text[259], 12, "he");
+    for (uint32_t i = 260; i < vocab; i++)
+        snprintf(text[i], 12, "f%u", i);
+    gguf_w_key(w, "tokenizer.ggml.tokens", GGUF_ARRAY), gguf_w_u32(w, GGUF_STRING), gguf_w_u64(w, vocab);
+    for (uint32_t i = 0; i < vocab; i++)
+        gguf_w_str(w, text[i]);
+    gguf_w_key(w, "tokenizer.ggml.token_type", GGUF_ARRAY), gguf_w_u32(w, GGUF_INT32), gguf_w_u64(w, vocab);
+    for (uint32_t i = 0; i < vocab; i++)
+        gguf_w_u32(w, i == 256 || i == 257 ? BPE_TOKEN_CONTROL : 1);
+    gguf_w_key(w, "tokenizer.ggml.merges", GGUF_ARRAY), gguf_w_u32(w, GGUF_STRING), gguf_w_u64(w, 2);
+    gguf_w_str(w, "\xc4\xa0 t"), gguf_w_str(w, "h e");
+    gguf_w_key(w, "tokenizer.ggml.eos_token_id", GGUF_UINT32), gguf_w_u32(w, 257);
 }
 
 /* The model as GGUF bytes (the caller frees). Values are drawn from `seed`; norms near 1,
@@ -129,7 +160,9 @@ static uint8_t *tiny_model(const tiny_spec *sp, uint64_t seed, size_t *size)
     n = kept;
 
     gguf_writer w = {0};
-    gguf_w_header(&w, 3, (uint64_t)n, 10);
+    gguf_w_header(&w, 3, (uint64_t)n, sp->tokenizer ? 14 : 10);
+    if (sp->tokenizer)
+        write_tokenizer(&w, sp->vocab);
     gguf_w_key(&w, "general.architecture", GGUF_STRING), gguf_w_str(&w, sp->arch);
     const struct {
         const char *k;
@@ -867,8 +900,25 @@ static void test_real_loss(void **state)
     real_close(&r);
 }
 
-int main(void)
+/* test_llama --write-tiny FILE: the tiny model with a tokenizer, for cli_llama.sh */
+static int write_tiny(const char *path)
 {
+    tiny_spec sp = tiny_default();
+    sp.tokenizer = 1;
+    size_t size;
+    uint8_t *p = tiny_model(&sp, 0x5eed, &size);
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(p, 1, size, f) == size;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    free(p);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && !strcmp(argv[1], "--write-tiny"))
+        return write_tiny(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_gqa),
         cmocka_unit_test(test_forward_untied_mha_chunk1),

@@ -1,0 +1,62 @@
+#!/bin/sh
+# skv generate and skv perplexity end to end on the tiny Llama test_llama writes (with a
+# byte-level vocabulary): the JSON holds every run with the issue's fields, uniform ADA
+# and RDR hold fewer bytes than dense, generate streams and reports each policy; bad
+# options exit 2, bad files and impossible lengths exit 1 with a message.
+set -eu
+skv=$1
+test_llama=$2
+dir=$3/cli_llama
+rm -rf "$dir"
+mkdir -p "$dir"
+model=$dir/tiny.gguf
+"$test_llama" --write-tiny "$model"
+text=$dir/text.txt
+i=0
+while [ $i -lt 40 ]; do printf 'the quick brown fox jumps over the lazy dog %d times.\n' $i; i=$((i + 1)); done > "$text"
+
+"$skv" perplexity --model "$model" --text "$text" --tokens 300 --policy a4v8 --policy a2v2 --budget 0.5 \
+    --chunk 48 --json "$dir/ppl.json" > "$dir/ppl.txt"
+for p in '"f16"' '"a4v8"' '"a2v2"' '"rdr"'; do
+    grep -q "\"policy\":[[:space:]]*$p" "$dir/ppl.json" || { echo "no $p run in the JSON"; exit 1; }
+done
+for f in budget loss loss_delta top1_agreement kv_bytes kv_bytes_dense; do
+    n=$(grep -c "\"$f\":" "$dir/ppl.json")
+    [ "$n" -eq 4 ] || { echo "field $f in $n of 4 runs"; exit 1; }
+done
+# dense: ratio 1 and agreement 1; the others hold fewer bytes
+# (columns from the end: agreement, KV MiB, dense MiB, ratio, seconds)
+awk '$1 == "f16" && ($(NF-4) != "1.0000" || $(NF-1) != "1.000") { print "dense row: " $0; bad = 1 }
+     ($1 == "a4v8" || $1 == "a2v2" || $1 == "rdr") { n++; if (!($(NF-1) < 1)) { print "not smaller: " $0; bad = 1 } }
+     END { if (n != 3) { print "missing rows"; bad = 1 } exit bad }' "$dir/ppl.txt"
+
+"$skv" generate --model "$model" --prompt "the quick brown" --max-tokens 6 --policy f16 --policy a3v4 \
+    > "$dir/gen.txt" 2> "$dir/gen.err"
+[ "$(grep -c '^KV cache' "$dir/gen.txt")" -eq 2 ] || { echo "generate: not two reports"; cat "$dir/gen.txt"; exit 1; }
+grep -q '^decode ' "$dir/gen.txt" || { echo "generate: no decode line"; exit 1; }
+grep -q '^a3v4 ' "$dir/gen.txt" || { echo "generate: no side-by-side table"; exit 1; }
+
+expect() { # exit code, then the command's arguments
+    want=$1
+    shift
+    set +e
+    "$skv" "$@" > /dev/null 2> "$dir/err.txt"
+    rc=$?
+    set -e
+    [ $rc -eq "$want" ] || { echo "skv $*: exit $rc, expected $want"; cat "$dir/err.txt"; exit 1; }
+    [ -s "$dir/err.txt" ] || { echo "skv $*: no message"; exit 1; }
+}
+expect 2 generate --prompt x
+expect 2 generate --model "$model" --prompt x --policy q8
+expect 2 generate --model "$model" --prompt x --budget 0
+expect 2 generate --model "$model" --prompt x --scorer nope
+expect 2 generate --model "$model" --prompt x --prompt-file "$text"
+expect 2 perplexity --model "$model" --text "$text" --tokens 1
+expect 2 perplexity --model "$model" --text "$text" --chunk 0
+expect 1 perplexity --model "$dir/missing.gguf" --text "$text"
+expect 1 perplexity --model "$text" --text "$text"
+expect 1 perplexity --model "$model" --text "$text" --tokens 100000
+expect 1 generate --model "$model" --prompt "abc" --prompt-tokens 50
+expect 1 generate --model "$model" --prompt "abc" --max-tokens 600
+expect 1 generate --model "$model" --prompt "abc" --budget 0.5 --scorer snapkv
+echo "cli_llama: ok"
