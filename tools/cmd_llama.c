@@ -88,7 +88,7 @@ static int env_open(const char *cmd, const char *path, const char *device, llama
     memset(e, 0, sizeof *e);
     gguf_status gs = gguf_open_file(path, &e->gguf);
     if (gs != GGUF_OK) {
-        fprintf(stderr, "skv %s: %s: %s\n", cmd, path, gguf_last_error());
+        fprintf(stderr, "skv %s: %s\n", cmd, gguf_last_error()); /* the message names the file */
         return -1;
     }
     const char *const *tokens = NULL, *const *merges = NULL;
@@ -419,8 +419,8 @@ int cmd_generate(int argc, char **argv)
     for (int r = 0; r < o.n_policies; r++) {
         char pname[64];
         policy_name(&o.policy[r], pname, sizeof pname);
-        fprintf(stderr, "skv generate: %s (%s), %u layers, d_model %u; %zu prompt tokens; policy %s\n",
-                env.prof.name, env.prof.platform, c->layers, c->d_model, n_ids, pname);
+        printf("%sskv generate: %s (%s), %u layers, d_model %u; %zu prompt tokens; policy %s\n", r ? "\n" : "",
+               env.prof.name, env.prof.platform, c->layers, c->d_model, n_ids, pname);
         if (n_ids <= 256) {
             size_t plen = 0;
             char *ptext = malloc(n_ids * 64 + 1);
@@ -446,12 +446,12 @@ int cmd_generate(int argc, char **argv)
                    "the step)\n",
                    g->decoded, d->forward_s, g->decoded / d->forward_s, d->attention_s,
                    100.0 * d->attention_s / d->forward_s);
-        printf("KV cache %.2f MiB on the device for %llu tokens (%s) vs %.2f MiB dense F16: %.3fx\n\n",
+        printf("KV cache %.2f MiB on the device for %llu tokens (%s) vs %.2f MiB dense F16: %.3fx\n",
                mb(d->kv_bytes), (unsigned long long)d->tokens, pname, mb(d->kv_bytes_dense),
                d->kv_bytes_dense ? (double)d->kv_bytes / (double)d->kv_bytes_dense : 0.0);
     }
     if (o.n_policies > 1) { /* side by side, as ratios to the first policy */
-        printf("%-22s %12s %10s %10s %9s %9s\n", "policy", "decode tok/s", "vs first", "attn ms", "attn %",
+        printf("\n%-22s %12s %10s %10s %9s %9s\n", "policy", "decode tok/s", "vs first", "attn ms", "attn %",
                "KV ratio");
         const gen_result *f = &res[0];
         double base = f->decoded ? f->decoded / f->stats.forward_s : 0;
