@@ -776,15 +776,9 @@ static int real_open(real *r)
     skv_status st = llm_model_load(r->g, r->env.ctx, r->env.dev, r->env.q, &r->m);
     if (st != SKV_OK)
         fail_msg("llm_model_load: %s", llm_last_error());
-    const char *const *tok, *const *mer;
-    uint64_t nt, nm;
-    assert_int_equal(gguf_get_strings(r->g, "tokenizer.ggml.tokens", &tok, &nt), GGUF_OK);
-    assert_int_equal(gguf_get_strings(r->g, "tokenizer.ggml.merges", &mer, &nm), GGUF_OK);
-    int32_t *types = malloc(nt * sizeof *types);
-    uint64_t ntypes;
-    assert_int_equal(gguf_get_i32s(r->g, "tokenizer.ggml.token_type", types, nt, &ntypes), GGUF_OK);
-    assert_int_equal(bpe_create(tok, types, nt, mer, nm, &r->bpe), BPE_OK);
-    free(types);
+    int32_t eos;
+    assert_llm(llm_tokenizer_load(r->g, &r->bpe, &eos));
+    assert_int_equal(eos, 2); /* <|im_end|> */
     return 1;
 }
 

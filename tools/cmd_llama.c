@@ -91,33 +91,17 @@ static int env_open(const char *cmd, const char *path, const char *device, llama
         fprintf(stderr, "skv %s: %s\n", cmd, gguf_last_error()); /* the message names the file */
         return -1;
     }
-    const char *const *tokens = NULL, *const *merges = NULL;
-    uint64_t n_tokens = 0, n_merges = 0, n_types = 0;
-    int32_t *types = NULL;
-    if (gguf_get_strings(e->gguf, "tokenizer.ggml.tokens", &tokens, &n_tokens) != GGUF_OK ||
-        gguf_get_strings(e->gguf, "tokenizer.ggml.merges", &merges, &n_merges) != GGUF_OK) {
-        fprintf(stderr, "skv %s: %s: no byte-level BPE tokenizer (tokenizer.ggml.tokens/merges)\n", cmd, path);
+    skv_status st = llm_tokenizer_load(e->gguf, &e->bpe, &e->eos);
+    if (st != SKV_OK) {
+        fprintf(stderr, "skv %s: %s: %s\n", cmd, path, llm_last_error());
         goto fail;
     }
-    if ((types = malloc(n_tokens * sizeof *types)) &&
-        gguf_get_i32s(e->gguf, "tokenizer.ggml.token_type", types, n_tokens, &n_types) != GGUF_OK) {
-        free(types);
-        types = NULL;
-    }
-    bpe_status bs = bpe_create(tokens, types, n_tokens, merges, n_merges, &e->bpe);
-    free(types);
-    if (bs != BPE_OK) {
-        fprintf(stderr, "skv %s: %s: the tokenizer: %s\n", cmd, path, bpe_status_str(bs));
-        goto fail;
-    }
-    uint32_t eos = 0;
-    e->eos = gguf_get_u32(e->gguf, "tokenizer.ggml.eos_token_id", &eos) == GGUF_OK ? (int32_t)eos : -1;
 
     /* the device skv would choose for `device`, then the runtime's own objects on it */
     skv_context *probe = NULL;
     if (tool_open_context(cmd, device, 0, &probe, &e->prof) != SKV_OK)
         goto fail;
-    skv_status st = skv_context_cl_objects(probe, NULL, &e->device, NULL, NULL);
+    st = skv_context_cl_objects(probe, NULL, &e->device, NULL, NULL);
     if (st == SKV_OK)
         clRetainDevice(e->device);
     skv_context_destroy(probe);

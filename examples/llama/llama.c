@@ -43,6 +43,38 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* ---- the tokenizer ------------------------------------------------------------------- */
+
+skv_status llm_tokenizer_load(const gguf_file *f, bpe_vocab **out, int32_t *eos)
+{
+    if (!f || !out || !eos)
+        return fail(SKV_ERR_INVALID_ARG, "llm_tokenizer_load: NULL argument");
+    *out = NULL;
+    const char *const *tokens = NULL, *const *merges = NULL;
+    uint64_t n_tokens = 0, n_merges = 0, n_types = 0;
+    if (gguf_get_strings(f, "tokenizer.ggml.tokens", &tokens, &n_tokens) != GGUF_OK ||
+        gguf_get_strings(f, "tokenizer.ggml.merges", &merges, &n_merges) != GGUF_OK)
+        return fail(SKV_ERR_INVALID_ARG, "model: no byte-level BPE tokenizer (tokenizer.ggml.tokens/merges)");
+    int32_t *types = NULL;
+    if (gguf_find(f, "tokenizer.ggml.token_type")) {
+        if (!(types = malloc(n_tokens * sizeof *types)))
+            return fail(SKV_ERR_OUT_OF_MEMORY, "llm_tokenizer_load: out of memory");
+        if (gguf_get_i32s(f, "tokenizer.ggml.token_type", types, n_tokens, &n_types) != GGUF_OK ||
+            n_types != n_tokens) {
+            free(types);
+            return fail(SKV_ERR_INVALID_ARG, "model: tokenizer.ggml.token_type does not give one type per token");
+        }
+    }
+    bpe_status bs = bpe_create(tokens, types, n_tokens, merges, n_merges, out);
+    free(types);
+    if (bs != BPE_OK)
+        return fail(bs == BPE_ERR_NOMEM ? SKV_ERR_OUT_OF_MEMORY : SKV_ERR_INVALID_ARG, "model: the tokenizer: %s",
+                    bpe_status_str(bs));
+    uint32_t id = 0;
+    *eos = gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &id) == GGUF_OK ? (int32_t)id : -1;
+    return SKV_OK;
+}
+
 /* ---- the model ----------------------------------------------------------------------- */
 
 enum { K_DEQ_Q4_1, K_DEQ_Q8_0, K_DEQ_F16, K_EMBED, K_RMS_NORM, K_ROPE, K_SILU, K_LOSS, K_GEMV, K_GEMV_ROWS, K_COUNT };

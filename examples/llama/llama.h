@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 
+#include "bpe.h"
 #include "gguf.h"
 #include "skv/skv_cl.h"
 
@@ -22,6 +23,11 @@ typedef struct llm_config {
 } llm_config;
 
 typedef struct llm_model llm_model;
+
+/* The byte-level BPE tokenizer of the file's tokenizer.ggml.* keys (tokens, merges, and
+ * token types when present) and its end-of-turn id (*eos, -1 without one).
+ * SKV_ERR_INVALID_ARG without tokens or merges, or with an unreadable token_type array. */
+skv_status llm_tokenizer_load(const gguf_file *f, bpe_vocab **out, int32_t *eos);
 
 /* The calling thread's message for the last failure of an llm_ call. */
 const char *llm_last_error(void);
