@@ -246,7 +246,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         size_t global[3] = {D, n, H};
         e = skvi_args_end(&a);
         if (e == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 3, NULL, global, NULL, n_waits, waits, done);
+            e = skvi_enqueue_items(c->ctx->queue, k, 3, global, n_waits, waits, done);
     }
     if (st == SKV_OK && e != CL_SUCCESS) { /* roll back what was committed */
         for (uint32_t h = 0; h < committed; h++) {
@@ -285,19 +285,25 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
     if (pos)
         clReleaseMemObject(pos);
     plan_free(c, &p);
-    /* RDR runs once recent_window + slack tokens have come since it last ran: here, or
-     * after this append completes when deferred. A failure there leaves the sequence as
-     * this append made it (compression is all or nothing) and is retried on the next
-     * append; skv_compress reports it. */
-    const int due = st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR && skvi_rdr_due(c, s, layer);
-    if (st == SKV_OK && gated && (due || s->rdr_gate[layer])) {
-        skvi_rdr_gate(c, s, layer, *done);
-    } else if (due) {
+    /* RDR runs once slack tokens have come since it last ran (rdr_defer.c): here, when
+     * the next F16 token could take the layer past its budget; an interop append starts
+     * it after half of them, deferred until this append completes. A failure leaves the
+     * sequence as this append made it (compression is all or nothing) and is retried on
+     * the next append; skv_compress reports it. */
+    const int rdr = st == SKV_OK && c->desc.retention == SKV_RETENTION_RDR;
+    if (rdr && done)
+        skvi_rdr_note_caller_waits(c, num_wait, *done);
+    if (rdr && skvi_rdr_due(c, s, layer) && (!gated || skvi_rdr_may_wait(c))) {
         char saved[SKVI_ERROR_MAX];
         memcpy(saved, c->ctx->error, sizeof saved);
-        skvi_compress(c, seq, s, layer);
+        if (skvi_compress(c, seq, s, layer) == SKV_OK) /* on the compute queue, after this append */
+            skvi_rdr_ungate(c, s, layer);
+        else if (gated) /* retried once this append completed */
+            skvi_rdr_gate(c, s, layer, *done);
         memcpy(c->ctx->error, saved, sizeof saved);
         skvi_clear_error();
+    } else if (rdr && gated && (skvi_rdr_soon(c, s, layer) || s->rdr_gate[layer])) {
+        skvi_rdr_gate(c, s, layer, *done);
     }
     if (mine)
         clReleaseEvent(mine);

@@ -207,7 +207,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const decode_plan *p, const
         skvi_arg_mem(&q, r->tables);
         size_t global = (size_t)B * c->desc.q_heads;
         if ((e = skvi_args_end(&q)) == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, q.k, 1, NULL, &global, NULL, n_waits, waits, first);
+            e = skvi_enqueue_items(c->ctx->queue, q.k, 1, &global, n_waits, waits, first);
         n_waits = 0;
         waits = NULL;
         first = NULL;
@@ -313,7 +313,7 @@ static cl_int observe_rows(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap)
         skvi_arg_u32(&a, acc_cap);
         size_t g[2] = {tp->max_len, c->desc.kv_heads};
         if ((e = skvi_args_end(&a)) == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, k, 2, NULL, g, NULL, 0, NULL, NULL);
+            e = skvi_enqueue_items(c->ctx->queue, k, 2, g, 0, NULL, NULL);
     }
     return e;
 }
@@ -440,7 +440,7 @@ static skv_status run(skv_cache *c, const decode_args *a, const decode_plan *p, 
         skvi_arg_mem(&m, r->ml);
         size_t global[2] = {c->desc.head_dim, (size_t)B * c->desc.q_heads};
         if ((e = skvi_args_end(&m)) == CL_SUCCESS)
-            e = clEnqueueNDRangeKernel(c->ctx->queue, m.k, 2, NULL, global, NULL, 0, NULL, done);
+            e = skvi_enqueue_items(c->ctx->queue, m.k, 2, global, 0, NULL, done);
     }
     observe_arg oa = {c, p, r->logits, r->ml};
     for (uint32_t b = 0; !a->logits_host && st == SKV_OK && e == CL_SUCCESS && b < B; b++)
@@ -519,6 +519,8 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
     int want_done = a->event || c->ctx->profiling || !host;
     if (st == SKV_OK)
         st = run(c, a, &p, &r, observe, c->ctx->profiling ? &first : NULL, want_done ? &done : NULL);
+    if (st == SKV_OK && done && !host) /* an append behind it does not wait on the queue */
+        skvi_rdr_note_caller_waits(c, a->num_wait, done);
     if (st == SKV_OK && a->q_mem) /* RDR's query energy (rdr_model.c), after the call's work in queue order */
         skvi_rdr_note_queries_cl(c, a->layer, a->q_dtype, a->q_mem, a->q_off, B, a->scale);
     if (st == SKV_OK && host) {

@@ -23,7 +23,7 @@ void skv_cache_desc_init(skv_cache_desc *desc)
     desc->rope.scaling = 1.0f;
     desc->budget_ratio = 1.0f;
     desc->recent_window = 128;
-    desc->slack = 128;
+    desc->slack = 64;
     desc->score_refresh = 8;
     desc->budget_rule = SKV_BUDGET_UNIFORM;
 }
@@ -166,6 +166,8 @@ void skv_cache_destroy(skv_cache *c)
     skvi_free(c->ctx->alloc, c->query_abs);
     if (c->transfer_pending)
         clReleaseEvent(c->transfer_pending);
+    if (c->caller_hold)
+        clReleaseEvent(c->caller_hold);
     for (int i = 0; i < 2; i++)
         if (c->last_decode[i])
             clReleaseEvent(c->last_decode[i]);

@@ -213,6 +213,7 @@ struct skv_cache {
     float *q_dev_host;       /* read back by each compression */
     uint32_t *q_dev_calls;   /* per layer: interop decode calls (every 16th is measured) */
     uint64_t deferred_runs;  /* deferred compressions that completed */
+    cl_event caller_hold;    /* the last interop call whose work waits for the caller's events */
     cl_kernel k_transcode[SKV_TIER_COUNT][SKV_TIER_COUNT]; /* [from][to]: to a lower ADA tier */
     float *query_mean, *query_abs; /* TriAttention statistics (copied from the desc) */
     cl_kernel k_query[SKV_TIER_COUNT];
@@ -386,13 +387,25 @@ skv_status skvi_rdr_model_fetch(skv_cache *c);
 double skvi_rdr_key_weight(const skv_cache *c, uint32_t layer, uint32_t head, double mean_ksq);
 
 /* rdr_defer.c: compression deferred from skv_append_cl */
-/* Whether `layer` of the sequence is due for RDR (recent_window + slack tokens since it
- * last ran). */
+/* Automatic compression: `slack` at or above this turns it off in effect (compression when
+ * the caller asks), and then no room is reserved for the tokens appended in between. */
+#define SKVI_SLACK_AUTO (1u << 16)
+/* Whether `layer` of the sequence must be compressed now (slack tokens since it last ran:
+ * one more F16 token could take it past its budget), and whether an interop append
+ * should start a deferred compression (half of them: it runs in a later call, before the
+ * layer is due). */
 int skvi_rdr_due(const skv_cache *c, const skvi_seq *s, uint32_t layer);
+int skvi_rdr_soon(const skv_cache *c, const skvi_seq *s, uint32_t layer);
 /* The layer's deferred compression waits for `append` (retained; replaces the last). */
 void skvi_rdr_gate(skv_cache *c, skvi_seq *s, uint32_t layer, cl_event append);
 /* Drops the deferred compression of `layer` (~0u: of every layer) of the sequence. */
 void skvi_rdr_ungate(skv_cache *c, skvi_seq *s, uint32_t layer);
+/* Notes an interop call whose work (ending with `done`) waits for num_wait caller events:
+ * until it completed, a due append does not wait on the queue (the caller may set them
+ * only after that append returns), and its compression stays deferred. */
+void skvi_rdr_note_caller_waits(skv_cache *c, cl_uint num_wait, cl_event done);
+/* Whether an append may wait for the compute queue (no call waiting on the caller). */
+int skvi_rdr_may_wait(skv_cache *c);
 /* Runs every deferred compression whose append completed (no wait on the compute
  * queue); a failure leaves its layer as it was, to be retried at its next append. */
 void skvi_rdr_run_deferred(skv_cache *c);

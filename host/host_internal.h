@@ -175,6 +175,18 @@ void skvi_arg_f32(skvi_args *a, cl_float v);
 cl_int skvi_args_end(skvi_args *a);
 skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what);
 
+/* A launch of exactly global[] work-items (dims 1..3) of a kernel that takes any local
+ * size, in at most two shapes: work-groups of SKVI_ITEMS_WG (or the kernel's most)
+ * along the first dimension over the largest multiple of it, then the rest in groups
+ * of 1 at an offset. PoCL compiles a kernel anew for every local size it meets and
+ * picks one from the global size when given none, so launches whose item counts change
+ * from call to call (RDR's packing and scoring, appends) built a new kernel in almost
+ * every compression (docs/perf.md). The queue must be in order: the waits go with the
+ * first launch and `done` (NULL: none) with the last. */
+#define SKVI_ITEMS_WG 64
+cl_int skvi_enqueue_items(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
+                          const cl_event *waits, cl_event *done);
+
 /* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items, in the
  * blocked partition when skvi_stream_read_blocked(ctx) (CPU devices), else strided. */
 int skvi_stream_read_blocked(const skv_context *ctx);

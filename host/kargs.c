@@ -62,3 +62,28 @@ skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what)
     snprintf(buf, sizeof buf, "%s: clSetKernelArg(%s, argument %u)", what, name, a->err_arg);
     return skvi_cl_fail(ctx_error, a->err, buf);
 }
+
+cl_int skvi_enqueue_items(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
+                          const cl_event *waits, cl_event *done)
+{
+    size_t wg = SKVI_ITEMS_WG, most = 0;
+    cl_device_id dev;
+    if (clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof dev, &dev, NULL) == CL_SUCCESS &&
+        clGetKernelWorkGroupInfo(k, dev, CL_KERNEL_WORK_GROUP_SIZE, sizeof most, &most, NULL) == CL_SUCCESS)
+        while (wg > most && wg > 1)
+            wg /= 2;
+    size_t main[3] = {1, 1, 1}, rest[3] = {1, 1, 1}, offset[3] = {0, 0, 0};
+    const size_t local[3] = {wg, 1, 1}, one[3] = {1, 1, 1};
+    for (cl_uint d = 0; d < dims && d < 3; d++)
+        main[d] = rest[d] = global[d];
+    main[0] = global[0] / wg * wg;
+    rest[0] = global[0] - main[0];
+    offset[0] = main[0];
+    cl_int e = CL_SUCCESS;
+    if (main[0])
+        e = clEnqueueNDRangeKernel(q, k, dims, NULL, main, local, n_waits, waits, rest[0] ? NULL : done);
+    if (e == CL_SUCCESS && (rest[0] || !main[0])) /* the waits went with the first launch */
+        e = clEnqueueNDRangeKernel(q, k, dims, main[0] ? offset : NULL, rest[0] ? rest : global, one,
+                                   main[0] ? 0 : n_waits, main[0] ? NULL : waits, done);
+    return e;
+}

@@ -296,6 +296,22 @@ static skv_status adakv_budgets(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint3
     return st;
 }
 
+/* The budget is a ceiling between compressions too. After one at length N a head holds
+ * X bytes; k tokens later (k <= slack, when the next one is due) it holds at most X plus
+ * ceil(k / P) F16 pages, while its budget has grown by growth * k F16 tokens (its share
+ * of each appended token; 0 under an absolute cap). So X leaves room for the worst k,
+ * one token into a fresh page: max over j of (j + 1) P - growth (1 + j P) F16 tokens. */
+static double ceiling_reserve(const skv_cache *c, double growth)
+{
+    const uint64_t P = c->desc.page_tokens, S = c->desc.slack ? c->desc.slack : 1;
+    double worst = 0;
+    for (uint64_t j = 0; S < SKVI_SLACK_AUTO && 1 + j * P <= S; j++) {
+        const double r = (double)((j + 1) * P) - growth * (double)(1 + j * P);
+        worst = r > worst ? r : worst;
+    }
+    return worst;
+}
+
 /* Compresses `layer` (or every layer when layer == ~0u) of a sequence. */
 skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t only_layer)
 {
@@ -341,9 +357,11 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             appended += s->len[l], n_layers++;
     const double mean_len = (double)appended / (double)n_layers;
     uint64_t mean_tokens = (uint64_t)(c->desc.budget_ratio * mean_len); /* per (layer, head), at F16 */
+    int capped = 0; /* the absolute cap binds: the budget does not grow with the length */
     if (c->desc.budget_bytes) { /* the absolute cap, in the same F16 token equivalents */
         const uint64_t cap = (uint64_t)((double)c->desc.budget_bytes / (f16_token * L * H));
-        mean_tokens = cap < mean_tokens ? cap : mean_tokens;
+        capped = cap < mean_tokens;
+        mean_tokens = capped ? cap : mean_tokens;
     }
     int pyramid = c->desc.budget_rule == SKV_BUDGET_PYRAMID;
     st = skv_budget_layers(pyramid ? SKV_BUDGET_PYRAMID : SKV_BUDGET_UNIFORM, L, mean_tokens, per_layer);
@@ -373,7 +391,9 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             if (skvi_hetero_rdr_head(s, c, l, h)) {
                 lh_plan *lp = &plans[(size_t)l * H + h];
                 lp->active = 1;
-                lp->budget = (uint64_t)(per_head[h] * f16_token);
+                const double growth = capped || !s->len[l] ? 0.0 : (double)per_head[h] / (double)s->len[l];
+                const double room = (double)per_head[h] - ceiling_reserve(c, growth);
+                lp->budget = room > 0 ? (uint64_t)(room * f16_token) : 0; /* 0: the floor */
                 st = plan_read(c, seq, s, l, h, lp);
                 wave_tokens += lp->n;
             }
@@ -500,7 +520,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             if (e != CL_SUCCESS)
                 st = skvi_args_fail(ctx->error, &args, "skv_compress: enqueue");
             else
-                e = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &g, NULL, n_waits, waits, NULL);
+                e = skvi_enqueue_items(ctx->queue, k, 1, &g, n_waits, waits, NULL);
             n_waits = 0;
             waits = NULL;
             clReleaseMemObject(jb);

@@ -12,7 +12,12 @@
 
 int skvi_rdr_due(const skv_cache *c, const skvi_seq *s, uint32_t layer)
 {
-    return s->len[layer] - s->rdr_mark[layer] >= (uint64_t)c->desc.recent_window + c->desc.slack;
+    return s->len[layer] - s->rdr_mark[layer] >= (uint64_t)(c->desc.slack ? c->desc.slack : 1);
+}
+
+int skvi_rdr_soon(const skv_cache *c, const skvi_seq *s, uint32_t layer)
+{
+    return s->len[layer] - s->rdr_mark[layer] >= (uint64_t)(c->desc.slack > 1 ? c->desc.slack / 2 : 1);
 }
 
 void skvi_rdr_gate(skv_cache *c, skvi_seq *s, uint32_t layer, cl_event append)
@@ -35,6 +40,25 @@ void skvi_rdr_ungate(skv_cache *c, skvi_seq *s, uint32_t layer)
         }
 }
 
+void skvi_rdr_note_caller_waits(skv_cache *c, cl_uint num_wait, cl_event done)
+{
+    if (!num_wait || !done || c->desc.retention != SKV_RETENTION_RDR)
+        return;
+    clRetainEvent(done);
+    if (c->caller_hold)
+        clReleaseEvent(c->caller_hold);
+    c->caller_hold = done; /* the queue is in order: the last such call completes last */
+}
+
+int skvi_rdr_may_wait(skv_cache *c)
+{
+    if (c->caller_hold && skvi_event_status(c->caller_hold) == CL_COMPLETE) {
+        clReleaseEvent(c->caller_hold);
+        c->caller_hold = NULL;
+    }
+    return !c->caller_hold;
+}
+
 void skvi_rdr_run_deferred(skv_cache *c)
 {
     if (!c->deferred)
@@ -52,7 +76,7 @@ void skvi_rdr_run_deferred(skv_cache *c)
             if (status > CL_COMPLETE || (status == CL_COMPLETE && s->moved && skvi_event_status(s->moved) > CL_COMPLETE))
                 continue;
             skvi_rdr_ungate(c, s, l);
-            if (status < 0 || !skvi_rdr_due(c, s, l)) /* a failed append; or compressed since */
+            if (status < 0 || !skvi_rdr_soon(c, s, l)) /* a failed append; or compressed since */
                 continue;
             c->rq = ctx->background;
             if (skvi_compress(c, id, s, l) == SKV_OK)

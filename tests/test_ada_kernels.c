@@ -415,7 +415,7 @@ static void test_partial_pages_decode(void **state)
         desc.scorer = SKV_SCORER_KEYDIFF;
         desc.budget_ratio = 0.4f; /* RDR leaves partly filled ADA pages here (checked below) */
         desc.recent_window = 24;
-        desc.slack = 4096; /* no compression on append: skv_compress below is the one */
+        desc.slack = 1u << 30; /* no compression on append: skv_compress below is the one */
         skv_cache *c;
         assert_ok(skv_cache_create(ctx, &desc, &c));
         const size_t row = (size_t)H * D;

@@ -186,7 +186,7 @@ static void test_topk_f16_drop(void **state)
     skv_cache_destroy(c);
 }
 
-/* Compression runs on append once recent_window + slack tokens have come. */
+/* Compression runs on append once slack tokens have come. */
 static void test_runs_on_append(void **state)
 {
     (void)state;
@@ -207,7 +207,7 @@ static void test_runs_on_append(void **state)
     test_rng r = {3};
     uint64_t pb, before = 0;
     assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
-    for (int step = 0; step < 40; step++) { /* 40 x 10 tokens */
+    for (int step = 0; step < 80; step++) { /* 80 x 10 tokens */
         float k[10 * 64], v[10 * 64];
         int32_t pos[10];
         for (int i = 0; i < 10 * 64; i++)
@@ -216,21 +216,85 @@ static void test_runs_on_append(void **state)
             pos[i] = step * 10 + i;
         assert_ok(skv_append(c, s, 0, 10, SKV_F32, k, v, pos));
         uint64_t b = list_bytes(c, s, 0, 0);
-        if (step == 8) /* 90 < 96 tokens: nothing yet, all F16 */
-            assert_int_equal(b, (uint64_t)(90 + 15) / 16 * pb);
+        if (step == 5) /* 60 < 64 tokens: nothing yet, all F16 */
+            assert_int_equal(b, (uint64_t)(60 + 15) / 16 * pb);
         before = b;
     }
-    /* 400 tokens appended: compressed on the way (F16 alone would be 25 pages) */
-    assert_true(before < 25 * pb);
-    assert_true(skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens < 400);
+    /* 800 tokens appended: compressed on the way (F16 alone would be 50 pages) */
+    assert_true(before < 50 * pb);
+    assert_true(skvi_seq_list(c, &c->seqs[s], 0, 0, SKV_TIER_F16)->tokens < 800);
     /* Each compression budgets against every token appended, not the ones a previous
      * compression kept: the cache stays near the ratio instead of shrinking at each step. */
     skv_cache_stats st = {.struct_size = sizeof st};
     assert_ok(skv_cache_get_stats(c, &st));
-    printf("after 400 tokens with compression on append: bytes ratio %.3f (budget 0.25)\n", st.bytes_ratio);
+    printf("after 800 tokens with compression on append: bytes ratio %.3f (budget 0.25)\n", st.bytes_ratio);
     assert_true(st.bytes_ratio <= 0.25 + 1e-9);
     assert_true(st.bytes_ratio >= 0.2);
     skv_cache_destroy(c);
+}
+
+/* The budget is a ceiling: after every append, host or interop, in pieces of 1 to 9
+ * tokens, each (layer, kv-head) holds at most budget_ratio of the F16 bytes of the
+ * tokens appended to it, once the sequence is long enough for the floor (the sinks'
+ * page, the recent window and the room for slack tokens) to fit the budget. */
+static void test_budget_is_ceiling(void **state)
+{
+    (void)state;
+    const float ratios[2] = {0.25f, 0.125f};
+    for (int mode = 0; mode < 2; mode++)
+        for (int b = 0; b < 2; b++) {
+            skv_cache_desc d = make_desc(0xF, ratios[b], 2, 2, 64, 16);
+            d.slack = 32;
+            skv_cache *c;
+            assert_ok(skv_cache_create(ctx, &d, &c));
+            skv_seq_id s;
+            assert_ok(skv_seq_create(c, &s));
+            cl_context clc;
+            assert_ok(skv_context_cl_objects(ctx, &clc, NULL, NULL, NULL));
+            const uint32_t H = 2, D = 64, n = 1400, from = (uint32_t)(160 / ratios[b]);
+            test_rng r = {71 + (uint64_t)b};
+            float *k = malloc((size_t)n * H * D * 4), *v = malloc((size_t)n * H * D * 4);
+            for (size_t i = 0; i < (size_t)n * H * D; i++)
+                k[i] = test_gauss(&r) + (i % D == 3 ? 2.0f : 0.3f), v[i] = test_gauss(&r);
+            cl_int e;
+            cl_mem kb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * H * D * 4, k, &e);
+            assert_int_equal(e, CL_SUCCESS);
+            cl_mem vb = clCreateBuffer(clc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * H * D * 4, v, &e);
+            assert_int_equal(e, CL_SUCCESS);
+            uint64_t pb;
+            assert_ok(skv_cache_page_bytes(c, SKV_TIER_F16, &pb));
+            const double f16_token = (double)pb / 16;
+            double worst = 0;
+            for (uint32_t len = 0; len < n;) {
+                uint32_t m = 1 + rng_u32(&r) % 9;
+                m = m > n - len ? n - len : m;
+                int32_t pos[9];
+                for (uint32_t i = 0; i < m; i++)
+                    pos[i] = (int32_t)(len + i);
+                const size_t off = (size_t)len * H * D;
+                for (uint32_t l = 0; l < 2; l++) {
+                    if (mode == 0)
+                        assert_ok(skv_append(c, s, l, m, SKV_F32, k + off, v + off, pos));
+                    else
+                        assert_ok(skv_append_cl(c, s, l, m, SKV_F32, kb, off * 4, vb, off * 4, pos, 0, NULL, NULL));
+                }
+                len += m;
+                for (uint32_t l = 0; len >= from && l < 2; l++)
+                    for (uint32_t h = 0; h < H; h++) {
+                        const double ratio = (double)list_bytes(c, s, l, h) / (len * f16_token);
+                        worst = ratio > worst ? ratio : worst;
+                    }
+            }
+            printf("%s appends, budget %.3f: at most %.4f of F16 from %u tokens on\n", mode ? "interop" : "host",
+                   (double)ratios[b], worst, from);
+            assert_true(worst <= ratios[b] + 1e-9);
+            assert_true(worst >= 0.8 * ratios[b]); /* and the budget is used */
+            assert_ok(skv_context_finish(ctx));
+            clReleaseMemObject(kb);
+            clReleaseMemObject(vb);
+            free(k), free(v);
+            skv_cache_destroy(c);
+        }
 }
 
 /* An allocation failure at any step of skv_compress leaves the sequence as it was. */
@@ -835,7 +899,7 @@ static void test_append_skips_rdr_with_host_pages(void **state)
     skv_cache_desc d = make_desc(1u << SKV_TIER_F16, 0.5f, 1, 1, 64, 16);
     d.host_budget_bytes = 4u << 20;
     d.recent_window = 16;
-    d.slack = 32;
+    d.slack = 48;
     skv_cache *c;
     assert_ok(skv_cache_create(ctx, &d, &c));
     skv_seq_id s;
@@ -1253,6 +1317,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_absolute_budget),
         cmocka_unit_test(test_topk_f16_drop),
         cmocka_unit_test(test_runs_on_append),
+        cmocka_unit_test(test_budget_is_ceiling),
         cmocka_unit_test(test_append_skips_rdr_with_host_pages),
         cmocka_unit_test(test_quantize_into_partial_ada_tail),
         cmocka_unit_test(test_append_cl_defers),

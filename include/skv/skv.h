@@ -323,13 +323,23 @@ typedef struct skv_cache_desc {
      * n_sink positions and the last recent_window positions (from the newest appended
      * position back: with gaps in the positions, fewer tokens) stay F16 (a floor under
      * any budget).
-     * It runs on append once recent_window + slack F16 tokens have accumulated past the
-     * last compression, and on skv_compress. It does not run on a layer with pages in
-     * host memory (skv_seq_offload): such a layer keeps every token appended, beyond
-     * the budget, until its pages are fetched; the next append then compresses it. */
+     * It runs on append once `slack` tokens have been appended since the last
+     * compression (an skv_append_cl starts it after slack / 2, deferred: it runs in a
+     * later call on the cache once that append completed, or at slack in the append
+     * itself, after a wait), and on skv_compress. The budget is a ceiling: each
+     * compression leaves room for the F16 pages the next slack tokens may open, so
+     * between calls a (layer, kv-head) never holds more than budget_ratio of the F16
+     * bytes of the tokens appended to it (or its share of budget_bytes) — except while
+     * the floor above (the sinks' page, the recent window and that room) is larger,
+     * i.e. on short sequences: below about (2 page_tokens + recent_window + slack) /
+     * budget_ratio tokens. slack >= 65536 turns compression on append off in effect;
+     * then no room is reserved and the budget holds at each skv_compress only.
+     * It does not run on a layer with pages in host memory (skv_seq_offload): such a
+     * layer keeps every token appended, beyond the budget, until its pages are fetched;
+     * the next append then compresses it. */
     float budget_ratio;           /* in (0, 1]; default 1 */
     uint32_t recent_window;       /* default 128 */
-    uint32_t slack;               /* default 128 */
+    uint32_t slack;               /* default 64 */
     skv_budget_rule budget_rule;  /* how the budget spreads over layers (uniform, pyramid) */
     /* RDR: an absolute cap on one sequence's page bytes, all layers and kv-heads together
      * (0 = none); with budget_ratio, the smaller budget applies. It is split like the
