@@ -313,7 +313,7 @@ static cl_int observe_rows(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap)
         skvi_arg_u32(&a, acc_cap);
         size_t g[2] = {tp->max_len, c->desc.kv_heads};
         if ((e = skvi_args_end(&a)) == CL_SUCCESS)
-            e = skvi_enqueue_items(c->ctx->queue, k, 2, g, 0, NULL, NULL);
+            e = skvi_enqueue_padded(c->ctx->queue, k, 2, g, 0, NULL, NULL);
     }
     return e;
 }

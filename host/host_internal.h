@@ -186,6 +186,11 @@ skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what)
 #define SKVI_ITEMS_WG 64
 cl_int skvi_enqueue_items(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
                           const cl_event *waits, cl_event *done);
+/* One launch, global[0] rounded up to SKVI_ITEMS_WG, for a kernel that ignores the
+ * work-items past its count and whose effect a half-made launch would corrupt (observe
+ * accumulates: a failed call must have added nothing). The kernel must allow that size. */
+cl_int skvi_enqueue_padded(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
+                           const cl_event *waits, cl_event *done);
 
 /* Enqueues cl/stream_read.cl over n_words 16-byte words with n_items work-items, in the
  * blocked partition when skvi_stream_read_blocked(ctx) (CPU devices), else strided. */

@@ -87,3 +87,14 @@ cl_int skvi_enqueue_items(cl_command_queue q, cl_kernel k, cl_uint dims, const s
                                    main[0] ? 0 : n_waits, main[0] ? NULL : waits, done);
     return e;
 }
+
+cl_int skvi_enqueue_padded(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
+                           const cl_event *waits, cl_event *done)
+{
+    size_t g[3] = {1, 1, 1};
+    const size_t local[3] = {SKVI_ITEMS_WG, 1, 1};
+    for (cl_uint d = 0; d < dims && d < 3; d++)
+        g[d] = global[d];
+    g[0] = (g[0] + SKVI_ITEMS_WG - 1) / SKVI_ITEMS_WG * SKVI_ITEMS_WG;
+    return clEnqueueNDRangeKernel(q, k, dims, NULL, g, local, n_waits, waits, done);
+}

@@ -184,6 +184,8 @@ static skv_status plan_finish(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG,
                          "skv_compress: layer %u head %u: %llu bytes cannot hold the protected tokens", layer, head,
                          (unsigned long long)budget);
+    if (lp->pr.n && skv_rdr_uniform_check(&lp->pr, lp->choice) == -2)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_compress: out of memory");
     for (uint64_t k = 0; k < lp->pr.n; k++)
         lp->final[lp->item_of[k]] = lp->choice[k];
     int loses[SKV_TIER_COUNT] = {0};

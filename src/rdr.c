@@ -470,3 +470,59 @@ int skv_rdr_solve(const skv_rdr_problem *p, uint8_t *choice)
     skv_rdr_backend be = {host_choose, (void *)p};
     return skv_rdr_solve_with(p, &be, choice);
 }
+
+/* ---- the uniform allocations, checked against the solver's ---- */
+
+typedef struct by_u {
+    float u;
+    uint32_t i;
+} by_u;
+
+static int by_utility(const void *a, const void *b) /* ascending utility, then index */
+{
+    const by_u *x = a, *y = b;
+    return x->u < y->u ? -1 : x->u > y->u ? 1 : (x->i > y->i) - (x->i < y->i);
+}
+
+int skv_rdr_uniform_check(const skv_rdr_problem *p, uint8_t *choice)
+{
+    if (p->n == 0 || p->n > UINT32_MAX)
+        return 0;
+    by_u *order = malloc(p->n * sizeof *order);
+    uint8_t *best = malloc(p->n), *cand = malloc(p->n);
+    if (!order || !best || !cand) {
+        free(order), free(best), free(cand);
+        return -2;
+    }
+    for (uint64_t i = 0; i < p->n; i++)
+        order[i] = (by_u){p->items[i].u, (uint32_t)i};
+    qsort(order, p->n, sizeof *order, by_utility);
+    double best_d = skv_rdr_distortion(p, choice);
+    int replaced = 0;
+    for (unsigned t = 0; t < SKV_TIER_COUNT; t++) {
+        if (!(p->tiers & (1u << t)))
+            continue;
+        uint64_t count[SKV_TIER_COUNT + 1] = {0};
+        double d = 0;
+        for (uint64_t i = 0; i < p->n; i++) {
+            cand[i] = (uint8_t)(allowed(p, &p->items[i], t) ? t : p->items[i].current);
+            count[cand[i]]++;
+            d += distortion(p, &p->items[i], cand[i]);
+        }
+        for (uint64_t k = 0; k < p->n && bytes_of(p, count) > p->budget; k++) { /* least utility first */
+            const uint32_t i = order[k].i;
+            count[cand[i]]--;
+            d += distortion(p, &p->items[i], DROP) - distortion(p, &p->items[i], cand[i]);
+            cand[i] = DROP;
+        }
+        if (bytes_of(p, count) <= p->budget && d < best_d * (1 - 1e-9)) {
+            best_d = d;
+            memcpy(best, cand, p->n);
+            replaced = 1;
+        }
+    }
+    if (replaced)
+        memcpy(choice, best, p->n);
+    free(order), free(best), free(cand);
+    return replaced;
+}

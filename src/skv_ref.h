@@ -148,6 +148,13 @@ int skv_rdr_search_step(skv_rdr_search *s, const skv_rdr_problem *p, const uint6
  * downgrades until the budget holds, then the best upgrades into the slack; 0, -1 (does
  * not fit), -2 (out of memory). */
 int skv_rdr_finish(const skv_rdr_problem *p, uint8_t *choice);
+/* The uniform allocations within the budget: for each allowed tier t, every candidate
+ * in t (a token already in a lower tier stays there), with the candidates of least
+ * utility dropped, fewest first, where that does not fit. When the model rates one
+ * lower than `choice` (sum of u D), the best replaces it: 1; else 0; -2 out of memory.
+ * So RDR never keeps an allocation its own model rates worse than a uniform one the
+ * budget admits (page rounding can make the Lagrangian's choice lose to one). */
+int skv_rdr_uniform_check(const skv_rdr_problem *p, uint8_t *choice);
 /* The greedy reference: 0, -1 (does not fit), -2 (out of memory). */
 int skv_ref_rdr_greedy(const skv_rdr_problem *p, uint8_t *choice);
 

@@ -54,10 +54,23 @@ CL_FAULT_WRAP_STATUS(clEnqueueWriteBuffer,
                      (cl_command_queue q, cl_mem m, cl_bool b, size_t o, size_t n, const void *p, cl_uint nw,
                       const cl_event *w, cl_event *e),
                      (q, m, b, o, n, p, nw, w, e))
-CL_FAULT_WRAP_STATUS(clEnqueueNDRangeKernel,
-                     (cl_command_queue q, cl_kernel k, cl_uint d, const size_t *o, const size_t *g, const size_t *l,
-                      cl_uint nw, const cl_event *w, cl_event *e),
-                     (q, k, d, o, g, l, nw, w, e))
+/* Every kernel launch skv makes, seen before it is passed on (NULL: none). */
+static void (*cl_launch_hook)(cl_kernel k, cl_uint dims, const size_t *offset, const size_t *global,
+                              const size_t *local);
+
+cl_int __real_clEnqueueNDRangeKernel(cl_command_queue q, cl_kernel k, cl_uint d, const size_t *o, const size_t *g,
+                                     const size_t *l, cl_uint nw, const cl_event *w, cl_event *e);
+cl_int __wrap_clEnqueueNDRangeKernel(cl_command_queue q, cl_kernel k, cl_uint d, const size_t *o, const size_t *g,
+                                     const size_t *l, cl_uint nw, const cl_event *w, cl_event *e);
+cl_int __wrap_clEnqueueNDRangeKernel(cl_command_queue q, cl_kernel k, cl_uint d, const size_t *o, const size_t *g,
+                                     const size_t *l, cl_uint nw, const cl_event *w, cl_event *e)
+{
+    if (cl_fail_now("clEnqueueNDRangeKernel"))
+        return cl_fault_code;
+    if (cl_launch_hook)
+        cl_launch_hook(k, d, o, g, l);
+    return __real_clEnqueueNDRangeKernel(q, k, d, o, g, l, nw, w, e);
+}
 CL_FAULT_WRAP_STATUS(clEnqueueCopyBuffer,
                      (cl_command_queue q, cl_mem s, cl_mem d, size_t so, size_t dof, size_t n, cl_uint nw,
                       const cl_event *w, cl_event *e),

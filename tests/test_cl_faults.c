@@ -20,6 +20,10 @@
 #include "cache_internal.h"
 #include "cl_fault_wrap.h"
 
+#include <time.h>
+
+static double test_now_s(void) { return (double)clock() / CLOCKS_PER_SEC; } /* CPU time, all threads */
+
 static skv_context *ctx;
 
 TEST_SUITE_SETUP_WITH(ctx, NULL, 0)
@@ -326,6 +330,112 @@ static void test_export_import_faults(void **state)
  * the creation fails naming the code, or falls back and succeeds; a retry succeeds; and
  * once the cache and the context are destroyed no program, kernel or memory object is
  * left. */
+/* Launch shapes: a kernel name, the local size (or the global one where skv leaves the
+ * local size to the driver, which derives it from the global), and a zero offset or
+ * not. PoCL compiles a kernel anew for every shape it meets. */
+#define MAX_SHAPES 512
+static struct shape {
+    char name[32];
+    size_t size[3];
+    int offset;
+} shapes[MAX_SHAPES];
+static int n_shapes, shapes_full;
+
+static void note_shape(cl_kernel k, cl_uint dims, const size_t *offset, const size_t *global, const size_t *local)
+{
+    struct shape sh;
+    memset(&sh, 0, sizeof sh);
+    if (clGetKernelInfo(k, CL_KERNEL_FUNCTION_NAME, sizeof sh.name, sh.name, NULL) != CL_SUCCESS)
+        strcpy(sh.name, "?");
+    for (cl_uint d = 0; d < dims && d < 3; d++) {
+        sh.size[d] = local ? local[d] : global[d];
+        sh.offset |= offset && offset[d];
+    }
+    for (int i = 0; i < n_shapes; i++)
+        if (!memcmp(&shapes[i], &sh, sizeof sh))
+            return;
+    if (n_shapes == MAX_SHAPES)
+        shapes_full = 1;
+    else
+        shapes[n_shapes++] = sh;
+}
+
+/* Many RDR caches one after another on one context, each fed a different number of
+ * tokens in pieces of changing sizes, compressing on append as a runtime's would: every
+ * kernel is launched in at most a few shapes however the counts change (the cause of
+ * RDR's slowdown in issue 26: PoCL built a kernel for almost every compression's job
+ * count), and each cache leaves nothing behind (memory objects, kernels, programs).
+ * Times are printed, not checked (tests do not time): the last cache's against the
+ * first's. */
+static void test_many_caches_one_context(void **state)
+{
+    (void)state;
+    n_shapes = shapes_full = 0;
+    cl_launch_hook = note_shape;
+    /* the context keeps the programs it built (one set per scorer and tier): the counts
+     * settle once each scorer has had a cache (rounds 0-2), and must not move after */
+    long mem0 = 0, kernel0 = 0, program0 = 0;
+    double first_s = 0, last_s = 0;
+    const skv_scorer scorers[3] = {SKV_SCORER_KEYDIFF, SKV_SCORER_OBSERVED, SKV_SCORER_MANIFOLD};
+    for (int round = 0; round < 6; round++) {
+        skv_cache_desc d;
+        skv_cache_desc_init(&d);
+        d.layers = 2, d.q_heads = 4, d.kv_heads = 2, d.head_dim = 64, d.page_tokens = 16;
+        d.device_budget_bytes = 32u << 20;
+        d.tiers = 0xF;
+        d.scorer = scorers[round % 3];
+        d.retention = SKV_RETENTION_RDR;
+        d.budget_ratio = round % 2 ? 0.3f : 0.15f;
+        d.recent_window = 32;
+        d.slack = 32;
+        world w = {0};
+        assert_ok(skv_cache_create(ctx, &d, &w.c));
+        assert_ok(skv_seq_create(w.c, &w.s));
+        test_rng r = {300 + (uint64_t)round};
+        for (int i = 0; i < 4 * 64; i++)
+            w.q[i] = test_gauss(&r);
+        const double t0 = test_now_s();
+        for (uint32_t len = 0, end = 600 + 37 * (uint32_t)round; len < end;) {
+            uint32_t m = 1 + rng_u32(&r) % 23;
+            m = m > end - len ? end - len : m;
+            float out[4 * 64];
+            for (uint32_t l = 0; l < 2; l++) {
+                assert_ok(append_n(&w, l, m, (int32_t)len, rng_u64(&r)));
+                assert_ok(skv_attention_decode(w.c, l, &w.s, 1, SKV_F32, w.q, 0.125f, SKV_F32, out));
+            }
+            len += m;
+        }
+        const double s = test_now_s() - t0;
+        if (round == 0)
+            first_s = s;
+        last_s = s;
+        skv_cache_stats st = {.struct_size = sizeof st};
+        assert_ok(skv_cache_get_stats(w.c, &st));
+        assert_true(st.compressions > 10);
+        skv_cache_destroy(w.c);
+        printf("round %d: live mem %ld kernels %ld programs %ld\n", round, cl_live_mem, cl_live_kernel, cl_live_program);
+        if (round < 3)
+            mem0 = cl_live_mem, kernel0 = cl_live_kernel, program0 = cl_live_program;
+        assert_int_equal(cl_live_mem, mem0);
+        assert_int_equal(cl_live_kernel, kernel0);
+        assert_int_equal(cl_live_program, program0);
+    }
+    cl_launch_hook = NULL;
+    assert_false(shapes_full);
+    int worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < n_shapes; i++) {
+        int same = 0;
+        for (int j = 0; j < n_shapes; j++)
+            same += !strcmp(shapes[i].name, shapes[j].name);
+        if (same > worst)
+            worst = same, worst_name = shapes[i].name;
+    }
+    printf("6 RDR caches: %d launch shapes over every kernel, at most %d of %s; first cache %.3f s, last %.3f s of CPU\n",
+           n_shapes, worst, worst_name, first_s, last_s);
+    assert_true(worst <= 4); /* the main shape, the rest at an offset, and the fixed ones */
+}
+
 static void test_build_faults(void **state)
 {
     (void)state;
@@ -383,6 +493,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_move_faults),
         cmocka_unit_test(test_export_import_faults),
         cmocka_unit_test(test_build_faults),
+        cmocka_unit_test(test_many_caches_one_context),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -57,6 +57,64 @@ static void test_budget_holds(void **state)
             }
 }
 
+/* The test's own uniform allocation: every candidate in tier t (or where it is, when
+ * lower), then the least useful dropped until the budget holds; its distortion, or
+ * INFINITY when even that does not fit. */
+static double uniform_distortion(const skv_rdr_problem *p, unsigned t, uint8_t *c)
+{
+    for (uint64_t i = 0; i < p->n; i++) {
+        const unsigned cur = p->items[i].current;
+        c[i] = (uint8_t)(cur != SKV_TIER_F16 && cur > t ? cur : t);
+    }
+    while (skv_rdr_bytes(p, c) > p->budget) {
+        uint64_t worst = p->n;
+        for (uint64_t i = 0; i < p->n; i++)
+            if (c[i] != SKV_RDR_DROP && (worst == p->n || p->items[i].u < p->items[worst].u))
+                worst = i;
+        if (worst == p->n)
+            return INFINITY;
+        c[worst] = SKV_RDR_DROP;
+    }
+    return skv_rdr_distortion(p, c);
+}
+
+/* After the uniform check, the model rates RDR's allocation at least as well as every
+ * uniform one the budget admits, and the budget still holds; with utilities all equal
+ * (nothing tells tokens apart) some uniform allocation often wins outright. */
+static void test_never_worse_than_uniform(void **state)
+{
+    (void)state;
+    test_rng r = {91};
+    static skv_rdr_item items[1500];
+    static uint8_t choice[1500], c[1500];
+    int replaced = 0, cases = 0;
+    for (int rep = 0; rep < 24; rep++) {
+        skv_rdr_problem p;
+        const uint64_t n = 200 + rng_u32(&r) % 1300;
+        setup_problem(&p, items, n, rep % 3 ? 0xF : 0xD, rep % 2 ? 16 : 64, 64, &r);
+        for (uint64_t i = 0; rep % 4 == 0 && i < n; i++) /* flat utilities */
+            items[i].u = 1.0f / (float)n;
+        for (uint64_t i = 0; rep % 5 == 1 && i < n; i++) /* some tokens already lossy */
+            items[i].current = (uint8_t)(rng_u32(&r) % 4);
+        for (double frac = 0.1; frac < 0.6; frac += 0.07) {
+            p.budget = (uint64_t)(frac * n * p.token_bytes[0]);
+            if (skv_rdr_solve(&p, choice) != 0)
+                continue;
+            const int rc = skv_rdr_uniform_check(&p, choice);
+            assert_true(rc == 0 || rc == 1);
+            replaced += rc;
+            cases++;
+            assert_true(skv_rdr_bytes(&p, choice) <= p.budget);
+            const double d = skv_rdr_distortion(&p, choice);
+            for (unsigned t = 0; t < SKV_TIER_COUNT; t++)
+                if (p.tiers & (1u << t))
+                    assert_true(d <= uniform_distortion(&p, t, c) * (1 + 1e-6));
+        }
+    }
+    printf("uniform check: %d of %d allocations replaced by a uniform one\n", replaced, cases);
+    assert_true(cases > 100);
+}
+
 static void test_topk_equivalence(void **state)
 {
     (void)state;
@@ -146,6 +204,7 @@ int main(void)
         cmocka_unit_test(test_topk_equivalence),
         cmocka_unit_test(test_monotone_and_greedy),
         cmocka_unit_test(test_never_up),
+        cmocka_unit_test(test_never_worse_than_uniform),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
