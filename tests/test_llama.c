@@ -558,7 +558,7 @@ static void test_policies(void **state)
         targets[i] = i + 1 < N ? ids[i + 1] : -1;
     double dense_loss = 0;
     llm_session_stats dense;
-    for (int p = 0; p < 4; p++) {
+    for (int p = 0; p < 5; p++) {
         llm_policy pol;
         llm_policy_init(&pol);
         pol.recent_window = 64;
@@ -566,8 +566,8 @@ static void test_policies(void **state)
             pol.tier = SKV_TIER_A4V8;
         if (p == 2)
             pol.tier = SKV_TIER_A2V2;
-        if (p == 3)
-            pol.budget = 0.5f, pol.scorer = SKV_SCORER_KEYDIFF;
+        if (p >= 3) /* RDR, its budget growing with the tokens, then a cap for all N */
+            pol.budget = 0.5f, pol.scorer = SKV_SCORER_KEYDIFF, pol.budget_context = p == 4 ? N : 0;
         llm_session *s = session(&f, &pol, 48);
         assert_llm(llm_forward(s, ids, N, NULL, targets, loss, top));
         double sum = 0;
@@ -597,8 +597,14 @@ static void test_policies(void **state)
                 held += st.held[t];
             assert_true(p == 0 ? held == N * lists && st.held[SKV_TIER_F16] == held : held <= N * lists);
         }
-        print_message("policy %d: loss %.4f, top-1 agreement %.3f, KV %llu of %llu bytes\n", p, sum / (N - 1),
-                      (double)agree / (N - 1), (unsigned long long)st.kv_bytes, (unsigned long long)st.kv_bytes_dense);
+        print_message("policy %d: loss %.4f, top-1 agreement %.3f, KV %llu of %llu bytes, peak %.4f from %llu\n", p,
+                      sum / (N - 1), (double)agree / (N - 1), (unsigned long long)st.kv_bytes,
+                      (unsigned long long)st.kv_bytes_dense, st.kv_peak_ratio, (unsigned long long)st.kv_peak_from);
+        if (p >= 3) { /* the budget is a ceiling: after every append, from where its floor fits */
+            assert_true(st.kv_peak_ratio <= 0.5 + 1e-9);
+            assert_true(st.kv_peak_ratio >= 0.3);
+            assert_true(st.kv_peak_from < N);
+        }
         if (p == 0) {
             dense_loss = sum / (N - 1), dense = st;
             memcpy(top_dense, top, sizeof top);
@@ -613,6 +619,188 @@ static void test_policies(void **state)
         }
         llm_session_free(s);
     }
+    fixture_close(&f);
+}
+
+/* ---- captured prefixes (skv longeval) ----------------------------------------------------- */
+
+/* n tokens one at a time (decode), each step's logits into out[step][vocab] (poisoned first) */
+static void decode_steps(llm_session *s, const int32_t *ids, uint32_t n, uint32_t vocab, float *out)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t v = 0; v < vocab; v++)
+            out[(size_t)i * vocab + v] = NAN;
+        assert_llm(llm_forward(s, &ids[i], 1, out + (size_t)i * vocab, NULL, NULL, NULL));
+    }
+}
+
+/* max |a - b| over n rows of vocab logits, relative to each row's largest |b| (at least 1) */
+static double logits_error(const float *a, const float *b, uint32_t rows, uint32_t vocab)
+{
+    double worst = 0;
+    for (uint32_t r = 0; r < rows; r++) {
+        double scale = 1, err = 0;
+        for (uint32_t v = 0; v < vocab; v++) {
+            const float x = a[(size_t)r * vocab + v], y = b[(size_t)r * vocab + v];
+            if (!isfinite(x) || !isfinite(y))
+                return INFINITY;
+            err = fmax(err, fabs((double)x - y));
+            scale = fmax(scale, fabs((double)y));
+        }
+        worst = fmax(worst, err / scale);
+    }
+    return worst;
+}
+
+/* A session loaded from the capture of a dense prefill continues exactly as the dense
+ * session that made the capture; a capture-loaded a3v4 session equals an a3v4 session
+ * that ran the prefix in one chunk (its quantize_behind then runs once, after a dense
+ * prefill, on the same pages); RDR sessions (drop only, snapkv, observed, the budget
+ * rules) load and compress once. */
+static void test_capture_load(void **state)
+{
+    (void)state;
+    fixture f;
+    tiny_spec sp = tiny_default();
+    fixture_open(&f, &sp, 21);
+    const uint32_t V = sp.vocab;
+    enum { N = 300, M = 5, W = 16 };
+    int32_t ids[N + M];
+    rng_state = 5;
+    for (int i = 0; i < N + M; i++)
+        ids[i] = (int32_t)((urand() + 1.0f) * 0.5f * (float)V) % (int32_t)V;
+    float *dense = malloc((size_t)M * V * sizeof *dense), *got = malloc((size_t)M * V * sizeof *got);
+    assert_true(dense && got);
+
+    /* the dense prefill in one chunk, captured, then M decode steps */
+    llm_policy pol;
+    llm_policy_init(&pol);
+    llm_session *a = session(&f, &pol, N);
+    assert_llm(llm_session_capture(a, 1, W));
+    assert_llm(llm_forward(a, ids, N, NULL, NULL, NULL, NULL));
+    llm_capture *cap = llm_session_capture_take(a);
+    assert_non_null(cap);
+    assert_null(llm_session_captured(a));
+    assert_int_equal(cap->tokens, N);
+    assert_int_equal(cap->layers, sp.layers);
+    assert_int_equal(cap->n_window, W);
+    for (int i = 0; i < W; i++)
+        assert_int_equal(cap->q_pos[i], N - W + i);
+    for (uint32_t l = 0; l < cap->layers; l++)
+        for (size_t i = 0; i < (size_t)N * cap->kv_heads * cap->head_dim; i++)
+            assert_true(isfinite(cap->k[l][i]) && isfinite(cap->v[l][i]));
+    decode_steps(a, ids + N, M, V, dense);
+
+    /* dense, loaded from the capture */
+    llm_session *b = session(&f, &pol, 8);
+    assert_llm(llm_session_load_prefix(b, cap));
+    decode_steps(b, ids + N, M, V, got);
+    double err = logits_error(got, dense, M, V);
+    print_message("dense from the capture vs the dense session: logits differ by %.2e\n", err);
+    assert_true(err <= 1e-5);
+    llm_session_stats st;
+    assert_llm(llm_session_stats_get(b, &st));
+    assert_int_equal(st.tokens, N + M);
+    assert_true(st.kv_bytes == st.kv_bytes_dense);
+
+    /* poison and edges: a session holding tokens, a capture longer than the context, another
+     * shape, RDR without llm_policy.prefix; a capture on a session holding tokens */
+    assert_int_equal(llm_session_load_prefix(b, cap), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(llm_last_error(), "already holds"));
+    assert_int_equal(llm_session_capture(b, 1, W), SKV_ERR_INVALID_ARG);
+    llm_session *e = session(&f, &pol, 8);
+    llm_capture big = *cap;
+    big.tokens = llm_model_config(f.model)->context + 1;
+    assert_int_equal(llm_session_load_prefix(e, &big), SKV_ERR_INVALID_ARG);
+    assert_non_null(strstr(llm_last_error(), "context"));
+    big = *cap, big.layers = sp.layers + 1;
+    assert_int_equal(llm_session_load_prefix(e, &big), SKV_ERR_INVALID_ARG);
+    assert_int_equal(llm_session_load_prefix(e, NULL), SKV_ERR_INVALID_ARG);
+    assert_int_equal(llm_session_capture(e, 1, 5000), SKV_ERR_INVALID_ARG);
+    assert_llm(llm_session_stats_get(e, &st));
+    assert_int_equal(st.tokens, 0); /* refused: nothing appended */
+    assert_llm(llm_session_load_prefix(e, cap)); /* and it still loads */
+    llm_session_free(e);
+    llm_policy rdr;
+    llm_policy_init(&rdr);
+    rdr.budget = 0.5f;
+    e = session(&f, &rdr, 8);
+    assert_int_equal(llm_session_load_prefix(e, cap), SKV_ERR_INVALID_ARG); /* no prefix flag */
+    llm_session_free(e);
+    rdr.scorer = SKV_SCORER_SNAPKV;
+    e = NULL;
+    assert_int_equal(llm_session_create(f.model, f.env.skv, &rdr, 8, &e), SKV_ERR_UNSUPPORTED);
+    rdr.prefix = 1;
+    e = session(&f, &rdr, 8);
+    big = *cap, big.n_window = 0; /* snapkv without the window */
+    assert_int_equal(llm_session_load_prefix(e, &big), SKV_ERR_INVALID_ARG);
+    llm_session_free(e);
+
+    /* a3v4: one chunk (quantised once, after a dense prefill) vs loaded from the capture */
+    llm_policy q;
+    llm_policy_init(&q);
+    q.tier = SKV_TIER_A3V4;
+    q.recent_window = 64;
+    llm_session *c = session(&f, &q, N);
+    assert_llm(llm_forward(c, ids, N, NULL, NULL, NULL, NULL));
+    decode_steps(c, ids + N, M, V, dense);
+    llm_session_stats sc, sd;
+    assert_llm(llm_session_stats_get(c, &sc));
+    llm_session *d = session(&f, &q, 8);
+    assert_llm(llm_session_load_prefix(d, cap));
+    decode_steps(d, ids + N, M, V, got);
+    assert_llm(llm_session_stats_get(d, &sd));
+    err = logits_error(got, dense, M, V);
+    print_message("a3v4 from the capture vs a3v4 in one chunk: logits differ by %.2e; %llu tokens a3v4\n", err,
+                  (unsigned long long)sd.held[SKV_TIER_A3V4]);
+    assert_true(sd.held[SKV_TIER_A3V4] > 0);
+    for (int t = 0; t < SKV_TIER_COUNT; t++)
+        assert_int_equal(sd.held[t], sc.held[t]);
+    assert_true(sd.kv_bytes == sc.kv_bytes);
+    assert_true(err <= 1e-5);
+    /* in chunks of 48 a3v4 quantises during the prefill, so later keys differ: not equal */
+    llm_session *g = session(&f, &q, 48);
+    assert_llm(llm_forward(g, ids, N, NULL, NULL, NULL, NULL));
+    decode_steps(g, ids + N, M, V, got);
+    print_message("a3v4 in chunks of 48 vs loaded: logits differ by %.2e (quantised during the prefill)\n",
+                  logits_error(got, dense, M, V));
+    llm_session_free(g);
+
+    /* RDR on the loaded prefix: every scorer longeval runs, both modes, the budget rules */
+    const struct {
+        skv_scorer scorer;
+        int drop;
+        skv_budget_rule rule;
+    } runs[] = {{SKV_SCORER_KEYDIFF, 0, SKV_BUDGET_UNIFORM}, {SKV_SCORER_KEYDIFF, 1, SKV_BUDGET_UNIFORM},
+                {SKV_SCORER_SNAPKV, 0, SKV_BUDGET_UNIFORM},  {SKV_SCORER_SNAPKV, 1, SKV_BUDGET_PYRAMID},
+                {SKV_SCORER_OBSERVED, 1, SKV_BUDGET_UNIFORM}, {SKV_SCORER_KNORM, 0, SKV_BUDGET_ADAKV}};
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        llm_policy_init(&rdr);
+        rdr.budget = 0.25f, rdr.scorer = runs[r].scorer, rdr.drop_only = runs[r].drop;
+        rdr.budget_rule = runs[r].rule, rdr.prefix = 1, rdr.recent_window = 32;
+        llm_session *h = session(&f, &rdr, 8);
+        assert_llm(llm_session_load_prefix(h, cap));
+        decode_steps(h, ids + N, M, V, got);
+        assert_llm(llm_session_stats_get(h, &st));
+        uint64_t held = 0;
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            held += st.held[t];
+        print_message("rdr 0.25 %d %s rule %d: %llu of %llu tokens held, KV %.3f of F16\n", (int)runs[r].scorer,
+                      runs[r].drop ? "drop" : "rdr", (int)runs[r].rule, (unsigned long long)held,
+                      (unsigned long long)(N + M) * sp.layers * sp.kv_heads,
+                      (double)st.kv_bytes / (double)st.kv_bytes_dense);
+        assert_true(st.kv_bytes < st.kv_bytes_dense);
+        assert_true(held < (uint64_t)(N + M) * sp.layers * sp.kv_heads);
+        if (runs[r].drop)
+            assert_int_equal(held, st.held[SKV_TIER_F16]); /* F16 or dropped */
+        assert_true(logits_error(got, got, M, V) == 0); /* finite */
+        llm_session_free(h);
+    }
+
+    llm_capture_free(cap);
+    llm_capture_free(NULL);
+    llm_session_free(a), llm_session_free(b), llm_session_free(c), llm_session_free(d);
+    free(dense), free(got);
     fixture_close(&f);
 }
 
@@ -918,6 +1106,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forward_untied_mha_chunk1),
         cmocka_unit_test(test_forward_chunk_larger_than_prompt),
         cmocka_unit_test(test_policies),
+        cmocka_unit_test(test_capture_load),
         cmocka_unit_test(test_bad_models),
         cmocka_unit_test(test_bad_calls),
         cmocka_unit_test(test_real_paris),

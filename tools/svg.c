@@ -123,3 +123,84 @@ char *svg_chart(const char *heading, const svg_panel *panels, size_t n_panels)
     }
     return b.s;
 }
+
+/* red (0) -> yellow (0.5) -> green (1) */
+static void heat_color(double v, char *out, size_t n)
+{
+    v = v < 0 ? 0 : v > 1 ? 1 : v;
+    int r = v < 0.5 ? 215 : (int)(215 - (v - 0.5) * 2 * (215 - 40));
+    int g = v < 0.5 ? (int)(48 + v * 2 * (190 - 48)) : (int)(190 - (v - 0.5) * 2 * (190 - 160));
+    int b = v < 0.5 ? 39 : (int)(39 + (v - 0.5) * 2 * (80 - 39));
+    snprintf(out, n, "#%02x%02x%02x", r, g, b);
+}
+
+static void put_escaped(buf *b, const char *s)
+{
+    for (; s && *s; s++)
+        if (*s == '<')
+            put(b, "&lt;");
+        else if (*s == '>')
+            put(b, "&gt;");
+        else if (*s == '&')
+            put(b, "&amp;");
+        else if (*s == '\'')
+            put(b, "&apos;");
+        else
+            put(b, "%c", *s);
+}
+
+char *svg_heatmap(const char *heading, const svg_heat *h)
+{
+    buf b = {0};
+    const double cw = 84, ch = 48, L = 110, T = 70;
+    const double w = L + cw * (double)h->nx + 40, ht = T + ch * (double)h->ny + 60;
+    const double wh = 20 + 6.8 * (double)strlen(heading), wt = 20 + 8.5 * (double)strlen(h->title);
+    put(&b, "<svg xmlns='http://www.w3.org/2000/svg' width='%.0f' height='%.0f' font-family='sans-serif'>\n",
+        fmax(fmax(w, 420), fmax(wh, wt)), ht);
+    put(&b, "<rect width='100%%' height='100%%' fill='white'/>\n");
+    put(&b, "<text x='10' y='20' font-size='13' fill='#333'>");
+    put_escaped(&b, heading);
+    put(&b, "</text>\n<text x='10' y='44' font-size='15' font-weight='bold'>");
+    put_escaped(&b, h->title);
+    put(&b, "</text>\n");
+    for (size_t y = 0; y < h->ny; y++) {
+        put(&b, "<text x='%.1f' y='%.1f' font-size='12' text-anchor='end'>", L - 8, T + ch * (double)y + ch / 2 + 4);
+        put_escaped(&b, h->yticks[y]);
+        put(&b, "</text>\n");
+        for (size_t x = 0; x < h->nx; x++) {
+            const double v = h->value[y * h->nx + x], cx = L + cw * (double)x, cy = T + ch * (double)y;
+            char col[8] = "#cccccc";
+            if (v == v)
+                heat_color(v, col, sizeof col);
+            put(&b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='%s' stroke='white'/>\n", cx, cy, cw,
+                ch, col);
+            if (v == v)
+                put(&b, "<text x='%.1f' y='%.1f' font-size='13' text-anchor='middle'>%.2f</text>\n", cx + cw / 2,
+                    cy + ch / 2 + (h->count ? 0 : 5), v);
+            else
+                put(&b, "<text x='%.1f' y='%.1f' font-size='12' text-anchor='middle'>n/a</text>\n", cx + cw / 2,
+                    cy + ch / 2 + (h->count ? 0 : 5));
+            if (h->count)
+                put(&b, "<text x='%.1f' y='%.1f' font-size='10' text-anchor='middle' fill='#333'>n=%d</text>\n",
+                    cx + cw / 2, cy + ch / 2 + 14, h->count[y * h->nx + x]);
+        }
+    }
+    for (size_t x = 0; x < h->nx; x++) {
+        put(&b, "<text x='%.1f' y='%.1f' font-size='12' text-anchor='middle'>", L + cw * (double)x + cw / 2,
+            T + ch * (double)h->ny + 18);
+        put_escaped(&b, h->xticks[x]);
+        put(&b, "</text>\n");
+    }
+    put(&b, "<text x='%.1f' y='%.1f' font-size='12' text-anchor='middle'>", L + cw * (double)h->nx / 2,
+        T + ch * (double)h->ny + 40);
+    put_escaped(&b, h->xlabel);
+    put(&b, "</text>\n<text x='%.1f' y='%.1f' font-size='12' text-anchor='middle' transform='rotate(-90 %.1f %.1f)'>",
+        20.0, T + ch * (double)h->ny / 2, 20.0, T + ch * (double)h->ny / 2);
+    put_escaped(&b, h->ylabel);
+    put(&b, "</text>\n</svg>\n");
+    if (b.oom) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
+}

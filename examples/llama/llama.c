@@ -392,7 +392,14 @@ struct llm_session {
     cl_mem a[A_COUNT];
     cl_event *events;      /* per layer: the q/k/v split's, the last attention's */
     double attention_s, forward_s;
+    double kv_peak;        /* the most device KV bytes / F16 bytes after any append, */
+    uint64_t peak_from;    /* from this length on (where an RDR budget can hold its floor) */
+    llm_capture *cap;      /* llm_session_capture: what has been recorded */
+    int capturing;
+    float **q_stage;       /* per layer: a chunk's last window queries, until the chunk completes */
 };
+
+static void capture_stage_free(llm_session *s);
 
 void llm_session_free(llm_session *s)
 {
@@ -403,6 +410,8 @@ void llm_session_free(llm_session *s)
     for (int i = 0; i < A_COUNT; i++)
         release_mem(&s->a[i]);
     free(s->events);
+    llm_capture_free(s->cap);
+    capture_stage_free(s);
     if (s->cache)
         skv_cache_destroy(s->cache);
     free(s);
@@ -417,16 +426,27 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
     if (policy->tier >= SKV_TIER_COUNT || !(policy->budget >= 0.0f && policy->budget <= 1.0f))
         return fail(SKV_ERR_INVALID_ARG, "llm_session_create: tier %d or budget %g out of range", (int)policy->tier,
                     (double)policy->budget);
-    if (policy->budget > 0 && (policy->scorer == SKV_SCORER_NONE || policy->scorer == SKV_SCORER_SNAPKV ||
-                               policy->scorer == SKV_SCORER_TRIATTENTION))
+    if (policy->budget > 0 && (policy->scorer == SKV_SCORER_NONE || policy->scorer == SKV_SCORER_TRIATTENTION ||
+                               (policy->scorer == SKV_SCORER_SNAPKV && !policy->prefix)))
         return fail(SKV_ERR_UNSUPPORTED,
                     "llm_session_create: RDR here needs a scorer from the keys or from decode "
-                    "(knorm, keydiff, manifold, manifold_windowed, streaming, observed)");
+                    "(knorm, keydiff, manifold, manifold_windowed, streaming, observed; snapkv with a "
+                    "prefix loaded from a capture)");
+    if ((unsigned)policy->budget_rule > SKV_BUDGET_ADAKV)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_create: budget rule %d out of range", (int)policy->budget_rule);
     const llm_config *c = &m->cfg;
     llm_session *s = calloc(1, sizeof *s);
     if (!s)
         return fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_create: out of memory");
     s->m = m, s->policy = *policy, s->max_chunk = max_chunk;
+    /* RDR's budget holds once it can hold the floor: the sinks' page, the recent window,
+     * a partly filled page and the room for the slack (64) tokens between compressions
+     * (skv.h); the uniform tiers are watched from 1024 tokens on */
+    s->peak_from = policy->budget > 0 && policy->budget_context ? 0
+                   : policy->budget > 0
+                       ? (uint64_t)ceil((2.0 * 64 + (policy->recent_window ? policy->recent_window : 128) + 64) /
+                                        policy->budget)
+                       : 1024;
     s->events = calloc(2 * (size_t)c->layers, sizeof *s->events);
 
     skv_cache_desc d;
@@ -440,12 +460,21 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
     d.device_budget_bytes = 2 * tokens * f16_token * c->layers * c->kv_heads + (16u << 20);
     d.rope.theta = c->rope_theta, d.rope.rotary_dims = c->head_dim, d.rope.interleaved = 1, d.rope.scaling = 1;
     if (policy->budget > 0) {
-        d.tiers = (1u << SKV_TIER_COUNT) - 1;
+        d.tiers = policy->drop_only ? 1u << SKV_TIER_F16 : (1u << SKV_TIER_COUNT) - 1;
         d.retention = SKV_RETENTION_RDR;
         d.scorer = policy->scorer;
         d.budget_ratio = policy->budget;
+        if (policy->budget_context) { /* a fixed cap: the F16 bytes of budget_context tokens */
+            const uint64_t pages = (policy->budget_context + d.page_tokens - 1) / d.page_tokens;
+            const uint64_t f16_page = (uint64_t)d.page_tokens * (4ull * c->head_dim + 4);
+            d.budget_ratio = 1.0f;
+            d.budget_bytes = (uint64_t)((double)policy->budget * (double)(pages * f16_page) * c->layers * c->kv_heads);
+        }
+        d.budget_rule = policy->budget_rule;
         if (policy->recent_window)
             d.recent_window = policy->recent_window;
+        if (policy->prefix)
+            d.slack = 1u << 16; /* no compression on append: once, in llm_session_load_prefix */
     } else {
         d.tiers = (1u << SKV_TIER_F16) | (1u << policy->tier);
     }
@@ -542,6 +571,36 @@ static double event_end_s(cl_event ev)
     return 1e-9 * (double)t;
 }
 
+static skv_status capture_layer(llm_session *s, uint32_t l, uint32_t n, int32_t pos0);
+static void capture_commit(llm_session *s, uint32_t n);
+static skv_status capture_reserve(llm_session *s, uint64_t tokens);
+
+/* The KV bytes after token t of a chunk of n was appended to layer l, against the F16
+ * bytes of every token appended to every layer so far: the peak between compressions. */
+static void track_peak(llm_session *s, uint32_t l, uint32_t n, uint32_t t)
+{
+    const llm_config *c = &s->m->cfg;
+    const uint64_t appended = (uint64_t)c->layers * s->length + (uint64_t)l * n + t + 1;
+    if (s->length + t + 1 < s->peak_from)
+        return;
+    skv_cache_stats cs;
+    memset(&cs, 0, sizeof cs);
+    cs.struct_size = sizeof cs;
+    uint64_t f16_page = 0, used = 0;
+    if (skv_cache_get_stats(s->cache, &cs) != SKV_OK ||
+        skv_cache_page_bytes(s->cache, SKV_TIER_F16, &f16_page) != SKV_OK)
+        return;
+    for (int tier = 0; tier < SKV_TIER_COUNT; tier++)
+        used += cs.pools[tier][SKV_MEM_DEVICE].bytes_used;
+    /* against the tokens appended; under a fixed cap, against the context it is for */
+    const double ref = s->policy.budget > 0 && s->policy.budget_context
+                           ? (double)c->layers * ((s->policy.budget_context + s->page_tokens - 1) / s->page_tokens) *
+                                 s->page_tokens
+                           : (double)appended;
+    const double ratio = (double)used / (ref * c->kv_heads * (double)f16_page / s->page_tokens);
+    s->kv_peak = ratio > s->kv_peak ? ratio : s->kv_peak;
+}
+
 /* One layer of n tokens at positions pos0..: x += attention(x); x += mlp(x). */
 static skv_status layer_forward(llm_session *s, uint32_t l, uint32_t n, int32_t pos0)
 {
@@ -562,6 +621,8 @@ static skv_status layer_forward(llm_session *s, uint32_t l, uint32_t n, int32_t 
     size_t g2[2] = {round_up((D + 2 * KV) / 2, 64), n};
     st = e == CL_SUCCESS ? launch(s, m->k[K_ROPE], 2, g2, NULL, &s->events[2 * l], "rope_split")
                          : cl_fail(e, "rope_split args");
+    if (st == SKV_OK && s->capturing)
+        st = capture_layer(s, l, n, pos0);
     /* attention: token by token, each appended, then attending over what the cache holds */
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     for (uint32_t t = 0; st == SKV_OK && t < n; t++) {
@@ -572,6 +633,7 @@ static skv_status layer_forward(llm_session *s, uint32_t l, uint32_t n, int32_t 
             fail(st, "skv_append_cl (layer %u, position %d): %s", l, pos, skv_last_error());
             break;
         }
+        track_peak(s, l, n, t);
         cl_event *ev = t + 1 == n ? &s->events[2 * l + 1] : NULL;
         st = skv_attention_decode_cl(s->cache, l, &s->seq, 1, SKV_F32, a[A_Q], t * D * 4, scale, SKV_F32, a[A_ATT],
                                      t * D * 4, 0, NULL, ev);
@@ -676,6 +738,8 @@ static skv_status chunk_forward(llm_session *s, const int32_t *ids, uint32_t n, 
                 clReleaseEvent(ev[i]), ev[i] = NULL;
     }
     if (st == SKV_OK) {
+        if (s->capturing)
+            capture_commit(s, n);
         s->length += n;
         st = quantize_behind(s);
     }
@@ -688,7 +752,7 @@ skv_status llm_forward(llm_session *s, const int32_t *ids, uint32_t n, float *lo
     if (!s || !ids || n == 0)
         return fail(SKV_ERR_INVALID_ARG, "llm_forward: NULL session or ids, or no tokens");
     double t0 = now_s();
-    skv_status st = SKV_OK;
+    skv_status st = s->capturing ? capture_reserve(s, s->length + n) : SKV_OK;
     for (uint32_t i = 0; st == SKV_OK && i < n; i += s->max_chunk) {
         uint32_t k = n - i < s->max_chunk ? n - i : s->max_chunk;
         st = chunk_forward(s, ids + i, k, i + k == n ? logits_last : NULL, targets ? targets + i : NULL,
@@ -719,6 +783,8 @@ skv_status llm_session_stats_get(llm_session *s, llm_session_stats *out)
     const llm_config *c = &s->m->cfg;
     out->kv_bytes_dense = (s->length + s->page_tokens - 1) / s->page_tokens * f16_page * c->layers * c->kv_heads;
     out->tokens = s->length;
+    out->kv_peak_ratio = s->kv_peak;
+    out->kv_peak_from = s->peak_from;
     out->attention_s = s->attention_s;
     out->forward_s = s->forward_s;
     return SKV_OK;
@@ -728,4 +794,231 @@ void llm_session_reset_timing(llm_session *s)
 {
     if (s)
         s->attention_s = s->forward_s = 0;
+}
+
+/* ---- captured prefixes ---------------------------------------------------------------- */
+
+void llm_capture_free(llm_capture *c)
+{
+    if (!c)
+        return;
+    for (uint32_t l = 0; l < c->layers; l++) {
+        if (c->k)
+            free(c->k[l]);
+        if (c->v)
+            free(c->v[l]);
+        if (c->q)
+            free(c->q[l]);
+    }
+    free(c->k), free(c->v), free(c->q), free(c->q_pos);
+    free(c);
+}
+
+static void capture_stage_free(llm_session *s)
+{
+    for (uint32_t l = 0; s->q_stage && l < s->m->cfg.layers; l++)
+        free(s->q_stage[l]);
+    free(s->q_stage);
+    s->q_stage = NULL;
+}
+
+skv_status llm_session_capture(llm_session *s, int on, uint32_t q_window)
+{
+    if (!s)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_capture: NULL session");
+    if (!on) {
+        s->capturing = 0;
+        return SKV_OK;
+    }
+    if (s->length)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_capture: the session holds %llu tokens (a capture starts at 0)",
+                    (unsigned long long)s->length);
+    if (q_window > 4096)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_capture: q_window %u (0..4096)", q_window);
+    const llm_config *c = &s->m->cfg;
+    clFinish(s->m->queue); /* no read may still target the old capture */
+    llm_capture_free(s->cap);
+    capture_stage_free(s);
+    s->capturing = 0;
+    llm_capture *cp = s->cap = calloc(1, sizeof *cp);
+    if (!cp)
+        return fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_capture: out of memory");
+    cp->layers = c->layers, cp->kv_heads = c->kv_heads, cp->q_heads = c->heads, cp->head_dim = c->head_dim;
+    cp->window = q_window;
+    const size_t D = (size_t)c->heads * c->head_dim, stage = q_window < s->max_chunk ? q_window : s->max_chunk;
+    int ok = (cp->k = calloc(c->layers, sizeof *cp->k)) && (cp->v = calloc(c->layers, sizeof *cp->v)) &&
+             (cp->q = calloc(c->layers, sizeof *cp->q)) && (s->q_stage = calloc(c->layers, sizeof *s->q_stage));
+    if (ok && q_window)
+        ok = (cp->q_pos = malloc(q_window * sizeof *cp->q_pos)) != NULL;
+    for (uint32_t l = 0; ok && q_window && l < c->layers; l++)
+        ok = (cp->q[l] = malloc(q_window * D * sizeof(float))) && (s->q_stage[l] = malloc(stage * D * sizeof(float)));
+    if (!ok) {
+        llm_capture_free(s->cap);
+        s->cap = NULL;
+        capture_stage_free(s);
+        return fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_capture: out of memory");
+    }
+    s->capturing = 1;
+    return SKV_OK;
+}
+
+const llm_capture *llm_session_captured(const llm_session *s) { return s ? s->cap : NULL; }
+
+llm_capture *llm_session_capture_take(llm_session *s)
+{
+    if (!s || !s->cap)
+        return NULL;
+    clFinish(s->m->queue); /* reads of a failed chunk may still be queued */
+    llm_capture *cp = s->cap;
+    s->cap = NULL;
+    s->capturing = 0;
+    capture_stage_free(s);
+    return cp;
+}
+
+/* Room for `tokens` positions of keys and values in every layer (before any read of
+ * the coming chunks is queued: the previous chunk's reads have completed). */
+static skv_status capture_reserve(llm_session *s, uint64_t tokens)
+{
+    llm_capture *cp = s->cap;
+    if (tokens <= cp->capacity)
+        return SKV_OK;
+    if (tokens > (1u << 24))
+        return fail(SKV_ERR_INVALID_ARG, "llm_forward: a capture holds at most 2^24 tokens");
+    uint64_t cap = cp->capacity ? 2ull * cp->capacity : 256;
+    while (cap < tokens)
+        cap *= 2;
+    const size_t row = (size_t)cp->kv_heads * cp->head_dim * sizeof(float);
+    for (uint32_t l = 0; l < cp->layers; l++) {
+        float *k = realloc(cp->k[l], cap * row);
+        if (k)
+            cp->k[l] = k;
+        float *v = k ? realloc(cp->v[l], cap * row) : NULL;
+        if (v)
+            cp->v[l] = v;
+        if (!k || !v) /* the arrays grown so far keep their contents; capacity is the least */
+            return fail(SKV_ERR_OUT_OF_MEMORY, "llm_forward: out of memory for the capture (%llu tokens)",
+                        (unsigned long long)tokens);
+    }
+    cp->capacity = (uint32_t)cap;
+    return SKV_OK;
+}
+
+/* Queues the reads of layer l's keys and values of the chunk (after rope_split, in queue
+ * order; the chunk's clFinish completes them) and of its last window queries. */
+static skv_status capture_layer(llm_session *s, uint32_t l, uint32_t n, int32_t pos0)
+{
+    llm_capture *cp = s->cap;
+    cl_command_queue q = s->m->queue;
+    const size_t KV = (size_t)cp->kv_heads * cp->head_dim, D = (size_t)cp->q_heads * cp->head_dim;
+    if ((uint64_t)pos0 != cp->tokens || (uint64_t)pos0 + n > cp->capacity)
+        return fail(SKV_ERR_INTERNAL, "capture: chunk at %d, %u tokens recorded", pos0, cp->tokens);
+    cl_int e = clEnqueueReadBuffer(q, s->a[A_K], CL_FALSE, 0, n * KV * 4, cp->k[l] + (size_t)pos0 * KV, 0, NULL, NULL);
+    if (e == CL_SUCCESS)
+        e = clEnqueueReadBuffer(q, s->a[A_V], CL_FALSE, 0, n * KV * 4, cp->v[l] + (size_t)pos0 * KV, 0, NULL, NULL);
+    const uint32_t m = n < cp->window ? n : cp->window;
+    if (e == CL_SUCCESS && m)
+        e = clEnqueueReadBuffer(q, s->a[A_Q], CL_FALSE, (n - m) * D * 4, m * D * 4, s->q_stage[l], 0, NULL, NULL);
+    return e == CL_SUCCESS ? SKV_OK : cl_fail(e, "clEnqueueReadBuffer (capture)");
+}
+
+/* After the chunk completed: its tokens are recorded; the window keeps the last ones. */
+static void capture_commit(llm_session *s, uint32_t n)
+{
+    llm_capture *cp = s->cap;
+    const size_t D = (size_t)cp->q_heads * cp->head_dim;
+    const uint32_t m = n < cp->window ? n : cp->window;
+    const uint32_t keep = cp->n_window < cp->window - m ? cp->n_window : cp->window - m;
+    for (uint32_t l = 0; m && l < cp->layers; l++) {
+        memmove(cp->q[l], cp->q[l] + (size_t)(cp->n_window - keep) * D, keep * D * sizeof(float));
+        memcpy(cp->q[l] + (size_t)keep * D, s->q_stage[l], m * D * sizeof(float));
+    }
+    if (m) {
+        memmove(cp->q_pos, cp->q_pos + (cp->n_window - keep), keep * sizeof *cp->q_pos);
+        for (uint32_t i = 0; i < m; i++)
+            cp->q_pos[keep + i] = (int32_t)(cp->tokens + n - m + i);
+        cp->n_window = keep + m;
+    }
+    cp->tokens += n;
+}
+
+/* The observed scorer: the window's queries as decode steps, the whole window of a
+ * layer in one batch (the sequence repeated: each entry is a step). */
+static skv_status observe_window_steps(llm_session *s, const llm_capture *cap)
+{
+    const size_t D = (size_t)cap->q_heads * cap->head_dim;
+    skv_seq_id *seqs = malloc(cap->n_window * sizeof *seqs);
+    float *out = malloc(cap->n_window * D * sizeof *out);
+    skv_status st = seqs && out ? SKV_OK : fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_load_prefix: out of memory");
+    for (uint32_t i = 0; st == SKV_OK && i < cap->n_window; i++)
+        seqs[i] = s->seq;
+    const float scale = 1.0f / sqrtf((float)cap->head_dim);
+    for (uint32_t l = 0; st == SKV_OK && l < cap->layers; l++)
+        if ((st = skv_attention_decode(s->cache, l, seqs, cap->n_window, SKV_F32, cap->q[l], scale, SKV_F32, out)))
+            fail(st, "skv_attention_decode (layer %u, the window's %u queries): %s", l, cap->n_window,
+                 skv_last_error());
+    free(seqs), free(out);
+    return st;
+}
+
+#define LOAD_PIECE 1024u /* tokens per skv_append */
+
+skv_status llm_session_load_prefix(llm_session *s, const llm_capture *cap)
+{
+    if (!s || !cap)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_load_prefix: NULL argument");
+    const llm_config *c = &s->m->cfg;
+    const llm_policy *p = &s->policy;
+    if (s->length)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_load_prefix: the session already holds %llu tokens",
+                    (unsigned long long)s->length);
+    if (cap->layers != c->layers || cap->kv_heads != c->kv_heads || cap->q_heads != c->heads ||
+        cap->head_dim != c->head_dim)
+        return fail(SKV_ERR_INVALID_ARG,
+                    "llm_session_load_prefix: a capture of %u layers, %u/%u heads of %u, the model has %u, %u/%u of %u",
+                    cap->layers, cap->q_heads, cap->kv_heads, cap->head_dim, c->layers, c->heads, c->kv_heads,
+                    c->head_dim);
+    if (cap->tokens == 0 || cap->tokens > c->context)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_load_prefix: a capture of %u tokens (1..the context, %u)",
+                    cap->tokens, c->context);
+    if (cap->n_window > cap->window || cap->n_window > cap->tokens)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_load_prefix: %u window queries of %u", cap->n_window,
+                    cap->window);
+    const int rdr = p->budget > 0;
+    if (rdr && !p->prefix)
+        return fail(SKV_ERR_INVALID_ARG,
+                    "llm_session_load_prefix: an RDR session needs llm_policy.prefix (it would compress while loading)");
+    if (rdr && (p->scorer == SKV_SCORER_SNAPKV || p->scorer == SKV_SCORER_OBSERVED) && !cap->n_window)
+        return fail(SKV_ERR_INVALID_ARG, "llm_session_load_prefix: the %s scorer needs the capture's window queries",
+                    p->scorer == SKV_SCORER_SNAPKV ? "snapkv" : "observed");
+    skv_status st = SKV_OK;
+    /* RDR: the window first (SnapKV's observation window; RDR's query energy) */
+    for (uint32_t l = 0; rdr && cap->n_window && st == SKV_OK && l < c->layers; l++)
+        if ((st = skv_seq_observe_window(s->cache, s->seq, l, cap->n_window, SKV_F32, cap->q[l], cap->q_pos)))
+            fail(st, "skv_seq_observe_window (layer %u): %s", l, skv_last_error());
+    const uint32_t piece = cap->tokens < LOAD_PIECE ? cap->tokens : LOAD_PIECE;
+    int32_t *pos = st == SKV_OK ? malloc(piece * sizeof *pos) : NULL;
+    if (st == SKV_OK && !pos)
+        st = fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_load_prefix: out of memory");
+    const size_t KV = (size_t)c->kv_heads * c->head_dim;
+    for (uint32_t t0 = 0; st == SKV_OK && t0 < cap->tokens; t0 += piece) {
+        const uint32_t n = cap->tokens - t0 < piece ? cap->tokens - t0 : piece;
+        for (uint32_t i = 0; i < n; i++)
+            pos[i] = (int32_t)(t0 + i);
+        for (uint32_t l = 0; st == SKV_OK && l < c->layers; l++)
+            if ((st = skv_append(s->cache, s->seq, l, n, SKV_F32, cap->k[l] + t0 * KV, cap->v[l] + t0 * KV, pos)))
+                fail(st, "skv_append (layer %u, positions %u..%u): %s", l, t0, t0 + n - 1, skv_last_error());
+    }
+    free(pos);
+    if (st != SKV_OK)
+        return st;
+    s->length = cap->tokens;
+    s->quantized = 0;
+    if (rdr && p->scorer == SKV_SCORER_OBSERVED)
+        st = observe_window_steps(s, cap);
+    if (st == SKV_OK && rdr && (st = skv_compress(s->cache, s->seq)) != SKV_OK)
+        fail(st, "skv_compress: %s", skv_last_error());
+    if (st == SKV_OK)
+        st = quantize_behind(s);
+    return st;
 }

@@ -49,6 +49,19 @@ typedef struct llm_policy {
     float budget;        /* > 0: RDR under this fraction of F16 bytes, all tiers, `scorer` */
     skv_scorer scorer;   /* RDR's scorer (default keydiff) */
     uint32_t recent_window; /* tokens kept F16 at the end (default 128) */
+    /* RDR only (budget > 0): */
+    int drop_only;       /* tiers F16 alone: each token kept at F16 or dropped (eviction, as
+                          * kvpress's presses), instead of F16, an ADA tier or drop */
+    skv_budget_rule budget_rule; /* the budget's spread: uniform (default), pyramid (PyramidKV:
+                          * by layer), adakv (AdaKV: by head within a layer) */
+    uint32_t budget_context; /* 0: the budget is a share of the tokens appended so far
+                          * (it grows with the sequence); N: a fixed cap of budget x the F16
+                          * bytes of N tokens (skv_cache_desc.budget_bytes), the device
+                          * memory a runtime provisions for a sequence of N tokens */
+    int prefix;          /* the session's prefix comes from llm_session_load_prefix, which
+                          * compresses it once (kvpress's protocol): appends never compress
+                          * (slack 65536), and the snapkv scorer is allowed (the capture's
+                          * window queries are its observation window) */
 } llm_policy;
 void llm_policy_init(llm_policy *p); /* dense */
 
@@ -73,6 +86,10 @@ typedef struct llm_session_stats {
     uint64_t kv_bytes;      /* device bytes of the cache's pages in use */
     uint64_t kv_bytes_dense;/* what the same tokens take as F16 pages */
     uint64_t held[SKV_TIER_COUNT]; /* tokens held per tier, over every layer and kv-head */
+    double kv_peak_ratio;   /* the most device KV bytes over the F16 bytes of the tokens
+                             * appended, after any append from kv_peak_from tokens on (RDR:
+                             * the length from which its budget holds the floor, skv.h) */
+    uint64_t kv_peak_from;
     double attention_s;     /* device time from each layer's q/k/v to its attention output
                              * (skv append + decode, and skv's compression work), summed */
     double forward_s;       /* wall time inside llm_forward */
@@ -80,5 +97,51 @@ typedef struct llm_session_stats {
 skv_status llm_session_stats_get(llm_session *s, llm_session_stats *out);
 /* Zeroes attention_s and forward_s (tokens/s of a phase). */
 void llm_session_reset_timing(llm_session *s);
+
+/* ---- captured prefixes (skv longeval) ------------------------------------------------
+ * A dense prefill run once, its keys and values captured, then loaded into sessions of
+ * other policies, each compressing the same prefix once: the protocol of RULER-style
+ * evaluations (kvpress), where a policy sees exactly the dense model's cache and never
+ * its own errors during the prefill. */
+typedef struct llm_capture {
+    uint32_t layers, kv_heads, q_heads, head_dim;
+    uint32_t tokens;   /* positions 0 .. tokens-1 */
+    uint32_t capacity; /* tokens k and v have room for */
+    float **k, **v;    /* per layer: [tokens][kv_heads][head_dim] float32, keys after RoPE (as
+                        * skv_append_cl received them; the cache stores them as fp16) */
+    uint32_t window;   /* queries kept per layer: those of the last `window` positions */
+    uint32_t n_window; /* held: min(tokens, window) */
+    float **q;         /* per layer: [n_window][q_heads][head_dim] float32, after RoPE */
+    int32_t *q_pos;    /* [n_window]: their positions, ascending (the same for every layer) */
+} llm_capture;
+
+/* on: from now on, every chunk's keys and values (read back from the device after the
+ * RoPE kernel, per layer) and the queries of the last q_window positions (0..4096; 0:
+ * none) are recorded on the host. The session must hold no tokens yet (SKV_ERR_INVALID_ARG
+ * otherwise): a capture covers positions 0 onwards. A capture held from before is freed.
+ * off: recording stops; what was recorded stays. Host memory: 8 * kv_heads * head_dim
+ * bytes per token and layer (SmolLM2-135M: 46 KiB a token). */
+skv_status llm_session_capture(llm_session *s, int on, uint32_t q_window);
+/* The session's capture (NULL when none); valid until the next llm_ call on the session. */
+const llm_capture *llm_session_captured(const llm_session *s);
+/* Detaches the capture (NULL when none): the caller owns it, llm_capture_free frees it;
+ * the session records nothing more. Waits for the session's queued work. */
+llm_capture *llm_session_capture_take(llm_session *s);
+void llm_capture_free(llm_capture *c); /* NULL is fine */
+
+/* Appends a capture's keys and values to an empty session with skv_append (host arrays,
+ * positions 0 .. tokens-1, in pieces of at most 1024 tokens per layer), sets the
+ * session's length to cap->tokens, then applies the policy's compression once: RDR
+ * (policy.prefix must be set) gets the capture's window queries first with
+ * skv_seq_observe_window (the snapkv scorer's observation window; for every scorer RDR's
+ * query energy, as the library asks of a runtime that prefills outside skv), the
+ * observed scorer gets them as decode steps (skv_attention_decode of the whole window
+ * in one batch; unlike a causal prefill, each window query attends to the window's later
+ * keys too), then skv_compress; a uniform tier quantises what llm_forward would have by
+ * now (every full page but the first outside the recent window). SKV_ERR_INVALID_ARG
+ * when the session holds tokens, the capture's shape is not the model's, it is empty or
+ * longer than the model's context, or snapkv has no window. On an error after the first
+ * append the session is unusable and must be freed. */
+skv_status llm_session_load_prefix(llm_session *s, const llm_capture *cap);
 
 #endif
