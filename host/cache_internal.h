@@ -372,6 +372,11 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
 
 /* rdr_model.c: the key-error weight of RDR's distortion from the queries seen */
 #define SKVI_KAPPA_DEFAULT 8.0 /* kappa of a (layer, kv-head) that has seen no query */
+/* The share of a quantised token's attention-mass inflation that is error: the softmax
+ * renormalises what the quantised tokens gain together, leaving their shift against the
+ * tokens kept exact. 1/4: measured on the real model's streaming loss, two texts, where
+ * the full kappa / 2 priced key error too high (docs/rdr.md, issue 26). */
+#define SKVI_KAPPA_SHARE 0.25
 skv_status skvi_rdr_model_init(skv_cache *c);
 void skvi_rdr_model_release(skv_cache *c);
 /* rows x q_heads host queries of `layer` at logit scale `scale` into the running means. */

@@ -12,7 +12,10 @@
  * calls (host queries here; an interop call's device queries every 16th call by
  * cl/rdr.cl's q_energy, whose means the next compression reads back) and of
  * skv_seq_observe_window, primed by TriAttention's query statistics; a head that has seen
- * no query takes kappa = SKVI_KAPPA_DEFAULT. */
+ * no query takes kappa = SKVI_KAPPA_DEFAULT. Only SKVI_KAPPA_SHARE of the inflation is
+ * counted (issue 26): the softmax renormalises what the quantised tokens gain together,
+ * and on SmolLM2's streaming loss the full weight kept too few tokens in the 2- and
+ * 3-bit tiers (docs/rdr.md). */
 #include <math.h>
 #include <string.h>
 
@@ -140,5 +143,5 @@ double skvi_rdr_key_weight(const skv_cache *c, uint32_t layer, uint32_t head, do
         const double energy = (c->q_energy ? c->q_energy[i] : 0) + (n_dev > 0 ? c->q_dev_host[2 * i] * n_dev : 0);
         kappa = energy / seen * mean_ksq / c->desc.head_dim;
     }
-    return kappa / 2;
+    return kappa / 2 * SKVI_KAPPA_SHARE;
 }

@@ -1058,7 +1058,7 @@ static void test_query_energy(void **state)
     test_rng ra = {77}, rb = {77};
     fill(a, sa, n, &ra, NULL, NULL);
     fill(b, sb, n, &rb, NULL, NULL);
-    assert_true(fabs(skvi_rdr_key_weight(b, 0, 1, 3.0) - SKVI_KAPPA_DEFAULT / 2) < 1e-12);
+    assert_true(fabs(skvi_rdr_key_weight(b, 0, 1, 3.0) - SKVI_KAPPA_DEFAULT / 2 * SKVI_KAPPA_SHARE) < 1e-12);
     /* queries of |q|^2 = D c^2 at scale 1/8, kv-head 1's twice as strong as kv-head 0's */
     float q[4 * 64];
     const float c0 = 0.5f, c1 = 0.5f * sqrtf(2.0f);
@@ -1067,7 +1067,7 @@ static void test_query_energy(void **state)
     float o[4 * 64];
     for (int step = 0; step < 3; step++)
         assert_ok(skv_attention_decode(b, 0, &sb, 1, SKV_F32, q, 0.125f, SKV_F32, o));
-    const double m = 3.0, want0 = 0.125 * 0.125 * D * c0 * c0 * m / D / 2;
+    const double m = 3.0, want0 = 0.125 * 0.125 * D * c0 * c0 * m / D / 2 * SKVI_KAPPA_SHARE;
     assert_true(fabs(skvi_rdr_key_weight(b, 0, 0, m) - want0) < 1e-9 * want0);
     assert_true(fabs(skvi_rdr_key_weight(b, 0, 1, m) - 2 * want0) < 1e-6 * want0);
     /* strong queries: kappa in the hundreds on these keys, against the default 8 */
@@ -1109,7 +1109,7 @@ static void test_query_energy(void **state)
         assert_ok(skv_attention_decode_cl(ci, 0, &si, 1, SKV_F16, qb, 64, 0.125f, SKV_F32, ob, 0, 0, NULL, NULL));
     assert_ok(skv_compress(ci, si));
     assert_true(fabs(skvi_rdr_key_weight(ci, 0, 0, m) - want0) < 1e-5 * want0);
-    const double c1h = skv_ref_f16_to_f32(skv_ref_f32_to_f16(c1)), want1 = 0.125 * 0.125 * D * c1h * c1h * m / D / 2;
+    const double c1h = skv_ref_f16_to_f32(skv_ref_f32_to_f16(c1)), want1 = 0.125 * 0.125 * D * c1h * c1h * m / D / 2 * SKVI_KAPPA_SHARE;
     assert_true(fabs(skvi_rdr_key_weight(ci, 0, 1, m) - want1) < 1e-5 * want1);
     clReleaseMemObject(qb);
     clReleaseMemObject(ob);
