@@ -252,7 +252,7 @@ skv_status skv_seq_quantize(skv_cache *c, skv_seq_id seq, uint64_t token_begin, 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &args, "skv_seq_quantize: enqueue");
         else
-            e = skvi_enqueue_items(ctx->queue, k, 1, &global, n_waits, waits, NULL);
+            e = skvi_enqueue_items(ctx->device, ctx->queue, k, 1, &global, n_waits, waits, NULL);
     }
     if (st == SKV_OK && e != CL_SUCCESS)
         st = skvi_cl_fail(ctx->error, e, "skv_seq_quantize: enqueue");

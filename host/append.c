@@ -246,7 +246,7 @@ static skv_status append_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
         size_t global[3] = {D, n, H};
         e = skvi_args_end(&a);
         if (e == CL_SUCCESS)
-            e = skvi_enqueue_items(c->ctx->queue, k, 3, global, n_waits, waits, done);
+            e = skvi_enqueue_items(c->ctx->device, c->ctx->queue, k, 3, global, n_waits, waits, done);
     }
     if (st == SKV_OK && e != CL_SUCCESS) { /* roll back what was committed */
         for (uint32_t h = 0; h < committed; h++) {

@@ -207,7 +207,7 @@ static cl_int enqueue_tier(skv_cache *c, skv_tier t, const decode_plan *p, const
         skvi_arg_mem(&q, r->tables);
         size_t global = (size_t)B * c->desc.q_heads;
         if ((e = skvi_args_end(&q)) == CL_SUCCESS)
-            e = skvi_enqueue_items(c->ctx->queue, q.k, 1, &global, n_waits, waits, first);
+            e = skvi_enqueue_items(c->ctx->device, c->ctx->queue, q.k, 1, &global, n_waits, waits, first);
         n_waits = 0;
         waits = NULL;
         first = NULL;
@@ -440,7 +440,7 @@ static skv_status run(skv_cache *c, const decode_args *a, const decode_plan *p, 
         skvi_arg_mem(&m, r->ml);
         size_t global[2] = {c->desc.head_dim, (size_t)B * c->desc.q_heads};
         if ((e = skvi_args_end(&m)) == CL_SUCCESS)
-            e = skvi_enqueue_items(c->ctx->queue, m.k, 2, global, 0, NULL, done);
+            e = skvi_enqueue_items(c->ctx->device, c->ctx->queue, m.k, 2, global, 0, NULL, done);
     }
     observe_arg oa = {c, p, r->logits, r->ml};
     for (uint32_t b = 0; !a->logits_host && st == SKV_OK && e == CL_SUCCESS && b < B; b++)

@@ -176,7 +176,7 @@ cl_int skvi_args_end(skvi_args *a);
 skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what);
 
 /* A launch of exactly global[] work-items (dims 1..3) of a kernel that takes any local
- * size, in at most two shapes: work-groups of SKVI_ITEMS_WG (or the kernel's most)
+ * size (`dev`: the queue's device), in at most two shapes: work-groups of SKVI_ITEMS_WG (or the kernel's most)
  * along the first dimension over the largest multiple of it, then the rest in groups
  * of 1 at an offset. PoCL compiles a kernel anew for every local size it meets and
  * picks one from the global size when given none, so launches whose item counts change
@@ -184,8 +184,8 @@ skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what)
  * every compression (docs/perf.md). The queue must be in order: the waits go with the
  * first launch and `done` (NULL: none) with the last. */
 #define SKVI_ITEMS_WG 64
-cl_int skvi_enqueue_items(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
-                          const cl_event *waits, cl_event *done);
+cl_int skvi_enqueue_items(cl_device_id dev, cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global,
+                          cl_uint n_waits, const cl_event *waits, cl_event *done);
 /* One launch, global[0] rounded up to SKVI_ITEMS_WG, for a kernel that ignores the
  * work-items past its count and whose effect a half-made launch would corrupt (observe
  * accumulates: a failed call must have added nothing). The kernel must allow that size. */

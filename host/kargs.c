@@ -63,13 +63,11 @@ skv_status skvi_args_fail(char *ctx_error, const skvi_args *a, const char *what)
     return skvi_cl_fail(ctx_error, a->err, buf);
 }
 
-cl_int skvi_enqueue_items(cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global, cl_uint n_waits,
-                          const cl_event *waits, cl_event *done)
+cl_int skvi_enqueue_items(cl_device_id dev, cl_command_queue q, cl_kernel k, cl_uint dims, const size_t *global,
+                          cl_uint n_waits, const cl_event *waits, cl_event *done)
 {
     size_t wg = SKVI_ITEMS_WG, most = 0;
-    cl_device_id dev;
-    if (clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof dev, &dev, NULL) == CL_SUCCESS &&
-        clGetKernelWorkGroupInfo(k, dev, CL_KERNEL_WORK_GROUP_SIZE, sizeof most, &most, NULL) == CL_SUCCESS)
+    if (clGetKernelWorkGroupInfo(k, dev, CL_KERNEL_WORK_GROUP_SIZE, sizeof most, &most, NULL) == CL_SUCCESS)
         while (wg > most && wg > 1)
             wg /= 2;
     size_t main[3] = {1, 1, 1}, rest[3] = {1, 1, 1}, offset[3] = {0, 0, 0};

@@ -269,7 +269,7 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
             size_t g[2] = {m, H};
             e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
-                e = skvi_enqueue_items(c->rq, k, 2, g, 0, NULL, NULL);
+                e = skvi_enqueue_items(c->ctx->device, c->rq, k, 2, g, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS) {
             cl_kernel k = c->k_key_stats;
@@ -281,7 +281,7 @@ static skv_status flush_enqueue(skv_cache *c, skvi_seq *s, uint32_t layer, flush
             size_t g[2] = {D, H};
             e = skvi_args_end(&args);
             if (e == CL_SUCCESS)
-                e = skvi_enqueue_items(c->rq, k, 2, g, 0, NULL, NULL);
+                e = skvi_enqueue_items(c->ctx->device, c->rq, k, 2, g, 0, NULL, NULL);
         }
         if (e == CL_SUCCESS)
             e = clEnqueueReadBuffer(c->rq, bufs[4], CL_FALSE, 0, (size_t)H * nw * 2 * D * 4, out, 0, NULL, NULL);

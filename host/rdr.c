@@ -301,17 +301,16 @@ static skv_status adakv_budgets(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint3
 /* The budget is a ceiling between compressions too. After one at length N a head holds
  * X bytes; k tokens later (k <= slack, when the next one is due) it holds at most X plus
  * ceil(k / P) F16 pages, while its budget has grown by growth * k F16 tokens (its share
- * of each appended token; 0 under an absolute cap). So X leaves room for the worst k,
- * one token into a fresh page: max over j of (j + 1) P - growth (1 + j P) F16 tokens. */
+ * of each appended token, <= 1; 0 under an absolute cap). So X leaves room for the worst
+ * k, one token into a fresh page, k = 1 + j P: (j + 1) P - growth (1 + j P) F16 tokens,
+ * largest at the last such k (growth <= 1), j = (slack - 1) / P. */
 static double ceiling_reserve(const skv_cache *c, double growth)
 {
     const uint64_t P = c->desc.page_tokens, S = c->desc.slack ? c->desc.slack : 1;
-    double worst = 0;
-    for (uint64_t j = 0; S < SKVI_SLACK_AUTO && 1 + j * P <= S; j++) {
-        const double r = (double)((j + 1) * P) - growth * (double)(1 + j * P);
-        worst = r > worst ? r : worst;
-    }
-    return worst;
+    if (S >= SKVI_SLACK_AUTO) /* compression when asked: nothing to leave room for */
+        return 0;
+    const uint64_t j = (S - 1) / P;
+    return (double)((j + 1) * P) - growth * (double)(1 + j * P);
 }
 
 /* Compresses `layer` (or every layer when layer == ~0u) of a sequence. */
@@ -522,7 +521,7 @@ skv_status skvi_compress(skv_cache *c, skv_seq_id seq, skvi_seq *s, uint32_t onl
             if (e != CL_SUCCESS)
                 st = skvi_args_fail(ctx->error, &args, "skv_compress: enqueue");
             else
-                e = skvi_enqueue_items(ctx->queue, k, 1, &g, n_waits, waits, NULL);
+                e = skvi_enqueue_items(ctx->device, ctx->queue, k, 1, &g, n_waits, waits, NULL);
             n_waits = 0;
             waits = NULL;
             clReleaseMemObject(jb);

@@ -107,7 +107,7 @@ static skv_status tri_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t
             if (e != CL_SUCCESS)
                 st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (triattention)");
             else
-                e = skvi_enqueue_items(c->rq, k, 1, &gsz, 0, NULL, NULL);
+                e = skvi_enqueue_items(c->ctx->device, c->rq, k, 1, &gsz, 0, NULL, NULL);
             if (e == CL_SUCCESS)
                 e = clEnqueueReadBuffer(c->rq, out, CL_TRUE, 0, (size_t)G * n * 4, part, 0, NULL, NULL);
             for (uint32_t g = 0; e == CL_SUCCESS && g < G; g++)
@@ -292,7 +292,7 @@ static skv_status scores_impl(skv_cache *c, skv_seq_id seq, uint32_t layer, uint
             if (e != CL_SUCCESS)
                 st = skvi_args_fail(ctx->error, &a, "skv_seq_scores");
             else
-                e = skvi_enqueue_items(c->rq, k, 1, &g, 0, NULL, NULL);
+                e = skvi_enqueue_items(c->ctx->device, c->rq, k, 1, &g, 0, NULL, NULL);
             if (e == CL_SUCCESS && energy && done + first < capacity)
                 e = clEnqueueReadBuffer(c->rq, bufs[4], CL_FALSE, 0,
                                         (n < capacity - done - first ? n : capacity - done - first) * sizeof(float),

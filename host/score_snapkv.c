@@ -160,7 +160,7 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
         else
-            e = skvi_enqueue_items(c->rq, k, 1, &g, 0, NULL, NULL);
+            e = skvi_enqueue_items(c->ctx->device, c->rq, k, 1, &g, 0, NULL, NULL);
         clReleaseMemObject(pages);
         off += n;
     }
@@ -186,7 +186,7 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
         else
-            e = skvi_enqueue_items(c->rq, k, 1, &g, 0, NULL, NULL);
+            e = skvi_enqueue_items(c->ctx->device, c->rq, k, 1, &g, 0, NULL, NULL);
     }
     if (st == SKV_OK && e == CL_SUCCESS) {
         cl_kernel k = c->k_snap_vote;
@@ -205,7 +205,7 @@ skv_status skvi_snap_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         if (e != CL_SUCCESS)
             st = skvi_args_fail(ctx->error, &a, "skv_seq_scores (snapkv)");
         else
-            e = skvi_enqueue_items(c->rq, k, 1, &g, 0, NULL, NULL);
+            e = skvi_enqueue_items(c->ctx->device, c->rq, k, 1, &g, 0, NULL, NULL);
         if (e == CL_SUCCESS)
             e = clEnqueueReadBuffer(c->rq, vote, CL_TRUE, 0, held * sizeof(float), votes, 0, NULL, NULL);
         if (e == CL_SUCCESS)

@@ -494,9 +494,7 @@ int skv_rdr_uniform_check(const skv_rdr_problem *p, uint8_t *choice)
         free(order), free(best), free(cand);
         return -2;
     }
-    for (uint64_t i = 0; i < p->n; i++)
-        order[i] = (by_u){p->items[i].u, (uint32_t)i};
-    qsort(order, p->n, sizeof *order, by_utility);
+    int sorted = 0; /* the drop order, made when a tier first needs it */
     double best_d = skv_rdr_distortion(p, choice);
     int replaced = 0;
     for (unsigned t = 0; t < SKV_TIER_COUNT; t++) {
@@ -508,6 +506,12 @@ int skv_rdr_uniform_check(const skv_rdr_problem *p, uint8_t *choice)
             cand[i] = (uint8_t)(allowed(p, &p->items[i], t) ? t : p->items[i].current);
             count[cand[i]]++;
             d += distortion(p, &p->items[i], cand[i]);
+        }
+        if (!sorted && bytes_of(p, count) > p->budget) {
+            for (uint64_t i = 0; i < p->n; i++)
+                order[i] = (by_u){p->items[i].u, (uint32_t)i};
+            qsort(order, p->n, sizeof *order, by_utility);
+            sorted = 1;
         }
         for (uint64_t k = 0; k < p->n && bytes_of(p, count) > p->budget; k++) { /* least utility first */
             const uint32_t i = order[k].i;

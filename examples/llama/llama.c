@@ -439,14 +439,6 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
     if (!s)
         return fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_create: out of memory");
     s->m = m, s->policy = *policy, s->max_chunk = max_chunk;
-    /* RDR's budget holds once it can hold the floor: the sinks' page, the recent window,
-     * a partly filled page and the room for the slack (64) tokens between compressions
-     * (skv.h); the uniform tiers are watched from 1024 tokens on */
-    s->peak_from = policy->budget > 0 && policy->budget_context ? 0
-                   : policy->budget > 0
-                       ? (uint64_t)ceil((2.0 * 64 + (policy->recent_window ? policy->recent_window : 128) + 64) /
-                                        policy->budget)
-                       : 1024;
     s->events = calloc(2 * (size_t)c->layers, sizeof *s->events);
 
     skv_cache_desc d;
@@ -466,9 +458,9 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
         d.budget_ratio = policy->budget;
         if (policy->budget_context) { /* a fixed cap: the F16 bytes of budget_context tokens */
             const uint64_t pages = (policy->budget_context + d.page_tokens - 1) / d.page_tokens;
-            const uint64_t f16_page = (uint64_t)d.page_tokens * (4ull * c->head_dim + 4);
             d.budget_ratio = 1.0f;
-            d.budget_bytes = (uint64_t)((double)policy->budget * (double)(pages * f16_page) * c->layers * c->kv_heads);
+            d.budget_bytes = (uint64_t)((double)policy->budget * (double)(pages * d.page_tokens * f16_token) *
+                                        c->layers * c->kv_heads);
         }
         d.budget_rule = policy->budget_rule;
         if (policy->recent_window)
@@ -478,6 +470,13 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
     } else {
         d.tiers = (1u << SKV_TIER_F16) | (1u << policy->tier);
     }
+    /* RDR's budget holds once it can hold the floor: the sinks' page, the recent window,
+     * a partly filled page and the room for the slack tokens between compressions (skv.h);
+     * under a fixed cap from the start; the uniform tiers are watched from 1024 tokens on */
+    s->peak_from = policy->budget > 0 && policy->budget_context ? 0
+                   : policy->budget > 0
+                       ? (uint64_t)ceil((2.0 * d.page_tokens + d.recent_window + d.slack) / policy->budget)
+                       : 1024;
     skv_status st = s->events ? skv_cache_create(skv, &d, &s->cache)
                               : fail(SKV_ERR_OUT_OF_MEMORY, "llm_session_create: out of memory");
     if (st != SKV_OK && s->events)
