@@ -60,7 +60,7 @@ float skv_ref_score_key(skv_scorer scorer, const float *k, uint32_t d, const flo
 void skv_ref_rope_pair(const skv_rope_desc *r, uint32_t d, uint32_t f, uint32_t *i0, uint32_t *i1);
 /* Library: omega_f of pair f (position scaling folded in). */
 double skv_ref_rope_omega(const skv_rope_desc *r, uint32_t d, uint32_t f);
-/* Rotates x (d floats) by `position` (negative: inverts RoPE). */
+/* Library: rotates x (d floats) by `position` (negative: inverts RoPE). */
 void skv_ref_rope_rotate(const skv_rope_desc *r, uint32_t d, double position, float *x);
 /* TriAttention score of a post-RoPE key at `position` for one q-head's statistics, as
  * defined: RoPE inverted, the mean over offsets {1, 2, 4, ..., 65536} of

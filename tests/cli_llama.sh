@@ -32,6 +32,23 @@ awk '$1 == "f16" && ($(NF-5) != "1.0000" || $(NF-2) != "1.000") { print "dense r
      $1 == "rdr" && !($(NF-1) >= $(NF-2)) { print "RDR peak below its ratio: " $0; bad = 1 }
      END { if (n != 3) { print "missing rows"; bad = 1 } exit bad }' "$dir/ppl.txt"
 
+# --save-kv: the dense run's KV as a file skv eval reads (layer 1 only: 284 tokens, 64
+# window queries, 16 decode queries); TriAttention calibrated on another text, which must exist
+"$skv" perplexity --model "$model" --text "$text" --tokens 300 --budget 0.5 --scorer triattention \
+    --calibrate "$dir/other.txt" --save-kv "$dir/ppl.kv" --save-layers 1 --json "$dir/tri.json" \
+    > "$dir/tri.txt" 2> "$dir/tri.err" && { echo "perplexity ran without its calibration text"; exit 1; }
+grep -q 'other.txt' "$dir/tri.err" || { echo "no message naming the calibration text"; cat "$dir/tri.err"; exit 1; }
+i=0
+while [ $i -lt 40 ]; do printf 'a slow green turtle walks under %d bright stars tonight.\n' $i; i=$((i + 1)); done \
+    > "$dir/other.txt"
+"$skv" perplexity --model "$model" --text "$text" --tokens 300 --budget 0.5 --scorer triattention \
+    --calibrate "$dir/other.txt" --save-kv "$dir/ppl.kv" --save-layers 1 --json "$dir/tri.json" > "$dir/tri.txt"
+grep -q '"scorer":[[:space:]]*"triattention"' "$dir/tri.json" || { echo "no triattention run"; exit 1; }
+awk '$1 == "rdr" { n++; if (!($(NF-2) < 1)) { print "triattention not smaller: " $0; bad = 1 } }
+     END { if (n != 1) { print "no rdr row"; bad = 1 } exit bad }' "$dir/tri.txt"
+"$skv" eval --kv "$dir/ppl.kv" --csv "$dir/ppl_eval.csv" > "$dir/ppl_eval.txt"
+grep -q '^triattention,' "$dir/ppl_eval.csv" || { echo "eval --kv of the saved file: no triattention rows"; exit 1; }
+
 "$skv" generate --model "$model" --prompt "the quick brown" --max-tokens 6 --policy f16 --policy a3v4 \
     > "$dir/gen.txt" 2> "$dir/gen.err"
 [ "$(grep -c '^KV cache' "$dir/gen.txt")" -eq 2 ] || { echo "generate: not two reports"; cat "$dir/gen.txt"; exit 1; }
@@ -61,4 +78,8 @@ expect 1 perplexity --model "$model" --text "$text" --tokens 100000
 expect 1 generate --model "$model" --prompt "abc" --prompt-tokens 50
 expect 1 generate --model "$model" --prompt "abc" --max-tokens 600
 expect 1 generate --model "$model" --prompt "abc" --budget 0.5 --scorer snapkv
+expect 2 generate --model "$model" --prompt "abc" --budget 0.5 --scorer triattention
+expect 2 perplexity --model "$model" --text "$text" --save-layers x
+expect 2 perplexity --model "$model" --text "$text" --tokens 80 --save-kv "$dir/x.kv"
+expect 1 perplexity --model "$model" --text "$text" --tokens 300 --save-kv "$dir/x.kv" --save-layers 2
 echo "cli_llama: ok"

@@ -68,6 +68,15 @@ for p in f16 a3v4 drop-0.25-keydiff; do
     grep -q '</svg>' "$dir/le-$p.svg" || { echo "no heat map for $p"; exit 1; }
 done
 
+# TriAttention, calibrated on each sample's captured window queries: runs, and compresses
+"$skv" longeval --model "$model" --filler "$prose" --tasks passkey --lengths 300 --depths 50 --samples 1 \
+    --budget 0.25 --scorer triattention --mode rdr --json "$dir/tri.json" > "$dir/tri.txt" 2> "$dir/tri.err" ||
+    { echo "longeval --scorer triattention failed"; cat "$dir/tri.err"; exit 1; }
+grep -q '"scorer":[[:space:]]*"triattention"' "$dir/tri.json" || { echo "no triattention record"; exit 1; }
+awk '/^[[:space:]]*"kv_bytes":/ { kv = $2 + 0 } /^[[:space:]]*"kv_bytes_dense":/ { kvd = $2 + 0 }
+    /^[[:space:]]*"scorer":[[:space:]]*"triattention"/ { tri = 1 }
+    END { if (!tri || !(kv < kvd)) { print "triattention: kv_bytes " kv " not below " kvd; exit 1 } }' "$dir/tri.json"
+
 expect() { # exit code, then the command's arguments
     want=$1
     shift
@@ -86,7 +95,6 @@ expect 2 longeval $m --depths 101
 expect 2 longeval $m --samples 0
 expect 2 longeval $m --tasks passkey,nope
 expect 2 longeval $m --budget 0
-expect 2 longeval $m --scorer triattention
 expect 2 longeval $m --scorer nope
 expect 2 longeval $m --mode both
 expect 2 longeval $m --rule nope

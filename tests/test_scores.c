@@ -390,6 +390,75 @@ static void test_rope_and_triattention_reference(void **state)
         }
 }
 
+/* skv_query_stats: pre-RoPE queries rotated to random positions come back as their mean
+ * and mean pair magnitudes, computed directly from the pre-RoPE queries; outputs poisoned
+ * first; bad input refused with the outputs untouched. */
+static void test_query_stats(void **state)
+{
+    (void)state;
+    test_rng r = {29};
+    const uint32_t dims[2] = {64, 96}, QH = 3, N = 37;
+    for (int il = 0; il < 2; il++)
+        for (int di = 0; di < 2; di++) {
+            const uint32_t d = dims[di];
+            skv_rope_desc rope = rope_of(d, il, il ? 1.0f : 4.0f);
+            float *pre = malloc((size_t)N * QH * d * 4), *post = malloc((size_t)N * QH * d * 4);
+            float *mean = malloc((size_t)QH * d * 4), *ab = malloc((size_t)QH * d / 2 * 4);
+            int32_t pos[37];
+            assert_non_null(pre), assert_non_null(post), assert_non_null(mean), assert_non_null(ab);
+            for (uint32_t i = 0; i < N; i++) {
+                pos[i] = (int32_t)(rng_u32(&r) % 200000);
+                for (uint32_t j = 0; j < QH * d; j++) /* a mean away from zero, as real queries have */
+                    pre[(size_t)i * QH * d + j] = test_gauss(&r) + (float)(j % 7) - 3.0f;
+                memcpy(post + (size_t)i * QH * d, pre + (size_t)i * QH * d, (size_t)QH * d * 4);
+                for (uint32_t h = 0; h < QH; h++)
+                    skv_ref_rope_rotate(&rope, d, pos[i], post + ((size_t)i * QH + h) * d);
+            }
+            for (uint32_t j = 0; j < QH * d; j++)
+                mean[j] = NAN;
+            for (uint32_t j = 0; j < QH * d / 2; j++)
+                ab[j] = NAN;
+            assert_int_equal(skv_query_stats(&rope, QH, d, N, post, pos, mean, ab), SKV_OK);
+            for (uint32_t h = 0; h < QH; h++) {
+                for (uint32_t j = 0; j < d; j++) {
+                    double want = 0;
+                    for (uint32_t i = 0; i < N; i++)
+                        want += pre[((size_t)i * QH + h) * d + j] / (double)N;
+                    if (!(fabs(mean[h * d + j] - want) <= 1e-4 * (1 + fabs(want))))
+                        fail_msg("layout %d d %u head %u dim %u: mean %g, want %g", il, d, h, j, mean[h * d + j], want);
+                }
+                for (uint32_t f = 0; f < d / 2; f++) {
+                    uint32_t i0, i1;
+                    skv_ref_rope_pair(&rope, d, f, &i0, &i1);
+                    double want = 0;
+                    for (uint32_t i = 0; i < N; i++)
+                        want += hypot(pre[((size_t)i * QH + h) * d + i0], pre[((size_t)i * QH + h) * d + i1]) / N;
+                    if (!(fabs(ab[h * d / 2 + f] - want) <= 1e-4 * (1 + want)))
+                        fail_msg("layout %d d %u head %u pair %u: |q_f| %g, want %g", il, d, h, f, ab[h * d / 2 + f],
+                                 want);
+                }
+            }
+            /* refused, outputs untouched */
+            const float keep0 = mean[0], keep1 = ab[0];
+            int32_t bad_pos = pos[5];
+            pos[5] = -1;
+            assert_int_equal(skv_query_stats(&rope, QH, d, N, post, pos, mean, ab), SKV_ERR_INVALID_ARG);
+            pos[5] = bad_pos;
+            post[11] = NAN;
+            assert_int_equal(skv_query_stats(&rope, QH, d, N, post, pos, mean, ab), SKV_ERR_INVALID_ARG);
+            assert_non_null(strstr(skv_last_error(), "not finite"));
+            post[11] = 0;
+            skv_rope_desc part = rope;
+            part.rotary_dims = d / 2;
+            assert_int_equal(skv_query_stats(&part, QH, d, N, post, pos, mean, ab), SKV_ERR_INVALID_ARG);
+            assert_int_equal(skv_query_stats(&rope, QH, d, 0, post, pos, mean, ab), SKV_ERR_INVALID_ARG);
+            assert_int_equal(skv_query_stats(&rope, QH, d, N, NULL, pos, mean, ab), SKV_ERR_INVALID_ARG);
+            assert_int_equal(skv_query_stats(&rope, QH, d + 1, N, post, pos, mean, ab), SKV_ERR_INVALID_ARG);
+            assert_true(mean[0] == keep0 && ab[0] == keep1);
+            free(pre), free(post), free(mean), free(ab);
+        }
+}
+
 static void test_triattention_kernel(void **state)
 {
     (void)state;
@@ -718,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_needle_retention),
         cmocka_unit_test(test_rope_and_triattention_reference),
         cmocka_unit_test(test_triattention_kernel),
+        cmocka_unit_test(test_query_stats),
         cmocka_unit_test(test_snapkv_pooling),
         cmocka_unit_test(test_snapkv),
         cmocka_unit_test(test_observed),

@@ -171,32 +171,23 @@ static int alloc_data(eval_data *e)
     return -1;
 }
 
-/* TriAttention's query statistics from the prefill window: each query's RoPE inverted at
- * its position, then the mean query and the mean magnitude of each rotary pair. */
-static int calibrate(eval_data *e)
+/* TriAttention's query statistics from the prefill window (skv_query_stats, per layer):
+ * NULL, or why not. */
+static const char *calibrate(eval_data *e)
 {
     const uint32_t L = e->layers, QH = e->q_heads, D = e->head_dim, W = e->n_window;
-    e->q_mean = calloc((size_t)L * QH * D, 4);
-    e->q_abs = calloc((size_t)L * QH * D / 2, 4);
-    float *x = malloc((size_t)D * 4);
-    if (!e->q_mean || !e->q_abs || !x) {
-        free(x);
-        return -1;
-    }
-    for (uint32_t l = 0; l < L; l++)
-        for (uint32_t w = 0; w < W; w++)
-            for (uint32_t qh = 0; qh < QH; qh++) {
-                memcpy(x, e->wq + (((size_t)l * W + w) * QH + qh) * D, (size_t)D * 4);
-                skv_ref_rope_rotate(&e->rope, D, -(double)(e->tokens - W + w), x);
-                float *mean = e->q_mean + ((size_t)l * QH + qh) * D, *mag = e->q_abs + ((size_t)l * QH + qh) * D / 2;
-                for (uint32_t j = 0; j < D; j++)
-                    mean[j] += x[j] / (float)W;
-                for (uint32_t f = 0; f < D / 2; f++) /* pairs (f, f + D/2), or (2f, 2f + 1) interleaved */
-                    mag[f] += (e->rope.interleaved ? hypotf(x[2 * f], x[2 * f + 1]) : hypotf(x[f], x[f + D / 2])) /
-                              (float)W;
-            }
-    free(x);
-    return 0;
+    e->q_mean = malloc((size_t)L * QH * D * 4);
+    e->q_abs = malloc((size_t)L * QH * D / 2 * 4);
+    int32_t *pos = malloc((size_t)W * sizeof *pos);
+    const char *why = e->q_mean && e->q_abs && pos ? NULL : "out of memory";
+    for (uint32_t w = 0; !why && w < W; w++)
+        pos[w] = (int32_t)(e->tokens - W + w);
+    for (uint32_t l = 0; !why && l < L; l++)
+        if (skv_query_stats(&e->rope, QH, D, W, e->wq + (size_t)l * W * QH * D, pos, e->q_mean + (size_t)l * QH * D,
+                            e->q_abs + (size_t)l * QH * D / 2) != SKV_OK)
+            why = skv_last_error();
+    free(pos);
+    return why;
 }
 
 /* 0, or 1 with a message naming what is wrong with the file (the library's key/value
@@ -228,8 +219,8 @@ static int load_kv(const char *path, eval_data *e)
             (nw && skv_kvfile_read(f, SKV_KVFILE_WINDOW, l, 0, e->n_window, e->wq + l * nw) != SKV_OK))
             why = skv_last_error();
     skv_kvfile_close(f);
-    if (!why && e->n_window && calibrate(e) != 0)
-        why = "out of memory";
+    if (!why && e->n_window)
+        why = calibrate(e);
     if (!why)
         return 0;
     fprintf(stderr, "skv eval: %s: %s\n", path, why);
@@ -260,7 +251,7 @@ static int synth_data(const synth_model *m, uint64_t tokens, eval_data *e)
         for (uint32_t w = 0; w < WINDOW; w++)
             synth_query(m, l, tokens - WINDOW + w, -1, 500, e->wq + ((size_t)l * WINDOW + w) * QH * D);
     }
-    if (calibrate(e) != 0) {
+    if (calibrate(e)) {
         free_data(e);
         return -1;
     }

@@ -20,7 +20,7 @@ void usage_generate(FILE *out)
     fprintf(out,
             "usage: skv generate --model FILE (--prompt TEXT | --prompt-file FILE) [--max-tokens N]\n"
             "                    [--policy P]... [--budget F]... [--scorer S] [--chat] [--prompt-tokens N]\n"
-            "                    [--chunk N] [--device SEL]\n"
+            "                    [--calibrate FILE] [--chunk N] [--device SEL]\n"
             "  Greedy decoding of a Llama-architecture GGUF (SmolLM2-135M-Instruct: docs/llama.md) with\n"
             "  skv as the KV cache; streams the tokens, then prints tokens/s, the device time in\n"
             "  attention and the KV bytes on the device, compressed vs dense. Several policies run\n"
@@ -32,7 +32,9 @@ void usage_generate(FILE *out)
             "  --budget F       RDR in (0, 1]: per token and head F16, an ADA tier or drop, under F of\n"
             "                   the F16 bytes (replaces --policy)\n"
             "  --scorer S       RDR's scorer: keydiff (default), knorm, manifold, manifold_windowed,\n"
-            "                   streaming, observed\n"
+            "                   streaming, observed, triattention (with --calibrate)\n"
+            "  --calibrate FILE TriAttention's query statistics from a dense prefill of FILE's first\n"
+            "                   1024 tokens (its last 256 queries; a text other than the one run)\n"
             "  --chat           wrap the prompt in the model's chat turns (<|im_start|>user ...)\n"
             "  --prompt-tokens N  keep the prompt's first N tokens (decode speed at a context length)\n"
             "  --chunk N        prompt tokens per matrix product (default 128)\n");
@@ -42,7 +44,8 @@ void usage_perplexity(FILE *out)
 {
     fprintf(out,
             "usage: skv perplexity --model FILE --text FILE [--tokens N] [--policy P]... [--budget F]...\n"
-            "                      [--scorer S] [--chunk N] [--json FILE] [--device SEL]\n"
+            "                      [--scorer S] [--calibrate FILE] [--chunk N] [--json FILE]\n"
+            "                      [--save-kv FILE [--save-layers L]] [--device SEL]\n"
             "  Next-token loss over a text with a dense cache, then with each policy and budget given\n"
             "  (default: a4v8, a3v4, a2v2 and RDR at 0.25), in one run: loss, its increase over dense,\n"
             "  top-1 agreement with the dense run, KV bytes on the device at the end.\n"
@@ -53,12 +56,16 @@ void usage_perplexity(FILE *out)
             "  --policy P   a4v8, a3v4, a2v2 (repeatable); --budget F: RDR at F (repeatable)\n"
             "  --json FILE  {\"results\":[{\"policy\",\"budget\",\"loss\",\"loss_delta\",\"top1_agreement\",\n"
             "               \"kv_bytes\",\"kv_bytes_dense\", ...}]}\n"
-            "  --model, --scorer, --chunk, --device: as skv generate\n");
+            "  --save-kv FILE  write the dense run's KV as a key/value file for skv eval --kv (fp16):\n"
+            "               keys and values of all but the last 16 tokens, the 64 queries before those\n"
+            "               as its prefill window, the last 16 tokens' queries as its decode queries\n"
+            "  --save-layers L  the layers it holds, e.g. 1,6,12,18,24,29 (default all)\n"
+            "  --model, --scorer, --calibrate, --chunk, --device: as skv generate\n");
 }
 
 /* Options both commands take. */
 typedef struct llama_opts {
-    const char *model, *device;
+    const char *model, *device, *calib;
     llm_policy policy[MAX_RUNS];
     int n_policies;
     skv_scorer scorer;
@@ -71,7 +78,8 @@ static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*us
 {
     const char *a = argv[*i];
     int known = !strcmp(a, "--model") || !strcmp(a, "--device") || !strcmp(a, "--policy") ||
-                !strcmp(a, "--budget") || !strcmp(a, "--scorer") || !strcmp(a, "--chunk");
+                !strcmp(a, "--budget") || !strcmp(a, "--scorer") || !strcmp(a, "--chunk") ||
+                !strcmp(a, "--calibrate");
     if (!known)
         return 0;
     if (*i + 1 >= argc) {
@@ -83,6 +91,8 @@ static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*us
         o->model = v;
     else if (!strcmp(a, "--device"))
         o->device = v;
+    else if (!strcmp(a, "--calibrate"))
+        o->calib = v;
     else if (!strcmp(a, "--chunk")) {
         if (tool_parse_u32(v, 1, 4096, &o->chunk) != 0) {
             tool_usage_error(usage, "--chunk must be 1..4096");
@@ -121,6 +131,36 @@ static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*us
         o->n_policies++;
     }
     return 1;
+}
+
+/* A usage error (printed; -1) when an RDR policy scores with triattention and no
+ * --calibrate text was given. */
+static int check_calibration(const llama_opts *o, void (*usage)(FILE *))
+{
+    for (int i = 0; i < o->n_policies; i++)
+        if (o->policy[i].budget > 0 && o->scorer == SKV_SCORER_TRIATTENTION && !o->calib) {
+            tool_usage_error(usage, "the triattention scorer needs --calibrate FILE (a text other than the one run)");
+            return -1;
+        }
+    return 0;
+}
+
+/* TriAttention's statistics for the RDR policies that score with it, calibrated on
+ * --calibrate (the caller frees *mean and *abs_pair): 0, or -1 printed. */
+static int calibrate_policies(const char *cmd, llama_env *env, const llama_opts *o, llm_policy *policies, int n,
+                              float **mean, float **abs_pair)
+{
+    *mean = *abs_pair = NULL;
+    int need = 0;
+    for (int i = 0; i < n; i++)
+        need |= policies[i].budget > 0 && policies[i].scorer == SKV_SCORER_TRIATTENTION;
+    if (!need)
+        return 0;
+    if (llama_calibrate(cmd, env, o->calib, o->chunk, mean, abs_pair) != 0)
+        return -1;
+    for (int i = 0; i < n; i++)
+        policies[i].query_mean = *mean, policies[i].query_abs = *abs_pair;
+    return 0;
 }
 
 static void policy_name(const llm_policy *p, char *out, size_t n)
@@ -224,12 +264,14 @@ int cmd_generate(int argc, char **argv)
         llm_policy_init(&o.policy[o.n_policies++]);
     for (int i = 0; i < o.n_policies; i++)
         o.policy[i].scorer = o.scorer;
+    if (check_calibration(&o, usage_generate) != 0)
+        return SKV_EXIT_USAGE;
 
     int rc = 1;
     llama_env env;
     char *text = NULL, *file_text = NULL;
     int32_t *ids = NULL;
-    float *logits = NULL;
+    float *logits = NULL, *q_mean = NULL, *q_abs = NULL;
     size_t len = 0, n_ids = 0;
     gen_result res[MAX_RUNS];
     if (prompt_file && !(file_text = llama_read_file(prompt_file, &len))) {
@@ -273,6 +315,8 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "skv generate: out of memory\n");
         goto done;
     }
+    if (calibrate_policies("generate", &env, &o, o.policy, o.n_policies, &q_mean, &q_abs) != 0)
+        goto done;
     for (int r = 0; r < o.n_policies; r++) {
         char pname[64];
         policy_name(&o.policy[r], pname, sizeof pname);
@@ -326,7 +370,7 @@ int cmd_generate(int argc, char **argv)
     rc = 0;
 done:
     llama_env_close(&env);
-    free(logits), free(ids), free(text), free(file_text);
+    free(logits), free(ids), free(text), free(file_text), free(q_mean), free(q_abs);
     return rc;
 }
 
@@ -338,12 +382,51 @@ typedef struct ppl_result {
     llm_session_stats stats;
 } ppl_result;
 
+/* --save-kv: the dense run's last SAVE_QUERIES positions are the file's decode queries,
+ * the SAVE_WINDOW before them its prefill window, everything before them its keys and
+ * values. */
+#define SAVE_QUERIES 16u
+#define SAVE_WINDOW 64u
+
+/* Writes a version-2 fp16 key/value file (skv eval --kv) of `layers` (all when n is 0)
+ * of a capture of SAVE_WINDOW + SAVE_QUERIES queries: 0, or 1 printed. */
+static int save_capture(const char *path, const llm_config *c, const llm_capture *cap, const uint32_t *layers, int n)
+{
+    skv_kvfile_info in;
+    skv_kvfile_info_init(&in);
+    in.dtype = SKV_F16;
+    in.layers = n ? (uint32_t)n : c->layers;
+    in.kv_heads = cap->kv_heads, in.q_heads = cap->q_heads, in.head_dim = cap->head_dim;
+    in.tokens = cap->tokens - SAVE_QUERIES, in.n_queries = SAVE_QUERIES, in.n_window = SAVE_WINDOW;
+    in.rope.theta = c->rope_theta, in.rope.rotary_dims = c->head_dim, in.rope.interleaved = 1, in.rope.scaling = 1;
+    const size_t kv = (size_t)in.tokens * in.kv_heads * in.head_dim, qrow = (size_t)in.q_heads * in.head_dim;
+    float *k = malloc(in.layers * kv * sizeof *k), *v = malloc(in.layers * kv * sizeof *v);
+    float *q = malloc(in.layers * SAVE_QUERIES * qrow * sizeof *q), *w = malloc(in.layers * SAVE_WINDOW * qrow * sizeof *w);
+    skv_status st = k && v && q && w && cap->n_window == SAVE_WINDOW + SAVE_QUERIES ? SKV_OK : SKV_ERR_OUT_OF_MEMORY;
+    for (uint32_t i = 0; st == SKV_OK && i < in.layers; i++) {
+        const uint32_t l = n ? layers[i] : i;
+        memcpy(k + i * kv, cap->k[l], kv * sizeof *k), memcpy(v + i * kv, cap->v[l], kv * sizeof *v);
+        memcpy(w + i * SAVE_WINDOW * qrow, cap->q[l], SAVE_WINDOW * qrow * sizeof *w);
+        memcpy(q + i * SAVE_QUERIES * qrow, cap->q[l] + SAVE_WINDOW * qrow, SAVE_QUERIES * qrow * sizeof *q);
+    }
+    if (st == SKV_OK)
+        st = skv_kvfile_write(path, &in, k, v, q, w);
+    if (st != SKV_OK)
+        fprintf(stderr, "skv perplexity: --save-kv %s: %s\n", path,
+                st == SKV_ERR_OUT_OF_MEMORY ? "out of memory" : skv_last_error());
+    free(k), free(v), free(q), free(w);
+    return st != SKV_OK;
+}
+
 int cmd_perplexity(int argc, char **argv)
 {
     llama_opts o = {.model = getenv("SKV_MODEL"), .chunk = 128, .scorer = SKV_SCORER_KEYDIFF};
     const char *text_path = NULL, *json_path = NULL;
     uint32_t tokens = 4096;
     int grow = 0; /* RDR's budget: a fixed cap for the run's tokens, or a share of those so far */
+    const char *save_kv = NULL;
+    uint32_t save_layers[64];
+    int n_save_layers = 0;
     for (int i = 1; i < argc; i++) {
         int r = common_option(argc, argv, &i, &o, usage_perplexity);
         if (r < 0)
@@ -360,6 +443,11 @@ int cmd_perplexity(int argc, char **argv)
         else if (!strcmp(a, "--tokens")) {
             if (tool_parse_u32(argv[++i], 2, 1u << 20, &tokens) != 0)
                 return tool_usage_error(usage_perplexity, "--tokens must be 2..1048576");
+        } else if (!strcmp(a, "--save-kv")) {
+            save_kv = argv[++i];
+        } else if (!strcmp(a, "--save-layers")) {
+            if (tool_parse_u32_list(argv[++i], 0, 4095, save_layers, 64, &n_save_layers) != 0)
+                return tool_usage_error(usage_perplexity, "--save-layers takes up to 64 layer numbers, e.g. 1,6,12");
         } else if (!strcmp(a, "--budget-mode")) {
             const char *m = argv[++i];
             if (strcmp(m, "cap") && strcmp(m, "grow"))
@@ -394,13 +482,20 @@ int cmd_perplexity(int argc, char **argv)
             runs[n_runs].policy.budget_context = o.policy[i].budget > 0 && !grow ? tokens : 0;
             runs[n_runs++].policy.scorer = o.scorer;
         }
+    if (check_calibration(&o, usage_perplexity) != 0)
+        return SKV_EXIT_USAGE;
+    if (save_kv && tokens <= SAVE_QUERIES + SAVE_WINDOW)
+        return tool_usage_error(usage_perplexity, "--save-kv needs --tokens above %u", SAVE_QUERIES + SAVE_WINDOW);
+    for (int i = 0; i < n_save_layers; i++)
+        if (save_layers[i] >= 4096)
+            return tool_usage_error(usage_perplexity, "--save-layers: layer %u", save_layers[i]);
 
     int rc = 1;
     llama_env env;
     size_t len = 0, n_ids = 0;
     char *text = llama_read_file(text_path, &len);
     int32_t *ids = NULL, *targets = NULL, *top = NULL, *dense_top = NULL;
-    float *loss = NULL;
+    float *loss = NULL, *q_mean = NULL, *q_abs = NULL;
     if (!text) {
         fprintf(stderr, "skv perplexity: cannot read %s\n", text_path);
         return 1;
@@ -426,6 +521,14 @@ int cmd_perplexity(int argc, char **argv)
         fprintf(stderr, "skv perplexity: out of memory\n");
         goto done;
     }
+    for (int i = 0; i < n_save_layers; i++)
+        if (save_layers[i] >= c->layers) {
+            fprintf(stderr, "skv perplexity: --save-layers: the model has %u layers, not %u\n", c->layers,
+                    save_layers[i] + 1);
+            goto done;
+        }
+    if (calibrate_policies("perplexity", &env, &o, &runs[1].policy, n_runs - 1, &q_mean, &q_abs) != 0)
+        goto done;
     for (uint32_t i = 0; i < tokens; i++)
         targets[i] = i + 1 < tokens ? ids[i + 1] : -1;
     printf("skv perplexity: %s (%s); %s, %u tokens (%u predictions), chunks of %u\n", env.prof.name,
@@ -437,6 +540,8 @@ int cmd_perplexity(int argc, char **argv)
         policy_name(&R->policy, pname, sizeof pname);
         llm_session *s = NULL;
         skv_status st = llm_session_create(env.model, env.skv, &R->policy, o.chunk, &s);
+        if (st == SKV_OK && r == 0 && save_kv) /* the dense run's keys, values and last queries */
+            st = llm_session_capture(s, 1, SAVE_WINDOW + SAVE_QUERIES);
         double t0 = tool_now_s();
         for (uint32_t i = 0; st == SKV_OK && i < tokens; i += o.chunk) {
             uint32_t k = tokens - i < o.chunk ? tokens - i : o.chunk;
@@ -456,7 +561,15 @@ int cmd_perplexity(int argc, char **argv)
         tool_progress("");
         if (st == SKV_OK)
             st = llm_session_stats_get(s, &R->stats);
+        llm_capture *cap = st == SKV_OK && r == 0 && save_kv ? llm_session_capture_take(s) : NULL;
         llm_session_free(s);
+        if (cap) {
+            int bad = save_capture(save_kv, c, cap, save_layers, n_save_layers);
+            llm_capture_free(cap);
+            if (bad)
+                goto done;
+            printf("wrote %s\n", save_kv);
+        }
         if (st != SKV_OK) {
             fprintf(stderr, "skv perplexity: %s: %s: %s\n", pname, skv_status_str(st), llm_last_error());
             goto done;
@@ -535,6 +648,6 @@ int cmd_perplexity(int argc, char **argv)
     cJSON_Delete(root);
 done:
     llama_env_close(&env);
-    free(text), free(ids), free(targets), free(top), free(dense_top), free(loss);
+    free(text), free(ids), free(targets), free(top), free(dense_top), free(loss), free(q_mean), free(q_abs);
     return rc;
 }

@@ -48,12 +48,14 @@ void usage_longeval(FILE *out)
             "  --budget F      RDR under F of the F16 bytes, repeatable (default 0.25 and 0.125 when\n"
             "                  neither --budget nor --policy is given), crossed with:\n"
             "  --scorer S      keydiff, knorm, manifold, manifold_windowed, streaming, snapkv,\n"
-            "                  observed (repeatable; default keydiff and snapkv)\n"
+            "                  triattention (calibrated on the sample's window queries), observed\n"
+            "                  (repeatable; default keydiff and snapkv)\n"
             "  --mode M        rdr (F16, ADA tiers or drop per token) or drop (F16 or drop),\n"
             "                  repeatable (default both)\n"
             "  --rule R        uniform, pyramid (PyramidKV), adakv (AdaKV), repeatable (default uniform)\n"
             "  --recent N      RDR keeps the last N positions F16, repeatable (default 128, the library's)\n"
-            "  --window N      captured queries per layer: SnapKV's observation window (default 64)\n"
+            "  --window N      captured queries per layer: SnapKV's observation window and\n"
+            "                  TriAttention's calibration (default 64)\n"
             "  --space-in-question  the space before an answer's first digit ends the question\n"
             "                  instead (it is then not scored; docs/longeval.md)\n"
             "  --chunk N       prefill tokens per matrix product (default 128)\n"
@@ -350,9 +352,15 @@ static int eval_policy(llama_env *env, const lpolicy *P, const llm_capture *cap,
     llm_session *s = NULL;
     llm_policy pol = P->p;
     pol.prefix = 1;
+    float *q_mean = NULL, *q_abs = NULL; /* triattention: calibrated on this prompt's window */
     double t0 = tool_now_s(), t1 = t0;
-    skv_status st = targets && top && loss ? llm_session_create(env->model, env->skv, &pol, chunk, &s)
-                                           : SKV_ERR_OUT_OF_MEMORY;
+    skv_status st = targets && top && loss ? SKV_OK : SKV_ERR_OUT_OF_MEMORY;
+    if (st == SKV_OK && pol.budget > 0 && pol.scorer == SKV_SCORER_TRIATTENTION &&
+        (st = llm_capture_query_stats(env->model, cap, &q_mean, &q_abs)) == SKV_OK)
+        pol.query_mean = q_mean, pol.query_abs = q_abs;
+    if (st == SKV_OK)
+        st = llm_session_create(env->model, env->skv, &pol, chunk, &s);
+    free(q_mean), free(q_abs);
     if (st == SKV_OK)
         st = llm_session_load_prefix(s, cap);
     if (st == SKV_OK) {
@@ -400,22 +408,6 @@ static void escape_line(char *s)
 }
 
 /* ---- options -------------------------------------------------------------------------------- */
-
-static int parse_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, int *n)
-{
-    char buf[512];
-    if (strlen(s) >= sizeof buf)
-        return -1;
-    snprintf(buf, sizeof buf, "%s", s);
-    *n = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (*n == MAX_LIST || tool_parse_u32(tok, lo, hi, &out[*n]) != 0)
-            return -1;
-        ++*n;
-    }
-    return *n ? 0 : -1;
-}
 
 static int task_index(const char *s)
 {
@@ -510,11 +502,11 @@ int cmd_longeval(int argc, char **argv)
         else if (!strcmp(a, "--svg"))
             svg_prefix = v;
         else if (!strcmp(a, "--lengths")) {
-            if (parse_list(v, 64, 1u << 20, lengths, &n_len) != 0)
+            if (tool_parse_u32_list(v, 64, 1u << 20, lengths, MAX_LIST, &n_len) != 0)
                 return tool_usage_error(usage_longeval, "--lengths: a list of up to %d token counts in 64..1048576",
                                         MAX_LIST);
         } else if (!strcmp(a, "--depths")) {
-            if (parse_list(v, 0, 100, depths, &n_dep) != 0)
+            if (tool_parse_u32_list(v, 0, 100, depths, MAX_LIST, &n_dep) != 0)
                 return tool_usage_error(usage_longeval, "--depths: a list of up to %d percentages 0..100", MAX_LIST);
         } else if (!strcmp(a, "--tasks")) {
             char buf[256];
@@ -572,10 +564,10 @@ int cmd_longeval(int argc, char **argv)
             budgets[n_budgets++] = (float)b;
         } else if (!strcmp(a, "--scorer")) {
             int sc = tool_scorer_index(v);
-            if (sc <= 0 || sc == SKV_SCORER_TRIATTENTION)
+            if (sc <= 0)
                 return tool_usage_error(usage_longeval,
                                         "--scorer: '%s' is not one longeval runs (keydiff, knorm, manifold, "
-                                        "manifold_windowed, streaming, snapkv, observed)",
+                                        "manifold_windowed, streaming, snapkv, triattention, observed)",
                                         v);
             int dup = 0;
             for (int k = 0; k < n_scorers; k++)

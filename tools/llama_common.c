@@ -122,3 +122,55 @@ void llama_format_duration(double s, char *out, size_t n)
     else
         snprintf(out, n, "%.0fs", s);
 }
+
+llm_capture *llama_capture_prefill(const char *cmd, llama_env *e, const int32_t *ids, size_t n, uint32_t chunk,
+                                   uint32_t window)
+{
+    llm_policy dense;
+    llm_policy_init(&dense);
+    llm_session *s = NULL;
+    skv_status st = llm_session_create(e->model, e->skv, &dense, chunk, &s);
+    if (st == SKV_OK)
+        st = llm_session_capture(s, 1, window);
+    for (size_t i = 0; st == SKV_OK && i < n; i += chunk) {
+        uint32_t k = n - i < chunk ? (uint32_t)(n - i) : chunk;
+        st = llm_forward(s, ids + i, k, NULL, NULL, NULL, NULL);
+        tool_progress("dense prefill, captured: %zu / %zu tokens", i + k, n);
+    }
+    tool_progress("");
+    llm_capture *cap = st == SKV_OK ? llm_session_capture_take(s) : NULL;
+    if (st != SKV_OK)
+        fprintf(stderr, "skv %s: the captured prefill: %s: %s\n", cmd, skv_status_str(st), llm_last_error());
+    llm_session_free(s);
+    return cap;
+}
+
+int llama_calibrate(const char *cmd, llama_env *e, const char *path, uint32_t chunk, float **mean, float **abs_pair)
+{
+    size_t len = 0, n = 0;
+    char *text = llama_read_file(path, &len);
+    int32_t *ids = text ? llama_tokenize(cmd, e->bpe, text, len, &n) : NULL;
+    free(text);
+    if (!ids) {
+        fprintf(stderr, "skv %s: cannot read the calibration text %s\n", cmd, path);
+        return -1;
+    }
+    const uint32_t ctx = llm_model_config(e->model)->context;
+    size_t use = n < LLAMA_CALIB_TOKENS ? n : LLAMA_CALIB_TOKENS;
+    use = use < ctx ? use : ctx;
+    if (use < LLAMA_CALIB_WINDOW) {
+        fprintf(stderr, "skv %s: the calibration text %s has %zu tokens; it needs %u\n", cmd, path, n,
+                LLAMA_CALIB_WINDOW);
+        free(ids);
+        return -1;
+    }
+    llm_capture *cap = llama_capture_prefill(cmd, e, ids, use, chunk, LLAMA_CALIB_WINDOW);
+    free(ids);
+    if (!cap)
+        return -1;
+    skv_status st = llm_capture_query_stats(e->model, cap, mean, abs_pair);
+    if (st != SKV_OK)
+        fprintf(stderr, "skv %s: calibrating on %s: %s\n", cmd, path, llm_last_error());
+    llm_capture_free(cap);
+    return st == SKV_OK ? 0 : -1;
+}

@@ -38,4 +38,18 @@ int32_t *llama_tokenize(const char *cmd, const bpe_vocab *v, const char *text, s
 /* "42s", "3m07s", or "?" for a negative, NaN or absurd value. */
 void llama_format_duration(double s, char *out, size_t n);
 
+/* A dense session runs ids[0..n) in chunks with llm_session_capture(window) on: its
+ * capture (the caller frees it), or NULL with "skv <cmd>: ..." printed. */
+llm_capture *llama_capture_prefill(const char *cmd, llama_env *e, const int32_t *ids, size_t n, uint32_t chunk,
+                                   uint32_t window);
+
+/* TriAttention's calibration on a text other than the one evaluated: a dense prefill of
+ * its first LLAMA_CALIB_TOKENS tokens (fewer when the text or the model's context is
+ * shorter, at least LLAMA_CALIB_WINDOW), the queries of its last LLAMA_CALIB_WINDOW
+ * positions through llm_capture_query_stats into *mean and *abs_pair (malloc'ed, every
+ * layer). 0, or -1 with "skv <cmd>: ..." printed. */
+#define LLAMA_CALIB_TOKENS 1024u
+#define LLAMA_CALIB_WINDOW 256u
+int llama_calibrate(const char *cmd, llama_env *e, const char *path, uint32_t chunk, float **mean, float **abs_pair);
+
 #endif

@@ -112,6 +112,22 @@ int tool_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
     return 0;
 }
 
+int tool_parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, int max, int *n)
+{
+    char buf[512];
+    if (strlen(s) >= sizeof buf)
+        return -1;
+    snprintf(buf, sizeof buf, "%s", s);
+    *n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (*n == max || tool_parse_u32(tok, lo, hi, &out[*n]) != 0)
+            return -1;
+        ++*n;
+    }
+    return *n ? 0 : -1;
+}
+
 double tool_now_s(void)
 {
     struct timespec ts;

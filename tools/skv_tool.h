@@ -58,6 +58,8 @@ int tool_scorer_index(const char *s);
 int tool_tier_index(const char *s, size_t len);
 /* A decimal integer in lo..hi, the whole string; 0 on success, -1 otherwise. */
 int tool_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out);
+/* A comma-separated list of 1..max values in [lo, hi] into out[0..*n): 0, or -1. */
+int tool_parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, int max, int *n);
 /* Monotonic wall-clock seconds. */
 double tool_now_s(void);
 /* qsort comparator of doubles, ascending. */

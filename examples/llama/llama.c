@@ -417,6 +417,13 @@ void llm_session_free(llm_session *s)
     free(s);
 }
 
+/* The model's RoPE as skv describes it: every dim rotated, pairs (2i, 2i + 1) (the GGUF's
+ * q/k rows are ordered for llama.cpp's interleaved RoPE, which llama.cl applies). */
+static skv_rope_desc model_rope(const llm_config *c)
+{
+    return (skv_rope_desc){c->rope_theta, c->head_dim, 1, 1.0f};
+}
+
 skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *policy, uint32_t max_chunk,
                               llm_session **out)
 {
@@ -426,12 +433,13 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
     if (policy->tier >= SKV_TIER_COUNT || !(policy->budget >= 0.0f && policy->budget <= 1.0f))
         return fail(SKV_ERR_INVALID_ARG, "llm_session_create: tier %d or budget %g out of range", (int)policy->tier,
                     (double)policy->budget);
-    if (policy->budget > 0 && (policy->scorer == SKV_SCORER_NONE || policy->scorer == SKV_SCORER_TRIATTENTION ||
-                               (policy->scorer == SKV_SCORER_SNAPKV && !policy->prefix)))
+    if (policy->budget > 0 &&
+        (policy->scorer == SKV_SCORER_NONE || (policy->scorer == SKV_SCORER_SNAPKV && !policy->prefix) ||
+         (policy->scorer == SKV_SCORER_TRIATTENTION && (!policy->query_mean || !policy->query_abs))))
         return fail(SKV_ERR_UNSUPPORTED,
                     "llm_session_create: RDR here needs a scorer from the keys or from decode "
-                    "(knorm, keydiff, manifold, manifold_windowed, streaming, observed; snapkv with a "
-                    "prefix loaded from a capture)");
+                    "(knorm, keydiff, manifold, manifold_windowed, streaming, observed), snapkv with a "
+                    "prefix loaded from a capture, or triattention with its query statistics");
     if ((unsigned)policy->budget_rule > SKV_BUDGET_ADAKV)
         return fail(SKV_ERR_INVALID_ARG, "llm_session_create: budget rule %d out of range", (int)policy->budget_rule);
     const llm_config *c = &m->cfg;
@@ -450,11 +458,13 @@ skv_status llm_session_create(llm_model *m, skv_context *skv, const llm_policy *
     uint64_t f16_token = 2ull * c->head_dim * 2 + 4;
     uint64_t tokens = (uint64_t)c->context + 2ull * d.page_tokens + max_chunk;
     d.device_budget_bytes = 2 * tokens * f16_token * c->layers * c->kv_heads + (16u << 20);
-    d.rope.theta = c->rope_theta, d.rope.rotary_dims = c->head_dim, d.rope.interleaved = 1, d.rope.scaling = 1;
+    d.rope = model_rope(c);
     if (policy->budget > 0) {
         d.tiers = policy->drop_only ? 1u << SKV_TIER_F16 : (1u << SKV_TIER_COUNT) - 1;
         d.retention = SKV_RETENTION_RDR;
         d.scorer = policy->scorer;
+        if (policy->scorer == SKV_SCORER_TRIATTENTION)
+            d.query_mean = policy->query_mean, d.query_abs = policy->query_abs;
         d.budget_ratio = policy->budget;
         if (policy->budget_context) { /* a fixed cap: the F16 bytes of budget_context tokens */
             const uint64_t pages = (policy->budget_context + d.page_tokens - 1) / d.page_tokens;
@@ -796,6 +806,32 @@ void llm_session_reset_timing(llm_session *s)
 }
 
 /* ---- captured prefixes ---------------------------------------------------------------- */
+
+skv_status llm_capture_query_stats(const llm_model *m, const llm_capture *cap, float **mean, float **abs_pair)
+{
+    if (!m || !cap || !mean || !abs_pair)
+        return fail(SKV_ERR_INVALID_ARG, "llm_capture_query_stats: NULL argument");
+    *mean = *abs_pair = NULL;
+    const llm_config *c = &m->cfg;
+    if (cap->layers != c->layers || cap->q_heads != c->heads || cap->head_dim != c->head_dim || !cap->n_window)
+        return fail(SKV_ERR_INVALID_ARG, "llm_capture_query_stats: a capture of %u window queries, %u layers of %u "
+                    "heads of %u; the model has %u, %u, %u", cap->n_window, cap->layers, cap->q_heads,
+                    cap->head_dim, c->layers, c->heads, c->head_dim);
+    const size_t per = (size_t)c->heads * c->head_dim;
+    const skv_rope_desc rope = model_rope(c);
+    float *mu = malloc(c->layers * per * sizeof *mu), *ab = malloc(c->layers * per / 2 * sizeof *ab);
+    skv_status st = mu && ab ? SKV_OK : fail(SKV_ERR_OUT_OF_MEMORY, "llm_capture_query_stats: out of memory");
+    for (uint32_t l = 0; st == SKV_OK && l < c->layers; l++)
+        if ((st = skv_query_stats(&rope, c->heads, c->head_dim, cap->n_window, cap->q[l], cap->q_pos, mu + l * per,
+                                  ab + l * per / 2)))
+            fail(st, "skv_query_stats (layer %u): %s", l, skv_last_error());
+    if (st != SKV_OK) {
+        free(mu), free(ab);
+        return st;
+    }
+    *mean = mu, *abs_pair = ab;
+    return SKV_OK;
+}
 
 void llm_capture_free(llm_capture *c)
 {

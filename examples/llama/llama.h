@@ -58,6 +58,9 @@ typedef struct llm_policy {
                           * (it grows with the sequence); N: a fixed cap of budget x the F16
                           * bytes of N tokens (skv_cache_desc.budget_bytes), the device
                           * memory a runtime provisions for a sequence of N tokens */
+    const float *query_mean, *query_abs; /* the triattention scorer's query statistics,
+                          * every layer (skv_cache_desc.query_mean/query_abs; copied at
+                          * creation): llm_capture_query_stats makes them from a capture */
     int prefix;          /* the session's prefix comes from llm_session_load_prefix, which
                           * compresses it once (kvpress's protocol): appends never compress
                           * (slack 65536), and the snapkv scorer is allowed (the capture's
@@ -128,6 +131,11 @@ const llm_capture *llm_session_captured(const llm_session *s);
  * the session records nothing more. Waits for the session's queued work. */
 llm_capture *llm_session_capture_take(llm_session *s);
 void llm_capture_free(llm_capture *c); /* NULL is fine */
+/* TriAttention's calibration from a capture's window queries (skv_query_stats per layer,
+ * the model's RoPE): *mean [layers][q_heads][head_dim] and *abs_pair
+ * [layers][q_heads][head_dim / 2], malloc'ed, for llm_policy.query_mean/query_abs.
+ * SKV_ERR_INVALID_ARG when the capture holds no window queries. */
+skv_status llm_capture_query_stats(const llm_model *m, const llm_capture *cap, float **mean, float **abs_pair);
 
 /* Appends a capture's keys and values to an empty session with skv_append (host arrays,
  * positions 0 .. tokens-1, in pieces of at most 1024 tokens per layer), sets the

@@ -540,6 +540,17 @@ typedef struct skv_cache_stats {
 
 SKV_API skv_status skv_cache_get_stats(const skv_cache *cache, skv_cache_stats *out);
 
+/* ---- TriAttention's calibration --------------------------------------------------------- */
+/* TriAttention's query statistics from queries a runtime has, e.g. its prompt's last ones:
+ * q is [n][q_heads][head_dim] float32, each after RoPE at positions[i] (>= 0); each has its
+ * RoPE inverted, then per q-head `mean` ([q_heads][head_dim]) receives the mean pre-RoPE
+ * query and `abs_pair` ([q_heads][head_dim / 2]) the mean magnitude of each rotary pair
+ * (pair f as rope->interleaved lays it out): one layer of skv_cache_desc.query_mean and
+ * query_abs. rope must rotate every dim (rotary_dims = head_dim), theta > 1, scaling > 0;
+ * a non-finite query or a negative position is SKV_ERR_INVALID_ARG. */
+SKV_API skv_status skv_query_stats(const skv_rope_desc *rope, uint32_t q_heads, uint32_t head_dim, uint32_t n,
+                                   const float *q, const int32_t *positions, float *mean, float *abs_pair);
+
 /* ---- budgets across layers and heads (DESIGN.md §7) ---------------------------------- */
 
 

@@ -6,19 +6,6 @@
 
 #include "skv_ref.h"
 
-void skv_ref_rope_rotate(const skv_rope_desc *r, uint32_t d, double position, float *x)
-{
-    uint32_t rd = r->rotary_dims ? r->rotary_dims : d;
-    for (uint32_t f = 0; f < rd / 2; f++) {
-        uint32_t i0, i1;
-        skv_ref_rope_pair(r, d, f, &i0, &i1);
-        double a = skv_ref_rope_omega(r, d, f) * position, c = cos(a), s = sin(a);
-        double x0 = x[i0], x1 = x[i1];
-        x[i0] = (float)(x0 * c - x1 * s);
-        x[i1] = (float)(x0 * s + x1 * c);
-    }
-}
-
 double skv_ref_triattention_explicit(const skv_rope_desc *r, uint32_t d, const float *q_mean, const float *q_abs,
                                      const float *k_post, int32_t position, int64_t t0)
 {
