@@ -73,6 +73,14 @@ done
     --budget 0.25 --scorer triattention --mode rdr --json "$dir/tri.json" > "$dir/tri.txt" 2> "$dir/tri.err" ||
     { echo "longeval --scorer triattention failed"; cat "$dir/tri.err"; exit 1; }
 grep -q '"scorer":[[:space:]]*"triattention"' "$dir/tri.json" || { echo "no triattention record"; exit 1; }
+# --query-aware: the question is prefilled and compressed with the context; one token of it
+# (the last) is left to predict the answer
+"$skv" longeval --model "$model" --filler "$prose" --tasks single --lengths 300 --depths 50 --samples 1 \
+    --budget 0.25 --scorer snapkv --mode drop --query-aware --json "$dir/qa.json" > /dev/null 2>&1 ||
+    { echo "longeval --query-aware failed"; exit 1; }
+grep -q '"query_aware":[[:space:]]*true' "$dir/qa.json" || { echo "query_aware not recorded"; exit 1; }
+grep -q '"question_tokens":[[:space:]]*1,' "$dir/qa.json" || { echo "--query-aware: question not moved"; exit 1; }
+grep -q '"query_aware":[[:space:]]*false' "$dir/le.json" || { echo "query_aware not false by default"; exit 1; }
 awk '/^[[:space:]]*"kv_bytes":/ { kv = $2 + 0 } /^[[:space:]]*"kv_bytes_dense":/ { kvd = $2 + 0 }
     /^[[:space:]]*"scorer":[[:space:]]*"triattention"/ { tri = 1 }
     END { if (!tri || !(kv < kvd)) { print "triattention: kv_bytes " kv " not below " kvd; exit 1 } }' "$dir/tri.json"

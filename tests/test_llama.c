@@ -773,11 +773,25 @@ static void test_capture_load(void **state)
         skv_budget_rule rule;
     } runs[] = {{SKV_SCORER_KEYDIFF, 0, SKV_BUDGET_UNIFORM}, {SKV_SCORER_KEYDIFF, 1, SKV_BUDGET_UNIFORM},
                 {SKV_SCORER_SNAPKV, 0, SKV_BUDGET_UNIFORM},  {SKV_SCORER_SNAPKV, 1, SKV_BUDGET_PYRAMID},
-                {SKV_SCORER_OBSERVED, 1, SKV_BUDGET_UNIFORM}, {SKV_SCORER_KNORM, 0, SKV_BUDGET_ADAKV}};
+                {SKV_SCORER_OBSERVED, 1, SKV_BUDGET_UNIFORM}, {SKV_SCORER_KNORM, 0, SKV_BUDGET_ADAKV},
+                {SKV_SCORER_TRIATTENTION, 0, SKV_BUDGET_UNIFORM}};
+    /* TriAttention's statistics from the capture's window: refused without them */
+    float *q_mean = NULL, *q_abs = NULL;
+    assert_llm(llm_capture_query_stats(f.model, cap, &q_mean, &q_abs));
+    for (size_t i = 0; i < (size_t)sp.layers * sp.d; i++) /* [layers][heads][head_dim], heads x head_dim = d */
+        assert_true(isfinite(q_mean[i]));
+    for (size_t i = 0; i < (size_t)sp.layers * sp.d / 2; i++)
+        assert_true(isfinite(q_abs[i]) && q_abs[i] > 0);
+    llm_policy_init(&rdr);
+    rdr.budget = 0.25f, rdr.scorer = SKV_SCORER_TRIATTENTION, rdr.prefix = 1;
+    llm_session *none = NULL;
+    assert_int_equal(llm_session_create(f.model, f.env.skv, &rdr, 8, &none), SKV_ERR_UNSUPPORTED);
+    assert_null(none);
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
         llm_policy_init(&rdr);
         rdr.budget = 0.25f, rdr.scorer = runs[r].scorer, rdr.drop_only = runs[r].drop;
         rdr.budget_rule = runs[r].rule, rdr.prefix = 1, rdr.recent_window = 32;
+        rdr.query_mean = q_mean, rdr.query_abs = q_abs;
         llm_session *h = session(&f, &rdr, 8);
         assert_llm(llm_session_load_prefix(h, cap));
         decode_steps(h, ids + N, M, V, got);
@@ -797,6 +811,7 @@ static void test_capture_load(void **state)
         llm_session_free(h);
     }
 
+    free(q_mean), free(q_abs);
     llm_capture_free(cap);
     llm_capture_free(NULL);
     llm_session_free(a), llm_session_free(b), llm_session_free(c), llm_session_free(d);

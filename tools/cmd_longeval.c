@@ -27,7 +27,8 @@ void usage_longeval(FILE *out)
     fprintf(out,
             "usage: skv longeval --model FILE [--filler FILE] [--tasks T,..] [--lengths N,..] [--depths P,..]\n"
             "                    [--samples N] [--seed S] [--policy P]... [--budget F]... [--scorer S]...\n"
-            "                    [--mode M]... [--rule R]... [--recent N]... [--window N] [--space-in-question]\n"
+            "                    [--mode M]... [--rule R]... [--recent N]... [--window N] [--query-aware]\n"
+            "                    [--space-in-question]\n"
             "                    [--chunk N] [--json FILE] [--svg PREFIX] [--device SEL]\n"
             "  Long-context retrieval (RULER's needle tasks, kvpress's protocol) on a Llama-architecture\n"
             "  GGUF: per sample one dense prefill whose keys and values are captured, then each policy\n"
@@ -56,6 +57,9 @@ void usage_longeval(FILE *out)
             "  --recent N      RDR keeps the last N positions F16, repeatable (default 128, the library's)\n"
             "  --window N      captured queries per layer: SnapKV's observation window and\n"
             "                  TriAttention's calibration (default 64)\n"
+            "  --query-aware   the question (but its last token) is prefilled with the context and\n"
+            "                  compressed with it: the captured window is the question's (SnapKV's\n"
+            "                  protocol); default: compression before the question (kvpress's)\n"
             "  --space-in-question  the space before an answer's first digit ends the question\n"
             "                  instead (it is then not scored; docs/longeval.md)\n"
             "  --chunk N       prefill tokens per matrix product (default 128)\n"
@@ -118,6 +122,22 @@ static void sample_free(sample *s)
 {
     free(s->ctx), free(s->qa);
     memset(s, 0, sizeof *s);
+}
+
+/* --query-aware: the question but its last token ends the context (so the dense prefill
+ * captures it and every policy compresses it with the context, the window's queries
+ * being the question's: SnapKV's protocol); the last token then predicts the answer's
+ * first. 0, or -1 out of memory. */
+static int question_into_context(sample *s)
+{
+    const size_t m = s->n_q - 1;
+    int32_t *ctx = realloc(s->ctx, (s->n_ctx + m) * sizeof *ctx);
+    if (!ctx)
+        return -1;
+    memcpy(ctx + s->n_ctx, s->qa, m * sizeof *ctx);
+    memmove(s->qa, s->qa + m, (1 + s->n_a) * sizeof *s->qa);
+    s->ctx = ctx, s->n_ctx += m, s->n_q = 1;
+    return 0;
 }
 
 /* Builds one sample: needles (their texts, depths as fractions of the filler) placed in
@@ -477,7 +497,7 @@ int cmd_longeval(int argc, char **argv)
     int n_len = 3, n_dep = 5, tasks[T_COUNT] = {T_PASSKEY, T_SINGLE, T_MULTIKEY, T_MULTIVALUE}, n_tasks = T_COUNT;
     uint32_t samples = 2, window = 64, chunk = 128, recents[MAX_LIST];
     int n_recents = 0;
-    int space_q = 0;
+    int space_q = 0, query_aware = 0;
     uint64_t seed = 1;
     int tiers[SKV_TIER_COUNT] = {0}, n_tiers = 0;
     float budgets[MAX_LIST];
@@ -486,6 +506,10 @@ int cmd_longeval(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--space-in-question")) {
             space_q = 1;
+            continue;
+        }
+        if (!strcmp(a, "--query-aware")) {
+            query_aware = 1;
             continue;
         }
         if (i + 1 >= argc)
@@ -708,6 +732,7 @@ int cmd_longeval(int argc, char **argv)
     cJSON_AddNumberToObject(root, "window", window);
     cJSON_AddNumberToObject(root, "chunk", chunk);
     cJSON_AddBoolToObject(root, "space_in_question", space_q);
+    cJSON_AddBoolToObject(root, "query_aware", query_aware);
     samples_js = cJSON_AddArrayToObject(root, "samples");
     records = cJSON_AddArrayToObject(root, "records");
 
@@ -738,6 +763,12 @@ int cmd_longeval(int argc, char **argv)
                     sample smp;
                     k_sample++;
                     if (build_sample(&env, &fl, task, lengths[l], depths[d], si, seed, space_q, &smp) != 0) {
+                        free(res);
+                        goto done;
+                    }
+                    if (query_aware && question_into_context(&smp) != 0) {
+                        fprintf(stderr, "skv longeval: out of memory\n");
+                        sample_free(&smp);
                         free(res);
                         goto done;
                     }
