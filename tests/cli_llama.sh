@@ -41,9 +41,10 @@ grep -q 'other.txt' "$dir/tri.err" || { echo "no message naming the calibration 
 i=0
 while [ $i -lt 40 ]; do printf 'a slow green turtle walks under %d bright stars tonight.\n' $i; i=$((i + 1)); done \
     > "$dir/other.txt"
-"$skv" perplexity --model "$model" --text "$text" --tokens 300 --budget 0.5 --scorer triattention \
+"$skv" perplexity --model "$model" --text "$text" --tokens 300 --budget 0.5 --scorer triattention --recent 40 \
     --calibrate "$dir/other.txt" --save-kv "$dir/ppl.kv" --save-layers 1 --json "$dir/tri.json" > "$dir/tri.txt"
 grep -q '"scorer":[[:space:]]*"triattention"' "$dir/tri.json" || { echo "no triattention run"; exit 1; }
+grep -q '"recent_window":[[:space:]]*40' "$dir/tri.json" || { echo "--recent not applied"; exit 1; }
 awk '$1 == "rdr" { n++; if (!($(NF-2) < 1)) { print "triattention not smaller: " $0; bad = 1 } }
      END { if (n != 1) { print "no rdr row"; bad = 1 } exit bad }' "$dir/tri.txt"
 "$skv" eval --kv "$dir/ppl.kv" --csv "$dir/ppl_eval.csv" > "$dir/ppl_eval.txt"
@@ -80,6 +81,7 @@ expect 1 generate --model "$model" --prompt "abc" --max-tokens 600
 expect 1 generate --model "$model" --prompt "abc" --budget 0.5 --scorer snapkv
 expect 2 generate --model "$model" --prompt "abc" --budget 0.5 --scorer triattention
 expect 2 perplexity --model "$model" --text "$text" --save-layers x
+expect 2 perplexity --model "$model" --text "$text" --recent 0
 expect 2 perplexity --model "$model" --text "$text" --tokens 80 --save-kv "$dir/x.kv"
 expect 1 perplexity --model "$model" --text "$text" --tokens 300 --save-kv "$dir/x.kv" --save-layers 2
 echo "cli_llama: ok"

@@ -20,7 +20,7 @@ void usage_generate(FILE *out)
     fprintf(out,
             "usage: skv generate --model FILE (--prompt TEXT | --prompt-file FILE) [--max-tokens N]\n"
             "                    [--policy P]... [--budget F]... [--scorer S] [--chat] [--prompt-tokens N]\n"
-            "                    [--calibrate FILE] [--chunk N] [--device SEL]\n"
+            "                    [--recent N] [--calibrate FILE] [--chunk N] [--device SEL]\n"
             "  Greedy decoding of a Llama-architecture GGUF (SmolLM2-135M-Instruct: docs/llama.md) with\n"
             "  skv as the KV cache; streams the tokens, then prints tokens/s, the device time in\n"
             "  attention and the KV bytes on the device, compressed vs dense. Several policies run\n"
@@ -33,6 +33,8 @@ void usage_generate(FILE *out)
             "                   the F16 bytes (replaces --policy)\n"
             "  --scorer S       RDR's scorer: keydiff (default), knorm, manifold, manifold_windowed,\n"
             "                   streaming, observed, triattention (with --calibrate)\n"
+            "  --recent N       tokens kept F16 at the end: the uniform tiers' window and RDR's floor\n"
+            "                   (default 128)\n"
             "  --calibrate FILE TriAttention's query statistics from a dense prefill of FILE's first\n"
             "                   1024 tokens (its last 256 queries; a text other than the one run)\n"
             "  --chat           wrap the prompt in the model's chat turns (<|im_start|>user ...)\n"
@@ -44,7 +46,7 @@ void usage_perplexity(FILE *out)
 {
     fprintf(out,
             "usage: skv perplexity --model FILE --text FILE [--tokens N] [--policy P]... [--budget F]...\n"
-            "                      [--scorer S] [--calibrate FILE] [--chunk N] [--json FILE]\n"
+            "                      [--scorer S] [--recent N] [--calibrate FILE] [--chunk N] [--json FILE]\n"
             "                      [--save-kv FILE [--save-layers L]] [--device SEL]\n"
             "  Next-token loss over a text with a dense cache, then with each policy and budget given\n"
             "  (default: a4v8, a3v4, a2v2 and RDR at 0.25), in one run: loss, its increase over dense,\n"
@@ -60,7 +62,7 @@ void usage_perplexity(FILE *out)
             "               keys and values of all but the last 16 tokens, the 64 queries before those\n"
             "               as its prefill window, the last 16 tokens' queries as its decode queries\n"
             "  --save-layers L  the layers it holds, e.g. 1,6,12,18,24,29 (default all)\n"
-            "  --model, --scorer, --calibrate, --chunk, --device: as skv generate\n");
+            "  --model, --scorer, --recent, --calibrate, --chunk, --device: as skv generate\n");
 }
 
 /* Options both commands take. */
@@ -69,7 +71,7 @@ typedef struct llama_opts {
     llm_policy policy[MAX_RUNS];
     int n_policies;
     skv_scorer scorer;
-    uint32_t chunk;
+    uint32_t chunk, recent; /* recent: 0 = the runtime's default */
 } llama_opts;
 
 /* Parses --model, --device, --policy, --budget, --scorer, --chunk at argv[*i]: 1 taken, 0 not
@@ -79,7 +81,7 @@ static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*us
     const char *a = argv[*i];
     int known = !strcmp(a, "--model") || !strcmp(a, "--device") || !strcmp(a, "--policy") ||
                 !strcmp(a, "--budget") || !strcmp(a, "--scorer") || !strcmp(a, "--chunk") ||
-                !strcmp(a, "--calibrate");
+                !strcmp(a, "--calibrate") || !strcmp(a, "--recent");
     if (!known)
         return 0;
     if (*i + 1 >= argc) {
@@ -93,6 +95,12 @@ static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*us
         o->device = v;
     else if (!strcmp(a, "--calibrate"))
         o->calib = v;
+    else if (!strcmp(a, "--recent")) {
+        if (tool_parse_u32(v, 1, 1u << 20, &o->recent) != 0) {
+            tool_usage_error(usage, "--recent must be 1..1048576");
+            return -1;
+        }
+    }
     else if (!strcmp(a, "--chunk")) {
         if (tool_parse_u32(v, 1, 4096, &o->chunk) != 0) {
             tool_usage_error(usage, "--chunk must be 1..4096");
@@ -262,8 +270,11 @@ int cmd_generate(int argc, char **argv)
         return tool_usage_error(usage_generate, "give --prompt TEXT or --prompt-file FILE");
     if (o.n_policies == 0)
         llm_policy_init(&o.policy[o.n_policies++]);
-    for (int i = 0; i < o.n_policies; i++)
+    for (int i = 0; i < o.n_policies; i++) {
         o.policy[i].scorer = o.scorer;
+        if (o.recent)
+            o.policy[i].recent_window = o.recent;
+    }
     if (check_calibration(&o, usage_generate) != 0)
         return SKV_EXIT_USAGE;
 
@@ -480,6 +491,7 @@ int cmd_perplexity(int argc, char **argv)
         if (o.policy[i].budget > 0 || o.policy[i].tier != SKV_TIER_F16) {
             runs[n_runs].policy = o.policy[i];
             runs[n_runs].policy.budget_context = o.policy[i].budget > 0 && !grow ? tokens : 0;
+            runs[n_runs].policy.recent_window = o.recent ? o.recent : o.policy[i].recent_window;
             runs[n_runs++].policy.scorer = o.scorer;
         }
     if (check_calibration(&o, usage_perplexity) != 0)
@@ -612,6 +624,7 @@ int cmd_perplexity(int argc, char **argv)
         if (R->policy.budget > 0) {
             cJSON_AddNumberToObject(j, "budget", R->policy.budget);
             cJSON_AddStringToObject(j, "scorer", tool_scorer_names[R->policy.scorer]);
+            cJSON_AddNumberToObject(j, "recent_window", R->policy.recent_window);
         } else {
             cJSON_AddNullToObject(j, "budget");
         }
