@@ -41,12 +41,12 @@ grep -q 'other.txt' "$dir/tri.err" || { echo "no message naming the calibration 
 i=0
 while [ $i -lt 40 ]; do printf 'a slow green turtle walks under %d bright stars tonight.\n' $i; i=$((i + 1)); done \
     > "$dir/other.txt"
-"$skv" perplexity --model "$model" --text "$text" --tokens 300 --budget 0.5 --scorer triattention --recent 40 \
+"$skv" perplexity --model "$model" --text "$text" --tokens 300 --budget 0.5 --budget 0.3 --scorer triattention --recent 40 \
     --calibrate "$dir/other.txt" --save-kv "$dir/ppl.kv" --save-layers 1 --json "$dir/tri.json" > "$dir/tri.txt"
 grep -q '"scorer":[[:space:]]*"triattention"' "$dir/tri.json" || { echo "no triattention run"; exit 1; }
 grep -q '"recent_window":[[:space:]]*40' "$dir/tri.json" || { echo "--recent not applied"; exit 1; }
 awk '$1 == "rdr" { n++; if (!($(NF-2) < 1)) { print "triattention not smaller: " $0; bad = 1 } }
-     END { if (n != 1) { print "no rdr row"; bad = 1 } exit bad }' "$dir/tri.txt"
+     END { if (n != 2) { print n " rdr rows, expected 2"; bad = 1 } exit bad }' "$dir/tri.txt"
 "$skv" eval --kv "$dir/ppl.kv" --csv "$dir/ppl_eval.csv" > "$dir/ppl_eval.txt"
 grep -q '^triattention,' "$dir/ppl_eval.csv" || { echo "eval --kv of the saved file: no triattention rows"; exit 1; }
 

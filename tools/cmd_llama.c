@@ -153,22 +153,16 @@ static int check_calibration(const llama_opts *o, void (*usage)(FILE *))
     return 0;
 }
 
-/* TriAttention's statistics for the RDR policies that score with it, calibrated on
- * --calibrate (the caller frees *mean and *abs_pair): 0, or -1 printed. */
-static int calibrate_policies(const char *cmd, llama_env *env, const llama_opts *o, llm_policy *policies, int n,
-                              float **mean, float **abs_pair)
+/* TriAttention's statistics, calibrated on --calibrate, when an RDR policy scores with
+ * it (*mean and *abs_pair stay NULL otherwise; the caller frees them and points the
+ * policies at them): 0, or -1 printed. */
+static int calibrate_if_needed(const char *cmd, llama_env *env, const llama_opts *o, float **mean, float **abs_pair)
 {
     *mean = *abs_pair = NULL;
     int need = 0;
-    for (int i = 0; i < n; i++)
-        need |= policies[i].budget > 0 && policies[i].scorer == SKV_SCORER_TRIATTENTION;
-    if (!need)
-        return 0;
-    if (llama_calibrate(cmd, env, o->calib, o->chunk, mean, abs_pair) != 0)
-        return -1;
-    for (int i = 0; i < n; i++)
-        policies[i].query_mean = *mean, policies[i].query_abs = *abs_pair;
-    return 0;
+    for (int i = 0; i < o->n_policies; i++)
+        need |= o->policy[i].budget > 0 && o->scorer == SKV_SCORER_TRIATTENTION;
+    return need ? llama_calibrate(cmd, env, o->calib, o->chunk, mean, abs_pair) : 0;
 }
 
 static void policy_name(const llm_policy *p, char *out, size_t n)
@@ -326,8 +320,10 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "skv generate: out of memory\n");
         goto done;
     }
-    if (calibrate_policies("generate", &env, &o, o.policy, o.n_policies, &q_mean, &q_abs) != 0)
+    if (calibrate_if_needed("generate", &env, &o, &q_mean, &q_abs) != 0)
         goto done;
+    for (int r = 0; r < o.n_policies; r++)
+        o.policy[r].query_mean = q_mean, o.policy[r].query_abs = q_abs;
     for (int r = 0; r < o.n_policies; r++) {
         char pname[64];
         policy_name(&o.policy[r], pname, sizeof pname);
@@ -539,8 +535,10 @@ int cmd_perplexity(int argc, char **argv)
                     save_layers[i] + 1);
             goto done;
         }
-    if (calibrate_policies("perplexity", &env, &o, &runs[1].policy, n_runs - 1, &q_mean, &q_abs) != 0)
+    if (calibrate_if_needed("perplexity", &env, &o, &q_mean, &q_abs) != 0)
         goto done;
+    for (int r = 0; r < n_runs; r++)
+        runs[r].policy.query_mean = q_mean, runs[r].policy.query_abs = q_abs;
     for (uint32_t i = 0; i < tokens; i++)
         targets[i] = i + 1 < tokens ? ids[i + 1] : -1;
     printf("skv perplexity: %s (%s); %s, %u tokens (%u predictions), chunks of %u\n", env.prof.name,
