@@ -67,12 +67,11 @@ static void split(const skv_cache *c, skv_tier t, uint32_t B, tier_plan *p)
     p->n_chunks = (uint32_t)((tiles + p->tiles_per_chunk - 1) / p->tiles_per_chunk);
 }
 
-/* Entry j of list i of sequence s, if decode reads it: on the device, not in flight. */
+/* Entry j of list i of sequence s, if decode reads it: on the device. */
 static int readable(skv_cache *c, skvi_seq *s, size_t list, uint32_t j)
 {
-    if (s->lists[list].ids[j] & SKVI_HOST_BIT)
-        return 0;
-    return !s->hetero || skvi_hetero_entry_ready(c, s, (uint32_t)list, j);
+    (void)c;
+    return !(s->lists[list].ids[j] & SKVI_HOST_BIT);
 }
 
 /* Tokens of list i decode reads: its readable pages, all full but the last. */

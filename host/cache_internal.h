@@ -44,13 +44,6 @@ typedef struct skvi_key_stats {
     uint32_t n_windows;
 } skvi_key_stats;
 
-/* A satellite page fetched by HeteroCache whose copy may still be in flight: decode
- * skips it until `done` completes. */
-typedef struct skvi_inflight {
-    uint32_t list, entry;
-    cl_event done;
-} skvi_inflight;
-
 /* A head profile (hetero_profile.c). */
 struct skv_hetero_profile {
     uint32_t layers, heads;
@@ -75,8 +68,10 @@ typedef struct skvi_hetero {
     uint64_t *share;        /* [L][H]: a satellite's device share in tokens (its last compression's) */
     int32_t **pos;          /* [L]: every appended position, in append order (the satellites' F16 order) */
     size_t *pos_n, *pos_cap;
-    skvi_inflight *fl;
-    size_t n_fl, cap_fl;
+    skv_tier res_tier;      /* the satellites' resident copies: the most precise ADA tier of the cache */
+    uint32_t **res;         /* [L][H]: a satellite's resident tokens (their F16 list indices), in the
+                             * resident list's slot order (as many as that list holds) */
+    size_t *res_cap;        /* [L][H] */
 } skvi_hetero;
 
 /* A calibration (skv_hetero_calibrate_begin): per layer, the top-k sets of up to
@@ -443,7 +438,6 @@ typedef cl_int (*skvi_observe_fn)(void *arg, uint32_t b, cl_mem acc, cl_uint acc
 skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t b, skvi_observe_fn observe,
                                     void *arg);
 /* Whether decode may read entry j of list i now (not in flight); counts skipped pages. */
-int skvi_hetero_entry_ready(skv_cache *c, skvi_seq *s, uint32_t list, uint32_t entry);
 skv_status skvi_hetero_reserve(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t n);
 void skvi_hetero_note(skv_cache *c, skvi_seq *s, uint32_t layer, const int32_t *positions, uint32_t n);
 /* RDR's per-head budgets (F16 token equivalents) of a HeteroCache sequence's layer, and

@@ -31,11 +31,10 @@ void skvi_hetero_release(skv_cache *c, skvi_seq *s)
         if (x->pos)
             skvi_free(a, x->pos[l]);
     }
-    for (size_t i = 0; i < x->n_fl; i++)
-        clReleaseEvent(x->fl[i].done);
+    for (size_t i = 0; x->res && i < (size_t)c->desc.layers * c->desc.kv_heads; i++)
+        skvi_free(a, x->res[i]);
     void *arrays[] = {x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->ref_w, x->now, x->now_n, x->now_w,
-                      x->now_read, x->steps,
-                      x->share, x->pos, x->pos_n, x->pos_cap, x->fl};
+                      x->now_read, x->steps, x->share, x->pos, x->pos_n, x->pos_cap, x->res, x->res_cap};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         skvi_free(a, arrays[i]);
     skvi_free(a, x);
@@ -84,6 +83,14 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
     if (satellites && c->budget[SKV_MEM_HOST] == 0)
         return skvi_fail(err, SKV_ERR_INVALID_ARG, "%s: the profile has satellites and the cache no host tier "
                                                    "(host_budget_bytes)", fn);
+    skv_tier res_tier = SKV_TIER_F16; /* the satellites' resident copies: the most precise ADA tier */
+    for (int t = SKV_TIER_COUNT - 1; t > SKV_TIER_F16; t--)
+        if (c->desc.tiers & (1u << t))
+            res_tier = (skv_tier)t;
+    if (satellites && res_tier == SKV_TIER_F16)
+        return skvi_fail(err, SKV_ERR_INVALID_ARG,
+                         "%s: the profile has satellites and the cache no ADA tier (desc.tiers) for their resident "
+                         "tokens", fn);
     st = skvi_hetero_kernels(c);
     if (st != SKV_OK)
         return st;
@@ -109,10 +116,13 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
         x->pos = skvi_calloc(a, L, sizeof *x->pos);
         x->pos_n = skvi_calloc(a, L, sizeof *x->pos_n);
         x->pos_cap = skvi_calloc(a, L, sizeof *x->pos_cap);
+        x->res_tier = res_tier;
+        x->res = skvi_calloc(a, n, sizeof *x->res);
+        x->res_cap = skvi_calloc(a, n, sizeof *x->res_cap);
     }
     if (!x || !x->cat || !x->pivot || !x->stability || !x->ref || !x->ref_n || !x->ref_w || !x->now || !x->now_n ||
         !x->now_w || !x->now_read ||
-        !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap) {
+        !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap || !x->res || !x->res_cap) {
         skvi_hetero_release(c, s);
         return skvi_fail(err, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
@@ -197,20 +207,6 @@ static int64_t index_of(const skvi_hetero *x, uint32_t layer, int32_t pos)
     return -1;
 }
 
-static int in_flight(const skvi_hetero *x, uint32_t list, uint32_t entry)
-{
-    for (size_t i = 0; i < x->n_fl; i++)
-        if (x->fl[i].list == list && x->fl[i].entry == entry)
-            return 1;
-    return 0;
-}
-
-int skvi_hetero_entry_ready(skv_cache *c, skvi_seq *s, uint32_t list, uint32_t entry)
-{
-    (void)c;
-    return !in_flight(s->hetero, list, entry);
-}
-
 /* Pages of a satellite's F16 list that never leave the device: those holding sinks, the
  * recent window and the tail (the page appends go to). */
 static int protected_page(const skv_cache *c, const skvi_page_list *l, uint32_t j)
@@ -220,109 +216,247 @@ static int protected_page(const skv_cache *c, const skvi_page_list *l, uint32_t 
     return (uint64_t)j * P < c->desc.n_sink || (uint64_t)(j + 1) * P > recent_first || j + 1 == l->n;
 }
 
-/* Per page of the list, the attention weight of the set's positions it holds. */
-static void page_mass(const skv_cache *c, const skvi_hetero *x, uint32_t layer, const uint32_t *set, const float *w,
-                      uint32_t n, double *mass, uint32_t pages)
+typedef struct ranked {
+    int in_set;   /* in the pivot's top-k */
+    float w;      /* its weight there, else the pivot's score */
+    uint32_t idx; /* in the F16 list (append order) */
+} ranked;
+
+static int by_rank(const void *a, const void *b)
 {
-    memset(mass, 0, pages * sizeof *mass);
-    for (uint32_t i = 0; i < n; i++) {
-        int64_t idx = index_of(x, layer, (int32_t)set[i]);
-        if (idx >= 0 && (uint64_t)idx / c->desc.page_tokens < pages)
-            mass[idx / c->desc.page_tokens] += w[i] > 0.0f ? w[i] : 1e-30; /* held at all beats not held */
-    }
+    const ranked *x = a, *y = b;
+    if (x->in_set != y->in_set)
+        return y->in_set - x->in_set; /* the pivot's top-k first */
+    if (x->w != y->w)
+        return x->w < y->w ? 1 : -1;            /* heavier first */
+    return (x->idx < y->idx) - (x->idx > y->idx); /* then newer */
 }
 
-/* Moves satellite `head`'s pages so that the device holds the protected pages, then
- * the pages holding the most attention of `set` (the pivot's top-k, weights w), within
- * its share; the rest go to the host. Fetches first (they arrive while decode goes on:
- * in flight until their copy completes), then evicts the lowest-ranked (least mass,
- * then the oldest). All or nothing per direction. */
+/* The pivot's scores (the cache's scorer) over its tokens, which are every token in
+ * append order (a pivot is never compressed): malloc'ed into *out (NULL and 0 without a
+ * scorer: the satellites then rank by recency after the set). */
+static skv_status pivot_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t pivot, float **out, uint32_t *n)
+{
+    *out = NULL, *n = 0;
+    const skvi_page_list *l = skvi_seq_list(c, s, layer, pivot, SKV_TIER_F16);
+    if (c->desc.scorer == SKV_SCORER_NONE || l->tokens == 0)
+        return SKV_OK;
+    float *sc = skvi_calloc(c->ctx->alloc, l->tokens, sizeof *sc);
+    size_t count = 0;
+    skv_status st = sc ? skvi_scores(c, (skv_seq_id)(s - c->seqs), layer, pivot, c->desc.scorer, sc, l->tokens, &count,
+                                     NULL, NULL)
+                       : skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
+    if (st == SKV_OK && count != l->tokens)
+        st = skvi_fail(c->ctx->error, SKV_ERR_INTERNAL, "HeteroCache: the pivot scored %zu of %u tokens", count,
+                       l->tokens);
+    if (st != SKV_OK) {
+        skvi_free(c->ctx->alloc, sc);
+        return st;
+    }
+    *out = sc, *n = (uint32_t)count;
+    return SKV_OK;
+}
+
+/* Enqueues ada_encode (encode: host F16 pages into the resident tier's device pages) or
+ * slot_copy (within the resident tier's device pool) over n jobs of 4 uints. */
+static skv_status enqueue_jobs(skv_cache *c, skv_tier tier, int encode, const uint32_t *jobs, uint32_t n,
+                               cl_uint n_waits, const cl_event *waits)
+{
+    cl_int e = CL_SUCCESS;
+    cl_mem jb = clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * 16, (void *)jobs, &e);
+    if (e != CL_SUCCESS)
+        return skvi_cl_fail(c->ctx->error, e, "HeteroCache: clCreateBuffer");
+    cl_kernel k = encode ? c->k_encode[tier] : c->k_slot_copy[tier];
+    skvi_args args = skvi_args_begin(k, 0);
+    if (encode)
+        skvi_pool_bind(&args, &c->pools[SKV_TIER_F16][SKV_MEM_HOST]);
+    skvi_pool_bind(&args, &c->pools[tier][SKV_MEM_DEVICE]);
+    skvi_arg_mem(&args, jb);
+    if (encode) {
+        skvi_arg_mem(&args, c->signs);
+        skvi_arg_mem(&args, c->ada_params[tier]);
+    }
+    size_t global = n;
+    skv_status st = SKV_OK;
+    e = skvi_args_end(&args);
+    if (e != CL_SUCCESS)
+        st = skvi_args_fail(c->ctx->error, &args, "HeteroCache: enqueue");
+    else if ((e = skvi_enqueue_items(c->ctx->device, c->ctx->queue, k, 1, &global, n_waits, waits, NULL)) != CL_SUCCESS)
+        st = skvi_cl_fail(c->ctx->error, e, "HeteroCache: enqueue");
+    clReleaseMemObject(jb);
+    return st;
+}
+
+/* A satellite on the device (token-granular): its F16 list's protected pages (sinks,
+ * recent window, tail) and, in the resident tier's list, copies of the tokens the
+ * protected pages do not hold: its pivot's top-k (`set`, weights w) heaviest first, then
+ * the rest by the pivot's score (pscore, over the pivot's tokens in append order, which
+ * are the satellite's: NULL ranks by recency), as many as its share's bytes leave room
+ * for. Every other F16 page is in host memory: the full KV stays there, and resident
+ * copies are encoded from it. A token is never held twice: resident tokens are outside
+ * the protected pages, and protection only moves on to newer tokens.
+ * 1. The unprotected F16 pages go to the host (copies that wait for the work queued).
+ * 2. The new resident set is ranked and cut to the room.
+ * 3. The resident list changes in place, in queue order: tokens that stay keep their
+ *    slots; those beyond the new length move into the slots of tokens that leave
+ *    (slot_copy); new tokens are encoded from the host pages into the rest (ada_encode).
+ *    So a retrieval costs the tokens that change, not the set.
+ * A failure in step 1 or at the first enqueue changes nothing; if the moves then fail,
+ * the slots meant for them keep their old tokens (still correct, held once) and the list
+ * keeps its length. */
 static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, const uint32_t *set,
-                                  const float *w, uint32_t set_n, int fetch)
+                                  const float *w, uint32_t set_n, const float *pscore, uint32_t pn)
 {
     skvi_hetero *x = s->hetero;
-    const uint32_t H = c->desc.kv_heads, P = c->desc.page_tokens;
-    const uint32_t li = (uint32_t)(((size_t)layer * H + head) * SKV_TIER_COUNT + SKV_TIER_F16);
-    skvi_page_list *l = &s->lists[li];
+    const uint32_t H = c->desc.kv_heads, P = c->desc.page_tokens, D = c->desc.head_dim;
+    const size_t lh = (size_t)layer * H + head, base = lh * SKV_TIER_COUNT;
+    const uint32_t li = (uint32_t)(base + SKV_TIER_F16);
+    const skv_tier rt = x->res_tier;
+    skvi_page_list *l = &s->lists[li], *rl = &s->lists[base + rt];
     if (l->n == 0)
         return SKV_OK;
     const skv_allocator *a = c->ctx->alloc;
-    double *hits = skvi_calloc(a, l->n, sizeof *hits);
-    uint32_t *order = skvi_calloc(a, l->n, sizeof *order);
+    skvi_pool *rpool = &c->pools[rt][SKV_MEM_DEVICE];
     uint32_t *lists = skvi_calloc(a, l->n, sizeof *lists), *entries = skvi_calloc(a, l->n, sizeof *entries);
-    uint8_t *want = skvi_calloc(a, l->n, 1);
+    ranked *cand = skvi_calloc(a, (size_t)l->tokens + 1, sizeof *cand);
+    uint8_t *mark = skvi_calloc(a, (size_t)l->tokens + 1, 1);
+    uint32_t *targets = NULL, *enc = NULL, *mov = NULL, *msrc = NULL, *pages = NULL, *res = x->res[lh];
+    uint32_t n_prot = 0, n_cand = 0, taken = 0;
+    cl_event *owned = NULL;
     skv_status st = SKV_OK;
-    if (!hits || !order || !lists || !entries || !want) {
+    if (!lists || !entries || !cand || !mark) {
         st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
         goto done;
     }
-    page_mass(c, x, layer, set, w, set_n, hits, l->n);
-    /* the pages the device keeps: protected ones, then by hits (ties: newer first) */
-    uint64_t share = x->share[(size_t)layer * H + head] / P, kept = 0;
-    for (uint32_t j = 0; j < l->n; j++)
-        if (protected_page(c, l, j)) {
-            want[j] = 1;
-            kept++;
-        }
-    uint32_t n_order = 0;
-    for (uint32_t j = 0; j < l->n; j++)
-        if (!want[j] && hits[j] > 0)
-            order[n_order++] = j;
-    for (uint32_t i = 1; i < n_order; i++) /* insertion sort: most mass, then newest */
-        for (uint32_t m = i; m > 0; m--) {
-            const uint32_t p = order[m - 1], q = order[m];
-            if (hits[p] > hits[q] || (hits[p] == hits[q] && p > q))
-                break;
-            order[m - 1] = q, order[m] = p;
-        }
-    for (uint32_t i = 0; i < n_order && kept < share; i++, kept++)
-        want[order[i]] = 1;
-    /* pages already on the device and without hits stay while the share has room, the
-     * newest first: nothing is moved for nothing */
-    for (uint32_t j = l->n; j-- > 0 && kept < share;)
-        if (!want[j] && !(l->ids[j] & SKVI_HOST_BIT)) {
-            want[j] = 1;
-            kept++;
-        }
+    /* 1. the unprotected F16 pages to the host */
     uint32_t n = 0;
-    if (fetch) {
-        for (uint32_t j = 0; j < l->n; j++)
-            if (want[j] && (l->ids[j] & SKVI_HOST_BIT))
-                lists[n] = li, entries[n++] = j;
-        if (n) {
-            if (skvi_array_reserve(a, (void **)&x->fl, &x->cap_fl, x->n_fl, x->n_fl + n, sizeof *x->fl, 64) != 0) {
-                st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
-                goto done;
-            }
-            cl_event last = NULL;
-            st = skvi_move_entries(c, s, lists, entries, n, SKV_MEM_DEVICE, 0, &last, "HeteroCache retrieval");
-            if (st != SKV_OK)
-                goto done;
-            for (uint32_t i = 0; i < n; i++) {
-                clRetainEvent(last);
-                x->fl[x->n_fl++] = (skvi_inflight){lists[i], entries[i], last};
-            }
-            clReleaseEvent(last);
-            c->hstats.pages_fetched += n;
-        }
-    }
-    n = 0;
-    for (uint32_t j = 0; j < l->n; j++)
-        if (!want[j] && !(l->ids[j] & SKVI_HOST_BIT) && !in_flight(x, li, j))
+    for (uint32_t j = 0; j < l->n; j++) {
+        const int prot = protected_page(c, l, j);
+        n_prot += prot;
+        if (!prot && !(l->ids[j] & SKVI_HOST_BIT))
             lists[n] = li, entries[n++] = j;
+    }
     if (n) {
         st = skvi_stats_flush(c, s, layer); /* pending statistics read device pages: before they move */
         if (st == SKV_OK)
             st = skvi_move_entries(c, s, lists, entries, n, SKV_MEM_HOST, 0, NULL, "HeteroCache eviction");
-        if (st == SKV_OK)
-            c->hstats.pages_evicted += n;
+        if (st != SKV_OK)
+            goto done;
+        c->hstats.pages_evicted += n;
     }
+    /* 2. the resident set */
+    for (uint32_t idx = 0; idx < l->tokens; idx++)
+        cand[idx] = (ranked){0, pscore && idx < pn ? pscore[idx] : 0.0f, idx};
+    for (uint32_t i = 0; i < set_n; i++) {
+        const int64_t idx = index_of(x, layer, (int32_t)set[i]);
+        if (idx >= 0 && (uint64_t)idx < l->tokens)
+            cand[idx].in_set = 1, cand[idx].w = w[i];
+    }
+    for (uint32_t idx = 0; idx < l->tokens; idx++)
+        if (!protected_page(c, l, idx / P) && !isnan(cand[idx].w))
+            cand[n_cand++] = cand[idx];
+    qsort(cand, n_cand, sizeof *cand, by_rank);
+    const double f16_token = (double)skvi_tier_page_bytes(SKV_TIER_F16, D, P) / P;
+    const double room = (double)x->share[lh] * f16_token - (double)n_prot * f16_token * P;
+    const uint64_t max_pages = room > 0 ? (uint64_t)(room / (double)rpool->page_bytes) : 0;
+    if ((uint64_t)n_cand > max_pages * P)
+        n_cand = (uint32_t)(max_pages * P);
+    /* 3. the in-place change: 1 chosen, 2 resident, 3 both */
+    const uint32_t r = rl->tokens, m = n_cand;
+    for (uint32_t i = 0; i < m; i++)
+        mark[cand[i].idx] |= 1;
+    for (uint32_t j = 0; j < r; j++)
+        mark[res[j]] |= 2;
+    uint32_t n_t = 0, n_mov = 0, n_enc = 0;
+    targets = skvi_calloc(a, (size_t)m + 1, sizeof *targets);
+    enc = skvi_calloc(a, 4 * ((size_t)m + 1), sizeof *enc);
+    mov = skvi_calloc(a, 4 * ((size_t)r + 1), sizeof *mov);
+    msrc = skvi_calloc(a, (size_t)r + 1, sizeof *msrc);
+    const uint32_t need_pages = (m + P - 1) / P, extra = need_pages > rl->n ? need_pages - rl->n : 0;
+    pages = skvi_calloc(a, (size_t)extra + 1, sizeof *pages);
+    if (!targets || !enc || !mov || !msrc || !pages || skvi_array_reserve(a, (void **)&x->res[lh], &x->res_cap[lh], r,
+                                                                 m > r ? m : r, sizeof *res, 64) != 0) {
+        st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
+        goto done;
+    }
+    res = x->res[lh];
+    for (uint32_t j = 0; j < m; j++) /* the slots below the new length to fill */
+        if (j >= r || mark[res[j]] == 2)
+            targets[n_t++] = j;
+    if (n_t == 0 && m == r)
+        goto done; /* the same tokens */
+    if ((st = skvi_list_reserve(c, rl, extra)) != SKV_OK || (st = skvi_pool_reserve(c, rpool, extra)) != SKV_OK) {
+        st = skvi_fail(c->ctx->error, st, "HeteroCache: %u resident pages: %s", extra, skv_context_last_error(c->ctx));
+        goto done;
+    }
+    for (; taken < extra; taken++)
+        pages[taken] = skvi_pool_take(rpool);
+#define RES_PAGE(j) ((j) / P < rl->n ? rl->ids[(j) / P] & ~SKVI_HOST_BIT : pages[(j) / P - rl->n])
+    for (uint32_t j = m; j < r; j++) /* tokens that stay, beyond the new length: moved down */
+        if (mark[res[j]] == 3) {
+            const uint32_t d = targets[n_mov];
+            msrc[n_mov] = j;
+            uint32_t *jb = mov + 4 * (size_t)n_mov++;
+            jb[0] = RES_PAGE(j), jb[1] = j % P, jb[2] = RES_PAGE(d), jb[3] = d % P;
+        }
+    for (uint32_t i = 0; i < m; i++) /* new tokens: encoded from the host pages */
+        if (mark[cand[i].idx] == 1) {
+            const uint32_t idx = cand[i].idx, d = targets[n_mov + n_enc];
+            uint32_t *jb = enc + 4 * (size_t)n_enc++; /* src page, src slot | dst slot << 16, dst page, layer * H + head */
+            jb[0] = l->ids[idx / P] & ~SKVI_HOST_BIT, jb[1] = idx % P | (d % P) << 16, jb[2] = RES_PAGE(d);
+            jb[3] = (uint32_t)lh;
+        }
+    cl_uint n_waits = 0;
+    const cl_event *waits = NULL;
+    st = skvi_compute_waits(c, NULL, 0, 0, NULL, &n_waits, &waits, &owned); /* the eviction's copies */
+    if (st == SKV_OK && n_enc)
+        st = enqueue_jobs(c, rt, 1, enc, n_enc, n_waits, waits);
+    if (st != SKV_OK)
+        goto done;
+    /* committed: the new tokens are in their slots, the new pages in the list */
+    for (uint32_t k = 0; k < extra; k++)
+        rl->ids[rl->n++] = pages[k];
+    taken = 0;
+    for (uint32_t i = 0, k = 0; i < m; i++)
+        if (mark[cand[i].idx] == 1)
+            res[targets[n_mov + k++]] = cand[i].idx;
+    uint32_t len = m > r ? m : r;
+    c->hstats.tokens_fetched += n_enc;
+    c->hstats.bytes_moved += (uint64_t)n_enc * (uint64_t)f16_token;
+    if (n_mov) {
+        char saved[SKVI_ERROR_MAX];
+        memcpy(saved, c->ctx->error, sizeof saved);
+        if (enqueue_jobs(c, rt, 0, mov, n_mov, 0, NULL) == SKV_OK) {
+            for (uint32_t k = 0; k < n_mov; k++) /* sources at or past m, targets below it */
+                res[targets[k]] = res[msrc[k]];
+            len = m;
+        } else { /* the move targets keep their old tokens: correct, held once */
+            memcpy(c->ctx->error, saved, sizeof saved);
+            c->hstats.retrievals_failed++;
+        }
+    } else {
+        len = m;
+    }
+    rl->tokens = len;
+    const uint32_t keep_pages = (len + P - 1) / P;
+    for (uint32_t k = keep_pages; k < rl->n; k++)
+        skvi_pool_unref(rpool, rl->ids[k] & ~SKVI_HOST_BIT);
+    if (rl->n > keep_pages)
+        rl->n = keep_pages;
+#undef RES_PAGE
 done:
-    skvi_free(a, hits);
-    skvi_free(a, order);
+    for (uint32_t k = 0; k < taken; k++) /* pages taken for a change that was not made */
+        skvi_pool_unref(rpool, pages[k]);
+    skvi_free(a, owned);
     skvi_free(a, lists);
     skvi_free(a, entries);
-    skvi_free(a, want);
+    skvi_free(a, cand);
+    skvi_free(a, mark);
+    skvi_free(a, targets);
+    skvi_free(a, enc);
+    skvi_free(a, mov);
+    skvi_free(a, msrc);
+    skvi_free(a, pages);
     return st;
 }
 
@@ -331,11 +465,17 @@ skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer)
     skvi_hetero *x = s->hetero;
     const uint32_t H = c->desc.kv_heads;
     skv_status st = SKV_OK;
-    for (uint32_t h = 0; st == SKV_OK && h < H; h++) {
-        if (category_of(x, c, layer, h) != SKV_HEAD_SATELLITE)
+    for (uint32_t pv = 0; st == SKV_OK && pv < H; pv++) {
+        if (category_of(x, c, layer, pv) != SKV_HEAD_PIVOT)
             continue;
-        const size_t pv = (size_t)layer * H + x->pivot[(size_t)layer * H + h];
-        st = place_satellite(c, s, layer, h, x->ref + pv * x->k, x->ref_w + pv * x->k, x->ref_n[pv], 0);
+        const size_t i = (size_t)layer * H + pv;
+        float *sc;
+        uint32_t n;
+        st = pivot_scores(c, s, layer, pv, &sc, &n);
+        for (uint32_t h = 0; st == SKV_OK && h < H; h++)
+            if (category_of(x, c, layer, h) == SKV_HEAD_SATELLITE && x->pivot[(size_t)layer * H + h] == pv)
+                st = place_satellite(c, s, layer, h, x->ref + i * x->k, x->ref_w + i * x->k, x->ref_n[i], sc, n);
+        skvi_free(c->ctx->alloc, sc);
     }
     return st;
 }
@@ -376,17 +516,24 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
         if (!first && overlap >= x->desc.tau_stable)
             continue;
         /* the first check places the satellites by the pivot's attention (until then by
-         * recency); later ones that find a drift retrieve, when retrieval is on */
+         * its scores alone); later ones that find a drift retrieve, when retrieval is on */
         int failed = 0;
         if (!first)
             c->hstats.drifts++;
+        float *sc = NULL;
+        uint32_t sn = 0;
+        char saved[SKVI_ERROR_MAX];
+        memcpy(saved, c->ctx->error, sizeof saved);
+        if ((first || x->desc.retrieval) && pivot_scores(c, s, layer, h, &sc, &sn) != SKV_OK) {
+            c->hstats.retrievals_failed++; /* nothing moved; the reference stays, so the next check retries */
+            memcpy(c->ctx->error, saved, sizeof saved);
+            continue;
+        }
         for (uint32_t g = 0; (first || x->desc.retrieval) && g < H; g++) {
             const size_t j = (size_t)layer * H + g;
             if (x->cat[j] != SKV_HEAD_SATELLITE || x->pivot[j] != h)
                 continue;
-            char saved[SKVI_ERROR_MAX];
-            memcpy(saved, c->ctx->error, sizeof saved);
-            if (place_satellite(c, s, layer, g, now, x->now_w + i * K, n, 1) == SKV_OK) {
+            if (place_satellite(c, s, layer, g, now, x->now_w + i * K, n, sc, sn) == SKV_OK) {
                 c->hstats.retrievals += !first;
             } else { /* the cache is as it was; decode goes on over the pages it has */
                 c->hstats.retrievals_failed++;
@@ -394,6 +541,7 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
                 memcpy(c->ctx->error, saved, sizeof saved);
             }
         }
+        skvi_free(c->ctx->alloc, sc);
         if (!failed) { /* the reference resets; after a failure it stays, so the next check retries */
             memcpy(x->ref + i * K, now, n * sizeof *now);
             memcpy(x->ref_w + i * K, x->now_w + i * K, n * sizeof *x->now_w);
@@ -414,23 +562,6 @@ void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer)
         if (e == CL_SUCCESS)
             process_check(c, s, layer);
     }
-    /* arrived pages become readable; the rest this step skips */
-    const uint32_t per_layer = c->desc.kv_heads * SKV_TIER_COUNT;
-    size_t kept = 0;
-    for (size_t i = 0; i < x->n_fl; i++) {
-        const cl_int status = x->fl[i].done ? skvi_event_status(x->fl[i].done) : CL_QUEUED;
-        if (status == CL_COMPLETE) {
-            clReleaseEvent(x->fl[i].done);
-            continue;
-        }
-        if (status < 0 && x->fl[i].done) { /* a failed copy: the page is never read */
-            clReleaseEvent(x->fl[i].done);
-            x->fl[i].done = NULL;
-        }
-        c->hstats.pages_skipped += x->fl[i].list / per_layer == layer;
-        x->fl[kept++] = x->fl[i];
-    }
-    x->n_fl = kept;
 }
 
 static cl_mem grow(skv_cache *c, cl_mem *buf, size_t *have, size_t need, cl_int *e)

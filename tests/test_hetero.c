@@ -621,8 +621,16 @@ static void test_profile_file_large(void **state)
  * the step that retrieves. */
 typedef struct needle_result {
     double sat_err_before, sat_err_after, pivot_err;
+    size_t sat_tokens;   /* a satellite's resident copies at the end */
+    uint32_t needle_held; /* satellites holding the needle at the end */
     skv_hetero_stats st;
 } needle_result;
+
+static int cmp_i32(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
 
 static void needle_run(int retrieval, int fail_retrieval, needle_result *res)
 {
@@ -635,6 +643,7 @@ static void needle_run(int retrieval, int fail_retrieval, needle_result *res)
     d.layers = 1, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
     d.host_budget_bytes = 1 << 24;
     d.retention = SKV_RETENTION_RDR, d.scorer = SKV_SCORER_KNORM, d.budget_ratio = 0.55f;
+    d.tiers = (1u << SKV_TIER_COUNT) - 1; /* the satellites' resident tokens go to A4V8 */
     d.n_sink = 4, d.recent_window = 32, d.slack = 32;
     skv_cache *c;
     assert_ok(skv_cache_create(ctx, &d, &c));
@@ -702,6 +711,30 @@ static void needle_run(int retrieval, int fail_retrieval, needle_result *res)
         const double ep = skv_ref_rel_l2(ref, out, D);
         res->pivot_err = ep > res->pivot_err ? ep : res->pivot_err;
     }
+    /* token-granular satellites: a satellite's positions (skv_seq_positions: its F16 list,
+     * device and host pages, in append order, then its resident copies) are every token
+     * once, then copies of distinct tokens outside the pages the device keeps at F16 (the
+     * sinks' page, the recent window's, the tail): nothing is read twice; the needle is
+     * among them after a retrieval */
+    int32_t *held = malloc((size_t)2 * N * sizeof *held);
+    for (uint32_t h = 1; h < H; h++) {
+        size_t count = 0;
+        assert_ok(skv_seq_positions(c, s, 0, h, held, 2 * N, &count));
+        assert_true(count > N);
+        for (uint32_t t = 0; t < N; t++)
+            assert_int_equal(held[t], (int32_t)t);
+        res->sat_tokens = count - N;
+        qsort(held + N, count - N, sizeof *held, cmp_i32);
+        int needle = 0;
+        for (size_t i = N; i < count; i++) {
+            assert_true(held[i] >= (int32_t)P && held[i] < (int32_t)((N - 32) / P * P));
+            if (i > N)
+                assert_true(held[i] != held[i - 1]);
+            needle |= held[i] == (int32_t)NEEDLE;
+        }
+        res->needle_held += needle;
+    }
+    free(held);
     res->st.struct_size = sizeof res->st;
     assert_ok(skv_cache_hetero_stats(c, &res->st));
     /* the sequence refuses what would move its pages behind HeteroCache's back */
@@ -723,19 +756,21 @@ static void test_retrieval(void **state)
     needle_run(0, 0, &off);
     needle_run(1, 1, &fault);
     printf("satellites' error after the shift: retrieval %.4f, none %.4f, after a failed retrieval %.4f; "
-           "retrievals %llu, pages fetched %llu, evicted %llu, skipped %llu\n",
+           "retrievals %llu, tokens fetched %llu, pages evicted %llu\n",
            on.sat_err_after, off.sat_err_after, fault.sat_err_after, (unsigned long long)on.st.retrievals,
-           (unsigned long long)on.st.pages_fetched, (unsigned long long)on.st.pages_evicted,
-           (unsigned long long)on.st.pages_skipped);
+           (unsigned long long)on.st.tokens_fetched, (unsigned long long)on.st.pages_evicted);
     /* the pivot holds everything: always right */
     assert_true(on.pivot_err < 2e-3 && off.pivot_err < 2e-3 && fault.pivot_err < 2e-3);
     /* before the shift the satellites' shares are fine either way (the needle is not
      * attended); after it only retrieval brings the needle back */
-    assert_true(on.st.drifts >= 1 && on.st.retrievals >= 3 && on.st.pages_fetched >= 3);
+    assert_true(on.st.drifts >= 1 && on.st.retrievals >= 3 && on.st.tokens_fetched >= 3);
     assert_true(on.sat_err_after < 0.02);
     assert_true(off.sat_err_after > 0.5);
     assert_int_equal(off.st.retrievals, 0);
     assert_true(off.st.drifts >= 1);
+    assert_int_equal(on.needle_held, 3);
+    assert_int_equal(off.needle_held, 0);
+    assert_true(on.sat_tokens > 16 && on.sat_tokens < 1024 - 64);
     /* a failed retrieval changes nothing, decode goes on, and the next check retries */
     assert_true(fault.st.retrievals_failed >= 1);
     assert_true(fault.st.retrievals >= 3);

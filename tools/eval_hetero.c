@@ -154,6 +154,7 @@ static void cache_desc(const scenario *s, skv_cache_desc *d, policy p, double bu
     d->device_budget_bytes = 4 * ((s->tokens + PAGE - 1) / PAGE + 4) * LAYERS * KV_HEADS * PAGE * (4ull * DIM + 4);
     d->host_budget_bytes = p >= HETERO ? d->device_budget_bytes : 0;
     d->retention = SKV_RETENTION_RDR;
+    d->tiers = (1u << SKV_TIER_COUNT) - 1; /* every policy: F16, the ADA tiers or drop */
     d->scorer = p == STATIC_SNAPKV ? SKV_SCORER_SNAPKV : SKV_SCORER_OBSERVED;
     d->budget_ratio = (float)budget;
     d->n_sink = SINKS;
@@ -351,7 +352,7 @@ int eval_late_shift(int argc, char **argv)
            "needles and a group of %d\n\n",
            dp.name, dp.platform, LAYERS, KV_HEADS, GROUP, DIM, (unsigned long long)tokens, SINGLE, MULTI);
     printf("%-20s %6s %7s %7s %7s %9s %8s %10s %8s %s\n", "policy", "budget", "device", "host", "needle", "multikey",
-           "out_err", "retrievals", "fetched", "heads (pivot/sat/anchor/volatile)");
+           "out_err", "retrievals", "tokens in", "heads (pivot/sat/anchor/volatile)");
     const double budgets[2] = {0.125, 0.25};
     for (int b = 0; b < 2; b++)
         for (int p = 0; p < POLICIES; p++) {
@@ -365,7 +366,7 @@ int eval_late_shift(int argc, char **argv)
                 snprintf(heads, sizeof heads, "%u/%u/%u/%u", r.pivots, r.satellites, r.anchors, r.volatiles);
             printf("%-20s %6.3f %7.3f %7.3f %7.2f %9.2f %8.3f %10llu %8llu %s\n", policy_names[p], budgets[b],
                    r.device_ratio, r.host_ratio, r.needles, r.multikey, r.out_err,
-                   (unsigned long long)r.hs.retrievals, (unsigned long long)r.hs.pages_fetched, heads);
+                   (unsigned long long)r.hs.retrievals, (unsigned long long)r.hs.tokens_fetched, heads);
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "policy", policy_names[p]);
             cJSON_AddNumberToObject(o, "budget", budgets[b]);
@@ -375,7 +376,7 @@ int eval_late_shift(int argc, char **argv)
             cJSON_AddNumberToObject(o, "multikey_recall", r.multikey);
             cJSON_AddNumberToObject(o, "out_rel_err", r.out_err);
             cJSON_AddNumberToObject(o, "retrievals", (double)r.hs.retrievals);
-            cJSON_AddNumberToObject(o, "pages_fetched", (double)r.hs.pages_fetched);
+            cJSON_AddNumberToObject(o, "tokens_fetched", (double)r.hs.tokens_fetched);
             cJSON_AddNumberToObject(o, "pages_evicted", (double)r.hs.pages_evicted);
             cJSON_AddItemToArray(rows, o);
         }

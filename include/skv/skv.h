@@ -636,23 +636,27 @@ SKV_API skv_status skv_hetero_profile_save(const skv_hetero_profile *profile, co
 SKV_API skv_status skv_hetero_profile_load(const char *path, uint32_t layers, uint32_t kv_heads,
                                            skv_hetero_profile **out);
 
-/* Runs HeteroCache on an empty sequence of an RDR cache (retention RDR, a scorer, and a
- * host tier when the profile has satellites). At every compression the layer's budget
- * (budget_ratio, budget_rule) is split by skv_ref_hetero_budgets: pivots and volatile
- * heads keep every token at F16 on the device; anchors are compressed by RDR to their
- * share; satellites keep their whole KV at F16, the pages beyond their share in the
- * host tier: on the device stay the sink and recent pages and those holding the most of
- * their pivot's current top-k tokens. Decode attends over the pages on the device (a
- * page still being fetched is skipped until its copy completes). Every check_steps
- * decode steps the pivots' top-k is computed on the device and read back without a
- * wait; at the sequence's next decode step of that layer it is compared with the
- * pivot's reference, and below tau_stable the reference resets and each satellite's
- * pages holding the new top tokens are fetched on the transfer queue (evicting the
- * satellite's lowest-ranked pages to stay within its share). The profile is copied.
- * SKV_ERR_INVALID_ARG when the shape differs from the cache's, the sequence holds
- * tokens, or a layer's pivots and volatile heads alone exceed budget_ratio. The
+/* Runs HeteroCache on an empty sequence of an RDR cache (retention RDR, a scorer, and,
+ * when the profile has satellites, a host tier and an ADA tier in desc.tiers). At every
+ * compression the layer's budget (budget_ratio, budget_rule) is split by
+ * skv_ref_hetero_budgets: pivots and volatile heads keep every token at F16 on the
+ * device; anchors are compressed by RDR to their share; a satellite keeps its whole KV
+ * at F16 with every page in the host tier but those of its sinks, its recent window and
+ * its tail, and holds on the device, token by token, copies of the tokens its pivot
+ * attends to: the pivot's current top-k first, then the others by the pivot's score
+ * (the cache's scorer), as many as its share leaves room for, in the most precise ADA
+ * tier the cache has (its resident tokens; never a token its F16 pages on the device
+ * hold, so none is read twice). Decode attends over what is on the device. Every
+ * check_steps decode steps the pivots' top-k is computed on the device and read back
+ * without a wait; at the sequence's next decode step of that layer it is compared with
+ * the pivot's reference, and below tau_stable the reference resets and each satellite's
+ * resident tokens change to the new ranking: tokens that stay keep their slots, new ones
+ * are encoded from the host pages in queue order (the host does not wait). The profile
+ * is copied. SKV_ERR_INVALID_ARG when the shape differs from the cache's, the sequence
+ * holds tokens, or a layer's pivots and volatile heads alone exceed budget_ratio. The
  * sequence then refuses skv_seq_quantize, skv_seq_fork and the explicit offload/fetch
- * calls (HeteroCache places its pages itself). */
+ * calls (HeteroCache places its pages itself). skv_seq_positions of a satellite gives
+ * its F16 list (every token, host pages too) and then its resident copies. */
 SKV_API skv_status skv_seq_hetero(skv_cache *cache, skv_seq_id seq, const skv_hetero_profile *profile,
                                   const skv_hetero_desc *desc);
 
@@ -662,10 +666,12 @@ typedef struct skv_hetero_stats {
     uint64_t drifts;            /* checks that found the overlap below tau_stable */
     uint64_t retrievals;        /* retrievals enqueued (per drifting pivot and satellite) */
     uint64_t retrievals_failed; /* retrievals that could not be enqueued (no memory): the cache is unchanged */
-    uint64_t pages_fetched;     /* host -> device */
-    uint64_t pages_evicted;     /* device -> host, to keep a satellite within its share */
+    uint64_t pages_fetched;     /* pages moved host -> device */
+    uint64_t tokens_fetched;    /* satellites' tokens copied from host pages into resident device pages */
+    uint64_t pages_evicted;     /* device -> host: a satellite's F16 pages leaving its recent window */
     uint64_t bytes_moved;       /* both directions */
-    uint64_t pages_skipped;     /* decode steps' pages skipped because their copy was still in flight */
+    uint64_t pages_skipped;     /* decode steps' pages skipped because their copy was still in flight
+                                 * (no longer happens: retrieval runs in queue order) */
     uint64_t compute_waits;     /* compute launches that had to wait for a page move */
     uint64_t device_bytes;      /* now: the cache's page bytes in device memory */
     uint64_t host_bytes;        /* now: in host memory */
