@@ -72,6 +72,8 @@ typedef struct skvi_hetero {
     uint32_t **res;         /* [L][H]: a satellite's resident tokens (their F16 list indices), in the
                              * resident list's slot order (as many as that list holds) */
     size_t *res_cap;        /* [L][H] */
+    float **pscore;         /* [L][H]: a pivot's scores at the last compression (NULL: none yet), */
+    uint32_t *pscore_n;     /* [L][H]  over its first pscore_n tokens */
 } skvi_hetero;
 
 /* A calibration (skv_hetero_calibrate_begin): per layer, the top-k sets of up to

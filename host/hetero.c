@@ -31,10 +31,15 @@ void skvi_hetero_release(skv_cache *c, skvi_seq *s)
         if (x->pos)
             skvi_free(a, x->pos[l]);
     }
-    for (size_t i = 0; x->res && i < (size_t)c->desc.layers * c->desc.kv_heads; i++)
-        skvi_free(a, x->res[i]);
+    for (size_t i = 0; i < (size_t)c->desc.layers * c->desc.kv_heads; i++) {
+        if (x->res)
+            skvi_free(a, x->res[i]);
+        if (x->pscore)
+            skvi_free(a, x->pscore[i]);
+    }
     void *arrays[] = {x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->ref_w, x->now, x->now_n, x->now_w,
-                      x->now_read, x->steps, x->share, x->pos, x->pos_n, x->pos_cap, x->res, x->res_cap};
+                      x->now_read, x->steps, x->share, x->pos, x->pos_n, x->pos_cap, x->res, x->res_cap,
+                      x->pscore, x->pscore_n};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         skvi_free(a, arrays[i]);
     skvi_free(a, x);
@@ -119,10 +124,12 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
         x->res_tier = res_tier;
         x->res = skvi_calloc(a, n, sizeof *x->res);
         x->res_cap = skvi_calloc(a, n, sizeof *x->res_cap);
+        x->pscore = skvi_calloc(a, n, sizeof *x->pscore);
+        x->pscore_n = skvi_calloc(a, n, sizeof *x->pscore_n);
     }
     if (!x || !x->cat || !x->pivot || !x->stability || !x->ref || !x->ref_n || !x->ref_w || !x->now || !x->now_n ||
         !x->now_w || !x->now_read ||
-        !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap || !x->res || !x->res_cap) {
+        !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap || !x->res || !x->res_cap || !x->pscore || !x->pscore_n) {
         skvi_hetero_release(c, s);
         return skvi_fail(err, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
@@ -472,10 +479,13 @@ skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer)
         float *sc;
         uint32_t n;
         st = pivot_scores(c, s, layer, pv, &sc, &n);
+        if (st != SKV_OK)
+            break;
+        skvi_free(c->ctx->alloc, x->pscore[i]); /* kept for the drift checks until the next compression */
+        x->pscore[i] = sc, x->pscore_n[i] = n;
         for (uint32_t h = 0; st == SKV_OK && h < H; h++)
             if (category_of(x, c, layer, h) == SKV_HEAD_SATELLITE && x->pivot[(size_t)layer * H + h] == pv)
                 st = place_satellite(c, s, layer, h, x->ref + i * x->k, x->ref_w + i * x->k, x->ref_n[i], sc, n);
-        skvi_free(c->ctx->alloc, sc);
     }
     return st;
 }
@@ -520,15 +530,23 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
         int failed = 0;
         if (!first)
             c->hstats.drifts++;
-        float *sc = NULL;
-        uint32_t sn = 0;
+        /* the pivot's scores of the last compression (no wait here; the tokens since are
+         * in the recent window), or scored now: before the first, and always with the
+         * observed scorer, whose scores move with every decode step */
         char saved[SKVI_ERROR_MAX];
         memcpy(saved, c->ctx->error, sizeof saved);
-        if ((first || x->desc.retrieval) && pivot_scores(c, s, layer, h, &sc, &sn) != SKV_OK) {
+        if ((first || x->desc.retrieval) && (!x->pscore[i] || c->desc.scorer == SKV_SCORER_OBSERVED)) {
+            skvi_free(c->ctx->alloc, x->pscore[i]);
+            x->pscore[i] = NULL, x->pscore_n[i] = 0;
+        }
+        if ((first || x->desc.retrieval) && !x->pscore[i] &&
+            pivot_scores(c, s, layer, h, &x->pscore[i], &x->pscore_n[i]) != SKV_OK) {
             c->hstats.retrievals_failed++; /* nothing moved; the reference stays, so the next check retries */
             memcpy(c->ctx->error, saved, sizeof saved);
             continue;
         }
+        const float *sc = x->pscore[i];
+        const uint32_t sn = x->pscore_n[i];
         for (uint32_t g = 0; (first || x->desc.retrieval) && g < H; g++) {
             const size_t j = (size_t)layer * H + g;
             if (x->cat[j] != SKV_HEAD_SATELLITE || x->pivot[j] != h)
@@ -541,7 +559,6 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
                 memcpy(c->ctx->error, saved, sizeof saved);
             }
         }
-        skvi_free(c->ctx->alloc, sc);
         if (!failed) { /* the reference resets; after a failure it stays, so the next check retries */
             memcpy(x->ref + i * K, now, n * sizeof *now);
             memcpy(x->ref_w + i * K, x->now_w + i * K, n * sizeof *x->now_w);
