@@ -287,7 +287,8 @@ typedef struct observe_arg {
     cl_mem ml;            /* the merge's (max, sum) per q-head */
 } observe_arg;
 
-static cl_int observe_rows(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap)
+static cl_int observe_rows(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap, cl_mem heads, cl_uint head_off,
+                           cl_uint rows)
 {
     const observe_arg *o = arg;
     skv_cache *c = o->c;
@@ -305,12 +306,14 @@ static cl_int observe_rows(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap)
             skvi_arg_mem(&a, tp->bufs[i]);
         skvi_arg_u32(&a, c->desc.kv_heads);
         skvi_arg_u32(&a, b);
+        skvi_arg_mem(&a, heads);
+        skvi_arg_u32(&a, head_off);
         skvi_arg_mem(&a, o->logits[t]);
         skvi_arg_u32(&a, (cl_uint)tp->max_len);
         skvi_arg_mem(&a, o->ml);
         skvi_arg_mem(&a, acc);
         skvi_arg_u32(&a, acc_cap);
-        size_t g[2] = {tp->max_len, c->desc.kv_heads};
+        size_t g[2] = {tp->max_len, rows};
         if ((e = skvi_args_end(&a)) == CL_SUCCESS)
             e = skvi_enqueue_padded(c->ctx->queue, k, 2, g, 0, NULL, NULL);
     }
@@ -455,7 +458,7 @@ static skv_status run(skv_cache *c, const decode_args *a, const decode_plan *p, 
      * has accumulated nothing and its retry counts the step once. */
     for (uint32_t b = 0; observe && st == SKV_OK && e == CL_SUCCESS && b < B; b++) {
         skvi_seq *s = &c->seqs[a->seqs[b]];
-        e = observe_rows(&oa, b, s->obs_acc[layer], s->obs_cap[layer]);
+        e = observe_rows(&oa, b, s->obs_acc[layer], s->obs_cap[layer], c->heads_all, 0, c->desc.kv_heads);
         if (e == CL_SUCCESS) /* the step the observed scores divide by (score_observed.c) */
             s->obs_steps[layer]++;
     }

@@ -72,6 +72,9 @@ typedef struct skvi_hetero {
     uint32_t **res;         /* [L][H]: a satellite's resident tokens (their F16 list indices), in the
                              * resident list's slot order (as many as that list holds) */
     size_t *res_cap;        /* [L][H] */
+    uint32_t *piv;          /* [L][H]: each layer's pivots first (n_piv of them), the drift check's rows */
+    uint32_t *n_piv;        /* [L] */
+    cl_mem piv_mem;         /* piv on the device */
     float **pscore;         /* [L][H]: a pivot's scores at the last compression (NULL: none yet), */
     uint32_t *pscore_n;     /* [L][H]  over its first pscore_n tokens */
 } skvi_hetero;
@@ -225,6 +228,7 @@ struct skv_cache {
      * top-k sets [H][k] with their counts, grown on demand */
     cl_kernel k_topk, k_topk_gather;
     cl_mem h_rows, h_sets, h_counts, h_weights;
+    cl_mem heads_all; /* [kv_heads]: 0 .. kv_heads - 1, the observe kernel's rows for every head */
     size_t h_rows_bytes, h_sets_bytes, h_counts_bytes, h_weights_bytes;
     skv_hetero_stats hstats;
 };
@@ -436,7 +440,10 @@ int skvi_hetero_wants_logits(const skv_cache *c, const skvi_seq *s, uint32_t lay
 void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer);
 /* rows: logits-derived attention of sequence b of the batch (the observe kernel's
  * arguments are set but acc, acc_cap), enqueued by `observe` per tier */
-typedef cl_int (*skvi_observe_fn)(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap);
+/* Attention rows of sequence b into acc[rows][acc_cap] by position, for the kv-heads
+ * heads[head_off .. head_off + rows) (a device array). */
+typedef cl_int (*skvi_observe_fn)(void *arg, uint32_t b, cl_mem acc, cl_uint acc_cap, cl_mem heads, cl_uint head_off,
+                                  cl_uint rows);
 skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t b, skvi_observe_fn observe,
                                     void *arg);
 /* Whether decode may read entry j of list i now (not in flight); counts skipped pages. */

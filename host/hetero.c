@@ -37,7 +37,10 @@ void skvi_hetero_release(skv_cache *c, skvi_seq *s)
         if (x->pscore)
             skvi_free(a, x->pscore[i]);
     }
-    void *arrays[] = {x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->ref_w, x->now, x->now_n, x->now_w,
+    if (x->piv_mem)
+        clReleaseMemObject(x->piv_mem);
+    void *arrays[] = {x->piv, x->n_piv, x->cat, x->pivot, x->stability, x->ref, x->ref_n, x->ref_w, x->now, x->now_n,
+                      x->now_w,
                       x->now_read, x->steps, x->share, x->pos, x->pos_n, x->pos_cap, x->res, x->res_cap,
                       x->pscore, x->pscore_n};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
@@ -124,18 +127,31 @@ skv_status skv_seq_hetero(skv_cache *c, skv_seq_id seq, const skv_hetero_profile
         x->res_tier = res_tier;
         x->res = skvi_calloc(a, n, sizeof *x->res);
         x->res_cap = skvi_calloc(a, n, sizeof *x->res_cap);
+        x->piv = skvi_calloc(a, n, sizeof *x->piv);
+        x->n_piv = skvi_calloc(a, L, sizeof *x->n_piv);
         x->pscore = skvi_calloc(a, n, sizeof *x->pscore);
         x->pscore_n = skvi_calloc(a, n, sizeof *x->pscore_n);
     }
     if (!x || !x->cat || !x->pivot || !x->stability || !x->ref || !x->ref_n || !x->ref_w || !x->now || !x->now_n ||
         !x->now_w || !x->now_read ||
-        !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap || !x->res || !x->res_cap || !x->pscore || !x->pscore_n) {
+        !x->steps || !x->share || !x->pos || !x->pos_n || !x->pos_cap || !x->res || !x->res_cap || !x->pscore || !x->pscore_n || !x->piv || !x->n_piv) {
         skvi_hetero_release(c, s);
         return skvi_fail(err, SKV_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
     memcpy(x->cat, p->category, n * sizeof *x->cat);
     memcpy(x->pivot, p->pivot, n * sizeof *x->pivot);
     memcpy(x->stability, p->stability, n * sizeof *x->stability);
+    for (uint32_t l = 0; l < L; l++) /* the drift check's rows: each layer's pivots */
+        for (uint32_t h = 0; h < H; h++)
+            if (x->cat[(size_t)l * H + h] == SKV_HEAD_PIVOT)
+                x->piv[(size_t)l * H + x->n_piv[l]++] = h;
+    cl_int e;
+    x->piv_mem = clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n * sizeof *x->piv, x->piv, &e);
+    if (e != CL_SUCCESS) {
+        x->piv_mem = NULL;
+        skvi_hetero_release(c, s);
+        return skvi_cl_fail(err, e, "skv_seq_hetero: clCreateBuffer");
+    }
     return SKV_OK;
 }
 
@@ -264,6 +280,35 @@ static skv_status pivot_scores(skv_cache *c, skvi_seq *s, uint32_t layer, uint32
     return SKV_OK;
 }
 
+/* The order in which a pivot's satellites hold resident tokens: the tokens outside the
+ * protected pages of `l` (any satellite's F16 list: they all hold the same tokens in the
+ * same order), the pivot's top-k (`set`, weights w) heaviest first, then the others by
+ * the pivot's score (pscore over its first pn tokens; NULL: newest first). malloc'ed. */
+static skv_status rank_tokens(skv_cache *c, const skvi_hetero *x, uint32_t layer, const skvi_page_list *l,
+                              const uint32_t *set, const float *w, uint32_t set_n, const float *pscore, uint32_t pn,
+                              ranked **out, uint32_t *n_out)
+{
+    const uint32_t P = c->desc.page_tokens;
+    ranked *cand = skvi_calloc(c->ctx->alloc, (size_t)l->tokens + 1, sizeof *cand);
+    *out = cand, *n_out = 0;
+    if (!cand)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
+    for (uint32_t idx = 0; idx < l->tokens; idx++)
+        cand[idx] = (ranked){0, pscore && idx < pn ? pscore[idx] : 0.0f, idx};
+    for (uint32_t i = 0; i < set_n; i++) {
+        const int64_t idx = index_of(x, layer, (int32_t)set[i]);
+        if (idx >= 0 && (uint64_t)idx < l->tokens)
+            cand[idx].in_set = 1, cand[idx].w = w[i];
+    }
+    uint32_t n = 0;
+    for (uint32_t idx = 0; idx < l->tokens; idx++)
+        if (!protected_page(c, l, idx / P) && !isnan(cand[idx].w))
+            cand[n++] = cand[idx];
+    qsort(cand, n, sizeof *cand, by_rank);
+    *n_out = n;
+    return SKV_OK;
+}
+
 /* Enqueues ada_encode (encode: host F16 pages into the resident tier's device pages) or
  * slot_copy (within the resident tier's device pool) over n jobs of 4 uints. */
 static skv_status enqueue_jobs(skv_cache *c, skv_tier tier, int encode, const uint32_t *jobs, uint32_t n,
@@ -311,8 +356,8 @@ static skv_status enqueue_jobs(skv_cache *c, skv_tier tier, int encode, const ui
  * A failure in step 1 or at the first enqueue changes nothing; if the moves then fail,
  * the slots meant for them keep their old tokens (still correct, held once) and the list
  * keeps its length. */
-static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, const uint32_t *set,
-                                  const float *w, uint32_t set_n, const float *pscore, uint32_t pn)
+static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t head, const ranked *order,
+                                  uint32_t n_order)
 {
     skvi_hetero *x = s->hetero;
     const uint32_t H = c->desc.kv_heads, P = c->desc.page_tokens, D = c->desc.head_dim;
@@ -325,13 +370,13 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
     const skv_allocator *a = c->ctx->alloc;
     skvi_pool *rpool = &c->pools[rt][SKV_MEM_DEVICE];
     uint32_t *lists = skvi_calloc(a, l->n, sizeof *lists), *entries = skvi_calloc(a, l->n, sizeof *entries);
-    ranked *cand = skvi_calloc(a, (size_t)l->tokens + 1, sizeof *cand);
+    const ranked *cand = order;
     uint8_t *mark = skvi_calloc(a, (size_t)l->tokens + 1, 1);
     uint32_t *targets = NULL, *enc = NULL, *mov = NULL, *msrc = NULL, *pages = NULL, *res = x->res[lh];
-    uint32_t n_prot = 0, n_cand = 0, taken = 0;
+    uint32_t n_prot = 0, n_cand = n_order, taken = 0;
     cl_event *owned = NULL;
     skv_status st = SKV_OK;
-    if (!lists || !entries || !cand || !mark) {
+    if (!lists || !entries || !mark) {
         st = skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
         goto done;
     }
@@ -351,18 +396,7 @@ static skv_status place_satellite(skv_cache *c, skvi_seq *s, uint32_t layer, uin
             goto done;
         c->hstats.pages_evicted += n;
     }
-    /* 2. the resident set */
-    for (uint32_t idx = 0; idx < l->tokens; idx++)
-        cand[idx] = (ranked){0, pscore && idx < pn ? pscore[idx] : 0.0f, idx};
-    for (uint32_t i = 0; i < set_n; i++) {
-        const int64_t idx = index_of(x, layer, (int32_t)set[i]);
-        if (idx >= 0 && (uint64_t)idx < l->tokens)
-            cand[idx].in_set = 1, cand[idx].w = w[i];
-    }
-    for (uint32_t idx = 0; idx < l->tokens; idx++)
-        if (!protected_page(c, l, idx / P) && !isnan(cand[idx].w))
-            cand[n_cand++] = cand[idx];
-    qsort(cand, n_cand, sizeof *cand, by_rank);
+    /* 2. the resident set: the order, cut to the room */
     const double f16_token = (double)skvi_tier_page_bytes(SKV_TIER_F16, D, P) / P;
     const double room = (double)x->share[lh] * f16_token - (double)n_prot * f16_token * P;
     const uint64_t max_pages = room > 0 ? (uint64_t)(room / (double)rpool->page_bytes) : 0;
@@ -457,7 +491,6 @@ done:
     skvi_free(a, owned);
     skvi_free(a, lists);
     skvi_free(a, entries);
-    skvi_free(a, cand);
     skvi_free(a, mark);
     skvi_free(a, targets);
     skvi_free(a, enc);
@@ -483,9 +516,17 @@ skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer)
             break;
         skvi_free(c->ctx->alloc, x->pscore[i]); /* kept for the drift checks until the next compression */
         x->pscore[i] = sc, x->pscore_n[i] = n;
+        ranked *order = NULL;
+        uint32_t n_order = 0;
         for (uint32_t h = 0; st == SKV_OK && h < H; h++)
-            if (category_of(x, c, layer, h) == SKV_HEAD_SATELLITE && x->pivot[(size_t)layer * H + h] == pv)
-                st = place_satellite(c, s, layer, h, x->ref + i * x->k, x->ref_w + i * x->k, x->ref_n[i], sc, n);
+            if (category_of(x, c, layer, h) == SKV_HEAD_SATELLITE && x->pivot[(size_t)layer * H + h] == pv) {
+                if (!order)
+                    st = rank_tokens(c, x, layer, skvi_seq_list(c, s, layer, h, SKV_TIER_F16), x->ref + i * x->k,
+                                     x->ref_w + i * x->k, x->ref_n[i], sc, n, &order, &n_order);
+                if (st == SKV_OK)
+                    st = place_satellite(c, s, layer, h, order, n_order);
+            }
+        skvi_free(c->ctx->alloc, order);
     }
     return st;
 }
@@ -514,13 +555,13 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
 {
     skvi_hetero *x = s->hetero;
     const uint32_t H = c->desc.kv_heads, K = x->k;
-    for (uint32_t h = 0; h < H; h++) {
-        const size_t i = (size_t)layer * H + h;
-        if (x->cat[i] != SKV_HEAD_PIVOT)
-            continue;
+    for (uint32_t r = 0; r < x->n_piv[layer]; r++) { /* row r: the layer's r-th pivot */
+        const uint32_t h = x->piv[(size_t)layer * H + r];
+        const size_t i = (size_t)layer * H + h, row = (size_t)layer * H + r;
         c->hstats.checks++;
-        const uint32_t *now = x->now + i * K;
-        const uint32_t n = x->now_n[i];
+        const uint32_t *now = x->now + row * K;
+        const float *now_w = x->now_w + row * K;
+        const uint32_t n = x->now_n[row];
         const int first = x->ref_n[i] == 0;
         const double overlap = first ? 1.0 : (double)skv_ref_set_overlap(now, n, x->ref + i * K, x->ref_n[i]) / (n ? n : 1);
         if (!first && overlap >= x->desc.tau_stable)
@@ -547,11 +588,15 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
         }
         const float *sc = x->pscore[i];
         const uint32_t sn = x->pscore_n[i];
+        ranked *order = NULL;
+        uint32_t n_order = 0;
         for (uint32_t g = 0; (first || x->desc.retrieval) && g < H; g++) {
             const size_t j = (size_t)layer * H + g;
             if (x->cat[j] != SKV_HEAD_SATELLITE || x->pivot[j] != h)
                 continue;
-            if (place_satellite(c, s, layer, g, now, x->now_w + i * K, n, sc, sn) == SKV_OK) {
+            if ((order || rank_tokens(c, x, layer, skvi_seq_list(c, s, layer, g, SKV_TIER_F16), now, now_w, n, sc, sn,
+                                      &order, &n_order) == SKV_OK) &&
+                place_satellite(c, s, layer, g, order, n_order) == SKV_OK) {
                 c->hstats.retrievals += !first;
             } else { /* the cache is as it was; decode goes on over the pages it has */
                 c->hstats.retrievals_failed++;
@@ -559,9 +604,10 @@ static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
                 memcpy(c->ctx->error, saved, sizeof saved);
             }
         }
+        skvi_free(c->ctx->alloc, order);
         if (!failed) { /* the reference resets; after a failure it stays, so the next check retries */
             memcpy(x->ref + i * K, now, n * sizeof *now);
-            memcpy(x->ref_w + i * K, x->now_w + i * K, n * sizeof *x->now_w);
+            memcpy(x->ref_w + i * K, now_w, n * sizeof *x->now_w);
             x->ref_n[i] = n;
         }
     }
@@ -596,11 +642,11 @@ static cl_mem grow(skv_cache *c, cl_mem *buf, size_t *have, size_t need, cl_int 
     return m;
 }
 
-/* This step's top-k sets of sequence b (every kv-head) into c->h_sets / c->h_counts. */
+/* This step's top-k sets of sequence b into c->h_sets / c->h_counts, a row per kv-head of
+ * heads[head_off ..] (H rows). */
 static skv_status step_topk(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t b, skvi_observe_fn observe, void *arg,
-                            uint32_t K, int weights)
+                            uint32_t K, int weights, cl_mem heads, uint32_t head_off, uint32_t H)
 {
-    const uint32_t H = c->desc.kv_heads;
     const uint64_t cap = (uint64_t)s->next_pos[layer];
     if (cap == 0 || cap > 0x7FFFFFFFull)
         return skvi_fail(c->ctx->error, SKV_ERR_INVALID_ARG, "HeteroCache: positions up to %lld", (long long)cap);
@@ -615,7 +661,7 @@ static skv_status step_topk(skv_cache *c, skvi_seq *s, uint32_t layer, uint32_t 
         e = clEnqueueFillBuffer(c->ctx->queue, rows, &zero, sizeof zero, 0, (size_t)H * cap * sizeof(float), 0, NULL,
                                 NULL);
     if (e == CL_SUCCESS)
-        e = observe(arg, b, rows, (cl_uint)cap);
+        e = observe(arg, b, rows, (cl_uint)cap, heads, head_off, H);
     if (e != CL_SUCCESS)
         return skvi_cl_fail(c->ctx->error, e, "HeteroCache: attention rows");
     skv_status st =
@@ -641,7 +687,7 @@ skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, u
         k->extra[layer]++;
     else if (k) {
         const uint32_t K = k->desc.top_k, t = k->steps[layer];
-        st = step_topk(c, s, layer, b, observe, arg, K, 0);
+        st = step_topk(c, s, layer, b, observe, arg, K, 0, c->heads_all, 0, H);
         if (st == SKV_OK)
             e = clEnqueueCopyBuffer(c->ctx->queue, c->h_sets, k->sets[layer], 0, (size_t)t * H * K * sizeof(cl_uint),
                                     (size_t)H * K * sizeof(cl_uint), 0, NULL, NULL);
@@ -655,16 +701,16 @@ skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, u
     }
     if (st == SKV_OK && x) {
         if (check_step(c, x, layer)) {
-            const uint32_t K = x->k;
-            st = step_topk(c, s, layer, b, observe, arg, K, 1);
-            if (st == SKV_OK)
-                e = clEnqueueReadBuffer(c->ctx->queue, c->h_sets, CL_FALSE, 0, (size_t)H * K * sizeof(cl_uint),
+            const uint32_t K = x->k, R = x->n_piv[layer]; /* the pivots' rows only */
+            st = step_topk(c, s, layer, b, observe, arg, K, 1, x->piv_mem, layer * H, R);
+            if (st == SKV_OK) /* row r (the layer's r-th pivot) into x->now[layer][r] */
+                e = clEnqueueReadBuffer(c->ctx->queue, c->h_sets, CL_FALSE, 0, (size_t)R * K * sizeof(cl_uint),
                                         x->now + (size_t)layer * H * K, 0, NULL, NULL);
             if (st == SKV_OK && e == CL_SUCCESS)
-                e = clEnqueueReadBuffer(c->ctx->queue, c->h_weights, CL_FALSE, 0, (size_t)H * K * sizeof(float),
+                e = clEnqueueReadBuffer(c->ctx->queue, c->h_weights, CL_FALSE, 0, (size_t)R * K * sizeof(float),
                                         x->now_w + (size_t)layer * H * K, 0, NULL, NULL);
             if (st == SKV_OK && e == CL_SUCCESS)
-                e = clEnqueueReadBuffer(c->ctx->queue, c->h_counts, CL_FALSE, 0, (size_t)H * sizeof(cl_uint),
+                e = clEnqueueReadBuffer(c->ctx->queue, c->h_counts, CL_FALSE, 0, (size_t)R * sizeof(cl_uint),
                                         x->now_n + (size_t)layer * H, 0, NULL, &x->now_read[layer]);
             if (st == SKV_OK && e != CL_SUCCESS) {
                 skvi_drain(c->ctx->queue); /* a read may have been enqueued into x->now */
@@ -699,13 +745,26 @@ skv_status skv_cache_hetero_stats(const skv_cache *c, skv_hetero_stats *out)
 
 skv_status skvi_hetero_cache_init(skv_cache *c)
 {
+    const uint32_t H = c->desc.kv_heads;
+    cl_uint *ids = skvi_calloc(c->ctx->alloc, H, sizeof *ids);
+    if (!ids)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "skv_cache_create: out of memory");
+    for (uint32_t h = 0; h < H; h++)
+        ids[h] = h;
+    cl_int e;
+    c->heads_all = clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, H * sizeof *ids, ids, &e);
+    skvi_free(c->ctx->alloc, ids);
+    if (e != CL_SUCCESS) {
+        c->heads_all = NULL;
+        return skvi_cl_fail(c->ctx->error, e, "skv_cache_create: clCreateBuffer");
+    }
     /* the kernels are built on first use; a build list names them now */
     return c->ctx->build_list ? skvi_hetero_kernels(c) : SKV_OK;
 }
 
 void skvi_hetero_cache_release(skv_cache *c)
 {
-    cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts, c->h_weights};
+    cl_mem hb[] = {c->h_rows, c->h_sets, c->h_counts, c->h_weights, c->heads_all};
     for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++)
         if (hb[i])
             clReleaseMemObject(hb[i]);
