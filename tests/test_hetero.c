@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "test_util.h"
+#include "cache_internal.h" /* test_hetero_stress reads which F16 pages are in host memory */
 #include "host_internal.h"
 #include "skv_ref.h"
 
@@ -777,6 +778,189 @@ static void test_retrieval(void **state)
     assert_true(fault.sat_err_after < 0.02);
 }
 
+/* A randomized run of a HeteroCache sequence (one pivot, three satellites; appends of 1
+ * to 48 tokens, decode steps whose query switches among three needles and ordinary
+ * directions so the pivot drifts, explicit compressions; one operation in six with its
+ * k-th host allocation failing), checked after every operation: each satellite holds
+ * every appended token once in its F16 list and resident copies of distinct tokens
+ * outside the pages the device keeps at F16 (so decode reads no token twice), and its
+ * decode output is the attention over exactly those tokens, as the cache stores them
+ * (fp16; the resident ones as the C references encode and decode A4V8), within 1e-3; at
+ * the end nothing is left allocated. */
+static void test_hetero_stress(void **state)
+{
+    (void)state;
+    counting_allocator counter = {0, 0, 0};
+    skv_allocator alloc = {counting_alloc, counting_free, &counter};
+    skv_context *ctx = open_ctx(&alloc);
+    enum { H = 4, D = 64, P = 16, N = 700, OPS = 260 };
+    skv_cache_desc d;
+    skv_cache_desc_init(&d);
+    d.layers = 1, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
+    d.host_budget_bytes = 1 << 24;
+    d.retention = SKV_RETENTION_RDR, d.scorer = SKV_SCORER_KEYDIFF, d.budget_ratio = 0.45f;
+    d.tiers = (1u << SKV_TIER_COUNT) - 1;
+    d.n_sink = 4, d.recent_window = 24, d.slack = 32;
+    skv_cache *c;
+    assert_ok(skv_cache_create(ctx, &d, &c));
+    test_rng r = {2718};
+    float *k = malloc((size_t)N * H * D * 4), *v = malloc((size_t)N * H * D * 4), dirs[5][D];
+    for (int j = 0; j < 5; j++)
+        for (uint32_t i = 0; i < D; i++)
+            dirs[j][i] = test_gauss(&r);
+    for (uint32_t t = 0; t < N; t++) {
+        const int needle = t % 97 == 41 ? (int)(t / 97 % 3) : -1; /* planted keys late queries find */
+        for (uint32_t i = 0; i < D; i++) {
+            const float key = needle >= 0 ? 0.5f * dirs[needle][i] : 0.4f * test_gauss(&r);
+            for (uint32_t h = 0; h < H; h++) {
+                k[((size_t)t * H + h) * D + i] = key + 0.02f * test_gauss(&r);
+                v[((size_t)t * H + h) * D + i] = test_gauss(&r);
+            }
+        }
+    }
+    const skv_head_category cat[4] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE};
+    const uint32_t pivot[4] = {0, 0, 0, 0};
+    skv_hetero_profile *prof;
+    assert_ok(skv_hetero_profile_create(1, H, cat, pivot, NULL, &prof));
+    skv_hetero_desc hd;
+    skv_hetero_desc_init(&hd);
+    hd.top_k = 24, hd.check_steps = 2;
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_seq_hetero(c, s, prof, &hd));
+    skv_hetero_profile_free(prof);
+    uint32_t len = 0, faults = 0, failed = 0;
+    int32_t pos[48], *held = malloc((size_t)4 * N * sizeof *held);
+    uint8_t *keep = malloc(N);
+    float *kk = malloc((size_t)N * D * sizeof *kk), *vv = malloc((size_t)N * D * sizeof *vv);
+    double *wt = malloc(N * sizeof *wt);
+    float q[H * D], out[H * D];
+    double ref[D];
+    for (uint32_t op = 0; op < OPS; op++) {
+        const uint32_t kind = len < 40 ? 0 : rng_u32(&r) % 6; /* 0-1 append, 2-4 decode, 5 compress */
+        const int fault = rng_u32(&r) % 6 == 0;
+        if (fault)
+            counter.fail_at = counter.calls + 1 + rng_u32(&r) % 12, faults++;
+        skv_status st = SKV_OK;
+        if (kind <= 1 && len < N) {
+            const uint32_t n = 1 + rng_u32(&r) % 48 < N - len ? 1 + rng_u32(&r) % 48 : N - len;
+            for (uint32_t i = 0; i < n; i++)
+                pos[i] = (int32_t)(len + i);
+            st = skv_append(c, s, 0, n, SKV_F32, k + (size_t)len * H * D, v + (size_t)len * H * D, pos);
+            if (st == SKV_OK)
+                len += n;
+        } else if (kind <= 4) {
+            const float *dir = dirs[(op / 7) % 5]; /* a direction held for a few steps, then another */
+            for (uint32_t h = 0; h < H; h++)
+                for (uint32_t i = 0; i < D; i++)
+                    q[h * D + i] = 3.0f * dir[i] + 0.1f * test_gauss(&r);
+            st = skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.125f, SKV_F32, out);
+        } else {
+            st = skv_compress(c, s);
+        }
+        counter.fail_at = 0;
+        failed += st != SKV_OK;
+        if (!fault)
+            assert_ok(st);
+        assert_ok(skv_context_finish(ctx));
+        /* the invariants, after a decode step that is checked (it may place satellites) */
+        for (uint32_t h = 0; h < H; h++)
+            for (uint32_t i = 0; i < D; i++)
+                q[h * D + i] = 3.0f * dirs[op % 5][i];
+        for (size_t i = 0; i < H * D; i++)
+            out[i] = NAN;
+        assert_ok(skv_attention_decode(c, 0, &s, 1, SKV_F32, q, 0.125f, SKV_F32, out));
+        for (uint32_t h = 1; h < H; h++) {
+            size_t count = 0;
+            assert_ok(skv_seq_positions(c, s, 0, h, held, 4 * N, &count));
+            assert_true(count >= len);
+            for (uint32_t t = 0; t < len; t++)
+                assert_int_equal(held[t], (int32_t)t);
+            /* the F16 pages on the device: the sinks', the recent window's and the tail, as of
+             * the last placement (a page the window has left since goes to the host at the
+             * next one) */
+            const skvi_page_list *fl = &c->seqs[s].lists[(size_t)h * SKV_TIER_COUNT + SKV_TIER_F16];
+            assert_int_equal(fl->tokens, len);
+            const uint32_t recent_first = len > 24 ? len - 24 : 0;
+            for (uint32_t t = 0; t < len; t++) {
+                const uint32_t j = t / P;
+                keep[t] = !(fl->ids[j] & SKVI_HOST_BIT);
+                if (j * P < 4 || (j + 1) * P > recent_first || j + 1 == fl->n)
+                    assert_true(keep[t]); /* protected pages never leave the device */
+            }
+            for (size_t i = len; i < count; i++) {
+                const int32_t p = held[i];
+                if (!(p >= 0 && (uint32_t)p < len && !keep[p]))
+                    fail_msg("op %u: satellite %u holds position %d twice or out of range (length %u)", op, h, p, len);
+                keep[p] = 2;
+            }
+            /* the attention over those tokens as the cache stores them: fp16, and the resident
+             * ones as the C references encode and decode A4V8 (cf. test_soak) */
+            int8_t signs[D];
+            skv_ref_ada_signs_seeded(0, 0, h, D, signs);
+            const skv_ref_ada_params *ap = &c->ada[SKV_TIER_A4V8];
+            const skvi_tier_desc *td = &skvi_tiers[SKV_TIER_A4V8];
+            double m = -INFINITY, sum = 0;
+            for (uint32_t t = 0; t < len; t++) {
+                if (!keep[t])
+                    continue;
+                float *kt = kk + (size_t)t * D, *vt = vv + (size_t)t * D;
+                for (uint32_t i = 0; i < D; i++) {
+                    kt[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(k[((size_t)t * H + h) * D + i]));
+                    vt[i] = skv_ref_f16_to_f32(skv_ref_f32_to_f16(v[((size_t)t * H + h) * D + i]));
+                }
+                if (keep[t] == 2) {
+                    uint32_t words[D];
+                    uint16_t norm;
+                    uint8_t codes[2 * D + 64];
+                    skv_ref_ada_encode_key(ap, signs, kt, words, &norm);
+                    skv_ref_ada_decode_key(ap, signs, words, norm, kt);
+                    skv_ref_value_encode(vt, D, td->value_bits, td->value_group, codes);
+                    skv_ref_value_decode(codes, D, td->value_bits, td->value_group, vt);
+                }
+                double dot = 0;
+                for (uint32_t i = 0; i < D; i++)
+                    dot += (double)q[h * D + i] * kt[i];
+                wt[t] = 0.125 * dot;
+                m = wt[t] > m ? wt[t] : m;
+            }
+            for (uint32_t i = 0; i < D; i++)
+                ref[i] = 0;
+            for (uint32_t t = 0; t < len; t++)
+                if (keep[t]) {
+                    const double p = exp(wt[t] - m);
+                    sum += p;
+                    for (uint32_t i = 0; i < D; i++)
+                        ref[i] += p * vv[(size_t)t * D + i];
+                }
+            for (uint32_t i = 0; i < D; i++)
+                ref[i] /= sum;
+            const double e = skv_ref_rel_l2(ref, out + h * D, D);
+            if (!(e < 1e-3)) {
+                uint64_t hp = 0;
+                skv_seq_host_pages(c, s, &hp);
+                uint32_t nk = 0, nr = 0;
+                for (uint32_t t = 0; t < len; t++)
+                    nk += keep[t] == 1, nr += keep[t] == 2;
+                fail_msg("op %u (kind %u, fault %d, st %d): satellite %u's output is %.3g from the attention over "
+                         "what it holds (length %u, %zu positions, %u kept F16, %u resident, %llu host pages)",
+                         op, kind, fault, (int)st, h, e, len, count, nk, nr, (unsigned long long)hp);
+            }
+        }
+    }
+    skv_hetero_stats hs = {.struct_size = sizeof hs};
+    assert_ok(skv_cache_hetero_stats(c, &hs));
+    print_message("%u ops to %u tokens, %u with a failing allocation (%u failed); drifts %llu, retrievals %llu "
+                  "(%llu failed), tokens fetched %llu\n",
+                  OPS, len, faults, failed, (unsigned long long)hs.drifts, (unsigned long long)hs.retrievals,
+                  (unsigned long long)hs.retrievals_failed, (unsigned long long)hs.tokens_fetched);
+    assert_true(hs.drifts > 0 && hs.retrievals > 0 && hs.tokens_fetched > 0);
+    free(k), free(v), free(held), free(keep), free(kk), free(vv), free(wt);
+    skv_cache_destroy(c);
+    skv_context_destroy(ctx);
+    assert_int_equal(counter.live, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -790,6 +974,7 @@ int main(void)
         cmocka_unit_test(test_profile_file),
         cmocka_unit_test(test_profile_file_large),
         cmocka_unit_test(test_retrieval),
+        cmocka_unit_test(test_hetero_stress),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
