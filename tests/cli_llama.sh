@@ -49,6 +49,10 @@ awk '$1 == "rdr" { n++; if (!($(NF-2) < 1)) { print "triattention not smaller: "
      END { if (n != 2) { print n " rdr rows, expected 2"; bad = 1 } exit bad }' "$dir/tri.txt"
 "$skv" eval --kv "$dir/ppl.kv" --csv "$dir/ppl_eval.csv" > "$dir/ppl_eval.txt"
 grep -q '^triattention,' "$dir/ppl_eval.csv" || { echo "eval --kv of the saved file: no triattention rows"; exit 1; }
+"$skv" generate --model "$model" --prompt "the quick brown fox jumps over the lazy dog" --max-tokens 4 \
+    --budget 0.5 --scorer triattention --calibrate "$dir/other.txt" > "$dir/gen_tri.txt" 2> "$dir/gen_tri.err" ||
+    { echo "generate with triattention failed"; cat "$dir/gen_tri.err"; exit 1; }
+grep -q '^KV cache' "$dir/gen_tri.txt" || { echo "generate with triattention: no report"; exit 1; }
 
 "$skv" generate --model "$model" --prompt "the quick brown" --max-tokens 6 --policy f16 --policy a3v4 \
     > "$dir/gen.txt" 2> "$dir/gen.err"
