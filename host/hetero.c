@@ -310,12 +310,23 @@ static skv_status rank_tokens(skv_cache *c, const skvi_hetero *x, uint32_t layer
 }
 
 /* Enqueues ada_encode (encode: host F16 pages into the resident tier's device pages) or
- * slot_copy (within the resident tier's device pool) over n jobs of 4 uints. */
+ * slot_copy (within the resident tier's device pool) over n jobs of 4 uints, as one
+ * launch: the jobs are padded to whole work-groups with copies of the last one (a job
+ * writes one slot from one source, so a repeat writes the same bytes again). They write
+ * slots in place, so a launch must run whole or not at all. */
 static skv_status enqueue_jobs(skv_cache *c, skv_tier tier, int encode, const uint32_t *jobs, uint32_t n,
                                cl_uint n_waits, const cl_event *waits)
 {
+    const size_t padded = ((size_t)n + SKVI_ITEMS_WG - 1) / SKVI_ITEMS_WG * SKVI_ITEMS_WG;
+    uint32_t *all = skvi_calloc(c->ctx->alloc, 4 * padded, sizeof *all);
+    if (!all)
+        return skvi_fail(c->ctx->error, SKV_ERR_OUT_OF_MEMORY, "HeteroCache: out of memory");
+    memcpy(all, jobs, (size_t)n * 16);
+    for (size_t i = n; i < padded; i++)
+        memcpy(all + 4 * i, jobs + 4 * ((size_t)n - 1), 16);
     cl_int e = CL_SUCCESS;
-    cl_mem jb = clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)n * 16, (void *)jobs, &e);
+    cl_mem jb = clCreateBuffer(c->ctx->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, padded * 16, all, &e);
+    skvi_free(c->ctx->alloc, all);
     if (e != CL_SUCCESS)
         return skvi_cl_fail(c->ctx->error, e, "HeteroCache: clCreateBuffer");
     cl_kernel k = encode ? c->k_encode[tier] : c->k_slot_copy[tier];
@@ -328,7 +339,7 @@ static skv_status enqueue_jobs(skv_cache *c, skv_tier tier, int encode, const ui
         skvi_arg_mem(&args, c->signs);
         skvi_arg_mem(&args, c->ada_params[tier]);
     }
-    size_t global = n;
+    size_t global = padded; /* a multiple of the work-group skvi_enqueue_items takes: one launch */
     skv_status st = SKV_OK;
     e = skvi_args_end(&args);
     if (e != CL_SUCCESS)

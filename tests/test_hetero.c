@@ -8,6 +8,7 @@
 
 #include "test_util.h"
 #include "cache_internal.h" /* test_hetero_stress reads which F16 pages are in host memory */
+#include "cl_fault_wrap.h"   /* and fails OpenCL calls */
 #include "host_internal.h"
 #include "skv_ref.h"
 
@@ -780,8 +781,9 @@ static void test_retrieval(void **state)
 
 /* A randomized run of a HeteroCache sequence (one pivot, three satellites; appends of 1
  * to 48 tokens, decode steps whose query switches among three needles and ordinary
- * directions so the pivot drifts, explicit compressions; one operation in six with its
- * k-th host allocation failing), checked after every operation: each satellite holds
+ * directions so the pivot drifts, explicit compressions; one operation in eight with its
+ * k-th host allocation failing, one in eight with its i-th OpenCL call failing), checked
+ * after every operation: each satellite holds
  * every appended token once in its F16 list and resident copies of distinct tokens
  * outside the pages the device keeps at F16 (so decode reads no token twice), and its
  * decode output is the attention over exactly those tokens, as the cache stores them
@@ -793,7 +795,7 @@ static void test_hetero_stress(void **state)
     counting_allocator counter = {0, 0, 0};
     skv_allocator alloc = {counting_alloc, counting_free, &counter};
     skv_context *ctx = open_ctx(&alloc);
-    enum { H = 4, D = 64, P = 16, N = 700, OPS = 260 };
+    enum { H = 4, D = 64, P = 16, N = 700, OPS = 400 };
     skv_cache_desc d;
     skv_cache_desc_init(&d);
     d.layers = 1, d.q_heads = H, d.kv_heads = H, d.head_dim = D, d.page_tokens = P;
@@ -829,7 +831,7 @@ static void test_hetero_stress(void **state)
     assert_ok(skv_seq_create(c, &s));
     assert_ok(skv_seq_hetero(c, s, prof, &hd));
     skv_hetero_profile_free(prof);
-    uint32_t len = 0, faults = 0, failed = 0;
+    uint32_t len = 0, faults = 0, cl_faults = 0, failed = 0;
     int32_t pos[48], *held = malloc((size_t)4 * N * sizeof *held);
     uint8_t *keep = malloc(N);
     float *kk = malloc((size_t)N * D * sizeof *kk), *vv = malloc((size_t)N * D * sizeof *vv);
@@ -838,9 +840,13 @@ static void test_hetero_stress(void **state)
     double ref[D];
     for (uint32_t op = 0; op < OPS; op++) {
         const uint32_t kind = len < 40 ? 0 : rng_u32(&r) % 6; /* 0-1 append, 2-4 decode, 5 compress */
-        const int fault = rng_u32(&r) % 6 == 0;
-        if (fault)
+        const uint32_t f = rng_u32(&r) % 8; /* 0: an allocation fails, 1: an OpenCL call */
+        const int fault = f <= 1;
+        if (f == 0)
             counter.fail_at = counter.calls + 1 + rng_u32(&r) % 12, faults++;
+        else if (f == 1)
+            cl_fault_at = cl_fault_calls + (long)(rng_u32(&r) % 40), cl_faults++;
+        cl_fault_name = "";
         skv_status st = SKV_OK;
         if (kind <= 1 && len < N) {
             const uint32_t n = 1 + rng_u32(&r) % 48 < N - len ? 1 + rng_u32(&r) % 48 : N - len;
@@ -859,8 +865,9 @@ static void test_hetero_stress(void **state)
             st = skv_compress(c, s);
         }
         counter.fail_at = 0;
+        cl_fault_at = -1;
         failed += st != SKV_OK;
-        if (!fault)
+        if (!fault || (f == 1 && cl_fault_absorbable())) /* a flush or a status query: absorbed */
             assert_ok(st);
         assert_ok(skv_context_finish(ctx));
         /* the invariants, after a decode step that is checked (it may place satellites) */
@@ -950,9 +957,9 @@ static void test_hetero_stress(void **state)
     }
     skv_hetero_stats hs = {.struct_size = sizeof hs};
     assert_ok(skv_cache_hetero_stats(c, &hs));
-    print_message("%u ops to %u tokens, %u with a failing allocation (%u failed); drifts %llu, retrievals %llu "
-                  "(%llu failed), tokens fetched %llu\n",
-                  OPS, len, faults, failed, (unsigned long long)hs.drifts, (unsigned long long)hs.retrievals,
+    print_message("%u ops to %u tokens, %u with a failing allocation and %u with a failing OpenCL call (%u "
+                  "failed); drifts %llu, retrievals %llu (%llu failed), tokens fetched %llu\n",
+                  OPS, len, faults, cl_faults, failed, (unsigned long long)hs.drifts, (unsigned long long)hs.retrievals,
                   (unsigned long long)hs.retrievals_failed, (unsigned long long)hs.tokens_fetched);
     assert_true(hs.drifts > 0 && hs.retrievals > 0 && hs.tokens_fetched > 0);
     free(k), free(v), free(held), free(keep), free(kk), free(vv), free(wt);
