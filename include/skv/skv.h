@@ -576,8 +576,9 @@ SKV_API skv_status skv_compress(skv_cache *cache, skv_seq_id seq);
 typedef enum skv_head_category {
     SKV_HEAD_PIVOT = 0,     /* the centre of a star of similar heads: watched for drift,
                              * its whole cache on the device */
-    SKV_HEAD_SATELLITE = 1, /* similar to its pivot: a budget on the device by stability,
-                             * its full KV in the host tier, fetched when the pivot drifts */
+    SKV_HEAD_SATELLITE = 1, /* similar to its pivot: its full KV in the host tier, and on the
+                             * device a budget by stability holding the tokens its pivot
+                             * attends to, changed when the pivot drifts */
     SKV_HEAD_ANCHOR = 2,    /* stable (S >= tau_stable) and alone: a budget by stability */
     SKV_HEAD_VOLATILE = 3   /* unstable and alone: its whole cache on the device */
 } skv_head_category;
@@ -595,7 +596,8 @@ typedef struct skv_hetero_desc {
     uint32_t max_steps;  /* calibration: decode steps recorded per layer (default 64; later ones are
                           * counted and ignored) */
     uint32_t check_steps; /* drift: the pivots are checked every check_steps decode steps (5) */
-    int retrieval;        /* 1 (default): fetch satellites' pages when their pivot drifts; 0: never */
+    int retrieval;        /* 1 (default): re-rank satellites' resident tokens when their pivot
+                           * drifts, copying new ones from the host tier; 0: never */
 } skv_hetero_desc;
 
 SKV_API void skv_hetero_desc_init(skv_hetero_desc *desc);
