@@ -5,7 +5,8 @@
  * changes until every page is taken and every kernel enqueued: all or nothing.
  * Utility mapping: scores are z-scored over the candidates and u = softmax(z), an
  * estimate of each token's share of future attention (monotone in the score, so with
- * tiers {F16, drop} RDR keeps exactly the top tokens by score). Distortion of tier t:
+ * tiers {F16, drop} RDR keeps exactly the top tokens by score); the attention scorers'
+ * scores (SnapKV, observed) are shares already: u = score / their sum. Distortion of tier t:
  * u (kappa/2 MSE_K,t |k|^2 / mean |k|^2 + MSE_V,t) with the measured codec errors below
  * and kappa the head's logit variance (rdr_model.c); drop costs u. */
 #include <math.h>
@@ -147,8 +148,21 @@ static skv_status plan_prepare(skv_cache *c, skvi_seq *s, uint32_t layer, uint32
         for (uint32_t k = 0; n_finite && k < n; k++)
             zsum += exp(items[k].u - zmax);
         const double w = skvi_rdr_key_weight(c, layer, head, energy); /* rdr_model.c */
+        /* the attention scorers' scores are attention shares already (SnapKV's window mean,
+         * H2O's mean per step): their utility is the share itself, not a softmax of
+         * z-scores, which would give the few largest all of it (docs/rdr.md) */
+        double share_sum = 0;
+        const int shares = c->desc.scorer == SKV_SCORER_SNAPKV || c->desc.scorer == SKV_SCORER_OBSERVED;
+        for (uint32_t k = 0; shares && k < n; k++) {
+            const double sk = score[item_of[k]];
+            share_sum += isfinite(sk) && sk > 0 ? sk : 0;
+        }
         for (uint32_t k = 0; k < n; k++) {
-            items[k].u = n_finite ? (float)(exp(items[k].u - zmax) / zsum) : 0.0f; /* exp(-inf) = 0 */
+            const double sk = score[item_of[k]];
+            if (share_sum > 0)
+                items[k].u = isfinite(sk) && sk > 0 ? (float)(sk / share_sum) : 0.0f;
+            else
+                items[k].u = n_finite ? (float)(exp(items[k].u - zmax) / zsum) : 0.0f; /* exp(-inf) = 0 */
             double e = ksq[item_of[k]];
             items[k].key_energy = isfinite(e) ? (float)(w * (energy > 0 ? e / energy : 1)) : 0.0f;
         }
