@@ -68,9 +68,8 @@ static void split(const skv_cache *c, skv_tier t, uint32_t B, tier_plan *p)
 }
 
 /* Entry j of list i of sequence s, if decode reads it: on the device. */
-static int readable(skv_cache *c, skvi_seq *s, size_t list, uint32_t j)
+static int readable(const skvi_seq *s, size_t list, uint32_t j)
 {
-    (void)c;
     return !(s->lists[list].ids[j] & SKVI_HOST_BIT);
 }
 
@@ -81,7 +80,7 @@ static uint32_t readable_tokens(skv_cache *c, skvi_seq *s, size_t list, uint32_t
     const uint32_t P = c->desc.page_tokens;
     uint32_t tokens = 0, n = 0;
     for (uint32_t j = 0; j < l->n; j++)
-        if (readable(c, s, list, j)) {
+        if (readable(s, list, j)) {
             tokens += j + 1 == l->n ? l->tokens - j * P : P;
             n++;
         }
@@ -157,7 +156,7 @@ static skv_status make_plan(skv_cache *c, uint32_t layer, const skv_seq_id *seqs
                     memcpy(tp->indices + k, l->ids, l->n * sizeof *l->ids);
                 else
                     for (uint32_t j = 0, m = 0; j < l->n; j++)
-                        if (readable(c, s, li, j))
+                        if (readable(s, li, j))
                             tp->indices[k + m++] = l->ids[j];
                 k += n;
             }
@@ -491,7 +490,7 @@ static skv_status decode_impl(skv_cache *c, const decode_args *a)
         if (repeated(a->seqs, b))
             continue;
         skvi_hetero_before_decode(c, s, a->layer);
-        hetero |= skvi_hetero_wants_logits(c, s, a->layer);
+        hetero |= skvi_hetero_wants_logits(s, a->layer);
     }
     skvi_clear_error();
     decode_plan p;

@@ -436,7 +436,7 @@ skv_status skvi_hetero_profile_parse(const char *bytes, size_t len, const char *
 /* Decode hooks for the sequences of a batch that calibrate or run HeteroCache: before
  * the plan, processes the previous check's sets (drift, retrieval); after the merge,
  * computes this step's top-k sets from the kept logits (observe rows, cl/topk.cl). */
-int skvi_hetero_wants_logits(const skv_cache *c, const skvi_seq *s, uint32_t layer);
+int skvi_hetero_wants_logits(const skvi_seq *s, uint32_t layer);
 void skvi_hetero_before_decode(skv_cache *c, skvi_seq *s, uint32_t layer);
 /* rows: logits-derived attention of sequence b of the batch (the observe kernel's
  * arguments are set but acc, acc_cap), enqueued by `observe` per tier */

@@ -546,20 +546,15 @@ skv_status skvi_hetero_place(skv_cache *c, skvi_seq *s, uint32_t layer)
 
 /* Whether this step of (s, layer) checks the layer's pivots: the first, then every
  * check_steps-th, when the layer has a pivot. */
-static int check_step(const skv_cache *c, const skvi_hetero *x, uint32_t layer)
+static int check_step(const skvi_hetero *x, uint32_t layer)
 {
-    if (x->steps[layer] % x->desc.check_steps != 0)
-        return 0;
-    for (uint32_t h = 0; h < c->desc.kv_heads; h++)
-        if (category_of(x, c, layer, h) == SKV_HEAD_PIVOT)
-            return 1;
-    return 0;
+    return x->steps[layer] % x->desc.check_steps == 0 && x->n_piv[layer] > 0;
 }
 
-int skvi_hetero_wants_logits(const skv_cache *c, const skvi_seq *s, uint32_t layer)
+int skvi_hetero_wants_logits(const skvi_seq *s, uint32_t layer)
 {
     return (s->calib && s->calib->steps[layer] < s->calib->desc.max_steps) ||
-           (s->hetero && check_step(c, s->hetero, layer));
+           (s->hetero && check_step(s->hetero, layer));
 }
 
 static void process_check(skv_cache *c, skvi_seq *s, uint32_t layer)
@@ -711,7 +706,7 @@ skv_status skvi_hetero_after_decode(skv_cache *c, skvi_seq *s, uint32_t layer, u
             k->steps[layer]++;
     }
     if (st == SKV_OK && x) {
-        if (check_step(c, x, layer)) {
+        if (check_step(x, layer)) {
             const uint32_t K = x->k, R = x->n_piv[layer]; /* the pivots' rows only */
             st = step_topk(c, s, layer, b, observe, arg, K, 1, x->piv_mem, layer * H, R);
             if (st == SKV_OK) /* row r (the layer's r-th pivot) into x->now[layer][r] */

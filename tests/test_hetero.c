@@ -614,6 +614,21 @@ static void test_profile_file_large(void **state)
     free(cat), free(pivot);
 }
 
+/* A new HeteroCache sequence on a one-layer cache of 4 kv-heads: head 0 a pivot, heads
+ * 1..3 its satellites. */
+static skv_seq_id star_seq(skv_cache *c, const skv_hetero_desc *hd)
+{
+    const skv_head_category cat[4] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE};
+    const uint32_t pivot[4] = {0, 0, 0, 0};
+    skv_hetero_profile *prof;
+    assert_ok(skv_hetero_profile_create(1, 4, cat, pivot, NULL, &prof));
+    skv_seq_id s;
+    assert_ok(skv_seq_create(c, &s));
+    assert_ok(skv_seq_hetero(c, s, prof, hd));
+    skv_hetero_profile_free(prof);
+    return s;
+}
+
 /* The planted shift: a needle no early query attends to, that a late query attends to
  * almost alone. A pivot (head 0, its whole cache on the device) and three satellites
  * with its keys; the satellites' shares hold the sinks, the recent pages and the newest
@@ -668,18 +683,11 @@ static void needle_run(int retrieval, int fail_retrieval, needle_result *res)
                 v[((size_t)t * H + h) * D + i] = test_gauss(&r);
             }
         }
-    const skv_head_category cat[4] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE};
-    const uint32_t pivot[4] = {0, 0, 0, 0};
-    skv_hetero_profile *prof;
-    assert_ok(skv_hetero_profile_create(1, H, cat, pivot, NULL, &prof));
     skv_hetero_desc hd;
     skv_hetero_desc_init(&hd);
     hd.top_k = 16;
     hd.retrieval = retrieval;
-    skv_seq_id s;
-    assert_ok(skv_seq_create(c, &s));
-    assert_ok(skv_seq_hetero(c, s, prof, &hd));
-    skv_hetero_profile_free(prof);
+    const skv_seq_id s = star_seq(c, &hd);
     append_all(c, s, 0, k, v, 0, N, H, D, 64); /* compressions place the satellites */
     uint64_t host;
     assert_ok(skv_seq_host_pages(c, s, &host));
@@ -820,17 +828,10 @@ static void test_hetero_stress(void **state)
             }
         }
     }
-    const skv_head_category cat[4] = {SKV_HEAD_PIVOT, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE, SKV_HEAD_SATELLITE};
-    const uint32_t pivot[4] = {0, 0, 0, 0};
-    skv_hetero_profile *prof;
-    assert_ok(skv_hetero_profile_create(1, H, cat, pivot, NULL, &prof));
     skv_hetero_desc hd;
     skv_hetero_desc_init(&hd);
     hd.top_k = 24, hd.check_steps = 2;
-    skv_seq_id s;
-    assert_ok(skv_seq_create(c, &s));
-    assert_ok(skv_seq_hetero(c, s, prof, &hd));
-    skv_hetero_profile_free(prof);
+    const skv_seq_id s = star_seq(c, &hd);
     uint32_t len = 0, faults = 0, cl_faults = 0, failed = 0;
     int32_t pos[48], *held = malloc((size_t)4 * N * sizeof *held);
     uint8_t *keep = malloc(N);

@@ -143,13 +143,21 @@ static int common_option(int argc, char **argv, int *i, llama_opts *o, void (*us
 
 /* A usage error (printed; -1) when an RDR policy scores with triattention and no
  * --calibrate text was given. */
-static int check_calibration(const llama_opts *o, void (*usage)(FILE *))
+/* Whether an RDR policy scores with triattention (and so needs its statistics). */
+static int needs_calibration(const llama_opts *o)
 {
     for (int i = 0; i < o->n_policies; i++)
-        if (o->policy[i].budget > 0 && o->scorer == SKV_SCORER_TRIATTENTION && !o->calib) {
-            tool_usage_error(usage, "the triattention scorer needs --calibrate FILE (a text other than the one run)");
-            return -1;
-        }
+        if (o->policy[i].budget > 0 && o->scorer == SKV_SCORER_TRIATTENTION)
+            return 1;
+    return 0;
+}
+
+static int check_calibration(const llama_opts *o, void (*usage)(FILE *))
+{
+    if (needs_calibration(o) && !o->calib) {
+        tool_usage_error(usage, "the triattention scorer needs --calibrate FILE (a text other than the one run)");
+        return -1;
+    }
     return 0;
 }
 
@@ -159,10 +167,7 @@ static int check_calibration(const llama_opts *o, void (*usage)(FILE *))
 static int calibrate_if_needed(const char *cmd, llama_env *env, const llama_opts *o, float **mean, float **abs_pair)
 {
     *mean = *abs_pair = NULL;
-    int need = 0;
-    for (int i = 0; i < o->n_policies; i++)
-        need |= o->policy[i].budget > 0 && o->scorer == SKV_SCORER_TRIATTENTION;
-    return need ? llama_calibrate(cmd, env, o->calib, o->chunk, mean, abs_pair) : 0;
+    return needs_calibration(o) ? llama_calibrate(cmd, env, o->calib, o->chunk, mean, abs_pair) : 0;
 }
 
 static void policy_name(const llm_policy *p, char *out, size_t n)

@@ -782,26 +782,13 @@ int cmd_longeval(int argc, char **argv)
                         goto done;
                     }
                     /* the dense prefill, captured */
-                    llm_policy dense;
-                    llm_policy_init(&dense);
-                    llm_session *s = NULL;
+                    char label[160];
+                    snprintf(label, sizeof label, "[%d/%d] %s %u, depth %u%%, sample %u", k_sample, n_samples_all,
+                             task_names[task], lengths[l], depths[d], si);
                     double t0 = tool_now_s();
-                    skv_status st = llm_session_create(env.model, env.skv, &dense, chunk, &s);
-                    if (st == SKV_OK)
-                        st = llm_session_capture(s, 1, window);
-                    for (size_t i = 0; st == SKV_OK && i < smp.n_ctx; i += chunk) {
-                        uint32_t k = smp.n_ctx - i < chunk ? (uint32_t)(smp.n_ctx - i) : chunk;
-                        st = llm_forward(s, smp.ctx + i, k, NULL, NULL, NULL, NULL);
-                        tool_progress("[%d/%d] %s %u, depth %u%%, sample %u: prefill %zu/%zu", k_sample,
-                                      n_samples_all, task_names[task], lengths[l], depths[d], si, i + k, smp.n_ctx);
-                    }
-                    llm_capture *cap = st == SKV_OK ? llm_session_capture_take(s) : NULL;
-                    if (st != SKV_OK)
-                        fprintf(stderr, "\nskv longeval: the dense prefill: %s: %s\n", skv_status_str(st),
-                                llm_last_error());
-                    llm_session_free(s);
+                    llm_capture *cap = llama_capture_prefill("longeval", &env, smp.ctx, smp.n_ctx, chunk, window, label);
                     const double prefill_s = tool_now_s() - t0;
-                    if (st != SKV_OK) {
+                    if (!cap) {
                         sample_free(&smp);
                         free(res);
                         goto done;

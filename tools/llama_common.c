@@ -124,7 +124,7 @@ void llama_format_duration(double s, char *out, size_t n)
 }
 
 llm_capture *llama_capture_prefill(const char *cmd, llama_env *e, const int32_t *ids, size_t n, uint32_t chunk,
-                                   uint32_t window)
+                                   uint32_t window, const char *label)
 {
     llm_policy dense;
     llm_policy_init(&dense);
@@ -135,7 +135,7 @@ llm_capture *llama_capture_prefill(const char *cmd, llama_env *e, const int32_t 
     for (size_t i = 0; st == SKV_OK && i < n; i += chunk) {
         uint32_t k = n - i < chunk ? (uint32_t)(n - i) : chunk;
         st = llm_forward(s, ids + i, k, NULL, NULL, NULL, NULL);
-        tool_progress("dense prefill, captured: %zu / %zu tokens", i + k, n);
+        tool_progress("%s: prefill %zu/%zu", label, i + k, n);
     }
     tool_progress("");
     llm_capture *cap = st == SKV_OK ? llm_session_capture_take(s) : NULL;
@@ -164,7 +164,7 @@ int llama_calibrate(const char *cmd, llama_env *e, const char *path, uint32_t ch
         free(ids);
         return -1;
     }
-    llm_capture *cap = llama_capture_prefill(cmd, e, ids, use, chunk, LLAMA_CALIB_WINDOW);
+    llm_capture *cap = llama_capture_prefill(cmd, e, ids, use, chunk, LLAMA_CALIB_WINDOW, "calibration");
     free(ids);
     if (!cap)
         return -1;

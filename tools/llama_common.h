@@ -38,10 +38,11 @@ int32_t *llama_tokenize(const char *cmd, const bpe_vocab *v, const char *text, s
 /* "42s", "3m07s", or "?" for a negative, NaN or absurd value. */
 void llama_format_duration(double s, char *out, size_t n);
 
-/* A dense session runs ids[0..n) in chunks with llm_session_capture(window) on: its
- * capture (the caller frees it), or NULL with "skv <cmd>: ..." printed. */
+/* A dense session runs ids[0..n) in chunks with llm_session_capture(window) on, a
+ * progress line "<label>: prefill i/n" per chunk: its capture (the caller frees it), or
+ * NULL with "skv <cmd>: ..." printed. */
 llm_capture *llama_capture_prefill(const char *cmd, llama_env *e, const int32_t *ids, size_t n, uint32_t chunk,
-                                   uint32_t window);
+                                   uint32_t window, const char *label);
 
 /* TriAttention's calibration on a text other than the one evaluated: a dense prefill of
  * its first LLAMA_CALIB_TOKENS tokens (fewer when the text or the model's context is
